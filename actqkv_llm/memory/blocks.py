@@ -1,0 +1,107 @@
+"""Full KV blocks of one layer.
+
+A block is ``block_size`` consecutive tokens' keys (stored WITHOUT rotary position) and values,
+laid out ``[n_blocks, kv_heads, block_size, head_dim]`` so one block of one layer is one
+contiguous slice. Every store answers the same question: "give me these blocks on the compute
+device" (:meth:`KVBlocks.gather`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class KVBlocks(Protocol):
+    """Anything that can hand out full KV blocks of one layer."""
+
+    n_blocks: int
+
+    def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``idx`` (ascending) as ``[kv_heads, len(idx) * block_size, head_dim]`` keys and values."""
+        ...
+
+
+def _flatten(k: torch.Tensor) -> torch.Tensor:
+    """[n, Hkv, B, d] -> [Hkv, n * B, d]."""
+    n, h, b, d = k.shape
+    return k.permute(1, 0, 2, 3).reshape(h, n * b, d)
+
+
+class GrowableBlocks:
+    """Blocks held in one growing tensor pair on a storage device (compute device or host)."""
+
+    def __init__(self, kv_heads: int, block_size: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str, capacity: int = 8):
+        self.shape = (kv_heads, block_size, head_dim)
+        self.dtype, self.device = dtype, torch.device(device)
+        self._k = torch.empty((capacity, *self.shape), dtype=dtype, device=self.device)
+        self._v = torch.empty_like(self._k)
+        self.n_blocks = 0
+
+    @classmethod
+    def from_tensors(cls, k: torch.Tensor, v: torch.Tensor) -> "GrowableBlocks":
+        store = cls(k.shape[1], k.shape[2], k.shape[3], k.dtype, k.device, capacity=max(1, k.shape[0]))
+        store._k[: k.shape[0]] = k
+        store._v[: v.shape[0]] = v
+        store.n_blocks = k.shape[0]
+        return store
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._k[: self.n_blocks]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._v[: self.n_blocks]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Append blocks given as ``[n, Hkv, B, d]``."""
+        n = k.shape[0]
+        if self.n_blocks + n > self._k.shape[0]:
+            cap = max(2 * self._k.shape[0], self.n_blocks + n)
+            for name in ("_k", "_v"):
+                old = getattr(self, name)
+                new = torch.empty((cap, *self.shape), dtype=self.dtype, device=self.device)
+                new[: self.n_blocks] = old[: self.n_blocks]
+                setattr(self, name, new)
+        self._k[self.n_blocks: self.n_blocks + n] = k.to(self.device, self.dtype)
+        self._v[self.n_blocks: self.n_blocks + n] = v.to(self.device, self.dtype)
+        self.n_blocks += n
+
+    def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = idx.to(self.device)
+        k = _flatten(self._k.index_select(0, idx)).to(device, non_blocking=True)
+        v = _flatten(self._v.index_select(0, idx)).to(device, non_blocking=True)
+        return k, v
+
+
+class StackedBlocks:
+    """A read-only base (the document's blocks) plus blocks a question session adds on top.
+
+    Forking a document for a question must not copy its memory, and the question's own
+    tokens must never leak into the document: new blocks go to ``own`` only.
+    """
+
+    def __init__(self, base: KVBlocks, own: GrowableBlocks):
+        self.base, self.own = base, own
+
+    @property
+    def n_blocks(self) -> int:
+        return self.base.n_blocks + self.own.n_blocks
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.own.append(k, v)
+
+    def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        nb = self.base.n_blocks
+        split = int(torch.searchsorted(idx, torch.tensor(nb, device=idx.device)))  # idx is ascending
+        parts = []
+        if split > 0:
+            parts.append(self.base.gather(idx[:split], device))
+        if split < idx.numel():
+            parts.append(self.own.gather(idx[split:] - nb, device))
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([parts[0][0], parts[1][0]], 1), torch.cat([parts[0][1], parts[1][1]], 1)

@@ -1,0 +1,120 @@
+"""One layer's context memory: sinks, the local window, and the evicted blocks with their summaries.
+
+Tokens enter the local window; when it is full, the oldest tokens leave it: the first ``n_sink``
+become permanent sinks, the rest leave in whole blocks that keep their full KV (second level)
+and one summary key per KV head (first level). Keys are stored without rotary position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .blocks import GrowableBlocks, KVBlocks, StackedBlocks
+from .summaries import SummaryKeys, representative_keys
+
+
+@dataclass
+class EvictionPolicy:
+    """What happens to tokens that leave the local window of one layer."""
+
+    capacity: int | None      # local window size; None keeps every token (full attention)
+    n_sink: int               # tokens kept forever as sinks
+    block_size: int           # tokens per memory block
+    keep_blocks: bool         # False: evicted tokens are dropped (streaming, sliding-window layers)
+    repr_topk: int = 4
+
+
+class LayerMemory:
+    def __init__(self, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device,
+                 block_size: int, blocks: KVBlocks | None = None, summaries: SummaryKeys | None = None):
+        self.kv_heads, self.head_dim, self.dtype, self.device = kv_heads, head_dim, dtype, torch.device(device)
+        empty = torch.empty((kv_heads, 0, head_dim), dtype=dtype, device=self.device)
+        self.sink_k, self.sink_v = empty, empty
+        self.local_k, self.local_v = empty, empty
+        self.local_score = torch.empty((kv_heads, 0), dtype=torch.float32, device=self.device)
+        self.local_start = 0  # absolute position of the first token in the local window
+        self.block_size = block_size
+        self.blocks: KVBlocks = blocks if blocks is not None else GrowableBlocks(
+            kv_heads, block_size, head_dim, dtype, self.device)
+        self.summaries = summaries if summaries is not None else SummaryKeys(kv_heads, head_dim, dtype, self.device)
+
+    # -------------------------------------------------------------------- views
+    @property
+    def n_local(self) -> int:
+        return self.local_k.shape[1]
+
+    @property
+    def n_sink(self) -> int:
+        return self.sink_k.shape[1]
+
+    @property
+    def n_blocks(self) -> int:
+        return self.blocks.n_blocks
+
+    # -------------------------------------------------------------------- updates
+    def make_room(self, incoming: int, policy: EvictionPolicy) -> None:
+        """Evict the oldest local tokens so that ``incoming`` more fit in the window."""
+        if policy.capacity is None:
+            return
+        need = self.n_local + incoming - policy.capacity
+        if need <= 0:
+            return
+        to_sink = min(need, max(0, policy.n_sink - self.n_sink))
+        rest = need - to_sink
+        if policy.keep_blocks:
+            n_blocks = -(-rest // policy.block_size)
+            rest = n_blocks * policy.block_size
+        if to_sink:
+            self.sink_k = torch.cat([self.sink_k, self.local_k[:, :to_sink]], 1)
+            self.sink_v = torch.cat([self.sink_v, self.local_v[:, :to_sink]], 1)
+        if policy.keep_blocks and rest:
+            self._evict_blocks(to_sink, rest, policy)
+        drop = to_sink + rest
+        self.local_k, self.local_v = self.local_k[:, drop:], self.local_v[:, drop:]
+        self.local_score = self.local_score[:, drop:]
+        self.local_start += drop
+
+    def _evict_blocks(self, start: int, count: int, policy: EvictionPolicy) -> None:
+        b = policy.block_size
+        n = count // b
+        sl = slice(start, start + count)
+        # [Hkv, n*B, d] -> [n, Hkv, B, d]
+        k = self.local_k[:, sl].reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1)
+        v = self.local_v[:, sl].reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1)
+        score = self.local_score[:, sl].reshape(self.kv_heads, n, b).transpose(0, 1)
+        self.summaries.append(representative_keys(k, score, policy.repr_topk))
+        self.blocks.append(k.contiguous(), v.contiguous())
+
+    def append_local(self, k: torch.Tensor, v: torch.Tensor, score: torch.Tensor | None = None) -> None:
+        """Add new tokens' unrotated keys and values ``[Hkv, t, d]`` to the window."""
+        self.local_k = torch.cat([self.local_k, k.to(self.dtype)], 1)
+        self.local_v = torch.cat([self.local_v, v.to(self.dtype)], 1)
+        if score is None:
+            score = torch.zeros((self.kv_heads, k.shape[1]), dtype=torch.float32, device=self.device)
+        self.local_score = torch.cat([self.local_score, score], 1)
+
+    def add_local_scores(self, score: torch.Tensor) -> None:
+        """Accumulate attention mass ``[Hkv, n_local]`` received by the tokens in the window."""
+        self.local_score = self.local_score + score
+
+    def trim_local(self, keep: int) -> None:
+        """Drop all but the last ``keep`` window tokens (sliding-window layers keep only their window)."""
+        drop = max(0, self.n_local - keep)
+        if drop:
+            self.local_k, self.local_v = self.local_k[:, drop:], self.local_v[:, drop:]
+            self.local_score = self.local_score[:, drop:]
+            self.local_start += drop
+
+    # -------------------------------------------------------------------- forking
+    def fork(self) -> "LayerMemory":
+        """A copy for one question: blocks and summaries shared read-only, window and sinks its own."""
+        own = GrowableBlocks(self.kv_heads, self.block_size, self.head_dim, self.dtype, self.device, capacity=4)
+        child = LayerMemory(self.kv_heads, self.head_dim, self.dtype, self.device, self.block_size,
+                            blocks=StackedBlocks(self.blocks, own), summaries=self.summaries.fork())
+        # tensors here are never written in place (only replaced), so sharing them is safe
+        child.sink_k, child.sink_v = self.sink_k, self.sink_v
+        child.local_k, child.local_v, child.local_score = self.local_k, self.local_v, self.local_score
+        child.local_start = self.local_start
+        return child

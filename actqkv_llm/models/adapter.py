@@ -1,0 +1,103 @@
+"""One small adapter per architecture family: where the layers, embeddings and rotary tables are,
+and which layers are sliding-window layers. Everything model-specific lives here.
+
+We drive the decoder layers ourselves with identity rotary (cos=1, sin=0), so the model's own
+attention code hands our attention function queries and keys WITHOUT position; q/k norms (Qwen3,
+Gemma3), biases (Qwen2) and scalings stay the model's own.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UnsupportedModelError
+
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
+GLOBAL, SLIDING = "full_attention", "sliding_attention"
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    memory: bool            # global layer: may keep memory blocks (sliding layers never do)
+    window: int | None      # sliding window of a sliding layer, else None
+    rope_type: str          # which rotary table this layer uses
+
+
+class ModelAdapter:
+    def __init__(self, model: torch.nn.Module):
+        cfg = getattr(model.config, "text_config", None) or model.config
+        mt = getattr(cfg, "model_type", None)
+        if mt not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedModelError(
+                f"model type {mt!r} is not supported; supported architectures: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        self.model, self.config, self.model_type = model, cfg, mt
+        self.backbone = model.model
+        self.layers = list(self.backbone.layers)
+        self.n_layers = len(self.layers)
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.native_window = int(cfg.max_position_embeddings)
+        self.final_softcap = getattr(cfg, "final_logit_softcapping", None)
+        types = list(getattr(cfg, "layer_types", None) or [GLOBAL] * self.n_layers)
+        sw = getattr(cfg, "sliding_window", None)
+        self.kinds = [LayerKind(memory=(t != SLIDING), window=(sw if t == SLIDING else None), rope_type=t)
+                      for t in types]
+        self._rope_takes_type = "layer_type" in inspect.signature(self.backbone.rotary_emb.forward).parameters
+        self._tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def memory_layers(self) -> list[int]:
+        return [i for i, k in enumerate(self.kinds) if k.memory]
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone.embed_tokens(ids)
+
+    def identity_rope(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = hidden.shape[1]
+        ones = torch.ones((1, t, self.head_dim), dtype=hidden.dtype, device=hidden.device)
+        return ones, torch.zeros_like(ones)
+
+    def run_layer(self, i: int, hidden: torch.Tensor, **attention_kwargs) -> torch.Tensor:
+        ident = self.identity_rope(hidden)
+        out = self.layers[i](hidden, attention_mask=None, position_embeddings=ident, position_ids=None,
+                             past_key_values=None, use_cache=False, **attention_kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head on ``[1, T, D]`` hidden states -> float32 ``[T, V]`` logits."""
+        x = self.backbone.norm(hidden)
+        logits = self.model.lm_head(x)[0].float()
+        if self.final_softcap:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        return logits
+
+    def rope_table(self, rope_type: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 cos/sin ``[>=n, d]`` for positions 0..n-1 of one layer type (cached, grows by doubling)."""
+        table = self._tables.get(rope_type)
+        if table is None or table[0].shape[0] < n:
+            with self._lock:
+                table = self._tables.get(rope_type)
+                if table is None or table[0].shape[0] < n:
+                    size = max(n, 2 * (0 if table is None else table[0].shape[0]), 1024)
+                    pos = torch.arange(size, device=self.device)[None]
+                    x = torch.zeros(1, dtype=torch.float32, device=self.device)
+                    args = (rope_type,) if self._rope_takes_type else ()
+                    cos, sin = self.backbone.rotary_emb(x, pos, *args)
+                    table = (cos[0].float(), sin[0].float())
+                    self._tables[rope_type] = table
+        return table

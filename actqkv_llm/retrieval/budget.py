@@ -1,0 +1,64 @@
+"""How many blocks each layer may retrieve in one step.
+
+``FixedTopK``: the same k everywhere (InfLLM). ``DynamicCutoff``: ActQKV's information-density
+cut-off. A total of ``avg x layers`` blocks is drawn layer by layer; layer n takes
+``k_n = clamp(round(w_n * remaining), lo, hi)`` with ``w_n = H_n / sum_{i>=n} H_i`` where ``H`` is a
+running mean of each layer's normalized retrieval-score entropy. Layers whose scores are spread
+out (high entropy: the information is dispersed) take more blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+
+def normalized_entropy(scores: torch.Tensor) -> float:
+    """Entropy of softmax(scores) divided by log N (1 = uniform, 0 = one block has it all)."""
+    n = scores.numel()
+    if n <= 1:
+        return 0.0
+    logp = torch.log_softmax(scores.float(), 0)
+    return float(-(logp.exp() * logp).sum() / math.log(n))
+
+
+class FixedTopK:
+    def __init__(self, k: int):
+        self.k = k
+
+    def blocks_for(self, slot: int, layer: int, scores: torch.Tensor) -> int:
+        return min(self.k, scores.numel())
+
+
+class DynamicCutoff:
+    """The per-step allocator. One instance per forward pass; ``slot`` indexes the execution block
+    inside the pass (prefill runs several per pass), so each execution block shares its own
+    budget across layers.
+
+    Invariant (asserted in tests): within a slot the layers never draw more than ``avg x layers``
+    blocks in total, and each draws at most ``hi``.
+    """
+
+    def __init__(self, avg: int, lo: int, hi: int, memory_layers: list[int], entropy: Callable[[int], float]):
+        self.avg, self.lo, self.hi = avg, lo, hi
+        self.layers = memory_layers
+        self.order = {layer: i for i, layer in enumerate(memory_layers)}
+        self.entropy = entropy  # layer -> running mean of its normalized score entropy (read live)
+        self.total = avg * len(memory_layers)
+        self._spent: dict[int, int] = {}
+
+    def blocks_for(self, slot: int, layer: int, scores: torch.Tensor) -> int:
+        i = self.order[layer]
+        n_layers = len(self.order)
+        spent = self._spent.get(slot, 0)
+        remaining = self.total - spent
+        later = [self.entropy(layer_) for layer_ in self.layers[i:]]
+        denom = sum(later)
+        w = later[0] / denom if denom > 0 else 1.0 / (n_layers - i)
+        k = max(self.lo, min(self.hi, round(w * remaining)))
+        k = min(k, remaining - self.lo * (n_layers - i - 1))  # leave every later layer its minimum
+        k = max(0, min(k, scores.numel()))
+        self._spent[slot] = spent + k
+        return k

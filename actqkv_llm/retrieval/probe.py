@@ -1,0 +1,77 @@
+"""Probe queries: one vector per KV head that stands for an execution block's queries.
+
+ActQKV's Activation Bias: keep running per-feature mean ``m`` and variance ``v`` of a layer's
+queries; token t's bias is ``b_t = mean_j (q_tj - m_j)^2 / (v_j + mean(v)/100)`` (a diagonal
+Mahalanobis z-score). The probe is ``sum_t b_t q_t / sum_t b_t``, so "anchor" tokens whose
+activations stand out dominate it. InfLLM's probe is the plain mean.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# ActQKV regularises the variance by 1/100 of its mean so quiet features cannot blow up.
+VARIANCE_FLOOR_RATIO = 0.01
+
+
+class ActivationStats:
+    """Running per-feature mean and variance of one layer's queries (Chan et al. batched update).
+
+    One instance per layer and per document: the published code shared one set of statistics
+    across all layers and never reset it; here they are explicit state, forked per question.
+    """
+
+    def __init__(self, n_features: int, device: torch.device):
+        self.count = 0
+        self.mean = torch.zeros(n_features, dtype=torch.float32, device=device)
+        self.m2 = torch.zeros(n_features, dtype=torch.float32, device=device)
+
+    def update(self, q: torch.Tensor) -> None:
+        """Add ``[T, F]`` query features."""
+        q = q.float()
+        n_b = q.shape[0]
+        mean_b = q.mean(0)
+        m2_b = ((q - mean_b) ** 2).sum(0)
+        total = self.count + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / total)
+        self.m2 = self.m2 + m2_b + delta**2 * (self.count * n_b / total)
+        self.count = total
+
+    @property
+    def var(self) -> torch.Tensor:
+        return self.m2 / max(self.count, 1)
+
+    def bias(self, q: torch.Tensor) -> torch.Tensor:
+        """Activation bias ``[T]`` of ``[T, F]`` queries against the running statistics."""
+        var = self.var
+        dev = (q.float() - self.mean) ** 2 / (var + var.mean() * VARIANCE_FLOOR_RATIO + 1e-12)
+        return dev.mean(-1)
+
+    def clone(self) -> "ActivationStats":
+        other = ActivationStats.__new__(ActivationStats)
+        other.count, other.mean, other.m2 = self.count, self.mean, self.m2  # replaced, never mutated
+        return other
+
+
+def _group(probe: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """[H, d] query-head probe -> [Hkv, d] by averaging each KV head's query group."""
+    h, d = probe.shape
+    return probe.view(kv_heads, h // kv_heads, d).mean(1)
+
+
+def mean_probe(q: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """InfLLM's probe: the mean of the block's queries. q: ``[H, T, d]`` -> ``[Hkv, d]``."""
+    return _group(q.float().mean(1), kv_heads)
+
+
+def activation_probe(q: torch.Tensor, kv_heads: int, stats: ActivationStats) -> torch.Tensor:
+    """ActQKV's probe: queries weighted by their activation bias. q: ``[H, T, d]`` -> ``[Hkv, d]``.
+
+    ``stats`` must already include this block's queries (so one token is not its own outlier).
+    """
+    h, t, d = q.shape
+    feats = q.permute(1, 0, 2).reshape(t, h * d)
+    b = stats.bias(feats)
+    w = b / b.sum().clamp_min(1e-12)
+    return _group(torch.einsum("t,htd->hd", w, q.float()), kv_heads)

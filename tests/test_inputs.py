@@ -1,0 +1,82 @@
+"""Bad input: a clear error and nothing half-done."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from actqkv_llm import ConfigError, Engine, InputError, RetrievalConfig, UnsupportedModelError
+
+
+def test_empty_document(make_engine):
+    eng = make_engine()
+    for bad in ("", "   \n"):
+        with pytest.raises(InputError, match="empty"):
+            eng.prefill(bad)
+
+
+def test_non_text_document(make_engine):
+    eng = make_engine()
+    with pytest.raises(InputError, match="decode bytes"):
+        eng.prefill(b"bytes are not text")
+    with pytest.raises(InputError, match="must be text"):
+        eng.prefill(["a", "list"])
+
+
+def test_unsupported_architecture_names_the_supported_ones(tokenizer):
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300))
+    with pytest.raises(UnsupportedModelError) as err:
+        Engine(model, tokenizer, progress=False, cache=False)
+    for name in ("llama", "qwen2", "qwen3", "gemma3", "mistral"):
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(block_size=0), "block_size"),
+    (dict(method="magic"), "method"),
+    (dict(n_local=16, exec_block=16), "n_local"),
+    (dict(budget=10), "budget"),
+    (dict(question_weight=-1.0), "question_weight"),
+    (dict(repr_topk=99), "repr_topk"),
+    (dict(n_local="big"), "n_local"),
+    (dict(max_blocks=1, min_blocks=5), "max_blocks"),
+    (dict(offload="sometimes"), "offload"),
+])
+def test_options_out_of_range(make_engine, options, match):
+    with pytest.raises(ConfigError, match=match):
+        make_engine(**options)
+
+
+def test_unknown_option_is_refused():
+    with pytest.raises(ConfigError, match="unknown retrieval option"):
+        RetrievalConfig.for_model(8192, blok_size=4)
+
+
+def test_window_beyond_native_is_refused():
+    with pytest.raises(ConfigError, match="native window"):
+        RetrievalConfig.for_model(1024, n_local=2048, budget=4096)
+
+
+def test_bad_sampling_options(make_engine):
+    eng = make_engine()
+    doc = eng.prefill("a small document")
+    with pytest.raises(InputError, match="max_new_tokens"):
+        eng.ask(doc, "q", max_new_tokens=0)
+    with pytest.raises(InputError, match="top_p"):
+        eng.ask(doc, "q", top_p=0)
+    with pytest.raises(InputError, match="question is empty"):
+        eng.ask(doc, "  ")
+
+
+def test_ask_on_raw_document_is_refused(make_engine):
+    eng = make_engine()
+    doc = eng.prefill("raw text", chat=False)
+    with pytest.raises(InputError, match="chat=True"):
+        eng.ask(doc, "q")
+
+
+def test_document_from_other_options_is_refused(make_engine):
+    eng = make_engine()
+    doc = eng.prefill("some text here")
+    other = eng.with_method("infllm")
+    with pytest.raises(InputError, match="other retrieval options"):
+        other.ask(doc, "q")

@@ -1,0 +1,146 @@
+"""Beyond the window: memory blocks form, the KV attended per step stays within the budget, and
+questions never leak into the document or into each other."""
+
+import pytest
+import torch
+
+from actqkv_llm import RetrievalConfig
+from actqkv_llm.retrieval.budget import DynamicCutoff, normalized_entropy
+from actqkv_llm.retrieval.probe import ActivationStats, activation_probe, mean_probe
+
+SMALL = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
+
+
+def _prefill_logged(eng, n, seed=0):
+    ids = torch.randint(0, 250, (n,), generator=torch.Generator().manual_seed(seed))
+    doc = eng.prefill_ids(ids)
+    return doc
+
+
+@pytest.mark.parametrize("method", ["actqkv", "infllm", "streaming"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_kv_attended_per_step_never_exceeds_budget(make_engine, method, arch):
+    eng = make_engine(arch, method=method, **SMALL)
+    cfg = eng.config
+    sess = eng.prefill_ids(torch.randint(0, 250, (20,))).session()  # any session will do
+    sess.record_kv = True
+    sess.forward(torch.randint(0, 250, (700,), generator=torch.Generator().manual_seed(3)))
+    for _ in range(5):
+        sess.forward(torch.randint(0, 250, (1,)), phase="decode")
+    mem_layers = eng.adapter.memory_layers
+    assert sess.memory[mem_layers[0]].n_blocks > 10 or method == "streaming"
+    checked = 0
+    for step in sess.kv_log:
+        slots = {s for s, _ in step}
+        for slot in slots:
+            per_layer = {layer: n for (s, layer), n in step.items() if s == slot and layer in mem_layers}
+            assert max(per_layer.values()) <= cfg.max_kv_per_layer
+            assert sum(per_layer.values()) <= len(mem_layers) * cfg.budget
+            checked += 1
+    assert checked > 40
+
+
+def test_memory_is_linear_in_document_length(make_engine):
+    """Every token is stored exactly once (sinks + blocks + window) and the work per step is bounded."""
+    eng = make_engine(**SMALL)
+    for n in (300, 900):
+        doc = _prefill_logged(eng, n)
+        mem = doc.state.memory[0]
+        assert mem.n_sink + mem.n_blocks * eng.config.block_size + mem.n_local == n
+        assert mem.n_local <= eng.config.n_local
+
+
+def test_questions_do_not_leak(make_engine):
+    eng = make_engine(**SMALL)
+    doc = eng.prefill("The pass key is 4242. " + "Filler text goes here. " * 40)
+    before = (doc.n_blocks, doc.state.memory[0].local_k.clone(), doc.state.n_tokens,
+              doc.state.retrieval[0].stats.count)
+    a1 = eng.ask(doc, "What is the pass key?", max_new_tokens=12)
+    eng.ask(doc, "Something else entirely, and much longer than the first question was. " * 3, max_new_tokens=12)
+    a3 = eng.ask(doc, "What is the pass key?", max_new_tokens=12)
+    assert a1 == a3
+    assert doc.n_blocks == before[0] and doc.state.n_tokens == before[2]
+    assert torch.equal(doc.state.memory[0].local_k, before[1])
+    assert doc.state.retrieval[0].stats.count == before[3]
+
+
+def test_long_question_is_processed_in_chunks(make_engine):
+    eng = make_engine(**SMALL)
+    doc = eng.prefill("Some document text. " * 30)
+    q = "Please consider this long question. " * 10  # > n_local tokens (byte tokenizer)
+    assert len(eng.tokenizer(q)["input_ids"]) > eng.config.n_local
+    ans = eng.answer(doc, q, max_new_tokens=4)
+    assert ans.usage.prompt_tokens > doc.n_tokens + eng.config.n_local
+
+
+def test_offloaded_blocks_give_the_same_answer(make_engine):
+    """Blocks in host memory behind the device-side LRU cache give exactly what in-place blocks give."""
+    text = "alpha beta gamma delta " * 40
+    base = make_engine(**SMALL)
+    off = make_engine(**SMALL, offload=True, device_cache_blocks=6)
+    d1, d2 = base.prefill(text), off.prefill(text)
+    torch.testing.assert_close(d1.last_logits, d2.last_logits)
+    assert base.ask(d1, "Which words?", max_new_tokens=8) == off.ask(d2, "Which words?", max_new_tokens=8)
+    cache = d2.state.memory[0].blocks.cache
+    assert cache.misses > 0 and cache.hits > 0
+
+
+def test_sources_point_at_document_blocks(make_engine):
+    eng = make_engine(**SMALL)
+    doc = eng.prefill("Lorem ipsum dolor sit amet. " * 40)
+    ans = eng.answer(doc, "What?", max_new_tokens=3)
+    assert ans.sources, "retrieval attended to no block"
+    for s in ans.sources:
+        assert 0 <= s.start < s.end <= doc.n_tokens and 0 < s.score <= 1
+        assert s.text == eng.tokenizer.decode(doc.token_ids[s.start:s.end].tolist())
+    assert [s.score for s in ans.sources] == sorted((s.score for s in ans.sources), reverse=True)
+
+
+# ---------------------------------------------------------------------- retrieval pieces
+def test_dynamic_cutoff_shares_total_and_favours_high_entropy():
+    entropies = {0: 0.9, 1: 0.1, 2: 0.5, 3: 0.5}
+    cut = DynamicCutoff(avg=10, lo=3, hi=20, memory_layers=[0, 1, 2, 3], entropy=entropies.__getitem__)
+    scores = torch.zeros(100)
+    ks = [cut.blocks_for(0, layer, scores) for layer in range(4)]
+    assert sum(ks) <= 40 and all(3 <= k <= 20 for k in ks)
+    assert ks[0] > ks[2] > ks[1]
+
+
+def test_dynamic_cutoff_respects_available_blocks():
+    cut = DynamicCutoff(avg=10, lo=3, hi=20, memory_layers=[0, 1], entropy=lambda i: 1.0)
+    assert cut.blocks_for(0, 0, torch.zeros(4)) == 4
+    assert cut.blocks_for(0, 1, torch.zeros(100)) <= 20
+
+
+def test_normalized_entropy_bounds():
+    assert normalized_entropy(torch.zeros(16)) == pytest.approx(1.0)
+    assert normalized_entropy(torch.tensor([100.0] + [0.0] * 15)) < 0.01
+
+
+def test_activation_probe_is_dominated_by_the_anchor_token():
+    torch.manual_seed(0)
+    q = torch.randn(2, 32, 8) * 0.1
+    q[:, 7] = 5.0  # an outlier "anchor" token
+    stats = ActivationStats(16, torch.device("cpu"))
+    stats.update(q.permute(1, 0, 2).reshape(32, 16))
+    p = activation_probe(q, kv_heads=2, stats=stats)
+    m = mean_probe(q, kv_heads=2)
+    anchor = q[:, 7]
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(p.flatten(), anchor.flatten(), 0) > 0.99
+    assert cos(p.flatten(), anchor.flatten(), 0) > cos(m.flatten(), anchor.flatten(), 0)
+
+
+def test_stats_are_per_document(make_engine):
+    eng = make_engine(**SMALL)
+    d1 = eng.prefill("one document " * 30)
+    d2 = eng.prefill("another text " * 10)
+    n1, n2 = (d.state.retrieval[1].stats.count for d in (d1, d2))
+    assert n1 == d1.n_tokens and n2 == d2.n_tokens
+
+
+def test_config_defaults_follow_actqkv_for_8k_models():
+    cfg = RetrievalConfig.for_model(8192)
+    assert (cfg.block_size, cfg.n_sink, cfg.n_local, cfg.exec_block, cfg.repr_topk) == (32, 64, 512, 256, 4)
+    assert cfg.avg_blocks == 46 and cfg.block_range == (32, 92)
+    assert cfg.n_sink + cfg.n_local + cfg.avg_blocks * cfg.block_size == 2048
