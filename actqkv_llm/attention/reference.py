@@ -13,8 +13,9 @@ import torch
 MAX_SCORE_ELEMENTS = 1 << 26
 
 
-def _scores(q: torch.Tensor, k: torch.Tensor, scaling: float, softcap: float | None) -> torch.Tensor:
-    s = torch.matmul(q, k.float().transpose(1, 2)) * scaling
+def _scores(q: torch.Tensor, k: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """q is pre-scaled float32 ``[Hkv, R, d]``; returns ``[Hkv, R, n]`` logits."""
+    s = torch.matmul(q, k.float().transpose(1, 2))
     if softcap:
         s = torch.tanh(s / softcap) * softcap
     return s
@@ -53,24 +54,35 @@ def attend(q_local: torch.Tensor, k_local: torch.Tensor, v_local: torch.Tensor,
                 mass_m = mm if mass_m is None else mass_m + mm
         return torch.cat(outs, 1), (mass_l if want_mass else None), mass_m
 
-    ql = q_local.float().reshape(hkv, g * t, d)
-    s_loc = _scores(ql, k_local, scaling, softcap)  # [Hkv, G*T, Lk]
+    ql = q_local.float().reshape(hkv, g * t, d) * scaling
+    s_loc = _scores(ql, k_local, softcap)  # [Hkv, G*T, Lk]
+    # only the last T keys can be in a query's future; with a window, old keys can be too far
+    first = 0 if window is not None else lk - t
     qpos = torch.arange(lk - t, lk, device=q_local.device).repeat(g)
-    kpos = torch.arange(lk, device=q_local.device)
-    visible = kpos[None, :] <= qpos[:, None]
+    kpos = torch.arange(first, lk, device=q_local.device)
+    hidden = kpos[None, :] > qpos[:, None]
     if window is not None:
-        visible &= (qpos[:, None] - kpos[None, :]) < window
-    s_loc = s_loc.masked_fill(~visible, float("-inf"))
+        hidden |= (qpos[:, None] - kpos[None, :]) >= window
+    s_loc[..., first:].masked_fill_(hidden, float("-inf"))
+    # one softmax over [memory | local] without concatenating the score matrices
+    row_max = s_loc.amax(-1, keepdim=True)
+    s_mem = None
     if m:
-        s_mem = _scores(q_mem.float().reshape(hkv, g * t, d), k_mem, scaling, softcap)
-        p = torch.softmax(torch.cat([s_mem, s_loc], -1), -1)
-        p_mem, p_loc = p[..., :m], p[..., m:]
-        out = torch.matmul(p_mem, v_mem.float()) + torch.matmul(p_loc, v_local.float())
-    else:
-        p_loc = torch.softmax(s_loc, -1)
-        p_mem = None
-        out = torch.matmul(p_loc, v_local.float())
-    out = out.reshape(h, t, d)
+        s_mem = _scores(q_mem.float().reshape(hkv, g * t, d) * scaling, k_mem, softcap)
+        row_max = torch.maximum(row_max, s_mem.amax(-1, keepdim=True))
+        e_mem = s_mem.sub_(row_max).exp_()
+    e_loc = s_loc.sub_(row_max).exp_()
+    z = e_loc.sum(-1, keepdim=True)
+    out = torch.matmul(e_loc, v_local.float())
+    if m:
+        z += e_mem.sum(-1, keepdim=True)
+        out += torch.matmul(e_mem, v_mem.float())
+    inv_z = z.reciprocal_()
+    out = (out * inv_z).reshape(h, t, d)
     if not want_mass:
         return out, None, None
-    return out, p_loc.sum(1), (None if p_mem is None else p_mem.sum(1))
+    # mass each key received = sum over rows of e / z: a matrix-vector product, no probability matrix
+    w = inv_z.transpose(1, 2)  # [Hkv, 1, R]
+    mass_loc = torch.matmul(w, e_loc)[:, 0]
+    mass_mem = torch.matmul(w, e_mem)[:, 0] if m else None
+    return out, mass_loc, mass_mem
