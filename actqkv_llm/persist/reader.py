@@ -1,0 +1,281 @@
+"""Load a cached document: validate the manifest first, then the small state (size and sha256
+always), then open the big blocks file memory-mapped and read its blocks on demand.
+
+Every block read from ``blocks.safetensors`` is checked against its own sha256 (kept in the
+already verified state file), so a corrupted block raises :class:`CacheError` when it is read and
+can never silently feed an answer. The whole-file sha256 of the blocks file is checked only with
+``verify="full"`` (it would read the entire file up front, defeating lazy loading).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as st_load
+
+from ..errors import CacheError
+from ..memory import DeviceBlockCache, GrowableBlocks
+from .format import BLOCKS, MANIFEST, ST_DTYPES, STATE, Manifest, check_compatible, sha256_file, sha256_ids, sha256_text
+from .state import block_names, layer_name, unpack_state
+
+VERIFY_MODES = ("blocks", "full")
+# Blocks read past a requested run (they usually come next) and kept verified on the host.
+PREFETCH_BLOCKS = 1
+# Requested blocks separated by at most this many others are read as one contiguous run.
+MAX_GAP = 1
+# Prefetched blocks kept per layer until asked for.
+PREFETCH_BUFFER = 32
+
+
+class BlocksFile:
+    """``blocks.safetensors`` of one document, memory-mapped; reads contiguous runs of blocks
+    through ``safe_open(...).get_slice(name)[i:j]`` and verifies each block's sha256."""
+
+    def __init__(self, path: Path, manifest: Manifest, digests: dict[int, bytes], dtype: torch.dtype,
+                 pin: bool = False, on_corrupt: Callable[[], None] | None = None):
+        self.path, self.n_blocks, self.pin = path, list(manifest.n_blocks), pin
+        self._digests = digests
+        self._on_corrupt = on_corrupt
+        shape = (manifest.kv_heads, manifest.block_size, manifest.head_dim)
+        self.block_bytes = 2 * manifest.kv_heads * manifest.block_size * manifest.head_dim * dtype.itemsize
+        try:
+            self._file = safe_open(str(path), framework="pt")
+            names = set(self._file.keys())
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CacheError(f"{path} is corrupt (unreadable safetensors header: {exc})") from None
+        expected = {nm for i, n in enumerate(self.n_blocks) if n for nm in block_names(i)}
+        if names != expected:
+            raise CacheError(f"{path} is corrupt: it holds tensors {sorted(names)[:6]}..., expected "
+                             f"{sorted(expected)[:6]}...")
+        self._slices: dict[int, tuple[Any, Any]] = {}
+        for i, n in enumerate(self.n_blocks):
+            if not n:
+                continue
+            pair = tuple(self._file.get_slice(nm) for nm in block_names(i))
+            for s in pair:
+                if list(s.get_shape()) != [n, *shape] or s.get_dtype() != ST_DTYPES[dtype]:
+                    raise CacheError(f"{path} is corrupt: a tensor of layer {i} is {s.get_dtype()} "
+                                     f"{s.get_shape()}, expected {ST_DTYPES[dtype]} {[n, *shape]}")
+            self._slices[i] = pair
+        self._lock = threading.Lock()
+        self._buffer: dict[int, OrderedDict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.runs = self.blocks_read = self.prefetch_hits = 0
+
+    # ------------------------------------------------------------------ checks
+    def _bad_part(self, layer: int, start: int, t: torch.Tensor, which: int) -> list[int]:
+        """Blocks of ``t`` (keys: ``which=0``, values: ``1``; first block ``start``) whose sha256 is wrong."""
+        dig = self._digests[layer]
+        rows = t.view(torch.uint8).reshape(t.shape[0], -1).numpy()
+        bad = []
+        for j in range(t.shape[0]):
+            o = 64 * (start + j) + 32 * which
+            if hashlib.sha256(rows[j]).digest() != dig[o: o + 32]:
+                bad.append(start + j)
+        return bad
+
+    def _bad_blocks(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> list[int]:
+        return sorted(set(self._bad_part(layer, start, k, 0)) | set(self._bad_part(layer, start, v, 1)))
+
+    def _corrupt(self, layer: int, block: int) -> CacheError:
+        if self._on_corrupt is not None:
+            try:
+                self._on_corrupt()
+            except Exception:  # noqa: BLE001 - reporting the corruption matters more
+                pass
+        return CacheError(f"{self.path} is corrupt: block {block} of layer {layer} does not match its "
+                          "sha256 checksum; the cache entry can't be used: prefill the document again")
+
+    # ------------------------------------------------------------------ reads
+    def _read_run(self, layer: int, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ks, vs = self._slices[layer]
+        try:
+            k, v = ks[a:b], vs[a:b]
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CacheError(f"cannot read blocks {a}..{b - 1} of layer {layer} from {self.path}: {exc}") from None
+        self.runs += 1
+        self.blocks_read += b - a
+        return k.contiguous(), v.contiguous()
+
+    def read_range(self, layer: int, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``a..b-1`` of ``layer``, verified, on the host."""
+        with self._lock:
+            k, v = self._read_run(layer, a, b)
+        bad = self._bad_blocks(layer, a, k, v)
+        if bad:
+            raise self._corrupt(layer, bad[0])
+        return k, v
+
+    def read_part(self, layer: int, a: int, b: int, which: int) -> torch.Tensor:
+        """Keys (``which=0``) or values (``1``) of blocks ``a..b-1`` of ``layer``, verified, on the host."""
+        with self._lock:
+            try:
+                t = self._slices[layer][which][a:b]
+            except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+                raise CacheError(f"cannot read blocks {a}..{b - 1} of layer {layer} from {self.path}: {exc}") from None
+        t = t.contiguous()
+        bad = self._bad_part(layer, a, t, which)
+        if bad:
+            raise self._corrupt(layer, bad[0])
+        return t
+
+    def read(self, layer: int, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``ids`` of ``layer`` as host ``[len(ids), Hkv, B, d]`` keys and values (the
+        :data:`~actqkv_llm.memory.block_cache.BlockReader` of a reloaded document)."""
+        n = self.n_blocks[layer]
+        if any(i < 0 or i >= n for i in ids):
+            raise IndexError(f"block ids out of range 0..{n - 1} for layer {layer}")
+        got: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        with self._lock:
+            buf = self._buffer.setdefault(layer, OrderedDict())
+            todo = []
+            for i in sorted(set(ids)):
+                if i in buf:
+                    got[i] = buf.pop(i)
+                    self.prefetch_hits += 1
+                else:
+                    todo.append(i)
+            runs: list[list[int]] = []  # [first, last] inclusive, gaps up to MAX_GAP merged
+            for i in todo:
+                if runs and i - runs[-1][1] <= MAX_GAP + 1:
+                    runs[-1][1] = i
+                else:
+                    runs.append([i, i])
+            wanted = set(todo)
+            for r, (a, last) in enumerate(runs):
+                nxt = runs[r + 1][0] if r + 1 < len(runs) else n
+                end = min(n, last + 1 + PREFETCH_BLOCKS, nxt)
+                k, v = self._read_run(layer, a, end)
+                bad = set(self._bad_blocks(layer, a, k, v))
+                for j in range(end - a):
+                    b = a + j
+                    if b in wanted:
+                        if b in bad:
+                            raise self._corrupt(layer, b)
+                        got[b] = (k[j], v[j])
+                    elif b not in bad:  # prefetched: kept for a later request (a bad one is re-read then)
+                        buf[b] = (k[j].clone(), v[j].clone())
+                        buf.move_to_end(b)
+                        while len(buf) > PREFETCH_BUFFER:
+                            buf.popitem(last=False)
+        k = torch.stack([got[i][0] for i in ids])
+        v = torch.stack([got[i][1] for i in ids])
+        if self.pin:
+            k, v = k.pin_memory(), v.pin_memory()
+        return k, v
+
+
+class DiskBlocks:
+    """One layer's full blocks of a reloaded document: on disk, served to the compute device through
+    a bounded :class:`DeviceBlockCache` (least recently used evicted first)."""
+
+    def __init__(self, file: BlocksFile, layer: int, n_blocks: int, shape: tuple[int, int, int],
+                 dtype: torch.dtype, device: torch.device, capacity: int):
+        self.file, self.layer, self.n_blocks = file, layer, n_blocks
+        self.block_bytes = file.block_bytes
+        self.cache = DeviceBlockCache(self._read, n_blocks, shape, dtype, device, max(1, min(capacity, n_blocks)))
+
+    def _read(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.file.read(self.layer, ids)
+
+    def read_range(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.file.read_range(self.layer, a, b)
+
+    def read_part(self, a: int, b: int, which: int) -> torch.Tensor:
+        return self.file.read_part(self.layer, a, b, which)
+
+    def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.gather(idx, device)
+
+
+def _check_file(path: Path, expected: int) -> None:
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise CacheError(f"{path} is missing: the document cache is incomplete; prefill the document "
+                         "again") from None
+    except OSError as exc:
+        raise CacheError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if size != expected:
+        raise CacheError(f"{path} is truncated or damaged: {size} bytes, the manifest says {expected}; "
+                         "prefill the document again")
+
+
+def load_directory(engine: Any, directory: str | Path, verify: str = "blocks",
+                   on_corrupt: Callable[[], None] | None = None, expect: dict | None = None):
+    """The :class:`~actqkv_llm.document.Document` saved in ``directory``, for ``engine``.
+
+    ``expect`` (optional) names values the manifest must hold (e.g. ``{"key": ..., "token_ids_sha256": ...}``).
+    Raises :class:`CacheMismatchError` (another format version, model or option set) or
+    :class:`CacheError` (missing, truncated or corrupt files), naming the file and the fields.
+    """
+    from ..document import Document
+
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    directory = Path(directory)
+    manifest = Manifest.read(directory)
+    check_compatible(manifest, engine, directory)
+    for name, value in (expect or {}).items():
+        if getattr(manifest, name) != value:
+            raise CacheError(f"{directory / MANIFEST} belongs to another document ({name} differs)")
+
+    state_path, blocks_path = directory / STATE, directory / BLOCKS
+    for name, entry in manifest.files.items():
+        _check_file(directory / name, entry.bytes)
+    raw = state_path.read_bytes()
+    if len(raw) != manifest.files[STATE].bytes or hashlib.sha256(raw).hexdigest() != manifest.files[STATE].sha256:
+        raise CacheError(f"{state_path} is corrupt (sha256 mismatch); prefill the document again")
+    try:
+        tensors = st_load(raw)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise CacheError(f"{state_path} is corrupt ({exc})") from None
+    del raw
+    if verify == "full" and sha256_file(blocks_path) != manifest.files[BLOCKS].sha256:
+        raise CacheError(f"{blocks_path} is corrupt (sha256 mismatch); prefill the document again")
+
+    where = str(state_path)
+    ids = tensors.get("token_ids")
+    if ids is None or ids.dtype != torch.long or ids.dim() != 1 or ids.numel() != manifest.n_tokens \
+            or sha256_ids(ids) != manifest.token_ids_sha256:
+        raise CacheError(f"{state_path} is corrupt: token ids do not match the manifest")
+    try:
+        text = bytes(tensors["text"].numpy()).decode("utf-8") if "text" in tensors else ""
+    except UnicodeDecodeError:
+        raise CacheError(f"{state_path} is corrupt: the document text is not UTF-8") from None
+    if sha256_text(text) != manifest.text_sha256:
+        raise CacheError(f"{state_path} is corrupt: the document text does not match the manifest")
+    logits = tensors.get("last_logits")
+    if logits is None or logits.dtype != torch.float32 or logits.dim() != 1:
+        raise CacheError(f"{state_path} is corrupt: last_logits is missing or malformed")
+
+    digests: dict[int, bytes] = {}
+    for i, n in enumerate(manifest.n_blocks):
+        if n:
+            d = tensors.get(layer_name(i, "block_sha256"))
+            if d is None or d.dtype != torch.uint8 or tuple(d.shape) != (n, 2, 32):
+                raise CacheError(f"{state_path} is corrupt: block checksums of layer {i} are missing")
+            digests[i] = bytes(d.numpy())
+
+    adapter, dev, dt = engine.adapter, engine.device, engine.dtype
+    shape = (adapter.n_kv_heads, engine.config.block_size, adapter.head_dim)
+    bfile = None
+    if manifest.total_blocks:
+        bfile = BlocksFile(blocks_path, manifest, digests, dt, pin=(dev.type == "cuda"), on_corrupt=on_corrupt)
+
+    def make_blocks(i: int):
+        n = manifest.n_blocks[i]
+        if n == 0:
+            return GrowableBlocks(*shape, dt, dev, capacity=1)
+        return DiskBlocks(bfile, i, n, shape, dt, dev, engine.config.device_cache_blocks)
+
+    session = unpack_state(engine, tensors, manifest.n_blocks, make_blocks, where)
+    doc = Document(engine, session, ids, text, manifest.layout, logits.to(dev), key=manifest.key, path=directory)
+    doc.manifest = manifest
+    return doc

@@ -1,0 +1,159 @@
+"""A prefilled document's state as named tensors, and back.
+
+``state.safetensors`` (small, loaded eagerly onto the compute device) holds everything but the
+full KV blocks; ``blocks.safetensors`` (large, read lazily) holds per layer ``layers.{i}.keys`` and
+``layers.{i}.values`` shaped ``[n_blocks, kv_heads, block_size, head_dim]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import torch
+
+from ..errors import CacheError
+from ..memory import GrowableBlocks, HostBlocks, LayerMemory, StackedBlocks, SummaryKeys
+from ..retrieval.methods import LayerRetrievalState
+from ..retrieval.probe import ActivationStats
+
+# Blocks moved to the host per write call while saving (bounds the extra host memory).
+CHUNK_BYTES = 64 << 20
+
+
+def layer_name(i: int, what: str) -> str:
+    return f"layers.{i}.{what}"
+
+
+def block_names(i: int) -> tuple[str, str]:
+    return layer_name(i, "keys"), layer_name(i, "values")
+
+
+def _host(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy with its own storage (safetensors refuses shared or strided tensors)."""
+    return t.detach().to("cpu").contiguous().clone()
+
+
+def _scalar(value: float | int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor([value], dtype=dtype)
+
+
+def pack_state(doc: Any) -> dict[str, torch.Tensor]:
+    """Everything but the full blocks (block digests are added by the writer)."""
+    state = doc.state
+    out: dict[str, torch.Tensor] = {
+        "token_ids": _host(doc.token_ids.to(torch.long)),
+        "last_logits": _host(doc.last_logits.float()),
+        "text": torch.frombuffer(bytearray(doc.text.encode("utf-8")), dtype=torch.uint8).clone()
+        if doc.text else torch.empty(0, dtype=torch.uint8),
+        "session.n_tokens": _scalar(state.n_tokens, torch.long),
+    }
+    for i, (mem, r) in enumerate(zip(state.memory, state.retrieval)):
+        n = lambda what: layer_name(i, what)  # noqa: E731
+        out[n("sink_k")], out[n("sink_v")] = _host(mem.sink_k), _host(mem.sink_v)
+        out[n("local_k")], out[n("local_v")] = _host(mem.local_k), _host(mem.local_v)
+        out[n("local_score")] = _host(mem.local_score.float())
+        out[n("local_start")] = _scalar(mem.local_start, torch.long)
+        out[n("summaries")] = _host(mem.summaries.all())
+        if r.stats is not None:
+            out[n("stats.count")] = _scalar(r.stats.count, torch.long)
+            out[n("stats.mean")], out[n("stats.m2")] = _host(r.stats.mean.float()), _host(r.stats.m2.float())
+        out[n("entropy_mean")] = _scalar(r.entropy_mean, torch.float64)
+        out[n("entropy_count")] = _scalar(r.entropy_count, torch.long)
+        if r.question is not None:
+            out[n("question")] = _host(r.question)
+        out[n("question_weight")] = _scalar(r.question_weight, torch.float64)
+    return out
+
+
+def block_chunks(blocks: Any, which: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[torch.Tensor]:
+    """A layer's full-block keys (``which=0``) or values (``1``) as CPU ``[m, Hkv, B, d]`` chunks, in order."""
+    n = blocks.n_blocks
+    if n == 0:
+        return
+    if isinstance(blocks, HostBlocks):
+        blocks = blocks.store
+    if isinstance(blocks, GrowableBlocks):
+        src = blocks.keys if which == 0 else blocks.values
+        per = max(1, chunk_bytes // max(1, src[0].numel() * src.element_size()))
+        for a in range(0, n, per):
+            yield src[a:a + per].to("cpu").contiguous()
+        return
+    if hasattr(blocks, "read_part"):  # a reloaded document: read (and verify) from its file
+        per = max(1, 2 * chunk_bytes // max(1, blocks.block_bytes))
+        for a in range(0, n, per):
+            yield blocks.read_part(a, min(n, a + per), which)
+        return
+    if isinstance(blocks, StackedBlocks):
+        yield from block_chunks(blocks.base, which, chunk_bytes)
+        yield from block_chunks(blocks.own, which, chunk_bytes)
+        return
+    # anything else implementing KVBlocks: gather on the host and unflatten
+    for a in range(0, n, 64):
+        idx = torch.arange(a, min(n, a + 64))
+        t = blocks.gather(idx, torch.device("cpu"))[which]
+        h, length, d = t.shape
+        m = idx.numel()
+        yield t.reshape(h, m, length // m, d).transpose(0, 1).contiguous()
+
+
+def _get(tensors: dict[str, torch.Tensor], name: str, where: str) -> torch.Tensor:
+    try:
+        return tensors[name]
+    except KeyError:
+        raise CacheError(f"{where} is corrupt: tensor {name!r} is missing") from None
+
+
+def unpack_state(engine: Any, tensors: dict[str, torch.Tensor], n_blocks: list[int],
+                 make_blocks: Callable[[int], Any], where: str):
+    """Rebuild the prefilled :class:`Session` on the engine's device; ``make_blocks(i)`` gives layer
+    ``i``'s full-block store (a lazy disk reader)."""
+    from ..session import Session
+
+    adapter, config = engine.adapter, engine.config
+    dev, dt = adapter.device, adapter.dtype
+    hkv, hd, bs = adapter.n_kv_heads, adapter.head_dim, config.block_size
+    memory, retrieval = [], []
+
+    def expect(t: torch.Tensor, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+            raise CacheError(f"{where} is corrupt: {name} is {t.dtype} {tuple(t.shape)}, expected "
+                             f"{dtype} {tuple(shape)}")
+        return t
+
+    for i in range(adapter.n_layers):
+        g = lambda what: _get(tensors, layer_name(i, what), where)  # noqa: E731
+        name = lambda what: layer_name(i, what)  # noqa: E731
+        sink_k, sink_v = g("sink_k"), g("sink_v")
+        ns = sink_k.shape[1] if sink_k.dim() == 3 else -1
+        expect(sink_k, name("sink_k"), (hkv, ns, hd), dt)
+        expect(sink_v, name("sink_v"), (hkv, ns, hd), dt)
+        local_k, local_v, score = g("local_k"), g("local_v"), g("local_score")
+        nl = local_k.shape[1] if local_k.dim() == 3 else -1
+        expect(local_k, name("local_k"), (hkv, nl, hd), dt)
+        expect(local_v, name("local_v"), (hkv, nl, hd), dt)
+        expect(score, name("local_score"), (hkv, nl), torch.float32)
+        summaries = expect(g("summaries"), name("summaries"), (n_blocks[i], hkv, hd), dt)
+
+        mem = LayerMemory(hkv, hd, dt, dev, bs, blocks=make_blocks(i),
+                          summaries=SummaryKeys(hkv, hd, dt, dev, base=summaries.to(dev), capacity=1))
+        mem.sink_k, mem.sink_v = sink_k.to(dev), sink_v.to(dev)
+        mem.local_k, mem.local_v, mem.local_score = local_k.to(dev), local_v.to(dev), score.to(dev)
+        mem.local_start = int(g("local_start")[0])
+        memory.append(mem)
+
+        stats = None
+        if name("stats.count") in tensors:
+            feats = adapter.n_heads * adapter.head_dim
+            stats = ActivationStats.__new__(ActivationStats)
+            stats.count = int(g("stats.count")[0])
+            stats.mean = expect(g("stats.mean"), name("stats.mean"), (feats,), torch.float32).to(dev)
+            stats.m2 = expect(g("stats.m2"), name("stats.m2"), (feats,), torch.float32).to(dev)
+        elif engine.method.tracks_activations:
+            raise CacheError(f"{where} is corrupt: activation statistics of layer {i} are missing")
+        question = tensors.get(name("question"))
+        retrieval.append(LayerRetrievalState(
+            stats=stats, entropy_mean=float(g("entropy_mean")[0]), entropy_count=int(g("entropy_count")[0]),
+            question=None if question is None else question.to(dev),
+            question_weight=float(g("question_weight")[0])))
+    n_tokens = int(_get(tensors, "session.n_tokens", where)[0])
+    return Session(adapter, config, engine.method, memory, retrieval, n_tokens)
