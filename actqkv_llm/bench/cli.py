@@ -1,0 +1,183 @@
+"""Command-line arguments of ``actqkv bench quality`` and ``actqkv bench speed``.
+
+:func:`add_bench_arguments` adds a ``bench`` command (with ``quality`` and ``speed`` under it) to
+the main CLI's subparsers and sets ``func`` on the parsed namespace; ``func(args)`` runs the
+benchmark and returns an exit code. See :mod:`actqkv_llm.bench` for the wiring.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from . import tasks as T
+
+_METHODS = ("full", "streaming", "infllm", "actqkv")
+
+
+def parse_length(text: str) -> int:
+    """'4K' -> 4096, '128k' -> 131072, '1M' -> 1048576, '5000' -> 5000."""
+    t = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20}.get(t[-1:], 1)
+    try:
+        value = int(t[:-1] if scale > 1 else t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a length: {text!r} (use e.g. 4096, 8K, 1M)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"length must be positive: {text!r}")
+    return value
+
+
+def _csv(kind: Any):
+    def parse(text: str) -> list:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    return parse
+
+
+def _methods(text: str) -> list[str]:
+    methods = _csv(str)(text)
+    bad = [m for m in methods if m not in _METHODS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {bad}; known: {', '.join(_METHODS)}")
+    return methods
+
+
+def _tasks(text: str) -> list[str]:
+    specs = _csv(str)(text)
+    for spec in specs:
+        try:
+            T.parse_task(spec)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return specs
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """'budget=2048' -> ('budget', 2048); values become bool / None / int / float / str."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    low = raw.strip().lower()
+    value: Any
+    if low in ("true", "false"):
+        value = low == "true"
+    elif low == "none":
+        value = None
+    else:
+        for kind in (int, float):
+            try:
+                value = kind(raw)
+                break
+            except ValueError:
+                continue
+        else:
+            value = raw.strip()
+    return key.strip().replace("-", "_"), value
+
+
+def _common(p: argparse.ArgumentParser, default_out: str) -> None:
+    p.add_argument("--model", default=None,
+                   help="model directory or id (default: the packaged SmolLM2-135M-Instruct)")
+    p.add_argument("--gguf-file", default=None, help="GGUF file inside --model")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the engine's choice)")
+    p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: the engine's choice)")
+    p.add_argument("--budget", type=int, default=None, help="KV tokens attended per step (all methods)")
+    p.add_argument("-o", "--option", type=parse_option, action="append", default=[],
+                   metavar="KEY=VALUE", help="any retrieval option, e.g. -o block_size=64 (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=default_out, help=f"output directory (default: {default_out})")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    options = dict(args.option)
+    if args.budget is not None:
+        options["budget"] = args.budget
+    return options
+
+
+def add_bench_arguments(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``bench quality`` and ``bench speed`` to a CLI's ``add_subparsers()`` object."""
+    from .quality import DEFAULT_LENGTHS, DEFAULT_METHODS
+
+    bench = subparsers.add_parser("bench", help="quality and speed benchmarks",
+                                  description="Benchmarks: retrieval quality on synthetic "
+                                  "long-context tasks, and speed against plain Hugging Face attention.")
+    sub = bench.add_subparsers(dest="bench_command", metavar="{quality,speed}", required=True)
+
+    q = sub.add_parser("quality", help="accuracy of every method on synthetic RULER-style tasks",
+                       description="Every method on the same generated samples; writes results.jsonl "
+                       "(resumable), summary.json, results.md and heat maps.")
+    _common(q, "bench-results/quality")
+    q.add_argument("--methods", type=_methods, default=list(DEFAULT_METHODS),
+                   help=f"comma-separated (default: {','.join(DEFAULT_METHODS)})")
+    q.add_argument("--tasks", type=_tasks, default=list(T.TASKS),
+                   help="comma-separated task[:haystack] (tasks: " + ", ".join(T.TASKS)
+                   + "; haystacks: " + ", ".join(T.HAYSTACKS) + ")")
+    q.add_argument("--lengths", type=_csv(parse_length), default=list(DEFAULT_LENGTHS),
+                   help="tokens of document + question, e.g. 4K,8K,32K,128K")
+    q.add_argument("--depths", type=_csv(float), default=list(T.DEFAULT_DEPTHS),
+                   help="needle depths in [0, 1] (default: 0,0.25,0.5,0.75,1)")
+    q.add_argument("--samples", type=int, default=4, help="samples per task, length and depth")
+    q.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length (default: per task, 12-48)")
+    q.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="discard results already in --out instead of skipping them")
+    q.add_argument("--no-plots", dest="plots", action="store_false", help="no heat maps")
+    q.set_defaults(func=_quality_main)
+
+    s = sub.add_parser("speed", help="prefill / time to first token / decode against plain HF",
+                       description="Times each method and the same model under plain Hugging Face "
+                       "SDPA attention; writes speed.json, speed.md and speed.png.")
+    _common(s, "bench-results/speed")
+    from .speed import ARCHS, DEFAULT_LENGTHS as SPEED_LENGTHS
+    s.add_argument("--random-arch", choices=sorted(ARCHS), default=None,
+                   help="randomly initialised model of this shape, built on the device (no tokenizer)")
+    s.add_argument("--max-position-embeddings", type=int, default=None,
+                   help="native window of the random model (default: the architecture's)")
+    s.add_argument("--methods", type=_methods, default=["actqkv"],
+                   help="comma-separated (default: actqkv)")
+    s.add_argument("--lengths", type=_csv(parse_length), default=list(SPEED_LENGTHS),
+                   help="document tokens (default: 8K,32K,128K,1M; what cannot fit is skipped)")
+    s.add_argument("--question-tokens", type=int, default=32)
+    s.add_argument("--decode-tokens", type=int, default=64)
+    s.add_argument("--warmup-tokens", type=int, default=2048)
+    s.add_argument("--repeats", type=int, default=2,
+                   help="times the question and decode are timed; the fastest is kept")
+    s.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="skip the plain Hugging Face baseline")
+    s.add_argument("--baseline-chunk", type=parse_length, default=None,
+                   help="baseline prefill chunk (default: one pass)")
+    s.add_argument("--no-reload", dest="reload", action="store_false",
+                   help="skip timing doc.save + eng.load + first token")
+    s.set_defaults(func=_speed_main)
+    return bench
+
+
+def _quality_main(args: argparse.Namespace) -> int:
+    from .quality import run_quality
+    summary = run_quality(
+        args.out, model=args.model, gguf_file=args.gguf_file, device=args.device, dtype=args.dtype,
+        methods=args.methods, tasks=args.tasks, lengths=args.lengths, depths=args.depths,
+        samples=args.samples, seed=args.seed, max_new_tokens=args.max_new_tokens,
+        options=_options(args), resume=args.resume, progress=args.progress, plots=args.plots)
+    for method, s in summary["overall"].items():
+        print(f"{method:>10}: {100 * s['accuracy']:5.1f}% of {s['n']}")
+    print(f"results in {args.out}/ (results.md, summary.json, results.jsonl)")
+    return 0
+
+
+def _speed_main(args: argparse.Namespace) -> int:
+    from .speed import run_speed, speed_markdown
+    if args.model and args.random_arch:
+        raise SystemExit("actqkv bench speed: pass --model or --random-arch, not both")
+    result = run_speed(
+        args.out, model=args.model, random_arch=args.random_arch, gguf_file=args.gguf_file,
+        device=args.device, dtype=args.dtype, methods=args.methods, lengths=args.lengths,
+        question_tokens=args.question_tokens, decode_tokens=args.decode_tokens,
+        warmup_tokens=args.warmup_tokens, baseline=args.baseline, baseline_chunk=args.baseline_chunk,
+        reload=args.reload, max_position_embeddings=args.max_position_embeddings,
+        options=_options(args), repeats=args.repeats, seed=args.seed, progress=args.progress)
+    print(speed_markdown(result))
+    print(f"results in {args.out}/ (speed.json, speed.md, speed.png)")
+    return 0

@@ -1,0 +1,101 @@
+"""PNG figures for the benchmarks, drawn with matplotlib's Agg canvas (no display, no pyplot state)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from .quality import DEFAULT_METHODS, format_length, ordered
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def accuracy_grid(cells: dict[str, Any], lengths: Sequence[int], depths: Sequence[float],
+                  ) -> list[list[float]]:
+    """Rows = depths, columns = lengths; NaN where there is no result.
+
+    ``cells``: one method's and task's ``summary["by_depth"]`` entry ({length: {depth: stats}}).
+    """
+    return [[cells.get(str(n), {}).get(f"{d:g}", {}).get("accuracy", float("nan")) for n in lengths]
+            for d in depths]
+
+
+def plot_heatmaps(summary: dict[str, Any], out_dir: str | Path,
+                  methods_order: Sequence[str] = DEFAULT_METHODS,
+                  ) -> list[Path]:
+    """One figure per task: accuracy by length (x) and depth (y), one panel per method.
+
+    Reads ``summary["by_depth"][method][task][length][depth]["accuracy"]`` (see
+    :func:`actqkv_llm.bench.quality.summarize`). Cells without results are left blank.
+    """
+    by_depth = summary["by_depth"]
+    methods = ordered(by_depth, methods_order)
+    task_names = sorted({t for m in by_depth.values() for t in m})
+    paths = []
+    for task in task_names:
+        lengths = sorted({int(n) for m in methods for n in by_depth[m].get(task, {})})
+        depths = sorted({float(d) for m in methods for cells in by_depth[m].get(task, {}).values()
+                         for d in cells})
+        fig = Figure(figsize=(1.2 + 0.9 * max(3, len(lengths)) * len(methods), 1.2 + 0.5 * len(depths)),
+                     layout="constrained")
+        axes = fig.subplots(1, len(methods), squeeze=False)[0]
+        image = None
+        for ax, m in zip(axes, methods):
+            grid = accuracy_grid(by_depth[m].get(task, {}), lengths, depths)
+            for i, row in enumerate(grid):
+                for j, acc in enumerate(row):
+                    if acc == acc:  # not NaN: this cell has results
+                        ax.text(j, i, f"{100 * acc:.0f}", ha="center", va="center", fontsize=8,
+                                color="black" if acc > 0.35 else "white")
+            image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+            ax.set_title(m)
+            ax.set_xticks(range(len(lengths)), [format_length(n) for n in lengths])
+            ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
+            ax.set_xlabel("length (tokens)")
+        axes[0].set_ylabel("needle depth")
+        if image is not None:
+            fig.colorbar(image, ax=list(axes), label="accuracy", shrink=0.9)
+        fig.suptitle(f"{task}: exact-match accuracy (%)")
+        paths.append(_save(fig, Path(out_dir) / f"heatmap_{_slug(task)}.png"))
+    return paths
+
+
+def plot_speed(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Prefill time, time to first token and decode ms/token against length, one line per system.
+
+    ``rows``: dicts with ``system``, ``length`` and numeric ``prefill_s``, ``ttft_s``,
+    ``decode_ms_per_token`` (missing or non-numeric values, e.g. "OOM", are not drawn).
+    """
+    panels = (("prefill_s", "prefill time (s)"), ("ttft_s", "time to first token (s)"),
+              ("decode_ms_per_token", "decode (ms / token)"))
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    systems = sorted({r["system"] for r in rows}, key=lambda s: (s.startswith("hf"), s))
+    for ax, (field, label) in zip(axes, panels):
+        for system in systems:
+            pts = sorted((r["length"], r[field]) for r in rows if r["system"] == system
+                         and isinstance(r.get(field), (int, float)))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=system,
+                        linestyle="--" if system.startswith("hf") else "-")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: format_length(int(round(x)))))
+        ax.set_yscale("log")
+        ax.set_xlabel("document length (tokens)")
+        ax.set_title(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    return _save(fig, Path(path))

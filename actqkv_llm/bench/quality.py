@@ -1,0 +1,372 @@
+"""``actqkv bench quality``: every method on the same synthetic samples, exact-match accuracy.
+
+The model is loaded once; each method is a cheap view of it (``eng.with_method``). Each sample's
+document is prefilled once per method as a raw completion (``eng.prefill(text, chat=False)``) and
+answered with ``eng.generate(doc, continuation)``: small models such as SmolLM2 answer these tasks
+only as plain completions (``/work/shared/BASELINES.md``).
+
+Output directory:
+
+- ``results.jsonl``: one line per (method, task, length, depth, sample), appended and flushed as
+  each finishes. A rerun with the same output directory skips the keys already there (resume);
+  a line cut short by a kill is dropped.
+- ``run.json``: what the results depend on (model, dtype, seed, options); a rerun with other
+  settings into the same directory is refused instead of mixing results.
+- ``summary.json``, ``results.md``, ``heatmap_<task>.png``: rebuilt from ``results.jsonl`` at the
+  end of every run (:func:`write_reports` does it alone).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import shlex
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from ..errors import ConfigError, InputError
+from . import tasks as T
+
+RESULTS = "results.jsonl"
+RUN = "run.json"
+SUMMARY = "summary.json"
+REPORT = "results.md"
+KEY_FIELDS = ("method", "task", "length", "depth", "sample")
+DEFAULT_METHODS: tuple[str, ...] = ("full", "streaming", "infllm", "actqkv")
+DEFAULT_LENGTHS: tuple[int, ...] = (4096, 8192, 16384, 32768)
+DEFAULT_TASKS: tuple[str, ...] = T.TASKS
+
+
+def result_key(record: dict[str, Any]) -> tuple:
+    """The identity of one result: (method, task label, length, depth, sample index)."""
+    return (record["method"], record["task"], int(record["length"]), round(float(record["depth"]), 6),
+            int(record["sample"]))
+
+
+# ----------------------------------------------------------------------------- the results file
+class ResultsLog:
+    """``results.jsonl``: read what is there, append one flushed line per finished result."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> dict[tuple, dict[str, Any]]:
+        """Finished results by key. A torn or unreadable line (a killed run) is dropped from the file."""
+        if not self.path.exists():
+            return {}
+        records: dict[tuple, dict[str, Any]] = {}
+        good: list[str] = []
+        text = self.path.read_text(encoding="utf-8")
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+                key = result_key(record)
+            except (ValueError, KeyError, TypeError):
+                continue
+            records[key] = record
+            good.append(line)
+        clean = "".join(line + "\n" for line in good)
+        if clean != text:  # rewrite without the broken tail so appends start on a fresh line
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(clean, encoding="utf-8")
+            tmp.replace(self.path)
+        return records
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+
+
+def _check_run(out_dir: Path, fingerprint: dict[str, Any], resume: bool) -> None:
+    """Refuse to resume into a directory whose results were made with other settings."""
+    run, results = out_dir / RUN, out_dir / RESULTS
+    if resume and results.exists() and run.exists():
+        before = json.loads(run.read_text())
+        if before != fingerprint:
+            diff = {k: (before.get(k), fingerprint.get(k)) for k in set(before) | set(fingerprint)
+                    if before.get(k) != fingerprint.get(k)}
+            raise ConfigError(
+                f"{out_dir} holds results made with other settings ({diff}, as (before, now)); "
+                "pick another --out, or pass --no-resume to discard them")
+    if not resume and results.exists():
+        results.unlink()
+    run.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
+
+
+# ----------------------------------------------------------------------------- summary + report
+def format_length(n: int) -> str:
+    """4096 -> '4K', 1048576 -> '1M', 5000 -> '5000'."""
+    for unit, size in (("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy (all expected values found) and mean recall by method, task, length and depth."""
+    cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        cells[(r["method"], r["task"], int(r["length"]), float(r["depth"]))].append(r)
+
+    def stats(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"accuracy": sum(bool(r["correct"]) for r in rs) / len(rs),
+                "recall": sum(float(r["recall"]) for r in rs) / len(rs),
+                "n": len(rs),
+                "errors": sum(1 for r in rs if r.get("error"))}
+
+    by_length: dict[tuple, list] = defaultdict(list)
+    by_method_task: dict[tuple, list] = defaultdict(list)
+    by_method: dict[str, list] = defaultdict(list)
+    for (m, t, length, depth), rs in cells.items():
+        by_length[(m, t, length)] += rs
+        by_method_task[(m, t)] += rs
+        by_method[m] += rs
+    out: dict[str, Any] = {"by_length": {}, "by_depth": {}, "by_task": {}, "overall": {}}
+    for (m, t, length), rs in sorted(by_length.items()):
+        out["by_length"].setdefault(m, {}).setdefault(t, {})[str(length)] = stats(rs)
+    for (m, t, length, depth), rs in sorted(cells.items()):
+        out["by_depth"].setdefault(m, {}).setdefault(t, {}).setdefault(str(length), {})[
+            f"{depth:g}"] = stats(rs)
+    for (m, t), rs in sorted(by_method_task.items()):
+        out["by_task"].setdefault(m, {})[t] = stats(rs)
+    for m, rs in sorted(by_method.items()):
+        out["overall"][m] = stats(rs)
+    return out
+
+
+def ordered(values: Iterable[str], preferred: Sequence[str]) -> list[str]:
+    """``values`` in ``preferred`` order first, the rest sorted."""
+    values = set(values)
+    return [v for v in preferred if v in values] + sorted(values - set(preferred))
+
+
+def markdown_report(summary: dict[str, Any], header: dict[str, Any] | None = None) -> str:
+    """One table per task: a row per method, a column per length, cells 'accuracy (n)'."""
+    acc = summary["by_length"]
+    methods = ordered(acc, DEFAULT_METHODS)
+    task_names = ordered({t for m in acc.values() for t in m},
+                        [T.task_label(t, T.DEFAULT_HAYSTACK[t]) for t in T.TASKS])
+    lines = ["# Quality benchmark", ""]
+    for k, v in (header or {}).items():
+        lines.append(f"- {k}: `{v}`" if k == "command" else f"- {k}: {v}")
+    lines += ["", "Accuracy = all expected values found in the first generated line "
+              "(exact match); (n) = samples.", ""]
+
+    def cell(s: dict[str, Any] | None) -> str:
+        if s is None:
+            return "-"
+        text = f"{100 * s['accuracy']:.1f}% ({s['n']})"
+        return text + (f", {s['errors']} err" if s["errors"] else "")
+
+    for task in task_names:
+        lengths = sorted({int(n) for m in methods for n in acc[m].get(task, {})})
+        lines += [f"## {task}", "",
+                  "| method | " + " | ".join(format_length(n) for n in lengths) + " | all |",
+                  "|---|" + "---:|" * (len(lengths) + 1)]
+        for m in methods:
+            row = [cell(acc[m].get(task, {}).get(str(n))) for n in lengths]
+            row.append(cell(summary["by_task"][m].get(task)))
+            lines.append(f"| {m} | " + " | ".join(row) + " |")
+        lines.append("")
+    lines += ["## all tasks", "", "| method | accuracy | recall | samples |", "|---|---:|---:|---:|"]
+    for m in methods:
+        s = summary["overall"][m]
+        lines.append(f"| {m} | {100 * s['accuracy']:.1f}% | {100 * s['recall']:.1f}% | {s['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(out_dir: str | Path, info: dict[str, Any] | None = None,
+                  plots: bool = True) -> dict[str, Any]:
+    """Rebuild ``summary.json``, ``results.md`` and the heat maps from ``results.jsonl``."""
+    out_dir = Path(out_dir)
+    records = list(ResultsLog(out_dir / RESULTS).load().values())
+    summary = dict(info or {})
+    summary["n_results"] = len(records)
+    summary.update(summarize(records))
+    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+    header = {k: summary[k] for k in ("model", "device", "dtype", "command") if k in summary}
+    (out_dir / REPORT).write_text(markdown_report(summary, header))
+    if plots and records:
+        from .plots import plot_heatmaps
+        summary["plots"] = [p.name for p in plot_heatmaps(summary, out_dir)]
+        (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+# ----------------------------------------------------------------------------- the run
+def free_memory() -> None:
+    """Return freed tensors' memory to the device (after an out-of-memory error or a big run)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_engine(model: str | None = None, *, gguf_file: str | None = None, device: str | None = None,
+                dtype: Any = None, method: str = "actqkv", **options: Any):
+    """The engine benchmarks run on: ``model`` (path or id) or the packaged SmolLM2 default."""
+    from actqkv_llm import Engine
+    kw = dict(device=device, dtype=parse_dtype(dtype), method=method, progress=False,
+              cache=False, **options)
+    if model is None:
+        return Engine.default(**kw)
+    return Engine.from_pretrained(model, gguf_file=gguf_file, **kw)
+
+
+def parse_dtype(dtype: Any):
+    """'bf16' / 'float32' / torch.dtype / None -> torch.dtype or None."""
+    if dtype is None or not isinstance(dtype, str):
+        return dtype
+    names = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
+             "float": "float32"}
+    value = getattr(torch, names.get(dtype.lower(), dtype.lower()), None)
+    if not isinstance(value, torch.dtype):
+        raise ConfigError(f"unknown dtype {dtype!r}; use bf16, fp16 or fp32")
+    return value
+
+
+def method_engines(base: Any, methods: Sequence[str], options: dict[str, Any]) -> dict[str, Any]:
+    """One engine per method, sharing ``base``'s loaded model."""
+    return {m: base.with_method(m, **options) for m in methods}
+
+
+def library_versions() -> dict[str, str]:
+    import transformers
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+
+def run_quality(out_dir: str | Path = "bench-results/quality", *,
+                model: str | None = None, gguf_file: str | None = None,
+                device: str | None = None, dtype: Any = None,
+                methods: Sequence[str] = DEFAULT_METHODS,
+                tasks: Sequence[str] = DEFAULT_TASKS,
+                lengths: Sequence[int] = DEFAULT_LENGTHS,
+                depths: Sequence[float] = T.DEFAULT_DEPTHS,
+                samples: int = 4, seed: int = 0, max_new_tokens: int | None = None,
+                options: dict[str, Any] | None = None, resume: bool = True,
+                progress: bool = True, plots: bool = True, command: str | None = None,
+                engine: Any = None, count_tokens: Callable[[str], int] | None = None,
+                ) -> dict[str, Any]:
+    """Run every method on the same generated samples; return the summary.
+
+    Args:
+        out_dir: where ``results.jsonl``, ``summary.json``, ``results.md`` and heat maps go.
+        model, gguf_file, device, dtype: what to load (``model=None``: the packaged SmolLM2).
+        methods: compared in the same run, on the same samples, with the same ``options``.
+        tasks: task names, optionally ``task:haystack`` (e.g. ``niah_single:filler``).
+        lengths: tokens of document + question, in the engine's tokenizer.
+        depths: needle positions as fractions of the haystack.
+        samples: samples per (task, length, depth).
+        seed: the seed every sample is derived from.
+        max_new_tokens: overrides each task's default answer length.
+        options: retrieval options (``RetrievalConfig`` fields, e.g. ``budget``) for every method.
+        resume: skip results already in ``out_dir`` (False: discard them first).
+        progress: show a tqdm bar over (sample, method) pairs.
+        plots: write the heat maps.
+        command: the command line recorded in the summary (default: ``sys.argv``).
+        engine: an already-built engine to use instead of loading one (tests, notebooks).
+        count_tokens: token counter for sizing samples (default: the engine's tokenizer).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    options = dict(options or {})
+    specs = [T.task_label(*T.parse_task(t)) for t in tasks]
+    depths = [float(d) for d in depths]
+    lengths = [int(n) for n in lengths]
+    command = command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    fingerprint = {"model": model or (getattr(engine, "model_id", None) if engine else "default"),
+                   "gguf_file": gguf_file, "dtype": str(parse_dtype(dtype)) if dtype else None,
+                   "seed": seed, "max_new_tokens": max_new_tokens, "options": options}
+    _check_run(out_dir, fingerprint, resume)
+
+    log = ResultsLog(out_dir / RESULTS)
+    done = log.load()
+    base = engine if engine is not None else load_engine(
+        model, gguf_file=gguf_file, device=device, dtype=dtype, method=methods[0], **options)
+    engines = method_engines(base, methods, options)
+    count = count_tokens or T.hf_token_counter(base.tokenizer)
+
+    info = {
+        "model": getattr(base, "model_id", model),
+        "device": str(getattr(base, "device", device)),
+        "dtype": str(getattr(base, "dtype", dtype)),
+        "fingerprint": getattr(base, "fingerprint", None),
+        "native_window": getattr(base, "native_window", None),
+        "methods": {m: e.config.to_dict() for m, e in engines.items()},
+        "options": options, "tasks": specs, "lengths": lengths, "depths": depths,
+        "samples": samples, "seed": seed, "max_new_tokens": max_new_tokens,
+        "command": command, "versions": library_versions(), "platform": platform.platform(),
+    }
+
+    grid_keys = {(m, t, n, round(d, 6), i) for m in methods for t in specs for n in lengths
+                 for d in depths for i in range(samples)}
+    total = len(grid_keys)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, initial=len(grid_keys & done.keys()), desc="bench quality",
+                   unit="answer", dynamic_ncols=True)
+    tally: dict[str, list[int]] = {m: [0, 0] for m in methods}
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    try:
+        for index in range(samples):
+            for spec in specs:
+                task, haystack = T.parse_task(spec)
+                for length in lengths:
+                    for depth in depths:
+                        todo = [m for m in methods
+                                if (m, spec, length, round(depth, 6), index) not in done]
+                        if not todo:
+                            continue
+                        sample = T.make_sample(task, length, depth, count, haystack=haystack,
+                                               seed=seed, index=index)
+                        for m in todo:
+                            record = _answer(engines[m], m, sample, max_new_tokens)
+                            log.append(record)
+                            done[result_key(record)] = record
+                            tally[m][0] += record["correct"]
+                            tally[m][1] += 1
+                            if bar is not None:
+                                bar.set_postfix_str(" ".join(
+                                    f"{k} {100 * c / n:.0f}%" for k, (c, n) in tally.items() if n))
+                                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    info["started"], info["finished"] = started, time.strftime("%Y-%m-%dT%H:%M:%S")
+    return write_reports(out_dir, info, plots=plots)
+
+
+def _answer(eng: Any, method: str, sample: T.Sample, max_new_tokens: int | None) -> dict[str, Any]:
+    """Prefill the sample's document with one method, generate, score; one results line."""
+    record: dict[str, Any] = {"method": method, "task": sample.label, "length": sample.length,
+                              "depth": sample.depth, "sample": sample.index, "seed": sample.seed,
+                              "n_tokens": sample.n_tokens, "expected": sample.expected}
+    output, error = "", None
+    t0 = time.perf_counter()
+    prefill_s = None
+    try:
+        doc = eng.prefill(sample.prompt_document, chat=False, progress=False)
+        prefill_s = time.perf_counter() - t0
+        record["doc_tokens"] = getattr(doc, "n_tokens", None)
+        output = eng.generate(doc, sample.continuation,
+                              max_new_tokens=max_new_tokens or sample.max_new_tokens,
+                              temperature=0.0)
+    except InputError as exc:           # e.g. the document is too long for this method
+        error = f"{type(exc).__name__}: {exc}"
+    except (torch.OutOfMemoryError, MemoryError):   # a result; anything else is a bug
+        error = "OOM"
+    if error == "OOM":  # outside the handler: its traceback no longer pins the tensors
+        free_memory()
+    elapsed = time.perf_counter() - t0
+    record.update(T.score(output, sample.expected))
+    record.update(output=output, error=error, prefill_s=prefill_s,
+                  generate_s=None if prefill_s is None or error else elapsed - prefill_s)
+    return record

@@ -1,0 +1,445 @@
+"""``actqkv bench speed``: prefill, time to first token and decode, ours against plain HF attention.
+
+For each length and each method the engine prefills random token ids once (``eng.prefill_ids``),
+then answers a random question: time to first token on the document held in memory, the same
+after ``doc.save`` / ``eng.load`` from disk (when the engine has them), and decode ms/token.
+The same model then runs as plain Hugging Face (SDPA attention, a ``DynamicCache``): prefill in
+one pass (or ``baseline_chunk`` tokens at a time), the question, greedy decode. Speed does not
+depend on trained weights, so ``random_arch`` builds a randomly initialised model of a real shape
+(e.g. Llama-3.1-8B in bf16) directly on the device, with no tokenizer: ids are random.
+
+Timing: one warm-up pass per system first; on CUDA every measurement is bracketed by
+``torch.cuda.synchronize`` and CUDA events. Memory: on CUDA, ``torch.cuda.max_memory_allocated``
+reset before each system (weights included); on CPU the process's peak RSS from
+``resource.getrusage``, which never decreases (later rows include earlier peaks).
+
+Lengths that cannot fit (their KV alone exceeds the memory it would live in: host memory for
+ours with ``offload``, device memory otherwise and for the baseline) are recorded as
+``skipped`` / ``OOM`` without running; an out-of-memory error while running is caught and
+recorded as ``OOM``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import resource
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from .quality import (format_length, free_memory, library_versions, load_engine,
+                      method_engines, parse_dtype)
+
+HF = "hf-sdpa"
+DEFAULT_LENGTHS: tuple[int, ...] = (8192, 32768, 131072, 1 << 20)
+GIB = 1 << 30
+
+_LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+# Real shapes for randomly initialised speed runs (published configs of these models).
+ARCHS: dict[str, dict[str, Any]] = {
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                         max_position_embeddings=131072, rms_norm_eps=1e-5,
+                         rope_parameters={**_LLAMA3_ROPE, "factor": 8.0},
+                         bos_token_id=128000, eos_token_id=128001, tie_word_embeddings=False),
+    # Llama-3-8B(-Instruct): ActQKV's reference model, an 8K native window.
+    "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                       max_position_embeddings=8192, rms_norm_eps=1e-5,
+                       rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+                       bos_token_id=128000, eos_token_id=128001, tie_word_embeddings=False),
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                         vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                         rope_parameters={**_LLAMA3_ROPE, "factor": 32.0},
+                         bos_token_id=128000, eos_token_id=128001, tie_word_embeddings=True),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                         max_position_embeddings=8192, rms_norm_eps=1e-5,
+                         rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=True),
+}
+
+
+# ----------------------------------------------------------------------------- models
+def build_random_model(arch: str, device: str | torch.device = "cuda", dtype: Any = torch.bfloat16,
+                       seed: int = 0, max_position_embeddings: int | None = None):
+    """A randomly initialised Llama of a real shape, allocated and initialised on ``device``.
+
+    Allocating under a ``torch.device`` context puts every weight straight on the device and
+    Hugging Face's own initialiser fills it there (seconds for 8B on a GPU, no host copy).
+    """
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    shape = dict(ARCHS[arch])
+    if max_position_embeddings:
+        shape["max_position_embeddings"] = max_position_embeddings
+    config = LlamaConfig(**shape)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=parse_dtype(dtype) or torch.bfloat16,
+                                                 attn_implementation="sdpa")
+    return model.eval().requires_grad_(False)
+
+
+def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """Keys + values of one token across all layers."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def _host_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+# ----------------------------------------------------------------------------- measuring
+class Timer:
+    """Wall time of a call; on CUDA synchronised and measured with CUDA events."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], Any]) -> tuple[Any, float]:
+        if not self.cuda:
+            t0 = time.perf_counter()
+            out = fn()
+            return out, time.perf_counter() - t0
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn()
+        end.record()
+        torch.cuda.synchronize()
+        return out, start.elapsed_time(end) / 1000.0
+
+
+class PeakMemory:
+    """Peak memory of one system's run: CUDA allocator peak, or the process's peak RSS on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.label = ("torch.cuda.max_memory_allocated (GiB), reset before each system; weights included"
+                      if self.cuda else
+                      "peak RSS of the whole process (GiB, CPU, resource.getrusage); it never "
+                      "decreases, so each row includes every earlier row's peak")
+
+    def reset(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def read_gib(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() / GIB
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # KiB on Linux
+
+
+@contextlib.contextmanager
+def plain_attention(model: Any) -> Iterator[None]:
+    """Run ``model`` with Hugging Face's SDPA attention, whatever an engine registered on it."""
+    configs = [m.config for m in model.modules() if hasattr(m, "config")
+               and hasattr(m.config, "_attn_implementation")]
+    before = [c._attn_implementation for c in configs]
+    for c in configs:
+        c._attn_implementation = "sdpa"
+    try:
+        yield
+    finally:
+        for c, impl in zip(configs, before):
+            c._attn_implementation = impl
+
+
+def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_tokens: int,
+                   timer: Timer, reload_dir: Path | None = None, repeats: int = 2) -> dict[str, Any]:
+    """Prefill ``ids``; time to first token of ``question`` (in memory, and reloaded); decode.
+
+    The question and the decode are timed ``repeats`` times (each on a fresh fork of the
+    document) and the fastest kept: the first pass at a new length also pays for the allocator
+    growing its pool.
+    """
+    doc, prefill_s = timer(lambda: eng.prefill_ids(ids))
+    ttft_s = min(timer(lambda: eng.generate_ids(doc, question, max_new_tokens=1))[1]
+                 for _ in range(repeats))
+    runs = [timer(lambda: eng.generate_ids(doc, question, max_new_tokens=1 + decode_tokens))
+            for _ in range(repeats)]
+    out, total_s = runs[0][0], min(t for _, t in runs)
+    n_decoded = max(1, len(out) - 1)
+    row = {"prefill_s": prefill_s, "prefill_tok_s": len(ids) / prefill_s, "ttft_s": ttft_s,
+           "decode_ms_per_token": 1000 * max(0.0, total_s - ttft_s) / n_decoded,
+           "decode_tokens": n_decoded}
+    if reload_dir is not None and hasattr(doc, "save") and hasattr(eng, "load"):
+        path = None
+        try:  # persistence is optional here: a failure is recorded, the timings above stand
+            path, row["save_s"] = timer(lambda: doc.save(reload_dir / f"speed-{len(ids)}"))
+            del doc
+            free_memory()
+            loaded, row["load_s"] = timer(lambda: eng.load(path))
+            _, ttft_after = timer(lambda: eng.generate_ids(loaded, question, max_new_tokens=1))
+            row["ttft_disk_s"] = row["load_s"] + ttft_after
+        except Exception as exc:  # noqa: BLE001 - recorded in the results, not hidden
+            row["reload_error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            if path is not None:
+                p = Path(path)
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return row
+
+
+@torch.inference_mode()
+def measure_hf(model: Any, ids: torch.Tensor, question: torch.Tensor, decode_tokens: int,
+               timer: Timer, chunk: int | None = None, repeats: int = 2) -> dict[str, Any]:
+    """The same model as plain Hugging Face: SDPA, DynamicCache, greedy decode.
+
+    Like :func:`measure_engine`, the question and decode are timed ``repeats`` times (the cache
+    cropped back to the document in between) and the fastest kept.
+    """
+    from transformers import DynamicCache
+    device = next(model.parameters()).device
+    ids, question = ids.to(device)[None], question.to(device)[None]
+    cache = DynamicCache(config=model.config)
+    step = chunk or ids.shape[1]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        # logits_to_keep=1: a 128K x 128K-vocabulary logits tensor would dwarf the KV itself.
+        return model(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+
+    def prefill() -> None:
+        for s in range(0, ids.shape[1], step):
+            forward(ids[:, s:s + step])
+
+    def decode() -> None:
+        token = first
+        for _ in range(decode_tokens):
+            token = forward(token).argmax(-1)
+
+    ttfts, decodes = [], []
+    with plain_attention(model):
+        _, prefill_s = timer(prefill)
+        for _ in range(repeats):
+            if cache.get_seq_length() > ids.shape[1]:  # back to the document alone
+                cache.crop(ids.shape[1] - cache.get_seq_length())
+            first, t = timer(lambda: forward(question).argmax(-1))
+            ttfts.append(t)
+            decodes.append(timer(decode)[1])
+    ttft_s, decode_s = min(ttfts), min(decodes)
+    del cache
+    return {"prefill_s": prefill_s, "prefill_tok_s": ids.shape[1] / prefill_s, "ttft_s": ttft_s,
+            "decode_ms_per_token": 1000 * decode_s / max(1, decode_tokens),
+            "decode_tokens": decode_tokens}
+
+
+def _fits(length: int, per_token: int, budget: int | None) -> tuple[bool, str]:
+    need = length * per_token
+    if budget is None or need <= budget:
+        return True, ""
+    return False, f"KV needs {need / GIB:.1f} GiB, {budget / GIB:.1f} GiB available"
+
+
+# ----------------------------------------------------------------------------- the run
+def run_speed(out_dir: str | Path = "bench-results/speed", *,
+              model: str | None = None, random_arch: str | None = None,
+              gguf_file: str | None = None, device: str | None = None, dtype: Any = None,
+              methods: Sequence[str] = ("actqkv",), lengths: Sequence[int] = DEFAULT_LENGTHS,
+              question_tokens: int = 32, decode_tokens: int = 64, warmup_tokens: int = 2048,
+              baseline: bool = True, baseline_chunk: int | None = None, reload: bool = True,
+              max_position_embeddings: int | None = None, options: dict[str, Any] | None = None,
+              repeats: int = 2, seed: int = 0, progress: bool = True,
+              command: str | None = None, engine: Any = None) -> dict[str, Any]:
+    """Time every method and the plain-HF baseline at each length; write JSON, markdown and PNG.
+
+    Args:
+        out_dir: where ``speed.json``, ``speed.md`` and ``speed.png`` go (reload files are
+            written under it and deleted).
+        model / random_arch: a model path or id (or None: the packaged SmolLM2), or one of
+            ``ARCHS`` built with random weights on ``device`` (default cuda when available).
+        dtype: weights dtype (random models default to bf16).
+        methods: our methods to time (each on the same ids).
+        lengths: document lengths in tokens; those whose KV cannot fit are recorded as skipped.
+        question_tokens, decode_tokens: size of the question and of the timed decode.
+        warmup_tokens: length of the untimed warm-up pass.
+        baseline, baseline_chunk: run plain HF (one pass, or chunks of this many tokens).
+        reload: also time ``doc.save`` + ``eng.load`` + first token, when the engine has them.
+        max_position_embeddings: override the random architecture's native window.
+        options: retrieval options for every method (e.g. ``budget``, ``offload``).
+        repeats: times the question and the decode are timed (the fastest is kept).
+        engine: an already-built engine (tests, notebooks).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    options = dict(options or {})
+    command = command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    if engine is None:
+        if random_arch:
+            from actqkv_llm import Engine
+            dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            net = build_random_model(random_arch, dev, dtype or torch.bfloat16, seed=seed,
+                                     max_position_embeddings=max_position_embeddings)
+            engine = Engine(net, None, method=methods[0], progress=progress, cache=False, **options)
+        else:
+            engine = load_engine(model, gguf_file=gguf_file, device=device, dtype=dtype,
+                                 method=methods[0], **options)
+    engines = method_engines(engine, methods, options)
+    net = engine.model
+    dev = next(net.parameters()).device
+    weights_dtype = next(net.parameters()).dtype
+    timer, peak = Timer(dev), PeakMemory(dev)
+    per_token = kv_bytes_per_token(net.config, weights_dtype)
+    gen = torch.Generator().manual_seed(seed)
+    vocab = net.config.vocab_size
+
+    def random_ids(n: int) -> torch.Tensor:
+        # Stay clear of the special tokens most vocabularies keep at the top.
+        return torch.randint(0, int(vocab * 0.9), (n,), generator=gen)
+
+    question = random_ids(question_tokens)
+    lengths = [int(n) for n in lengths]
+    warm = random_ids(min(warmup_tokens, min(lengths)))
+    for m, eng in engines.items():
+        measure_engine(eng, warm, question, 2, timer, repeats=1)
+    if baseline:
+        measure_hf(net, warm, question, 2, timer, baseline_chunk, repeats=1)
+    free_memory()
+
+    systems = [*methods, *([HF] if baseline else [])]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(lengths) * len(systems), desc="bench speed", unit="run",
+                   dynamic_ncols=True)
+    rows: list[dict[str, Any]] = []
+    tmp = out_dir / "reload-tmp"
+    try:
+        for n in lengths:
+            ids = random_ids(n)
+            for system in systems:
+                row: dict[str, Any] = {"system": system, "length": n, "status": "ok"}
+                if bar is not None:
+                    bar.set_postfix_str(f"{system} @ {format_length(n)}")
+                row.update(_run_one(system, engines, net, ids, question, decode_tokens, timer,
+                                    peak, per_token, dev, baseline_chunk,
+                                    tmp if reload else None, repeats))
+                rows.append(row)
+                free_memory()
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    add_ratios(rows)
+    result = {
+        "model": getattr(engine, "model_id", None) or model or random_arch,
+        "random_arch": random_arch, "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine()),
+        "dtype": str(weights_dtype), "kv_bytes_per_token": per_token,
+        "model_config": {k: getattr(net.config, k, None) for k in (
+            "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "vocab_size", "max_position_embeddings")},
+        "methods": {m: e.config.to_dict() for m, e in engines.items()},
+        "question_tokens": question_tokens, "decode_tokens": decode_tokens,
+        "baseline_chunk": baseline_chunk, "repeats": repeats, "memory_metric": peak.label,
+        "command": command,
+        "versions": library_versions(),
+        "rows": rows,
+    }
+    (out_dir / "speed.json").write_text(json.dumps(result, indent=2, default=str))
+    (out_dir / "speed.md").write_text(speed_markdown(result))
+    from .plots import plot_speed
+    plot_speed(rows, out_dir / "speed.png")
+    return result
+
+
+def _run_one(system: str, engines: dict[str, Any], net: Any, ids: torch.Tensor,
+             question: torch.Tensor, decode_tokens: int, timer: Timer, peak: PeakMemory,
+             per_token: int, dev: torch.device, baseline_chunk: int | None,
+             reload_dir: Path | None, repeats: int) -> dict[str, Any]:
+    """One system at one length: a timing row, or why it did not run."""
+    n = len(ids) + len(question) + decode_tokens
+    device_free = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else None
+    host = _host_available()
+    if system == HF:
+        ok, why = _fits(n, per_token, device_free if device_free is not None else host)
+        if not ok:
+            return {"status": "OOM", "note": f"not run: {why}"}
+    else:
+        offload = getattr(engines[system].config, "offload", False)
+        on_host = device_free is None or offload is True or offload == "auto"
+        ok, why = _fits(n, per_token, host if on_host else device_free)
+        if not ok:
+            return {"status": "skipped", "note": why}
+    peak.reset()
+    try:
+        if system == HF:
+            row = measure_hf(net, ids, question, decode_tokens, timer, baseline_chunk, repeats)
+        else:
+            if reload_dir is not None:
+                reload_dir.mkdir(parents=True, exist_ok=True)
+            row = measure_engine(engines[system], ids, question, decode_tokens, timer, reload_dir,
+                                 repeats)
+    except torch.OutOfMemoryError as exc:
+        return {"status": "OOM", "note": str(exc).splitlines()[0][:200]}
+    row["peak_mem_gib"] = peak.read_gib()
+    return row
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Each method row gets ``x_hf_*``: HF's time over ours (above 1: we are faster)."""
+    hf = {r["length"]: r for r in rows if r["system"] == HF and r.get("status") == "ok"}
+    for r in rows:
+        base = hf.get(r["length"])
+        if r["system"] == HF or base is None or r.get("status") != "ok":
+            continue
+        for field in ("prefill_s", "ttft_s", "decode_ms_per_token"):
+            if r.get(field):
+                r[f"x_hf_{field}"] = base[field] / r[field]
+        if r.get("peak_mem_gib") and base.get("peak_mem_gib"):
+            r["mem_vs_hf"] = r["peak_mem_gib"] / base["peak_mem_gib"]
+
+
+def speed_markdown(result: dict[str, Any]) -> str:
+    """A table: one row per (length, system); ratios are HF time / our time (above 1 = faster)."""
+    def num(v: Any, fmt: str) -> str:
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+    lines = ["# Speed benchmark", "",
+             f"- model: {result['model']} ({result['dtype']}) on {result['device']} "
+             f"({result['device_name']})",
+             f"- question {result['question_tokens']} tokens, decode {result['decode_tokens']} tokens",
+             f"- memory: {result['memory_metric']}",
+             f"- command: `{result['command']}`", "",
+             "| length | system | prefill s | prefill tok/s | TTFT s | TTFT from disk s | "
+             "decode ms/tok | peak mem GiB | prefill xHF | TTFT xHF | decode xHF |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        if r.get("status") != "ok":
+            lines.append(f"| {format_length(r['length'])} | {r['system']} | {r['status']}: "
+                         f"{r.get('note', '')} |" + " |" * 8)
+            continue
+        lines.append("| " + " | ".join([
+            format_length(r["length"]), r["system"], num(r.get("prefill_s"), ".3g"),
+            num(r.get("prefill_tok_s"), ",.0f"), num(r.get("ttft_s"), ".3f"),
+            num(r.get("ttft_disk_s"), ".3f"), num(r.get("decode_ms_per_token"), ".1f"),
+            num(r.get("peak_mem_gib"), ".2f"), num(r.get("x_hf_prefill_s"), ".2f"),
+            num(r.get("x_hf_ttft_s"), ".2f"), num(r.get("x_hf_decode_ms_per_token"), ".2f"),
+        ]) + " |")
+    errors = [r for r in result["rows"] if r.get("reload_error")]
+    if errors:
+        lines += ["", "Reload from disk failed:"]
+        lines += [f"- {r['system']} @ {format_length(r['length'])}: {r['reload_error']}" for r in errors]
+    return "\n".join(lines) + "\n"

