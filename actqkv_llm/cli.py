@@ -1,0 +1,493 @@
+"""The ``actqkv`` command line: ask questions about a long document from the terminal.
+
+    actqkv ask book.txt "Who is the narrator?"    # prefill (or reuse the cache), stream the answer
+    actqkv chat book.txt                          # many questions, one prefill
+    actqkv prefill a.txt b.txt                    # fill the cache ahead of time
+    actqkv ls | actqkv rm KEY | actqkv gc         # the document cache
+    actqkv bench quality|speed                    # the benchmarks (actqkv_llm.bench)
+
+Each command is one small function ``cmd_*(args) -> exit code``. The model is built in exactly one
+place, :func:`make_engine`, which tests replace with a tiny model. Errors print one line
+(``actqkv: error: ...``) and exit 2 for bad usage or input, 1 otherwise; ``--debug`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import ActQKVError, ConfigError, InputError, ModelNotFoundError, UnsupportedModelError
+
+PROG = "actqkv"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# First bytes inspected to tell a binary file from text.
+SNIFF_BYTES = 8192
+CHAT_EXIT_WORDS = ("exit", "quit")
+
+# Command-line flags of RetrievalConfig's options: (flag, field, type, help). ``--method`` and
+# ``--budget`` are listed first in --help; tests check that every config field has a flag here.
+RETRIEVAL_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
+    ("--block-size", "block_size", int, "tokens per memory block"),
+    ("--n-sink", "n_sink", int, "initial tokens kept forever (attention sinks)"),
+    ("--n-local", "n_local", int, "local window: recent tokens at their true positions"),
+    ("--exec-block", "exec_block", int, "queries that share one retrieval during prefill"),
+    ("--repr-topk", "repr_topk", int, "representative keys averaged into a block's summary"),
+    ("--min-blocks", "min_blocks", int, "per-layer minimum of the dynamic cut-off"),
+    ("--max-blocks", "max_blocks", int, "per-layer maximum of the dynamic cut-off"),
+    ("--question-weight", "question_weight", float, "lambda: weight of the question in block scores"),
+    ("--prefill-chunk", "prefill_chunk", int, "tokens per forward pass during prefill"),
+    ("--device-cache-blocks", "device_cache_blocks", int, "device-side block cache size (with --offload)"),
+)
+
+
+class UsageError(Exception):
+    """A mistake on the command line that argparse cannot see (exit code 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that says where to look, not the whole usage."""
+
+    def error(self, message: str):  # noqa: D102 (argparse's hook)
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+# ============================================================================ building blocks
+def say(args: argparse.Namespace, message: str) -> None:
+    """A status line on stderr (stdout carries only answers and listings), unless --quiet."""
+    if not args.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def retrieval_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The retrieval options given on the command line (others keep the model-scaled defaults)."""
+    options = {"method": args.method}
+    for _flag, name, _type, _help in RETRIEVAL_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            options[name] = value
+    if args.budget is not None:
+        options["budget"] = args.budget
+    if args.offload is not None:
+        options["offload"] = {"on": True, "off": False, "auto": "auto"}[args.offload]
+    return options
+
+
+def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Sampling options, checked now so a typo fails before minutes of prefill."""
+    from .generation import Sampling
+
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                   stop=args.stop or None, seed=args.seed)
+    Sampling.make(**options)
+    return options
+
+
+def make_engine(args: argparse.Namespace):
+    """The one place the CLI builds an engine (tests patch this to use a tiny model)."""
+    from .engine import Engine
+
+    if args.gguf_file and not args.model:
+        raise UsageError("--gguf-file needs --model (the directory holding it); "
+                         "or pass the .gguf file itself to --model")
+    kwargs = dict(device=args.device, dtype=args.dtype, progress=not args.quiet,
+                  cache_dir=args.cache_dir, cache=not args.no_cache, **retrieval_options(args))
+    say(args, f"{PROG}: loading {args.model or 'the default model (SmolLM2-135M-Instruct)'} ...")
+    if args.model:
+        return Engine.from_pretrained(args.model, gguf_file=args.gguf_file, **kwargs)
+    return Engine.default(**kwargs)
+
+
+def open_cache(args: argparse.Namespace):
+    """The document cache at --cache-dir (default: $ACTQKV_CACHE_DIR or the per-user cache)."""
+    from .persist import DocumentCache
+
+    return DocumentCache(args.cache_dir)
+
+
+def read_document(path: str) -> str:
+    """Read FILE ('-' = stdin) as UTF-8 text, with a clear error for missing, binary or empty files."""
+    name = "standard input" if path == "-" else repr(path)
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{name} is a directory: give a text file") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from None
+    if b"\0" in data[:SNIFF_BYTES]:
+        raise UsageError(f"{name} looks like a binary file: convert it to plain text first "
+                         "(e.g. pdftotext for a PDF)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{name} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
+                         "convert it, e.g. iconv -f latin1 -t utf-8") from None
+    if not text.strip():
+        raise UsageError(f"{name} is empty: give a file with some text")
+    return text
+
+
+def prefill(args: argparse.Namespace, eng, path: str, text: str):
+    """Prefill (or load from the cache) one document; returns it and a JSON-able description."""
+    start = time.perf_counter()
+    doc = eng.prefill(text, chat=not args.raw, cache=not args.no_cache)
+    seconds = time.perf_counter() - start
+    info = {"file": path, "tokens": doc.n_tokens, "layout": doc.layout, "key": doc.key,
+            "path": str(doc.path) if doc.path else None, "seconds": round(seconds, 3)}
+    say(args, f"{PROG}: {path}: {doc.n_tokens:,} tokens ready in {seconds:.1f} s")
+    return doc, info
+
+
+def _one_line(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def print_sources(sources: Iterable[Any]) -> None:
+    sources = list(sources)
+    if not sources:
+        print("Sources: none (the answer came from the local window and sinks)")
+        return
+    print("Sources:")
+    for i, s in enumerate(sources, 1):
+        print(f"  [{i}] tokens {s.start}-{s.end} ({100 * s.score:.0f}%): {_one_line(s.text, 160)}")
+
+
+def answer_record(answer, doc_info: dict[str, Any]) -> dict[str, Any]:
+    return {"answer": answer.text, "finish_reason": answer.finish_reason,
+            "sources": [dataclasses.asdict(s) for s in answer.sources], "usage": dataclasses.asdict(answer.usage),
+            "document": doc_info}
+
+
+def answer_one(args: argparse.Namespace, eng, doc, question: str, sampling: dict[str, Any],
+               history: list[dict] | None = None):
+    """Answer one question, streaming it to stdout unless --json; returns the Answer."""
+    if args.raw:
+        stream = eng.complete(doc, question, stream=True, **sampling)
+    else:
+        messages = (history or []) + [{"role": "user", "content": question}]
+        stream = eng.chat(doc, messages, stream=True, **sampling)
+    start, text = time.perf_counter(), ""
+    for piece in stream:
+        text += piece
+        if not args.json:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    answer = stream.answer
+    if not args.json:
+        if not text.endswith("\n"):
+            sys.stdout.write("\n")
+        if args.sources:
+            print_sources(answer.sources)
+        sys.stdout.flush()
+        seconds = time.perf_counter() - start
+        u = answer.usage
+        say(args, f"[{u.completion_tokens} tokens in {seconds:.1f} s; document {u.cached_tokens:,} tokens"
+                  f"{'; stopped at --max-new-tokens' if answer.finish_reason == 'length' else ''}]")
+    return answer
+
+
+def max_bytes(text: str) -> int:
+    """--max-bytes: '20G', '500M', '1048576' (the cache's own size syntax)."""
+    from .persist.paths import parse_size
+
+    try:
+        return parse_size(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def human_size(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _when(ts: Any) -> str:
+    if isinstance(ts, (int, float)):
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+    return str(ts) if ts else "-"
+
+
+def _json_out(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+# ============================================================================ commands
+def cmd_ask(args: argparse.Namespace) -> int:
+    text = read_document(args.file)
+    sampling = sampling_options(args)
+    eng = make_engine(args)
+    doc, info = prefill(args, eng, args.file, text)
+    answer = answer_one(args, eng, doc, args.question, sampling)
+    if args.json:
+        _json_out(answer_record(answer, info))
+    return EXIT_OK
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    if args.file == "-":
+        raise UsageError("chat reads questions from standard input, so FILE cannot be '-'")
+    text = read_document(args.file)
+    sampling = sampling_options(args)
+    eng = make_engine(args)
+    doc, info = prefill(args, eng, args.file, text)
+    interactive = sys.stdin.isatty()
+    if interactive and not args.quiet:
+        print(f"Ask about {args.file} (empty line, 'exit' or Ctrl-D to leave).", file=sys.stderr)
+    history: list[dict] = []
+    while True:
+        try:
+            line = input("> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            break
+        question = line.strip()
+        if not question or question.lower() in CHAT_EXIT_WORDS:
+            break
+        answer = answer_one(args, eng, doc, question, sampling, history if args.history else None)
+        if args.history:
+            history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer.text}]
+        if args.json:
+            print(json.dumps({"question": question, **answer_record(answer, info)}, ensure_ascii=False))
+            sys.stdout.flush()
+    return EXIT_OK
+
+
+def cmd_prefill(args: argparse.Namespace) -> int:
+    if args.no_cache:
+        raise UsageError("prefill stores documents in the cache: drop --no-cache")
+    texts = [(path, read_document(path)) for path in args.files]  # all readable before any work
+    eng = make_engine(args)
+    infos = [prefill(args, eng, path, text)[1] for path, text in texts]
+    if args.json:
+        _json_out(infos)
+    elif not args.quiet:
+        for info in infos:
+            print(f"{info['key'] or '-'}  {info['tokens']:>9,} tokens  {info['file']}")
+    return EXIT_OK
+
+
+def _short_model(model: str) -> str:
+    """A model path shows as its file or directory name; a hub id stays as it is."""
+    return Path(model).name if model.startswith(("/", "~", ".")) else model
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    entries = open_cache(args).entries()  # most recently used first
+    if args.json:
+        _json_out(entries)
+        return EXIT_OK
+    if not entries:
+        say(args, f"{PROG}: the cache is empty")
+        return EXIT_OK
+    print(f"{'KEY':<14}{'SIZE':>10}  {'TOKENS':>9}  {'LAYOUT':<6}  {'METHOD':<9} {'LAST USED':<17} MODEL")
+    for e in entries:
+        print(f"{e['key'][:12]:<14}{human_size(e['size']):>10}  {e['tokens']:>9,}  {e['layout']:<6}  "
+              f"{e['method'] or '-':<9} {_when(e['last_used']):<17} {_short_model(e['model'])}")
+    say(args, f"{len(entries)} document(s), {human_size(sum(e['size'] for e in entries))}")
+    return EXIT_OK
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from .errors import CacheError
+
+    cache = open_cache(args)
+    if args.all:
+        if args.keys:
+            raise UsageError("give KEYs or --all, not both")
+        say(args, f"{PROG}: removed {cache.clear()} document(s)")
+        return EXIT_OK
+    if not args.keys:
+        raise UsageError("give the KEY of a document to remove ('actqkv ls' lists them), or --all")
+    try:
+        keys = [cache.resolve_key(k) for k in args.keys]  # all checked before any is removed
+    except CacheError as exc:
+        raise UsageError(str(exc)) from None
+    for key in keys:
+        cache.remove(key)
+        say(args, f"{PROG}: removed {key[:12]}")
+    return EXIT_OK
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    cache = open_cache(args)
+    removed = cache.gc(args.max_bytes)
+    if args.json:
+        _json_out({"removed": removed, "total_bytes": cache.total_bytes()})
+    else:
+        say(args, f"{PROG}: removed {len(removed)} document(s); {human_size(cache.total_bytes())} left")
+    return EXIT_OK
+
+
+# ============================================================================ the parser
+def _flags(parser: argparse.ArgumentParser, top: bool) -> None:
+    """-q and --debug, accepted before or after the command."""
+    default = False if top else argparse.SUPPRESS
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="no progress bars or status lines: only the answer (for scripts)")
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show the full traceback when something fails")
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    from .config import METHODS
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", metavar="PATH", help="model directory, cached Hugging Face id or .gguf file "
+                                   "(default: the embedded SmolLM2-135M-Instruct)")
+    g.add_argument("--gguf-file", metavar="NAME", help="GGUF file name inside the --model directory")
+    g.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    g.add_argument("--dtype", metavar="DTYPE", help="bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)")
+    r = p.add_argument_group("retrieval (defaults scale with the model's window; docs/configuration.md)")
+    r.add_argument("--method", choices=METHODS, default="actqkv", help="default: actqkv")
+    r.add_argument("--budget", type=int, metavar="N", help="KV tokens attended per step and layer (sinks + window + blocks)")
+    for flag, name, kind, text in RETRIEVAL_FLAGS:
+        r.add_argument(flag, dest=name, type=kind, metavar="N" if kind is int else "X", help=text)
+    r.add_argument("--offload", choices=("auto", "on", "off"),
+                   help="keep full blocks in host memory (auto: on when the model runs on a GPU)")
+    c = p.add_argument_group("cache")
+    _cache_dir(c)
+    c.add_argument("--no-cache", action="store_true", help="neither read nor write the document cache")
+    p.add_argument("--raw", action="store_true",
+                   help="raw completion after the document instead of the chat template "
+                        "(small models often answer better this way)")
+
+
+def _cache_dir(p) -> None:
+    p.add_argument("--cache-dir", metavar="DIR", help="cache root (default: $ACTQKV_CACHE_DIR or the per-user cache)")
+
+
+def _answer_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("answer")
+    g.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="default: 256")
+    g.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling (default: 1.0)")
+    g.add_argument("--stop", action="append", metavar="TEXT", help="cut the answer before TEXT (repeatable)")
+    g.add_argument("--seed", type=int, metavar="N", help="random seed for sampling")
+    g.add_argument("--sources", action="store_true", help="after the answer, list the document spans it drew on")
+    g.add_argument("--json", action="store_true", help="print a JSON record instead of streaming text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = Parser(prog=PROG, description="Ask many questions about one very long document with a local "
+                                           "language model: prefill once, cache the KV on disk, retrieve "
+                                           "the few blocks each step needs.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    _flags(parser, top=True)
+    common = Parser(add_help=False)
+    _flags(common, top=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
+
+    p = commands.add_parser("ask", parents=[common], help="answer one question about a document",
+                            description="Prefill FILE (or reuse its cache) and stream the answer.")
+    p.add_argument("file", metavar="FILE", help="a UTF-8 text file, or - for standard input")
+    p.add_argument("question", metavar="QUESTION")
+    _model_options(p)
+    _answer_options(p)
+    p.set_defaults(func=cmd_ask)
+
+    p = commands.add_parser("chat", parents=[common], help="many questions about one document",
+                            description="Prefill FILE once, then answer each line read from standard "
+                                        "input; an empty line, 'exit' or end of input leaves.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--history", action="store_true",
+                   help="keep earlier questions and answers in the conversation")
+    _model_options(p)
+    _answer_options(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = commands.add_parser("prefill", parents=[common], help="prefill documents into the cache",
+                            description="Read each FILE once and store its KV in the cache.")
+    p.add_argument("files", metavar="FILE", nargs="+")
+    p.add_argument("--json", action="store_true", help="print a JSON list of the documents")
+    _model_options(p)
+    p.set_defaults(func=cmd_prefill)
+
+    p = commands.add_parser("ls", parents=[common], help="list cached documents")
+    _cache_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ls)
+
+    p = commands.add_parser("rm", parents=[common], help="remove cached documents")
+    p.add_argument("keys", metavar="KEY", nargs="*", help="a key from 'actqkv ls' (a unique prefix is enough)")
+    p.add_argument("--all", action="store_true", help="remove every cached document")
+    _cache_dir(p)
+    p.set_defaults(func=cmd_rm)
+
+    p = commands.add_parser("gc", parents=[common], help="shrink the cache, least recently used first")
+    p.add_argument("--max-bytes", type=max_bytes, metavar="SIZE",
+                   help="size to shrink to, e.g. 20G (default: $ACTQKV_CACHE_MAX_BYTES)")
+    _cache_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_gc)
+
+    from .bench import add_bench_arguments
+
+    add_bench_arguments(commands)
+    return parser
+
+
+# ============================================================================ entry point
+def _exit_code(exc: BaseException) -> int:
+    usage = (UsageError, ConfigError, InputError, UnsupportedModelError, ModelNotFoundError)
+    return EXIT_USAGE if isinstance(exc, usage) else EXIT_FAILURE
+
+
+def _message(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (ActQKVError, UsageError)):
+        return text
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return f"out of memory ({text}): try a smaller --prefill-chunk, --budget or --offload on"
+    if isinstance(exc, OSError):
+        return text
+    return f"{type(exc).__name__}: {text} (run again with --debug for the traceback)"
+
+
+def _quiet_libraries() -> None:
+    """Keep third-party warnings and bars off a quiet run's output."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    warnings.simplefilter("ignore")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quiet:
+        _quiet_libraries()
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `actqkv ask ... | head`: the reader left; nothing to report
+        sys.stdout = open(os.devnull, "w")
+        return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 (the one place every failure becomes one line)
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {_message(exc)}", file=sys.stderr)
+        return _exit_code(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
