@@ -1,0 +1,289 @@
+"""What the LangChain classes share: the engine, the bound document, sampling and result metadata.
+
+No retrieval or generation logic lives here: everything is a call into :mod:`actqkv_llm`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from actqkv_llm import Answer, CacheError, Document, Engine
+
+#: The name reported for the embedded default model before it is loaded.
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+#: Standard LangChain constructor arguments that mean nothing for a local model: accepted, ignored.
+IGNORED_STANDARD_PARAMS = frozenset({"api_key", "timeout", "max_retries", "base_url", "request_timeout"})
+#: Per-call keyword arguments (``model.invoke(..., max_tokens=8)``) that override the fields.
+CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "seed")
+
+# ---------------------------------------------------------------------------------------- shared engines
+_ENGINES_LOCK = threading.Lock()
+_ENGINES: dict[tuple[Optional[str], str], Engine] = {}
+
+
+def shared_engine(model: Optional[str] = None, method: Optional[str] = None) -> Engine:
+    """The process-wide engine for ``model`` (None: the embedded default), loaded once on first use.
+
+    Other retrieval methods reuse the loaded weights (:meth:`Engine.with_method`).
+    """
+    with _ENGINES_LOCK:
+        base_key = (model, "")
+        base = _ENGINES.get(base_key)
+        if base is None:
+            base = Engine.default() if model is None else Engine.from_pretrained(model)
+            _ENGINES[base_key] = base
+        if method is None or method == base.config.method:
+            return base
+        key = (model, method)
+        if key not in _ENGINES:
+            _ENGINES[key] = base.with_method(method)
+        return _ENGINES[key]
+
+
+def short_model_name(name: str) -> str:
+    """``/x/y/SmolLM2-135M-Instruct.Q4_1.gguf`` -> ``SmolLM2-135M-Instruct.Q4_1``; hub ids stay as they are."""
+    if Path(name).exists() or name.lower().endswith(".gguf"):
+        path = Path(name)
+        name = path.stem if path.suffix.lower() == ".gguf" else path.name
+    return name
+
+
+def engine_name(engine: Engine) -> str:
+    """A short model name for an engine: the file or directory name of what it was loaded from."""
+    return short_model_name(str(engine.model_id or "")) or DEFAULT_MODEL_NAME
+
+
+def source_dicts(answer: Answer) -> list[dict[str, Any]]:
+    return [{"start": s.start, "end": s.end, "text": s.text, "score": float(s.score)} for s in answer.sources]
+
+
+def usage_metadata(answer: Answer) -> dict[str, Any]:
+    u = answer.usage
+    return {"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+            "input_token_details": {"cache_read": u.cached_tokens}}
+
+
+def run_in_thread_async(fn: Callable[[], Any]) -> "asyncio.Future[Any]":
+    """Run ``fn`` in the event loop's default executor (keeps context variables, e.g. callbacks)."""
+    ctx = contextvars.copy_context()
+    return asyncio.get_running_loop().run_in_executor(None, ctx.run, fn)
+
+
+async def iterate_in_thread(make_iter: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+    """Drive a blocking iterator in its own thread, handing items to the event loop through a queue.
+
+    If the consumer stops early, the producer notices at its next item and stops generating.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    cancelled = threading.Event()
+    done = object()
+
+    def put(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            cancelled.set()
+
+    def produce() -> None:
+        try:
+            for item in make_iter():
+                if cancelled.is_set():
+                    break
+                put((False, item))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            put((True, exc))
+        finally:
+            put(done)
+
+    ctx = contextvars.copy_context()
+    threading.Thread(target=ctx.run, args=(produce,), name="actqkv-astream", daemon=True).start()
+    try:
+        while True:
+            item = await queue.get()
+            if item is done:
+                return
+            failed, value = item
+            if failed:
+                raise value
+            yield value
+    finally:
+        cancelled.set()
+
+
+# ---------------------------------------------------------------------------------------- the fields
+class ActQKVParams(BaseModel):
+    """Fields and engine/document plumbing shared by :class:`ChatActQKV` and :class:`ActQKVLLM`."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, protected_namespaces=())
+
+    engine: Optional[Engine] = Field(default=None, exclude=True, repr=False)
+    """The engine to run on. Default: a process-wide engine on ``model_name`` (None: the embedded
+    SmolLM2-135M-Instruct), created on first use and shared by every instance."""
+    model_name: Optional[str] = Field(default=None, alias="model")
+    """Without ``engine``: the local model (directory, cached hub id or GGUF path) to load; None for the
+    embedded default. With ``engine``: only the name reported in metadata (default: the engine's)."""
+    method: Optional[str] = None
+    """Retrieval method (``actqkv``, ``infllm``, ``full``...); None keeps the engine's."""
+    document: Union[str, Document, None] = Field(default=None, repr=False)
+    """The document to answer about: its text, or an already prefilled :class:`actqkv_llm.Document`."""
+    document_path: Optional[Union[str, Path]] = None
+    """A UTF-8 text file to answer about (read and prefilled on first use)."""
+    cache_key: Optional[str] = None
+    """The key (or path) of a document already in the engine's disk cache (``eng.load(key)``)."""
+    max_tokens: int = Field(default=256, ge=1)
+    """Most tokens to generate per call."""
+    temperature: float = Field(default=0.0, ge=0.0)
+    """Sampling temperature; 0 is greedy (deterministic)."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: Optional[list[str]] = None
+    """Stop sequences: the answer is cut before the first one. A per-call ``stop`` replaces these."""
+    seed: Optional[int] = None
+    """Seed for sampling (temperature > 0)."""
+
+    _doc: Optional[Document] = PrivateAttr(default=None)
+    _doc_lock: Any = PrivateAttr(default_factory=threading.RLock)
+    _engine: Optional[Engine] = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_meaningless(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        values = {k: v for k, v in values.items() if k not in IGNORED_STANDARD_PARAMS}
+        known = set()
+        for klass in cls.__mro__:
+            for name, f in getattr(klass, "model_fields", {}).items():
+                known.add(name)
+                if f.alias:
+                    known.add(f.alias)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            warnings.warn(f"{cls.__name__}: ignoring unknown argument(s) {unknown}", UserWarning, stacklevel=4)
+        return values
+
+    @model_validator(mode="after")
+    def _check_document_args(self) -> "ActQKVParams":
+        given = [n for n in ("document", "document_path", "cache_key") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of document, document_path and cache_key (got {', '.join(given)})")
+        if isinstance(self.document, str) and not self.document.strip():
+            raise ValueError("document is empty: give the text of the document to answer about")
+        if self.document_path is not None and not Path(self.document_path).is_file():
+            raise ValueError(f"document_path {str(self.document_path)!r} is not a readable file")
+        if self.cache_key is not None and not str(self.cache_key).strip():
+            raise ValueError("cache_key is empty")
+        if self.stop is not None and any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+        return self
+
+    # ------------------------------------------------------------------ engine + document
+    def get_engine(self) -> Engine:
+        """The engine this instance runs on (loads the shared default on first use)."""
+        if self._engine is not None:
+            return self._engine
+        with self._doc_lock:
+            if self._engine is not None:
+                return self._engine
+            if isinstance(self.document, Document) and self.engine is None:
+                eng = self.document.engine
+            elif self.engine is not None:
+                eng = self.engine
+            else:
+                eng = shared_engine(self.model_name, self.method)
+            if self.method is not None and self.method != eng.config.method:
+                eng = eng.with_method(self.method)
+            self._engine = eng
+            return eng
+
+    @property
+    def is_bound(self) -> bool:
+        return any(getattr(self, n) is not None for n in ("document", "document_path", "cache_key"))
+
+    def _chat_layout(self) -> bool:
+        return True
+
+    def get_document(self) -> Optional[Document]:
+        """The bound document, prefilled (or loaded from the cache) once, on first use; None if unbound.
+
+        Thread-safe: concurrent first calls wait for one prefill.
+        """
+        if not self.is_bound:
+            return None
+        if self._doc is not None:
+            return self._doc
+        with self._doc_lock:
+            if self._doc is None:
+                self._doc = self._open_document()
+        return self._doc
+
+    def _open_document(self) -> Document:
+        eng = self.get_engine()
+        if isinstance(self.document, Document):
+            return self.document
+        if self.cache_key is not None:
+            try:
+                return eng.load(self.cache_key)
+            except (CacheError, FileNotFoundError, KeyError) as exc:
+                raise ValueError(f"cannot open cached document {self.cache_key!r}: {exc}") from exc
+        if self.document_path is not None:
+            try:
+                text = Path(self.document_path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"cannot read document_path {str(self.document_path)!r}: {exc}") from exc
+        else:
+            text = self.document
+        return eng.prefill(text, chat=self._chat_layout())
+
+    # ------------------------------------------------------------------ calls
+    def _sampling(self, stop: Optional[list[str]], kwargs: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(k for k in kwargs if k not in CALL_OPTIONS and not k.startswith("ls_"))
+        if "model" in bad:
+            raise ValueError(f"{type(self).__name__} cannot switch models per call (model={kwargs['model']!r}); "
+                             "create another instance with model=... or engine=...")
+        if bad:
+            raise ValueError(f"unsupported keyword argument(s) {bad}; per-call options are {list(CALL_OPTIONS)} "
+                             "and stop")
+        stops = stop if stop is not None else self.stop
+        return {"max_new_tokens": kwargs.get("max_tokens", self.max_tokens),
+                "temperature": kwargs.get("temperature", self.temperature),
+                "top_p": kwargs.get("top_p", self.top_p),
+                "seed": kwargs.get("seed", self.seed),
+                "stop": list(stops) if stops else None}
+
+    def reported_model_name(self) -> str:
+        """The model name for tracing and metadata (does not load the engine)."""
+        if self.engine is not None and self.model_name:
+            return self.model_name
+        eng = self._engine or self.engine
+        if eng is not None:
+            return engine_name(eng)
+        return short_model_name(self.model_name) if self.model_name else DEFAULT_MODEL_NAME
+
+    def response_metadata(self, answer: Answer) -> dict[str, Any]:
+        doc = self._doc
+        meta: dict[str, Any] = {"model_name": self.reported_model_name(), "finish_reason": answer.finish_reason,
+                                "model_provider": "actqkv", "sources": source_dicts(answer)}
+        if doc is not None:
+            meta["document_tokens"] = doc.n_tokens
+            if doc.key:
+                meta["cache_key"] = doc.key
+        return meta
+
+    def _document_label(self) -> Optional[str]:
+        if isinstance(self.document, str):
+            return "sha256:" + hashlib.sha256(self.document.encode("utf-8")).hexdigest()[:16]
+        if isinstance(self.document, Document):
+            return self.document.key or repr(self.document)
+        if self.document_path is not None:
+            return str(self.document_path)
+        return self.cache_key
