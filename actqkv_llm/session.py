@@ -7,8 +7,6 @@ step touched (the budget check).
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 
 from .attention.step import DOCUMENT, StepContext
@@ -32,8 +30,7 @@ class Session:
         self.track_sources = False
         self.record_kv = False
         self.kv_log: list[dict[tuple[int, int], int]] = []   # per forward pass: (slot, layer) -> KV attended
-        self.attention_mass: dict[int, float] = defaultdict(float)   # block -> mass, over the answer
-        self.retrieved: dict[int, int] = defaultdict(int)            # block -> times picked
+        self.tally = SourceTally()   # per block: attention mass and times picked, over the answer
 
     @classmethod
     def new(cls, adapter: ModelAdapter, config: RetrievalConfig, method: RetrievalMethod,
@@ -83,12 +80,59 @@ class Session:
         if self.record_kv:
             self.kv_log[-1][(slot, layer)] = n
 
-    def note_retrieval(self, layer: int, picked: torch.Tensor, scores: torch.Tensor) -> None:
+    def note_retrieval(self, layer: int, picked: torch.Tensor, n_blocks: int) -> None:
         if self.track_sources:
-            for b in picked.tolist():
-                self.retrieved[b] += 1
+            self.tally.add_picked(picked, n_blocks)
 
-    def note_attention(self, picked: torch.Tensor, mass: torch.Tensor) -> None:
+    def note_attention(self, picked: torch.Tensor, mass: torch.Tensor, n_blocks: int) -> None:
         if self.track_sources:
-            for b, m in zip(picked.tolist(), mass.tolist()):
-                self.attention_mass[b] += m
+            self.tally.add_mass(picked, mass, n_blocks)
+
+    @property
+    def attention_mass(self) -> dict[int, float]:
+        """Block -> attention mass received over the answer (read from the device once)."""
+        return self.tally.mass_by_block()
+
+    @property
+    def retrieved(self) -> dict[int, int]:
+        """Block -> how many (layer, step) retrievals picked it."""
+        return self.tally.picks_by_block()
+
+
+class SourceTally:
+    """Per-block counters kept on the compute device, so tracking sources never waits for it.
+
+    Indices are block numbers; the counters grow to the number of blocks the caller reports.
+    """
+
+    def __init__(self) -> None:
+        self.mass: torch.Tensor | None = None
+        self.picks: torch.Tensor | None = None
+
+    @staticmethod
+    def _fit(t: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
+        if t is None:
+            return torch.zeros(max(n, 1), dtype=torch.float32, device=like.device)
+        if t.numel() < n:
+            return torch.cat([t, t.new_zeros(max(n, 2 * t.numel()) - t.numel())])
+        return t
+
+    def add_picked(self, picked: torch.Tensor, n_blocks: int) -> None:
+        self.picks = self._fit(self.picks, n_blocks, picked)
+        self.picks.index_add_(0, picked, torch.ones_like(picked, dtype=torch.float32))
+
+    def add_mass(self, picked: torch.Tensor, mass: torch.Tensor, n_blocks: int) -> None:
+        self.mass = self._fit(self.mass, n_blocks, picked)
+        self.mass.index_add_(0, picked, mass.float())
+
+    @staticmethod
+    def _nonzero(t: torch.Tensor | None) -> dict[int, float]:
+        if t is None:
+            return {}
+        return {i: v for i, v in enumerate(t.tolist()) if v}
+
+    def mass_by_block(self) -> dict[int, float]:
+        return self._nonzero(self.mass)
+
+    def picks_by_block(self) -> dict[int, int]:
+        return {b: int(v) for b, v in self._nonzero(self.picks).items()}

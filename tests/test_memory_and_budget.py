@@ -113,8 +113,8 @@ def test_dynamic_cutoff_respects_available_blocks():
 
 
 def test_normalized_entropy_bounds():
-    assert normalized_entropy(torch.zeros(16)) == pytest.approx(1.0)
-    assert normalized_entropy(torch.tensor([100.0] + [0.0] * 15)) < 0.01
+    assert float(normalized_entropy(torch.zeros(16))) == pytest.approx(1.0)
+    assert float(normalized_entropy(torch.tensor([100.0] + [0.0] * 15))) < 0.01
 
 
 def test_activation_probe_is_dominated_by_the_anchor_token():
@@ -144,3 +144,43 @@ def test_config_defaults_follow_actqkv_for_8k_models():
     assert (cfg.block_size, cfg.n_sink, cfg.n_local, cfg.exec_block, cfg.repr_topk) == (32, 64, 512, 256, 4)
     assert cfg.avg_blocks == 46 and cfg.block_range == (32, 92)
     assert cfg.n_sink + cfg.n_local + cfg.avg_blocks * cfg.block_size == 2048
+
+
+def test_entropy_means_match_the_running_mean_read_in_one_go():
+    from actqkv_llm.retrieval.methods import LayerRetrievalState, entropy_means
+
+    a, b, fresh = LayerRetrievalState(), LayerRetrievalState(), LayerRetrievalState()
+    for h in (0.2, 0.4, 0.9):
+        a.observe_entropy(torch.tensor(h))
+    b.observe_entropy(0.5)  # a plain float (restored from a cache) mixes with device values
+    means = entropy_means([a, b, fresh])
+    assert means == pytest.approx([0.5, 0.5, 1.0])
+    assert a.entropy_mean == pytest.approx(0.5) and fresh.entropy_mean == 1.0
+
+
+def test_stacked_blocks_gather_mixes_document_and_question_blocks():
+    from actqkv_llm.memory.blocks import GrowableBlocks, StackedBlocks
+
+    base_k = torch.arange(3 * 2 * 4 * 5, dtype=torch.float32).reshape(3, 2, 4, 5)
+    base = GrowableBlocks.from_tensors(base_k, -base_k)
+    own = GrowableBlocks(2, 4, 5, torch.float32, "cpu")
+    own.append(base_k[:2] + 1000, -(base_k[:2] + 1000))
+    stacked = StackedBlocks(base, own)
+    idx = torch.tensor([0, 2, 3, 4])  # two document blocks, then both question blocks
+    k, v = stacked.gather(idx, torch.device("cpu"))
+    expect = torch.cat([base_k[0], base_k[2], base_k[0] + 1000, base_k[1] + 1000], 1)
+    assert torch.equal(k, expect) and torch.equal(v, -expect)
+    k_doc, _ = stacked.gather(torch.tensor([1]), torch.device("cpu"))
+    assert torch.equal(k_doc, base_k[1])
+
+
+def test_source_tally_accumulates_on_device_and_grows():
+    from actqkv_llm.session import SourceTally
+
+    t = SourceTally()
+    t.add_picked(torch.tensor([0, 2]), 3)
+    t.add_mass(torch.tensor([0, 2]), torch.tensor([0.25, 0.5]), 3)
+    t.add_picked(torch.tensor([2, 7]), 8)
+    t.add_mass(torch.tensor([7]), torch.tensor([1.0]), 8)
+    assert t.picks_by_block() == {0: 1, 2: 2, 7: 1}
+    assert t.mass_by_block() == pytest.approx({0: 0.25, 2: 0.5, 7: 1.0})

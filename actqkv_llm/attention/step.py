@@ -68,7 +68,7 @@ class StepContext:
             if n:
                 picked = scores.topk(n).indices.sort().values
                 k_mem, v_mem = mem.blocks.gather(picked, q.device)
-                s.note_retrieval(layer, picked, scores[picked])
+                s.note_retrieval(layer, picked, mem.n_blocks)
         if kind.memory and mem.n_sink:
             k_mem = mem.sink_k if k_mem is None else torch.cat([mem.sink_k, k_mem], 1)
             v_mem = mem.sink_v if v_mem is None else torch.cat([mem.sink_v, v_mem], 1)
@@ -99,7 +99,8 @@ class StepContext:
         n_picked = 0 if picked is None else picked.numel()
         s.note_kv(slot, layer, n_sink + n_picked * cfg.block_size + lk)
         if picked is not None and mass_mem is not None and self.phase != DOCUMENT:
-            s.note_attention(picked, mass_mem[:, n_sink:].reshape(-1, n_picked, cfg.block_size).sum((0, 2)))
+            s.note_attention(picked, mass_mem[:, n_sink:].reshape(-1, n_picked, cfg.block_size).sum((0, 2)),
+                             mem.n_blocks)
         return out.to(q.dtype)
 
 

@@ -96,12 +96,13 @@ class StackedBlocks:
 
     def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         nb = self.base.n_blocks
-        split = int(torch.searchsorted(idx, torch.tensor(nb, device=idx.device)))  # idx is ascending
-        parts = []
-        if split > 0:
-            parts.append(self.base.gather(idx[:split], device))
-        if split < idx.numel():
-            parts.append(self.own.gather(idx[split:] - nb, device))
-        if len(parts) == 1:
-            return parts[0]
-        return torch.cat([parts[0][0], parts[1][0]], 1), torch.cat([parts[0][1], parts[1][1]], 1)
+        if self.own.n_blocks == 0:
+            return self.base.gather(idx, device)
+        if nb == 0:
+            return self.own.gather(idx, device)
+        # Without asking the device where idx crosses nb (a sync per layer and step): gather
+        # from both stores with clamped indices and keep, block by block, the right one.
+        kb, vb = self.base.gather(idx.clamp(max=nb - 1), device)
+        ko, vo = self.own.gather((idx - nb).clamp(min=0), device)
+        mine = (idx >= nb).to(device).repeat_interleave(self.own.shape[1])[None, :, None]
+        return torch.where(mine, ko, kb), torch.where(mine, vo, vb)

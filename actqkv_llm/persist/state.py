@@ -152,7 +152,8 @@ def unpack_state(engine: Any, tensors: dict[str, torch.Tensor], n_blocks: list[i
             raise CacheError(f"{where} is corrupt: activation statistics of layer {i} are missing")
         question = tensors.get(name("question"))
         retrieval.append(LayerRetrievalState(
-            stats=stats, entropy_mean=float(g("entropy_mean")[0]), entropy_count=int(g("entropy_count")[0]),
+            stats=stats, entropy_total=float(g("entropy_mean")[0]) * int(g("entropy_count")[0]),
+            entropy_count=int(g("entropy_count")[0]),
             question=None if question is None else question.to(dev),
             question_weight=float(g("question_weight")[0])))
     n_tokens = int(_get(tensors, "session.n_tokens", where)[0])

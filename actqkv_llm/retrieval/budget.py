@@ -15,13 +15,16 @@ from typing import Callable
 import torch
 
 
-def normalized_entropy(scores: torch.Tensor) -> float:
-    """Entropy of softmax(scores) divided by log N (1 = uniform, 0 = one block has it all)."""
+def normalized_entropy(scores: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(scores) divided by log N (1 = uniform, 0 = one block has it all).
+
+    Returns a 0-d tensor on the scores' device so that a step never waits for the device.
+    """
     n = scores.numel()
     if n <= 1:
-        return 0.0
+        return scores.new_zeros((), dtype=torch.float32)
     logp = torch.log_softmax(scores.float(), 0)
-    return float(-(logp.exp() * logp).sum() / math.log(n))
+    return -(logp.exp() * logp).sum() / math.log(n)
 
 
 class FixedTopK:

@@ -22,14 +22,20 @@ class LayerRetrievalState:
     """Per-layer retrieval state of one document (forked per question, never shared across documents)."""
 
     stats: ActivationStats | None = None
-    entropy_mean: float = 1.0
+    entropy_total: torch.Tensor | float = 0.0  # sum of observed normalized entropies (stays on the device)
     entropy_count: int = 0
     question: torch.Tensor | None = None  # [Hkv, d] summary of the question's queries
     question_weight: float = 0.0          # how many question tokens it averages
 
-    def observe_entropy(self, h: float) -> None:
+    def observe_entropy(self, h: torch.Tensor | float) -> None:
+        """Add one step's normalized entropy; no host sync (read back once per pass, see :func:`entropy_means`)."""
+        self.entropy_total = self.entropy_total + h
         self.entropy_count += 1
-        self.entropy_mean += (h - self.entropy_mean) / self.entropy_count
+
+    @property
+    def entropy_mean(self) -> float:
+        """Running mean of the normalized entropy (1.0, "spread out", before any observation)."""
+        return float(self.entropy_total) / self.entropy_count if self.entropy_count else 1.0
 
     def add_question(self, probe: torch.Tensor, n_tokens: int) -> None:
         total = self.question_weight + n_tokens
@@ -38,8 +44,18 @@ class LayerRetrievalState:
         self.question_weight = total
 
     def fork(self) -> "LayerRetrievalState":
-        return LayerRetrievalState(None if self.stats is None else self.stats.clone(), self.entropy_mean,
+        return LayerRetrievalState(None if self.stats is None else self.stats.clone(), self.entropy_total,
                                    self.entropy_count, self.question, self.question_weight)
+
+
+def entropy_means(states: list[LayerRetrievalState]) -> list[float]:
+    """Every layer's running mean entropy, read from the device in one transfer (one sync per pass)."""
+    totals: list = [st.entropy_total for st in states]
+    on_device = [i for i, t in enumerate(totals) if isinstance(t, torch.Tensor)]
+    if on_device:
+        for i, v in zip(on_device, torch.stack([totals[i].float() for i in on_device]).tolist()):
+            totals[i] = v
+    return [t / st.entropy_count if st.entropy_count else 1.0 for t, st in zip(totals, states)]
 
 
 class RetrievalMethod:
@@ -115,7 +131,9 @@ class ActQKV(RetrievalMethod):
 
     def new_budget(self, memory_layers, states):
         lo, hi = self.config.block_range
-        return DynamicCutoff(self.config.avg_blocks, lo, hi, memory_layers, lambda i: states[i].entropy_mean)
+        # the entropies as of the start of this pass: one device read per forward pass, not per layer
+        means = entropy_means(states)
+        return DynamicCutoff(self.config.avg_blocks, lo, hi, memory_layers, means.__getitem__)
 
 
 METHOD_CLASSES: dict[str, type[RetrievalMethod]] = {c.name: c for c in (Full, Streaming, InfLLM, ActQKV)}
