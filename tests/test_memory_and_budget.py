@@ -184,3 +184,39 @@ def test_source_tally_accumulates_on_device_and_grows():
     t.add_mass(torch.tensor([7]), torch.tensor([1.0]), 8)
     assert t.picks_by_block() == {0: 1, 2: 2, 7: 1}
     assert t.mass_by_block() == pytest.approx({0: 0.25, 2: 0.5, 7: 1.0})
+
+
+def test_cosine_scores_match_the_definition_with_cached_norms():
+    import torch.nn.functional as F
+
+    from actqkv_llm.memory.summaries import SummaryKeys
+    from actqkv_llm.retrieval.score import cosine_scores
+
+    g = torch.Generator().manual_seed(0)
+    keys = SummaryKeys(2, 8, torch.float32, "cpu")
+    keys.append(torch.randn(5, 2, 8, generator=g))
+    child = keys.fork()
+    child.append(torch.randn(3, 2, 8, generator=g))
+    probe, question = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
+    flat = child.all().reshape(8, -1)
+    expect = F.cosine_similarity(flat, probe.reshape(1, -1)) + 4.0 * F.cosine_similarity(flat, question.reshape(1, -1))
+    got = cosine_scores(probe, child.parts(), question, 4.0, child.inverse_norms())
+    assert torch.allclose(got, expect, atol=1e-5)
+    child.append(torch.randn(2, 2, 8, generator=g))  # the cache follows appends
+    flat = child.all().reshape(10, -1)
+    expect = F.cosine_similarity(flat, probe.reshape(1, -1))
+    assert torch.allclose(cosine_scores(probe, child.parts(), None, 0.0, child.inverse_norms()), expect, atol=1e-5)
+
+
+def test_activation_stats_single_token_updates_match_batched_ones():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 6, generator=g) * 3 + 1
+    one, batched = ActivationStats(6, torch.device("cpu")), ActivationStats(6, torch.device("cpu"))
+    batched.update(x[:30])
+    batched.update(x[30:])
+    one.update(x[:30])
+    for row in x[30:]:
+        one.update(row[None])
+    assert torch.allclose(one.mean, x.mean(0), atol=1e-5) and torch.allclose(one.mean, batched.mean, atol=1e-5)
+    assert torch.allclose(one.var, x.var(0, unbiased=False), atol=1e-4)
+    assert torch.allclose(one.var, batched.var, atol=1e-4)

@@ -21,16 +21,35 @@ def _scores(q: torch.Tensor, k: torch.Tensor, softcap: float | None) -> torch.Te
     return s
 
 
+def _hidden(lk: int, t: int, g: int, window: int | None, device: torch.device,
+            masks: dict | None) -> torch.Tensor:
+    """``[G*T, n]`` True where query row j may not see key ``first + i`` (future, or beyond the window)."""
+    key = (lk, t, g, window, device)
+    if masks is not None and key in masks:
+        return masks[key]
+    first = 0 if window is not None else lk - t
+    qpos = torch.arange(lk - t, lk, device=device).repeat(g)
+    kpos = torch.arange(first, lk, device=device)
+    hidden = kpos[None, :] > qpos[:, None]
+    if window is not None:
+        hidden |= (qpos[:, None] - kpos[None, :]) >= window
+    if masks is not None:
+        masks[key] = hidden
+    return hidden
+
+
 def attend(q_local: torch.Tensor, k_local: torch.Tensor, v_local: torch.Tensor,
            q_mem: torch.Tensor | None, k_mem: torch.Tensor | None, v_mem: torch.Tensor | None,
            scaling: float, window: int | None = None, softcap: float | None = None,
-           want_mass: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+           want_mass: bool = True, masks: dict | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Attention of T queries over M memory keys and Lk local keys.
 
     q_local: ``[H, T, d]`` rotated at local positions ``Lk-T .. Lk-1``; k_local/v_local: ``[Hkv, Lk, d]``
     (keys rotated at ``0 .. Lk-1``). q_mem: ``[H, T, d]`` rotated at the fixed memory angle, or None;
     k_mem/v_mem: ``[Hkv, M, d]``. Query j sees local key i iff ``i <= pos_j`` and, with a window,
-    ``pos_j - i < window``; it sees every memory key.
+    ``pos_j - i < window``; it sees every memory key. ``masks``, if given, caches the causal masks
+    between calls of the same shape (every layer of a pass has the same shapes).
 
     Returns ``out [H, T, d]`` (float32) and, if ``want_mass``, the attention mass each key received,
     summed over queries and the heads of its group: ``[Hkv, Lk]`` and ``[Hkv, M]``.
@@ -47,7 +66,7 @@ def attend(q_local: torch.Tensor, k_local: torch.Tensor, v_local: torch.Tensor,
             end = lk - t + b
             o, ml, mm = attend(q_local[:, a:b], k_local[:, :end], v_local[:, :end],
                                None if q_mem is None else q_mem[:, a:b], k_mem, v_mem,
-                               scaling, window, softcap, want_mass)
+                               scaling, window, softcap, want_mass, masks)
             outs.append(o)
             if want_mass:
                 mass_l[:, :end] += ml
@@ -58,12 +77,9 @@ def attend(q_local: torch.Tensor, k_local: torch.Tensor, v_local: torch.Tensor,
     s_loc = _scores(ql, k_local, softcap)  # [Hkv, G*T, Lk]
     # only the last T keys can be in a query's future; with a window, old keys can be too far
     first = 0 if window is not None else lk - t
-    qpos = torch.arange(lk - t, lk, device=q_local.device).repeat(g)
-    kpos = torch.arange(first, lk, device=q_local.device)
-    hidden = kpos[None, :] > qpos[:, None]
-    if window is not None:
-        hidden |= (qpos[:, None] - kpos[None, :]) >= window
-    s_loc[..., first:].masked_fill_(hidden, float("-inf"))
+    if t > 1 or (window is not None and lk > window):
+        hidden = _hidden(lk, t, g, window, q_local.device, masks)
+        s_loc[..., first:].masked_fill_(hidden, float("-inf"))
     # one softmax over [memory | local] without concatenating the score matrices
     row_max = s_loc.amax(-1, keepdim=True)
     s_mem = None

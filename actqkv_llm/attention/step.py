@@ -30,6 +30,7 @@ class StepContext:
         self.session, self.phase = session, phase
         self.budget = session.method.new_budget(session.adapter.memory_layers, session.retrieval) \
             if session.method.uses_memory else None
+        self.masks: dict = {}  # causal masks by shape, shared by the layers of this pass
 
     def attend_layer(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      scaling: float, softcap: float | None) -> torch.Tensor:
@@ -62,7 +63,7 @@ class StepContext:
             probe = method.probe(q, mem.kv_heads, rstate)
             if self.phase == QUESTION:
                 rstate.add_question(probe, t)
-            scores = method.score(probe, mem.summaries.parts(), rstate)
+            scores = method.score(probe, mem.summaries, rstate)
             rstate.observe_entropy(normalized_entropy(scores))
             n = self.budget.blocks_for(slot, layer, scores)
             if n:
@@ -87,7 +88,7 @@ class StepContext:
 
         out, mass_loc, mass_mem = attend(q_loc, k_loc, v_loc, q_mem, k_mem, v_mem, scaling,
                                          window=kind.window, softcap=softcap,
-                                         want_mass=method.uses_memory or s.track_sources)
+                                         want_mass=method.uses_memory or s.track_sources, masks=self.masks)
 
         # ---- bookkeeping
         if mass_loc is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ..retrieval.score import inverse_norms
+
 
 def representative_keys(keys: torch.Tensor, scores: torch.Tensor, topk: int) -> torch.Tensor:
     """Summaries of blocks: per KV head, the mean of the ``topk`` keys that received the most attention.
@@ -26,6 +28,7 @@ class SummaryKeys:
         self.base = base  # [n_base, Hkv, d] shared with the document, never written
         self._own = torch.empty((capacity, kv_heads, head_dim), dtype=dtype, device=self.device)
         self.n_own = 0
+        self._inv: dict[str, tuple[int, torch.Tensor]] = {}  # part -> (blocks covered, 1/norm)
 
     @property
     def n_blocks(self) -> int:
@@ -46,6 +49,19 @@ class SummaryKeys:
         out = [] if self.base is None or self.base.shape[0] == 0 else [self.base]
         if self.n_own:
             out.append(self._own[: self.n_own])
+        return out
+
+    def inverse_norms(self) -> list[torch.Tensor]:
+        """``1 / ||summary||`` per block for each of :meth:`parts` (cached; a part only grows)."""
+        out = []
+        for name, part in zip(("base", "own") if self.base is not None and self.base.shape[0] else ("own",),
+                              self.parts()):
+            seen, inv = self._inv.get(name, (0, None))
+            if seen != part.shape[0]:
+                fresh = inverse_norms(part[seen:])
+                inv = fresh if inv is None else torch.cat([inv, fresh])
+                self._inv[name] = (part.shape[0], inv)
+            out.append(inv)
         return out
 
     def all(self) -> torch.Tensor:

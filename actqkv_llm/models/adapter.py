@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..attention.rope import signed_sin
 from ..errors import UnsupportedModelError
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
@@ -87,7 +88,8 @@ class ModelAdapter:
         return logits
 
     def rope_table(self, rope_type: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 cos/sin ``[>=n, d]`` for positions 0..n-1 of one layer type (cached, grows by doubling)."""
+        """float32 cos and signed sin (see :func:`~actqkv_llm.attention.rope.signed_sin`) ``[>=n, d]``
+        for positions 0..n-1 of one layer type (cached, grows by doubling)."""
         table = self._tables.get(rope_type)
         if table is None or table[0].shape[0] < n:
             with self._lock:
@@ -98,6 +100,6 @@ class ModelAdapter:
                     x = torch.zeros(1, dtype=torch.float32, device=self.device)
                     args = (rope_type,) if self._rope_takes_type else ()
                     cos, sin = self.backbone.rotary_emb(x, pos, *args)
-                    table = (cos[0].float(), sin[0].float())
+                    table = (cos[0].float(), signed_sin(sin[0].float()))
                     self._tables[rope_type] = table
         return table

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import RetrievalConfig
+from ..memory.summaries import SummaryKeys
 from .budget import DynamicCutoff, FixedTopK
 from .probe import ActivationStats, activation_probe, mean_probe
 from .score import cosine_scores, dot_scores
@@ -76,7 +77,8 @@ class RetrievalMethod:
     def probe(self, q: torch.Tensor, kv_heads: int, state: LayerRetrievalState) -> torch.Tensor:
         raise NotImplementedError
 
-    def score(self, probe: torch.Tensor, summaries: list[torch.Tensor], state: LayerRetrievalState) -> torch.Tensor:
+    def score(self, probe: torch.Tensor, summaries: SummaryKeys, state: LayerRetrievalState) -> torch.Tensor:
+        """Scores ``[n_blocks]`` of every block's summary against the probe."""
         raise NotImplementedError
 
     def new_budget(self, memory_layers: list[int], states: list[LayerRetrievalState]):
@@ -106,7 +108,7 @@ class InfLLM(RetrievalMethod):
         return mean_probe(q, kv_heads)
 
     def score(self, probe, summaries, state):
-        return dot_scores(probe, summaries)
+        return dot_scores(probe, summaries.parts())
 
     def new_budget(self, memory_layers, states):
         return FixedTopK(self.config.avg_blocks)
@@ -127,7 +129,8 @@ class ActQKV(RetrievalMethod):
         return activation_probe(q, kv_heads, state.stats)
 
     def score(self, probe, summaries, state):
-        return cosine_scores(probe, summaries, state.question, self.config.question_weight)
+        return cosine_scores(probe, summaries.parts(), state.question, self.config.question_weight,
+                             summaries.inverse_norms())
 
     def new_budget(self, memory_layers, states):
         lo, hi = self.config.block_range

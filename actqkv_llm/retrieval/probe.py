@@ -30,12 +30,17 @@ class ActivationStats:
         """Add ``[T, F]`` query features."""
         q = q.float()
         n_b = q.shape[0]
-        mean_b = q.mean(0)
-        m2_b = ((q - mean_b) ** 2).sum(0)
         total = self.count + n_b
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (n_b / total)
-        self.m2 = self.m2 + m2_b + delta**2 * (self.count * n_b / total)
+        if n_b == 1:  # one decoded token: Welford's single-sample update
+            delta = q[0] - self.mean
+            self.mean = self.mean + delta / total
+            self.m2 = torch.addcmul(self.m2, delta, q[0] - self.mean)
+        else:
+            mean_b = q.mean(0)
+            m2_b = ((q - mean_b) ** 2).sum(0)
+            delta = mean_b - self.mean
+            self.mean = self.mean + delta * (n_b / total)
+            self.m2 = self.m2 + m2_b + delta**2 * (self.count * n_b / total)
         self.count = total
 
     @property
