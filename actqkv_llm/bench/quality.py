@@ -208,6 +208,12 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def invoked_command() -> str:
+    """The command line as a user would type it (``python -m actqkv_llm`` shows as ``actqkv``)."""
+    prog = Path(sys.argv[0]).name
+    return shlex.join(["actqkv" if prog == "__main__.py" else prog, *sys.argv[1:]])
+
+
 def load_engine(model: str | None = None, *, gguf_file: str | None = None, device: str | None = None,
                 dtype: Any = None, method: str = "actqkv", **options: Any):
     """The engine benchmarks run on: ``model`` (path or id) or the packaged SmolLM2 default."""
@@ -280,7 +286,7 @@ def run_quality(out_dir: str | Path = "bench-results/quality", *,
     specs = [T.task_label(*T.parse_task(t)) for t in tasks]
     depths = [float(d) for d in depths]
     lengths = [int(n) for n in lengths]
-    command = command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    command = command if command is not None else invoked_command()
     fingerprint = {"model": model or (getattr(engine, "model_id", None) if engine else "default"),
                    "gguf_file": gguf_file, "dtype": str(parse_dtype(dtype)) if dtype else None,
                    "seed": seed, "max_new_tokens": max_new_tokens, "options": options}

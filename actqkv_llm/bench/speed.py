@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .quality import (format_length, free_memory, library_versions, load_engine,
+from .quality import (format_length, free_memory, invoked_command, library_versions, load_engine,
                       method_engines, parse_dtype)
 
 HF = "hf-sdpa"
@@ -282,7 +282,7 @@ def run_speed(out_dir: str | Path = "bench-results/speed", *,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     options = dict(options or {})
-    command = command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    command = command if command is not None else invoked_command()
     if engine is None:
         if random_arch:
             from actqkv_llm import Engine
