@@ -450,3 +450,21 @@ def test_speed_skips_lengths_whose_kv_cannot_fit(tmp_path, tiny_llama, monkeypat
     status = {(r["system"], r["length"]): r["status"] for r in result["rows"]}
     assert status == {("actqkv", 64): "ok", (S.HF, 64): "ok",
                       ("actqkv", 512): "skipped", (S.HF, 512): "OOM"}
+
+
+def test_speed_reload_reports_cache_throughput_next_to_the_disk(tmp_path, make_engine):
+    """With a real engine, the speed run saves each document, reloads it cold and reads every
+    block back: save and read throughput sit beside the disk's own speed from the same run."""
+    eng = make_engine(block_size=16, n_local=64, n_sink=4, exec_block=32, budget=160)
+    result = S.run_speed(tmp_path, engine=eng, lengths=[256], question_tokens=8, decode_tokens=2,
+                         warmup_tokens=32, progress=False, baseline=False, repeats=1)
+    disk = result["disk"]
+    assert disk["bytes"] >= 64 << 20 and disk["write_MBps"] > 0 and disk["read_MBps"] > 0
+    (row,) = result["rows"]
+    assert row["status"] == "ok" and "reload_error" not in row
+    assert row["saved_bytes"] > 0
+    assert row["save_MBps"] == pytest.approx(row["saved_bytes"] / S.MB / row["save_s"])
+    assert row["read_blocks_MBps"] > 0 and row["ttft_disk_s"] >= row["load_s"]
+    md = (tmp_path / "speed.md").read_text()
+    assert "write+fsync" in md and "read every block MB/s" in md
+    assert not (tmp_path / "reload-tmp").exists()             # the reload files are cleaned up

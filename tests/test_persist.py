@@ -454,3 +454,31 @@ def test_default_root_remove_and_clear(make_engine, tmp_path, monkeypatch):
     eng.prefill(DOC)
     eng.prefill(DOC.replace("gulls", "crabs"))
     assert eng.cache.clear() == 2 and eng.cache.entries() == []
+
+
+def test_scattered_block_reads_match_contiguous_reads(eng, doc):
+    """A request for scattered blocks is split into runs read in parallel; every block comes back
+    in the requested order, equal to a plain contiguous read, and a damaged run is still caught."""
+    loaded = load_document(eng, doc.path)
+    layer = loaded.state.memory[1].blocks
+    n = layer.n_blocks
+    assert n >= 8
+    file = layer.file
+    ref_k, ref_v = file.read_range(1, 0, n)
+    ids = [n - 1, 0, n // 2, 3]                     # unordered, far apart: several runs
+    before = file.runs
+    k, v = file.read(1, ids)
+    assert file.runs - before >= 3
+    assert torch.equal(k, ref_k[ids]) and torch.equal(v, ref_v[ids])
+    hits = file.prefetch_hits
+    k1, _ = file.read(1, [1])                       # read ahead with block 0, served from the buffer
+    assert file.prefetch_hits == hits + 1 and torch.equal(k1[0], ref_k[1])
+    offset, length = blocks_offset(doc.path / BLOCKS, "layers.1.values")
+    with open(doc.path / BLOCKS, "r+b") as f:       # damage block n//2 only
+        f.seek(offset + (n // 2) * (length // n) + 3)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x10]))
+    fresh = load_document(eng, doc.path)
+    with pytest.raises(CacheError, match=rf"block {n // 2} of layer 1"):
+        fresh.state.memory[1].blocks.file.read(1, [0, n // 2, n - 1])

@@ -74,28 +74,36 @@ def plot_heatmaps(summary: dict[str, Any], out_dir: str | Path,
 
 
 def plot_speed(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Prefill time, time to first token and decode ms/token against length, one line per system.
+    """Prefill time, time to first token, decode ms/token and peak memory against length, one
+    line per system; the time to first token on a document reloaded from disk is drawn dotted.
 
     ``rows``: dicts with ``system``, ``length`` and numeric ``prefill_s``, ``ttft_s``,
-    ``decode_ms_per_token`` (missing or non-numeric values, e.g. "OOM", are not drawn).
+    ``ttft_disk_s``, ``decode_ms_per_token``, ``peak_mem_gib`` (missing or non-numeric values,
+    e.g. "OOM", are not drawn).
     """
-    panels = (("prefill_s", "prefill time (s)"), ("ttft_s", "time to first token (s)"),
-              ("decode_ms_per_token", "decode (ms / token)"))
-    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    panels = ((("prefill_s", ""),), (("ttft_s", ""), ("ttft_disk_s", " (reloaded)")),
+              (("decode_ms_per_token", ""),), (("peak_mem_gib", ""),))
+    titles = ("prefill time (s)", "time to first token (s)", "decode (ms / token)",
+              "peak device memory (GiB)")
+    fig = Figure(figsize=(16, 3.8), layout="constrained")
     axes = fig.subplots(1, len(panels))
     systems = sorted({r["system"] for r in rows}, key=lambda s: (s.startswith("hf"), s))
-    for ax, (field, label) in zip(axes, panels):
-        for system in systems:
-            pts = sorted((r["length"], r[field]) for r in rows if r["system"] == system
-                         and isinstance(r.get(field), (int, float)))
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=system,
-                        linestyle="--" if system.startswith("hf") else "-")
+    colors = {s: f"C{i}" for i, s in enumerate(systems)}
+    for ax, fields, title in zip(axes, panels, titles):
+        for field, suffix in fields:
+            for system in systems:
+                pts = sorted((r["length"], r[field]) for r in rows if r["system"] == system
+                             and isinstance(r.get(field), (int, float)))
+                if pts:
+                    style = ":" if suffix else ("--" if system.startswith("hf") else "-")
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                            label=system + suffix, linestyle=style, color=colors[system])
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: format_length(int(round(x)))))
         ax.set_yscale("log")
         ax.set_xlabel("document length (tokens)")
-        ax.set_title(label)
+        ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend()
+    axes[1].legend(fontsize="small")
     return _save(fig, Path(path))

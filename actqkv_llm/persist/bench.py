@@ -74,7 +74,7 @@ def measure_disk_speed(directory: str | Path, n_bytes: int = 256 * MB) -> dict[s
             "read_cold": cold}
 
 
-def _read_every_block(doc: Any) -> int:
+def read_every_block(doc: Any) -> int:
     """Read (and verify) every full block of a reloaded document from its file; returns bytes read."""
     total = 0
     for mem in doc.state.memory:
@@ -112,7 +112,7 @@ def time_save_load(engine: Any, doc: Any, directory: str | Path | None = None, c
         loaded = load_document(engine, path)
         load_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        read = _read_every_block(loaded)
+        read = read_every_block(loaded)
         read_s = time.perf_counter() - t0
         del loaded
         return {"bytes": size, "state_bytes": state_bytes, "blocks_bytes": blocks_bytes, "tokens": doc.n_tokens,
