@@ -307,32 +307,22 @@ def test_async_errors_propagate(bound):
 
 
 # ---------------------------------------------------------------------------------------- standard suites
-class TestChatActQKVStandardUnit(ChatModelUnitTests):
-    """LangChain's standard unit tests (construction, params, serialisation): no model call."""
+class DeclaredOff:
+    """What ChatActQKV does not support, declared to both standard suites (never faked)."""
 
     @property
     def chat_model_class(self):
         return ChatActQKV
 
-    @property
-    def has_tool_calling(self):
-        return False
+    has_tool_calling = has_tool_choice = has_structured_output = property(lambda self: False)
+    supports_json_mode = supports_model_override = property(lambda self: False)
+    supports_image_inputs = supports_image_urls = supports_pdf_inputs = property(lambda self: False)
+    supports_audio_inputs = supports_video_inputs = property(lambda self: False)
+    supports_anthropic_inputs = property(lambda self: False)
 
-    @property
-    def has_structured_output(self):
-        return False
 
-    @property
-    def supports_json_mode(self):
-        return False
-
-    @property
-    def supports_image_inputs(self):
-        return False
-
-    @property
-    def supports_model_override(self):
-        return False
+class TestChatActQKVStandardUnit(DeclaredOff, ChatModelUnitTests):
+    """LangChain's standard unit tests (construction, params, serialisation): no model call."""
 
 
 # The standard suite's async tests are plain ``async def``; LangChain runs them under pytest-asyncio's
@@ -344,60 +334,12 @@ for _name, _fn in vars(ChatModelIntegrationTests).items():
 
 
 @pytest.mark.slow
-class TestChatActQKVStandardIntegration(ChatModelIntegrationTests):
+class TestChatActQKVStandardIntegration(DeclaredOff, ChatModelIntegrationTests):
     """LangChain's standard integration tests on the embedded SmolLM2-135M-Instruct (CPU, offline)."""
-
-    @property
-    def chat_model_class(self):
-        return ChatActQKV
 
     @property
     def chat_model_params(self):
         return {"max_tokens": 16}
-
-    @property
-    def has_tool_calling(self):
-        return False
-
-    @property
-    def has_tool_choice(self):
-        return False
-
-    @property
-    def has_structured_output(self):
-        return False
-
-    @property
-    def supports_json_mode(self):
-        return False
-
-    @property
-    def supports_image_inputs(self):
-        return False
-
-    @property
-    def supports_image_urls(self):
-        return False
-
-    @property
-    def supports_pdf_inputs(self):
-        return False
-
-    @property
-    def supports_audio_inputs(self):
-        return False
-
-    @property
-    def supports_video_inputs(self):
-        return False
-
-    @property
-    def supports_anthropic_inputs(self):
-        return False
-
-    @property
-    def supports_model_override(self):
-        return False
 
     @property
     def returns_usage_metadata(self):

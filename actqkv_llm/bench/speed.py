@@ -25,9 +25,7 @@ import contextlib
 import json
 import platform
 import resource
-import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence

@@ -5,13 +5,11 @@ No retrieval or generation logic lives here: everything is a call into :mod:`act
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import hashlib
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
@@ -70,54 +68,6 @@ def usage_metadata(answer: Answer) -> dict[str, Any]:
     return {"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens,
             "total_tokens": u.prompt_tokens + u.completion_tokens,
             "input_token_details": {"cache_read": u.cached_tokens}}
-
-
-def run_in_thread_async(fn: Callable[[], Any]) -> "asyncio.Future[Any]":
-    """Run ``fn`` in the event loop's default executor (keeps context variables, e.g. callbacks)."""
-    ctx = contextvars.copy_context()
-    return asyncio.get_running_loop().run_in_executor(None, ctx.run, fn)
-
-
-async def iterate_in_thread(make_iter: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
-    """Drive a blocking iterator in its own thread, handing items to the event loop through a queue.
-
-    If the consumer stops early, the producer notices at its next item and stops generating.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    cancelled = threading.Event()
-    done = object()
-
-    def put(item: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            cancelled.set()
-
-    def produce() -> None:
-        try:
-            for item in make_iter():
-                if cancelled.is_set():
-                    break
-                put((False, item))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            put((True, exc))
-        finally:
-            put(done)
-
-    ctx = contextvars.copy_context()
-    threading.Thread(target=ctx.run, args=(produce,), name="actqkv-astream", daemon=True).start()
-    try:
-        while True:
-            item = await queue.get()
-            if item is done:
-                return
-            failed, value = item
-            if failed:
-                raise value
-            yield value
-    finally:
-        cancelled.set()
 
 
 # ---------------------------------------------------------------------------------------- the fields
@@ -259,6 +209,19 @@ class ActQKVParams(BaseModel):
                 "top_p": kwargs.get("top_p", self.top_p),
                 "seed": kwargs.get("seed", self.seed),
                 "stop": list(stops) if stops else None}
+
+    def _tracing_params(self, model_type: str, stop: Optional[list[str]], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """LangSmith's ``ls_*`` parameters of a call (``kwargs``: the call's own options)."""
+        name = kwargs.get("model")
+        params: dict[str, Any] = {
+            "ls_provider": "actqkv", "ls_model_type": model_type,
+            "ls_model_name": name if isinstance(name, str) else self.reported_model_name(),
+            "ls_temperature": kwargs.get("temperature", self.temperature),
+            "ls_max_tokens": kwargs.get("max_tokens", self.max_tokens)}
+        stops = stop if stop is not None else self.stop
+        if stops:
+            params["ls_stop"] = list(stops)
+        return params
 
     def reported_model_name(self) -> str:
         """The model name for tracing and metadata (does not load the engine)."""

@@ -15,8 +15,9 @@ from langchain_core.messages import (AIMessage, AIMessageChunk, BaseMessage, Cha
                                      SystemMessage)
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from actqkv_llm import Answer, AnswerStream
+from actqkv_llm.aio import iterate_in_thread, run_in_thread_async
 
-from ._core import ActQKVParams, iterate_in_thread, run_in_thread_async, usage_metadata
+from ._core import ActQKVParams, usage_metadata
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "human": "user",
           "assistant": "assistant", "ai": "assistant"}
@@ -101,15 +102,7 @@ class ChatActQKV(ActQKVParams, BaseChatModel):
                 "document": self._document_label()}
 
     def _get_ls_params(self, stop: Optional[list[str]] = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(ls_provider="actqkv", ls_model_type="chat",
-                                 ls_model_name=kwargs.get("model") if isinstance(kwargs.get("model"), str)
-                                 else self.reported_model_name(),
-                                 ls_temperature=kwargs.get("temperature", self.temperature),
-                                 ls_max_tokens=kwargs.get("max_tokens", self.max_tokens))
-        stops = stop if stop is not None else self.stop
-        if stops:
-            params["ls_stop"] = list(stops)
-        return params
+        return LangSmithParams(**self._tracing_params("chat", stop, kwargs))
 
     # ------------------------------------------------------------------ core
     def _start(self, messages: list[BaseMessage], stop: Optional[list[str]], kwargs: dict[str, Any],

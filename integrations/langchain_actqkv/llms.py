@@ -47,14 +47,7 @@ class ActQKVLLM(ActQKVParams, LLM):
                 "stop": self.stop, "document": self._document_label()}
 
     def _get_ls_params(self, stop: Optional[list[str]] = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(ls_provider="actqkv", ls_model_type="llm",
-                                 ls_model_name=self.reported_model_name(),
-                                 ls_temperature=kwargs.get("temperature", self.temperature),
-                                 ls_max_tokens=kwargs.get("max_tokens", self.max_tokens))
-        stops = stop if stop is not None else self.stop
-        if stops:
-            params["ls_stop"] = list(stops)
-        return params
+        return LangSmithParams(**self._tracing_params("llm", stop, kwargs))
 
     def _chat_layout(self) -> bool:
         return not self.raw

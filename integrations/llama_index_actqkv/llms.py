@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import threading
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -20,6 +18,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 
 from actqkv_llm import Answer, Document, Engine
+from actqkv_llm.aio import iterate_in_thread, run_in_thread_async
 
 from ._engine import DEFAULT_MODEL_NAME, engine_name, shared_engine
 
@@ -216,61 +215,17 @@ class ActQKVLLM(CustomLLM):
     # async: the blocking work runs in a thread, so the event loop stays free
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return await _in_thread(lambda: self._complete(prompt, kwargs))
+        return await run_in_thread_async(lambda: self._complete(prompt, kwargs))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return await _in_thread(lambda: self._chat(messages, kwargs))
+        return await run_in_thread_async(lambda: self._chat(messages, kwargs))
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
                                **kwargs: Any) -> CompletionResponseAsyncGen:
-        return _aiter_in_thread(lambda: self._stream_complete(prompt, kwargs))
+        return iterate_in_thread(lambda: self._stream_complete(prompt, kwargs))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        return _aiter_in_thread(lambda: self._stream_chat(messages, kwargs))
-
-
-def _in_thread(fn):
-    ctx = contextvars.copy_context()
-    return asyncio.get_running_loop().run_in_executor(None, ctx.run, fn)
-
-
-async def _aiter_in_thread(make_iter):
-    """Drive a blocking generator in a thread; items reach the event loop through an asyncio.Queue."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    cancelled = threading.Event()
-    done = object()
-
-    def put(item):
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:
-            cancelled.set()
-
-    def produce():
-        try:
-            for item in make_iter():
-                if cancelled.is_set():
-                    break
-                put((False, item))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            put((True, exc))
-        finally:
-            put(done)
-
-    ctx = contextvars.copy_context()
-    threading.Thread(target=ctx.run, args=(produce,), name="actqkv-astream", daemon=True).start()
-    try:
-        while True:
-            item = await queue.get()
-            if item is done:
-                return
-            failed, value = item
-            if failed:
-                raise value
-            yield value
-    finally:
-        cancelled.set()
+        return iterate_in_thread(lambda: self._stream_chat(messages, kwargs))

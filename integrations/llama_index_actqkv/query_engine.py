@@ -13,8 +13,6 @@ the "sources" are the spans its retrieval actually attended to while answering.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -27,6 +25,7 @@ from llama_index.core.schema import (Document as LIDocument, NodeRelationship, N
                                      RelatedNodeInfo, TextNode)
 
 from actqkv_llm import Answer, Document, Engine
+from actqkv_llm.aio import run_in_thread_async
 
 from ._engine import engine_name, shared_engine
 
@@ -179,8 +178,7 @@ class ActQKVQueryEngine(BaseQueryEngine):
         return Response(response=text, source_nodes=nodes, metadata=meta)
 
     async def _aquery(self, query_bundle: QueryBundle) -> Response:
-        ctx = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(None, ctx.run, self._query, query_bundle)
+        return await run_in_thread_async(lambda: self._query(query_bundle))
 
     def retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return self.as_retriever().retrieve(query_bundle)
@@ -212,8 +210,7 @@ class ActQKVRetriever(BaseRetriever):
         return out
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        ctx = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(None, ctx.run, self._retrieve, query_bundle)
+        return await run_in_thread_async(lambda: self._retrieve(query_bundle))
 
 
 __all__ = ["ActQKVQueryEngine", "ActQKVRetriever", "PrefilledDocument", "source_nodes"]
