@@ -80,3 +80,14 @@ def test_document_from_other_options_is_refused(make_engine):
     other = eng.with_method("infllm")
     with pytest.raises(InputError, match="other retrieval options"):
         other.ask(doc, "q")
+
+
+@pytest.mark.filterwarnings("ignore:A test tried to use socket")
+def test_the_test_run_is_offline():
+    """pytest-socket (``--disable-socket`` in pyproject.toml) makes any network socket an error."""
+    import socket
+
+    from pytest_socket import SocketBlockedError
+
+    with pytest.raises(SocketBlockedError):
+        socket.create_connection(("93.184.216.34", 80), timeout=1)
