@@ -220,3 +220,17 @@ def test_activation_stats_single_token_updates_match_batched_ones():
     assert torch.allclose(one.mean, x.mean(0), atol=1e-5) and torch.allclose(one.mean, batched.mean, atol=1e-5)
     assert torch.allclose(one.var, x.var(0, unbiased=False), atol=1e-4)
     assert torch.allclose(one.var, batched.var, atol=1e-4)
+
+
+def test_device_block_cache_keeps_its_slots_when_a_block_is_asked_twice():
+    """StackedBlocks clamps indices, so one request can name a block twice: it takes one slot."""
+    from actqkv_llm.memory.block_cache import DeviceBlockCache
+
+    store = torch.arange(10 * 2 * 4 * 3, dtype=torch.float32).reshape(10, 2, 4, 3)
+    cache = DeviceBlockCache(lambda ids: (store[ids], -store[ids]), 10, (2, 4, 3), torch.float32, "cpu", 4)
+    k, _ = cache.gather(torch.tensor([9, 9, 9]), torch.device("cpu"))
+    assert torch.equal(k, store[[9, 9, 9]].permute(1, 0, 2, 3).reshape(2, 12, 3))
+    assert len(cache._slot) + len(cache._free) == 4           # no slot lost
+    for ids in ([0, 1, 2], [3, 4, 5], [6, 7, 8]):               # needs all four slots in turn
+        k, v = cache.gather(torch.tensor(ids), torch.device("cpu"))
+        assert torch.equal(v, -store[ids].permute(1, 0, 2, 3).reshape(2, 12, 3))

@@ -42,7 +42,7 @@ class DeviceBlockCache:
             self.misses += len(ids)
             return (k.to(device).permute(1, 0, 2, 3).flatten(1, 2), v.to(device).permute(1, 0, 2, 3).flatten(1, 2))
         with self._lock:
-            missing = [i for i in ids if i not in self._slot]
+            missing = list(dict.fromkeys(i for i in ids if i not in self._slot))  # each block once
             self.hits += len(ids) - len(missing)
             self.misses += len(missing)
             wanted = set(ids)
