@@ -274,9 +274,11 @@ def test_ls_rm_gc_on_a_temporary_cache(engines, doc, tmp_path, capsys):
 
 
 @needs_persist
-def test_ask_reuses_the_cache(engines, doc, tmp_path, capsys):
+def test_ask_reuses_the_cache(engines, doc, tmp_path, capsys, monkeypatch):
     root = tmp_path / "cache"
     first = run(capsys, "-q", "ask", str(doc), "q?", *ASK, "--cache-dir", str(root), "--json")
+    from actqkv_llm import Engine   # the second run must not prefill again
+    monkeypatch.setattr(Engine, "_prefill_ids", lambda *a, **k: pytest.fail("prefilled again"))
     second = run(capsys, "-q", "ask", str(doc), "q?", *ASK, "--cache-dir", str(root), "--json")
     a, b = json.loads(first[1]), json.loads(second[1])
     assert a["answer"] == b["answer"] and b["document"]["key"]

@@ -22,7 +22,7 @@ import torch
 from actqkv_llm import CacheError, CacheMismatchError, Engine
 from actqkv_llm.persist import DocumentCache, default_cache_root, load_document, save_document
 from actqkv_llm.persist import writer as writer_mod
-from actqkv_llm.persist.format import BLOCKS, FORMAT_VERSION, MANIFEST, STATE
+from actqkv_llm.persist.format import BLOCKS, FORMAT_VERSION, MANIFEST, STATE, engine_key
 from actqkv_llm.persist.reader import DiskBlocks
 from actqkv_llm.persist.writer import quick_check
 from tiny_models import byte_tokenizer, tiny_model
@@ -377,7 +377,8 @@ def test_cache_from_another_model_or_options(make_engine, eng, doc, tmp_path):
     other_opts = make_engine(cache=tmp_path / "cache", block_size=8)
     with pytest.raises(CacheMismatchError, match=r"kv_options\.block_size: expected 8, found 16"):
         other_opts.load(doc.key)
-    assert other_opts.cache.lookup(other_opts, DOC, "chat", doc.token_ids) is None  # other key
+    assert engine_key(other_opts, DOC, "chat", doc.token_ids) != doc.key       # other options, other key
+    assert other_opts.cache.lookup(other_opts, DOC, "chat", doc.token_ids) is None
     assert not isinstance(other_opts.prefill(DOC).state.memory[0].blocks, DiskBlocks)
     streaming = make_engine(method="streaming", cache=tmp_path / "cache")
     with pytest.raises(CacheMismatchError, match=r"kv_options\.method: expected 'streaming', found 'actqkv'"):

@@ -99,7 +99,7 @@ class StepContext:
         n_sink = mem.n_sink if kind.memory else 0
         n_picked = 0 if picked is None else picked.numel()
         s.note_kv(slot, layer, n_sink + n_picked * cfg.block_size + lk)
-        if picked is not None and mass_mem is not None and self.phase != DOCUMENT:
+        if s.track_sources and picked is not None and mass_mem is not None and self.phase != DOCUMENT:
             s.note_attention(picked, mass_mem[:, n_sink:].reshape(-1, n_picked, cfg.block_size).sum((0, 2)),
                              mem.n_blocks)
         return out.to(q.dtype)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..config import METHODS
 from . import tasks as T
 
-_METHODS = ("full", "streaming", "infllm", "actqkv")
 
 
 def parse_length(text: str) -> int:
@@ -36,9 +36,9 @@ def _csv(kind: Any):
 
 def _methods(text: str) -> list[str]:
     methods = _csv(str)(text)
-    bad = [m for m in methods if m not in _METHODS]
+    bad = [m for m in methods if m not in METHODS]
     if bad:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {bad}; known: {', '.join(_METHODS)}")
+        raise argparse.ArgumentTypeError(f"unknown method(s) {bad}; known: {', '.join(METHODS)}")
     return methods
 
 

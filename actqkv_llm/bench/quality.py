@@ -3,7 +3,7 @@
 The model is loaded once; each method is a cheap view of it (``eng.with_method``). Each sample's
 document is prefilled once per method as a raw completion (``eng.prefill(text, chat=False)``) and
 answered with ``eng.generate(doc, continuation)``: small models such as SmolLM2 answer these tasks
-only as plain completions (``/work/shared/BASELINES.md``).
+only as plain completions (docs/limitations.md, docs/results/BASELINES.md).
 
 Output directory:
 
@@ -37,7 +37,6 @@ RESULTS = "results.jsonl"
 RUN = "run.json"
 SUMMARY = "summary.json"
 REPORT = "results.md"
-KEY_FIELDS = ("method", "task", "length", "depth", "sample")
 DEFAULT_METHODS: tuple[str, ...] = ("full", "streaming", "infllm", "actqkv")
 DEFAULT_LENGTHS: tuple[int, ...] = (4096, 8192, 16384, 32768)
 DEFAULT_TASKS: tuple[str, ...] = T.TASKS
@@ -190,13 +189,12 @@ def write_reports(out_dir: str | Path, info: dict[str, Any] | None = None,
     summary = dict(info or {})
     summary["n_results"] = len(records)
     summary.update(summarize(records))
-    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
-    header = {k: summary[k] for k in ("model", "device", "dtype", "command") if k in summary}
-    (out_dir / REPORT).write_text(markdown_report(summary, header))
     if plots and records:
         from .plots import plot_heatmaps
         summary["plots"] = [p.name for p in plot_heatmaps(summary, out_dir)]
-        (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+    header = {k: summary[k] for k in ("model", "device", "dtype", "command") if k in summary}
+    (out_dir / REPORT).write_text(markdown_report(summary, header))
     return summary
 
 
@@ -226,15 +224,9 @@ def load_engine(model: str | None = None, *, gguf_file: str | None = None, devic
 
 
 def parse_dtype(dtype: Any):
-    """'bf16' / 'float32' / torch.dtype / None -> torch.dtype or None."""
-    if dtype is None or not isinstance(dtype, str):
-        return dtype
-    names = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
-             "float": "float32"}
-    value = getattr(torch, names.get(dtype.lower(), dtype.lower()), None)
-    if not isinstance(value, torch.dtype):
-        raise ConfigError(f"unknown dtype {dtype!r}; use bf16, fp16 or fp32")
-    return value
+    """'bf16' / 'float32' / torch.dtype / None -> torch.dtype or None (the engine's own rules)."""
+    from ..models.loading import resolve_dtype
+    return None if dtype is None else resolve_dtype(dtype, torch.device("cpu"))
 
 
 def method_engines(base: Any, methods: Sequence[str], options: dict[str, Any]) -> dict[str, Any]:

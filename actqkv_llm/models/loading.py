@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, Iterator
 import torch
 
 from ..errors import ConfigError, ModelNotFoundError, UnsupportedModelError
+from ..persist.format import sha256_file, sha256_text
 
 # config.model_type values this library drives. "gemma3" (a multimodal Gemma 3 config) is accepted
 # only when its text part is "gemma3_text".
@@ -65,7 +66,6 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _TOKENIZER_FILES = frozenset({"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json",
                               "merges.txt", "vocab.txt", "spiece.model", "special_tokens_map.json",
                               "added_tokens.json"})
-_HASH_CHUNK = 8 << 20
 _STALE_TMP_SECONDS = 24 * 3600
 _MEMO_MIN_BYTES = 1 << 20  # smaller files are hashed directly, without a memo entry
 
@@ -587,15 +587,11 @@ def _gguf_model_type(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------- hashing
-def _sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def _template_sha256(template: Any) -> str | None:
     """Hash of a chat template (a string, or a dict of named templates); None when there is none."""
     if not template:
         return None
-    return _sha256_text(template if isinstance(template, str) else json.dumps(template, sort_keys=True))
+    return sha256_text(template if isinstance(template, str) else json.dumps(template, sort_keys=True))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -613,7 +609,7 @@ def _file_sha256(path: Path, root: Path) -> str:
     st = path.stat()
     if st.st_size < _MEMO_MIN_BYTES:
         return hashlib.sha256(path.read_bytes()).hexdigest()
-    key = _sha256_text(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}")
+    key = sha256_text(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}")
     memo = _private_dir(root / "hashes") / f"{key[:32]}.json"
     try:
         digest = json.loads(memo.read_text())["sha256"]
@@ -621,11 +617,7 @@ def _file_sha256(path: Path, root: Path) -> str:
             return digest
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(_HASH_CHUNK):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = sha256_file(path)
     _write_json(memo, {"sha256": digest, "path": str(path.resolve()), "size": st.st_size,
                        "mtime_ns": st.st_mtime_ns})
     return digest
@@ -636,7 +628,7 @@ def _weights_sha256(model_dir: Path, root: Path) -> str:
     files = sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
     if not files:
         raise ModelNotFoundError(f"{model_dir} has a config.json but no weights (*.safetensors / *.bin)")
-    return _sha256_text("".join(f"{p.name}:{_file_sha256(p, root)}\n" for p in files))
+    return sha256_text("".join(f"{p.name}:{_file_sha256(p, root)}\n" for p in files))
 
 
 def _config_sha256(model_dir: Path) -> str:
@@ -646,7 +638,7 @@ def _config_sha256(model_dir: Path) -> str:
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"cannot read {model_dir / 'config.json'}: {exc}") from exc
     cleaned = {k: v for k, v in raw.items() if k not in _VOLATILE_CONFIG_KEYS}
-    return _sha256_text(json.dumps(cleaned, sort_keys=True))
+    return sha256_text(json.dumps(cleaned, sort_keys=True))
 
 
 def _tokenizer_sha256(model_dir: Path, root: Path) -> str:
@@ -659,4 +651,4 @@ def _tokenizer_sha256(model_dir: Path, root: Path) -> str:
                    if p.is_file() and (p.name in _TOKENIZER_FILES or p.suffix == ".tiktoken"))
     if not files:
         raise ModelNotFoundError(f"{model_dir} holds no tokenizer files ({', '.join(sorted(_TOKENIZER_FILES))})")
-    return _sha256_text("".join(f"{p.name}:{_file_sha256(p, root)}\n" for p in files))
+    return sha256_text("".join(f"{p.name}:{_file_sha256(p, root)}\n" for p in files))

@@ -1,22 +1,19 @@
-"""Save/load throughput of the document cache, next to the disk's raw speed measured in the same run.
+"""Disk-speed helpers for the speed benchmark: the disk's raw speed, and reading a reloaded document back.
 
     disk = measure_disk_speed(tmp_dir, 256 << 20)   # write+fsync, then read back (page cache dropped)
-    row = time_save_load(engine, doc, tmp_dir)       # save, load (validate + state), read every block
+    n = read_every_block(doc)                       # every block of a reloaded document, verified
 
-Both return plain dicts of numbers (seconds, bytes, MB/s) for the benchmark CLI to print or plot.
+``actqkv bench speed`` times save, load and these reads and reports them next to the disk's speed.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from .format import BLOCKS, MANIFEST, STATE
-from .paths import dir_size
 
 MB = 1 << 20
 _CHUNK = 8 * MB
@@ -85,43 +82,3 @@ def read_every_block(doc: Any) -> int:
                 k, v = blocks.read_range(a, min(blocks.n_blocks, a + step))
                 total += k.numel() * k.element_size() + v.numel() * v.element_size()
     return total
-
-
-def time_save_load(engine: Any, doc: Any, directory: str | Path | None = None, cold: bool = True,
-                   keep: bool = False) -> dict[str, Any]:
-    """Save ``doc`` to a fresh directory, load it back and read every block.
-
-    Returns seconds and MB/s for: ``save`` (atomic, fsynced, checksummed), ``load`` (manifest and
-    state validated, state on the device, blocks file opened), ``read_blocks`` (every block read
-    and sha256-verified, as retrieval would); with ``cold`` the page cache is dropped before the
-    load so the reads come from the disk.
-    """
-    from . import load_document, save_document
-
-    base = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="actqkv-bench-"))
-    target = base / f"bench-{os.getpid()}-{time.monotonic_ns()}"
-    try:
-        t0 = time.perf_counter()
-        path = save_document(doc, target)
-        save_s = time.perf_counter() - t0
-        size = dir_size(path)
-        blocks_bytes = (path / BLOCKS).stat().st_size
-        state_bytes = (path / STATE).stat().st_size
-        dropped = all(drop_page_cache(path / n) for n in (MANIFEST, STATE, BLOCKS)) if cold else False
-        t0 = time.perf_counter()
-        loaded = load_document(engine, path)
-        load_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        read = read_every_block(loaded)
-        read_s = time.perf_counter() - t0
-        del loaded
-        return {"bytes": size, "state_bytes": state_bytes, "blocks_bytes": blocks_bytes, "tokens": doc.n_tokens,
-                "save_s": save_s, "save_MBps": size / MB / max(save_s, 1e-9),
-                "load_s": load_s, "load_state_MBps": state_bytes / MB / max(load_s, 1e-9),
-                "read_blocks_s": read_s, "read_blocks_MBps": read / MB / max(read_s, 1e-9),
-                "cold": dropped, "path": str(path) if keep else None}
-    finally:
-        if not keep:
-            shutil.rmtree(target, ignore_errors=True)
-            if directory is None:
-                shutil.rmtree(base, ignore_errors=True)
