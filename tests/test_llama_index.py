@@ -175,3 +175,11 @@ def test_documents_are_cached_and_reused_across_engines(tmp_path, docs):
     assert b.query("Who is the captain?").response == a.query("Who is the captain?").response
     changed = [LIDocument(text=SHORT + " And scones.", id_="bakery")]
     assert [e.from_cache for e in ActQKVQueryEngine(changed, engine=second).documents] == [False]
+
+
+def test_both_integrations_share_one_engine_registry():
+    """An app using LangChain and LlamaIndex together loads the weights once."""
+    import langchain_actqkv
+    import llama_index_actqkv
+
+    assert langchain_actqkv.shared_engine is llama_index_actqkv.shared_engine

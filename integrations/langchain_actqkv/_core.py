@@ -14,50 +14,12 @@ from typing import Any, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from actqkv_llm import Answer, CacheError, Document, Engine
+from actqkv_llm.shared import DEFAULT_MODEL_NAME, engine_name, shared_engine, short_model_name  # noqa: F401
 
-#: The name reported for the embedded default model before it is loaded.
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 #: Standard LangChain constructor arguments that mean nothing for a local model: accepted, ignored.
 IGNORED_STANDARD_PARAMS = frozenset({"api_key", "timeout", "max_retries", "base_url", "request_timeout"})
 #: Per-call keyword arguments (``model.invoke(..., max_tokens=8)``) that override the fields.
 CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "seed")
-
-# ---------------------------------------------------------------------------------------- shared engines
-_ENGINES_LOCK = threading.Lock()
-_ENGINES: dict[tuple[Optional[str], str], Engine] = {}
-
-
-def shared_engine(model: Optional[str] = None, method: Optional[str] = None) -> Engine:
-    """The process-wide engine for ``model`` (None: the embedded default), loaded once on first use.
-
-    Other retrieval methods reuse the loaded weights (:meth:`Engine.with_method`).
-    """
-    with _ENGINES_LOCK:
-        base_key = (model, "")
-        base = _ENGINES.get(base_key)
-        if base is None:
-            base = Engine.default() if model is None else Engine.from_pretrained(model)
-            _ENGINES[base_key] = base
-        if method is None or method == base.config.method:
-            return base
-        key = (model, method)
-        if key not in _ENGINES:
-            _ENGINES[key] = base.with_method(method)
-        return _ENGINES[key]
-
-
-def short_model_name(name: str) -> str:
-    """``/x/y/SmolLM2-135M-Instruct.Q4_1.gguf`` -> ``SmolLM2-135M-Instruct.Q4_1``; hub ids stay as they are."""
-    if Path(name).exists() or name.lower().endswith(".gguf"):
-        path = Path(name)
-        name = path.stem if path.suffix.lower() == ".gguf" else path.name
-    return name
-
-
-def engine_name(engine: Engine) -> str:
-    """A short model name for an engine: the file or directory name of what it was loaded from."""
-    return short_model_name(str(engine.model_id or "")) or DEFAULT_MODEL_NAME
-
 
 def source_dicts(answer: Answer) -> list[dict[str, Any]]:
     return [{"start": s.start, "end": s.end, "text": s.text, "score": float(s.score)} for s in answer.sources]
