@@ -15,8 +15,38 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
-Method = Literal["actqkv", "infllm", "streaming", "full"]
-METHODS: tuple[str, ...] = ("actqkv", "infllm", "streaming", "full")
+Method = Literal["actqkv", "actqkv-paper", "quest", "infllm", "acre", "streaming", "full"]
+METHODS: tuple[str, ...] = ("actqkv", "actqkv-paper", "quest", "infllm", "acre", "streaming", "full")
+# Methods that keep evicted blocks and retrieve them.
+MEMORY_METHODS: tuple[str, ...] = ("actqkv", "actqkv-paper", "quest", "infllm", "acre")
+
+# How blocks are picked (query-time choices; they do not change the stored KV). A method is a preset
+# of these; any of them can be overridden per engine (``Engine(..., scorer="bound")``).
+PROBES = ("mean", "activation", "tokens", "activation-tokens")
+SCORERS = ("dot", "cosine", "bound", "l1")
+TOKEN_REDUCES = ("softmax", "max")
+POSITIONS = ("auto", "exact", "fixed")
+BUDGET_RULES = ("fixed", "entropy")
+SELECTION_OPTIONS = ("probe", "scorer", "token_reduce", "per_head", "positions", "budget_rule")
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    # the measured default (docs/method.md, "Ablation"): every query token and every KV head scores
+    # blocks by their key bounds; tokens weighted by activation bias; entropy-shared budget
+    "actqkv": dict(probe="activation-tokens", scorer="bound", token_reduce="softmax", per_head=True,
+                   positions="auto", budget_rule="entropy"),
+    # ActQKV as published: activation-weighted mean probe, representative-key cosine with the question term
+    "actqkv-paper": dict(probe="activation", scorer="cosine", token_reduce="softmax", per_head=False,
+                         positions="fixed", budget_rule="entropy"),
+    # Quest (arXiv 2406.10774): per-token, per-head upper bounds, fixed top-k
+    "quest": dict(probe="tokens", scorer="bound", token_reduce="max", per_head=True, positions="fixed",
+                  budget_rule="fixed"),
+    # InfLLM: mean probe, representative-key dot product, one block set per layer, fixed top-k
+    "infllm": dict(probe="mean", scorer="dot", token_reduce="softmax", per_head=False, positions="fixed",
+                   budget_rule="fixed"),
+    # ACRE (arXiv 2412.12486, training-free): attention over first-level entries picks the refill;
+    # its entropy sets how many blocks
+    "acre": dict(probe="tokens", scorer="l1", token_reduce="softmax", per_head=True, positions="fixed",
+                 budget_rule="entropy"),
+}
 
 # The window ActQKV's defaults were tuned for (Llama-3-8B-Instruct).
 REFERENCE_WINDOW = 8192
@@ -25,6 +55,7 @@ MIN_BLOCKS_RATIO = 32 / 46
 MAX_BLOCKS_RATIO = 92 / 46
 
 # Options that change the KV stored for a document (a cache built with others is refused).
+# The selection options change it too (the prefill's attention uses them): ``kv_options`` adds them.
 KV_SHAPING_OPTIONS = ("method", "block_size", "n_sink", "n_local", "exec_block", "repr_topk")
 
 
@@ -51,6 +82,25 @@ class RetrievalConfig:
         offload: keep full blocks in host memory and stream the ones retrieval picks through a
             bounded device-side cache (``"auto"``: only when the model runs on an accelerator).
         device_cache_blocks: capacity of that device-side cache, in blocks per layer.
+        probe: how an execution block's queries ask for blocks: ``mean`` (one mean query),
+            ``activation`` (one query, tokens weighted by ActQKV's activation bias), ``tokens``
+            (every query token scores blocks) or ``activation-tokens`` (every token, its vote
+            weighted by activation bias). None: the method's preset (``METHOD_PRESETS``).
+        scorer: how a query scores a block: ``dot`` / ``cosine`` with the block's representative key
+            (cosine adds the question term), ``bound`` (Quest's upper bound from per-channel key
+            minima and maxima) or ``l1`` (ACRE: attention over first-level entries).
+        token_reduce: how per-token scores combine (``tokens`` probes): ``softmax`` (each token's
+            softmax over blocks, summed: an estimate of the attention mass) or ``max``.
+        per_head: each KV head picks its own blocks (True) or one set per layer (False).
+        positions: memory at ``fixed`` angle (InfLLM; reads past the window), at ``exact`` positions
+            (exact inside the window; past it only under the model's own rope scaling), or ``auto``:
+            exact while the step's positions fit the model's native window, the fixed angle past it.
+        budget_rule: ``fixed`` (same number of blocks in every layer) or ``entropy`` (ActQKV's
+            dynamic cut-off).
+        l1_budget: ``acre`` only: tokens of first-level entries attended per step (one entry per
+            block; the entries with the highest logits when there are more blocks than this).
+        min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
+            fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """
 
     method: Method = "actqkv"
@@ -66,6 +116,15 @@ class RetrievalConfig:
     prefill_chunk: int = 4096
     offload: bool | Literal["auto"] = False
     device_cache_blocks: int = 512
+    probe: str | None = None
+    scorer: str | None = None
+    token_reduce: str | None = None
+    per_head: bool | None = None
+    positions: str | None = None
+    budget_rule: str | None = None
+    l1_budget: int = 256
+    min_refill: int | None = None
+    max_refill: int | None = None
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -74,7 +133,22 @@ class RetrievalConfig:
     # ----------------------------------------------------------------- derived values
     @property
     def uses_memory(self) -> bool:
-        return self.method in ("actqkv", "infllm")
+        return self.method in MEMORY_METHODS
+
+    def selection(self, name: str) -> Any:
+        """A selection option (``SELECTION_OPTIONS``): the explicit value, else the method's preset."""
+        v = getattr(self, name)
+        if v is not None or not self.uses_memory:
+            return v
+        return METHOD_PRESETS[self.method][name]
+
+    @property
+    def acre_range(self) -> tuple[int, int]:
+        """(min, max) blocks ``acre`` refills per layer: what the budget leaves beside its L1 entries."""
+        room = (self.budget - self.n_sink - self.n_local - self.l1_budget) // self.block_size
+        hi = self.max_refill if self.max_refill is not None else room
+        lo = self.min_refill if self.min_refill is not None else max(1, hi // 8)
+        return lo, hi
 
     @property
     def bounded(self) -> bool:
@@ -83,9 +157,13 @@ class RetrievalConfig:
 
     @property
     def avg_blocks(self) -> int:
-        """Retrieved blocks per layer on average: what the budget leaves after sinks and window."""
+        """Retrieved blocks per layer on average: what the budget leaves after sinks and window
+        (and, for ``acre``, its first-level entries)."""
         if not self.uses_memory:
             return 0
+        if self.method == "acre":
+            lo, hi = self.acre_range
+            return (lo + hi) // 2
         return (self.budget - self.n_sink - self.n_local) // self.block_size
 
     @property
@@ -101,6 +179,8 @@ class RetrievalConfig:
         """The most KV tokens one layer attends to in one step (the per-layer bound)."""
         if not self.bounded:
             raise ConfigError("method 'full' has no per-step bound")
+        if self.method == "acre":
+            return self.n_sink + self.n_local + self.l1_budget + self.acre_range[1] * self.block_size
         return self.n_sink + self.n_local + self.block_range[1] * self.block_size
 
     # ----------------------------------------------------------------- construction
@@ -145,8 +225,14 @@ class RetrievalConfig:
         return dataclasses.replace(self, **options, _explicit=explicit)
 
     def kv_options(self) -> dict[str, Any]:
-        """The options that change a document's stored KV (recorded in cache manifests)."""
-        return {name: getattr(self, name) for name in KV_SHAPING_OPTIONS}
+        """The options that change a document's stored KV (recorded in cache manifests): the layout,
+        and the selection options that differ from the method's preset (the prefill attends with them)."""
+        out = {name: getattr(self, name) for name in KV_SHAPING_OPTIONS}
+        for name in SELECTION_OPTIONS:
+            if getattr(self, name) is not None and self.uses_memory \
+                    and getattr(self, name) != METHOD_PRESETS[self.method][name]:
+                out[name] = getattr(self, name)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
@@ -177,6 +263,39 @@ class RetrievalConfig:
         if isinstance(self.question_weight, bool) or not isinstance(self.question_weight, (int, float)) \
                 or not (0 <= self.question_weight < float("inf")):
             raise ConfigError(f"question_weight must be a finite number >= 0, got {self.question_weight!r}")
+        choices = {"probe": PROBES, "scorer": SCORERS, "token_reduce": TOKEN_REDUCES,
+                   "positions": POSITIONS, "budget_rule": BUDGET_RULES}
+        for name, allowed in choices.items():
+            v = getattr(self, name)
+            if v is not None and v not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)} (or None for the method's "
+                                  f"preset), got {v!r}")
+        if self.per_head not in (None, True, False):
+            raise ConfigError(f"per_head must be True, False or None, got {self.per_head!r}")
+        if (self.scorer == "l1") != (self.method == "acre") and self.scorer is not None:
+            raise ConfigError("scorer 'l1' is ACRE's first level: only with method 'acre', which needs it")
+        if self.uses_memory and self.selection("scorer") == "cosine" and self.selection("per_head"):
+            raise ConfigError("scorer 'cosine' compares one concatenated query with one block summary: "
+                              "it picks one block set per layer (per_head=False)")
+        if self.uses_memory and self.selection("scorer") in ("dot", "cosine") \
+                and self.selection("probe") in ("tokens", "activation-tokens"):
+            raise ConfigError(f"scorer {self.selection('scorer')!r} takes one probe query: use probe "
+                              "'mean' or 'activation' (per-token probes go with 'bound' or 'l1')")
+        for name in ("l1_budget",):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("min_refill", "max_refill"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ConfigError(f"{name} must be a non-negative integer or None, got {v!r}")
+        if self.method == "acre":
+            lo, hi = self.acre_range
+            if hi < max(lo, 1):
+                raise ConfigError(
+                    f"acre: the budget ({self.budget}) leaves room for {hi} refilled block(s) after sinks "
+                    f"({self.n_sink}), window ({self.n_local}) and L1 entries ({self.l1_budget}); it needs "
+                    f"at least max(min_refill, 1) = {max(lo, 1)}: raise the budget or lower l1_budget")
         if self.offload not in (True, False, "auto"):
             raise ConfigError(f"offload must be True, False or 'auto', got {self.offload!r}")
         if self.uses_memory:
@@ -191,7 +310,9 @@ class RetrievalConfig:
                 if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                     raise ConfigError(f"{name} must be a non-negative integer or None, got {v!r}")
             lo, hi = self.block_range
-            if hi < max(lo, 1):
+            if self.method == "acre":
+                pass
+            elif hi < max(lo, 1):
                 raise ConfigError(f"max_blocks ({hi}) must be >= max(min_blocks, 1) ({max(lo, 1)})")
             if hi < self.avg_blocks:
                 raise ConfigError(

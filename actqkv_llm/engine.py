@@ -94,6 +94,8 @@ class Engine:
         self._cache_setting = cache
         self._cache = None
         self._lock = threading.RLock()
+        # an instrument that sessions report their block selections to (bench recall); None in use
+        self.meter = None
         _register_attention()
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
         ids = set()
@@ -216,11 +218,13 @@ class Engine:
     def _prefill_ids(self, ids: torch.Tensor, text: str, layout: str, progress: bool | None) -> Document:
         offload = self.config.offload is True or (self.config.offload == "auto" and self.device.type == "cuda")
         state = Session.new(self.adapter, self.config, self.method, offload=offload)
+        state.meter = self.meter
         bar = self._progress_bar(ids.numel(), progress, "prefill")
         try:
             with self._lock:
                 logits = state.forward(ids, progress=bar)
         finally:
+            state.meter = None
             if bar is not None:
                 bar.close()
         return Document(self, state, ids, text, layout, logits)
@@ -235,6 +239,7 @@ class Engine:
                              f"({doc.engine.config.kv_options()}); prefill it with this engine")
         sess = doc.session() if doc is not None else Session.new(self.adapter, self.config, self.method)
         sess.track_sources = True
+        sess.meter = self.meter
         if suffix.numel():
             with self._lock:
                 logits = sess.forward(suffix, phase=QUESTION)

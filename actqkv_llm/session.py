@@ -31,6 +31,7 @@ class Session:
         self.record_kv = False
         self.kv_log: list[dict[tuple[int, int], int]] = []   # per forward pass: (slot, layer) -> KV attended
         self.tally = SourceTally()   # per block: attention mass and times picked, over the answer
+        self.meter = None            # a RecallMeter (bench recall): what selection recalls against full attention
 
     @classmethod
     def new(cls, adapter: ModelAdapter, config: RetrievalConfig, method: RetrievalMethod,
@@ -82,7 +83,7 @@ class Session:
 
     def note_retrieval(self, layer: int, picked: torch.Tensor, n_blocks: int) -> None:
         if self.track_sources:
-            self.tally.add_picked(picked, n_blocks)
+            self.tally.add_picked(picked.flatten(), n_blocks)
 
     def note_attention(self, picked: torch.Tensor, mass: torch.Tensor, n_blocks: int) -> None:
         if self.track_sources:

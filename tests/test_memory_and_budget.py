@@ -100,16 +100,15 @@ def test_sources_point_at_document_blocks(make_engine):
 def test_dynamic_cutoff_shares_total_and_favours_high_entropy():
     entropies = {0: 0.9, 1: 0.1, 2: 0.5, 3: 0.5}
     cut = DynamicCutoff(avg=10, lo=3, hi=20, memory_layers=[0, 1, 2, 3], entropy=entropies.__getitem__)
-    scores = torch.zeros(100)
-    ks = [cut.blocks_for(0, layer, scores) for layer in range(4)]
+    ks = [cut.blocks_for(0, layer, 100) for layer in range(4)]
     assert sum(ks) <= 40 and all(3 <= k <= 20 for k in ks)
     assert ks[0] > ks[2] > ks[1]
 
 
 def test_dynamic_cutoff_respects_available_blocks():
     cut = DynamicCutoff(avg=10, lo=3, hi=20, memory_layers=[0, 1], entropy=lambda i: 1.0)
-    assert cut.blocks_for(0, 0, torch.zeros(4)) == 4
-    assert cut.blocks_for(0, 1, torch.zeros(100)) <= 20
+    assert cut.blocks_for(0, 0, 4) == 4
+    assert cut.blocks_for(0, 1, 100) <= 20
 
 
 def test_normalized_entropy_bounds():

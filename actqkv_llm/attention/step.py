@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..retrieval.budget import normalized_entropy
+from ..retrieval.methods import MemoryQuery
 from .reference import attend
 from .rope import rotate
 
@@ -45,6 +45,43 @@ class StepContext:
                                          v[:, a:a + step], scaling, softcap))
         return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
 
+    def _memory_query(self, kind, mem, n_loc: int, t: int, scaling: float) -> MemoryQuery:
+        """Where memory sits for this execution block: one fixed angle (InfLLM) or true positions."""
+        s = self.session
+        cfg, adapter = s.config, s.adapter
+        mode = s.method.positions if s.method.uses_memory else "fixed"
+        first_q = mem.local_start + n_loc
+        if mode == "auto":
+            mode = "exact" if first_q + t <= adapter.native_window else "fixed"
+        if mode == "fixed":
+            cos, sin = adapter.rope_table(kind.rope_type, cfg.n_local + 1)
+            fixed = cfg.n_local  # memory sits just beyond the farthest local distance
+            return MemoryQuery(mode, lambda x: rotate(x, cos[fixed:fixed + 1], sin[fixed:fixed + 1]), None, scaling)
+        cos, sin = adapter.rope_table(kind.rope_type, first_q + t)
+        qpos = slice(first_q, first_q + t)
+
+        def rotate_q(x):
+            return rotate(x, cos[qpos], sin[qpos]) if x.shape[1] == t else \
+                rotate(x, cos[first_q + t - 1:first_q + t], sin[first_q + t - 1:first_q + t])
+
+        def rotate_keys(k, first_block):
+            start = cfg.n_sink + first_block * cfg.block_size
+            end = start + k.shape[1]
+            c, sn = adapter.rope_table(kind.rope_type, end)
+            return rotate(k, c[start:end], sn[start:end])
+
+        return MemoryQuery(mode, rotate_q, rotate_keys, scaling)
+
+    def _true_position_keys(self, kind, blocks: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Rotate gathered block keys ``[Hkv, n*B, d]`` to their blocks' true positions."""
+        cfg = self.session.config
+        b = cfg.block_size
+        ids = blocks if blocks.dim() == 2 else blocks[None]
+        pos = (cfg.n_sink + ids[..., None] * b + torch.arange(b, device=ids.device)).flatten(-2)  # [rows, n*B]
+        cos, sin = self.session.adapter.rope_table(kind.rope_type, int(pos.max()) + 1)
+        pos = pos.to(cos.device)
+        return rotate(k, cos[pos], sin[pos])
+
     def _exec_block(self, slot: int, layer: int, q, k, v, scaling, softcap) -> torch.Tensor:
         s = self.session
         cfg, method, kind = s.config, s.method, s.adapter.kinds[layer]
@@ -54,37 +91,41 @@ class StepContext:
             mem.trim_local(kind.window - 1)
         else:
             mem.make_room(t, s.policy)
-
-        # ---- retrieval: probe -> scores -> budget -> blocks
-        k_mem = v_mem = picked = None
-        if kind.memory and method.uses_memory:
-            method.observe(q, rstate)
-        if kind.memory and method.uses_memory and mem.n_blocks:
-            probe = method.probe(q, mem.kv_heads, rstate)
-            if self.phase == QUESTION:
-                rstate.add_question(probe, t)
-            scores = method.score(probe, mem.summaries, rstate)
-            rstate.observe_entropy(normalized_entropy(scores))
-            n = self.budget.blocks_for(slot, layer, scores)
-            if n:
-                picked = scores.topk(n).indices.sort().values
-                k_mem, v_mem = mem.blocks.gather(picked, q.device)
-                s.note_retrieval(layer, picked, mem.n_blocks)
-        if kind.memory and mem.n_sink:
-            k_mem = mem.sink_k if k_mem is None else torch.cat([mem.sink_k, k_mem], 1)
-            v_mem = mem.sink_v if v_mem is None else torch.cat([mem.sink_v, v_mem], 1)
-
-        # ---- positions: true relative positions in the window, one fixed angle for memory
         n_loc = mem.n_local
         lk = n_loc + t
+        memory = kind.memory and method.uses_memory
+        mq = self._memory_query(kind, mem, n_loc, t, scaling) if memory or (kind.memory and mem.n_sink) else None
+
+        # ---- retrieval: probe -> scores -> budget -> blocks
+        k_mem = v_mem = sel = None
+        if memory:
+            method.observe(q, rstate)
+        if memory and mem.n_blocks:
+            sel = method.select(q, mem, rstate, mq, self.budget, slot, layer, self.phase == QUESTION)
+            if sel.blocks is not None:
+                k_mem, v_mem = mem.blocks.gather(sel.blocks, q.device)
+                if mq.mode == "exact":
+                    k_mem = self._true_position_keys(kind, sel.blocks, k_mem)
+                s.note_retrieval(layer, sel.blocks, mem.n_blocks)
+            if sel.l1_k is not None:
+                k_mem = sel.l1_k if k_mem is None else torch.cat([k_mem, sel.l1_k.to(k_mem.dtype)], 1)
+                v_mem = sel.l1_v if v_mem is None else torch.cat([v_mem, sel.l1_v], 1)
+        if s.meter is not None and memory and mem.n_blocks:
+            s.meter.observe(self, layer, kind, q, k, mem, sel, scaling, softcap)
+        if kind.memory and mem.n_sink:
+            sink_k = mem.sink_k
+            if mq.mode == "exact":
+                cos, sin = s.adapter.rope_table(kind.rope_type, mem.n_sink)
+                sink_k = rotate(sink_k, cos[:mem.n_sink], sin[:mem.n_sink]).to(mem.dtype)
+            k_mem = sink_k if k_mem is None else torch.cat([sink_k, k_mem.to(sink_k.dtype)], 1)
+            v_mem = mem.sink_v if v_mem is None else torch.cat([mem.sink_v, v_mem], 1)
+
+        # ---- positions: true relative positions in the window; memory at the fixed angle or true positions
         cos, sin = s.adapter.rope_table(kind.rope_type, max(lk, cfg.n_local + 1))
         k_loc = rotate(torch.cat([mem.local_k, k.to(mem.dtype)], 1), cos[:lk], sin[:lk])
         v_loc = torch.cat([mem.local_v, v.to(mem.dtype)], 1)
         q_loc = rotate(q, cos[n_loc:lk], sin[n_loc:lk])
-        q_mem = None
-        if k_mem is not None:
-            fixed = cfg.n_local  # memory sits just beyond the farthest local distance
-            q_mem = rotate(q, cos[fixed:fixed + 1], sin[fixed:fixed + 1])
+        q_mem = mq.rotate_q(q) if k_mem is not None else None
 
         out, mass_loc, mass_mem = attend(q_loc, k_loc, v_loc, q_mem, k_mem, v_mem, scaling,
                                          window=kind.window, softcap=softcap,
@@ -97,11 +138,15 @@ class StepContext:
         else:
             mem.append_local(k, v)
         n_sink = mem.n_sink if kind.memory else 0
-        n_picked = 0 if picked is None else picked.numel()
-        s.note_kv(slot, layer, n_sink + n_picked * cfg.block_size + lk)
-        if s.track_sources and picked is not None and mass_mem is not None and self.phase != DOCUMENT:
-            s.note_attention(picked, mass_mem[:, n_sink:].reshape(-1, n_picked, cfg.block_size).sum((0, 2)),
-                             mem.n_blocks)
+        n_picked = 0 if sel is None else sel.n_blocks
+        s.note_kv(slot, layer, n_sink + n_picked * cfg.block_size + (0 if sel is None else sel.n_l1) + lk)
+        if s.track_sources and n_picked and mass_mem is not None and self.phase != DOCUMENT:
+            per_block = mass_mem[:, n_sink:n_sink + n_picked * cfg.block_size]
+            per_block = per_block.reshape(mem.kv_heads, n_picked, cfg.block_size).sum(2)  # [Hkv, n]
+            if sel.blocks.dim() == 1:
+                s.note_attention(sel.blocks, per_block.sum(0), mem.n_blocks)
+            else:
+                s.note_attention(sel.blocks.flatten(), per_block.flatten(), mem.n_blocks)
         return out.to(q.dtype)
 
 

@@ -103,7 +103,7 @@ def add_bench_arguments(subparsers: Any) -> argparse.ArgumentParser:
     bench = subparsers.add_parser("bench", help="quality and speed benchmarks",
                                   description="Benchmarks: retrieval quality on synthetic "
                                   "long-context tasks, and speed against plain Hugging Face attention.")
-    sub = bench.add_subparsers(dest="bench_command", metavar="{quality,speed}", required=True)
+    sub = bench.add_subparsers(dest="bench_command", metavar="{quality,recall,speed}", required=True)
 
     q = sub.add_parser("quality", help="accuracy of every method on synthetic RULER-style tasks",
                        description="Every method on the same generated samples; writes results.jsonl "
@@ -125,6 +125,30 @@ def add_bench_arguments(subparsers: Any) -> argparse.ArgumentParser:
                    help="discard results already in --out instead of skipping them")
     q.add_argument("--no-plots", dest="plots", action="store_false", help="no heat maps")
     q.set_defaults(func=_quality_main)
+
+    r = sub.add_parser("recall", help="attention mass the selected blocks recall, against full attention",
+                       description="Every variant prefills and answers the same needle samples inside the "
+                       "window with a recall meter on: per layer and phase, the share of full attention's "
+                       "memory mass the selected blocks hold, next to the oracle's at the same budget. "
+                       "Writes recall.jsonl, recall.json, recall.md and recall.png.")
+    _common(r, "bench-results/recall")
+    from .recall import DEFAULT_VARIANTS
+    r.add_argument("--variants", type=_csv(str), default=list(DEFAULT_VARIANTS),
+                   help="comma-separated METHOD[+KEY=VALUE...] (default: " + ",".join(DEFAULT_VARIANTS)
+                   + "), e.g. actqkv+per_head=false")
+    r.add_argument("--task", type=_tasks, default=["niah_single"], help="task[:haystack] (default: niah_single)")
+    r.add_argument("--lengths", type=_csv(parse_length), default=[4096],
+                   help="tokens of document + question, inside the model's window (default: 4K)")
+    r.add_argument("--depths", type=_csv(float), default=list(T.DEFAULT_DEPTHS),
+                   help="needle depths, used in turn by successive samples")
+    r.add_argument("--samples", type=int, default=4, help="samples per length")
+    r.add_argument("--layout", choices=("completion", "ask"), default="completion",
+                   help="plain completion after the raw document, or the chat template (ask)")
+    r.add_argument("--document-every", type=int, default=8,
+                   help="measure every Nth execution block of the prefill (each costs a full-attention pass)")
+    r.add_argument("--max-new-tokens", type=int, default=None)
+    r.add_argument("--no-plots", dest="plots", action="store_false", help="no recall.png")
+    r.set_defaults(func=_recall_main)
 
     s = sub.add_parser("speed", help="prefill / time to first token / decode against plain HF",
                        description="Times each method and the same model under plain Hugging Face "
@@ -164,6 +188,21 @@ def _quality_main(args: argparse.Namespace) -> int:
     for method, s in summary["overall"].items():
         print(f"{method:>10}: {100 * s['accuracy']:5.1f}% of {s['n']}")
     print(f"results in {args.out}/ (results.md, summary.json, results.jsonl)")
+    return 0
+
+
+def _recall_main(args: argparse.Namespace) -> int:
+    from .recall import run_recall
+    summary = run_recall(
+        args.out, model=args.model, gguf_file=args.gguf_file, device=args.device, dtype=args.dtype,
+        variants=args.variants, task=args.task[0], lengths=args.lengths, depths=args.depths,
+        samples=args.samples, seed=args.seed, layout=args.layout, document_every=args.document_every,
+        max_new_tokens=args.max_new_tokens, options=_options(args), progress=args.progress, plots=args.plots)
+    for v, s in summary.items():
+        q = s["phases"].get("question")
+        rec = f"question recall {q['recall']:.3f} / oracle {q['oracle']:.3f}" if q else "no memory"
+        print(f"{v:>28}: {100 * s['accuracy']:5.1f}% of {s['n']}  {rec}")
+    print(f"results in {args.out}/ (recall.md, recall.json, recall.jsonl, recall.png)")
     return 0
 
 

@@ -168,6 +168,13 @@ class Sample:
     def label(self) -> str:
         return task_label(self.task, self.haystack)
 
+    @property
+    def question(self) -> str:
+        """The question alone (the continuation up to its question mark), for the chat path (``ask``)."""
+        text = self.continuation.strip()
+        end = text.find("?")
+        return text[: end + 1] if end >= 0 else text
+
 
 def task_label(task: str, haystack: str) -> str:
     return f"{task}:{haystack}"

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from .blocks import GrowableBlocks
+from .blocks import GrowableBlocks, per_head
 
 # Reads blocks (ascending ids) from the slow tier: returns [n, Hkv, B, d] keys and values on the host.
 BlockReader = Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]
@@ -36,6 +36,8 @@ class DeviceBlockCache:
         self.hits = self.misses = 0
 
     def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if idx.dim() == 2:
+            return per_head(self.gather, idx, device)
         ids = idx.tolist()
         if len(ids) > self.capacity:  # larger than the cache: read straight through
             k, v = self.reader(ids)

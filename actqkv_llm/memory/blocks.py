@@ -19,8 +19,27 @@ class KVBlocks(Protocol):
     n_blocks: int
 
     def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blocks ``idx`` (ascending) as ``[kv_heads, len(idx) * block_size, head_dim]`` keys and values."""
+        """Blocks ``idx`` as ``[kv_heads, n * block_size, head_dim]`` keys and values.
+
+        ``idx`` is ``[n]`` (every KV head reads the same blocks) or ``[kv_heads, n]`` (each KV head its
+        own blocks: per-head selection); ascending along the last dimension.
+        """
         ...
+
+
+def per_head(flat_gather, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Serve ``[Hkv, n]`` per-head block ids through a store that reads shared ``[m]`` ids:
+    read the union once, then let each head keep its own blocks."""
+    uniq, inv = torch.unique(idx, return_inverse=True)   # sorted union, and where each id sits in it
+    k, v = flat_gather(uniq, device)                     # [Hkv, m*B, d]
+    h, mb, d = k.shape
+    m, n = uniq.numel(), idx.shape[1]
+    b = mb // m
+    heads = torch.arange(h, device=k.device)[:, None]
+    inv = inv.to(k.device)
+    k = k.view(h, m, b, d)[heads, inv].reshape(h, n * b, d)
+    v = v.view(h, m, b, d)[heads, inv].reshape(h, n * b, d)
+    return k, v
 
 
 def _flatten(k: torch.Tensor) -> torch.Tensor:
@@ -72,6 +91,12 @@ class GrowableBlocks:
 
     def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         idx = idx.to(self.device)
+        if idx.dim() == 2:  # each KV head its own blocks: [Hkv, n] -> [Hkv, n, B, d] in one indexing
+            heads = torch.arange(idx.shape[0], device=self.device)[:, None]
+            k, v = self._k[: self.n_blocks][idx, heads], self._v[: self.n_blocks][idx, heads]
+            h, n, b, d = k.shape
+            return (k.reshape(h, n * b, d).to(device, non_blocking=True),
+                    v.reshape(h, n * b, d).to(device, non_blocking=True))
         k = _flatten(self._k.index_select(0, idx)).to(device, non_blocking=True)
         v = _flatten(self._v.index_select(0, idx)).to(device, non_blocking=True)
         return k, v
@@ -104,5 +129,7 @@ class StackedBlocks:
         # from both stores with clamped indices and keep, block by block, the right one.
         kb, vb = self.base.gather(idx.clamp(max=nb - 1), device)
         ko, vo = self.own.gather((idx - nb).clamp(min=0), device)
-        mine = (idx >= nb).to(device).repeat_interleave(self.own.shape[1])[None, :, None]
+        b = self.own.shape[1]
+        mine = (idx >= nb).to(device).repeat_interleave(b, dim=-1)
+        mine = mine[None, :, None] if mine.dim() == 1 else mine[:, :, None]
         return torch.where(mine, ko, kb), torch.where(mine, vo, vb)

@@ -1,6 +1,7 @@
 """How many blocks each layer may retrieve in one step.
 
-``FixedTopK``: the same k everywhere (InfLLM). ``DynamicCutoff``: ActQKV's information-density
+``FixedTopK``: the same k everywhere (InfLLM). ``EntropyRefill``: ACRE's volume from the entropy
+of one step's first-level attention. ``DynamicCutoff``: ActQKV's information-density
 cut-off. A total of ``avg x layers`` blocks is drawn layer by layer; layer n takes
 ``k_n = clamp(round(w_n * remaining), lo, hi)`` with ``w_n = H_n / sum_{i>=n} H_i`` where ``H`` is a
 running mean of each layer's normalized retrieval-score entropy. Layers whose scores are spread
@@ -31,8 +32,23 @@ class FixedTopK:
     def __init__(self, k: int):
         self.k = k
 
-    def blocks_for(self, slot: int, layer: int, scores: torch.Tensor) -> int:
-        return min(self.k, scores.numel())
+    def blocks_for(self, slot: int, layer: int, n_blocks: int, entropy: torch.Tensor | None = None) -> int:
+        return min(self.k, n_blocks)
+
+
+class EntropyRefill:
+    """ACRE's refill volume: ``k = lo + (hi - lo) * H / H_max`` from this step's normalized entropy of
+    the query's attention over the first level: focused questions refill few blocks, diffuse ones many."""
+
+    def __init__(self, lo: int, hi: int):
+        self.lo, self.hi = lo, hi
+        self.chosen: list[int] = []  # every k it chose (read by benchmarks)
+
+    def blocks_for(self, slot: int, layer: int, n_blocks: int, entropy: torch.Tensor | None = None) -> int:
+        h = 1.0 if entropy is None else float(entropy)
+        k = min(n_blocks, round(self.lo + (self.hi - self.lo) * min(max(h, 0.0), 1.0)))
+        self.chosen.append(k)
+        return k
 
 
 class DynamicCutoff:
@@ -52,7 +68,7 @@ class DynamicCutoff:
         self.total = avg * len(memory_layers)
         self._spent: dict[int, int] = {}
 
-    def blocks_for(self, slot: int, layer: int, scores: torch.Tensor) -> int:
+    def blocks_for(self, slot: int, layer: int, n_blocks: int, entropy: torch.Tensor | None = None) -> int:
         i = self.order[layer]
         n_layers = len(self.order)
         spent = self._spent.get(slot, 0)
@@ -62,6 +78,6 @@ class DynamicCutoff:
         w = later[0] / denom if denom > 0 else 1.0 / (n_layers - i)
         k = max(self.lo, min(self.hi, round(w * remaining)))
         k = min(k, remaining - self.lo * (n_layers - i - 1))  # leave every later layer its minimum
-        k = max(0, min(k, scores.numel()))
+        k = max(0, min(k, n_blocks))
         self._spent[slot] = spent + k
         return k

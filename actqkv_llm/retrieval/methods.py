@@ -1,21 +1,29 @@
-"""The four methods as small interchangeable objects over one engine.
+"""The methods as small interchangeable objects over one engine.
 
-Each is a choice of probe, score and budget (kvpress-style: one concept, one small class). The
-engine asks a method three things: does this layer keep memory, how to build a probe, how to
-score blocks, and how to share the block budget across layers in a step.
+A memory method is a probe (how an execution block's queries ask), a scorer (how a block answers),
+a selection granularity (one block set per layer, or one per KV head) and a budget (how many blocks
+each layer takes). ``RetrievalConfig.selection`` resolves each from the method's preset and the
+user's overrides; :func:`make_method` assembles the parts. The attention step asks a method to
+``observe`` queries and to ``select`` blocks; it hands over a :class:`MemoryQuery` that knows where
+memory sits (fixed angle or true positions) so scorers can score with the rotation attention uses.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from typing import TYPE_CHECKING, Callable
+
 from ..config import RetrievalConfig
-from ..memory.summaries import SummaryKeys
-from .budget import DynamicCutoff, FixedTopK
-from .probe import ActivationStats, activation_probe, mean_probe
-from .score import cosine_scores, dot_scores
+from .budget import DynamicCutoff, EntropyRefill, FixedTopK
+from .probe import ActivationStats, _group, activation_probe, token_weights
+from .score import bound_logits, cosine_scores, key_logits, reduce_tokens
+
+if TYPE_CHECKING:
+    from ..memory.layer_memory import LayerMemory
 
 
 @dataclass
@@ -59,6 +67,154 @@ def entropy_means(states: list[LayerRetrievalState]) -> list[float]:
     return [t / st.entropy_count if st.entropy_count else 1.0 for t, st in zip(totals, states)]
 
 
+@dataclass
+class MemoryQuery:
+    """What a scorer needs to know about one execution block's memory attention.
+
+    ``rotate_q(q)`` rotates ``[H, T, d]`` queries the way attention will for memory keys (one fixed
+    angle, or each token's true position); ``rotate_keys`` brings stored keys of blocks to their
+    true positions (None at the fixed angle); ``scaling`` is the model's logit scale.
+    """
+
+    mode: str
+    rotate_q: Callable[[torch.Tensor], torch.Tensor]
+    rotate_keys: Callable[[torch.Tensor, int], torch.Tensor] | None
+    scaling: float
+
+
+@dataclass
+class Selection:
+    """Blocks picked for one execution block of one layer.
+
+    blocks: ``[n]`` (every KV head reads them) or ``[Hkv, n]`` (each head its own), ascending.
+    evidence: ``[rows, n_blocks]`` the scores they were picked by (rows: 1 shared, Hkv per head).
+    l1_k / l1_v: ACRE's first-level entries attended beside them, ``[Hkv, L, d]`` (or None).
+    """
+
+    blocks: torch.Tensor | None
+    evidence: torch.Tensor
+    entropy: torch.Tensor
+    l1_k: torch.Tensor | None = None
+    l1_v: torch.Tensor | None = None
+
+    @property
+    def n_blocks(self) -> int:
+        return 0 if self.blocks is None else self.blocks.shape[-1]
+
+    @property
+    def n_l1(self) -> int:
+        return 0 if self.l1_k is None else self.l1_k.shape[1]
+
+
+# ---------------------------------------------------------------------- probes
+class Probe:
+    """Turns an execution block's queries ``[H, T, d]`` into query tokens ``[H, T', d]`` and their weights ``[T']``."""
+
+    def __call__(self, q: torch.Tensor, state: LayerRetrievalState) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class MeanProbe(Probe):
+    """InfLLM: one query, the mean of the block's queries."""
+
+    def __call__(self, q, state):
+        return q.float().mean(1, keepdim=True), q.new_ones(1, dtype=torch.float32)
+
+
+class ActivationProbe(Probe):
+    """ActQKV: one query, tokens weighted by their activation bias."""
+
+    def __call__(self, q, state):
+        h, t, d = q.shape
+        w = token_weights(q, state.stats)
+        return torch.einsum("t,htd->hd", w, q.float())[:, None], q.new_ones(1, dtype=torch.float32)
+
+
+class TokenProbe(Probe):
+    """Every query token asks on its own; its vote weighted uniformly or by activation bias."""
+
+    def __init__(self, activation: bool):
+        self.activation = activation
+
+    def __call__(self, q, state):
+        return q, token_weights(q, state.stats if self.activation else None)
+
+
+# ---------------------------------------------------------------------- scorers
+class Scorer:
+    """Evidence ``[rows, n_blocks]`` for every block; ``mass`` scorers give attention-mass estimates
+    (entropy of the normalised row), the others logits (entropy of their softmax)."""
+
+    mass = False
+    per_head_only = False
+
+    def __call__(self, tokens: torch.Tensor, weights: torch.Tensor, mem: "LayerMemory",
+                 state: LayerRetrievalState, mq: MemoryQuery) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class RepresentativeDot(Scorer):
+    """InfLLM: dot product of the probe (query heads averaged per KV head) with each block's summary key."""
+
+    def __call__(self, tokens, weights, mem, state, mq):
+        probe = _group(tokens[:, 0].float(), mem.kv_heads)  # [Hkv, d]
+        parts = [torch.einsum("nhd,hd->hn", s.float(), probe) for s in mem.summaries.parts()]
+        return torch.cat(parts, 1)
+
+
+class RepresentativeCosine(Scorer):
+    """ActQKV: cosine of the concatenated probe and summary, plus lambda x cosine with the question summary."""
+
+    def __init__(self, question_weight: float):
+        self.question_weight = question_weight
+
+    def __call__(self, tokens, weights, mem, state, mq):
+        probe = _group(tokens[:, 0].float(), mem.kv_heads)
+        return cosine_scores(probe, mem.summaries.parts(), state.question, self.question_weight,
+                             mem.summaries.inverse_norms())[None]
+
+
+class BoundScorer(Scorer):
+    """Quest: each query token's upper bound of its best logit in the block, from per-channel key
+    minima and maxima, at the rotation attention will use; tokens combined by ``reduce``."""
+
+    def __init__(self, reduce: str):
+        self.reduce = reduce
+        self.mass = reduce == "softmax"
+
+    def __call__(self, tokens, weights, mem, state, mq):
+        lo, hi, _, _ = mem.digests(mq.mode, mq.rotate_keys)
+        u = bound_logits(mq.rotate_q(tokens), lo, hi)
+        return reduce_tokens(u, weights, mem.kv_heads, self.reduce, mq.scaling)
+
+
+class FirstLevelScorer(Scorer):
+    """ACRE: the query's attention over one first-level entry per block (the block's mean key)."""
+
+    mass = True
+
+    def __call__(self, tokens, weights, mem, state, mq):
+        _, _, k_mean, _ = mem.digests(mq.mode, mq.rotate_keys)
+        u = key_logits(mq.rotate_q(tokens), k_mean)
+        return reduce_tokens(u, weights, mem.kv_heads, "softmax", mq.scaling)
+
+
+def row_entropy(evidence: torch.Tensor, mass: bool) -> torch.Tensor:
+    """Mean over rows of the normalised entropy of each row's distribution over blocks (0-d tensor)."""
+    n = evidence.shape[-1]
+    if n <= 1:
+        return evidence.new_zeros((), dtype=torch.float32)
+    if mass:
+        p = evidence.float().clamp_min(0)
+        p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
+        logp = p.clamp_min(1e-30).log()
+    else:
+        logp = torch.log_softmax(evidence.float(), -1)
+        p = logp.exp()
+    return (-(p * logp).sum(-1) / math.log(n)).mean()
+
+
+# ---------------------------------------------------------------------- methods
 class RetrievalMethod:
     name = "base"
     uses_memory = False   # evicted blocks are kept and retrieved
@@ -72,17 +228,10 @@ class RetrievalMethod:
         return LayerRetrievalState(ActivationStats(n_features, device) if self.tracks_activations else None)
 
     def observe(self, q: torch.Tensor, state: LayerRetrievalState) -> None:
-        """See every execution block's queries ``[H, T, d]`` of a memory layer (before any probe)."""
-
-    def probe(self, q: torch.Tensor, kv_heads: int, state: LayerRetrievalState) -> torch.Tensor:
-        raise NotImplementedError
-
-    def score(self, probe: torch.Tensor, summaries: SummaryKeys, state: LayerRetrievalState) -> torch.Tensor:
-        """Scores ``[n_blocks]`` of every block's summary against the probe."""
-        raise NotImplementedError
+        """See every execution block's queries ``[H, T, d]`` of a memory layer (before any selection)."""
 
     def new_budget(self, memory_layers: list[int], states: list[LayerRetrievalState]):
-        raise NotImplementedError
+        return None
 
 
 class Full(RetrievalMethod):
@@ -98,48 +247,115 @@ class Streaming(RetrievalMethod):
     name = "streaming"
 
 
-class InfLLM(RetrievalMethod):
-    """Mean probe, dot-product score, the same top-k for every layer."""
+PROBES: dict[str, Callable[[], Probe]] = {
+    "mean": MeanProbe, "activation": ActivationProbe,
+    "tokens": lambda: TokenProbe(False), "activation-tokens": lambda: TokenProbe(True),
+}
 
-    name = "infllm"
+
+class BlockRetrieval(RetrievalMethod):
+    """A memory method: probe, scorer, granularity and budget, from the config's selection options."""
+
     uses_memory = True
 
-    def probe(self, q, kv_heads, state):
-        return mean_probe(q, kv_heads)
-
-    def score(self, probe, summaries, state):
-        return dot_scores(probe, summaries.parts())
-
-    def new_budget(self, memory_layers, states):
-        return FixedTopK(self.config.avg_blocks)
-
-
-class ActQKV(RetrievalMethod):
-    """Activation-aware probe, cosine score plus the question term, dynamic cut-off."""
-
-    name = "actqkv"
-    uses_memory = True
-    tracks_activations = True
+    def __init__(self, config: RetrievalConfig):
+        super().__init__(config)
+        sel = config.selection
+        self.name = config.method
+        self.probe = PROBES[sel("probe")]()
+        scorer = sel("scorer")
+        self.scorer: Scorer = {
+            "dot": lambda: RepresentativeDot(),
+            "cosine": lambda: RepresentativeCosine(config.question_weight),
+            "bound": lambda: BoundScorer(sel("token_reduce")),
+            "l1": lambda: FirstLevelScorer(),
+        }[scorer]()
+        self.per_head = bool(sel("per_head"))
+        self.positions = sel("positions")
+        self.budget_rule = sel("budget_rule")
+        self.tracks_activations = sel("probe") in ("activation", "activation-tokens")
+        self.uses_question = scorer == "cosine"
 
     def observe(self, q, state):
-        h, t, d = q.shape
-        state.stats.update(q.permute(1, 0, 2).reshape(t, h * d))
-
-    def probe(self, q, kv_heads, state):
-        return activation_probe(q, kv_heads, state.stats)
-
-    def score(self, probe, summaries, state):
-        return cosine_scores(probe, summaries.parts(), state.question, self.config.question_weight,
-                             summaries.inverse_norms())
+        if state.stats is not None:
+            h, t, d = q.shape
+            state.stats.update(q.permute(1, 0, 2).reshape(t, h * d))
 
     def new_budget(self, memory_layers, states):
+        if self.budget_rule == "fixed":
+            return FixedTopK(self.config.avg_blocks)
         lo, hi = self.config.block_range
         # the entropies as of the start of this pass: one device read per forward pass, not per layer
         means = entropy_means(states)
         return DynamicCutoff(self.config.avg_blocks, lo, hi, memory_layers, means.__getitem__)
 
+    def select(self, q: torch.Tensor, mem: "LayerMemory", state: LayerRetrievalState, mq: MemoryQuery,
+               budget, slot: int, layer: int, question: bool) -> Selection:
+        """Score every block of ``mem`` for queries ``q`` ``[H, T, d]`` and pick what the budget allows."""
+        tokens, weights = self.probe(q, state)
+        if question and self.uses_question:
+            state.add_question(_group(tokens[:, 0].float(), mem.kv_heads), q.shape[1])
+        evidence = self.scorer(tokens, weights, mem, state, mq)
+        if not self.per_head and evidence.shape[0] > 1:
+            evidence = evidence.sum(0, keepdim=True)
+        h = row_entropy(evidence, self.scorer.mass)
+        state.observe_entropy(h)
+        n = budget.blocks_for(slot, layer, mem.n_blocks, h)
+        picked = None
+        if n:
+            picked = evidence.topk(n, -1).indices.sort(-1).values
+            picked = picked[0] if picked.shape[0] == 1 else picked
+        return Selection(picked, evidence, h)
 
-METHOD_CLASSES: dict[str, type[RetrievalMethod]] = {c.name: c for c in (Full, Streaming, InfLLM, ActQKV)}
+
+class ActQKV(BlockRetrieval):
+    """ActQKV with the measured selection (docs/method.md): activation-weighted token votes on key bounds."""
+
+
+class ActQKVPaper(BlockRetrieval):
+    """ActQKV as published: activation-bias probe, representative cosine + question term, entropy cut-off."""
+
+
+class Quest(BlockRetrieval):
+    """Quest: per-token, per-head key-bound scores, fixed top-k."""
+
+
+class InfLLM(BlockRetrieval):
+    """InfLLM: mean probe, representative-key dot product, the same top-k for every layer."""
+
+
+class ACRE(BlockRetrieval):
+    """ACRE (training-free, as our seed describes it): every query attends to first-level entries
+    (one per block: its mean key and mean value); its attention over them picks the full blocks to
+    refill, and the entropy of that attention sets how many (``EntropyRefill``).
+
+    The per-step bound holds: at most ``l1_budget`` first-level entries take part in the softmax (the
+    ones with the most attention, refilled blocks excluded) beside ``acre_range[1]`` refilled blocks.
+    """
+
+    def new_budget(self, memory_layers, states):
+        return EntropyRefill(*self.config.acre_range)
+
+    def select(self, q, mem, state, mq, budget, slot, layer, question):
+        sel = super().select(q, mem, state, mq, budget, slot, layer, question)
+        ev = sel.evidence if sel.evidence.shape[0] == mem.kv_heads else sel.evidence.expand(mem.kv_heads, -1)
+        ev = ev.clone()
+        if sel.blocks is not None:  # a refilled block is attended in full, not through its entry
+            idx = sel.blocks if sel.blocks.dim() == 2 else sel.blocks[None].expand(mem.kv_heads, -1)
+            ev.scatter_(1, idx, float("-inf"))
+        n_l1 = min(self.config.l1_budget, mem.n_blocks - sel.n_blocks)
+        if n_l1 > 0:
+            _, _, k_mean, v_mean = mem.digests(mq.mode, mq.rotate_keys)
+            top = ev.topk(n_l1, -1).indices.sort(-1).values               # [Hkv, L]
+            heads = torch.arange(mem.kv_heads, device=top.device)[:, None]
+            sel.l1_k = k_mean[top, heads].to(mem.dtype)
+            sel.l1_v = v_mean[top, heads].to(mem.dtype)
+        return sel
+
+
+METHOD_CLASSES: dict[str, type[RetrievalMethod]] = {
+    "full": Full, "streaming": Streaming, "infllm": InfLLM, "actqkv": ActQKV,
+    "actqkv-paper": ActQKVPaper, "quest": Quest, "acre": ACRE}
 
 
 def make_method(config: RetrievalConfig) -> RetrievalMethod:

@@ -80,3 +80,13 @@ def activation_probe(q: torch.Tensor, kv_heads: int, stats: ActivationStats) -> 
     b = stats.bias(feats)
     w = b / b.sum().clamp_min(1e-12)
     return _group(torch.einsum("t,htd->hd", w, q.float()), kv_heads)
+
+
+def token_weights(q: torch.Tensor, stats: ActivationStats | None) -> torch.Tensor:
+    """How much each query token's vote counts: its share of the activation bias (ActQKV's anchor
+    tokens dominate), or uniform without statistics. q ``[H, T, d]`` -> ``[T]`` summing to 1."""
+    h, t, d = q.shape
+    if stats is None:
+        return torch.full((t,), 1.0 / t, device=q.device)
+    b = stats.bias(q.permute(1, 0, 2).reshape(t, h * d))
+    return b / b.sum().clamp_min(1e-12)

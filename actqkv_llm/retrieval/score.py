@@ -37,3 +37,44 @@ def cosine_scores(probe: torch.Tensor, summaries: list[torch.Tensor],
         inv = inv_norms[i] if inv_norms is not None else inverse_norms(s)
         out.append((s.reshape(s.shape[0], -1).float() @ target) * inv)
     return torch.cat(out)
+
+
+def bound_logits(q: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Quest's upper bound of each query token's best logit in each block.
+
+    q ``[H, T, d]`` (query heads, already at the memory's rotation); lo/hi ``[n, Hkv, d]``.
+    ``sum_c max(q_c lo_c, q_c hi_c) = q+ . hi + q- . lo``: two matrix products. Returns ``[H, T, n]``.
+    """
+    h, t, d = q.shape
+    hkv = lo.shape[1]
+    qg = q.float().reshape(hkv, (h // hkv) * t, d)
+    pos, neg = qg.clamp(min=0), qg.clamp(max=0)
+    u = torch.matmul(pos, hi.float().permute(1, 2, 0)) + torch.matmul(neg, lo.float().permute(1, 2, 0))
+    return u.reshape(h, t, -1)
+
+
+def key_logits(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Each query token's logit against one key per block (ACRE's first-level entries).
+
+    q ``[H, T, d]``; keys ``[n, Hkv, d]``. Returns ``[H, T, n]``.
+    """
+    h, t, d = q.shape
+    hkv = keys.shape[1]
+    u = torch.matmul(q.float().reshape(hkv, (h // hkv) * t, d), keys.float().permute(1, 2, 0))
+    return u.reshape(h, t, -1)
+
+
+def reduce_tokens(logits: torch.Tensor, weights: torch.Tensor, kv_heads: int, how: str,
+                  scaling: float) -> torch.Tensor:
+    """Per-token block logits ``[H, T, n]`` -> evidence per KV head ``[Hkv, n]``.
+
+    ``softmax``: every query token's softmax over blocks (at the model's scaling), weighted by
+    ``weights`` ``[T]`` and summed over the tokens and the query heads of a group: an estimate of the
+    attention mass each block would receive. ``max``: the largest logit any of them gives the block.
+    """
+    h, t, n = logits.shape
+    g = logits.view(kv_heads, h // kv_heads, t, n)
+    if how == "max":
+        return g.amax((1, 2))
+    p = torch.softmax(g * scaling, -1)
+    return torch.einsum("gstn,t->gn", p, weights.float())

@@ -1,0 +1,204 @@
+"""``actqkv bench recall``: what block selection keeps, measured against full attention.
+
+On documents inside the model's window (where full attention is the truth) every variant prefills
+the same samples and answers them; a :class:`~actqkv_llm.bench.meter.RecallMeter` records, per
+layer and phase, the share of full attention's memory mass held by the selected blocks next to the
+oracle's share at the same number of blocks. The answers are scored too, and ``full`` answers the
+same samples as the accuracy reference.
+
+A variant is a method with optional overrides: ``actqkv``, ``infllm``, ``actqkv+per_head=false``,
+``quest+block_size=16``, ``actqkv+positions=exact`` (``+`` separates ``KEY=VALUE`` pairs).
+
+Outputs in ``out_dir``: ``recall.jsonl`` (one line per sample and variant, with the per-layer rows),
+``recall.json`` (the summary), ``recall.md`` (the tables) and ``recall.png`` (recall per layer).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..config import METHODS
+from ..errors import ConfigError
+from . import tasks as T
+from .meter import PHASES, RecallMeter
+
+DEFAULT_VARIANTS = ("full", "actqkv", "actqkv-paper", "infllm", "quest", "acre")
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
+    """'quest+block_size=16+per_head=false' -> ('quest', {'block_size': 16, 'per_head': False})."""
+    from .cli import parse_option
+
+    method, *pairs = spec.split("+")
+    if method not in METHODS:
+        raise ConfigError(f"variant {spec!r}: unknown method {method!r}; known: {', '.join(METHODS)}")
+    options = {}
+    for pair in pairs:
+        try:
+            key, value = parse_option(pair)
+        except Exception as exc:  # argparse's type error: say which variant
+            raise ConfigError(f"variant {spec!r}: {exc}") from None
+        options[key] = value
+    return method, options
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant: accuracy, mean recall / oracle per phase, the per-layer rows averaged, time."""
+    out: dict[str, Any] = {}
+    for variant in dict.fromkeys(r["variant"] for r in records):
+        rs = [r for r in records if r["variant"] == variant]
+        layers: dict[tuple[str, int], list[dict]] = {}
+        for r in rs:
+            for row in r.get("layers", []):
+                layers.setdefault((row["phase"], row["layer"]), []).append(row)
+        per_layer = []
+        for (phase, layer), rows in sorted(layers.items(), key=lambda kv: (PHASES.index(kv[0][0]), kv[0][1])):
+            mean = {k: sum(x[k] for x in rows) / len(rows)
+                    for k in ("recall", "oracle", "oracle_shared", "memory_share", "memory_tokens")}
+            per_layer.append({"phase": phase, "layer": layer, **mean})
+        phases = {}
+        for phase in PHASES:
+            rows = [x for x in per_layer if x["phase"] == phase]
+            if rows:
+                rec = sum(x["recall"] for x in rows) / len(rows)
+                orc = sum(x["oracle"] for x in rows) / len(rows)
+                phases[phase] = {
+                    "recall": rec, "oracle": orc, "ratio": rec / orc if orc else 0.0,
+                    "min_layer_ratio": min((x["recall"] / x["oracle"]) if x["oracle"] else 0.0 for x in rows),
+                    "memory_tokens": sum(x["memory_tokens"] for x in rows) / len(rows),
+                    "memory_share": sum(x["memory_share"] for x in rows) / len(rows)}
+        out[variant] = {
+            "accuracy": sum(r["correct"] for r in rs) / len(rs), "n": len(rs),
+            "prefill_s": sum(r["prefill_s"] for r in rs) / len(rs),
+            "answer_s": sum(r["answer_s"] for r in rs) / len(rs),
+            "phases": phases, "per_layer": per_layer}
+    return out
+
+
+def markdown(summary: dict[str, Any], info: dict[str, Any]) -> str:
+    lines = [f"# bench recall: {info.get('model')} on {info.get('device')}", "",
+             f"Command: `{info.get('command')}`", "",
+             f"Task {info.get('task')} ({info.get('layout')}), lengths {info.get('lengths')}, "
+             f"{info.get('samples')} samples per length, seed {info.get('seed')}.", "",
+             "| variant | accuracy | question recall / oracle | decode recall / oracle | worst layer (question) "
+             "| memory tokens per step (question) | prefill s | answer s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for v, s in summary.items():
+        q, d = s["phases"].get("question"), s["phases"].get("decode")
+        cell = (lambda p: f"{p['recall']:.3f} / {p['oracle']:.3f} ({p['ratio']:.2f})" if p else "-")
+        lines.append(f"| {v} | {s['accuracy']:.0%} ({s['n']}) | {cell(q)} | {cell(d)} | "
+                     f"{q['min_layer_ratio']:.2f} |" if q else f"| {v} | {s['accuracy']:.0%} ({s['n']}) | - | - | - |")
+        if q:
+            lines[-1] += f" {q['memory_tokens']:.0f} | {s['prefill_s']:.2f} | {s['answer_s']:.2f} |"
+        else:
+            lines[-1] += f" - | {s['prefill_s']:.2f} | {s['answer_s']:.2f} |"
+    lines += ["", "recall: share of full attention's memory-block mass held by the selected blocks; oracle: "
+              "the same share for the top blocks by true mass, as many per KV head; (ratio)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], path: Path, phase: str = "question") -> Path | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for v, s in summary.items():
+        rows = [x for x in s["per_layer"] if x["phase"] == phase]
+        if not rows:
+            continue
+        line, = ax.plot([x["layer"] for x in rows], [x["recall"] for x in rows], marker="o", ms=3, label=v)
+        ax.plot([x["layer"] for x in rows], [x["oracle"] for x in rows], ls=":", color=line.get_color())
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"memory mass recalled ({phase})")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("selected blocks (solid) vs oracle at the same budget (dotted)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_recall(out_dir: str | Path = "bench-results/recall", *, engine: Any = None,
+               model: str | None = None, gguf_file: str | None = None, device: str | None = None,
+               dtype: Any = None, variants: Sequence[str] = DEFAULT_VARIANTS, task: str = "niah_single",
+               lengths: Sequence[int] = (4096,), depths: Sequence[float] = T.DEFAULT_DEPTHS,
+               samples: int = 4, seed: int = 0, layout: str = "completion",
+               document_every: int = 8, max_new_tokens: int | None = None,
+               options: dict[str, Any] | None = None, progress: bool = True, plots: bool = True,
+               command: str | None = None, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]:
+    """Run every variant on the same samples with a recall meter on; write and return the summary.
+
+    ``layout``: ``completion`` (raw document, then the question as a plain continuation) or ``ask``
+    (the chat template, the product's main path). Samples are spread over ``depths`` in turn.
+    """
+    from .quality import invoked_command, library_versions, load_engine
+
+    if layout not in ("completion", "ask"):
+        raise ConfigError(f"layout must be 'completion' or 'ask', got {layout!r}")
+    parsed = [(v, *parse_variant(v)) for v in variants]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = engine if engine is not None else load_engine(model, gguf_file=gguf_file, device=device,
+                                                         dtype=dtype, method="actqkv")
+    count = count_tokens or T.hf_token_counter(base.tokenizer)
+    engines = {v: base.with_method(m, **{**(options or {}), **o}) for v, m, o in parsed}
+    task_name, haystack = T.parse_task(task)
+    records: list[dict[str, Any]] = []
+    jobs = [(n, i) for n in lengths for i in range(samples)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(jobs) * len(parsed), desc="bench recall", unit="answer", dynamic_ncols=True)
+    with open(out_dir / "recall.jsonl", "w", encoding="utf-8") as log:
+        for length, i in jobs:
+            depth = list(depths)[i % len(depths)]
+            sample = T.make_sample(task_name, length, depth, count, haystack=haystack, seed=seed, index=i)
+            for v, method, _ in parsed:
+                eng = engines[v]
+                meter = RecallMeter(document_every=document_every) if eng.config.uses_memory else None
+                eng.meter = meter
+                try:
+                    t0 = time.perf_counter()
+                    if layout == "completion":
+                        doc = eng.prefill(sample.prompt_document, chat=False, progress=False, cache=False)
+                        t1 = time.perf_counter()
+                        output = eng.generate(doc, sample.continuation, temperature=0.0,
+                                              max_new_tokens=max_new_tokens or sample.max_new_tokens)
+                    else:
+                        doc = eng.prefill(sample.prompt_document, chat=True, progress=False, cache=False)
+                        t1 = time.perf_counter()
+                        output = eng.ask(doc, sample.question, temperature=0.0,
+                                         max_new_tokens=max_new_tokens or sample.max_new_tokens)
+                    t2 = time.perf_counter()
+                finally:
+                    eng.meter = None
+                rec = {"variant": v, "method": method, "length": length, "depth": depth, "sample": i,
+                       "n_tokens": doc.n_tokens, "expected": sample.expected, "output": output,
+                       **T.score(output, sample.expected), "prefill_s": t1 - t0, "answer_s": t2 - t1,
+                       "layers": meter.table() if meter is not None else []}
+                records.append(rec)
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    summary = summarize(records)
+    info = {"model": getattr(base, "model_id", model), "device": str(base.device), "dtype": str(base.dtype),
+            "task": task, "layout": layout, "lengths": list(lengths), "samples": samples, "seed": seed,
+            "variants": {v: engines[v].config.to_dict() for v, _, _ in parsed},
+            "command": command if command is not None else invoked_command(),
+            "versions": library_versions()}
+    (out_dir / "recall.json").write_text(json.dumps({"info": info, "summary": summary}, indent=1))
+    (out_dir / "recall.md").write_text(markdown(summary, info))
+    if plots:
+        plot(summary, out_dir / "recall.png")
+    return summary
