@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,7 +20,7 @@ from .attention.step import DECODE, QUESTION, context_attention
 from .chat import document_prefix, question_suffix
 from .config import RetrievalConfig
 from .document import CHAT, RAW, Document, Source
-from .errors import InputError
+from .errors import CacheError, InputError
 from .generation import Sampling, TextAssembler, choose_token
 from .models.adapter import ModelAdapter
 from .retrieval.methods import make_method
@@ -203,7 +204,11 @@ class Engine:
                 return found
         doc = self._prefill_ids(ids, text, layout, progress)
         if store is not None:
-            store.put(doc)
+            try:
+                store.put(doc)
+            except (CacheError, OSError) as exc:  # e.g. a full disk: the prefill itself is not lost
+                warnings.warn(f"the document was not saved to the cache ({' '.join(str(exc).split())}); "
+                              "answering from memory", RuntimeWarning, stacklevel=2)
         return doc
 
     def prefill_ids(self, ids: torch.Tensor | list[int], progress: bool | None = None) -> Document:
@@ -324,11 +329,19 @@ class Engine:
                     logits = sess.forward(torch.tensor([tok]), phase=DECODE)
         return out
 
-    def load(self, path_or_key: str | Path) -> Document:
+    def save(self, doc: Document, path: str | Path | None = None, kv_dtype: str | None = None) -> Path:
+        """Save ``doc`` atomically: into this engine's cache (``path=None``), or as directory ``path``
+        (new, empty, or a document cache this library wrote). KV is stored as bf16 unless
+        ``kv_dtype`` says otherwise (``"compute"``: this engine's dtype); see docs/cache-format.md."""
+        from .persist import save_document
+
+        return save_document(doc, path, kv_dtype=kv_dtype)
+
+    def load(self, path_or_key: str | Path, verify: str = "blocks") -> Document:
         """Open a document saved with :meth:`Document.save` (or by key from the cache)."""
         from .persist import load_document
 
-        return load_document(self, path_or_key)
+        return load_document(self, path_or_key, verify=verify)
 
 
 def _finish(run: Iterator[str | Answer]) -> Answer:
