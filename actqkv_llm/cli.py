@@ -617,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
+        for category in (FutureWarning, DeprecationWarning):  # meant for developers of libraries we use
+            warnings.simplefilter("ignore", category)
         args = build_parser(bench=_wants_bench(argv)).parse_args(argv)
         if args.quiet:
             warnings.simplefilter("ignore")
