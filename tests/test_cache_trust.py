@@ -472,3 +472,40 @@ def test_cache_root_at_a_file_is_a_clear_error(tmp_path):
         DocumentCache(f)
     with pytest.raises(CacheError, match="is a part of that path a file"):
         DocumentCache(f / "sub")
+
+
+# ------------------------------------------------------------------ 8. converted model weights are verified
+def test_converted_weights_are_verified(tmp_path, monkeypatch):
+    from actqkv_llm.models import loading
+
+    root = tmp_path / "root"
+    model_dir = root / "models" / ("a" * 64)
+    model_dir.mkdir(parents=True)
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(os.urandom(2 << 20))          # above the memo threshold
+    (model_dir / "config.json").write_text("{}")
+    record = {"format": loading.CONVERSION_FORMAT, "gguf_sha256": "a" * 64,
+              "files": loading._record_files(model_dir, root)}
+    (model_dir / loading.MANIFEST_NAME).write_text(json.dumps(record))
+    assert loading._converted_ok(model_dir, "a" * 64, root)
+    hashed = []
+    real = loading.sha256_file
+    monkeypatch.setattr(loading, "sha256_file", lambda p, *a: hashed.append(Path(p).name) or real(p, *a))
+    assert loading._converted_ok(model_dir, "a" * 64, root) and hashed == []  # unchanged: sizes only
+    data = bytearray(weights.read_bytes())
+    data[12345] ^= 0xFF                                 # same size, new content (and mtime)
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(time.time_ns() + 10 ** 9,) * 2)
+    with pytest.warns(RuntimeWarning, match=r"does not match its recorded sha256\); converting the GGUF again"):
+        assert not loading._converted_ok(model_dir, "a" * 64, root)
+    assert hashed == ["model.safetensors"]              # hashed once, after the mtime changed
+    weights.write_bytes(bytes(data[:-1]))
+    with pytest.warns(RuntimeWarning, match=r"bytes, \d+ recorded"):
+        assert not loading._converted_ok(model_dir, "a" * 64, root)
+    (model_dir / "extra.safetensors").write_bytes(b"x")
+    weights.write_bytes(bytes(data))
+    with pytest.warns(RuntimeWarning, match="unrecorded weight file"):
+        assert not loading._converted_ok(model_dir, "a" * 64, root)
+    record["format"] = 1                                # an older conversion (no record): redone
+    (model_dir / loading.MANIFEST_NAME).write_text(json.dumps(record))
+    assert not loading._converted_ok(model_dir, "a" * 64, root)
