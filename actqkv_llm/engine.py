@@ -158,12 +158,17 @@ class Engine:
 
     @property
     def cache(self):
-        """The on-disk document cache (None when caching is off)."""
+        """The on-disk document cache (None when caching is off, or when it cannot be opened: then
+        one warning says why, and documents are prefilled in memory)."""
         if self._cache is None and self._cache_setting:
             from .persist import DocumentCache
 
             root = None if self._cache_setting is True else self._cache_setting
-            self._cache = DocumentCache(root)
+            try:
+                self._cache = DocumentCache(root)
+            except CacheError as exc:
+                warnings.warn(f"the document cache is off: {exc}", RuntimeWarning, stacklevel=2)
+                self._cache_setting = False
         return self._cache
 
     # ------------------------------------------------------------------ tokens
@@ -199,7 +204,12 @@ class Engine:
             ids = self._encode(text, special=True)
         store = self.cache if cache else None
         if store is not None:
-            found = store.lookup(self, text, layout, ids)
+            try:
+                found = store.lookup(self, text, layout, ids)
+            except CacheError as exc:  # e.g. an index locked by another process: prefill instead
+                warnings.warn(f"could not look the document up in the cache ({exc}); prefilling it",
+                              RuntimeWarning, stacklevel=2)
+                found = None
             if found is not None:
                 return found
         doc = self._prefill_ids(ids, text, layout, progress)

@@ -509,3 +509,21 @@ def test_converted_weights_are_verified(tmp_path, monkeypatch):
     record["format"] = 1                                # an older conversion (no record): redone
     (model_dir / loading.MANIFEST_NAME).write_text(json.dumps(record))
     assert not loading._converted_ok(model_dir, "a" * 64, root)
+
+
+def test_rm_command_with_a_hostile_row_deletes_nothing_outside(eng, victim, capsys):
+    doc = eng.prefill(DOC_A)
+    set_row(eng, doc.key, {"path": str(victim), "size": 1, "last_used": 1.0, "created": 1.0})
+    assert cli.main(["rm", doc.key[:10], "--cache-dir", str(eng.cache.root)]) == 0
+    err = capsys.readouterr().err
+    assert "did not write" in err and intact(victim) and not doc.path.exists()
+    assert cli.main(["rm", "--all", "--cache-dir", str(eng.cache.root)]) == 0 and intact(victim)
+
+
+def test_an_unusable_cache_root_never_costs_the_answer(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    eng = Engine(tiny_model(), byte_tokenizer(), progress=False, cache=f)
+    with pytest.warns(RuntimeWarning, match="document cache is off: the cache root .* is not a directory"):
+        doc = eng.prefill(DOC_A)
+    assert ask(eng, doc) and doc.key is None and f.read_text() == "x"

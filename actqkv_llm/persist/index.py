@@ -87,9 +87,12 @@ def _our_row(row: Any) -> bool:
         for v in row.values())
 
 
-def _busy(exc: BaseException) -> bool:
+def _transient(exc: BaseException) -> bool:
+    """An index error that says nothing about its content (locked, disk full, read-only): reported,
+    never a reason to rebuild."""
     text = str(exc).lower()
-    return isinstance(exc, diskcache.Timeout) or "locked" in text or "busy" in text
+    return isinstance(exc, diskcache.Timeout) or any(
+        word in text for word in ("locked", "busy", "full", "readonly", "read-only", "no space"))
 
 
 @dataclass
@@ -204,8 +207,9 @@ class DocumentCache:
             try:
                 return self._connect()
             except (sqlite3.Error, OSError) as exc:
-                if _busy(exc):
-                    raise CacheError(f"the document index {self.root / INDEX} is busy ({exc}); try again") from None
+                if _transient(exc):
+                    raise CacheError(f"the document index {self.root / INDEX} cannot be used now ({exc}); "
+                                     "try again") from None
                 problem = f"{type(exc).__name__}: {exc}"
         return self._rebuild(problem, opened=False)
 
@@ -246,15 +250,18 @@ class DocumentCache:
         return len(self._keys())
 
     def _db(self, op: str, *args: Any, **kwargs: Any) -> Any:
-        """``self._index.<op>(...)``; a garbled index is rebuilt once and the call repeated."""
+        """``self._index.<op>(...)`` (``iterkeys`` is listed inside); a garbled index is rebuilt
+        once and the call repeated. Transient errors (locked, disk full) are a CacheError."""
         for attempt in range(2):
             try:
-                return getattr(self._index, op)(*args, **kwargs)
+                result = getattr(self._index, op)(*args, **kwargs)
+                return list(result) if op == "iterkeys" else result
             except IndexRowError:
                 raise
             except (sqlite3.Error, diskcache.Timeout, OSError) as exc:
-                if _busy(exc):
-                    raise CacheError(f"the document index {self.root / INDEX} is busy ({exc}); try again") from None
+                if _transient(exc):
+                    raise CacheError(f"the document index {self.root / INDEX} cannot be used now ({exc}); "
+                                     "try again") from None
                 if attempt:
                     raise CacheError(f"the document index {self.root / INDEX} is unusable ({exc}); "
                                      "'actqkv rebuild-index' rebuilds it") from None
@@ -314,10 +321,10 @@ class DocumentCache:
 
     def _keys(self) -> list[str]:
         try:
-            keys = list(self._db("iterkeys"))
+            keys = self._db("iterkeys")
         except IndexRowError as exc:
             self._rebuild(str(exc))
-            keys = list(self._db("iterkeys"))
+            keys = self._db("iterkeys")
         good = [k for k in keys if isinstance(k, str) and KEY_RE.match(k)]
         for k in keys:
             if not (isinstance(k, str) and KEY_RE.match(k)):
