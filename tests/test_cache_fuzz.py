@@ -4,6 +4,7 @@ document, or a deletion outside the cache root."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -17,6 +18,7 @@ import pytest
 
 from actqkv_llm import CacheError, Engine
 from actqkv_llm.persist import DocumentCache
+from actqkv_llm.persist import paths as paths_mod
 from actqkv_llm.persist.format import BLOCKS, MANIFEST, STATE
 from tiny_models import byte_tokenizer, tiny_model
 
@@ -31,6 +33,17 @@ HOSTILE = [-1, 0, 1, 2 ** 70, 1e308, "x", "", None, True, [], {}, [[[[[[[[[[[[[[
 
 class Hang(Exception):
     pass
+
+
+DENIED: set[str] = set()  # paths os.open refuses with EACCES during the current case
+
+
+def _denying_open(real):
+    def open_(path, flags, *args, **kwargs):
+        if os.fspath(path) in DENIED:
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real(path, flags, *args, **kwargs)
+    return open_
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +98,8 @@ def corrupt(rng: random.Random, root: Path, da: Path, db: Path, victim: Path) ->
         f.unlink()
         os.mkfifo(f)
     elif kind == "unreadable":
-        os.chmod(f, 0)  # (root still reads it: then the cache must simply work)
+        os.chmod(f, 0)
+        DENIED.add(str(f))  # root reads mode-0 files anyway: the test also denies it at os.open
     elif kind == "nested":
         depth = rng.choice([50, 5000, 200000])
         f = da / MANIFEST
@@ -129,7 +143,8 @@ def snapshot(victim: Path) -> dict:
     return {str(p.relative_to(victim)): p.read_bytes() for p in victim.rglob("*") if p.is_file()}
 
 
-def test_seeded_corruptions(world, tmp_path):
+def test_seeded_corruptions(world, tmp_path, monkeypatch):
+    monkeypatch.setattr(paths_mod.os, "open", _denying_open(os.open))
     eng, key_a, reference = world["eng"], world["a"], world["reference"]
     victim = tmp_path / "victim"
     (victim / "sub").mkdir(parents=True)
@@ -145,6 +160,7 @@ def test_seeded_corruptions(world, tmp_path):
     try:
         for seed in range(N_CASES):
             rng = random.Random(seed)
+            DENIED.clear()
             root = tmp_path / f"case-{seed}"
             shutil.copytree(world["base"] / "pristine", root, symlinks=True)
             da, db = root / "documents" / key_a, root / "documents" / world["b"]
@@ -169,6 +185,8 @@ def test_seeded_corruptions(world, tmp_path):
                             outcome = "not used"
                     except CacheError as exc:
                         msg = str(exc)
+                        if DENIED:
+                            assert "permission denied" in msg, f"seed {seed} ({what}): {msg}"
                         assert str(root) in msg or key_a[:12] in msg, f"seed {seed} ({what}): {msg}"
                         outcome = "CacheError"
                     finally:
@@ -182,6 +200,8 @@ def test_seeded_corruptions(world, tmp_path):
             finally:
                 signal.alarm(0)
             assert snapshot(victim) == before, f"seed {seed} ({what}): something outside the root changed"
+            if DENIED:  # unreadable is not damaged: never deleted
+                assert all(os.path.lexists(p) for p in DENIED), f"seed {seed} ({what}): deleted"
             assert (world["base"] / "pristine" / "documents" / key_a / MANIFEST).is_file()
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             kinds[what.split()[0]] = kinds.get(what.split()[0], set()) | {outcome}
