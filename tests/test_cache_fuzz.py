@@ -35,12 +35,10 @@ class Hang(Exception):
     pass
 
 
-DENIED: set[str] = set()  # paths os.open refuses with EACCES during the current case
-
-
-def _denying_open(real):
+def _denying_open(real, denied: set[str]):
+    """os.open refusing the paths in ``denied`` with EACCES (root reads mode-0 files anyway)."""
     def open_(path, flags, *args, **kwargs):
-        if os.fspath(path) in DENIED:
+        if os.fspath(path) in denied:
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
         return real(path, flags, *args, **kwargs)
     return open_
@@ -60,7 +58,7 @@ def world(tmp_path_factory):
     return {"base": base, "eng": eng, "a": a.key, "b": b.key, "ids": a.token_ids, "reference": reference}
 
 
-def corrupt(rng: random.Random, root: Path, da: Path, db: Path, victim: Path) -> str:
+def corrupt(rng: random.Random, root: Path, da: Path, db: Path, victim: Path, denied: set[str]) -> str:
     """Apply one random corruption to the copy of the cache at ``root``; returns its description."""
     kind = rng.choice(["truncate", "flip", "field", "swap", "swap_all", "symlink_file", "fifo", "unreadable",
                        "nested", "symlink_dir", "index_row", "index_garbage", "devzero", "huge", "dir"])
@@ -99,7 +97,7 @@ def corrupt(rng: random.Random, root: Path, da: Path, db: Path, victim: Path) ->
         os.mkfifo(f)
     elif kind == "unreadable":
         os.chmod(f, 0)
-        DENIED.add(str(f))  # root reads mode-0 files anyway: the test also denies it at os.open
+        denied.add(str(f))  # root reads mode-0 files anyway: the test also denies it at os.open
     elif kind == "nested":
         depth = rng.choice([50, 5000, 200000])
         f = da / MANIFEST
@@ -144,7 +142,8 @@ def snapshot(victim: Path) -> dict:
 
 
 def test_seeded_corruptions(world, tmp_path, monkeypatch):
-    monkeypatch.setattr(paths_mod.os, "open", _denying_open(os.open))
+    denied: set[str] = set()
+    monkeypatch.setattr(paths_mod.os, "open", _denying_open(os.open, denied))
     eng, key_a, reference = world["eng"], world["a"], world["reference"]
     victim = tmp_path / "victim"
     (victim / "sub").mkdir(parents=True)
@@ -160,11 +159,11 @@ def test_seeded_corruptions(world, tmp_path, monkeypatch):
     try:
         for seed in range(N_CASES):
             rng = random.Random(seed)
-            DENIED.clear()
+            denied.clear()
             root = tmp_path / f"case-{seed}"
             shutil.copytree(world["base"] / "pristine", root, symlinks=True)
             da, db = root / "documents" / key_a, root / "documents" / world["b"]
-            what = corrupt(rng, root, da, db, victim)
+            what = corrupt(rng, root, da, db, victim, denied)
             signal.alarm(20)
             try:
                 with warnings.catch_warnings():
@@ -185,7 +184,7 @@ def test_seeded_corruptions(world, tmp_path, monkeypatch):
                             outcome = "not used"
                     except CacheError as exc:
                         msg = str(exc)
-                        if DENIED:
+                        if denied:
                             assert "permission denied" in msg, f"seed {seed} ({what}): {msg}"
                         assert str(root) in msg or key_a[:12] in msg, f"seed {seed} ({what}): {msg}"
                         outcome = "CacheError"
@@ -200,8 +199,8 @@ def test_seeded_corruptions(world, tmp_path, monkeypatch):
             finally:
                 signal.alarm(0)
             assert snapshot(victim) == before, f"seed {seed} ({what}): something outside the root changed"
-            if DENIED:  # unreadable is not damaged: never deleted
-                assert all(os.path.lexists(p) for p in DENIED), f"seed {seed} ({what}): deleted"
+            if denied:  # unreadable is not damaged: never deleted
+                assert all(os.path.lexists(p) for p in denied), f"seed {seed} ({what}): deleted"
             assert (world["base"] / "pristine" / "documents" / key_a / MANIFEST).is_file()
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             kinds[what.split()[0]] = kinds.get(what.split()[0], set()) | {outcome}

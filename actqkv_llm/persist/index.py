@@ -31,7 +31,7 @@ from diskcache.core import MODE_PICKLE
 from ..errors import CacheAccessError, CacheError, CacheMismatchError
 from .format import KEY_RE, MANIFEST, engine_key, sha256_ids
 from .paths import (DOCUMENTS, INDEX, TMP_PREFIX, TRASH_PREFIX, default_cache_root, discard_dir, env_max_bytes,
-                    is_real_dir, newest_mtime, private_dir, remove_tree, sibling, tree_size)
+                    inside, is_real_dir, newest_mtime, private_dir, remove_tree, sibling, tree_size)
 from .reader import load_directory
 from .writer import check_entry, doc_key, save_to
 
@@ -278,6 +278,8 @@ class DocumentCache:
         if os.path.lexists(path) and not is_real_dir(path):
             raise CacheError(f"{path} is not a directory (a file or symbolic link): refusing to use it; "
                              "'actqkv gc' removes it")
+        if not inside(self.root, path):
+            raise CacheError(f"{path} resolves outside the cache root {self.root}: refusing to use it")
         return path
 
     def _foreign(self, key: Any, why: str) -> None:
