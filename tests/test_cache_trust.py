@@ -527,3 +527,17 @@ def test_an_unusable_cache_root_never_costs_the_answer(tmp_path):
     with pytest.warns(RuntimeWarning, match="document cache is off: the cache root .* is not a directory"):
         doc = eng.prefill(DOC_A)
     assert ask(eng, doc) and doc.key is None and f.read_text() == "x"
+
+
+def test_gc_command_reports_temp_dirs_and_bytes(eng, capsys):
+    eng.prefill(DOC_A)
+    stale = eng.cache.documents / ".tmp-dead-1-x"
+    stale.mkdir()
+    (stale / BLOCKS).write_bytes(b"\0" * 4096)
+    old = time.time() - 600
+    os.utime(stale / BLOCKS, (old, old))
+    os.utime(stale, (old, old))
+    assert cli.main(["gc", "--cache-dir", str(eng.cache.root)]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("actqkv: removed 0 document(s) and 1 leftover temporary dir(s), freed 4.0 KiB;")
+    assert len(err.splitlines()) == 1 and not stale.exists()
