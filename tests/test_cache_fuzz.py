@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from actqkv_llm import CacheError, Engine
 from actqkv_llm.persist import DocumentCache
@@ -61,7 +62,8 @@ def world(tmp_path_factory):
 def corrupt(rng: random.Random, root: Path, da: Path, db: Path, victim: Path, denied: set[str]) -> str:
     """Apply one random corruption to the copy of the cache at ``root``; returns its description."""
     kind = rng.choice(["truncate", "flip", "field", "swap", "swap_all", "symlink_file", "fifo", "unreadable",
-                       "nested", "symlink_dir", "index_row", "index_garbage", "devzero", "huge", "dir"])
+                       "nested", "symlink_dir", "index_row", "index_garbage", "devzero", "huge", "dir",
+                       "state_rewrite"])
     name = rng.choice(FILES)
     f = da / name
     if kind == "truncate":
@@ -134,7 +136,41 @@ def corrupt(rng: random.Random, root: Path, da: Path, db: Path, victim: Path, de
     elif kind == "dir":
         f.unlink()
         f.mkdir()
+    elif kind == "state_rewrite":
+        name = rewrite_state(rng, da)
     return f"{kind} {name}"
+
+
+def rewrite_state(rng: random.Random, da: Path) -> str:
+    """A structurally inconsistent state.safetensors whose size and sha256 the manifest agrees
+    with (only an inconsistency checks beyond the checksum can catch): must be refused."""
+    import hashlib
+
+    from safetensors.torch import load, save
+
+    tensors = load((da / STATE).read_bytes())
+    name = rng.choice(sorted(tensors))
+    t = tensors[name]
+    how = rng.choice(["drop", "empty", "dtype", "dim", "scalar"])
+    if how == "drop" or (how == "scalar" and t.numel() != 1):
+        if name == "text" or name.endswith("question"):
+            how, name = "drop", "token_ids"
+        del tensors[name]
+    elif how == "empty":
+        tensors[name] = t.flatten()[:0].clone()
+    elif how == "dtype":
+        tensors[name] = t.to(torch.float64 if not t.is_floating_point() or t.dtype != torch.float64
+                              else torch.int32)
+    elif how == "dim":
+        tensors[name] = t.unsqueeze(0).repeat(2, *([1] * t.dim())).clone()
+    else:
+        tensors[name] = torch.tensor([rng.choice([-5, 2 ** 40, float("nan")])]).to(t.dtype)
+    data = save(tensors)
+    (da / STATE).write_bytes(data)
+    m = json.loads((da / MANIFEST).read_text())
+    m["files"][STATE] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (da / MANIFEST).write_text(json.dumps(m))
+    return f"{STATE}:{name}:{how}"
 
 
 def snapshot(victim: Path) -> dict:
@@ -177,6 +213,7 @@ def test_seeded_corruptions(world, tmp_path, monkeypatch):
                             doc = cache.lookup(eng, DOC_A, "chat", world["ids"])
                         if doc is not None:
                             assert doc.text == DOC_A and doc.key == key_a, f"seed {seed} ({what}): wrong document"
+                            assert not what.startswith("state_rewrite"), f"seed {seed} ({what}): accepted"
                             answer = eng.ask(doc, Q, max_new_tokens=3)
                             assert answer == reference, f"seed {seed} ({what}): wrong answer {answer!r}"
                             outcome = "answered"
@@ -213,4 +250,4 @@ def test_seeded_corruptions(world, tmp_path, monkeypatch):
     assert sum(outcomes.values()) == N_CASES >= 200
     assert outcomes.get("CacheError", 0) + outcomes.get("not used", 0) > N_CASES // 3, outcomes
     print(outcomes, kinds)
-    assert len(kinds) == 15  # every kind of corruption was drawn
+    assert len(kinds) == 16  # every kind of corruption was drawn

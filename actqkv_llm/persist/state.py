@@ -177,7 +177,7 @@ def unpack_state(engine: Any, tensors: dict[str, torch.Tensor], n_blocks: list[i
         if name("stats.count") in tensors:
             feats = adapter.n_heads * adapter.head_dim
             stats = ActivationStats.__new__(ActivationStats)
-            stats.count = int(scalar(name("stats.count"), torch.long, 0))
+            stats.count = int(scalar(name("stats.count"), torch.long, 0, limit))
             stats.mean = expect(g("stats.mean"), name("stats.mean"), (feats,), torch.float32).to(dev)
             stats.m2 = expect(g("stats.m2"), name("stats.m2"), (feats,), torch.float32).to(dev)
         elif engine.method.tracks_activations:
@@ -185,11 +185,13 @@ def unpack_state(engine: Any, tensors: dict[str, torch.Tensor], n_blocks: list[i
         question = tensors.get(name("question"))
         if question is not None:
             question = expect(question, name("question"), (hkv, hd), sd).to(dev, dt)
-        entropy_count = int(scalar(name("entropy_count"), torch.long, 0))
-        entropy_mean = float(scalar(name("entropy_mean"), torch.float64, float("-inf")))
+        entropy_count = int(scalar(name("entropy_count"), torch.long, 0, limit))
+        # a running mean of normalized entropies: within [0, 1] (a little slack for rounding)
+        entropy_mean = float(scalar(name("entropy_mean"), torch.float64, 0.0, 1.0 + 1e-6))
+        # tokens the question probe averages: none without a question
+        weight = float(scalar(name("question_weight"), torch.float64, 0.0, None if question is not None else 0.0))
         retrieval.append(LayerRetrievalState(
             stats=stats, entropy_total=entropy_mean * entropy_count, entropy_count=entropy_count,
-            question=question, question_weight=float(scalar(name("question_weight"), torch.float64,
-                                                           float("-inf")))))
+            question=question, question_weight=weight))
     n_run = int(scalar("session.n_tokens", torch.long, 0, limit))
     return Session(adapter, config, engine.method, memory, retrieval, n_run)
