@@ -144,6 +144,15 @@ def open_regular(path: Path) -> tuple[int, int]:
     return fd, st.st_size
 
 
+def check_size(path: Path, expected: int) -> None:
+    """``path`` is a regular file of exactly ``expected`` bytes (else CacheError naming it)."""
+    fd, size = open_regular(path)
+    os.close(fd)
+    if size != expected:
+        raise CacheError(f"{path} is truncated or damaged: {size} bytes, the manifest says {expected}; "
+                         "prefill the document again")
+
+
 def read_fd(fd: int, n: int, offset: int, path: Path) -> bytes:
     """Exactly ``n`` bytes at ``offset`` (CacheError naming ``path`` when the file ends early)."""
     out = bytearray(n)

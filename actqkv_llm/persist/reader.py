@@ -29,7 +29,7 @@ from ..errors import CacheError
 from ..memory import DeviceBlockCache, GrowableBlocks
 from .format import (BLOCKS, DIGEST_BYTES, MANIFEST, ST_DTYPES, STATE, TORCH_DTYPES, Manifest, check_compatible,
                      sha256_cache_file, sha256_ids, sha256_text)
-from .paths import MAX_HEADER_BYTES, is_real_dir, open_regular, read_fd, read_regular
+from .paths import MAX_HEADER_BYTES, check_size, is_real_dir, open_regular, read_fd, read_regular
 from .state import ID_DTYPES, block_names, layer_name, unpack_state
 
 VERIFY_MODES = ("blocks", "full")
@@ -358,7 +358,7 @@ def _load(engine: Any, directory: Path, verify: str, on_corrupt: Callable[[], No
         bfile = BlocksFile(blocks_path, manifest, digests, dt, pin=(dev.type == "cuda"), on_corrupt=on_corrupt,
                            stored=stored)
     else:
-        read_regular_size(blocks_path, manifest.files[BLOCKS].bytes)
+        check_size(blocks_path, manifest.files[BLOCKS].bytes)
 
     def make_blocks(i: int):
         n = manifest.n_blocks[i]
@@ -371,11 +371,3 @@ def _load(engine: Any, directory: Path, verify: str, on_corrupt: Callable[[], No
     doc = Document(engine, session, ids, text, manifest.layout, logits.to(dev), key=manifest.key, path=directory)
     doc.manifest = manifest
     return doc
-
-
-def read_regular_size(path: Path, expected: int) -> None:
-    fd, size = open_regular(path)
-    os.close(fd)
-    if size != expected:
-        raise CacheError(f"{path} is truncated or damaged: {size} bytes, the manifest says {expected}; "
-                         "prefill the document again")

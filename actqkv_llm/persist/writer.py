@@ -26,8 +26,8 @@ from ..errors import CacheAccessError, CacheError
 from .format import (BLOCKS, DEFAULT_KV_DTYPE, DIGEST_BYTES, FORMAT_NAME, FORMAT_VERSION, KV_DTYPES, MANIFEST,
                      MAX_MANIFEST_BYTES, ST_DTYPES, STATE, TORCH_DTYPES, FileEntry, Manifest, dtype_name,
                      engine_key, sha256_cache_file, sha256_ids, sha256_text)
-from .paths import TMP_PREFIX, TRASH_PREFIX, fsync_dir, is_real_dir, private_dir, read_regular, remove_tree, sibling
-from .reader import read_regular_size
+from .paths import (TMP_PREFIX, TRASH_PREFIX, check_size, fsync_dir, is_real_dir, private_dir, read_regular, remove_tree,
+                    sibling)
 from .state import block_chunks, block_names, layer_name, pack_state
 
 CACHE_FILES = frozenset({MANIFEST, STATE, BLOCKS})
@@ -241,7 +241,7 @@ def check_entry(directory: Path) -> Manifest:
             if sha256_cache_file(directory / name, entry.bytes) != entry.sha256:
                 raise CacheError(f"{directory / name} is corrupt (sha256 mismatch)")
         else:
-            read_regular_size(directory / name, entry.bytes)
+            check_size(directory / name, entry.bytes)
     return manifest
 
 
