@@ -4,12 +4,16 @@
     actqkv chat book.txt                          # many questions, one prefill
     actqkv prefill a.txt b.txt                    # fill the cache ahead of time
     actqkv ls | actqkv rm KEY | actqkv gc         # the document cache
+    actqkv doctor | actqkv rebuild-index          # check the cache / rebuild its index
     actqkv bench quality|speed                    # the benchmarks (actqkv_llm.bench)
 
 Each command is one small function ``cmd_*(args) -> exit code``. The model is built in exactly one
 place, :func:`make_engine`, which tests replace with a tiny model. Errors print one line
 (``actqkv: error: ...``) and exit 2 for bad usage or input, 1 otherwise; ``--debug`` adds the
-traceback.
+traceback. Warnings print as one line too (``actqkv: warning: ...``).
+
+Parsing and validating the command line imports neither torch nor transformers (bad options
+fail in well under a second); the model stack is imported by :func:`make_engine` only.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import argparse
 import dataclasses
 import json
 import os
+import stat
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -81,13 +87,41 @@ def retrieval_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Sampling options, checked now so a typo fails before minutes of prefill."""
-    from .generation import Sampling
-
+    """Sampling options, checked now (without importing torch) so a typo fails before minutes of
+    prefill; the engine checks them again with :class:`~actqkv_llm.generation.Sampling`."""
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                    stop=args.stop or None, seed=args.seed)
-    Sampling.make(**options)
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be at least 1, got {args.max_new_tokens}")
+    if not args.temperature >= 0:
+        raise ConfigError(f"temperature must be >= 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {args.top_p}")
     return options
+
+
+def check_retrieval_options(args: argparse.Namespace) -> None:
+    """Validate the retrieval flags now (config.py is light), before any model is loaded."""
+    from .config import RetrievalConfig
+
+    options = retrieval_options(args)
+    RetrievalConfig.for_model(1 << 20, method=options.pop("method"), **options)
+
+
+def check_cache_dir(args: argparse.Namespace) -> None:
+    """--cache-dir must be a directory (or not exist yet): a clear error, not '[Errno 17]'."""
+    value = getattr(args, "cache_dir", None)
+    if value is None:
+        return
+    if not str(value).strip():
+        raise UsageError("--cache-dir is empty: give a directory")
+    path = Path(value).expanduser()
+    for p in (path, *path.parents):
+        if os.path.lexists(p):
+            if not p.is_dir():
+                where = "" if p == path else f" (its parent {str(p)!r} is a file)"
+                raise UsageError(f"--cache-dir {str(value)!r} is not a directory{where}: give a directory")
+            break
 
 
 def make_engine(args: argparse.Namespace):
@@ -97,6 +131,8 @@ def make_engine(args: argparse.Namespace):
     if args.gguf_file and not args.model:
         raise UsageError("--gguf-file needs --model (the directory holding it); "
                          "or pass the .gguf file itself to --model")
+    if args.quiet:
+        _quiet_transformers()
     kwargs = dict(device=args.device, dtype=args.dtype, progress=not args.quiet,
                   cache_dir=args.cache_dir, cache=not args.no_cache, **retrieval_options(args))
     say(args, f"{PROG}: loading {args.model or 'the default model (SmolLM2-135M-Instruct)'} ...")
@@ -107,22 +143,78 @@ def make_engine(args: argparse.Namespace):
 
 def open_cache(args: argparse.Namespace):
     """The document cache at --cache-dir (default: $ACTQKV_CACHE_DIR or the per-user cache)."""
+    check_cache_dir(args)
     from .persist import DocumentCache
 
     return DocumentCache(args.cache_dir)
 
 
-def read_document(path: str) -> str:
-    """Read FILE ('-' = stdin) as UTF-8 text, with a clear error for missing, binary or empty files."""
-    name = "standard input" if path == "-" else repr(path)
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _read_regular_file(path: str, name: str) -> bytes:
+    """The bytes of a regular file; a FIFO, device or socket is refused without blocking on it."""
     try:
-        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise UsageError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise UsageError(f"{name} is a directory: give a text file") from None
     except OSError as exc:
         raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise UsageError(f"{name} is a directory: give a text file")
+        for test, what in _NOT_REGULAR:
+            if test(mode):
+                raise UsageError(f"{name} is {what}, not a regular file: give a text file "
+                                 "(or '-' to read standard input)")
+        os.set_blocking(fd, True)
+        with open(fd, "rb", closefd=False) as f:
+            return f.read()
+    except IsADirectoryError:
+        raise UsageError(f"{name} is a directory: give a text file") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def read_question(args: argparse.Namespace) -> str:
+    """The question: QUESTION, or --question-file PATH ('-' = standard input); never empty."""
+    given = getattr(args, "question", None)
+    qfile = getattr(args, "question_file", None)
+    if given is not None and qfile is not None:
+        raise UsageError("give QUESTION or --question-file, not both")
+    if qfile is not None:
+        if qfile == "-" and args.file == "-":
+            raise UsageError("the document and the question cannot both come from standard input")
+        name = "standard input" if qfile == "-" else repr(qfile)
+        data = sys.stdin.buffer.read() if qfile == "-" else _read_regular_file(qfile, name)
+        try:
+            given = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise UsageError(f"the question in {name} is not UTF-8 text") from None
+    if given is None:
+        raise UsageError("give a QUESTION (or --question-file PATH, '-' for standard input)")
+    if not given.strip():
+        raise UsageError("the question is empty: ask something")
+    return given.strip()
+
+
+def read_document(path: str) -> str:
+    """Read FILE ('-' = stdin) as UTF-8 text, with a clear error for missing, binary, empty or
+    non-regular (FIFO, device) files."""
+    name = "standard input" if path == "-" else repr(path)
+    if path == "-":
+        try:
+            data = sys.stdin.buffer.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from None
+    else:
+        data = _read_regular_file(path, name)
     if b"\0" in data[:SNIFF_BYTES]:
         raise UsageError(f"{name} looks like a binary file: convert it to plain text first "
                          "(e.g. pdftotext for a PDF)")
@@ -227,12 +319,20 @@ def _json_out(obj: Any) -> None:
 
 
 # ============================================================================ commands
+def check_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Every option a model command takes, validated before the model stack is imported."""
+    check_cache_dir(args)
+    check_retrieval_options(args)
+    return sampling_options(args) if hasattr(args, "max_new_tokens") else {}
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
+    sampling = check_options(args)
+    question = read_question(args)
     text = read_document(args.file)
-    sampling = sampling_options(args)
     eng = make_engine(args)
     doc, info = prefill(args, eng, args.file, text)
-    answer = answer_one(args, eng, doc, args.question, sampling)
+    answer = answer_one(args, eng, doc, question, sampling)
     if args.json:
         _json_out(answer_record(answer, info))
     return EXIT_OK
@@ -241,8 +341,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     if args.file == "-":
         raise UsageError("chat reads questions from standard input, so FILE cannot be '-'")
+    sampling = check_options(args)
     text = read_document(args.file)
-    sampling = sampling_options(args)
     eng = make_engine(args)
     doc, info = prefill(args, eng, args.file, text)
     interactive = sys.stdin.isatty()
@@ -269,6 +369,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_prefill(args: argparse.Namespace) -> int:
     if args.no_cache:
         raise UsageError("prefill stores documents in the cache: drop --no-cache")
+    check_options(args)
     texts = [(path, read_document(path)) for path in args.files]  # all readable before any work
     eng = make_engine(args)
     infos = [prefill(args, eng, path, text)[1] for path, text in texts]
@@ -324,11 +425,30 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     cache = open_cache(args)
-    removed = cache.gc(args.max_bytes)
+    report = cache.collect(args.max_bytes)
+    left = cache.total_bytes()
     if args.json:
-        _json_out({"removed": removed, "total_bytes": cache.total_bytes()})
+        _json_out({**dataclasses.asdict(report), "total_bytes": left})
     else:
-        say(args, f"{PROG}: removed {len(removed)} document(s); {human_size(cache.total_bytes())} left")
+        say(args, f"{PROG}: removed {len(report.removed)} document(s) and {report.temp_dirs} leftover "
+                  f"temporary dir(s), freed {human_size(report.bytes_freed)}; {human_size(left)} left"
+                  + (f"; {len(report.problems)} problem(s): {report.problems[0]}" if report.problems else ""))
+    return EXIT_FAILURE if report.problems else EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    report = open_cache(args).doctor()
+    if args.json:
+        _json_out(dataclasses.asdict(report))
+    else:
+        print(f"{PROG}: {report.line()}")
+    return EXIT_FAILURE if report.damaged or report.unreadable else EXIT_OK
+
+
+def cmd_rebuild_index(args: argparse.Namespace) -> int:
+    cache = open_cache(args)
+    n = cache.rebuild_index()
+    say(args, f"{PROG}: rebuilt the document index of {cache.root} from {n} cached document(s)")
     return EXIT_OK
 
 
@@ -381,7 +501,8 @@ def _answer_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--json", action="store_true", help="print a JSON record instead of streaming text")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(bench: bool = True) -> argparse.ArgumentParser:
+    """The parser; ``bench=False`` leaves out the benchmark options (they import torch)."""
     from . import __version__
 
     parser = Parser(prog=PROG, description="Ask many questions about one very long document with a local "
@@ -396,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("ask", parents=[common], help="answer one question about a document",
                             description="Prefill FILE (or reuse its cache) and stream the answer.")
     p.add_argument("file", metavar="FILE", help="a UTF-8 text file, or - for standard input")
-    p.add_argument("question", metavar="QUESTION")
+    p.add_argument("question", metavar="QUESTION", nargs="?")
+    p.add_argument("--question-file", metavar="PATH", help="read the question from PATH (- for standard input)")
     _model_options(p)
     _answer_options(p)
     p.set_defaults(func=cmd_ask)
@@ -436,9 +558,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_gc)
 
-    from .bench import add_bench_arguments
+    p = commands.add_parser("doctor", parents=[common], help="check the cache and its index (deletes nothing)",
+                            description="Check every cached document and the index; an unreadable index "
+                                        "is rebuilt. Exit 1 when something is damaged or unreadable.")
+    _cache_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
 
-    add_bench_arguments(commands)
+    p = commands.add_parser("rebuild-index", parents=[common], help="rebuild the index from the cached documents")
+    _cache_dir(p)
+    p.set_defaults(func=cmd_rebuild_index)
+
+    if bench:
+        from .bench import add_bench_arguments
+
+        add_bench_arguments(commands)
+    else:  # listed in --help; its own options are loaded only when it runs (they import torch)
+        commands.add_parser("bench", help="benchmarks: quality and speed ('actqkv bench --help')")
     return parser
 
 
@@ -459,21 +595,37 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text} (run again with --debug for the traceback)"
 
 
-def _quiet_libraries() -> None:
-    """Keep third-party warnings and bars off a quiet run's output."""
-    import warnings
-
+def _quiet_transformers() -> None:
+    """Keep transformers' warnings and bars off a quiet run's output (imports it: call late)."""
     from transformers.utils import logging as hf_logging
 
-    warnings.simplefilter("ignore")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def _wants_bench(argv: list[str]) -> bool:
+    """Whether the command is ``bench`` (or none is given: --help lists everything)."""
+    words = [a for a in argv if not a.startswith("-")]
+    return not words or words[0] == "bench"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.quiet:
-        _quiet_libraries()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        for category in (FutureWarning, DeprecationWarning):  # meant for developers of libraries we use
+            warnings.simplefilter("ignore", category)
+        args = build_parser(bench=_wants_bench(argv)).parse_args(argv)
+        if args.quiet:
+            warnings.simplefilter("ignore")
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:

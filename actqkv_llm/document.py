@@ -76,8 +76,7 @@ class Document:
             out.append(Source(start, end, text, m / total))
         return out
 
-    def save(self, path: str | Path | None = None) -> Path:
-        """Write this document's KV memory to disk (default: under the engine's cache root)."""
-        from .persist import save_document
-
-        return save_document(self, path)
+    def save(self, path: str | Path | None = None, kv_dtype: str | None = None) -> Path:
+        """Write this document's KV memory to disk (default: under the engine's cache root): see
+        :meth:`Engine.save`."""
+        return self.engine.save(self, path, kv_dtype=kv_dtype)

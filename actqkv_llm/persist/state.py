@@ -37,11 +37,28 @@ def _scalar(value: float | int, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor([value], dtype=dtype)
 
 
-def pack_state(doc: Any) -> dict[str, torch.Tensor]:
-    """Everything but the full blocks (block digests are added by the writer)."""
+def compact_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Token ids in the smallest of uint16 / int32 / int64 that holds them (read back as int64)."""
+    ids = ids.to(torch.long).flatten()
+    top = int(ids.max()) if ids.numel() else 0
+    low = int(ids.min()) if ids.numel() else 0
+    if low >= 0 and top < (1 << 16):
+        return _host(ids.to(torch.int32).to(torch.uint16))
+    if low >= -(1 << 31) and top < (1 << 31):
+        return _host(ids.to(torch.int32))
+    return _host(ids)
+
+
+ID_DTYPES = (torch.uint16, torch.int32, torch.long)
+
+
+def pack_state(doc: Any, kv_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Everything but the full blocks (block digests are added by the writer); KV tensors
+    (sinks, local window, summaries) in ``kv_dtype`` (default: as they are)."""
     state = doc.state
+    kv = (lambda t: _host(t.to(kv_dtype))) if kv_dtype is not None else _host  # noqa: E731
     out: dict[str, torch.Tensor] = {
-        "token_ids": _host(doc.token_ids.to(torch.long)),
+        "token_ids": compact_ids(doc.token_ids),
         "last_logits": _host(doc.last_logits.float()),
         "text": torch.frombuffer(bytearray(doc.text.encode("utf-8")), dtype=torch.uint8).clone()
         if doc.text else torch.empty(0, dtype=torch.uint8),
@@ -49,18 +66,18 @@ def pack_state(doc: Any) -> dict[str, torch.Tensor]:
     }
     for i, (mem, r) in enumerate(zip(state.memory, state.retrieval)):
         n = lambda what: layer_name(i, what)  # noqa: E731
-        out[n("sink_k")], out[n("sink_v")] = _host(mem.sink_k), _host(mem.sink_v)
-        out[n("local_k")], out[n("local_v")] = _host(mem.local_k), _host(mem.local_v)
+        out[n("sink_k")], out[n("sink_v")] = kv(mem.sink_k), kv(mem.sink_v)
+        out[n("local_k")], out[n("local_v")] = kv(mem.local_k), kv(mem.local_v)
         out[n("local_score")] = _host(mem.local_score.float())
         out[n("local_start")] = _scalar(mem.local_start, torch.long)
-        out[n("summaries")] = _host(mem.summaries.all())
+        out[n("summaries")] = kv(mem.summaries.all())
         if r.stats is not None:
             out[n("stats.count")] = _scalar(r.stats.count, torch.long)
             out[n("stats.mean")], out[n("stats.m2")] = _host(r.stats.mean.float()), _host(r.stats.m2.float())
         out[n("entropy_mean")] = _scalar(r.entropy_mean, torch.float64)
         out[n("entropy_count")] = _scalar(r.entropy_count, torch.long)
         if r.question is not None:
-            out[n("question")] = _host(r.question)
+            out[n("question")] = kv(r.question)
         out[n("question_weight")] = _scalar(r.question_weight, torch.float64)
     return out
 
@@ -104,15 +121,21 @@ def _get(tensors: dict[str, torch.Tensor], name: str, where: str) -> torch.Tenso
 
 
 def unpack_state(engine: Any, tensors: dict[str, torch.Tensor], n_blocks: list[int],
-                 make_blocks: Callable[[int], Any], where: str):
+                 make_blocks: Callable[[int], Any], where: str, stored: torch.dtype | None = None,
+                 n_tokens: int | None = None):
     """Rebuild the prefilled :class:`Session` on the engine's device; ``make_blocks(i)`` gives layer
-    ``i``'s full-block store (a lazy disk reader)."""
+    ``i``'s full-block store (a lazy disk reader). KV tensors are stored as ``stored`` (default: the
+    compute dtype) and converted to the compute dtype. Every tensor's dtype and shape is checked
+    first: a mismatch is a :class:`CacheError` naming ``where`` and the tensor."""
     from ..session import Session
 
     adapter, config = engine.adapter, engine.config
     dev, dt = adapter.device, adapter.dtype
+    sd = stored or dt
     hkv, hd, bs = adapter.n_kv_heads, adapter.head_dim, config.block_size
     memory, retrieval = [], []
+    if len(n_blocks) != adapter.n_layers:
+        raise CacheError(f"{where} is corrupt: {len(n_blocks)} layers, the model has {adapter.n_layers}")
 
     def expect(t: torch.Tensor, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
         if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
@@ -120,41 +143,55 @@ def unpack_state(engine: Any, tensors: dict[str, torch.Tensor], n_blocks: list[i
                              f"{dtype} {tuple(shape)}")
         return t
 
+    def scalar(name: str, dtype: torch.dtype, low: float = 0, high: float | None = None):
+        t = expect(_get(tensors, name, where), name, (1,), dtype)
+        value = t[0].item()
+        if value != value or value < low or (high is not None and value > high):  # NaN or out of range
+            raise CacheError(f"{where} is corrupt: {name} is {value}, outside {low}..{high}")
+        return value
+
+    limit = n_tokens if n_tokens is not None else None
     for i in range(adapter.n_layers):
         g = lambda what: _get(tensors, layer_name(i, what), where)  # noqa: E731
         name = lambda what: layer_name(i, what)  # noqa: E731
         sink_k, sink_v = g("sink_k"), g("sink_v")
         ns = sink_k.shape[1] if sink_k.dim() == 3 else -1
-        expect(sink_k, name("sink_k"), (hkv, ns, hd), dt)
-        expect(sink_v, name("sink_v"), (hkv, ns, hd), dt)
+        expect(sink_k, name("sink_k"), (hkv, ns, hd), sd)
+        expect(sink_v, name("sink_v"), (hkv, ns, hd), sd)
         local_k, local_v, score = g("local_k"), g("local_v"), g("local_score")
         nl = local_k.shape[1] if local_k.dim() == 3 else -1
-        expect(local_k, name("local_k"), (hkv, nl, hd), dt)
-        expect(local_v, name("local_v"), (hkv, nl, hd), dt)
+        expect(local_k, name("local_k"), (hkv, nl, hd), sd)
+        expect(local_v, name("local_v"), (hkv, nl, hd), sd)
         expect(score, name("local_score"), (hkv, nl), torch.float32)
-        summaries = expect(g("summaries"), name("summaries"), (n_blocks[i], hkv, hd), dt)
+        summaries = expect(g("summaries"), name("summaries"), (n_blocks[i], hkv, hd), sd)
+        local_start = int(scalar(name("local_start"), torch.long, 0, limit))
 
         mem = LayerMemory(hkv, hd, dt, dev, bs, blocks=make_blocks(i),
-                          summaries=SummaryKeys(hkv, hd, dt, dev, base=summaries.to(dev), capacity=1))
-        mem.sink_k, mem.sink_v = sink_k.to(dev), sink_v.to(dev)
-        mem.local_k, mem.local_v, mem.local_score = local_k.to(dev), local_v.to(dev), score.to(dev)
-        mem.local_start = int(g("local_start")[0])
+                          summaries=SummaryKeys(hkv, hd, dt, dev, base=summaries.to(dev, dt), capacity=1))
+        mem.sink_k, mem.sink_v = sink_k.to(dev, dt), sink_v.to(dev, dt)
+        mem.local_k, mem.local_v, mem.local_score = local_k.to(dev, dt), local_v.to(dev, dt), score.to(dev)
+        mem.local_start = local_start
         memory.append(mem)
 
         stats = None
         if name("stats.count") in tensors:
             feats = adapter.n_heads * adapter.head_dim
             stats = ActivationStats.__new__(ActivationStats)
-            stats.count = int(g("stats.count")[0])
+            stats.count = int(scalar(name("stats.count"), torch.long, 0, limit))
             stats.mean = expect(g("stats.mean"), name("stats.mean"), (feats,), torch.float32).to(dev)
             stats.m2 = expect(g("stats.m2"), name("stats.m2"), (feats,), torch.float32).to(dev)
         elif engine.method.tracks_activations:
             raise CacheError(f"{where} is corrupt: activation statistics of layer {i} are missing")
         question = tensors.get(name("question"))
+        if question is not None:
+            question = expect(question, name("question"), (hkv, hd), sd).to(dev, dt)
+        entropy_count = int(scalar(name("entropy_count"), torch.long, 0, limit))
+        # a running mean of normalized entropies: within [0, 1] (a little slack for rounding)
+        entropy_mean = float(scalar(name("entropy_mean"), torch.float64, 0.0, 1.0 + 1e-6))
+        # tokens the question probe averages: none without a question
+        weight = float(scalar(name("question_weight"), torch.float64, 0.0, None if question is not None else 0.0))
         retrieval.append(LayerRetrievalState(
-            stats=stats, entropy_total=float(g("entropy_mean")[0]) * int(g("entropy_count")[0]),
-            entropy_count=int(g("entropy_count")[0]),
-            question=None if question is None else question.to(dev),
-            question_weight=float(g("question_weight")[0])))
-    n_tokens = int(_get(tensors, "session.n_tokens", where)[0])
-    return Session(adapter, config, engine.method, memory, retrieval, n_tokens)
+            stats=stats, entropy_total=entropy_mean * entropy_count, entropy_count=entropy_count,
+            question=question, question_weight=weight))
+    n_run = int(scalar("session.n_tokens", torch.long, 0, limit))
+    return Session(adapter, config, engine.method, memory, retrieval, n_run)

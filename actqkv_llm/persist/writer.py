@@ -13,7 +13,6 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +22,12 @@ from typing import Any
 import torch
 from safetensors.torch import save as st_save
 
-from ..errors import CacheError
-from .format import (BLOCKS, FORMAT_NAME, FORMAT_VERSION, MANIFEST, ST_DTYPES, STATE, FileEntry, Manifest,
-                     dtype_name, engine_key, sha256_file, sha256_ids, sha256_text)
-from .paths import TMP_PREFIX, TRASH_PREFIX, fsync_dir, private_dir, sibling
+from ..errors import CacheAccessError, CacheError
+from .format import (BLOCKS, DEFAULT_KV_DTYPE, DIGEST_BYTES, FORMAT_NAME, FORMAT_VERSION, KV_DTYPES, MANIFEST,
+                     MAX_MANIFEST_BYTES, ST_DTYPES, STATE, TORCH_DTYPES, FileEntry, Manifest, dtype_name,
+                     engine_key, sha256_cache_file, sha256_ids, sha256_text)
+from .paths import (TMP_PREFIX, TRASH_PREFIX, check_size, fsync_dir, is_real_dir, private_dir, read_regular, remove_tree,
+                    sibling)
 from .state import block_chunks, block_names, layer_name, pack_state
 
 CACHE_FILES = frozenset({MANIFEST, STATE, BLOCKS})
@@ -127,15 +128,27 @@ class SafetensorsStream:
 
 def _block_digests(t: torch.Tensor) -> list[bytes]:
     rows = t.contiguous().view(torch.uint8).reshape(t.shape[0], -1).numpy()
-    return [hashlib.sha256(rows[j]).digest() for j in range(rows.shape[0])]
+    return [hashlib.sha256(rows[j]).digest()[:DIGEST_BYTES] for j in range(rows.shape[0])]
 
 
-def write_blocks(doc: Any, path: Path, key: str) -> tuple[FileEntry, list[int], dict[str, torch.Tensor]]:
-    """``blocks.safetensors``; returns its entry, blocks per layer, and per-block sha256 digests
-    (``layers.{i}.block_sha256``: uint8 ``[n, 2, 32]``, keys then values) for the state file."""
+def kv_storage_dtype(kv_dtype: str | torch.dtype | None, compute: torch.dtype) -> torch.dtype:
+    """The dtype KV is stored in: ``None`` -> bf16 (the default), ``"compute"`` -> the compute dtype."""
+    if kv_dtype is None:
+        return TORCH_DTYPES[DEFAULT_KV_DTYPE]
+    if kv_dtype == "compute":
+        return compute
+    name = dtype_name(kv_dtype) if isinstance(kv_dtype, torch.dtype) else str(kv_dtype)
+    if name not in KV_DTYPES:
+        raise CacheError(f"kv_dtype must be one of {KV_DTYPES} or 'compute', got {kv_dtype!r}")
+    return TORCH_DTYPES[name]
+
+
+def write_blocks(doc: Any, path: Path, key: str, dtype: torch.dtype) -> tuple[FileEntry, list[int], dict[str, torch.Tensor]]:
+    """``blocks.safetensors`` in ``dtype``; returns its entry, blocks per layer, and per-block
+    digests (``layers.{i}.block_sha256``: uint8 ``[n, 2, 16]``, the first 128 bits of the sha256
+    of the block's keys then of its values, as stored) for the state file."""
     adapter = doc.engine.adapter
     shape = (adapter.n_kv_heads, doc.engine.config.block_size, adapter.head_dim)
-    dtype = adapter.dtype
     memory = doc.state.memory
     n_blocks = [m.n_blocks for m in memory]
     specs = []
@@ -173,7 +186,8 @@ def write_blocks(doc: Any, path: Path, key: str) -> tuple[FileEntry, list[int], 
             if len(dk) != n or len(dv) != n:
                 raise CacheError(f"layer {i}: expected {n} blocks, read {len(dk)}/{len(dv)} (internal error)")
             raw = b"".join(a + b for a, b in zip(dk, dv))
-            digests[layer_name(i, "block_sha256")] = torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(n, 2, 32)
+            digests[layer_name(i, "block_sha256")] = torch.frombuffer(
+                bytearray(raw), dtype=torch.uint8).reshape(n, 2, DIGEST_BYTES)
         entry = stream.close()
     except BaseException:
         stream.abort()
@@ -183,20 +197,21 @@ def write_blocks(doc: Any, path: Path, key: str) -> tuple[FileEntry, list[int], 
     return entry, n_blocks, digests
 
 
-def build_files(doc: Any, directory: Path, key: str) -> Manifest:
+def build_files(doc: Any, directory: Path, key: str, kv_dtype: str | torch.dtype | None = None) -> Manifest:
     """Write blocks, state, then the manifest into ``directory`` (which must be new and empty)."""
     from .. import __version__
 
     eng = doc.engine
-    blocks_entry, n_blocks, digests = write_blocks(doc, directory / BLOCKS, key)
-    state = pack_state(doc)
+    stored = kv_storage_dtype(kv_dtype, eng.dtype)
+    blocks_entry, n_blocks, digests = write_blocks(doc, directory / BLOCKS, key, stored)
+    state = pack_state(doc, stored)
     state.update(digests)
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "content": "state", "key": key}
     state_entry = write_file(directory / STATE, st_save(state, metadata=meta))
     manifest = Manifest(
         key=key, fingerprint=eng.fingerprint, kv_options=eng.config.kv_options(), layout=doc.layout,
         n_tokens=doc.n_tokens, text_sha256=sha256_text(doc.text), token_ids_sha256=sha256_ids(doc.token_ids),
-        dtype=dtype_name(eng.dtype), n_layers=eng.adapter.n_layers, kv_heads=eng.adapter.n_kv_heads,
+        dtype=dtype_name(eng.dtype), kv_dtype=dtype_name(stored), n_layers=eng.adapter.n_layers, kv_heads=eng.adapter.n_kv_heads,
         head_dim=eng.adapter.head_dim, block_size=eng.config.block_size, n_blocks=n_blocks,
         files={STATE: state_entry, BLOCKS: blocks_entry}, created_by=f"actqkv_llm {__version__}")
     write_file(directory / MANIFEST, manifest.to_json().encode())
@@ -206,17 +221,28 @@ def build_files(doc: Any, directory: Path, key: str) -> Manifest:
 
 def quick_check(directory: Path) -> Manifest | None:
     """The manifest of a cache directory if it looks complete and sound (manifest valid, both
-    tensor files of the recorded size, state checksum right), else None. Never raises CacheError."""
+    tensor files regular and of the recorded size, state checksum right), else None.
+    :class:`CacheAccessError` (permissions) is raised, not hidden: unreadable is not damaged."""
     try:
-        manifest = Manifest.read(directory)
-        for name, entry in manifest.files.items():
-            if os.path.getsize(directory / name) != entry.bytes:
-                return None
-        if sha256_file(directory / STATE) != manifest.files[STATE].sha256:
-            return None
-        return manifest
-    except (CacheError, OSError):
+        return check_entry(directory)
+    except CacheAccessError:
+        raise
+    except CacheError:
         return None
+
+
+def check_entry(directory: Path) -> Manifest:
+    """Like :func:`quick_check`, raising the CacheError that says what is wrong."""
+    if not is_real_dir(directory):
+        raise CacheError(f"{directory} is not a directory (or is a symbolic link)")
+    manifest = Manifest.read(directory)
+    for name, entry in manifest.files.items():
+        if name == STATE:
+            if sha256_cache_file(directory / name, entry.bytes) != entry.sha256:
+                raise CacheError(f"{directory / name} is corrupt (sha256 mismatch)")
+        else:
+            check_size(directory / name, entry.bytes)
+    return manifest
 
 
 def _same_document(a: Manifest, b: Manifest) -> bool:
@@ -224,18 +250,28 @@ def _same_document(a: Manifest, b: Manifest) -> bool:
            (b.key, b.text_sha256, b.token_ids_sha256, b.format_version)
 
 
-def _looks_like_cache(directory: Path) -> bool:
-    """True if ``directory`` holds nothing but (part of) a document cache: safe to replace."""
+def owned_by_us(directory: Path) -> bool:
+    """True if ``directory`` is empty, or holds nothing but cache files and a manifest.json that
+    carries our marker (``"format": "actqkv-document"``): a directory ``save`` may replace."""
     try:
         names = set(os.listdir(directory))
     except OSError:
         return False
-    return names <= CACHE_FILES
+    if not names:
+        return True
+    if not names <= CACHE_FILES or MANIFEST not in names:
+        return False
+    try:
+        data = json.loads(read_regular(directory / MANIFEST, MAX_MANIFEST_BYTES).decode("utf-8"))
+    except (CacheError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
 
 
-def publish(tmp: Path, target: Path, manifest: Manifest) -> Path:
+def publish(tmp: Path, target: Path, manifest: Manifest, owned: bool = False) -> Path:
     """Rename ``tmp`` to ``target``; if the target appeared meanwhile keep it when it is a valid
-    cache of the same document, else replace it (only if it is a cache directory)."""
+    cache of the same document, else replace it: only when it is empty or ours (our marker in its
+    manifest), or ``owned`` (a key directory of our own cache root)."""
     for _ in range(8):
         try:
             os.rename(tmp, target)
@@ -244,15 +280,15 @@ def publish(tmp: Path, target: Path, manifest: Manifest) -> Path:
         except OSError as exc:
             if exc.errno not in _EXISTS:
                 raise
-        if not target.is_dir():
+        if not is_real_dir(target):
             raise CacheError(f"cannot save the document to {target}: it exists and is not a directory")
         existing = quick_check(target)
         if existing is not None and _same_document(existing, manifest):
-            shutil.rmtree(tmp, ignore_errors=True)  # someone else saved the same document first
+            remove_tree(tmp)  # someone else saved the same document first
             return target
-        if existing is None and not _looks_like_cache(target):
+        if not owned and not owned_by_us(target):
             raise CacheError(f"refusing to overwrite {target}: it exists and is not an actqkv document "
-                             "cache (choose another path)")
+                             "cache (save into an empty or new directory)")
         trash = sibling(target, TRASH_PREFIX)
         try:
             os.rename(target, trash)
@@ -265,33 +301,46 @@ def publish(tmp: Path, target: Path, manifest: Manifest) -> Path:
                 raise
             continue
         finally:
-            shutil.rmtree(trash, ignore_errors=True)
+            remove_tree(trash)
         fsync_dir(target.parent)
         return target
     raise CacheError(f"could not publish the document cache at {target}: it kept changing under us")
 
 
-def save_to(doc: Any, target: str | Path, key: str | None = None) -> tuple[Path, Manifest]:
-    """Save ``doc`` atomically as directory ``target``; returns (path, manifest)."""
+def save_to(doc: Any, target: str | Path, key: str | None = None, owned: bool = False,
+            kv_dtype: str | torch.dtype | None = None) -> tuple[Path, Manifest]:
+    """Save ``doc`` atomically as directory ``target``; returns (path, manifest).
+
+    ``target`` must not exist, be empty, or be a document cache we wrote (its manifest carries
+    our marker); ``owned=True`` (the cache root's own key directories) lifts that rule. KV is
+    stored as ``kv_dtype`` (default bf16; ``"compute"``: the engine's dtype)."""
     target = Path(target).expanduser().absolute()
     key = key or doc_key(doc)
-    existing = quick_check(target) if target.is_dir() else None
+    if os.path.lexists(target) and not is_real_dir(target):
+        raise CacheError(f"cannot save the document to {target}: it exists and is not a directory")
+    try:
+        existing = quick_check(target) if is_real_dir(target) else None
+    except CacheAccessError as exc:
+        raise CacheError(f"cannot save the document to {target}: {exc}") from None
     if existing is not None and existing.key == key and existing.token_ids_sha256 == sha256_ids(doc.token_ids) \
             and existing.format_version == FORMAT_VERSION:
         return target, existing  # already there (same model, options and content)
-    private_dir(target.parent)
+    if existing is None and not owned and is_real_dir(target) and not owned_by_us(target):
+        raise CacheError(f"refusing to overwrite {target}: it exists and is not an actqkv document cache "
+                         "(save into an empty or new directory)")
     tmp = sibling(target, TMP_PREFIX)
     try:
+        private_dir(target.parent)
         tmp.mkdir(mode=0o700)
         os.chmod(tmp, 0o700)
-        manifest = build_files(doc, tmp, key)
-        return publish(tmp, target, manifest), manifest
+        manifest = build_files(doc, tmp, key, kv_dtype)
+        return publish(tmp, target, manifest, owned), manifest
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise CacheError(f"could not save the document to {target}: {exc.strerror or exc}"
                          + (" (the disk is full)" if exc.errno == errno.ENOSPC else "")) from exc
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise
 
 
