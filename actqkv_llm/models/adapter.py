@@ -75,8 +75,10 @@ class ModelAdapter:
 
     def run_layer(self, i: int, hidden: torch.Tensor, **attention_kwargs) -> torch.Tensor:
         ident = self.identity_rope(hidden)
+        # No cache argument at all: it defaults to None, and naming it (past_key_values / cache)
+        # draws a FutureWarning from transformers 5.x that lands in the middle of the progress bar.
         out = self.layers[i](hidden, attention_mask=None, position_embeddings=ident, position_ids=None,
-                             past_key_values=None, use_cache=False, **attention_kwargs)
+                             use_cache=False, **attention_kwargs)
         return out[0] if isinstance(out, tuple) else out
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
