@@ -113,7 +113,9 @@ def add_bench_arguments(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"comma-separated (default: {','.join(DEFAULT_METHODS)})")
     q.add_argument("--tasks", type=_tasks, default=list(T.TASKS),
                    help="comma-separated task[:haystack] (tasks: " + ", ".join(T.TASKS)
-                   + "; haystacks: " + ", ".join(T.HAYSTACKS) + ")")
+                   + "; haystacks: " + ", ".join(T.HAYSTACKS) + "); real-document QA: rstqa (chat, "
+                   "as `actqkv ask`) or rstqa_raw: 48 questions about the reStructuredText spec, each "
+                   "once per length (needs: pip install --no-deps pyperformance==1.14.0)")
     q.add_argument("--lengths", type=_csv(parse_length), default=list(DEFAULT_LENGTHS),
                    help="tokens of document + question, e.g. 4K,8K,32K,128K")
     q.add_argument("--depths", type=_csv(float), default=list(T.DEFAULT_DEPTHS),

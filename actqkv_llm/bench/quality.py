@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from ..errors import ConfigError, InputError
+from . import realqa
 from . import tasks as T
 
 RESULTS = "results.jsonl"
@@ -303,8 +304,8 @@ def run_quality(out_dir: str | Path = "bench-results/quality", *,
         "command": command, "versions": library_versions(), "platform": platform.platform(),
     }
 
-    grid_keys = {(m, t, n, round(d, 6), i) for m in methods for t in specs for n in lengths
-                 for d in depths for i in range(samples)}
+    jobs = _jobs(specs, lengths, depths, samples)
+    grid_keys = {(m, t, n, round(d, 6), i) for m in methods for t, n, d, i in jobs}
     total = len(grid_keys)
     bar = None
     if progress:
@@ -314,32 +315,49 @@ def run_quality(out_dir: str | Path = "bench-results/quality", *,
     tally: dict[str, list[int]] = {m: [0, 0] for m in methods}
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     try:
-        for index in range(samples):
-            for spec in specs:
-                task, haystack = T.parse_task(spec)
-                for length in lengths:
-                    for depth in depths:
-                        todo = [m for m in methods
-                                if (m, spec, length, round(depth, 6), index) not in done]
-                        if not todo:
-                            continue
-                        sample = T.make_sample(task, length, depth, count, haystack=haystack,
-                                               seed=seed, index=index)
-                        for m in todo:
-                            record = _answer(engines[m], m, sample, max_new_tokens)
-                            log.append(record)
-                            done[result_key(record)] = record
-                            tally[m][0] += record["correct"]
-                            tally[m][1] += 1
-                            if bar is not None:
-                                bar.set_postfix_str(" ".join(
-                                    f"{k} {100 * c / n:.0f}%" for k, (c, n) in tally.items() if n))
-                                bar.update(1)
+        for spec, length, depth, index in jobs:
+            task, haystack = T.parse_task(spec)
+            todo = [m for m in methods if (m, spec, length, round(depth, 6), index) not in done]
+            if not todo:
+                continue
+            if realqa.is_real_task(spec):
+                sample = realqa.make_qa_sample(task, length, index, count)
+            else:
+                sample = T.make_sample(task, length, depth, count, haystack=haystack, seed=seed, index=index)
+            for m in todo:
+                record = _answer(engines[m], m, sample, max_new_tokens)
+                log.append(record)
+                done[result_key(record)] = record
+                tally[m][0] += record["correct"]
+                tally[m][1] += 1
+                if bar is not None:
+                    bar.set_postfix_str(" ".join(
+                        f"{k} {100 * c / n:.0f}%" for k, (c, n) in tally.items() if n))
+                    bar.update(1)
     finally:
         if bar is not None:
             bar.close()
     info["started"], info["finished"] = started, time.strftime("%Y-%m-%dT%H:%M:%S")
     return write_reports(out_dir, info, plots=plots)
+
+
+def _jobs(specs: Sequence[str], lengths: Sequence[int], depths: Sequence[float],
+          samples: int) -> list[tuple[str, int, float, int]]:
+    """Every (task label, length, depth, sample index) a run answers, in the order it answers them.
+
+    Synthetic tasks: ``samples`` x lengths x depths. Real-document tasks (``rstqa``): each of their
+    questions once per length, at the depth where its answer sits in the text.
+    """
+    jobs: list[tuple[str, int, float, int]] = []
+    for index in range(samples):
+        for spec in specs:
+            if not realqa.is_real_task(spec):
+                jobs += [(spec, n, d, index) for n in lengths for d in depths]
+    for spec in specs:
+        if realqa.is_real_task(spec):
+            text = realqa.load_text()
+            jobs += [(spec, n, realqa.depth(text, q), i) for n in lengths for i, q in enumerate(realqa.QUESTIONS)]
+    return jobs
 
 
 def _answer(eng: Any, method: str, sample: T.Sample, max_new_tokens: int | None) -> dict[str, Any]:
@@ -351,12 +369,13 @@ def _answer(eng: Any, method: str, sample: T.Sample, max_new_tokens: int | None)
     t0 = time.perf_counter()
     prefill_s = None
     try:
-        doc = eng.prefill(sample.prompt_document, chat=False, progress=False)
+        chat = sample.task in realqa.CHAT_TASKS   # asked as `actqkv ask` does; the rest: raw completion
+        doc = eng.prefill(sample.prompt_document, chat=chat, progress=False)
         prefill_s = time.perf_counter() - t0
         record["doc_tokens"] = getattr(doc, "n_tokens", None)
-        output = eng.generate(doc, sample.continuation,
-                              max_new_tokens=max_new_tokens or sample.max_new_tokens,
-                              temperature=0.0)
+        ask = eng.ask if chat else eng.generate
+        output = ask(doc, sample.continuation, max_new_tokens=max_new_tokens or sample.max_new_tokens,
+                     temperature=0.0)
     except InputError as exc:           # e.g. the document is too long for this method
         error = f"{type(exc).__name__}: {exc}"
     except (torch.OutOfMemoryError, MemoryError):   # a result; anything else is a bug
@@ -364,7 +383,8 @@ def _answer(eng: Any, method: str, sample: T.Sample, max_new_tokens: int | None)
     if error == "OOM":  # outside the handler: its traceback no longer pins the tensors
         free_memory()
     elapsed = time.perf_counter() - t0
-    record.update(T.score(output, sample.expected))
+    record.update(realqa.score(output, sample.expected) if realqa.is_real_task(sample.task)
+                  else T.score(output, sample.expected))
     record.update(output=output, error=error, prefill_s=prefill_s,
                   generate_s=None if prefill_s is None or error else elapsed - prefill_s)
     return record
