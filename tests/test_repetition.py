@@ -92,3 +92,4 @@ def test_cli_notes_a_repetition_stop_on_stderr(tmp_path, capsys, monkeypatch):
     out, err = capsys.readouterr()
     record = json.loads(out)
     assert record["stop_reason"] == "repetition" and record["finish_reason"] == "stop" and err == ""
+
