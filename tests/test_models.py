@@ -231,3 +231,15 @@ def test_cli_full_past_the_window_is_one_line_unless_forced(tiny_cli, tmp_path, 
     code, out, err = run(capsys, "-q", "ask", str(doc), "q", "--method", "full", "--no-cache",
                          "--max-new-tokens", "2", "--force-past-window", "--json")
     assert code == 0 and json.loads(out)["document"]["tokens"] > 1024
+
+
+def test_benchmarks_may_run_full_past_the_window(monkeypatch):
+    """How plain attention fails past the window is what the benchmarks measure: they force it."""
+    from actqkv_llm.bench import quality
+
+    seen = []
+    monkeypatch.setattr(Engine, "from_pretrained", classmethod(lambda cls, model, **kw: seen.append(kw)))
+    monkeypatch.setattr(Engine, "default", classmethod(lambda cls, **kw: seen.append(kw)))
+    quality.load_engine("some/dir", method="full")
+    quality.load_engine(None, method="full")
+    assert [kw["allow_past_window"] for kw in seen] == [True, True]

@@ -215,10 +215,14 @@ def invoked_command() -> str:
 
 def load_engine(model: str | None = None, *, gguf_file: str | None = None, device: str | None = None,
                 dtype: Any = None, method: str = "actqkv", **options: Any):
-    """The engine benchmarks run on: ``model`` (path or id) or the packaged SmolLM2 default."""
+    """The engine benchmarks run on: ``model`` (short name, path or id) or the packaged default.
+
+    Method ``full`` may read past the native window here (``allow_past_window``): how plain
+    attention fails there is one of the things the benchmarks measure.
+    """
     from actqkv_llm import Engine
     kw = dict(device=device, dtype=parse_dtype(dtype), method=method, progress=False,
-              cache=False, **options)
+              cache=False, allow_past_window=True, **options)
     if model is None:
         return Engine.default(**kw)
     return Engine.from_pretrained(model, gguf_file=gguf_file, **kw)
