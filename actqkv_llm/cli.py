@@ -100,7 +100,7 @@ def make_engine(args: argparse.Namespace):
                          "or pass the .gguf file itself to --model")
     options = retrieval_options(args)
     check_engine_options(args.device, args.dtype, options)  # option errors come before "loading ..."
-    model, label = resolve_cli_model(args.model, args.cache_dir)
+    model, label = resolve_cli_model(args.model, args.cache_dir, args.gguf_file)
     kwargs = dict(device=args.device, dtype=args.dtype, progress=not args.quiet,
                   cache_dir=args.cache_dir, cache=not args.no_cache,
                   allow_past_window=getattr(args, "force_past_window", False), **options)

@@ -129,7 +129,7 @@ def test_load_model_accepts_a_short_name(fake_model, tmp_path, monkeypatch):
         seen["model"] = model
         raise ModelNotFoundError("stop here")
 
-    monkeypatch.setattr(loading, "_locate", fake_locate)
+    monkeypatch.setattr(loading, "locate", fake_locate)
     with pytest.raises(ModelNotFoundError, match="stop here"):
         loading.load_model("fake-model", cache_dir=tmp_path / "cache", progress=False)
     assert Path(seen["model"]) == tmp_path / "cache" / "gguf" / "fake.gguf"
@@ -172,13 +172,19 @@ def test_models_json_and_install_hint(fake_model, capsys):
 def test_cli_model_name_resolves_and_names_it(fake_model, tmp_path):
     model, label = choice.resolve_cli_model("fake-model", tmp_path / "cache")
     assert Path(model) == tmp_path / "cache" / "gguf" / "fake.gguf" and label.startswith("fake-model, Fake")
-    assert choice.resolve_cli_model("/some/dir", None) == ("/some/dir", "/some/dir")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "config.json").write_text("{}")
+    assert choice.resolve_cli_model(str(tmp_path / "dir"), None) == (str(tmp_path / "dir"),) * 2
+    with pytest.raises(ModelNotFoundError, match="no such file"):
+        choice.resolve_cli_model(str(tmp_path / "missing"), None)
+    with pytest.raises(ModelNotFoundError, match="short name from 'actqkv models': smollm2"):
+        choice.resolve_cli_model("qwen-7b-typo", None)
     model, label = choice.resolve_cli_model(None, tmp_path / "cache")
     assert Path(model).name == registry.default_spec().file_name and "default" in label
 
 
 @pytest.mark.parametrize("bad", [["--budget", "-5"], ["--dtype", "fp8"], ["--device", "tpu:9"],
-                                 ["--n-local", "2"]])
+                                 ["--n-local", "2"], ["--model", "/no/such/model"], ["--model", "typo-name"]])
 def test_option_errors_come_before_loading(tmp_path, capsys, monkeypatch, bad):
     doc = tmp_path / "doc.txt"
     doc.write_text("some text " * 20)

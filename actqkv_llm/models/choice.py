@@ -18,17 +18,22 @@ def check_engine_options(device: Any, dtype: Any, options: dict[str, Any]) -> No
     resolve_dtype(dtype, resolve_device(device))
 
 
-def resolve_cli_model(model: str | None, cache_dir: str | Path | None = None) -> tuple[str | Path, str]:
+def resolve_cli_model(model: str | None, cache_dir: str | Path | None = None,
+                      gguf_file: str | None = None) -> tuple[str | Path, str]:
     """``--model`` -> (what to load, how to name it in the "loading ..." line).
 
     ``None`` is the default model, a registry short name is its verified GGUF (assembled into the
-    cache on first use); anything else (a path or hub id) is passed through unchanged.
+    cache on first use); anything else (a path or hub id) is passed through unchanged, once its
+    files are found (so a wrong path fails before "loading ..." is printed).
     """
-    if model is None or registry.is_name(model):
+    if model is None or (gguf_file is None and registry.is_name(model)):
         spec = registry.default_spec() if model is None else registry.get(model)
         path = registry.gguf_path(spec, cache_dir)
         label = f"the default model, {spec.title}" if model is None else f"{spec.name}, {spec.title}"
         return path, label
+    from .loading import locate
+
+    locate(model, gguf_file)
     return model, str(model)
 
 

@@ -234,7 +234,7 @@ def load_model(model: str | Path, gguf_file: str | None = None, device: str | to
     if gguf_file is None and registry.is_name(model):
         model = registry.gguf_path(str(model), cache_dir)
 
-    source = _locate(model, gguf_file)
+    source = locate(model, gguf_file)
     root = model_cache_root(cache_dir)
     gguf_path: Path | None = source["gguf"]
     from_cache = False
@@ -282,6 +282,20 @@ def load_model(model: str | Path, gguf_file: str | None = None, device: str | to
         load_seconds=time.perf_counter() - t0,
     )
     return hf_model, tokenizer, info
+
+
+def locate(model: str | Path, gguf_file: str | Path | None = None) -> dict[str, Any]:
+    """Where a model's files are (cheap: no weights read). A name that is neither a path nor a
+    cached hub id gets the registry's short names in its error."""
+    try:
+        return _locate(model, gguf_file)
+    except ModelNotFoundError as exc:
+        if gguf_file is None and isinstance(model, str) and "/" not in model and os.sep not in model:
+            from . import registry
+
+            raise ModelNotFoundError(f"{exc}; or use a short name from 'actqkv models': "
+                                     f"{', '.join(registry.MODELS)}") from exc
+        raise
 
 
 def _locate(model: str | Path, gguf_file: str | Path | None) -> dict[str, Any]:
