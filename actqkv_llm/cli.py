@@ -364,9 +364,11 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     from .config import METHODS
 
     g = p.add_argument_group("model")
+    from .models.registry import DEFAULT_MODEL
+
     g.add_argument("--model", metavar="NAME|PATH", help="a short name from 'actqkv models' (e.g. "
                    "qwen2.5-coder-0.5b), a model directory, cached Hugging Face id or .gguf file "
-                   "(default: the embedded SmolLM2-135M-Instruct)")
+                   f"(default: {DEFAULT_MODEL}, embedded)")
     g.add_argument("--gguf-file", metavar="NAME", help="GGUF file name inside the --model directory")
     g.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
     g.add_argument("--dtype", metavar="DTYPE", help="bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)")

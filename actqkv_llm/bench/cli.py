@@ -79,7 +79,7 @@ def parse_option(text: str) -> tuple[str, Any]:
 def _common(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--model", default=None,
                    help="a short name from 'actqkv models', a model directory or id "
-                        "(default: the packaged SmolLM2-135M-Instruct)")
+                        "(default: the packaged default model, see 'actqkv models')")
     p.add_argument("--gguf-file", default=None, help="GGUF file inside --model")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the engine's choice)")
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: the engine's choice)")

