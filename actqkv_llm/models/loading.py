@@ -583,8 +583,7 @@ def _file_sha256(path: Path, root: Path) -> str:
     st = path.stat()
     if st.st_size < _MEMO_MIN_BYTES:
         return hashlib.sha256(path.read_bytes()).hexdigest()
-    key = sha256_text(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}")
-    memo = _private_dir(root / "hashes") / f"{key[:32]}.json"
+    memo = _hash_memo(path, st, root)
     try:
         digest = json.loads(memo.read_text())["sha256"]
         if isinstance(digest, str) and len(digest) == 64:
@@ -592,9 +591,21 @@ def _file_sha256(path: Path, root: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     digest = sha256_file(path)
-    _write_json(memo, {"sha256": digest, "path": str(path.resolve()), "size": st.st_size,
-                       "mtime_ns": st.st_mtime_ns})
+    remember_sha256(path, digest, root)
     return digest
+
+
+def _hash_memo(path: Path, st: os.stat_result, root: Path) -> Path:
+    key = sha256_text(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}")
+    return _private_dir(root / "hashes") / f"{key[:32]}.json"
+
+
+def remember_sha256(path: Path, digest: str, root: Path) -> None:
+    """Record the sha256 of a file just written and hashed (so its first use does not hash it again)."""
+    st = path.stat()
+    if st.st_size >= _MEMO_MIN_BYTES:
+        _write_json(_hash_memo(path, st, root), {"sha256": digest, "path": str(path.resolve()),
+                                                 "size": st.st_size, "mtime_ns": st.st_mtime_ns})
 
 
 def _weights_sha256(model_dir: Path, root: Path) -> str:

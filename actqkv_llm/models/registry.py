@@ -213,7 +213,7 @@ def gguf_path(name: str | ModelSpec, cache_dir: str | Path | None = None) -> Pat
     Raises:
         ModelNotFoundError: unknown name, a package missing, or a sha256 that does not match.
     """
-    from .loading import _file_sha256, _private_dir, model_cache_root
+    from .loading import _file_sha256, _private_dir, model_cache_root, remember_sha256
 
     spec = name if isinstance(name, ModelSpec) else get(name)
     root = model_cache_root(cache_dir)
@@ -234,6 +234,7 @@ def gguf_path(name: str | ModelSpec, cache_dir: str | Path | None = None) -> Pat
     if missing:
         raise _missing_error(spec, missing)
     _assemble(spec, paths, target)  # type: ignore[arg-type]
+    remember_sha256(target, spec.sha256, root)  # hashed while written: later loads need not hash it
     return target
 
 
