@@ -124,16 +124,18 @@ def test_bench_quality_runs_every_question_once_per_length(tmp_path, monkeypatch
     monkeypatch.setattr(realqa, "load_text", lambda: BOOK)
     log: list = []
     summary = quality.run_quality(tmp_path, tasks=[task], lengths=[300, 2000], methods=["full", "streaming"],
-                                  engine=Reader(log=log), count_tokens=words, progress=False, plots=False,
-                                  command="test")
+                                  engine=Reader(log=log), count_tokens=words, progress=False,
+                                  plots=task == "rstqa", command="test")
     assert summary["n_results"] == 2 * 2 * len(BOOK_QS) and {c for _, c in log} == {chat}
     assert summary["overall"]["full"]["accuracy"] == 1.0
     # streaming reads only the end: it finds the last fact, and the others only when the window is short
     assert summary["by_length"]["streaming"][f"{task}:rst"]["2000"]["accuracy"] == pytest.approx(1 / 3)
     depths = sorted(float(d) for d in summary["by_depth"]["full"][f"{task}:rst"]["2000"])
-    assert depths[0] < 0.1 and 0.4 < depths[1] < 0.6 and depths[2] > 0.9
+    assert depths == [0.125, 0.625, 0.875]  # by quarter of the text
+    records = [r for r in quality.ResultsLog(tmp_path / quality.RESULTS).load().values()]
+    assert len({r["depth"] for r in records}) == 3 and min(r["depth"] for r in records) < 0.1  # exact depths kept
     report = (tmp_path / "results.md").read_text()
-    assert f"## {task}:rst" in report
+    assert f"## {task}:rst" in report and "normalized match" in report
 
 
 # ------------------------------------------------------------------------------------ the real text

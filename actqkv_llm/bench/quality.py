@@ -113,7 +113,10 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy (all expected values found) and mean recall by method, task, length and depth."""
     cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        cells[(r["method"], r["task"], int(r["length"]), float(r["depth"]))].append(r)
+        depth = float(r["depth"])
+        if realqa.is_real_task(r["task"]):  # each question has its own depth: report by quarter
+            depth = (min(int(depth * 4), 3) + 0.5) / 4
+        cells[(r["method"], r["task"], int(r["length"]), depth)].append(r)
 
     def stats(rs: list[dict[str, Any]]) -> dict[str, Any]:
         return {"accuracy": sum(bool(r["correct"]) for r in rs) / len(rs),
@@ -158,6 +161,9 @@ def markdown_report(summary: dict[str, Any], header: dict[str, Any] | None = Non
         lines.append(f"- {k}: `{v}`" if k == "command" else f"- {k}: {v}")
     lines += ["", "Accuracy = all expected values found in the first generated line "
               "(exact match); (n) = samples.", ""]
+    if any(realqa.is_real_task(t) for t in task_names):
+        lines += ["rstqa tasks: real questions about the reStructuredText specification; correct = any "
+                  "accepted answer in the reply (normalized match); by depth: quarters of the text.", ""]
 
     def cell(s: dict[str, Any] | None) -> str:
         if s is None:
