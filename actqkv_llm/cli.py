@@ -362,10 +362,9 @@ def _flags(parser: argparse.ArgumentParser, top: bool) -> None:
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     from .config import METHODS
-
-    g = p.add_argument_group("model")
     from .models.registry import DEFAULT_MODEL
 
+    g = p.add_argument_group("model")
     g.add_argument("--model", metavar="NAME|PATH", help="a short name from 'actqkv models' (e.g. "
                    "qwen2.5-coder-0.5b), a model directory, cached Hugging Face id or .gguf file "
                    f"(default: {DEFAULT_MODEL}, embedded)")

@@ -62,8 +62,8 @@ QUESTIONS: tuple[Question, ...] = (
              ("8th", "eighth", "8"), "Tab stops are at every 8th column"),
     Question("Which character does reStructuredText use as its escaping character?",
              ("backslash", "\\"), "In reStructuredText we use the *backslash*"),
-    Question("In the field list example with a very long field name, what is the number of that is "
-             "required to carry a coconut?",
+    Question("In the field list example with a very long field name, the number of what is required "
+             "to carry a coconut?",
              ("African swallows", "swallows"), ":Number-of-African-swallows-required-to-carry-a-coconut:"),
     Question("How many levels of section titles does HTML have?",
              ("6", "six"), "(HTML has 6 levels)"),
