@@ -51,7 +51,25 @@ RETRIEVAL_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--question-weight", "question_weight", float, "lambda: weight of the question in block scores"),
     ("--prefill-chunk", "prefill_chunk", int, "tokens per forward pass during prefill"),
     ("--device-cache-blocks", "device_cache_blocks", int, "device-side block cache size (with --offload)"),
+    ("--probe", "probe", str, "mean | activation | tokens | activation-tokens (default: the method's)"),
+    ("--scorer", "scorer", str, "dot | cosine | bound | l1 (default: the method's)"),
+    ("--token-reduce", "token_reduce", str, "softmax | max: how per-token block scores combine"),
+    ("--per-head", "per_head", "on-off", "on: each KV head picks its own blocks; off: one set per layer"),
+    ("--positions", "positions", str, "auto | exact | fixed: where memory sits (default: the method's)"),
+    ("--budget-rule", "budget_rule", str, "fixed | entropy: blocks per layer"),
+    ("--l1-budget", "l1_budget", int, "acre: first-level entries attended per step"),
+    ("--min-refill", "min_refill", int, "acre: blocks refilled for a fully focused question"),
+    ("--max-refill", "max_refill", int, "acre: blocks refilled for a fully diffuse question"),
 )
+
+
+def on_off(text: str) -> bool:
+    """'on'/'off' (also true/false, yes/no, 1/0) -> bool, for switches that default to the method's."""
+    value = {"on": True, "true": True, "yes": True, "1": True,
+             "off": False, "false": False, "no": False, "0": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return value
 
 
 class UsageError(Exception):
@@ -127,18 +145,21 @@ def check_cache_dir(args: argparse.Namespace) -> None:
 def make_engine(args: argparse.Namespace):
     """The one place the CLI builds an engine (tests patch this to use a tiny model)."""
     from .engine import Engine
+    from .models.choice import check_engine_options, resolve_cli_model
 
     if args.gguf_file and not args.model:
         raise UsageError("--gguf-file needs --model (the directory holding it); "
                          "or pass the .gguf file itself to --model")
     if args.quiet:
         _quiet_transformers()
+    options = retrieval_options(args)
+    check_engine_options(args.device, args.dtype, options)  # option errors come before "loading ..."
+    model, label = resolve_cli_model(args.model, args.cache_dir, args.gguf_file)
     kwargs = dict(device=args.device, dtype=args.dtype, progress=not args.quiet,
-                  cache_dir=args.cache_dir, cache=not args.no_cache, **retrieval_options(args))
-    say(args, f"{PROG}: loading {args.model or 'the default model (SmolLM2-135M-Instruct)'} ...")
-    if args.model:
-        return Engine.from_pretrained(args.model, gguf_file=args.gguf_file, **kwargs)
-    return Engine.default(**kwargs)
+                  cache_dir=args.cache_dir, cache=not args.no_cache,
+                  allow_past_window=getattr(args, "force_past_window", False), **options)
+    say(args, f"{PROG}: loading {label} ...")
+    return Engine.from_pretrained(model, gguf_file=args.gguf_file, **kwargs)
 
 
 def open_cache(args: argparse.Namespace):
@@ -256,6 +277,7 @@ def print_sources(sources: Iterable[Any]) -> None:
 
 def answer_record(answer, doc_info: dict[str, Any]) -> dict[str, Any]:
     return {"answer": answer.text, "finish_reason": answer.finish_reason,
+            "stop_reason": getattr(answer, "stop_reason", answer.finish_reason),
             "sources": [dataclasses.asdict(s) for s in answer.sources], "usage": dataclasses.asdict(answer.usage),
             "document": doc_info}
 
@@ -285,6 +307,8 @@ def answer_one(args: argparse.Namespace, eng, doc, question: str, sampling: dict
         u = answer.usage
         say(args, f"[{u.completion_tokens} tokens in {seconds:.1f} s; document {u.cached_tokens:,} tokens"
                   f"{'; stopped at --max-new-tokens' if answer.finish_reason == 'length' else ''}]")
+    if getattr(answer, "stop_reason", None) == "repetition":
+        say(args, f"{PROG}: note: stopped early: the answer started repeating itself")
     return answer
 
 
@@ -402,6 +426,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models.choice import models_table
+    from .models.registry import listing
+
+    rows = listing(args.cache_dir)
+    if args.json:
+        _json_out(rows)
+    else:
+        print(models_table(rows))
+    return EXIT_OK
+
+
 def cmd_rm(args: argparse.Namespace) -> int:
     from .errors import CacheError
 
@@ -464,10 +500,12 @@ def _flags(parser: argparse.ArgumentParser, top: bool) -> None:
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     from .config import METHODS
+    from .models.registry import DEFAULT_MODEL
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", metavar="PATH", help="model directory, cached Hugging Face id or .gguf file "
-                                   "(default: the embedded SmolLM2-135M-Instruct)")
+    g.add_argument("--model", metavar="NAME|PATH", help="a short name from 'actqkv models' (e.g. "
+                   "qwen2.5-coder-0.5b), a model directory, cached Hugging Face id or .gguf file "
+                   f"(default: {DEFAULT_MODEL}, embedded)")
     g.add_argument("--gguf-file", metavar="NAME", help="GGUF file name inside the --model directory")
     g.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
     g.add_argument("--dtype", metavar="DTYPE", help="bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)")
@@ -475,9 +513,15 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--method", choices=METHODS, default="actqkv", help="default: actqkv")
     r.add_argument("--budget", type=int, metavar="N", help="KV tokens attended per step and layer (sinks + window + blocks)")
     for flag, name, kind, text in RETRIEVAL_FLAGS:
-        r.add_argument(flag, dest=name, type=kind, metavar="N" if kind is int else "X", help=text)
+        if kind == "on-off":
+            r.add_argument(flag, dest=name, type=on_off, metavar="on|off", help=text)
+        else:
+            r.add_argument(flag, dest=name, type=kind, metavar="N" if kind is int else "X", help=text)
     r.add_argument("--offload", choices=("auto", "on", "off"),
                    help="keep full blocks in host memory (auto: on when the model runs on a GPU)")
+    r.add_argument("--force-past-window", action="store_true",
+                   help="let --method full read a document longer than the model's native window "
+                        "(its answers then degrade)")
     c = p.add_argument_group("cache")
     _cache_dir(c)
     c.add_argument("--no-cache", action="store_true", help="neither read nor write the document cache")
@@ -539,6 +583,13 @@ def build_parser(bench: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list of the documents")
     _model_options(p)
     p.set_defaults(func=cmd_prefill)
+
+    p = commands.add_parser("models", parents=[common], help="the models known by short name",
+                            description="Models that ship as PyPI packages, usable as --model NAME: "
+                                        "installed or not, size, native window, and which is the default.")
+    _cache_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
 
     p = commands.add_parser("ls", parents=[common], help="list cached documents")
     _cache_dir(p)

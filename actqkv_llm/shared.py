@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Optional
 
 from .engine import Engine
+from .models.registry import default_spec
 
-#: The name reported for the embedded default model before it is loaded.
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+#: The name reported for the embedded default model before it is loaded (models/registry.py).
+DEFAULT_MODEL_NAME = default_spec().model_name
 
 
 class EngineRegistry:

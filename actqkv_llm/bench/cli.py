@@ -8,6 +8,7 @@ benchmark and returns an exit code. See :mod:`actqkv_llm.bench` for the wiring.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from ..config import METHODS
@@ -77,7 +78,8 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 def _common(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--model", default=None,
-                   help="model directory or id (default: the packaged SmolLM2-135M-Instruct)")
+                   help="a short name from 'actqkv models', a model directory or id "
+                        "(default: the packaged default model, see 'actqkv models')")
     p.add_argument("--gguf-file", default=None, help="GGUF file inside --model")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the engine's choice)")
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: the engine's choice)")
@@ -103,7 +105,7 @@ def add_bench_arguments(subparsers: Any) -> argparse.ArgumentParser:
     bench = subparsers.add_parser("bench", help="quality and speed benchmarks",
                                   description="Benchmarks: retrieval quality on synthetic "
                                   "long-context tasks, and speed against plain Hugging Face attention.")
-    sub = bench.add_subparsers(dest="bench_command", metavar="{quality,recall,speed}", required=True)
+    sub = bench.add_subparsers(dest="bench_command", metavar="{quality,recall,speed,candidates}", required=True)
 
     q = sub.add_parser("quality", help="accuracy of every method on synthetic RULER-style tasks",
                        description="Every method on the same generated samples; writes results.jsonl "
@@ -113,7 +115,9 @@ def add_bench_arguments(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"comma-separated (default: {','.join(DEFAULT_METHODS)})")
     q.add_argument("--tasks", type=_tasks, default=list(T.TASKS),
                    help="comma-separated task[:haystack] (tasks: " + ", ".join(T.TASKS)
-                   + "; haystacks: " + ", ".join(T.HAYSTACKS) + ")")
+                   + "; haystacks: " + ", ".join(T.HAYSTACKS) + "); real-document QA: rstqa (chat, "
+                   "as `actqkv ask`) or rstqa_raw: 48 questions about the reStructuredText spec, each "
+                   "once per length (needs: pip install --no-deps pyperformance==1.14.0)")
     q.add_argument("--lengths", type=_csv(parse_length), default=list(DEFAULT_LENGTHS),
                    help="tokens of document + question, e.g. 4K,8K,32K,128K")
     q.add_argument("--depths", type=_csv(float), default=list(T.DEFAULT_DEPTHS),
@@ -175,6 +179,24 @@ def add_bench_arguments(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--no-reload", dest="reload", action="store_false",
                    help="skip timing doc.save + eng.load + first token")
     s.set_defaults(func=_speed_main)
+
+    from .candidates import DEFAULT_LENGTH
+    c = sub.add_parser("candidates", help="the default-model table: QA accuracy, time to first answer, "
+                       "disk, RAM of every installed registry model",
+                       description="Each installed model of 'actqkv models', in its own process: prefill "
+                       "the real-document QA text (needs: pip install --no-deps pyperformance==1.14.0), "
+                       "time to first answer, every question asked on that one document, disk and peak "
+                       "RAM. Writes candidates.json and candidates.md.")
+    c.add_argument("--models", type=_csv(str), default=None,
+                   help="comma-separated short names (default: every installed one)")
+    c.add_argument("--length", type=parse_length, default=DEFAULT_LENGTH,
+                   help=f"document tokens (default: {DEFAULT_LENGTH}; the whole text when shorter)")
+    c.add_argument("--method", choices=METHODS, default="actqkv")
+    c.add_argument("--device", default="cpu", help="default: cpu")
+    c.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    c.add_argument("--questions", type=int, default=None, help="ask only the first N questions")
+    c.add_argument("--out", default="bench-results/candidates")
+    c.set_defaults(func=_candidates_main)
     return bench
 
 
@@ -203,6 +225,14 @@ def _recall_main(args: argparse.Namespace) -> int:
         rec = f"question recall {q['recall']:.3f} / oracle {q['oracle']:.3f}" if q else "no memory"
         print(f"{v:>28}: {100 * s['accuracy']:5.1f}% of {s['n']}  {rec}")
     print(f"results in {args.out}/ (recall.md, recall.json, recall.jsonl, recall.png)")
+    return 0
+
+
+def _candidates_main(args: argparse.Namespace) -> int:
+    from .candidates import REPORT, run_candidates
+    run_candidates(args.out, models=args.models, length=args.length, method=args.method, device=args.device,
+                   threads=args.threads, questions=args.questions)
+    print((Path(args.out) / REPORT).read_text())
     return 0
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from ..errors import ConfigError, InputError
+from . import realqa
 from . import tasks as T
 
 RESULTS = "results.jsonl"
@@ -112,7 +113,10 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy (all expected values found) and mean recall by method, task, length and depth."""
     cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        cells[(r["method"], r["task"], int(r["length"]), float(r["depth"]))].append(r)
+        depth = float(r["depth"])
+        if realqa.is_real_task(r["task"]):  # each question has its own depth: report by quarter
+            depth = (min(int(depth * 4), 3) + 0.5) / 4
+        cells[(r["method"], r["task"], int(r["length"]), depth)].append(r)
 
     def stats(rs: list[dict[str, Any]]) -> dict[str, Any]:
         return {"accuracy": sum(bool(r["correct"]) for r in rs) / len(rs),
@@ -157,6 +161,9 @@ def markdown_report(summary: dict[str, Any], header: dict[str, Any] | None = Non
         lines.append(f"- {k}: `{v}`" if k == "command" else f"- {k}: {v}")
     lines += ["", "Accuracy = all expected values found in the first generated line "
               "(exact match); (n) = samples.", ""]
+    if any(realqa.is_real_task(t) for t in task_names):
+        lines += ["rstqa tasks: real questions about the reStructuredText specification; correct = any "
+                  "accepted answer in the reply (normalized match); by depth: quarters of the text.", ""]
 
     def cell(s: dict[str, Any] | None) -> str:
         if s is None:
@@ -214,10 +221,14 @@ def invoked_command() -> str:
 
 def load_engine(model: str | None = None, *, gguf_file: str | None = None, device: str | None = None,
                 dtype: Any = None, method: str = "actqkv", **options: Any):
-    """The engine benchmarks run on: ``model`` (path or id) or the packaged SmolLM2 default."""
+    """The engine benchmarks run on: ``model`` (short name, path or id) or the packaged default.
+
+    Method ``full`` may read past the native window here (``allow_past_window``): how plain
+    attention fails there is one of the things the benchmarks measure.
+    """
     from actqkv_llm import Engine
     kw = dict(device=device, dtype=parse_dtype(dtype), method=method, progress=False,
-              cache=False, **options)
+              cache=False, allow_past_window=True, **options)
     if model is None:
         return Engine.default(**kw)
     return Engine.from_pretrained(model, gguf_file=gguf_file, **kw)
@@ -303,8 +314,8 @@ def run_quality(out_dir: str | Path = "bench-results/quality", *,
         "command": command, "versions": library_versions(), "platform": platform.platform(),
     }
 
-    grid_keys = {(m, t, n, round(d, 6), i) for m in methods for t in specs for n in lengths
-                 for d in depths for i in range(samples)}
+    jobs = _jobs(specs, lengths, depths, samples)
+    grid_keys = {(m, t, n, round(d, 6), i) for m in methods for t, n, d, i in jobs}
     total = len(grid_keys)
     bar = None
     if progress:
@@ -314,32 +325,49 @@ def run_quality(out_dir: str | Path = "bench-results/quality", *,
     tally: dict[str, list[int]] = {m: [0, 0] for m in methods}
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     try:
-        for index in range(samples):
-            for spec in specs:
-                task, haystack = T.parse_task(spec)
-                for length in lengths:
-                    for depth in depths:
-                        todo = [m for m in methods
-                                if (m, spec, length, round(depth, 6), index) not in done]
-                        if not todo:
-                            continue
-                        sample = T.make_sample(task, length, depth, count, haystack=haystack,
-                                               seed=seed, index=index)
-                        for m in todo:
-                            record = _answer(engines[m], m, sample, max_new_tokens)
-                            log.append(record)
-                            done[result_key(record)] = record
-                            tally[m][0] += record["correct"]
-                            tally[m][1] += 1
-                            if bar is not None:
-                                bar.set_postfix_str(" ".join(
-                                    f"{k} {100 * c / n:.0f}%" for k, (c, n) in tally.items() if n))
-                                bar.update(1)
+        for spec, length, depth, index in jobs:
+            task, haystack = T.parse_task(spec)
+            todo = [m for m in methods if (m, spec, length, round(depth, 6), index) not in done]
+            if not todo:
+                continue
+            if realqa.is_real_task(spec):
+                sample = realqa.make_qa_sample(task, length, index, count)
+            else:
+                sample = T.make_sample(task, length, depth, count, haystack=haystack, seed=seed, index=index)
+            for m in todo:
+                record = _answer(engines[m], m, sample, max_new_tokens)
+                log.append(record)
+                done[result_key(record)] = record
+                tally[m][0] += record["correct"]
+                tally[m][1] += 1
+                if bar is not None:
+                    bar.set_postfix_str(" ".join(
+                        f"{k} {100 * c / n:.0f}%" for k, (c, n) in tally.items() if n))
+                    bar.update(1)
     finally:
         if bar is not None:
             bar.close()
     info["started"], info["finished"] = started, time.strftime("%Y-%m-%dT%H:%M:%S")
     return write_reports(out_dir, info, plots=plots)
+
+
+def _jobs(specs: Sequence[str], lengths: Sequence[int], depths: Sequence[float],
+          samples: int) -> list[tuple[str, int, float, int]]:
+    """Every (task label, length, depth, sample index) a run answers, in the order it answers them.
+
+    Synthetic tasks: ``samples`` x lengths x depths. Real-document tasks (``rstqa``): each of their
+    questions once per length, at the depth where its answer sits in the text.
+    """
+    jobs: list[tuple[str, int, float, int]] = []
+    for index in range(samples):
+        for spec in specs:
+            if not realqa.is_real_task(spec):
+                jobs += [(spec, n, d, index) for n in lengths for d in depths]
+    for spec in specs:
+        if realqa.is_real_task(spec):
+            text = realqa.load_text()
+            jobs += [(spec, n, realqa.depth(text, q), i) for n in lengths for i, q in enumerate(realqa.QUESTIONS)]
+    return jobs
 
 
 def _answer(eng: Any, method: str, sample: T.Sample, max_new_tokens: int | None) -> dict[str, Any]:
@@ -351,12 +379,13 @@ def _answer(eng: Any, method: str, sample: T.Sample, max_new_tokens: int | None)
     t0 = time.perf_counter()
     prefill_s = None
     try:
-        doc = eng.prefill(sample.prompt_document, chat=False, progress=False)
+        chat = sample.task in realqa.CHAT_TASKS   # asked as `actqkv ask` does; the rest: raw completion
+        doc = eng.prefill(sample.prompt_document, chat=chat, progress=False)
         prefill_s = time.perf_counter() - t0
         record["doc_tokens"] = getattr(doc, "n_tokens", None)
-        output = eng.generate(doc, sample.continuation,
-                              max_new_tokens=max_new_tokens or sample.max_new_tokens,
-                              temperature=0.0)
+        ask = eng.ask if chat else eng.generate
+        output = ask(doc, sample.continuation, max_new_tokens=max_new_tokens or sample.max_new_tokens,
+                     temperature=0.0)
     except InputError as exc:           # e.g. the document is too long for this method
         error = f"{type(exc).__name__}: {exc}"
     except (torch.OutOfMemoryError, MemoryError):   # a result; anything else is a bug
@@ -364,7 +393,8 @@ def _answer(eng: Any, method: str, sample: T.Sample, max_new_tokens: int | None)
     if error == "OOM":  # outside the handler: its traceback no longer pins the tensors
         free_memory()
     elapsed = time.perf_counter() - t0
-    record.update(T.score(output, sample.expected))
+    record.update(realqa.score(output, sample.expected) if realqa.is_real_task(sample.task)
+                  else T.score(output, sample.expected))
     record.update(output=output, error=error, prefill_s=prefill_s,
                   generate_s=None if prefill_s is None or error else elapsed - prefill_s)
     return record

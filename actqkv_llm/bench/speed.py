@@ -298,7 +298,8 @@ def run_speed(out_dir: str | Path = "bench-results/speed", *,
             dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
             net = build_random_model(random_arch, dev, dtype or torch.bfloat16, seed=seed,
                                      max_position_embeddings=max_position_embeddings)
-            engine = Engine(net, None, method=methods[0], progress=progress, cache=False, **options)
+            engine = Engine(net, None, method=methods[0], progress=progress, cache=False,
+                            allow_past_window=True, **options)
         else:
             engine = load_engine(model, gguf_file=gguf_file, device=device, dtype=dtype,
                                  method=methods[0], **options)

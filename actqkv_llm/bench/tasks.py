@@ -183,8 +183,14 @@ def task_label(task: str, haystack: str) -> str:
 def parse_task(spec: str) -> tuple[str, str]:
     """``"niah_single"`` or ``"niah_single:filler"`` -> (task, haystack)."""
     task, _, haystack = spec.strip().partition(":")
+    from .realqa import REAL_TASKS
+
+    if task in REAL_TASKS:  # questions about a real text (bench/realqa.py): its haystack is that text
+        if haystack not in ("", "rst"):
+            raise ValueError(f"task {task!r} reads the reStructuredText specification; no haystack {haystack!r}")
+        return task, "rst"
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS + REAL_TASKS)}")
     haystack = haystack or DEFAULT_HAYSTACK[task]
     if haystack not in HAYSTACKS:
         raise ValueError(f"unknown haystack {haystack!r} in {spec!r}; known: {', '.join(HAYSTACKS)}")

