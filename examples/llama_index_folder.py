@@ -17,7 +17,7 @@ from pathlib import Path
 
 from llama_index.core import SimpleDirectoryReader
 
-from llama_index_actqkv import ActQKVQueryEngine
+from llama_index.llms.actqkv import ActQKVQueryEngine
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_FOLDER = HERE / "data" / "folder"

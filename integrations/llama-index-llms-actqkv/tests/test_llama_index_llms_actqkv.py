@@ -1,4 +1,4 @@
-"""LlamaIndex integration (integrations/llama_index_actqkv), on a tiny random model."""
+"""LlamaIndex integration (llama_index.llms.actqkv), on a tiny random model."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from llama_index.core.base.response.schema import Response
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from actqkv_llm import Engine
-from llama_index_actqkv import ActQKVLLM, ActQKVQueryEngine, ActQKVRetriever
+from llama_index.llms.actqkv import ActQKVLLM, ActQKVQueryEngine, ActQKVRetriever
 from tiny_models import byte_tokenizer, tiny_model
 
 LONG = ("The ferry to Inchmurrin leaves at seven. Its captain, Alasdair Bain, has crossed the loch "
@@ -175,11 +175,3 @@ def test_documents_are_cached_and_reused_across_engines(tmp_path, docs):
     assert b.query("Who is the captain?").response == a.query("Who is the captain?").response
     changed = [LIDocument(text=SHORT + " And scones.", id_="bakery")]
     assert [e.from_cache for e in ActQKVQueryEngine(changed, engine=second).documents] == [False]
-
-
-def test_both_integrations_share_one_engine_registry():
-    """An app using LangChain and LlamaIndex together loads the weights once."""
-    import langchain_actqkv
-    import llama_index_actqkv
-
-    assert langchain_actqkv.shared_engine is llama_index_actqkv.shared_engine

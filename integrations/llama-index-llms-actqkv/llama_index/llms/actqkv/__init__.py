@@ -4,7 +4,7 @@
 """
 
 from ._engine import DEFAULT_MODEL_NAME, shared_engine
-from .llms import ActQKVLLM
+from .base import ActQKVLLM
 from .query_engine import ActQKVQueryEngine, ActQKVRetriever, PrefilledDocument
 
 __all__ = ["ActQKVLLM", "ActQKVQueryEngine", "ActQKVRetriever", "PrefilledDocument", "shared_engine",

@@ -1,4 +1,4 @@
-"""LangChain integration (integrations/langchain_actqkv).
+"""LangChain integration (langchain_actqkv).
 
 Fast tests run on a tiny random model; the LangChain standard suites run on the embedded
 SmolLM2-135M-Instruct (unit suite: never calls the model; integration suite: slow).
