@@ -12,7 +12,11 @@ from llama_index.core.base.response.schema import Response
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from actqkv_llm import Engine
-from llama_index.llms.actqkv import ActQKVLLM, ActQKVQueryEngine, ActQKVRetriever
+from llama_index.core.base.response.schema import StreamingResponse
+from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
+from llama_index.core.prompts import PromptTemplate
+
+from llama_index.llms.actqkv import ActQKVLLM, ActQKVQueryEngine, ActQKVRetriever, readable_tokens
 from tiny_models import byte_tokenizer, tiny_model
 
 LONG = ("The ferry to Inchmurrin leaves at seven. Its captain, Alasdair Bain, has crossed the loch "
@@ -31,10 +35,21 @@ def user(text: str) -> ChatMessage:
 
 # ---------------------------------------------------------------------------------------- LLM
 def test_metadata_is_honest(eng):
-    meta = ActQKVLLM(engine=eng, max_tokens=12).metadata
-    assert meta.context_window == eng.max_context > eng.native_window
+    """context_window is what the bound model and method can read, not a constant."""
+    meta = ActQKVLLM(engine=eng, max_new_tokens=12).metadata
     assert meta.num_output == 12 and meta.is_chat_model and not meta.is_function_calling_model
     assert meta.model_name == "llama"
+    a = eng.adapter
+    kv_bytes = 2 * len(a.memory_layers) * a.n_kv_heads * a.head_dim * 4  # float32
+    import os
+    assert meta.context_window == readable_tokens(eng) == \
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // kv_bytes > eng.native_window
+    assert ActQKVLLM(engine=eng.with_method("full")).metadata.context_window == eng.native_window == 1024
+    streaming = eng.with_method("streaming")
+    assert ActQKVLLM(engine=streaming).metadata.context_window == \
+        streaming.config.n_sink + streaming.config.n_local < eng.native_window
+    other = Engine(tiny_model("gemma3"), byte_tokenizer(), progress=False, cache=False)  # 2 of 4 layers keep KV
+    assert ActQKVLLM(engine=other).metadata.context_window != meta.context_window  # another KV size
 
 
 def test_complete_chat_and_streams_agree(eng):
@@ -116,27 +131,103 @@ def test_query_one_document_sources_are_attended_spans(qe, eng):
     r = one.query("Who is the captain?")
     assert isinstance(r, Response)
     entry = one.documents[0]
-    expected = eng.chat(entry.document, [{"role": "user", "content": "Who is the captain?"}], max_new_tokens=6)
-    assert r.response == expected.text
+    turns = [{"role": "user", "content": "Who is the captain?"}]
+    assert r.response == eng.chat(entry.document, turns, max_new_tokens=6).text
+    read = eng.chat(entry.document, turns, max_new_tokens=1)  # what retrieval attends to reading the question
+    assert len(read.sources) > 2
+    expected = read.sources[:2]  # spans_per_document
     assert [(n.node.metadata["start_token"], n.node.metadata["end_token"]) for n in r.source_nodes] == \
-        [(s.start, s.end) for s in expected.sources]
-    for n, s in zip(r.source_nodes, expected.sources):
+        [(s.start, s.end) for s in expected]
+    for n, s in zip(r.source_nodes, expected):
         assert isinstance(n, NodeWithScore) and isinstance(n.node, TextNode)
         assert n.node.text == s.text and n.score == pytest.approx(s.score)
         assert n.node.metadata["doc_id"] == "ferry" and n.node.ref_doc_id == "ferry"
         assert n.node.metadata["file_name"] == "ferry.txt"
 
 
-def test_query_all_documents_combines_answers(qe):
-    r = qe.query("What is sold on Tuesdays?")
+def test_query_over_documents_answers_once_from_the_relevant_one(eng, docs, monkeypatch):
+    lighthouse = LIDocument(text=("The lighthouse on Skerry Point was built in 1851 and its lamp burns whale "
+                                  "oil. ") * 6, id_="lighthouse", metadata={"file_name": "lighthouse.txt"})
+    qe = ActQKVQueryEngine(docs + [lighthouse], engine=eng, max_tokens=6)
+    generations = []
+    real = eng.chat
+
+    def chat(doc, messages, **kw):
+        if kw.get("max_new_tokens") != 1:  # 1 token: the retrieval pass; more: an answer
+            generations.append((doc, messages))
+        return real(doc, messages, **kw)
+
+    monkeypatch.setattr(eng, "chat", chat)
+    question = "What bread is sold on Tuesdays?"
+    r = qe.query(question)
+    assert len(generations) == 1, "one answer, not one per document"
+    bakery = qe.documents[1]
+    assert generations[0][0] is bakery.document
+    assert [d["doc_id"] for d in r.metadata["documents"]] == ["bakery"]
+    assert {n.node.metadata["doc_id"] for n in r.source_nodes} == {"bakery"}
+    monkeypatch.setattr(eng, "chat", real)
+    assert r.response == eng.chat(bakery.document, [{"role": "user", "content": question}], max_new_tokens=6).text
+    whole = r.source_nodes
+    assert len(whole) == 1 and whole[0].node.metadata["whole_document"] and whole[0].score is None
+    assert whole[0].node.text == SHORT and whole[0].node.metadata["document_score"] > 0
+
+    # a question about two documents: both picked, still one answer, sources from each
+    monkeypatch.setattr(eng, "chat", chat)
+    generations.clear()
+    r = qe.query("When does the ferry to Inchmurrin leave, and when was the lighthouse built?")
+    picked = [d["doc_id"] for d in r.metadata["documents"]]
+    assert sorted(picked) == ["ferry", "lighthouse"] and len(generations) == 1
+    assert {n.node.metadata["doc_id"] for n in r.source_nodes} == {"ferry", "lighthouse"}
+    primary = {e.doc_id: e for e in qe.documents}[picked[0]]
+    assert generations[0][0] is primary.document
+    other_label = "lighthouse.txt" if picked[0] == "ferry" else "ferry.txt"
+    asked = generations[0][1][-1]["content"]
+    assert f"[{other_label}]" in asked and asked.endswith("Question: When does the ferry to Inchmurrin leave, and "
+                                                          "when was the lighthouse built?")
+    assert not r.response.startswith("["), "not concatenated per-document answers"
+    assert list(r.metadata["answers"]) == [picked[0]]
+
+
+def test_response_modes(eng, docs):
+    qe = ActQKVQueryEngine(docs, engine=eng, max_tokens=4, response_mode="accumulate", relevance=0.0)
+    r = qe.query("When does the ferry leave on Tuesdays?")
     per_doc = r.metadata["answers"]
     assert set(per_doc) == {"ferry", "bakery"}
-    assert r.response == "\n\n".join(f"[{name}.txt] {per_doc[name]['text'].strip()}" for name in ("ferry", "bakery"))
-    assert {n.node.metadata["doc_id"] for n in r.source_nodes} == {"ferry", "bakery"}
-    whole = [n for n in r.source_nodes if n.node.metadata["doc_id"] == "bakery"]
-    assert len(whole) == 1 and whole[0].node.metadata["whole_document"] and whole[0].score is None
-    assert whole[0].node.text == SHORT
-    assert per_doc["bakery"]["cached_tokens"] == qe.documents[1].document.n_tokens
+    order = [d["doc_id"] for d in r.metadata["documents"]]
+    assert r.response == "\n\n".join(f"[{d}.txt] {per_doc[d]['text'].strip()}" for d in order)
+    nothing = ActQKVQueryEngine(docs, engine=eng, response_mode="no_text").query("When does the ferry leave?")
+    assert nothing.response is None and nothing.source_nodes
+    for mode in ("refine", "tree_summarize", "generation"):
+        with pytest.raises(ValueError, match=f"response_mode '{mode}' is not supported"):
+            ActQKVQueryEngine(docs, engine=eng, response_mode=mode)
+    with pytest.raises(ValueError, match="does not stream"):
+        ActQKVQueryEngine(docs, engine=eng, response_mode="accumulate", streaming=True).query("ferry?")
+
+
+def test_query_engine_events_and_streaming(eng, docs):
+    handler = LlamaDebugHandler()
+    qe = ActQKVQueryEngine(docs, engine=eng, max_tokens=6, callback_manager=CallbackManager([handler]))
+    r = qe.query("When does the ferry leave?")
+    for kind in (CBEventType.QUERY, CBEventType.RETRIEVE, CBEventType.SYNTHESIZE, CBEventType.LLM):
+        pairs = handler.get_event_pairs(kind)
+        assert len(pairs) == 1, kind
+    llm_end = handler.get_llm_inputs_outputs()[0][1]
+    assert llm_end.payload["response"].message.content == r.response
+    retrieved = handler.get_event_pairs(CBEventType.RETRIEVE)[0][1].payload["nodes"]
+    assert [n.node.id_ for n in retrieved] == [n.node.id_ for n in r.source_nodes]
+
+    handler.flush_event_logs()
+    streaming = ActQKVQueryEngine(docs, engine=eng, max_tokens=6, streaming=True,
+                                  callback_manager=CallbackManager([handler]))
+    s = streaming.query("When does the ferry leave?")
+    assert isinstance(s, StreamingResponse)
+    assert [n.node.id_ for n in s.source_nodes] == [n.node.id_ for n in r.source_nodes]
+    [started] = handler.get_event_pairs(CBEventType.LLM)
+    assert len(started) == 1, "the LLM event ends when the stream does"
+    pieces = list(s.response_gen)
+    assert len(pieces) >= 2 and "".join(pieces) == r.response
+    [(start, end)] = handler.get_llm_inputs_outputs()
+    assert end.payload["response"].message.content == r.response
 
 
 def test_async_query_and_retriever(qe):
