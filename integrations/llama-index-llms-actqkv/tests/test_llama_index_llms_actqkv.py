@@ -6,6 +6,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 from llama_index.core import Document as LIDocument
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, TextBlock
 from llama_index.core.base.response.schema import Response
@@ -266,3 +267,123 @@ def test_documents_are_cached_and_reused_across_engines(tmp_path, docs):
     assert b.query("Who is the captain?").response == a.query("Who is the captain?").response
     changed = [LIDocument(text=SHORT + " And scones.", id_="bakery")]
     assert [e.from_cache for e in ActQKVQueryEngine(changed, engine=second).documents] == [False]
+
+
+# ---------------------------------------------------------------------------------------- HuggingFaceLLM arguments
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny model saved as a local Hugging Face directory (what model_name= points at)."""
+    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    tiny_model("llama").save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_model_name_tokenizer_name_model_kwargs_device_map(model_dir, eng):
+    llm = ActQKVLLM(model_name=str(model_dir), tokenizer_name=str(model_dir), device_map="cpu",
+                    model_kwargs={"dtype": "float32", "question_weight": 0.5, "cache": False, "progress": False},
+                    max_new_tokens=4)
+    assert llm.metadata.model_name == "tiny-llama"  # known before the weights load
+    loaded = llm.get_engine()
+    assert loaded.model_id.endswith("tiny-llama") and loaded.config.question_weight == 0.5
+    assert loaded.device.type == "cpu" and loaded.dtype == torch.float32
+    assert isinstance(llm.complete("Hello").text, str)
+    with pytest.raises(ValueError, match="tokenizer_name='gpt2' differs from the model"):
+        ActQKVLLM(model_name=str(model_dir), tokenizer_name="gpt2")
+    with pytest.raises(ValueError, match=r"model_kwargs \['load_in_4bit'\] are not supported"):
+        ActQKVLLM(model_name=str(model_dir), model_kwargs={"load_in_4bit": True})
+    with pytest.raises(ValueError, match="multi-device map"):
+        ActQKVLLM(model_name=str(model_dir), device_map={"": 0})
+    with pytest.raises(ValueError, match="already loaded"):
+        ActQKVLLM(engine=eng, model_kwargs={"budget": 96})
+
+
+def test_loaded_model_and_tokenizer_objects():
+    llm = ActQKVLLM(model=tiny_model("llama"), tokenizer=byte_tokenizer(), model_kwargs={"budget": 96},
+                    max_new_tokens=3)
+    assert llm.get_engine().config.budget == 96 and llm.metadata.model_name == "llama"
+    assert llm.complete("Hi").additional_kwargs["completion_tokens"] <= 3
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        ActQKVLLM(model=tiny_model("llama"))
+    with pytest.raises(ValueError, match="goes with a loaded model object"):
+        ActQKVLLM(tokenizer=byte_tokenizer())
+    with pytest.raises(ValueError, match="already on its device"):
+        ActQKVLLM(model=tiny_model("llama"), tokenizer=byte_tokenizer(), model_kwargs={"dtype": "float16"})
+
+
+def test_max_new_tokens_and_generate_kwargs(eng):
+    turns = [{"role": "user", "content": "Who is the captain?"}]
+    doc = eng.prefill(LONG)
+    llm = ActQKVLLM(engine=eng, document=LONG, max_new_tokens=5)
+    assert llm.complete("Who is the captain?").text == eng.chat(doc, turns, max_new_tokens=5).text
+    assert llm.complete("Who is the captain?", max_new_tokens=2).additional_kwargs["completion_tokens"] <= 2
+    assert ActQKVLLM(engine=eng, max_tokens=7).max_new_tokens == 7  # this class's former name
+    sampled = ActQKVLLM(engine=eng, document=LONG, max_new_tokens=6,
+                        generate_kwargs={"do_sample": True, "top_p": 0.9, "seed": 3})
+    expected = eng.chat(doc, turns, max_new_tokens=6, temperature=1.0, top_p=0.9, seed=3).text
+    assert sampled.complete("Who is the captain?").text == expected
+    assert sampled.complete("Who is the captain?", generate_kwargs={"do_sample": False}).text == \
+        eng.chat(doc, turns, max_new_tokens=6, top_p=0.9, seed=3).text
+    with pytest.raises(ValueError, match=r"generate_kwargs \['num_beams', 'top_k'\] not supported"):
+        ActQKVLLM(engine=eng, generate_kwargs={"top_k": 5, "num_beams": 2})
+    with pytest.raises(ValueError, match=r"keyword \['repetition_penalty'\] not supported"):
+        llm.complete("Hi", repetition_penalty=1.2)
+
+
+def test_context_window_is_an_upper_bound(eng):
+    small = ActQKVLLM(engine=eng, context_window=4096)
+    assert small.metadata.context_window == 4096
+    with pytest.raises(ValueError, match="more than context_window=100"):
+        ActQKVLLM(engine=eng, document=LONG, context_window=100).complete("Who?")
+    full = ActQKVLLM(engine=eng.with_method("full"), context_window=10**6)
+    with pytest.warns(UserWarning, match="more than llama with method 'full' can read"):
+        assert full.metadata.context_window == eng.native_window
+
+
+def test_is_chat_model_false_is_plain_text_continuation(eng):
+    raw = ActQKVLLM(engine=eng, document=LONG, is_chat_model=False, max_new_tokens=6)
+    assert not raw.metadata.is_chat_model
+    doc = eng.prefill(LONG, chat=False)
+    assert raw.complete(" The captain is").text == eng.generate(doc, " The captain is", max_new_tokens=6)
+    seen = []
+
+    def messages_to_prompt(messages):
+        seen.append(messages)
+        return " " + " / ".join(m.content for m in messages)
+
+    custom = ActQKVLLM(engine=eng, document=LONG, is_chat_model=False, max_new_tokens=6,
+                       messages_to_prompt=messages_to_prompt)
+    assert custom.chat([user("The captain is")]).message.content == \
+        eng.generate(doc, " The captain is", max_new_tokens=6) and len(seen) == 1
+    with pytest.raises(ValueError, match="pass is_chat_model=False"):
+        ActQKVLLM(engine=eng, messages_to_prompt=messages_to_prompt)
+    with pytest.raises(ValueError, match="pass is_chat_model=False"):
+        ActQKVLLM(engine=eng, completion_to_prompt=lambda p: p)
+
+
+def test_system_prompt_and_query_wrapper_prompt(eng):
+    doc = eng.prefill(LONG)
+    llm = ActQKVLLM(engine=eng, document=LONG, max_new_tokens=6, system_prompt="Answer in one word.",
+                    query_wrapper_prompt=PromptTemplate("Question: {query_str}"))
+    expected = eng.chat(doc, [{"role": "system", "content": "Answer in one word."},
+                              {"role": "user", "content": "Question: Who?"}], max_new_tokens=6).text
+    assert llm.complete("Who?").text == expected
+    # formatted=True: the prompt is used as it is (LlamaIndex's predict() has already extended it)
+    assert llm.complete("Who?", formatted=True).text == \
+        eng.chat(doc, [{"role": "user", "content": "Who?"}], max_new_tokens=6).text
+
+
+def test_stopping_ids_tokenizer_options_and_callbacks(eng):
+    eos = sorted(eng.eos_ids)
+    assert ActQKVLLM(engine=eng, stopping_ids=eos).stopping_ids == eos
+    with pytest.raises(ValueError, match=r"stopping_ids \[5\] are not end-of-turn ids"):
+        ActQKVLLM(engine=eng, stopping_ids=[5])
+    with pytest.raises(ValueError, match="tokenizer_kwargs"):
+        ActQKVLLM(engine=eng, tokenizer_kwargs={"max_length": 10})
+    with pytest.raises(ValueError, match="tokenizer_outputs_to_remove is not needed"):
+        ActQKVLLM(engine=eng, tokenizer_outputs_to_remove=["token_type_ids"])
+    handler = LlamaDebugHandler()
+    llm = ActQKVLLM(engine=eng, max_new_tokens=3, callback_manager=CallbackManager([handler]))
+    out = llm.complete("Hello")
+    [(start, end)] = handler.get_llm_inputs_outputs()
+    assert end.payload["completion"].text == out.text
