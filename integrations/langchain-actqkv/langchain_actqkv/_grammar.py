@@ -43,24 +43,35 @@ def ll_tokenizer(engine: Engine) -> Any:
     return _llguidance().hf.from_tokenizer(engine.tokenizer, n_vocab=vocab_size(engine), eos_token=eos)
 
 
-def closed(schema: Any) -> Any:
-    """``schema`` with every object that lists its ``properties`` and says nothing about others
-    closed to them (``additionalProperties: false``), as OpenAI's strict mode does. What it allows
-    is a subset of what ``schema`` allows (so still valid for it), without the endless extra keys
-    a small model can otherwise invent."""
+def closed(schema: Any, max_string_length: Optional[int] = None) -> Any:
+    """``schema`` narrowed for decoding; what it allows is a subset of what ``schema`` allows, so
+    still valid for it:
+
+    * every object that lists its ``properties`` and says nothing about others is closed to them
+      (``additionalProperties: false``, as OpenAI's strict mode does), so a small model cannot
+      invent keys without end;
+    * with ``max_string_length``, strings the schema leaves unbounded get that ``maxLength``, so a
+      model that loops inside a string still finishes its answer.
+    """
     if isinstance(schema, list):
-        return [closed(s) for s in schema]
+        return [closed(s, max_string_length) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: (v if k in ("enum", "const", "default", "examples") else closed(v)) for k, v in schema.items()}
+    out = {k: (v if k in ("enum", "const", "default", "examples") else closed(v, max_string_length))
+           for k, v in schema.items()}
     if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema \
             and "unevaluatedProperties" not in schema:
         out["additionalProperties"] = False
+    kinds = schema.get("type")
+    if max_string_length is not None and (kinds == "string" or isinstance(kinds, list) and "string" in kinds) \
+            and not any(k in schema for k in ("maxLength", "enum", "const", "pattern", "format")):
+        out["maxLength"] = max_string_length
     return out
 
 
-def json_schema_grammar(schema: dict) -> str:
-    return _llguidance().LLMatcher.grammar_from_json_schema(closed(schema), defaults=_JSON_DEFAULTS)
+def json_schema_grammar(schema: dict, max_string_length: Optional[int] = None) -> str:
+    return _llguidance().LLMatcher.grammar_from_json_schema(closed(schema, max_string_length),
+                                                            defaults=_JSON_DEFAULTS)
 
 
 def tool_call_grammar(tools: list[dict], names: Optional[list[str]] = None) -> str:

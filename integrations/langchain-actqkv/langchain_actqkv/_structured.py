@@ -45,6 +45,13 @@ def response_format_schema(response_format: Any) -> dict:
                      f"{{'type': 'json_object'}}, got {response_format!r}")
 
 
+def schema_instruction(schema: dict) -> str:
+    """What the model is told about a structured answer (decoding enforces it either way)."""
+    if schema == {"type": "object"}:
+        return "Answer with a JSON object."
+    return "Answer with a JSON object that matches this JSON schema: " + json.dumps(schema, ensure_ascii=False)
+
+
 class StructuredOutputParser(JsonOutputParser):
     """Parses the grammar-constrained answer: strict JSON, into ``pydantic_object`` if given.
 
@@ -91,4 +98,4 @@ class StructuredOutputParser(JsonOutputParser):
         return "actqkv_structured_output"
 
 
-__all__ = ["StructuredOutputParser", "is_pydantic_class", "schema_of", "response_format_schema"]
+__all__ = ["StructuredOutputParser", "is_pydantic_class", "schema_of", "schema_instruction", "response_format_schema"]

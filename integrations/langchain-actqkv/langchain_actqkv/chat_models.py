@@ -18,6 +18,7 @@ from langchain_core.messages import (AIMessage, AIMessageChunk, BaseMessage, Cha
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_json_schema
+from pydantic import Field
 
 from actqkv_llm import Answer, AnswerStream, Document, Engine
 from actqkv_llm.aio import iterate_in_thread, run_in_thread_async
@@ -25,7 +26,8 @@ from actqkv_llm.chat import supports_tools
 
 from ._core import STRUCTURE_ARGS, ActQKVParams, config_document_kwargs, usage_metadata
 from ._grammar import GrammarConstraint, json_schema_grammar, ll_tokenizer, tool_call_grammar
-from ._structured import StructuredOutputParser, is_pydantic_class, response_format_schema, schema_of
+from ._structured import (StructuredOutputParser, is_pydantic_class, response_format_schema, schema_instruction,
+                          schema_of)
 from ._tools import format_tools, normalise_tool_choice, parse_tool_calls, template_tool_calls
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "human": "user",
@@ -119,6 +121,10 @@ class ChatActQKV(ActQKVParams, BaseChatModel):
 
     streaming: bool = False
     """Make ``invoke`` stream under the hood (so callbacks get every token)."""
+    max_string_length: Optional[int] = Field(default=None, ge=1)
+    """Structured output: the most characters of a string the schema leaves unbounded (None: no
+    cap). A small model can loop inside a string until ``max_tokens`` cuts the answer; with a cap
+    the string ends and the answer completes, still valid for the schema."""
 
     @property
     def _llm_type(self) -> str:
@@ -128,7 +134,7 @@ class ChatActQKV(ActQKVParams, BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.reported_model_name(), "method": self.method, "max_tokens": self.max_tokens,
                 "temperature": self.temperature, "top_p": self.top_p, "stop": self.stop,
-                "document": self._document_label()}
+                "max_string_length": self.max_string_length, "document": self._document_label()}
 
     def _get_ls_params(self, stop: Optional[list[str]] = None, **kwargs: Any) -> LangSmithParams:
         return LangSmithParams(**self._tracing_params("chat", stop, kwargs))
@@ -245,7 +251,10 @@ class ChatActQKV(ActQKVParams, BaseChatModel):
         if response_format is not None:
             if tools and choice != "none":
                 raise ValueError("a call can have tools or a response_format (structured output), not both")
-            grammar = json_schema_grammar(response_format_schema(response_format))
+            schema = response_format_schema(response_format)
+            grammar = json_schema_grammar(schema, self.max_string_length)
+            # the grammar guarantees the form; telling the model the schema lets it fill it sensibly
+            turns = [{"role": "system", "content": schema_instruction(schema)}] + turns
         elif tools and choice not in ("auto", "none"):
             grammar = tool_call_grammar(tools, None if choice == "any" else [choice])
         constraint = GrammarConstraint(self._ll_tokenizer(eng), grammar) if grammar is not None else None
