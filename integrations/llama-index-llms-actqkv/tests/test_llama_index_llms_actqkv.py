@@ -364,7 +364,8 @@ def test_is_chat_model_false_is_plain_text_continuation(eng):
 def test_system_prompt_and_query_wrapper_prompt(eng):
     doc = eng.prefill(LONG)
     llm = ActQKVLLM(engine=eng, document=LONG, max_new_tokens=6, system_prompt="Answer in one word.",
-                    query_wrapper_prompt=PromptTemplate("Question: {query_str}"))
+                    query_wrapper_prompt="Question: {query_str}")  # a str, as HuggingFaceLLM takes it
+    assert isinstance(llm.query_wrapper_prompt, PromptTemplate)
     expected = eng.chat(doc, [{"role": "system", "content": "Answer in one word."},
                               {"role": "user", "content": "Question: Who?"}], max_new_tokens=6).text
     assert llm.complete("Who?").text == expected
@@ -380,6 +381,8 @@ def test_stopping_ids_tokenizer_options_and_callbacks(eng):
         ActQKVLLM(engine=eng, stopping_ids=[5])
     with pytest.raises(ValueError, match="tokenizer_kwargs"):
         ActQKVLLM(engine=eng, tokenizer_kwargs={"max_length": 10})
+    with pytest.raises(ValueError, match=r"no argument\(s\) \['trust_remote_code'\]"):
+        ActQKVLLM(engine=eng, trust_remote_code=True)  # never silently dropped
     with pytest.raises(ValueError, match="tokenizer_outputs_to_remove is not needed"):
         ActQKVLLM(engine=eng, tokenizer_outputs_to_remove=["token_type_ids"])
     handler = LlamaDebugHandler()

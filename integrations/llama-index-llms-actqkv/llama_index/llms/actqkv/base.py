@@ -23,6 +23,7 @@ from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatRes
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.prompts import PromptTemplate
 
 from actqkv_llm import Answer, Document, Engine
 from actqkv_llm.aio import iterate_in_thread, run_in_thread_async
@@ -168,6 +169,11 @@ class ActQKVLLM(CustomLLM):
             if values.get("max_new_tokens", mt) != mt:
                 raise ValueError(f"max_tokens={mt} and max_new_tokens={values['max_new_tokens']} disagree")
             values["max_new_tokens"] = mt
+        unknown = sorted(k for k in values if k not in cls.model_fields)
+        if unknown:  # pydantic would drop them silently
+            raise ValueError(f"ActQKVLLM has no argument(s) {unknown}; it takes {sorted(cls.model_fields)}")
+        if isinstance(values.get("query_wrapper_prompt"), str):  # as HuggingFaceLLM accepts it
+            values["query_wrapper_prompt"] = PromptTemplate(values["query_wrapper_prompt"])
         chat = values.get("is_chat_model", True)
         for name in ("messages_to_prompt", "completion_to_prompt"):
             if values.get(name) is not None and chat:
