@@ -194,7 +194,8 @@ class ActQKVLLM(CustomLLM):
         if isinstance(self.model, str) and self.model_name and self.model != self.model_name:
             raise ValueError(f"model={self.model!r} and model_name={self.model_name!r} disagree")
         if loaded_object and not isinstance(self.model, torch.nn.Module):
-            raise ValueError(f"model must be a model name or a loaded Hugging Face model, got {type(self.model).__name__}")
+            raise ValueError("model must be a model name or a loaded Hugging Face model, "
+                             f"got {type(self.model).__name__}")
         if loaded_object and self.tokenizer is None:
             raise ValueError("a loaded model object needs its tokenizer: pass tokenizer=")
         if self.tokenizer is not None and not loaded_object:
