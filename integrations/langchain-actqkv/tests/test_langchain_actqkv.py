@@ -271,6 +271,11 @@ def test_document_chosen_per_call(eng, monkeypatch, tmp_path):
     assert bound.invoke("Who?").content == expected[TEXT].content
     assert bound.invoke("Who?", document=OTHER).content == expected[OTHER].content
     assert bound.invoke("Who?", config={"configurable": {"document": OTHER}}).content == expected[OTHER].content
+    # LangChain's own configurable fields work too (a model object per configuration)
+    from langchain_core.runnables import ConfigurableField
+
+    configurable = llm.configurable_fields(document=ConfigurableField(id="doc", name="Document"))
+    assert configurable.invoke("Who?", config={"configurable": {"doc": OTHER}}).content == expected[OTHER].content
     # a chain passes the config down to the model
     chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | llm | StrOutputParser()
     assert chain.invoke({"q": "Who?"}, config={"configurable": {"document": OTHER}}) == expected[OTHER].content
