@@ -13,31 +13,47 @@ _MARK = "\u2063ACTQKV_DOCUMENT\u2063"
 SEPARATOR = "\n\n"
 
 
-def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+            tools: list[dict] | None = None) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise InputError("this model's tokenizer has no chat template: use generate()/complete() instead of ask()")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    if tools and not supports_tools(tokenizer):
+        raise InputError("this model's chat template does not render tool definitions (no 'tools' in it)")
+    extra = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **extra)
 
 
-def document_prefix(tokenizer, document: str) -> str:
-    """The template's head plus the document: what gets prefilled."""
-    rendered = _render(tokenizer, [{"role": "user", "content": _MARK}])
+def supports_tools(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders tool definitions (it reads a ``tools`` variable)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("tool_use") or template.get("default")
+    return isinstance(template, str) and "tools" in template
+
+
+def document_prefix(tokenizer, document: str, tools: list[dict] | None = None) -> str:
+    """The template's head plus the document: what gets prefilled. With ``tools`` (JSON schemas
+    of functions), the head is rendered with them (templates put them before the first user turn)."""
+    rendered = _render(tokenizer, [{"role": "user", "content": _MARK}], tools=tools)
     head = rendered.split(_MARK)[0]
     return head + document
 
 
-def question_suffix(tokenizer, messages: list[dict], with_document: bool = True) -> str:
+def question_suffix(tokenizer, messages: list[dict], with_document: bool = True,
+                    tools: list[dict] | None = None) -> str:
     """Everything after the document for a conversation (the first user turn follows the document).
 
     System messages are folded into the first user turn (the template head before the document
-    is fixed when the document is prefilled).
+    is fixed when the document is prefilled). With ``tools`` (which the document must have been
+    prefilled with), ``tool`` messages and assistant ``tool_calls`` are passed to the template.
     """
     if not messages:
         raise InputError("no messages: give at least one user message")
+    roles = ("system", "user", "assistant", "tool") if tools else ("system", "user", "assistant")
     for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
-                or not isinstance(m.get("content"), str):
-            raise InputError(f"each message must be {{'role': system|user|assistant, 'content': str}}, got {m!r}")
+        if not isinstance(m, dict) or m.get("role") not in roles or not isinstance(m.get("content"), str):
+            raise InputError(f"each message must be {{'role': {'|'.join(roles)}, 'content': str}}, got {m!r}")
     system = "\n".join(m["content"] for m in messages if m["role"] == "system")
     turns = [dict(m) for m in messages if m["role"] != "system"]
     if not turns or turns[0]["role"] != "user":
@@ -47,6 +63,6 @@ def question_suffix(tokenizer, messages: list[dict], with_document: bool = True)
         first = system + SEPARATOR + first
     if with_document:
         turns[0]["content"] = _MARK + SEPARATOR + first
-        return _render(tokenizer, turns).split(_MARK, 1)[1]
+        return _render(tokenizer, turns, tools=tools).split(_MARK, 1)[1]
     turns[0]["content"] = first
-    return _render(tokenizer, turns)
+    return _render(tokenizer, turns, tools=tools)

@@ -224,13 +224,17 @@ class Engine:
         return tqdm(total=total, desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True, leave=False)
 
     # ------------------------------------------------------------------ prefill
-    def prefill(self, text: str, chat: bool = True, progress: bool | None = None, cache: bool = True) -> Document:
+    def prefill(self, text: str, chat: bool = True, progress: bool | None = None, cache: bool = True,
+                tools: list[dict] | None = None) -> Document:
         """Read a document once. ``chat=True`` puts it in the chat template's first user turn (for
-        ``ask``); ``chat=False`` prefills the raw text (for ``generate``). Reuses the disk cache."""
+        ``ask``); ``chat=False`` prefills the raw text (for ``generate``). Reuses the disk cache.
+        ``tools`` (function JSON schemas): render the template's head with them, for ``chat(..., tools=)``."""
         text = self._check_text(text, "document")
         layout = CHAT if chat else RAW
+        if tools and layout != CHAT:
+            raise InputError("tools need the chat layout (prefill(text, chat=True, tools=...))")
         if layout == CHAT:
-            ids = self._encode(document_prefix(self.tokenizer, text), special=False)
+            ids = self._encode(document_prefix(self.tokenizer, text, tools=tools), special=False)
         else:
             ids = self._encode(text, special=True)
         self._check_window(ids.numel())
@@ -288,7 +292,7 @@ class Engine:
 
     # ------------------------------------------------------------------ answering
     def _run(self, doc: Document | None, suffix: torch.Tensor, sampling: Sampling,
-             special_first: bool = False) -> Iterator[str | Answer]:
+             special_first: bool = False, logits_processor: Any = None) -> Iterator[str | Answer]:
         if doc is not None and doc.engine.fingerprint != self.fingerprint:
             raise InputError("this document was prefilled by another model; prefill it with this engine")
         if doc is not None and doc.engine.config.kv_options() != self.config.kv_options():
@@ -308,6 +312,8 @@ class Engine:
         text = TextAssembler(self.tokenizer, sampling.stop)
         reason = "length"
         for i in range(sampling.max_new_tokens):
+            if logits_processor is not None:  # e.g. a grammar mask: (generated ids, logits) -> logits
+                logits = logits_processor(text.ids, logits)
             tok = choose_token(logits, sampling, gen)
             if tok in self.eos_ids:
                 reason = "eos"
@@ -332,17 +338,25 @@ class Engine:
                      usage=Usage(cached + suffix.numel(), len(text.ids), cached),
                      finish_reason="length" if reason == "length" else "stop", stop_reason=reason)
 
-    def _suffix_for_question(self, doc: Document | None, messages: list[dict]) -> torch.Tensor:
+    def _suffix_for_question(self, doc: Document | None, messages: list[dict],
+                             tools: list[dict] | None = None) -> torch.Tensor:
         if doc is not None and doc.layout != CHAT:
             raise InputError("ask/chat need a document prefilled with chat=True; this one is raw "
                              "(use generate(), or prefill(text, chat=True))")
-        return self._encode(question_suffix(self.tokenizer, messages, with_document=doc is not None), special=False)
+        return self._encode(question_suffix(self.tokenizer, messages, with_document=doc is not None, tools=tools),
+                            special=False)
 
     def chat(self, doc: Document | None, messages: list[dict], stream: bool = False,
+             tools: list[dict] | None = None, logits_processor: Any = None,
              **sampling: Any) -> Answer | AnswerStream:
-        """Answer a conversation about a document (or, with ``doc=None``, a plain chat)."""
-        suffix = self._suffix_for_question(doc, messages)
-        run = self._run(doc, suffix, Sampling.make(**sampling))
+        """Answer a conversation about a document (or, with ``doc=None``, a plain chat).
+
+        ``tools``: function JSON schemas rendered by the chat template (the document must have been
+        prefilled with the same ``tools``). ``logits_processor``: called as ``f(generated_ids, logits)``
+        before each token is chosen, returns the logits to choose from (e.g. a grammar's mask).
+        """
+        suffix = self._suffix_for_question(doc, messages, tools)
+        run = self._run(doc, suffix, Sampling.make(**sampling), logits_processor=logits_processor)
         return AnswerStream(run) if stream else _finish(run)
 
     def answer(self, doc: Document | None, question: str, **sampling: Any) -> Answer:

@@ -7,6 +7,9 @@ Each document is prefilled by the embedded model (no chunking, no embeddings) an
 engine's disk cache under the hash of its text and the model's fingerprint. Run it twice: the
 second run (a new process) loads every document from the cache instead of reading it again, and
 says so. Set ACTQKV_CACHE_DIR to keep the cache somewhere else.
+
+A query first picks the documents relevant to the question (a cheap lexical pass), then answers
+once, on the most relevant one, with passages from the others.
 """
 
 from __future__ import annotations
@@ -17,18 +20,18 @@ from pathlib import Path
 
 from llama_index.core import SimpleDirectoryReader
 
-from llama_index_actqkv import ActQKVQueryEngine
+from llama_index.llms.actqkv import ActQKVQueryEngine
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_FOLDER = HERE / "data" / "folder"
-QUESTION_ALL = "Who is the main person in this text? Answer with a name."
+QUESTION_ALL = "Who built the observatory, and who planted the orchard? Answer with names."
 QUESTION_ONE = ("lighthouse.txt", "How many steps does the spiral stair of the lighthouse have?")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_FOLDER, help="a folder of text files")
-    parser.add_argument("-q", "--question", default=QUESTION_ALL, help="asked of every document")
+    parser.add_argument("-q", "--question", default=QUESTION_ALL, help="asked of the folder")
     parser.add_argument("--max-tokens", type=int, default=32, help="most tokens per answer")
     args = parser.parse_args(argv)
 
@@ -43,7 +46,9 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.perf_counter()
     response = qe.query(args.question)
-    print(f"\nQ (every document): {args.question}\n{response}   ({time.perf_counter() - t0:.1f}s)")
+    picked = ", ".join(f"{d['label']} ({d['score']:.1f})" for d in response.metadata["documents"])
+    print(f"\nQ (the folder): {args.question}\ndocuments picked: {picked}")
+    print(f"{response}   ({time.perf_counter() - t0:.1f}s)")
     print("sources:")
     for n in response.source_nodes[:6]:
         m = n.node.metadata

@@ -1,20 +1,43 @@
-"""PNG figures for the benchmarks, drawn with matplotlib's Agg canvas (no display, no pyplot state)."""
+"""PNG figures for the benchmarks, drawn with matplotlib's Agg canvas (no display, no pyplot state).
+
+matplotlib is optional (the ``plots`` extra: ``pip install "actqkv-llm[plots]"``); it is imported
+when a figure is drawn, and its absence is a clear :class:`PlotsUnavailableError`.
+"""
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
-
+from ..errors import ActQKVError
 from .quality import DEFAULT_METHODS, format_length, ordered
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
+
+class PlotsUnavailableError(ActQKVError, ImportError):
+    """matplotlib is not installed."""
+
+
+def _matplotlib(module: str) -> Any:
+    """``matplotlib.<module>``, or a clear error naming the extra that installs it."""
+    try:
+        return importlib.import_module(f"matplotlib.{module}")
+    except ImportError as exc:
+        raise PlotsUnavailableError(
+            "drawing benchmark figures needs matplotlib, which is not installed: "
+            "pip install \"actqkv-llm[plots]\"") from exc
+
+
+def _figure(**kwargs: Any) -> "Figure":
+    return _matplotlib("figure").Figure(**kwargs)
+
+
+def _save(fig: "Figure", path: Path) -> Path:
+    _matplotlib("backends.backend_agg").FigureCanvasAgg(fig)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
 
@@ -49,7 +72,7 @@ def plot_heatmaps(summary: dict[str, Any], out_dir: str | Path,
         lengths = sorted({int(n) for m in methods for n in by_depth[m].get(task, {})})
         depths = sorted({float(d) for m in methods for cells in by_depth[m].get(task, {}).values()
                          for d in cells})
-        fig = Figure(figsize=(1.2 + 0.9 * max(3, len(lengths)) * len(methods), 1.2 + 0.5 * len(depths)),
+        fig = _figure(figsize=(1.2 + 0.9 * max(3, len(lengths)) * len(methods), 1.2 + 0.5 * len(depths)),
                      layout="constrained")
         axes = fig.subplots(1, len(methods), squeeze=False)[0]
         image = None
@@ -85,7 +108,7 @@ def plot_speed(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
               (("decode_ms_per_token", ""),), (("peak_mem_gib", ""),))
     titles = ("prefill time (s)", "time to first token (s)", "decode (ms / token)",
               "peak device memory (GiB)")
-    fig = Figure(figsize=(16, 3.8), layout="constrained")
+    fig = _figure(figsize=(16, 3.8), layout="constrained")
     axes = fig.subplots(1, len(panels))
     systems = sorted({r["system"] for r in rows}, key=lambda s: (s.startswith("hf"), s))
     colors = {s: f"C{i}" for i, s in enumerate(systems)}
@@ -99,7 +122,8 @@ def plot_speed(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
                             label=system + suffix, linestyle=style, color=colors[system])
         ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: format_length(int(round(x)))))
+        ax.xaxis.set_major_formatter(
+            _matplotlib("ticker").FuncFormatter(lambda x, _pos: format_length(int(round(x)))))
         ax.set_yscale("log")
         ax.set_xlabel("document length (tokens)")
         ax.set_title(title)
