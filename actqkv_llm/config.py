@@ -212,6 +212,7 @@ class RetrievalConfig:
                 n_local=scaled(512, 8),
                 exec_block=scaled(256, 4),
                 budget=scaled(2048, 16),
+                l1_budget=scaled(256, 2),
                 prefill_chunk=max(16, scaled(4096, 16)),
             )
             base["budget"] = max(base["budget"], base["n_sink"] + base["n_local"] + 2 * base["block_size"])

@@ -393,6 +393,7 @@ class Engine:
     def generate_ids(self, doc: Document, ids: torch.Tensor | list[int], max_new_tokens: int = 16) -> list[int]:
         """Greedy token ids after the document and ``ids`` (no tokenizer involved; speed benchmarks)."""
         sess = doc.session()
+        sess.meter = self.meter
         ids = torch.as_tensor(ids, dtype=torch.long).flatten()
         out: list[int] = []
         with self._lock:

@@ -9,7 +9,7 @@ from actqkv_llm import Engine
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-@pytest.mark.parametrize("method", ["actqkv", "full"])
+@pytest.mark.parametrize("method", ["actqkv", "actqkv-paper", "quest", "infllm", "acre", "full"])
 def test_logits_and_greedy_tokens_match_hf(arch, method, tokenizer):
     model = tiny_model(arch)
     ids = torch.randint(0, 250, (50,), generator=torch.Generator().manual_seed(1))

@@ -17,10 +17,11 @@ def _prefill_logged(eng, n, seed=0):
     return doc
 
 
-@pytest.mark.parametrize("method", ["actqkv", "infllm", "streaming"])
+@pytest.mark.parametrize("method", ["actqkv", "actqkv-paper", "quest", "infllm", "acre", "streaming"])
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_kv_attended_per_step_never_exceeds_budget(make_engine, method, arch):
-    eng = make_engine(arch, method=method, **SMALL)
+    extra = dict(l1_budget=8) if method == "acre" else {}
+    eng = make_engine(arch, method=method, **SMALL, **extra)
     cfg = eng.config
     sess = eng.prefill_ids(torch.randint(0, 250, (20,))).session()  # any session will do
     sess.record_kv = True

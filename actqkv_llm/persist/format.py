@@ -70,15 +70,18 @@ def sha256_ids(ids: torch.Tensor) -> str:
     return hashlib.sha256(arr.astype("<i8", copy=False).tobytes()).hexdigest()
 
 
-def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+def _sha256_stream(f, chunk: int) -> str:
     h = hashlib.sha256()
+    while True:
+        buf = f.read(chunk)
+        if not buf:
+            return h.hexdigest()
+        h.update(buf)
+
+
+def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
     with open(path, "rb") as f:
-        while True:
-            buf = f.read(chunk)
-            if not buf:
-                break
-            h.update(buf)
-    return h.hexdigest()
+        return _sha256_stream(f, chunk)
 
 
 def sha256_cache_file(path: Path, expected_bytes: int | None = None, chunk: int = 8 << 20) -> str:
@@ -89,14 +92,8 @@ def sha256_cache_file(path: Path, expected_bytes: int | None = None, chunk: int 
         if expected_bytes is not None and size != expected_bytes:
             raise CacheError(f"{path} is truncated or damaged: {size} bytes, the manifest says "
                              f"{expected_bytes}; prefill the document again")
-        h = hashlib.sha256()
         with open(fd, "rb", closefd=False) as f:
-            while True:
-                buf = f.read(chunk)
-                if not buf:
-                    break
-                h.update(buf)
-        return h.hexdigest()
+            return _sha256_stream(f, chunk)
     except OSError as exc:
         raise CacheError(f"cannot read {path}: {exc.strerror or exc}") from None
     finally:

@@ -1,0 +1,140 @@
+"""Block selection: key bounds, per-head gathers, the method presets, ACRE's refill volume and the
+recall meter that judges them against full attention."""
+
+import pytest
+import torch
+
+from actqkv_llm import RetrievalConfig
+from actqkv_llm.bench.meter import RecallMeter
+from actqkv_llm.errors import ConfigError
+from actqkv_llm.memory import GrowableBlocks, HostBlocks, StackedBlocks
+from actqkv_llm.retrieval.budget import EntropyRefill
+from actqkv_llm.retrieval.score import bound_logits, reduce_tokens
+
+SMALL = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
+
+
+def test_bound_is_an_upper_bound_of_every_key_and_tight_for_one_key_blocks():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(4, 3, 16, generator=g)           # 4 query heads, 3 tokens
+    keys = torch.randn(10, 2, 8, 16, generator=g)     # 10 blocks, 2 KV heads, 8 tokens
+    u = bound_logits(q, keys.amin(2), keys.amax(2))   # [4, 3, 10]
+    kv_of_head = torch.arange(4) // 2
+    true_best = torch.einsum("htd,nhbd->htnb", q, keys[:, kv_of_head]).amax(-1)
+    assert (u >= true_best - 1e-5).all()
+    one = keys[:, :, :1]
+    exact = torch.einsum("htd,nhd->htn", q, one[:, kv_of_head, 0])
+    torch.testing.assert_close(bound_logits(q, one.amin(2), one.amax(2)), exact)
+
+
+def test_softmax_reduction_is_a_mass_estimate_per_kv_head():
+    logits = torch.randn(4, 5, 7)
+    w = torch.full((5,), 0.2)
+    ev = reduce_tokens(logits, w, kv_heads=2, how="softmax", scaling=1.0)
+    assert ev.shape == (2, 7)
+    torch.testing.assert_close(ev.sum(-1), torch.full((2,), 2.0))   # 2 query heads per KV head
+    mx = reduce_tokens(logits, w, kv_heads=2, how="max", scaling=1.0)
+    torch.testing.assert_close(mx, logits.view(2, 2, 5, 7).amax((1, 2)))
+
+
+def _store(n=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    k, v = torch.randn(n, 2, 4, 8, generator=g), torch.randn(n, 2, 4, 8, generator=g)
+    return GrowableBlocks.from_tensors(k, v), k, v
+
+
+def test_per_head_gather_gives_each_head_its_own_blocks_in_every_store():
+    store, k, v = _store()
+    idx = torch.tensor([[1, 5, 7], [0, 5, 11]])
+    want_k = torch.stack([k[idx[h], h].reshape(-1, 8) for h in range(2)])
+    want_v = torch.stack([v[idx[h], h].reshape(-1, 8) for h in range(2)])
+    for s in (store, HostBlocks(store, torch.device("cpu"), capacity=4)):
+        gk, gv = s.gather(idx, torch.device("cpu"))
+        torch.testing.assert_close(gk, want_k)
+        torch.testing.assert_close(gv, want_v)
+    # a question's blocks stacked on the document's: ids past the document come from its own store
+    own, ok, ov = _store(3, seed=1)
+    stacked = StackedBlocks(store, own)
+    idx2 = torch.tensor([[2, 12, 14], [3, 4, 13]])
+    gk, _ = stacked.gather(idx2, torch.device("cpu"))
+    all_k = torch.cat([k, ok])
+    torch.testing.assert_close(gk, torch.stack([all_k[idx2[h], h].reshape(-1, 8) for h in range(2)]))
+
+
+@pytest.mark.parametrize("method,probe,scorer,per_head", [
+    ("actqkv", "activation-tokens", "bound", True), ("actqkv-paper", "activation", "cosine", False),
+    ("infllm", "mean", "dot", False), ("quest", "tokens", "bound", True), ("acre", "tokens", "l1", True)])
+def test_method_presets_and_overrides(method, probe, scorer, per_head):
+    cfg = RetrievalConfig(method=method)
+    assert (cfg.selection("probe"), cfg.selection("scorer"), cfg.selection("per_head")) == (probe, scorer, per_head)
+    if scorer == "bound":
+        assert RetrievalConfig(method=method, per_head=False).selection("per_head") is False
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(probe="median"), "probe must be one of"),
+    (dict(method="actqkv-paper", per_head=True), "one block set per layer"),
+    (dict(method="infllm", probe="tokens"), "takes one probe query"),
+    (dict(method="actqkv", scorer="l1"), "only with method 'acre'"),
+    (dict(method="acre", l1_budget=2000), "leaves room for"),
+    (dict(positions="true"), "positions must be one of"),
+])
+def test_bad_selection_options_are_refused_clearly(options, match):
+    with pytest.raises(ConfigError, match=match):
+        RetrievalConfig(**options)
+
+
+def test_selection_overrides_are_part_of_the_documents_kv_options():
+    assert "scorer" not in RetrievalConfig(method="actqkv").kv_options()
+    assert RetrievalConfig(method="actqkv", scorer="dot", probe="mean", per_head=False).kv_options()["scorer"] == "dot"
+
+
+def test_acre_refills_few_blocks_for_focused_attention_and_many_for_diffuse():
+    refill = EntropyRefill(2, 10)
+    assert refill.blocks_for(0, 0, 100, torch.tensor(0.0)) == 2
+    assert refill.blocks_for(0, 0, 100, torch.tensor(1.0)) == 10
+    assert refill.blocks_for(0, 0, 100, torch.tensor(0.5)) == 6
+    assert refill.blocks_for(0, 0, 4, torch.tensor(1.0)) == 4        # never more than there are
+    assert refill.chosen == [2, 10, 6, 4]
+
+
+def _measured(make_engine, method, n=500, **options):
+    eng = make_engine("llama", method=method, **{**SMALL, **options})
+    eng.meter = RecallMeter(document_every=1)
+    doc = eng.prefill_ids(torch.randint(0, 250, (n,), generator=torch.Generator().manual_seed(4)))
+    eng.generate_ids(doc, [5, 6, 7], max_new_tokens=3)
+    return eng.meter.table()
+
+
+@pytest.mark.parametrize("method", ["actqkv", "infllm", "quest"])
+def test_recall_never_beats_the_oracle(make_engine, method):
+    rows = _measured(make_engine, method)
+    assert {r["phase"] for r in rows} == {"document", "question", "decode"}
+    for r in rows:
+        assert 0.0 <= r["recall"] <= r["oracle"] + 1e-5 <= 1.0 + 1e-5
+        assert r["oracle_shared"] <= r["oracle"] + 1e-5
+        assert 0.0 < r["memory_share"] < 1.0
+
+
+def test_picking_every_block_recalls_all_the_mass(make_engine):
+    # a budget with room for more blocks than the document has: selection keeps everything
+    rows = _measured(make_engine, "infllm", n=200, budget=4 + 64 + 8 * 40)
+    assert rows and all(r["recall"] == pytest.approx(1.0, abs=1e-5) for r in rows)
+
+
+def test_document_digests_are_measured_once_for_all_questions(make_engine):
+    eng = make_engine("llama", method="actqkv", **SMALL)
+    doc = eng.prefill_ids(torch.randint(0, 250, (400,), generator=torch.Generator().manual_seed(5)))
+    layer = eng.adapter.memory_layers[0]
+    n = doc.state.memory[layer].n_blocks
+    first = eng.generate_ids(doc, [1, 2], max_new_tokens=2)
+    assert doc.state.memory[layer]._bounds["exact"].n_known == n     # kept on the document
+    assert eng.generate_ids(doc, [1, 2], max_new_tokens=2) == first
+
+
+def test_exact_positions_match_fixed_when_everything_fits_the_window(make_engine, tokenizer):
+    """Inside the local window there is no memory: both position modes are plain attention."""
+    ids = torch.randint(0, 250, (40,), generator=torch.Generator().manual_seed(6))
+    a = make_engine("qwen2", method="actqkv", positions="exact").prefill_ids(ids).last_logits
+    b = make_engine("qwen2", method="actqkv", positions="fixed").prefill_ids(ids).last_logits
+    torch.testing.assert_close(a, b)
