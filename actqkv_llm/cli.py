@@ -60,6 +60,7 @@ RETRIEVAL_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--l1-budget", "l1_budget", int, "acre: first-level entries attended per step"),
     ("--min-refill", "min_refill", int, "acre: blocks refilled for a fully focused question"),
     ("--max-refill", "max_refill", int, "acre: blocks refilled for a fully diffuse question"),
+    ("--rerank", "rerank", int, "candidates per picked block re-ranked by exact attention (question, decode)"),
 )
 
 

@@ -97,6 +97,9 @@ class RetrievalConfig:
             exact while the step's positions fit the model's native window, the fixed angle past it.
         budget_rule: ``fixed`` (same number of blocks in every layer) or ``entropy`` (ActQKV's
             dynamic cut-off).
+        rerank: while a question is read and its answer decoded, the scorer names ``rerank`` times
+            as many candidate blocks and the query's exact attention over their keys keeps the best
+            (1: no second stage). Costs reading those candidates' keys each step.
         l1_budget: ``acre`` only: tokens of first-level entries attended per step (one entry per
             block; the entries with the highest logits when there are more blocks than this).
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
@@ -123,6 +126,7 @@ class RetrievalConfig:
     positions: str | None = None
     budget_rule: str | None = None
     l1_budget: int = 256
+    rerank: int = 1
     min_refill: int | None = None
     max_refill: int | None = None
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
@@ -282,7 +286,7 @@ class RetrievalConfig:
                 and self.selection("probe") in ("tokens", "activation-tokens"):
             raise ConfigError(f"scorer {self.selection('scorer')!r} takes one probe query: use probe "
                               "'mean' or 'activation' (per-token probes go with 'bound' or 'l1')")
-        for name in ("l1_budget",):
+        for name in ("l1_budget", "rerank"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")

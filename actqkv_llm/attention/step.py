@@ -56,7 +56,8 @@ class StepContext:
         if mode == "fixed":
             cos, sin = adapter.rope_table(kind.rope_type, cfg.n_local + 1)
             fixed = cfg.n_local  # memory sits just beyond the farthest local distance
-            return MemoryQuery(mode, lambda x: rotate(x, cos[fixed:fixed + 1], sin[fixed:fixed + 1]), None, scaling)
+            return MemoryQuery(mode, lambda x: rotate(x, cos[fixed:fixed + 1], sin[fixed:fixed + 1]), None, scaling,
+                               phase=self.phase)
         cos, sin = adapter.rope_table(kind.rope_type, first_q + t)
         qpos = slice(first_q, first_q + t)
 
@@ -70,7 +71,8 @@ class StepContext:
             c, sn = adapter.rope_table(kind.rope_type, end)
             return rotate(k, c[start:end], sn[start:end])
 
-        return MemoryQuery(mode, rotate_q, rotate_keys, scaling)
+        return MemoryQuery(mode, rotate_q, rotate_keys, scaling, phase=self.phase,
+                           rotate_blocks=lambda k, blocks: self._true_position_keys(kind, blocks, k))
 
     def _true_position_keys(self, kind, blocks: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Rotate gathered block keys ``[Hkv, n*B, d]`` to their blocks' true positions."""

@@ -80,6 +80,9 @@ class MemoryQuery:
     rotate_q: Callable[[torch.Tensor], torch.Tensor]
     rotate_keys: Callable[[torch.Tensor, int], torch.Tensor] | None
     scaling: float
+    phase: str = "document"
+    # gathered keys [Hkv, n*B, d] of blocks [n] or [Hkv, n] -> at their true positions (None: fixed angle)
+    rotate_blocks: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -275,6 +278,7 @@ class BlockRetrieval(RetrievalMethod):
         self.budget_rule = sel("budget_rule")
         self.tracks_activations = sel("probe") in ("activation", "activation-tokens")
         self.uses_question = scorer == "cosine"
+        self.rerank = config.rerank
 
     def observe(self, q, state):
         if state.stats is not None:
@@ -303,9 +307,35 @@ class BlockRetrieval(RetrievalMethod):
         n = budget.blocks_for(slot, layer, mem.n_blocks, h)
         picked = None
         if n:
-            picked = evidence.topk(n, -1).indices.sort(-1).values
+            if self.rerank > 1 and mq.phase != "document" and n < mem.n_blocks:
+                picked = self._rerank(q, mem, mq, evidence, n, weights if tokens.shape[1] == q.shape[1] else None)
+            else:
+                picked = evidence.topk(n, -1).indices.sort(-1).values
             picked = picked[0] if picked.shape[0] == 1 else picked
         return Selection(picked, evidence, h)
+
+    def _rerank(self, q: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery, evidence: torch.Tensor, n: int,
+                weights: torch.Tensor | None) -> torch.Tensor:
+        """Two stages: the scorer names ``rerank x n`` candidate blocks, then the query's exact attention
+        over the candidates' keys (one softmax per query token, at the rotation attention uses)
+        keeps the ``n`` that receive the most mass. Returns ``[rows, n]`` ascending."""
+        m = min(mem.n_blocks, self.rerank * n)
+        cand = evidence.topk(m, -1).indices.sort(-1).values              # [rows, m]
+        ids = cand[0] if cand.shape[0] == 1 else cand
+        k, _ = mem.blocks.gather(ids, q.device)                          # [Hkv, m*B, d]
+        if mq.rotate_blocks is not None:
+            k = mq.rotate_blocks(k, ids)
+        h, t, d = q.shape
+        hkv, b = mem.kv_heads, mem.block_size
+        qr = mq.rotate_q(q).float().reshape(hkv, (h // hkv) * t, d)
+        p = torch.softmax(torch.matmul(qr, k.float().transpose(1, 2)) * mq.scaling, -1)  # [Hkv, g*t, m*B]
+        if weights is not None:
+            p = p.view(hkv, h // hkv, t, -1) * weights.view(1, 1, t, 1)
+        mass = p.reshape(hkv, -1, m, b).sum((1, 3))                      # [Hkv, m]
+        if cand.shape[0] == 1:
+            mass = mass.sum(0, keepdim=True)
+        top = mass.topk(n, -1).indices
+        return cand.expand(mass.shape[0], -1).gather(1, top).sort(-1).values
 
 
 class ActQKV(BlockRetrieval):
