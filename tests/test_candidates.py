@@ -85,3 +85,11 @@ def test_the_command_is_wired(tmp_path, monkeypatch, capsys):
     assert code == 0 and "# table" in capsys.readouterr().out
     assert seen["models"] == ["smollm2", "gemma3-270m"] and seen["length"] == 30 * 1024
     assert seen["device"] == "cpu" and seen["threads"] == 2 and seen["method"] == "actqkv"
+
+
+def test_a_model_without_a_chat_template_is_asked_by_completion(tmp_path):
+    tok = byte_tokenizer()
+    tok.chat_template = None
+    eng = Engine(tiny_model(), tok, progress=False, cache=False)
+    r = candidates.measure_one(eng, BOOK, 900, BOOK_QS, max_new_tokens=4)
+    assert r["layout"] == "completion" and len(r["answers"]) == 3

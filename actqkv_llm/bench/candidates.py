@@ -56,12 +56,23 @@ def measure_one(eng: Any, text: str, length: int, questions: Sequence[realqa.Que
     count = hf_token_counter(eng.tokenizer)
     doc_text = realqa.window(text, len(text) // 2, length, count)
 
+    # a model without a chat template (Gemma 3 270M base) is asked by plain completion
+    chat = bool(getattr(eng.tokenizer, "chat_template", None))
+
+    def ask(q, stream=False):
+        prompt = realqa.continuation(q, chat=chat)
+        if chat:
+            return eng.stream(doc, prompt, max_new_tokens=max_new_tokens) if stream else \
+                eng.ask(doc, prompt, max_new_tokens=max_new_tokens)
+        out = eng.complete(doc, prompt, stream=stream, max_new_tokens=max_new_tokens, temperature=0.0)
+        return out if stream else out.text
+
     t0 = time.perf_counter()
-    doc = eng.prefill(doc_text, chat=True, cache=False)
+    doc = eng.prefill(doc_text, chat=chat, cache=False)
     prefill_s = time.perf_counter() - t0
     first = questions[0]
     t1 = time.perf_counter()
-    stream = eng.stream(doc, realqa.continuation(first, chat=True), max_new_tokens=max_new_tokens)
+    stream = ask(first, stream=True)
     pieces = iter(stream)
     first_piece = next(pieces, "")
     first_token_s = time.perf_counter() - t1
@@ -75,7 +86,7 @@ def measure_one(eng: Any, text: str, length: int, questions: Sequence[realqa.Que
         if i == 0:
             output = first_piece + rest
         else:
-            output = eng.ask(doc, realqa.continuation(q, chat=True), max_new_tokens=max_new_tokens)
+            output = ask(q)
         scored = realqa.score(output, q.answers)
         records.append({"index": i, "question": q.question, "expected": list(q.answers),
                         "output": output, "correct": scored["correct"],
@@ -93,6 +104,7 @@ def measure_one(eng: Any, text: str, length: int, questions: Sequence[realqa.Que
     asked = [r for r in records if r["in_document"]]
     return {
         "doc_tokens": doc.n_tokens, "method": eng.config.method, "native_window": eng.native_window,
+        "layout": "chat" if chat else "completion",
         "prefill_s": round(prefill_s, 2), "first_token_s": round(first_token_s, 3),
         "time_to_first_answer_s": round(prefill_s + first_token_s, 2),
         "prefill_tok_per_s": round(doc.n_tokens / prefill_s, 1) if prefill_s else None,
