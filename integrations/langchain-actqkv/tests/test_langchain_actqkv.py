@@ -687,3 +687,15 @@ class TestChatActQKVStandardIntegration(DeclaredOff, ChatModelIntegrationTests):
                 full = chunk if full is None else full + chunk
             return full
         return llm.invoke("What is the cat called?")
+
+
+@pytest.mark.slow
+class TestChatActQKVStandardIntegrationWithDocument(TestChatActQKVStandardIntegration):
+    """The same standard suite, structured output included, with a document bound to the model: every
+    call the suite makes is answered about that prefilled document (the product's own mode)."""
+
+    @property
+    def chat_model_params(self):
+        return {**super().chat_model_params,
+                "document": "The lighthouse on Gull Rock has 62 steps. Its keeper, Tobias, has a cat called "
+                            "Pepper and a goat named Duchess. " * 3}
