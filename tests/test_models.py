@@ -16,13 +16,7 @@ from actqkv_llm.models.registry import ModelSpec, Part
 from tiny_models import byte_tokenizer, tiny_model
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+from test_cli import run  # noqa: E402  (main(argv) -> exit code, stdout, stderr)
 
 
 # ------------------------------------------------------------------------------- fake chunk packages
