@@ -315,9 +315,7 @@ class RetrievalConfig:
                 if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                     raise ConfigError(f"{name} must be a non-negative integer or None, got {v!r}")
             lo, hi = self.block_range
-            if self.method == "acre":
-                pass
-            elif hi < max(lo, 1):
+            if self.method != "acre" and hi < max(lo, 1):  # acre draws from acre_range, checked above
                 raise ConfigError(f"max_blocks ({hi}) must be >= max(min_blocks, 1) ({max(lo, 1)})")
             if hi < self.avg_blocks:
                 raise ConfigError(

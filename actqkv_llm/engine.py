@@ -291,6 +291,12 @@ class Engine:
         return Document(self, state, ids, text, layout, logits)
 
     # ------------------------------------------------------------------ answering
+    def _session_for(self, doc: Document | None) -> Session:
+        """A fresh session for one question: forked from ``doc`` (or empty), reporting to ``meter``."""
+        sess = doc.session() if doc is not None else Session.new(self.adapter, self.config, self.method)
+        sess.meter = self.meter
+        return sess
+
     def _run(self, doc: Document | None, suffix: torch.Tensor, sampling: Sampling,
              special_first: bool = False, logits_processor: Any = None) -> Iterator[str | Answer]:
         if doc is not None and doc.engine.fingerprint != self.fingerprint:
@@ -298,9 +304,8 @@ class Engine:
         if doc is not None and doc.engine.config.kv_options() != self.config.kv_options():
             raise InputError("this document was prefilled with other retrieval options "
                              f"({doc.engine.config.kv_options()}); prefill it with this engine")
-        sess = doc.session() if doc is not None else Session.new(self.adapter, self.config, self.method)
+        sess = self._session_for(doc)
         sess.track_sources = True
-        sess.meter = self.meter
         if suffix.numel():
             with self._lock:
                 logits = sess.forward(suffix, phase=QUESTION)
@@ -392,8 +397,7 @@ class Engine:
 
     def generate_ids(self, doc: Document, ids: torch.Tensor | list[int], max_new_tokens: int = 16) -> list[int]:
         """Greedy token ids after the document and ``ids`` (no tokenizer involved; speed benchmarks)."""
-        sess = doc.session()
-        sess.meter = self.meter
+        sess = self._session_for(doc)
         ids = torch.as_tensor(ids, dtype=torch.long).flatten()
         out: list[int] = []
         with self._lock:

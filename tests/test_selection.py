@@ -128,16 +128,23 @@ def test_document_digests_are_measured_once_for_all_questions(make_engine):
     layer = eng.adapter.memory_layers[0]
     n = doc.state.memory[layer].n_blocks
     first = eng.generate_ids(doc, [1, 2], max_new_tokens=2)
-    assert doc.state.memory[layer]._bounds["exact"].n_known == n     # kept on the document
+    assert doc.state.memory[layer]._digests["exact"].n_known == n     # kept on the document
     assert eng.generate_ids(doc, [1, 2], max_new_tokens=2) == first
 
 
-def test_exact_positions_match_fixed_when_everything_fits_the_window(make_engine, tokenizer):
-    """Inside the local window there is no memory: both position modes are plain attention."""
-    ids = torch.randint(0, 250, (40,), generator=torch.Generator().manual_seed(6))
-    a = make_engine("qwen2", method="actqkv", positions="exact").prefill_ids(ids).last_logits
-    b = make_engine("qwen2", method="actqkv", positions="fixed").prefill_ids(ids).last_logits
-    torch.testing.assert_close(a, b)
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_exact_positions_with_every_block_picked_are_full_attention(make_engine, arch):
+    """Memory at its true positions, sinks and every evicted block picked, one softmax with the
+    window: that is plain attention, far past the local window."""
+    ids = torch.randint(0, 250, (300,), generator=torch.Generator().manual_seed(6))
+    every = dict(SMALL, budget=4 + 64 + 8 * 40, budget_rule="fixed", positions="exact")  # room for 40 blocks
+    eng = make_engine(arch, method="actqkv", **every)
+    doc = eng.prefill_ids(ids)
+    assert 10 < doc.n_blocks <= 40
+    full = make_engine(arch, method="full").prefill_ids(ids)
+    torch.testing.assert_close(doc.last_logits, full.last_logits, rtol=1e-4, atol=1e-4)
+    at_fixed = make_engine(arch, method="actqkv", **dict(every, positions="fixed")).prefill_ids(ids)
+    assert not torch.allclose(at_fixed.last_logits, full.last_logits, rtol=1e-4, atol=1e-4)
 
 
 def test_rerank_over_every_block_picks_the_oracles_blocks_for_a_decoded_token(make_engine):
@@ -148,3 +155,17 @@ def test_rerank_over_every_block_picks_the_oracles_blocks_for_a_decoded_token(ma
     assert decode and all(r["recall"] == pytest.approx(r["oracle"], abs=1e-4) for r in decode)
     plain = [r for r in _measured(make_engine, "actqkv", positions="exact") if r["phase"] == "decode"]
     assert sum(r["recall"] for r in decode) >= sum(r["recall"] for r in plain) - 1e-6
+
+
+def test_bench_recall_writes_its_tables_and_plot(tmp_path, make_engine):
+    from actqkv_llm.bench.recall import run_recall
+
+    eng = make_engine("llama", method="actqkv", **SMALL)
+    summary = run_recall(tmp_path, engine=eng, variants=["full", "actqkv", "infllm+budget=92"],
+                         task="passkey:filler", lengths=[600], samples=1, progress=False,
+                         count_tokens=lambda text: len(text.encode()), max_new_tokens=3)
+    assert list(summary) == ["full", "actqkv", "infllm+budget=92"]
+    assert summary["full"]["phases"] == {} and summary["actqkv"]["phases"]["question"]["oracle"] > 0
+    for name in ("recall.jsonl", "recall.json", "recall.md", "recall.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "| actqkv |" in (tmp_path / "recall.md").read_text()

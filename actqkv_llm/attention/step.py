@@ -55,34 +55,25 @@ class StepContext:
             mode = "exact" if first_q + t <= adapter.native_window else "fixed"
         if mode == "fixed":
             cos, sin = adapter.rope_table(kind.rope_type, cfg.n_local + 1)
-            fixed = cfg.n_local  # memory sits just beyond the farthest local distance
-            return MemoryQuery(mode, lambda x: rotate(x, cos[fixed:fixed + 1], sin[fixed:fixed + 1]), None, scaling,
-                               phase=self.phase)
+            fixed = slice(cfg.n_local, cfg.n_local + 1)  # memory sits just beyond the farthest local distance
+            return MemoryQuery(mode, lambda x: rotate(x, cos[fixed], sin[fixed]), None, scaling, self.phase)
+        # memory lies before the window, so the queries' positions bound every position needed
         cos, sin = adapter.rope_table(kind.rope_type, first_q + t)
-        qpos = slice(first_q, first_q + t)
+        at = slice(first_q, first_q + t)
+        last = slice(first_q + t - 1, first_q + t)
 
         def rotate_q(x):
-            return rotate(x, cos[qpos], sin[qpos]) if x.shape[1] == t else \
-                rotate(x, cos[first_q + t - 1:first_q + t], sin[first_q + t - 1:first_q + t])
+            return rotate(x, cos[at], sin[at]) if x.shape[1] == t else rotate(x, cos[last], sin[last])
 
-        def rotate_keys(k, first_block):
-            start = cfg.n_sink + first_block * cfg.block_size
-            end = start + k.shape[1]
-            c, sn = adapter.rope_table(kind.rope_type, end)
-            return rotate(k, c[start:end], sn[start:end])
+        def rotate_blocks(k, ids):
+            """Gathered keys ``[Hkv, n*B, d]`` of blocks ``ids`` (``[n]`` or ``[Hkv, n]``) at their true positions."""
+            b = cfg.block_size
+            rows = ids if ids.dim() == 2 else ids[None]
+            pos = (cfg.n_sink + rows[..., None] * b + torch.arange(b, device=ids.device)).flatten(-2)
+            pos = pos.to(cos.device)
+            return rotate(k, cos[pos], sin[pos])
 
-        return MemoryQuery(mode, rotate_q, rotate_keys, scaling, phase=self.phase,
-                           rotate_blocks=lambda k, blocks: self._true_position_keys(kind, blocks, k))
-
-    def _true_position_keys(self, kind, blocks: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Rotate gathered block keys ``[Hkv, n*B, d]`` to their blocks' true positions."""
-        cfg = self.session.config
-        b = cfg.block_size
-        ids = blocks if blocks.dim() == 2 else blocks[None]
-        pos = (cfg.n_sink + ids[..., None] * b + torch.arange(b, device=ids.device)).flatten(-2)  # [rows, n*B]
-        cos, sin = self.session.adapter.rope_table(kind.rope_type, int(pos.max()) + 1)
-        pos = pos.to(cos.device)
-        return rotate(k, cos[pos], sin[pos])
+        return MemoryQuery(mode, rotate_q, rotate_blocks, scaling, self.phase)
 
     def _exec_block(self, slot: int, layer: int, q, k, v, scaling, softcap) -> torch.Tensor:
         s = self.session
@@ -106,8 +97,8 @@ class StepContext:
             sel = method.select(q, mem, rstate, mq, self.budget, slot, layer, self.phase == QUESTION)
             if sel.blocks is not None:
                 k_mem, v_mem = mem.blocks.gather(sel.blocks, q.device)
-                if mq.mode == "exact":
-                    k_mem = self._true_position_keys(kind, sel.blocks, k_mem)
+                if mq.rotate_blocks is not None:
+                    k_mem = mq.rotate_blocks(k_mem, sel.blocks)
                 s.note_retrieval(layer, sel.blocks, mem.n_blocks)
             if sel.l1_k is not None:
                 k_mem = sel.l1_k if k_mem is None else torch.cat([k_mem, sel.l1_k.to(k_mem.dtype)], 1)
@@ -127,7 +118,7 @@ class StepContext:
         k_loc = rotate(torch.cat([mem.local_k, k.to(mem.dtype)], 1), cos[:lk], sin[:lk])
         v_loc = torch.cat([mem.local_v, v.to(mem.dtype)], 1)
         q_loc = rotate(q, cos[n_loc:lk], sin[n_loc:lk])
-        q_mem = mq.rotate_q(q) if k_mem is not None else None
+        q_mem = mq.at_memory(q) if k_mem is not None else None
 
         out, mass_loc, mass_mem = attend(q_loc, k_loc, v_loc, q_mem, k_mem, v_mem, scaling,
                                          window=kind.window, softcap=softcap,

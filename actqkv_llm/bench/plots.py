@@ -131,3 +131,23 @@ def plot_speed(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     axes[0].legend()
     axes[1].legend(fontsize="small")
     return _save(fig, Path(path))
+
+
+def plot_recall(summary: dict[str, Any], path: str | Path, phase: str = "question") -> Path:
+    """Memory mass recalled per layer in ``phase``: each variant's selected blocks (solid) and the
+    oracle at the same number of blocks (dotted, same colour). ``summary``: :func:`bench.recall.summarize`."""
+    fig = _figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for i, (variant, s) in enumerate(summary.items()):
+        rows = [x for x in s["per_layer"] if x["phase"] == phase]
+        if rows:
+            layers = [x["layer"] for x in rows]
+            ax.plot(layers, [x["recall"] for x in rows], marker="o", ms=3, color=f"C{i}", label=variant)
+            ax.plot(layers, [x["oracle"] for x in rows], linestyle=":", color=f"C{i}")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"memory mass recalled ({phase})")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("selected blocks (solid) vs oracle at the same budget (dotted)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, Path(path))

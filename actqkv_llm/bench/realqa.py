@@ -189,10 +189,6 @@ def load_text() -> str:
     return _read(str(path), path.stat().st_mtime_ns)
 
 
-def _squash(text: str) -> str:
-    return " ".join(text.split())
-
-
 def normalize(text: str) -> str:
     """Lower case, hyphens and dashes as spaces, straight quotes, whitespace collapsed."""
     text = text.lower().replace("\u2019", "'").replace("\u201c", '"').replace("\u201d", '"')

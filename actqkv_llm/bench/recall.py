@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -86,44 +87,17 @@ def markdown(summary: dict[str, Any], info: dict[str, Any]) -> str:
              "| variant | accuracy | question recall / oracle | decode recall / oracle | worst layer (question) "
              "| memory tokens per step (question) | prefill s | answer s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    def cell(p: dict | None) -> str:
+        return f"{p['recall']:.3f} / {p['oracle']:.3f} ({p['ratio']:.2f})" if p else "-"
+
     for v, s in summary.items():
         q, d = s["phases"].get("question"), s["phases"].get("decode")
-        cell = (lambda p: f"{p['recall']:.3f} / {p['oracle']:.3f} ({p['ratio']:.2f})" if p else "-")
-        lines.append(f"| {v} | {s['accuracy']:.0%} ({s['n']}) | {cell(q)} | {cell(d)} | "
-                     f"{q['min_layer_ratio']:.2f} |" if q else f"| {v} | {s['accuracy']:.0%} ({s['n']}) | - | - | - |")
-        if q:
-            lines[-1] += f" {q['memory_tokens']:.0f} | {s['prefill_s']:.2f} | {s['answer_s']:.2f} |"
-        else:
-            lines[-1] += f" - | {s['prefill_s']:.2f} | {s['answer_s']:.2f} |"
+        worst, tokens = (f"{q['min_layer_ratio']:.2f}", f"{q['memory_tokens']:.0f}") if q else ("-", "-")
+        lines.append(f"| {v} | {s['accuracy']:.0%} ({s['n']}) | {cell(q)} | {cell(d)} | {worst} | {tokens} "
+                     f"| {s['prefill_s']:.2f} | {s['answer_s']:.2f} |")
     lines += ["", "recall: share of full attention's memory-block mass held by the selected blocks; oracle: "
               "the same share for the top blocks by true mass, as many per KV head; (ratio)."]
     return "\n".join(lines) + "\n"
-
-
-def plot(summary: dict[str, Any], path: Path, phase: str = "question") -> Path | None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for v, s in summary.items():
-        rows = [x for x in s["per_layer"] if x["phase"] == phase]
-        if not rows:
-            continue
-        line, = ax.plot([x["layer"] for x in rows], [x["recall"] for x in rows], marker="o", ms=3, label=v)
-        ax.plot([x["layer"] for x in rows], [x["oracle"] for x in rows], ls=":", color=line.get_color())
-    ax.set_xlabel("layer")
-    ax.set_ylabel(f"memory mass recalled ({phase})")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("selected blocks (solid) vs oracle at the same budget (dotted)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def run_recall(out_dir: str | Path = "bench-results/recall", *, engine: Any = None,
@@ -200,5 +174,9 @@ def run_recall(out_dir: str | Path = "bench-results/recall", *, engine: Any = No
     (out_dir / "recall.json").write_text(json.dumps({"info": info, "summary": summary}, indent=1))
     (out_dir / "recall.md").write_text(markdown(summary, info))
     if plots:
-        plot(summary, out_dir / "recall.png")
+        from .plots import PlotsUnavailableError, plot_recall
+        try:
+            plot_recall(summary, out_dir / "recall.png")
+        except PlotsUnavailableError as exc:  # the results are written; only the figure is missing
+            warnings.warn(f"no recall.png: {exc}", RuntimeWarning, stacklevel=2)
     return summary

@@ -87,11 +87,8 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
 def sha256_cache_file(path: Path, expected_bytes: int | None = None, chunk: int = 8 << 20) -> str:
     """sha256 of a cache file: a regular file only (never a symlink, FIFO or device), of exactly
     ``expected_bytes`` when given. CacheError naming the file otherwise."""
-    fd, size = open_regular(path)
+    fd, _ = open_regular(path, expected_bytes)
     try:
-        if expected_bytes is not None and size != expected_bytes:
-            raise CacheError(f"{path} is truncated or damaged: {size} bytes, the manifest says "
-                             f"{expected_bytes}; prefill the document again")
         with open(fd, "rb", closefd=False) as f:
             return _sha256_stream(f, chunk)
     except OSError as exc:

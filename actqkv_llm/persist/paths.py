@@ -117,9 +117,10 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def open_regular(path: Path) -> tuple[int, int]:
-    """``(fd, size)`` of ``path`` opened read-only, which must be a regular file: a symlink, FIFO,
-    device or directory is refused without blocking. Errors are :class:`CacheError` naming the file."""
+def open_regular(path: Path, expected: int | None = None) -> tuple[int, int]:
+    """``(fd, size)`` of ``path`` opened read-only, which must be a regular file (a symlink, FIFO,
+    device or directory is refused without blocking) of exactly ``expected`` bytes when given.
+    Errors are :class:`CacheError` naming the file."""
     try:
         fd = os.open(path, _READ_FLAGS)
     except FileNotFoundError:
@@ -136,6 +137,9 @@ def open_regular(path: Path) -> tuple[int, int]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise CacheError(f"{path} is {_kind(st.st_mode)}: cache files must be regular files")
+        if expected is not None and st.st_size != expected:
+            raise CacheError(f"{path} is truncated or damaged: {st.st_size} bytes, the manifest says "
+                             f"{expected}; prefill the document again")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
     except BaseException:
@@ -146,11 +150,7 @@ def open_regular(path: Path) -> tuple[int, int]:
 
 def check_size(path: Path, expected: int) -> None:
     """``path`` is a regular file of exactly ``expected`` bytes (else CacheError naming it)."""
-    fd, size = open_regular(path)
-    os.close(fd)
-    if size != expected:
-        raise CacheError(f"{path} is truncated or damaged: {size} bytes, the manifest says {expected}; "
-                         "prefill the document again")
+    os.close(open_regular(path, expected)[0])
 
 
 def read_fd(fd: int, n: int, offset: int, path: Path) -> bytes:
@@ -172,11 +172,8 @@ def read_fd(fd: int, n: int, offset: int, path: Path) -> bytes:
 def read_regular(path: Path, limit: int, expected: int | None = None) -> bytes:
     """The whole content of regular file ``path``: at most ``limit`` bytes, exactly ``expected``
     when given (else CacheError naming the file and the sizes)."""
-    fd, size = open_regular(path)
+    fd, size = open_regular(path, expected)
     try:
-        if expected is not None and size != expected:
-            raise CacheError(f"{path} is truncated or damaged: {size} bytes, the manifest says {expected}; "
-                             "prefill the document again")
         if size > limit:
             raise CacheError(f"{path} is too large ({size} bytes, at most {limit} expected)")
         return read_fd(fd, size, 0, path)

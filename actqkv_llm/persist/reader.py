@@ -66,11 +66,8 @@ class BlocksFile:
         self.shape = (manifest.kv_heads, manifest.block_size, manifest.head_dim)
         self.part_bytes = manifest.kv_heads * manifest.block_size * manifest.head_dim * self.stored.itemsize
         self.block_bytes = 2 * self.part_bytes
-        self._fd, size = open_regular(path)
+        self._fd, size = open_regular(path, manifest.files[BLOCKS].bytes)
         try:
-            if size != manifest.files[BLOCKS].bytes:
-                raise CacheError(f"{path} is truncated or damaged: {size} bytes, the manifest says "
-                                 f"{manifest.files[BLOCKS].bytes}; prefill the document again")
             self._offsets = self._data_offsets(size)
         except BaseException:
             os.close(self._fd)

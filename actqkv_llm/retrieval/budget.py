@@ -16,16 +16,24 @@ from typing import Callable
 import torch
 
 
-def normalized_entropy(scores: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(scores) divided by log N (1 = uniform, 0 = one block has it all).
+def normalized_entropy(scores: torch.Tensor, mass: bool = False) -> torch.Tensor:
+    """Entropy along the last dimension divided by log N (1 = uniform, 0 = one block has it all).
 
-    Returns a 0-d tensor on the scores' device so that a step never waits for the device.
+    ``scores`` are logits (the distribution is their softmax) or, with ``mass``, non-negative
+    attention-mass estimates (the distribution is the normalised row). Returns a tensor of the
+    leading shape (0-d for one row) on the scores' device, so that a step never waits for it.
     """
-    n = scores.numel()
+    n = scores.shape[-1]
     if n <= 1:
-        return scores.new_zeros((), dtype=torch.float32)
-    logp = torch.log_softmax(scores.float(), 0)
-    return -(logp.exp() * logp).sum() / math.log(n)
+        return scores.new_zeros(scores.shape[:-1], dtype=torch.float32)
+    if mass:
+        p = scores.float().clamp_min(0)
+        p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
+        logp = p.clamp_min(1e-30).log()
+    else:
+        logp = torch.log_softmax(scores.float(), -1)
+        p = logp.exp()
+    return -(p * logp).sum(-1) / math.log(n)
 
 
 class FixedTopK:

@@ -10,17 +10,15 @@ memory sits (fixed angle or true positions) so scorers can score with the rotati
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from typing import TYPE_CHECKING, Callable
-
 from ..config import RetrievalConfig
-from .budget import DynamicCutoff, EntropyRefill, FixedTopK
-from .probe import ActivationStats, _group, activation_probe, token_weights
-from .score import bound_logits, cosine_scores, key_logits, reduce_tokens
+from .budget import DynamicCutoff, EntropyRefill, FixedTopK, normalized_entropy
+from .probe import ActivationStats, _group, token_weights, weighted_mean
+from .score import bound_logits, cosine_scores, dot_scores, key_logits, reduce_tokens
 
 if TYPE_CHECKING:
     from ..memory.layer_memory import LayerMemory
@@ -72,17 +70,25 @@ class MemoryQuery:
     """What a scorer needs to know about one execution block's memory attention.
 
     ``rotate_q(q)`` rotates ``[H, T, d]`` queries the way attention will for memory keys (one fixed
-    angle, or each token's true position); ``rotate_keys`` brings stored keys of blocks to their
-    true positions (None at the fixed angle); ``scaling`` is the model's logit scale.
+    angle, or each token's true position; a pooled ``[H, 1, d]`` probe at the block's last one);
+    ``rotate_blocks(k, ids)`` brings gathered keys ``[Hkv, n*B, d]`` of blocks ``ids`` (``[n]`` or
+    ``[Hkv, n]``) to their true positions (None at the fixed angle); ``scaling`` is the model's
+    logit scale; ``phase`` is the pass's (document, question or decode).
     """
 
     mode: str
     rotate_q: Callable[[torch.Tensor], torch.Tensor]
-    rotate_keys: Callable[[torch.Tensor, int], torch.Tensor] | None
+    rotate_blocks: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
     scaling: float
     phase: str = "document"
-    # gathered keys [Hkv, n*B, d] of blocks [n] or [Hkv, n] -> at their true positions (None: fixed angle)
-    rotate_blocks: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    _last: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    def at_memory(self, x: torch.Tensor) -> torch.Tensor:
+        """``rotate_q(x)``, computed once per tensor: the scorer, a rerank and the attention itself
+        all rotate the same execution block's queries."""
+        if self._last is None or self._last[0] is not x:
+            self._last = (x, self.rotate_q(x))
+        return self._last[1]
 
 
 @dataclass
@@ -96,7 +102,6 @@ class Selection:
 
     blocks: torch.Tensor | None
     evidence: torch.Tensor
-    entropy: torch.Tensor
     l1_k: torch.Tensor | None = None
     l1_v: torch.Tensor | None = None
 
@@ -128,9 +133,7 @@ class ActivationProbe(Probe):
     """ActQKV: one query, tokens weighted by their activation bias."""
 
     def __call__(self, q, state):
-        h, t, d = q.shape
-        w = token_weights(q, state.stats)
-        return torch.einsum("t,htd->hd", w, q.float())[:, None], q.new_ones(1, dtype=torch.float32)
+        return weighted_mean(q, token_weights(q, state.stats))[:, None], q.new_ones(1, dtype=torch.float32)
 
 
 class TokenProbe(Probe):
@@ -149,7 +152,6 @@ class Scorer:
     (entropy of the normalised row), the others logits (entropy of their softmax)."""
 
     mass = False
-    per_head_only = False
 
     def __call__(self, tokens: torch.Tensor, weights: torch.Tensor, mem: "LayerMemory",
                  state: LayerRetrievalState, mq: MemoryQuery) -> torch.Tensor:
@@ -160,9 +162,7 @@ class RepresentativeDot(Scorer):
     """InfLLM: dot product of the probe (query heads averaged per KV head) with each block's summary key."""
 
     def __call__(self, tokens, weights, mem, state, mq):
-        probe = _group(tokens[:, 0].float(), mem.kv_heads)  # [Hkv, d]
-        parts = [torch.einsum("nhd,hd->hn", s.float(), probe) for s in mem.summaries.parts()]
-        return torch.cat(parts, 1)
+        return dot_scores(_group(tokens[:, 0].float(), mem.kv_heads), mem.summaries.parts())
 
 
 class RepresentativeCosine(Scorer):
@@ -186,8 +186,8 @@ class BoundScorer(Scorer):
         self.mass = reduce == "softmax"
 
     def __call__(self, tokens, weights, mem, state, mq):
-        lo, hi, _, _ = mem.digests(mq.mode, mq.rotate_keys)
-        u = bound_logits(mq.rotate_q(tokens), lo, hi)
+        lo, hi, _, _ = mem.digests(mq.mode, mq.rotate_blocks)
+        u = bound_logits(mq.at_memory(tokens), lo, hi)
         return reduce_tokens(u, weights, mem.kv_heads, self.reduce, mq.scaling)
 
 
@@ -197,24 +197,9 @@ class FirstLevelScorer(Scorer):
     mass = True
 
     def __call__(self, tokens, weights, mem, state, mq):
-        _, _, k_mean, _ = mem.digests(mq.mode, mq.rotate_keys)
-        u = key_logits(mq.rotate_q(tokens), k_mean)
+        _, _, k_mean, _ = mem.digests(mq.mode, mq.rotate_blocks)
+        u = key_logits(mq.at_memory(tokens), k_mean)
         return reduce_tokens(u, weights, mem.kv_heads, "softmax", mq.scaling)
-
-
-def row_entropy(evidence: torch.Tensor, mass: bool) -> torch.Tensor:
-    """Mean over rows of the normalised entropy of each row's distribution over blocks (0-d tensor)."""
-    n = evidence.shape[-1]
-    if n <= 1:
-        return evidence.new_zeros((), dtype=torch.float32)
-    if mass:
-        p = evidence.float().clamp_min(0)
-        p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
-        logp = p.clamp_min(1e-30).log()
-    else:
-        logp = torch.log_softmax(evidence.float(), -1)
-        p = logp.exp()
-    return (-(p * logp).sum(-1) / math.log(n)).mean()
 
 
 # ---------------------------------------------------------------------- methods
@@ -302,7 +287,7 @@ class BlockRetrieval(RetrievalMethod):
         evidence = self.scorer(tokens, weights, mem, state, mq)
         if not self.per_head and evidence.shape[0] > 1:
             evidence = evidence.sum(0, keepdim=True)
-        h = row_entropy(evidence, self.scorer.mass)
+        h = normalized_entropy(evidence, mass=self.scorer.mass).mean()
         state.observe_entropy(h)
         n = budget.blocks_for(slot, layer, mem.n_blocks, h)
         picked = None
@@ -312,7 +297,7 @@ class BlockRetrieval(RetrievalMethod):
             else:
                 picked = evidence.topk(n, -1).indices.sort(-1).values
             picked = picked[0] if picked.shape[0] == 1 else picked
-        return Selection(picked, evidence, h)
+        return Selection(picked, evidence)
 
     def _rerank(self, q: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery, evidence: torch.Tensor, n: int,
                 weights: torch.Tensor | None) -> torch.Tensor:
@@ -327,7 +312,7 @@ class BlockRetrieval(RetrievalMethod):
             k = mq.rotate_blocks(k, ids)
         h, t, d = q.shape
         hkv, b = mem.kv_heads, mem.block_size
-        qr = mq.rotate_q(q).float().reshape(hkv, (h // hkv) * t, d)
+        qr = mq.at_memory(q).float().reshape(hkv, (h // hkv) * t, d)
         p = torch.softmax(torch.matmul(qr, k.float().transpose(1, 2)) * mq.scaling, -1)  # [Hkv, g*t, m*B]
         if weights is not None:
             p = p.view(hkv, h // hkv, t, -1) * weights.view(1, 1, t, 1)
@@ -375,7 +360,7 @@ class ACRE(BlockRetrieval):
             ev.scatter_(1, idx, float("-inf"))
         n_l1 = min(self.config.l1_budget, mem.n_blocks - sel.n_blocks)
         if n_l1 > 0:
-            _, _, k_mean, v_mean = mem.digests(mq.mode, mq.rotate_keys)
+            _, _, k_mean, v_mean = mem.digests(mq.mode, mq.rotate_blocks)
             top = ev.topk(n_l1, -1).indices.sort(-1).values               # [Hkv, L]
             heads = torch.arange(mem.kv_heads, device=top.device)[:, None]
             sel.l1_k = k_mean[top, heads].to(mem.dtype)

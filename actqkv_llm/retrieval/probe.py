@@ -75,11 +75,12 @@ def activation_probe(q: torch.Tensor, kv_heads: int, stats: ActivationStats) -> 
 
     ``stats`` must already include this block's queries (so one token is not its own outlier).
     """
-    h, t, d = q.shape
-    feats = q.permute(1, 0, 2).reshape(t, h * d)
-    b = stats.bias(feats)
-    w = b / b.sum().clamp_min(1e-12)
-    return _group(torch.einsum("t,htd->hd", w, q.float()), kv_heads)
+    return _group(weighted_mean(q, token_weights(q, stats)), kv_heads)
+
+
+def weighted_mean(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``sum_t w_t q_t`` per query head: ``[H, T, d]`` and ``[T]`` -> ``[H, d]`` (float32)."""
+    return torch.einsum("t,htd->hd", w, q.float())
 
 
 def token_weights(q: torch.Tensor, stats: ActivationStats | None) -> torch.Tensor:

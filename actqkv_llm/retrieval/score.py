@@ -7,12 +7,13 @@ import torch.nn.functional as F
 
 
 def dot_scores(probe: torch.Tensor, summaries: list[torch.Tensor]) -> torch.Tensor:
-    """InfLLM: dot product of the probe with each block's summary, heads concatenated.
+    """InfLLM: dot product of the probe with each block's summary, per KV head (their sum over
+    heads is InfLLM's score with the heads concatenated).
 
-    probe ``[Hkv, d]``; summaries: parts of ``[n_i, Hkv, d]``. Returns ``[sum n_i]``.
+    probe ``[Hkv, d]``; summaries: parts of ``[n_i, Hkv, d]``. Returns ``[Hkv, sum n_i]``.
     """
-    p = probe.reshape(-1).float()
-    return torch.cat([s.reshape(s.shape[0], -1).float() @ p for s in summaries])
+    p = probe.float()
+    return torch.cat([torch.einsum("nhd,hd->hn", s.float(), p) for s in summaries], 1)
 
 
 def inverse_norms(summaries: torch.Tensor) -> torch.Tensor:

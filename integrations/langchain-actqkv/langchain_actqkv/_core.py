@@ -198,10 +198,6 @@ class ActQKVParams(BaseModel):
         return list(self._tokenizer().encode(text, add_special_tokens=False))
 
     # ------------------------------------------------------------------ documents
-    @property
-    def is_bound(self) -> bool:
-        return any(getattr(self, n) is not None for n in DOCUMENT_ARGS)
-
     def _chat_layout(self) -> bool:
         return True
 
