@@ -102,6 +102,10 @@ class RetrievalConfig:
             (1: no second stage). Costs reading those candidates' keys each step.
         l1_budget: ``acre`` only: tokens of first-level entries attended per step (one entry per
             block; the entries with the highest logits when there are more blocks than this).
+        batch_prefill: run a prefill chunk's execution blocks as one batch per layer (one scoring,
+            top-k, gather and attention; the same result as one by one, up to float rounding) where
+            the method allows it (``bound`` scorer with a per-token probe); False always runs the
+            reference loop, one execution block at a time.
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """
@@ -129,6 +133,7 @@ class RetrievalConfig:
     rerank: int = 1
     min_refill: int | None = None
     max_refill: int | None = None
+    batch_prefill: bool = True
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -301,6 +306,8 @@ class RetrievalConfig:
                     f"acre: the budget ({self.budget}) leaves room for {hi} refilled block(s) after sinks "
                     f"({self.n_sink}), window ({self.n_local}) and L1 entries ({self.l1_budget}); it needs "
                     f"at least max(min_refill, 1) = {max(lo, 1)}: raise the budget or lower l1_budget")
+        if not isinstance(self.batch_prefill, bool):
+            raise ConfigError(f"batch_prefill must be True or False, got {self.batch_prefill!r}")
         if self.offload not in (True, False, "auto"):
             raise ConfigError(f"offload must be True, False or 'auto', got {self.offload!r}")
         if self.uses_memory:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..retrieval.methods import MemoryQuery
+from .chunk import attend_chunk, chunk_plan
 from .reference import attend
 from .rope import rotate
 
@@ -38,6 +39,9 @@ class StepContext:
         s = self.session
         cfg, method = s.config, s.method
         t_all = q.shape[1]
+        plan = chunk_plan(self, layer, t_all)
+        if plan is not None:
+            return attend_chunk(self, layer, plan, q, k, v, scaling, softcap)
         step = cfg.exec_block if method.bounded else t_all
         outs = []
         for slot, a in enumerate(range(0, t_all, step)):

@@ -95,6 +95,28 @@ class LayerMemory:
         self.summaries.append(representative_keys(k, score, policy.repr_topk))
         self.blocks.append(k.contiguous(), v.contiguous())
 
+    def store_blocks(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Batched prefill (attention/chunk.py): the full KV ``[Hkv, n*B, d]`` of blocks that will leave
+        the window during this chunk, stored ahead so its execution blocks can pick them; their
+        summaries follow in :meth:`settle_chunk`."""
+        b = self.block_size
+        n = k.shape[1] // b
+        self.blocks.append(k.reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1).contiguous(),
+                           v.reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1).contiguous())
+
+    def settle_chunk(self, k: torch.Tensor, v: torch.Tensor, score: torch.Tensor, evicted: int, repr_topk: int) -> None:
+        """Batched prefill: ``[window | chunk]`` keys, values and their attention mass ``[Hkv, L]``;
+        the first ``evicted`` tokens left as blocks (stored by :meth:`store_blocks`) and get their
+        summaries; the rest is the new window."""
+        if evicted:
+            b = self.block_size
+            n = evicted // b
+            kb = k[:, :evicted].reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1)
+            sb = score[:, :evicted].reshape(self.kv_heads, n, b).transpose(0, 1)
+            self.summaries.append(representative_keys(kb, sb, repr_topk))
+        self.local_k, self.local_v, self.local_score = k[:, evicted:], v[:, evicted:], score[:, evicted:]
+        self.local_start += evicted
+
     def append_local(self, k: torch.Tensor, v: torch.Tensor, score: torch.Tensor | None = None) -> None:
         """Add new tokens' unrotated keys and values ``[Hkv, t, d]`` to the window."""
         self.local_k = torch.cat([self.local_k, k.to(self.dtype)], 1)

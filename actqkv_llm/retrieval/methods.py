@@ -17,7 +17,7 @@ import torch
 
 from ..config import RetrievalConfig
 from .budget import DynamicCutoff, EntropyRefill, FixedTopK, normalized_entropy
-from .probe import ActivationStats, _group, token_weights, weighted_mean
+from .probe import ActivationStats, _group, activation_bias, token_weights, weighted_mean
 from .score import bound_logits, cosine_scores, dot_scores, key_logits, reduce_tokens
 
 if TYPE_CHECKING:
@@ -38,6 +38,11 @@ class LayerRetrievalState:
         """Add one step's normalized entropy; no host sync (read back once per pass, see :func:`entropy_means`)."""
         self.entropy_total = self.entropy_total + h
         self.entropy_count += 1
+
+    def observe_entropies(self, h: torch.Tensor) -> None:
+        """Add several steps' normalized entropies ``[E]`` at once (a batched prefill chunk)."""
+        self.entropy_total = self.entropy_total + h.sum()
+        self.entropy_count += h.numel()
 
     @property
     def entropy_mean(self) -> float:
@@ -145,8 +150,28 @@ class TokenProbe(Probe):
     def __call__(self, q, state):
         return q, token_weights(q, state.stats if self.activation else None)
 
+    def chunk_weights(self, q: torch.Tensor, state: LayerRetrievalState, sizes: tuple[int, ...]) -> torch.Tensor:
+        """Every execution block's token weights at once: ``[E, S]`` (zero on the last block's
+        padding), each row as :meth:`__call__` gives it after the statistics saw that block."""
+        h, t, d = q.shape
+        n_e, size = len(sizes), sizes[0]
+        valid = torch.arange(size, device=q.device)[None] \
+            < torch.tensor(sizes, device=q.device)[:, None]
+        if not self.activation or state.stats is None:
+            return valid / torch.tensor(sizes, device=q.device, dtype=torch.float32)[:, None]
+        feats = q.permute(1, 0, 2).reshape(t, h * d).float()
+        means, var = state.stats.update_blocks(feats, sizes)
+        pad = n_e * size - t
+        if pad:
+            feats = torch.cat([feats, feats.new_zeros((pad, feats.shape[1]))])
+        b = activation_bias(feats.view(n_e, size, -1), means, var) * valid
+        return b / b.sum(1, keepdim=True).clamp_min(1e-12)
+
 
 # ---------------------------------------------------------------------- scorers
+# Largest per-token score tensor a batched prefill chunk materialises at once (elements).
+CHUNK_SCORE_ELEMENTS = 1 << 27
+
 class Scorer:
     """Evidence ``[rows, n_blocks]`` for every block; ``mass`` scorers give attention-mass estimates
     (entropy of the normalised row), the others logits (entropy of their softmax)."""
@@ -189,6 +214,30 @@ class BoundScorer(Scorer):
         lo, hi, _, _ = mem.digests(mq.mode, mq.rotate_blocks)
         u = bound_logits(mq.at_memory(tokens), lo, hi)
         return reduce_tokens(u, weights, mem.kv_heads, self.reduce, mq.scaling)
+
+    def chunk(self, q_mem: torch.Tensor, weights: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery,
+              n_avail: torch.Tensor) -> torch.Tensor:
+        """Every execution block's evidence at once: q_mem ``[H, E, S, d]`` (at the memory's rotation),
+        weights ``[E, S]``, ``n_avail [E]`` blocks each may see -> ``[E, Hkv, N]`` (0 / -inf beyond)."""
+        lo, hi, _, _ = mem.digests(mq.mode, mq.rotate_blocks)
+        h, n_e, size, d = q_mem.shape
+        hkv, n = mem.kv_heads, lo.shape[0]
+        hidden = torch.arange(n, device=q_mem.device)[None] >= n_avail[:, None]      # [E, N]
+        step = max(1, CHUNK_SCORE_ELEMENTS // max(1, h * size * n))
+        out = []
+        for a in range(0, n_e, step):
+            e = slice(a, min(n_e, a + step))
+            ne = e.stop - e.start
+            u = bound_logits(q_mem[:, e].reshape(h, ne * size, d), lo, hi)
+            u = u.view(hkv, h // hkv, ne, size, n).permute(2, 0, 1, 3, 4)           # [E', Hkv, G, S, N]
+            u = u.masked_fill(hidden[e, None, None, None], float("-inf"))
+            if self.reduce == "max":
+                u = u.masked_fill(weights[e, None, None, :, None] == 0, float("-inf"))
+                out.append(u.amax((2, 3)))
+            else:
+                p = torch.softmax(u * mq.scaling, -1)
+                out.append(torch.einsum("ekgsn,es->ekn", p, weights[e].float()))
+        return torch.cat(out)
 
 
 class FirstLevelScorer(Scorer):
@@ -264,6 +313,15 @@ class BlockRetrieval(RetrievalMethod):
         self.tracks_activations = sel("probe") in ("activation", "activation-tokens")
         self.uses_question = scorer == "cosine"
         self.rerank = config.rerank
+        # a prefill chunk's execution blocks may run as one batch (attention/chunk.py): selection
+        # reads key bounds, never the summaries made from the window's attention
+        self.batchable = scorer == "bound" and isinstance(self.probe, TokenProbe) and self.name != "acre"
+
+    def chunk_evidence(self, q_mem: torch.Tensor, weights: torch.Tensor, mem: "LayerMemory",
+                       mq: MemoryQuery, n_avail: torch.Tensor) -> torch.Tensor:
+        """Evidence ``[E, rows, N]`` of a batched chunk (rows: Hkv per head, 1 shared)."""
+        ev = self.scorer.chunk(q_mem, weights, mem, mq, n_avail)
+        return ev if self.per_head else ev.sum(1, keepdim=True)
 
     def observe(self, q, state):
         if state.stats is not None:

@@ -43,20 +43,50 @@ class ActivationStats:
             self.m2 = self.m2 + m2_b + delta**2 * (self.count * n_b / total)
         self.count = total
 
+    def update_blocks(self, q: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add ``[T, F]`` query features that arrive as consecutive blocks of ``sizes`` tokens.
+
+        Returns the mean and variance ``[E, F]`` as they stand after each block (what
+        :meth:`update` block by block would leave), in one pass: sums of deviations from a shift
+        near the mean, accumulated over the blocks.
+        """
+        q = q.float()
+        n_e, size = len(sizes), sizes[0]
+        shift = self.mean if self.count else q[:size].mean(0)
+        x = q - shift
+        pad = n_e * size - q.shape[0]
+        if pad:
+            x = torch.cat([x, x.new_zeros((pad, x.shape[1]))])
+        x = x.view(n_e, size, -1)  # padding rows are zeros: they add nothing to the sums
+        counts = torch.tensor(sizes, dtype=torch.float32, device=q.device).cumsum(0)[:, None] + self.count
+        off = self.mean - shift
+        s1 = (x.sum(1).cumsum(0) + self.count * off)
+        s2 = ((x * x).sum(1).cumsum(0) + self.m2 + self.count * off * off)
+        means = shift + s1 / counts
+        m2 = (s2 - s1 * s1 / counts).clamp_min(0)
+        self.count += sum(sizes)
+        self.mean, self.m2 = means[-1], m2[-1]
+        return means, m2 / counts
+
     @property
     def var(self) -> torch.Tensor:
         return self.m2 / max(self.count, 1)
 
     def bias(self, q: torch.Tensor) -> torch.Tensor:
         """Activation bias ``[T]`` of ``[T, F]`` queries against the running statistics."""
-        var = self.var
-        dev = (q.float() - self.mean) ** 2 / (var + var.mean() * VARIANCE_FLOOR_RATIO + 1e-12)
-        return dev.mean(-1)
+        return activation_bias(q, self.mean, self.var)
 
     def clone(self) -> "ActivationStats":
         other = ActivationStats.__new__(ActivationStats)
         other.count, other.mean, other.m2 = self.count, self.mean, self.m2  # replaced, never mutated
         return other
+
+
+def activation_bias(q: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """ActQKV's bias of queries ``[..., T, F]`` against statistics ``[..., F]``: ``[..., T]``."""
+    floor = var.mean(-1, keepdim=True) * VARIANCE_FLOOR_RATIO + 1e-12
+    dev = (q.float() - mean[..., None, :]) ** 2 / (var + floor)[..., None, :]
+    return dev.mean(-1)
 
 
 def _group(probe: torch.Tensor, kv_heads: int) -> torch.Tensor:

@@ -1,0 +1,237 @@
+"""A prefill chunk's execution blocks at one layer, all at once.
+
+The reference step (:mod:`.step`) walks a chunk's execution blocks one by one: make room, score,
+pick, gather, attend, append. Here the same work is one batch per layer: the window tokens and
+the chunk form one sequence ``X``; the blocks that leave the window during the chunk are stored
+first; every execution block's queries score every block at once (a block that has not left the
+window yet before execution block ``e`` is masked out of ``e``'s choice); one top-k, one gather
+and one attention call over ``[sinks | picked blocks | local window]`` for all of them.
+
+It gives the reference's result (up to float rounding) when selection does not read the blocks'
+summary keys: those depend on the attention mass tokens receive in the window, which for a
+block leaving in the middle of the chunk is only known after the attention. Once a token has
+left the window it receives no more mass, so its total over the chunk is exactly what the
+reference had when it evicted it: summaries are made after the attention, from that total.
+:func:`chunk_plan` says when the batch applies; otherwise the reference loop runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .rope import rotate
+
+if TYPE_CHECKING:
+    from .step import StepContext
+
+# Largest score matrix one attention call materialises (elements); execution blocks are split to fit.
+MAX_SCORE_ELEMENTS = 1 << 27
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Where each execution block's window lies in ``X = [window at the chunk's start | chunk]``.
+
+    Host integers, the same for every memory layer of the pass (they all hold the same tokens).
+    """
+
+    size: int               # S, queries per execution block (the last one may have fewer)
+    sizes: tuple[int, ...]  # t_e
+    win_start: tuple[int, ...]  # a_e: first key of execution block e's window, an index into X
+    n_loc: tuple[int, ...]  # window keys before e's own queries
+    n_blocks: tuple[int, ...]   # memory blocks e may pick from
+    evicted: int            # tokens of X that leave as blocks during the chunk
+
+    @property
+    def width(self) -> tuple[int, ...]:
+        """Window length of each execution block (its old keys and its own)."""
+        return tuple(n + t for n, t in zip(self.n_loc, self.sizes))
+
+
+def chunk_plan(ctx: "StepContext", layer: int, t_all: int) -> ChunkPlan | None:
+    """The batch's plan for this layer, or None where the reference loop must run."""
+    s = ctx.session
+    cfg, method, kind = s.config, s.method, s.adapter.kinds[layer]
+    mem = s.memory[layer]
+    step = cfg.exec_block
+    if (t_all <= step or not method.uses_memory or not getattr(method, "batchable", False)
+            or not cfg.batch_prefill or not kind.memory or kind.window is not None
+            or s.meter is not None or s.track_sources or mem.n_sink < s.policy.n_sink):
+        return None
+    first_q = mem.local_start + mem.n_local
+    if method.positions == "auto" and first_q + min(step, t_all) <= s.adapter.native_window < first_q + t_all:
+        return None  # the chunk crosses the native window: exact positions first, the fixed angle after
+    b, cap = cfg.block_size, s.policy.capacity
+    sizes = tuple(min(step, t_all - a) for a in range(0, t_all, step))
+    n_loc, a, nb = mem.n_local, 0, mem.n_blocks
+    starts, locs, blocks = [], [], []
+    for t in sizes:
+        need = n_loc + t - cap
+        if need > 0:
+            drop = -(-need // b) * b
+            if drop > n_loc:
+                return None
+            n_loc, a, nb = n_loc - drop, a + drop, nb + drop // b
+        starts.append(a)
+        locs.append(n_loc)
+        blocks.append(nb)
+        n_loc += t
+    return ChunkPlan(step, sizes, tuple(starts), tuple(locs), tuple(blocks), a)
+
+
+def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tensor, k: torch.Tensor,
+                 v: torch.Tensor, scaling: float, softcap: float | None) -> torch.Tensor:
+    """q ``[H, T, d]``, k/v ``[Hkv, T, d]`` unrotated -> attention output ``[H, T, d]``."""
+    s = ctx.session
+    cfg, method, kind = s.config, s.method, s.adapter.kinds[layer]
+    mem, rstate = s.memory[layer], s.retrieval[layer]
+    h, t_all, d = q.shape
+    hkv, b, n_e, size = mem.kv_heads, cfg.block_size, len(plan.sizes), plan.size
+    dev = q.device
+
+    # ---- the sequence X; blocks leaving the window are stored now (their summaries come after)
+    x_k = torch.cat([mem.local_k, k.to(mem.dtype)], 1)
+    x_v = torch.cat([mem.local_v, v.to(mem.dtype)], 1)
+    n_old = mem.n_local
+    if plan.evicted:
+        mem.store_blocks(x_k[:, :plan.evicted], x_v[:, :plan.evicted])
+    mq = ctx._memory_query(kind, mem, n_old, t_all, scaling)
+
+    # ---- probe: every query token votes, weighted per execution block
+    pad = n_e * size - t_all
+    weights = method.probe.chunk_weights(q, rstate, plan.sizes)        # [E, S], zero on padding
+    valid_q = torch.arange(size, device=dev)[None] < torch.tensor(plan.sizes, device=dev)[:, None]
+
+    # ---- scores -> budget -> blocks
+    q_mem = _pad_blocks(mq.at_memory(q), n_e, size, pad)               # [H, E, S, d]
+    n_avail = torch.tensor(plan.n_blocks, device=dev)
+    evidence = method.chunk_evidence(q_mem, weights, mem, mq, n_avail)  # [E, rows, N]
+    ents = _masked_entropy(evidence, n_avail)
+    rstate.observe_entropies(ents)
+    counts = [ctx.budget.blocks_for(e, layer, plan.n_blocks[e], None) for e in range(n_e)]
+    kmax = max(counts)
+    k_mem = v_mem = None
+    if kmax:
+        ids, ok = _pick(evidence, n_avail, counts, kmax)               # [E, Hkv, kmax], [E, kmax]
+        flat = ids.expand(-1, hkv, -1).permute(1, 0, 2).reshape(hkv, n_e * kmax)
+        kb, vb = mem.blocks.gather(flat, dev)                          # [Hkv, E*kmax*B, d]
+        if mq.rotate_blocks is not None:
+            kb = mq.rotate_blocks(kb, flat).to(mem.dtype)
+        k_mem = kb.view(hkv, n_e, kmax * b, d).transpose(0, 1)
+        v_mem = vb.view(hkv, n_e, kmax * b, d).transpose(0, 1)
+        mem_ok = ok.repeat_interleave(b, 1)                            # [E, kmax*B]
+    sink_k = mem.sink_k
+    if mq.mode == "exact":
+        cos, sin = s.adapter.rope_table(kind.rope_type, mem.n_sink)
+        sink_k = rotate(sink_k, cos[:mem.n_sink], sin[:mem.n_sink]).to(mem.dtype)
+    sinks_k = sink_k[None].expand(n_e, -1, -1, -1)
+    sinks_v = mem.sink_v[None].expand(n_e, -1, -1, -1)
+    sink_ok = torch.ones((n_e, mem.n_sink), dtype=torch.bool, device=dev)
+    if k_mem is None:
+        k_mem, v_mem, mem_ok = sinks_k, sinks_v, sink_ok
+    else:
+        k_mem, v_mem = torch.cat([sinks_k, k_mem], 2), torch.cat([sinks_v, v_mem], 2)
+        mem_ok = torch.cat([sink_ok, mem_ok], 1)
+
+    # ---- the local windows: relative positions 0 .. width-1 for keys, n_loc .. for queries
+    width = plan.width
+    w_max = max(width)
+    cols = torch.arange(w_max, device=dev)
+    idx = (torch.tensor(plan.win_start, device=dev)[:, None] + cols).clamp_(max=x_k.shape[1] - 1)  # [E, W]
+    cos, sin = s.adapter.rope_table(kind.rope_type, max(w_max, cfg.n_local + 1))
+    k_loc = rotate(x_k[:, idx], cos[:w_max], sin[:w_max]).to(mem.dtype).transpose(0, 1)   # [E, Hkv, W, d]
+    v_loc = x_v[:, idx].transpose(0, 1)
+    n_loc = torch.tensor(plan.n_loc, device=dev)
+    last = torch.tensor(plan.sizes, device=dev)[:, None] - 1
+    qpos = n_loc[:, None] + torch.minimum(torch.arange(size, device=dev)[None], last)   # [E, S]
+    q_pad = _pad_blocks(q, n_e, size, pad)                              # [H, E, S, d]
+    q_loc = rotate(q_pad, cos[qpos], sin[qpos]).to(q.dtype)
+    loc_hidden = cols[None, None] > qpos[:, :, None]                    # [E, S, W]
+
+    out, mass = _attend(q_mem, q_loc, k_mem, v_mem, mem_ok,
+                        k_loc, v_loc, loc_hidden, valid_q, scaling, softcap)
+
+    # ---- bookkeeping: window scores, summaries of the blocks that left, the new window
+    score = torch.cat([mem.local_score, mem.local_score.new_zeros((hkv, t_all))], 1)
+    mass = mass.masked_fill(cols[None, None] >= torch.tensor(width, device=dev)[:, None, None], 0)
+    score.index_add_(1, idx.flatten(), mass.transpose(0, 1).reshape(hkv, -1))
+    mem.settle_chunk(x_k, x_v, score, plan.evicted, cfg.repr_topk)
+    for e in range(n_e):
+        s.note_kv(e, layer, mem.n_sink + counts[e] * b + width[e])
+    return out.reshape(h, n_e * size, d)[:, :t_all].to(q.dtype)
+
+
+def _pad_blocks(x: torch.Tensor, n_e: int, size: int, pad: int) -> torch.Tensor:
+    """``[H, T, d]`` -> ``[H, E, S, d]``, the last execution block padded with zeros."""
+    if pad:
+        x = torch.cat([x, x.new_zeros((x.shape[0], pad, x.shape[2]))], 1)
+    return x.view(x.shape[0], n_e, size, x.shape[2])
+
+
+def _masked_entropy(evidence: torch.Tensor, n_avail: torch.Tensor) -> torch.Tensor:
+    """Each execution block's normalized entropy of its evidence rows (mass estimates) over the
+    blocks it may pick, averaged over rows: ``[E]``."""
+    p = evidence.float().clamp_min(0)
+    p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
+    ent = -(p * p.clamp_min(1e-30).log()).sum(-1).mean(-1)
+    logn = n_avail.float().clamp_min(2).log()
+    return torch.where(n_avail > 1, ent / logn, torch.zeros_like(ent))
+
+
+def _pick(evidence: torch.Tensor, n_avail: torch.Tensor, counts: list[int], kmax: int
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top ``counts[e]`` blocks per execution block and row, ascending; padded to ``kmax``.
+
+    Returns ids ``[E, Hkv or 1 -> rows, kmax]`` (0 in padded slots) and ``[E, kmax]`` slot validity."""
+    n = evidence.shape[-1]
+    hidden = torch.arange(n, device=evidence.device)[None, None] >= n_avail[:, None, None]
+    top = evidence.masked_fill(hidden, float("-inf")).topk(kmax, -1).indices    # [E, rows, kmax]
+    ok = torch.arange(kmax, device=evidence.device)[None] < torch.tensor(counts, device=evidence.device)[:, None]
+    top = torch.where(ok[:, None], top, n).sort(-1).values
+    return torch.where(ok[:, None], top, 0), ok
+
+
+def _attend(q_mem: torch.Tensor, q_loc: torch.Tensor, k_mem: torch.Tensor, v_mem: torch.Tensor,
+            mem_ok: torch.Tensor, k_loc: torch.Tensor, v_loc: torch.Tensor, loc_hidden: torch.Tensor,
+            valid_q: torch.Tensor, scaling: float, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One softmax over ``[memory | local]`` for every execution block.
+
+    q_mem/q_loc ``[H, E, S, d]``; k/v_mem ``[E, Hkv, M, d]`` with ``mem_ok [E, M]``; k/v_loc
+    ``[E, Hkv, W, d]`` with ``loc_hidden [E, S, W]``; ``valid_q [E, S]`` (padding rows carry no mass).
+    Products in the inputs' dtype, softmax in float32. Returns out ``[H, E, S, d]`` (float32) and
+    the mass each local key received ``[E, Hkv, W]``, summed over queries and each KV head's group.
+    """
+    h, n_e, size, d = q_loc.shape
+    hkv, m, w = k_mem.shape[1], k_mem.shape[2], k_loc.shape[2]
+    g = h // hkv
+    per_block = h * size * (m + w)
+    step = max(1, MAX_SCORE_ELEMENTS // max(1, per_block))
+    outs, masses = [], []
+    for a in range(0, n_e, step):
+        e = slice(a, min(n_e, a + step))
+        ne = e.stop - e.start
+
+        def grouped(x):  # [H, E', S, d] -> [E', Hkv, G*S, d]
+            return x[:, e].reshape(hkv, g, ne, size, d).permute(2, 0, 1, 3, 4).reshape(ne, hkv, g * size, d)
+
+        qm, ql = grouped(q_mem), grouped(q_loc)
+        s_mem = torch.matmul(qm, k_mem[e].transpose(-1, -2).to(qm.dtype)).float() * scaling
+        s_loc = torch.matmul(ql, k_loc[e].transpose(-1, -2).to(ql.dtype)).float() * scaling
+        if softcap:
+            s_mem = torch.tanh(s_mem / softcap) * softcap
+            s_loc = torch.tanh(s_loc / softcap) * softcap
+        s_mem.masked_fill_(~mem_ok[e, None, None], float("-inf"))
+        s_loc.masked_fill_(loc_hidden[e, None].repeat(1, 1, g, 1), float("-inf"))
+        row_max = torch.maximum(s_mem.amax(-1, keepdim=True), s_loc.amax(-1, keepdim=True))
+        e_mem, e_loc = s_mem.sub_(row_max).exp_(), s_loc.sub_(row_max).exp_()
+        inv_z = (e_mem.sum(-1, keepdim=True) + e_loc.sum(-1, keepdim=True)).reciprocal_()
+        dt = v_loc.dtype if v_loc.dtype != torch.float32 else torch.float32
+        out = torch.matmul(e_mem.to(dt), v_mem[e].to(dt)).float() + torch.matmul(e_loc.to(dt), v_loc[e].to(dt)).float()
+        out = out * inv_z                                               # [E', Hkv, G*S, d]
+        outs.append(out.view(ne, hkv, g, size, d).permute(1, 2, 0, 3, 4).reshape(h, ne, size, d))
+        row_w = inv_z * valid_q[e].repeat(1, g)[:, None, :, None]       # [E', Hkv, G*S, 1]
+        masses.append(torch.matmul(row_w.transpose(-1, -2), e_loc)[:, :, 0])   # [E', Hkv, W]
+    return torch.cat(outs, 1), torch.cat(masses, 0)

@@ -1,0 +1,86 @@
+"""A prefill chunk's execution blocks in one batch (attention/chunk.py) give the reference loop's result."""
+
+import pytest
+import torch
+
+import actqkv_llm.attention.chunk as chunk
+from actqkv_llm.retrieval.probe import ActivationStats
+
+
+@pytest.fixture
+def batched_calls(monkeypatch):
+    """Counts the chunks that ran batched, so a test knows the batch really ran."""
+    calls = []
+    real = chunk.attend_chunk
+
+    def spy(ctx, layer, plan, *args):
+        calls.append(plan)
+        return real(ctx, layer, plan, *args)
+
+    monkeypatch.setattr("actqkv_llm.attention.step.attend_chunk", spy)
+    return calls
+
+
+def _state(doc):
+    out = []
+    for m in doc.state.memory:
+        out += [m.local_k, m.local_score, m.sink_k]
+        if m.n_blocks:
+            out += [m.summaries.all(), m.blocks.keys, m.blocks.values]
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
+@pytest.mark.parametrize("method", ["actqkv", "quest"])
+def test_batched_chunks_equal_the_reference_loop(make_engine, batched_calls, arch, method):
+    # 1700 tokens, window 1024: chunks at exact positions, at the fixed angle, and a short last one
+    ids = torch.randint(0, 256, (1700,), generator=torch.Generator().manual_seed(1))
+    question = torch.randint(0, 256, (5,), generator=torch.Generator().manual_seed(2))
+    runs = []
+    for batch in (False, True):
+        eng = make_engine(arch, method=method, batch_prefill=batch)
+        doc = eng.prefill_ids(ids)
+        runs.append((doc, doc.last_logits, eng.generate_ids(doc, question, max_new_tokens=8)))
+        if not batch:
+            assert not batched_calls
+    (ref, ref_logits, ref_tokens), (got, got_logits, got_tokens) = runs
+    assert batched_calls and any(p.n_blocks[0] < p.n_blocks[-1] for p in batched_calls)
+    assert {len(p.sizes) for p in batched_calls} >= {16, 6}   # full chunks and the padded last one
+    assert got_tokens == ref_tokens
+    torch.testing.assert_close(got_logits, ref_logits, atol=1e-4, rtol=1e-4)
+    for a, b in zip(_state(got), _state(ref)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert got.state.retrieval[1].entropy_count == ref.state.retrieval[1].entropy_count
+
+
+def test_a_chunk_crossing_the_native_window_runs_the_reference_loop(make_engine, batched_calls):
+    """Memory moves from exact positions to the fixed angle inside such a chunk: not batched."""
+    eng = make_engine(prefill_chunk=384)
+    eng.prefill_ids(torch.randint(0, 256, (1200,), generator=torch.Generator().manual_seed(1)))
+    # chunks 384..768 (exact) and 1152..1200 (fixed) batch; 0..384 fills the sinks, 768..1152 crosses
+    assert sorted({sum(p.sizes) for p in batched_calls}) == [48, 384]
+    assert len(batched_calls) == 2 * len(eng.adapter.memory_layers)
+
+
+def test_methods_reading_summaries_never_batch(make_engine, batched_calls):
+    for method in ("infllm", "actqkv-paper", "acre", "streaming"):
+        make_engine(method=method).prefill_ids(torch.randint(0, 256, (1200,)))
+    assert not batched_calls
+
+
+def test_block_statistics_equal_token_by_block_updates():
+    torch.manual_seed(0)
+    x = torch.randn(70, 12) * 3 + 5
+    seq, batch = ActivationStats(12, "cpu"), ActivationStats(12, "cpu")
+    seq.update(x[:9])
+    batch.update(x[:9])
+    sizes = (16, 16, 16, 13)
+    means, variances = batch.update_blocks(x[9:], sizes)
+    a = 9
+    for i, t in enumerate(sizes):
+        seq.update(x[a:a + t])
+        a += t
+        torch.testing.assert_close(means[i], seq.mean, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(variances[i], seq.var, atol=1e-4, rtol=1e-4)
+    assert batch.count == seq.count == 70
+    torch.testing.assert_close(batch.m2, seq.m2, atol=1e-3, rtol=1e-5)
