@@ -18,6 +18,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from actqkv_llm.bench.hf import cache_argument
+
 from actqkv_llm.bench import cli as bench_cli
 from actqkv_llm.bench import plots
 from actqkv_llm.bench import quality as Q
@@ -387,14 +389,14 @@ class HFStandIn:
     def prefill_ids(self, ids):
         from transformers import DynamicCache
         cache = DynamicCache(config=self.model.config)
-        self.model(input_ids=ids[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self.model(input_ids=ids[None], use_cache=True, logits_to_keep=1, **{cache_argument(self.model): cache})
         return SimpleNamespace(cache=cache, n_tokens=len(ids))
 
     @torch.inference_mode()
     def generate_ids(self, doc, ids, max_new_tokens):
         cache, out, x = copy.deepcopy(doc.cache), [], ids[None]
         for _ in range(max_new_tokens):
-            x = self.model(input_ids=x, past_key_values=cache, logits_to_keep=1).logits.argmax(-1)
+            x = self.model(input_ids=x, logits_to_keep=1, **{cache_argument(self.model): cache}).logits.argmax(-1)
             out.append(int(x))
         return out
 

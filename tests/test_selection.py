@@ -169,3 +169,43 @@ def test_bench_recall_writes_its_tables_and_plot(tmp_path, make_engine):
     for name in ("recall.jsonl", "recall.json", "recall.md", "recall.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "| actqkv |" in (tmp_path / "recall.md").read_text()
+
+
+@pytest.mark.parametrize("layout", ["completion", "ask"])
+def test_bench_recall_plain_attention_answers_like_full(tmp_path, make_engine, layout):
+    """The 'hf' variant (plain Hugging Face SDPA) runs the same prompt as the engine: its greedy
+    answer equals method full's, token for token (a random model's answers are noise, so any
+    difference in the prompt or the decoding shows)."""
+    import json
+
+    from actqkv_llm.bench.recall import run_recall
+
+    eng = make_engine("qwen2", method="actqkv", **SMALL)
+    run_recall(tmp_path, engine=eng, variants=["full", "hf"], task="passkey:filler", lengths=[300],
+               samples=2, progress=False, count_tokens=lambda text: len(text.encode()), max_new_tokens=6,
+               layout=layout, meter=False, plots=False)
+    rows = [json.loads(line) for line in (tmp_path / "recall.jsonl").read_text().splitlines()]
+    full = [r for r in rows if r["variant"] == "full"]
+    plain = [r for r in rows if r["variant"] == "hf"]
+    assert len(full) == len(plain) == 2
+    for a, b in zip(full, plain):
+        assert a["output"] == b["output"] and a["n_tokens"] == b["n_tokens"]
+        assert a["output"].strip()
+
+
+def test_yarn_extends_positions_for_the_engine_and_for_plain_attention(make_engine):
+    from actqkv_llm.bench import hf
+    from actqkv_llm.errors import ConfigError
+    from actqkv_llm.models.rope_scaling import apply_yarn
+
+    eng = make_engine("llama", method="full")
+    before = eng.adapter.rope_table("full_attention", 1500)[0][1200].clone()
+    apply_yarn(eng.model, 2)
+    with pytest.raises(ConfigError, match="already scaled"):
+        apply_yarn(eng.model, 2)
+    full = eng.with_method("full")
+    assert full.native_window == 2048
+    assert not torch.allclose(full.adapter.rope_table("full_attention", 1500)[0][1200], before)
+    ids = torch.randint(0, 250, (1400,), generator=torch.Generator().manual_seed(0))
+    ours = full.generate_ids(full.prefill_ids(ids[:-4]), ids[-4:], max_new_tokens=5)
+    assert hf.greedy(full.model, ids, 5, set()) == ours

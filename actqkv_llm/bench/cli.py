@@ -152,6 +152,10 @@ def add_bench_arguments(subparsers: Any) -> argparse.ArgumentParser:
                    help="measure every Nth execution block of the prefill (each costs a full-attention pass)")
     r.add_argument("--max-new-tokens", type=int, default=None)
     r.add_argument("--no-plots", dest="plots", action="store_false", help="no recall.png")
+    r.add_argument("--no-meter", dest="meter", action="store_false",
+                   help="accuracy and time only, no recall (past the window full attention is no truth)")
+    r.add_argument("--yarn", type=float, default=None, metavar="FACTOR",
+                   help="extend the model's positions by YaRN first (e.g. 4; every variant, 'hf' included)")
     r.set_defaults(func=_recall_main)
 
     s = sub.add_parser("speed", help="prefill / time to first token / decode against plain HF",
@@ -219,7 +223,8 @@ def _recall_main(args: argparse.Namespace) -> int:
         args.out, model=args.model, gguf_file=args.gguf_file, device=args.device, dtype=args.dtype,
         variants=args.variants, task=args.task[0], lengths=args.lengths, depths=args.depths,
         samples=args.samples, seed=args.seed, layout=args.layout, document_every=args.document_every,
-        max_new_tokens=args.max_new_tokens, options=_options(args), progress=args.progress, plots=args.plots)
+        max_new_tokens=args.max_new_tokens, options=_options(args), progress=args.progress, plots=args.plots,
+        meter=args.meter, yarn=args.yarn)
     for v, s in summary.items():
         q = s["phases"].get("question")
         rec = f"question recall {q['recall']:.3f} / oracle {q['oracle']:.3f}" if q else "no memory"

@@ -7,7 +7,10 @@ oracle's share at the same number of blocks. The answers are scored too, and ``f
 same samples as the accuracy reference.
 
 A variant is a method with optional overrides: ``actqkv``, ``infllm``, ``actqkv+per_head=false``,
-``quest+block_size=16``, ``actqkv+positions=exact`` (``+`` separates ``KEY=VALUE`` pairs).
+``quest+block_size=16``, ``actqkv+positions=exact`` (``+`` separates ``KEY=VALUE`` pairs), or ``hf``:
+the same model under plain Hugging Face attention (SDPA), the bar past the window (with ``yarn``,
+the model's positions extended by YaRN for every variant). Past the window full attention is no
+truth: run those lengths with ``meter=False`` (accuracy and time only).
 
 Outputs in ``out_dir``: ``recall.jsonl`` (one line per sample and variant, with the per-layer rows),
 ``recall.json`` (the summary), ``recall.md`` (the tables) and ``recall.png`` (recall per layer).
@@ -27,6 +30,7 @@ from . import tasks as T
 from .meter import PHASES, RecallMeter
 
 DEFAULT_VARIANTS = ("full", "actqkv", "actqkv-paper", "infllm", "quest", "acre")
+HF = "hf"
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
@@ -34,6 +38,8 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
     from .cli import parse_option
 
     method, *pairs = spec.split("+")
+    if method == HF and not pairs:
+        return HF, {}
     if method not in METHODS:
         raise ConfigError(f"variant {spec!r}: unknown method {method!r}; known: {', '.join(METHODS)}")
     options = {}
@@ -107,12 +113,16 @@ def run_recall(out_dir: str | Path = "bench-results/recall", *, engine: Any = No
                samples: int = 4, seed: int = 0, layout: str = "completion",
                document_every: int = 8, max_new_tokens: int | None = None,
                options: dict[str, Any] | None = None, progress: bool = True, plots: bool = True,
-               command: str | None = None, count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]:
+               command: str | None = None, count_tokens: Callable[[str], int] | None = None,
+               meter: bool = True, yarn: float | None = None) -> dict[str, Any]:
     """Run every variant on the same samples with a recall meter on; write and return the summary.
 
     ``layout``: ``completion`` (raw document, then the question as a plain continuation) or ``ask``
     (the chat template, the product's main path). Samples are spread over ``depths`` in turn.
+    ``meter=False``: accuracy and time only (past the window, where full attention is no truth).
+    ``yarn``: extend the model's positions by this YaRN factor first (every variant runs on it).
     """
+    from . import hf
     from .quality import invoked_command, library_versions, load_engine
 
     if layout not in ("completion", "ask"):
@@ -123,7 +133,10 @@ def run_recall(out_dir: str | Path = "bench-results/recall", *, engine: Any = No
     base = engine if engine is not None else load_engine(model, gguf_file=gguf_file, device=device,
                                                          dtype=dtype, method="actqkv")
     count = count_tokens or T.hf_token_counter(base.tokenizer)
-    engines = {v: base.with_method(m, **{**(options or {}), **o}) for v, m, o in parsed}
+    if yarn is not None:
+        from ..models.rope_scaling import apply_yarn
+        apply_yarn(base.model, yarn)
+    engines = {v: base.with_method(m, **{**(options or {}), **o}) for v, m, o in parsed if m != HF}
     task_name, haystack = T.parse_task(task)
     records: list[dict[str, Any]] = []
     jobs = [(n, i) for n in lengths for i in range(samples)]
@@ -136,12 +149,19 @@ def run_recall(out_dir: str | Path = "bench-results/recall", *, engine: Any = No
             depth = list(depths)[i % len(depths)]
             sample = T.make_sample(task_name, length, depth, count, haystack=haystack, seed=seed, index=i)
             for v, method, _ in parsed:
-                eng = engines[v]
-                meter = RecallMeter(document_every=document_every) if eng.config.uses_memory else None
-                eng.meter = meter
+                eng = engines.get(v, base)
+                recall = RecallMeter(document_every=document_every) if meter and method != HF \
+                    and eng.config.uses_memory else None
+                eng.meter = recall
+                n_tokens = None
                 try:
                     t0 = time.perf_counter()
-                    if layout == "completion":
+                    if method == HF:
+                        t1 = t0
+                        suffix = sample.continuation if layout == "completion" else sample.question
+                        output, n_tokens = hf.answer(base, sample.prompt_document, suffix, layout,
+                                                     max_new_tokens or sample.max_new_tokens)
+                    elif layout == "completion":
                         doc = eng.prefill(sample.prompt_document, chat=False, progress=False, cache=False)
                         t1 = time.perf_counter()
                         output = eng.generate(doc, sample.continuation, temperature=0.0,
@@ -155,9 +175,9 @@ def run_recall(out_dir: str | Path = "bench-results/recall", *, engine: Any = No
                 finally:
                     eng.meter = None
                 rec = {"variant": v, "method": method, "length": length, "depth": depth, "sample": i,
-                       "n_tokens": doc.n_tokens, "expected": sample.expected, "output": output,
+                       "n_tokens": n_tokens or doc.n_tokens, "expected": sample.expected, "output": output,
                        **T.score(output, sample.expected), "prefill_s": t1 - t0, "answer_s": t2 - t1,
-                       "layers": meter.table() if meter is not None else []}
+                       "layers": recall.table() if recall is not None else []}
                 records.append(rec)
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
@@ -167,8 +187,9 @@ def run_recall(out_dir: str | Path = "bench-results/recall", *, engine: Any = No
         bar.close()
     summary = summarize(records)
     info = {"model": getattr(base, "model_id", model), "device": str(base.device), "dtype": str(base.dtype),
-            "task": task, "layout": layout, "lengths": list(lengths), "samples": samples, "seed": seed,
-            "variants": {v: engines[v].config.to_dict() for v, _, _ in parsed},
+            "yarn": yarn, "meter": meter, "task": task, "layout": layout, "lengths": list(lengths), "samples": samples, "seed": seed,
+            "variants": {v: engines[v].config.to_dict() if v in engines else "plain attention (SDPA)"
+                         for v, _, _ in parsed},
             "command": command if command is not None else invoked_command(),
             "versions": library_versions()}
     (out_dir / "recall.json").write_text(json.dumps({"info": info, "summary": summary}, indent=1))

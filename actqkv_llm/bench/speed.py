@@ -21,7 +21,6 @@ recorded as ``OOM``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import platform
 import resource
@@ -29,10 +28,11 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
+from .hf import cache_argument, plain_attention
 from ..persist.bench import MB, read_every_block, drop_page_cache, measure_disk_speed
 from ..persist.paths import dir_size
 from .quality import (format_length, free_memory, invoked_command, library_versions, load_engine,
@@ -150,21 +150,6 @@ class PeakMemory:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # KiB on Linux
 
 
-@contextlib.contextmanager
-def plain_attention(model: Any) -> Iterator[None]:
-    """Run ``model`` with Hugging Face's SDPA attention, whatever an engine registered on it."""
-    configs = [m.config for m in model.modules() if hasattr(m, "config")
-               and hasattr(m.config, "_attn_implementation")]
-    before = [c._attn_implementation for c in configs]
-    for c in configs:
-        c._attn_implementation = "sdpa"
-    try:
-        yield
-    finally:
-        for c, impl in zip(configs, before):
-            c._attn_implementation = impl
-
-
 def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_tokens: int,
                    timer: Timer, reload_dir: Path | None = None, repeats: int = 2) -> dict[str, Any]:
     """Prefill ``ids``; time to first token of ``question`` (in memory, and reloaded); decode.
@@ -222,11 +207,12 @@ def measure_hf(model: Any, ids: torch.Tensor, question: torch.Tensor, decode_tok
     device = next(model.parameters()).device
     ids, question = ids.to(device)[None], question.to(device)[None]
     cache = DynamicCache(config=model.config)
+    kv_name = cache_argument(model)
     step = chunk or ids.shape[1]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         # logits_to_keep=1: a 128K x 128K-vocabulary logits tensor would dwarf the KV itself.
-        return model(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        return model(input_ids=x, use_cache=True, logits_to_keep=1, **{kv_name: cache}).logits
 
     def prefill() -> None:
         for s in range(0, ids.shape[1], step):
