@@ -212,7 +212,7 @@ class BoundScorer(Scorer):
 
     def __call__(self, tokens, weights, mem, state, mq):
         lo, hi, _, _ = mem.digests(mq.mode, mq.rotate_blocks)
-        u = bound_logits(mq.at_memory(tokens), lo, hi)
+        u = bound_logits(mq.at_memory(tokens), lo, hi, mem.dtype)
         return reduce_tokens(u, weights, mem.kv_heads, self.reduce, mq.scaling)
 
     def chunk(self, q_mem: torch.Tensor, weights: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery,
@@ -228,7 +228,7 @@ class BoundScorer(Scorer):
         for a in range(0, n_e, step):
             e = slice(a, min(n_e, a + step))
             ne = e.stop - e.start
-            u = bound_logits(q_mem[:, e].reshape(h, ne * size, d), lo, hi)
+            u = bound_logits(q_mem[:, e].reshape(h, ne * size, d), lo, hi, mem.dtype)
             u = u.view(hkv, h // hkv, ne, size, n).permute(2, 0, 1, 3, 4)           # [E', Hkv, G, S, N]
             u = u.masked_fill(hidden[e, None, None, None], float("-inf"))
             if self.reduce == "max":

@@ -40,18 +40,21 @@ def cosine_scores(probe: torch.Tensor, summaries: list[torch.Tensor],
     return torch.cat(out)
 
 
-def bound_logits(q: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+def bound_logits(q: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Quest's upper bound of each query token's best logit in each block.
 
     q ``[H, T, d]`` (query heads, already at the memory's rotation); lo/hi ``[n, Hkv, d]``.
-    ``sum_c max(q_c lo_c, q_c hi_c) = q+ . hi + q- . lo``: two matrix products. Returns ``[H, T, n]``.
+    ``sum_c max(q_c lo_c, q_c hi_c) = q+ . hi + q- . lo``: two matrix products, in ``dtype`` (the
+    model's: a bound only ranks blocks, and bf16 products run on the GPU's matrix units).
+    Returns float32 ``[H, T, n]``.
     """
     h, t, d = q.shape
     hkv = lo.shape[1]
-    qg = q.float().reshape(hkv, (h // hkv) * t, d)
+    qg = q.to(dtype).reshape(hkv, (h // hkv) * t, d)
     pos, neg = qg.clamp(min=0), qg.clamp(max=0)
-    u = torch.matmul(pos, hi.float().permute(1, 2, 0)) + torch.matmul(neg, lo.float().permute(1, 2, 0))
-    return u.reshape(h, t, -1)
+    u = torch.matmul(pos, hi.to(dtype).permute(1, 2, 0)) + torch.matmul(neg, lo.to(dtype).permute(1, 2, 0))
+    return u.float().reshape(h, t, -1)
 
 
 def key_logits(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
