@@ -24,6 +24,9 @@ def test_batched_prefill_on_the_gpu_matches_the_reference_loop(tokenizer, arch, 
         doc = eng.prefill_ids(ids)
         runs.append((doc.last_logits, eng.generate_ids(doc, question, max_new_tokens=8)))
     (ref_logits, ref_tokens), (got_logits, got_tokens) = runs
-    tol = 1e-4 if dtype == torch.float32 else 3e-2 * float(ref_logits.abs().max())
-    assert float((got_logits - ref_logits).abs().max()) <= tol
-    assert got_tokens[:4] == ref_tokens[:4]
+    if dtype == torch.float32:
+        torch.testing.assert_close(got_logits, ref_logits, atol=1e-4, rtol=1e-4)
+        assert got_tokens == ref_tokens
+    else:  # bf16 products in the batch, float32 in the loop: the same function within bf16 rounding
+        # (a random model's logits are nearly flat, so its greedy tokens are no test of bf16 paths)
+        assert float((got_logits - ref_logits).norm() / ref_logits.norm()) < 2e-2
