@@ -128,7 +128,7 @@ def test_document_digests_are_measured_once_for_all_questions(make_engine):
     layer = eng.adapter.memory_layers[0]
     n = doc.state.memory[layer].n_blocks
     first = eng.generate_ids(doc, [1, 2], max_new_tokens=2)
-    assert doc.state.memory[layer]._digests["exact"].n_known == n     # kept on the document
+    assert doc.state.memory[layer].digests["bounds", "exact"].n_known == n     # kept on the document
     assert eng.generate_ids(doc, [1, 2], max_new_tokens=2) == first
 
 
@@ -209,3 +209,17 @@ def test_yarn_extends_positions_for_the_engine_and_for_plain_attention(make_engi
     ids = torch.randint(0, 250, (1400,), generator=torch.Generator().manual_seed(0))
     ours = full.generate_ids(full.prefill_ids(ids[:-4]), ids[-4:], max_new_tokens=5)
     assert hf.greedy(full.model, ids, 5, set()) == ours
+
+
+def test_measured_bounds_are_bf16_values_rounded_outward():
+    from actqkv_llm.memory.blocks import GrowableBlocks
+    from actqkv_llm.memory.digests import measure_bounds
+
+    torch.manual_seed(0)
+    k = torch.randn(6, 2, 8, 16) * 7
+    store = GrowableBlocks.from_tensors(k, torch.randn_like(k))
+    lo, hi = measure_bounds(store, 0, 6, torch.device("cpu"), None)
+    true_lo, true_hi = k.amin(2), k.amax(2)
+    assert (lo <= true_lo).all() and (hi >= true_hi).all()
+    assert torch.equal(lo, lo.bfloat16().float()) and torch.equal(hi, hi.bfloat16().float())
+    assert ((hi - true_hi) <= true_hi.abs() / 64).all() and ((true_lo - lo) <= true_lo.abs() / 64).all()

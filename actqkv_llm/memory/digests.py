@@ -5,7 +5,8 @@ A query's dot product with any key of the block is at most ``sum_c max(q_c * lo_
 so the two bound vectors per block and head bound the best attention logit the block can offer.
 
 Digests are derived data: they are measured from the blocks' keys the first time a scorer asks
-and kept (a block never changes). A question's session asks its document's digests for the
+and kept (a block never changes); a saved document keeps its bounds (reading every block again
+on reload would cost a long document's first answer a full read of its KV). A question's session asks its document's digests for the
 document's blocks (measured once per document, shared by every question) and keeps its own for
 the blocks the question adds.
 
@@ -29,29 +30,57 @@ BlockRotation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 READ_BLOCKS = 256
 
 
-def measure(blocks: KVBlocks, a: int, b: int, device: torch.device,
-            rotate: BlockRotation | None) -> tuple[torch.Tensor, ...]:
-    """``(lo, hi, k_mean, v_mean)``, each float32 ``[b - a, Hkv, d]``, of blocks ``a .. b-1``."""
-    parts: list[list[torch.Tensor]] = [[], [], [], []]
+def _read(blocks: KVBlocks, a: int, b: int, device: torch.device, rotate: BlockRotation | None):
+    """Blocks ``a .. b-1`` as float32 ``([Hkv, n, B, d] keys, values)``, ``READ_BLOCKS`` at a time."""
     for s in range(a, b, READ_BLOCKS):
         ids = torch.arange(s, min(b, s + READ_BLOCKS), device=device)
         k, v = blocks.gather(ids, device)  # [Hkv, n*B, d]
         if rotate is not None:
             k = rotate(k, ids)
         h, nb, d = k.shape
-        k = k.float().view(h, ids.numel(), nb // ids.numel(), d)
-        v = v.float().view(h, ids.numel(), nb // ids.numel(), d)
-        for out, x in zip(parts, (k.amin(2), k.amax(2), k.mean(2), v.mean(2))):
-            out.append(x.transpose(0, 1))
-    return tuple(torch.cat(p) for p in parts)
+        yield k.float().view(h, ids.numel(), nb // ids.numel(), d), v.float().view(h, ids.numel(), nb // ids.numel(), d)
+
+
+def outward_bf16(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lo`` rounded down and ``hi`` rounded up to bf16 (returned as float32): still bounds, and
+    exactly what a cache stores, so a reloaded document scores its blocks as the prefilled one did."""
+    def down(x, toward):
+        b = x.to(torch.bfloat16)
+        step = torch.nextafter(b, torch.full_like(b, toward))
+        return torch.where((b.float() > x) if toward < 0 else (b.float() < x), step, b).float()
+    return down(lo, float("-inf")), down(hi, float("inf"))
+
+
+def measure_bounds(blocks: KVBlocks, a: int, b: int, device: torch.device,
+                   rotate: BlockRotation | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quest's key bounds ``(lo, hi)``, each float32 ``[b - a, Hkv, d]`` (bf16 values, rounded outward)."""
+    lo, hi = [], []
+    for k, _ in _read(blocks, a, b, device, rotate):
+        lo.append(k.amin(2).transpose(0, 1))
+        hi.append(k.amax(2).transpose(0, 1))
+    return outward_bf16(torch.cat(lo), torch.cat(hi))
+
+
+def measure_means(blocks: KVBlocks, a: int, b: int, device: torch.device,
+                  rotate: BlockRotation | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """ACRE's first-level entry ``(k_mean, v_mean)``, each float32 ``[b - a, Hkv, d]``."""
+    km, vm = [], []
+    for k, v in _read(blocks, a, b, device, rotate):
+        km.append(k.mean(2).transpose(0, 1))
+        vm.append(v.mean(2).transpose(0, 1))
+    return torch.cat(km), torch.cat(vm)
+
+
+Measure = Callable[[KVBlocks, int, int, torch.device, "BlockRotation | None"], tuple[torch.Tensor, ...]]
 
 
 class BlockDigests:
-    """Growing ``lo``/``hi``/``k_mean``/``v_mean`` tensors ``[n, Hkv, d]`` (float32) on the compute device."""
+    """A growing pair of float32 ``[n, Hkv, d]`` tensors per block (bounds or means) on the compute device."""
 
-    def __init__(self, parent: "BlockDigests | None" = None, n_parent: int = 0):
+    def __init__(self, measure: Measure, parent: "BlockDigests | None" = None, n_parent: int = 0):
+        self.measure = measure
         self.parent, self.n_parent = parent, n_parent
-        self._own: tuple[torch.Tensor, ...] | None = None   # (lo, hi, k_mean, v_mean) of own blocks
+        self._own: tuple[torch.Tensor, ...] | None = None   # of own blocks
         self._joined: tuple[int, tuple[torch.Tensor, ...]] | None = None  # last answer with a parent
         self._lock = threading.Lock()
 
@@ -59,11 +88,19 @@ class BlockDigests:
     def n_known(self) -> int:
         return 0 if self._own is None else self._own[0].shape[0]
 
+    @property
+    def known(self) -> tuple[torch.Tensor, ...] | None:
+        """The digests measured so far for this object's own blocks (a document's, for saving)."""
+        return self._own
+
+    def preload(self, *digests: torch.Tensor) -> None:
+        """Digests of the first blocks, measured before (a reloaded document's)."""
+        self._own, self._joined = tuple(digests), None
+
     def get(self, blocks: KVBlocks, n_blocks: int, device: torch.device,
             rotate: BlockRotation | None = None) -> tuple[torch.Tensor, ...]:
-        """``(lo, hi, k_mean, v_mean)`` of blocks ``0 .. n_blocks-1`` of ``blocks``, each
-        ``[n_blocks, Hkv, d]``, measuring the blocks not seen yet (``rotate`` must be the same at
-        every call on one object)."""
+        """The digests of blocks ``0 .. n_blocks-1`` of ``blocks``, each ``[n_blocks, Hkv, d]``,
+        measuring the blocks not seen yet (``rotate`` must be the same at every call on one object)."""
         with self._lock:
             if self._joined is not None and self._joined[0] == n_blocks:
                 return self._joined[1]
@@ -72,7 +109,7 @@ class BlockDigests:
                 base = self.parent.get(blocks, self.n_parent, device, rotate)
             own_needed = n_blocks - self.n_parent
             if own_needed > self.n_known:
-                new = measure(blocks, self.n_parent + self.n_known, n_blocks, device, rotate)
+                new = self.measure(blocks, self.n_parent + self.n_known, n_blocks, device, rotate)
                 self._own = new if self._own is None else tuple(torch.cat([a, b]) for a, b in zip(self._own, new))
             if own_needed <= 0:
                 return tuple(t[:n_blocks] for t in base)
@@ -84,4 +121,4 @@ class BlockDigests:
 
     def fork(self, n_blocks: int) -> "BlockDigests":
         """Digests for a question's session: this document's blocks shared, new ones its own."""
-        return BlockDigests(self, n_blocks)
+        return BlockDigests(self.measure, self, n_blocks)

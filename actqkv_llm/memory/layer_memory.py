@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .blocks import GrowableBlocks, KVBlocks, StackedBlocks
-from .digests import BlockDigests, BlockRotation
+from .digests import BlockDigests, BlockRotation, measure_bounds, measure_means
 from .summaries import SummaryKeys, representative_keys
 
 
@@ -40,8 +40,10 @@ class LayerMemory:
         self.blocks: KVBlocks = blocks if blocks is not None else GrowableBlocks(
             kv_heads, block_size, head_dim, dtype, self.device)
         self.summaries = summaries if summaries is not None else SummaryKeys(kv_heads, head_dim, dtype, self.device)
-        # per positions mode ("fixed", "exact"): per-block digests, measured lazily
-        self._digests: dict[str, BlockDigests] = {"fixed": BlockDigests(), "exact": BlockDigests()}
+        # per kind ("bounds", "means") and positions mode ("fixed", "exact"): per-block digests, measured lazily
+        self.digests: dict[tuple[str, str], BlockDigests] = {
+            (kind, mode): BlockDigests(fn) for kind, fn in (("bounds", measure_bounds), ("means", measure_means))
+            for mode in ("fixed", "exact")}
 
     # -------------------------------------------------------------------- views
     @property
@@ -56,10 +58,14 @@ class LayerMemory:
     def n_blocks(self) -> int:
         return self.blocks.n_blocks
 
-    def digests(self, mode: str, rotate: BlockRotation | None = None) -> tuple[torch.Tensor, ...]:
-        """Per-block ``(lo, hi, k_mean, v_mean)``, each ``[n_blocks, Hkv, d]``, for memory at ``mode``
+    def bounds(self, mode: str, rotate: BlockRotation | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-block key bounds ``(lo, hi)``, each ``[n_blocks, Hkv, d]``, for memory at ``mode``
         positions (``rotate`` brings keys to their true positions; None for the fixed angle)."""
-        return self._digests[mode].get(self.blocks, self.n_blocks, self.device, rotate)
+        return self.digests["bounds", mode].get(self.blocks, self.n_blocks, self.device, rotate)
+
+    def means(self, mode: str, rotate: BlockRotation | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-block mean key and value ``(k_mean, v_mean)`` (ACRE's first level), as :meth:`bounds`."""
+        return self.digests["means", mode].get(self.blocks, self.n_blocks, self.device, rotate)
 
     # -------------------------------------------------------------------- updates
     def make_room(self, incoming: int, policy: EvictionPolicy) -> None:
@@ -147,5 +153,5 @@ class LayerMemory:
         child.sink_k, child.sink_v = self.sink_k, self.sink_v
         child.local_k, child.local_v, child.local_score = self.local_k, self.local_v, self.local_score
         child.local_start = self.local_start
-        child._digests = {mode: d.fork(self.n_blocks) for mode, d in self._digests.items()}
+        child.digests = {key: d.fork(self.n_blocks) for key, d in self.digests.items()}
         return child

@@ -211,7 +211,7 @@ class BoundScorer(Scorer):
         self.mass = reduce == "softmax"
 
     def __call__(self, tokens, weights, mem, state, mq):
-        lo, hi, _, _ = mem.digests(mq.mode, mq.rotate_blocks)
+        lo, hi = mem.bounds(mq.mode, mq.rotate_blocks)
         u = bound_logits(mq.at_memory(tokens), lo, hi, mem.dtype)
         return reduce_tokens(u, weights, mem.kv_heads, self.reduce, mq.scaling)
 
@@ -219,7 +219,7 @@ class BoundScorer(Scorer):
               n_avail: torch.Tensor) -> torch.Tensor:
         """Every execution block's evidence at once: q_mem ``[H, E, S, d]`` (at the memory's rotation),
         weights ``[E, S]``, ``n_avail [E]`` blocks each may see -> ``[E, Hkv, N]`` (0 / -inf beyond)."""
-        lo, hi, _, _ = mem.digests(mq.mode, mq.rotate_blocks)
+        lo, hi = mem.bounds(mq.mode, mq.rotate_blocks)
         h, n_e, size, d = q_mem.shape
         hkv, n = mem.kv_heads, lo.shape[0]
         hidden = torch.arange(n, device=q_mem.device)[None] >= n_avail[:, None]      # [E, N]
@@ -246,7 +246,7 @@ class FirstLevelScorer(Scorer):
     mass = True
 
     def __call__(self, tokens, weights, mem, state, mq):
-        _, _, k_mean, _ = mem.digests(mq.mode, mq.rotate_blocks)
+        k_mean, _ = mem.means(mq.mode, mq.rotate_blocks)
         u = key_logits(mq.at_memory(tokens), k_mean)
         return reduce_tokens(u, weights, mem.kv_heads, "softmax", mq.scaling)
 
@@ -418,7 +418,7 @@ class ACRE(BlockRetrieval):
             ev.scatter_(1, idx, float("-inf"))
         n_l1 = min(self.config.l1_budget, mem.n_blocks - sel.n_blocks)
         if n_l1 > 0:
-            _, _, k_mean, v_mean = mem.digests(mq.mode, mq.rotate_blocks)
+            k_mean, v_mean = mem.means(mq.mode, mq.rotate_blocks)
             top = ev.topk(n_l1, -1).indices.sort(-1).values               # [Hkv, L]
             heads = torch.arange(mem.kv_heads, device=top.device)[:, None]
             sel.l1_k = k_mean[top, heads].to(mem.dtype)
