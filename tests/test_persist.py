@@ -489,3 +489,29 @@ def test_scattered_block_reads_match_contiguous_reads(eng, doc):
     fresh = load_document(eng, doc.path)
     with pytest.raises(CacheError, match=rf"block {n // 2} of layer 1"):
         fresh.state.memory[1].blocks.file.read(1, [0, n // 2, n - 1])
+
+
+def test_a_reloaded_document_keeps_its_key_bounds_and_reads_no_block_to_score(make_engine, tmp_path, monkeypatch):
+    """The first question after a reload scores blocks from the saved bounds (not by reading every
+    block), with the same result as the document in memory."""
+    from actqkv_llm.memory import layer_memory
+    from actqkv_llm.persist import state
+
+    monkeypatch.setattr(state, "bounds_to_keep", lambda doc: "exact")   # as on an accelerator
+    eng = make_engine("llama", method="actqkv", block_size=8, n_sink=4, n_local=64, exec_block=16,
+                      budget=4 + 64 + 8 * 4, prefill_chunk=96)
+    doc = eng.prefill_ids(torch.randint(0, 250, (700,), generator=torch.Generator().manual_seed(4)))
+    expected = eng.generate_ids(doc, [7, 8, 9], max_new_tokens=4)
+    path = eng.save(doc, tmp_path / "doc")
+    measured = []
+    real = layer_memory.measure_bounds
+    monkeypatch.setattr(layer_memory, "measure_bounds", lambda *a: measured.append(a[1:3]) or real(*a))
+    again = eng.load(path)
+    layer = eng.adapter.memory_layers[0]
+    saved = doc.state.memory[layer].digests["bounds", "exact"].known
+    loaded = again.state.memory[layer].digests["bounds", "exact"].known
+    assert saved is not None and all(torch.equal(a, b) for a, b in zip(saved, loaded))
+    assert eng.generate_ids(again, [7, 8, 9], max_new_tokens=4) == expected
+    assert all(a >= loaded[0].shape[0] for a, _ in measured)   # at most the question's own blocks
+    again.state.memory[layer].bounds("fixed")   # never measured during the prefill: read from the blocks
+    assert (0, loaded[0].shape[0]) in measured
