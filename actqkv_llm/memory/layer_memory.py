@@ -2,7 +2,8 @@
 
 Tokens enter the local window; when it is full, the oldest tokens leave it: the first ``n_sink``
 become permanent sinks, the rest leave in whole blocks that keep their full KV (second level)
-and one summary key per KV head (first level). Keys are stored without rotary position.
+and, for the scorers that read it, one summary key per KV head (first level). Keys are stored
+without rotary position.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class EvictionPolicy:
     block_size: int           # tokens per memory block
     keep_blocks: bool         # False: evicted tokens are dropped (streaming, sliding-window layers)
     repr_topk: int = 4
+    keep_summaries: bool = True  # False: no summary keys (the method's scorer never reads them)
 
 
 class LayerMemory:
@@ -92,7 +94,8 @@ class LayerMemory:
         k = self.local_k[:, sl].reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1)
         v = self.local_v[:, sl].reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1)
         score = self.local_score[:, sl].reshape(self.kv_heads, n, b).transpose(0, 1)
-        self.summaries.append(representative_keys(k, score, policy.repr_topk))
+        if policy.keep_summaries:
+            self.summaries.append(representative_keys(k, score, policy.repr_topk))
         self.blocks.append(k.contiguous(), v.contiguous())
 
     def append_local(self, k: torch.Tensor, v: torch.Tensor, score: torch.Tensor | None = None) -> None:
