@@ -26,7 +26,8 @@ class Session:
         self.policy = EvictionPolicy(
             capacity=config.n_local if method.bounded else None,
             n_sink=config.n_sink if method.bounded else 0,
-            block_size=config.block_size, keep_blocks=method.uses_memory, repr_topk=config.repr_topk)
+            block_size=config.block_size, keep_blocks=method.uses_memory, repr_topk=config.repr_topk,
+            keep_summaries=method.uses_summaries)
         self.track_sources = False
         self.record_kv = False
         self.kv_log: list[dict[tuple[int, int], int]] = []   # per forward pass: (slot, layer) -> KV attended

@@ -158,7 +158,7 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
     score = torch.cat([mem.local_score, mem.local_score.new_zeros((hkv, t_all))], 1)
     mass = mass.masked_fill(cols[None, None] >= torch.tensor(width, device=dev)[:, None, None], 0)
     score.index_add_(1, idx.flatten(), mass.transpose(0, 1).reshape(hkv, -1))
-    mem.settle_chunk(x_k, x_v, score, plan.evicted, cfg.repr_topk)
+    mem.settle_chunk(x_k, x_v, score, plan.evicted, s.policy)
     for e in range(n_e):
         s.note_kv(e, layer, mem.n_sink + counts[e] * b + width[e])
     return out.reshape(h, n_e * size, d)[:, :t_all].to(q.dtype)

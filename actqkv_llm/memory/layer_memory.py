@@ -2,7 +2,8 @@
 
 Tokens enter the local window; when it is full, the oldest tokens leave it: the first ``n_sink``
 become permanent sinks, the rest leave in whole blocks that keep their full KV (second level)
-and one summary key per KV head (first level). Keys are stored without rotary position.
+and, for the scorers that read it, one summary key per KV head (first level). Keys are stored
+without rotary position.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class EvictionPolicy:
     block_size: int           # tokens per memory block
     keep_blocks: bool         # False: evicted tokens are dropped (streaming, sliding-window layers)
     repr_topk: int = 4
+    keep_summaries: bool = True  # False: no summary keys (the method's scorer never reads them)
 
 
 class LayerMemory:
@@ -98,7 +100,8 @@ class LayerMemory:
         k = self.local_k[:, sl].reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1)
         v = self.local_v[:, sl].reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1)
         score = self.local_score[:, sl].reshape(self.kv_heads, n, b).transpose(0, 1)
-        self.summaries.append(representative_keys(k, score, policy.repr_topk))
+        if policy.keep_summaries:
+            self.summaries.append(representative_keys(k, score, policy.repr_topk))
         self.blocks.append(k.contiguous(), v.contiguous())
 
     def store_blocks(self, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -110,16 +113,17 @@ class LayerMemory:
         self.blocks.append(k.reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1).contiguous(),
                            v.reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1).contiguous())
 
-    def settle_chunk(self, k: torch.Tensor, v: torch.Tensor, score: torch.Tensor, evicted: int, repr_topk: int) -> None:
+    def settle_chunk(self, k: torch.Tensor, v: torch.Tensor, score: torch.Tensor, evicted: int,
+                     policy: EvictionPolicy) -> None:
         """Batched prefill: ``[window | chunk]`` keys, values and their attention mass ``[Hkv, L]``;
         the first ``evicted`` tokens left as blocks (stored by :meth:`store_blocks`) and get their
-        summaries; the rest is the new window."""
-        if evicted:
+        summaries (if the policy keeps them); the rest is the new window."""
+        if evicted and policy.keep_summaries:
             b = self.block_size
             n = evicted // b
             kb = k[:, :evicted].reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1)
             sb = score[:, :evicted].reshape(self.kv_heads, n, b).transpose(0, 1)
-            self.summaries.append(representative_keys(kb, sb, repr_topk))
+            self.summaries.append(representative_keys(kb, sb, policy.repr_topk))
         self.local_k, self.local_v, self.local_score = k[:, evicted:], v[:, evicted:], score[:, evicted:]
         self.local_start += evicted
 

@@ -21,7 +21,9 @@ from ..errors import CacheError, CacheMismatchError
 from .paths import open_regular, read_regular
 
 FORMAT_NAME = "actqkv-document"   # also the ownership marker: a directory whose manifest says so is ours
-FORMAT_VERSION = 2
+# Version 3 stores summary keys only for the scorers that read them (dot, cosine); a version 2
+# reader would find them missing, so the version says it. Version 2 caches are read as they are.
+FORMAT_VERSION = 3
 # Oldest version this reader accepts (version 1 stored KV in the compute dtype, unverified keys).
 MIN_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"

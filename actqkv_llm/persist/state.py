@@ -56,7 +56,8 @@ BOUND_MODES = ("fixed", "exact")
 
 def pack_state(doc: Any, kv_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Everything but the full blocks (block digests are added by the writer); KV tensors
-    (sinks, local window, summaries) in ``kv_dtype`` (default: as they are)."""
+    (sinks, local window, summaries) in ``kv_dtype`` (default: as they are). Summary keys only
+    where the method's scorer reads them (the others never compute them)."""
     state = doc.state
     kv = (lambda t: _host(t.to(kv_dtype))) if kv_dtype is not None else _host  # noqa: E731
     out: dict[str, torch.Tensor] = {
@@ -72,7 +73,8 @@ def pack_state(doc: Any, kv_dtype: torch.dtype | None = None) -> dict[str, torch
         out[n("local_k")], out[n("local_v")] = kv(mem.local_k), kv(mem.local_v)
         out[n("local_score")] = _host(mem.local_score.float())
         out[n("local_start")] = _scalar(mem.local_start, torch.long)
-        out[n("summaries")] = kv(mem.summaries.all())
+        if state.method.uses_summaries:
+            out[n("summaries")] = kv(mem.summaries.all())
         mode = bounds_to_keep(doc)
         known = mem.digests["bounds", mode].known if mode else None
         if known is not None and known[0].shape[0]:  # a reload then never reads every block to score them
@@ -147,8 +149,10 @@ def unpack_state(engine: Any, tensors: dict[str, torch.Tensor], n_blocks: list[i
                  n_tokens: int | None = None):
     """Rebuild the prefilled :class:`Session` on the engine's device; ``make_blocks(i)`` gives layer
     ``i``'s full-block store (a lazy disk reader). KV tensors are stored as ``stored`` (default: the
-    compute dtype) and converted to the compute dtype. Every tensor's dtype and shape is checked
-    first: a mismatch is a :class:`CacheError` naming ``where`` and the tensor."""
+    compute dtype) and converted to the compute dtype. Summary keys are read only where the
+    engine's method uses them (a version 2 cache holds them for every method). Every tensor's
+    dtype and shape is checked first: a mismatch is a :class:`CacheError` naming ``where`` and
+    the tensor."""
     from ..session import Session
 
     adapter, config = engine.adapter, engine.config
@@ -185,11 +189,13 @@ def unpack_state(engine: Any, tensors: dict[str, torch.Tensor], n_blocks: list[i
         expect(local_k, name("local_k"), (hkv, nl, hd), sd)
         expect(local_v, name("local_v"), (hkv, nl, hd), sd)
         expect(score, name("local_score"), (hkv, nl), torch.float32)
-        summaries = expect(g("summaries"), name("summaries"), (n_blocks[i], hkv, hd), sd)
+        summaries = None
+        if engine.method.uses_summaries:
+            summaries = expect(g("summaries"), name("summaries"), (n_blocks[i], hkv, hd), sd).to(dev, dt)
         local_start = int(scalar(name("local_start"), torch.long, 0, limit))
 
         mem = LayerMemory(hkv, hd, dt, dev, bs, blocks=make_blocks(i),
-                          summaries=SummaryKeys(hkv, hd, dt, dev, base=summaries.to(dev, dt), capacity=1))
+                          summaries=SummaryKeys(hkv, hd, dt, dev, base=summaries, capacity=1))
         mem.sink_k, mem.sink_v = sink_k.to(dev, dt), sink_v.to(dev, dt)
         mem.local_k, mem.local_v, mem.local_score = local_k.to(dev, dt), local_v.to(dev, dt), score.to(dev)
         mem.local_start = local_start

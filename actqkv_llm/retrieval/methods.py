@@ -177,6 +177,7 @@ class Scorer:
     (entropy of the normalised row), the others logits (entropy of their softmax)."""
 
     mass = False
+    reads_summaries = False   # reads the blocks' summary keys (kept, and saved, only for such scorers)
 
     def __call__(self, tokens: torch.Tensor, weights: torch.Tensor, mem: "LayerMemory",
                  state: LayerRetrievalState, mq: MemoryQuery) -> torch.Tensor:
@@ -186,12 +187,16 @@ class Scorer:
 class RepresentativeDot(Scorer):
     """InfLLM: dot product of the probe (query heads averaged per KV head) with each block's summary key."""
 
+    reads_summaries = True
+
     def __call__(self, tokens, weights, mem, state, mq):
         return dot_scores(_group(tokens[:, 0].float(), mem.kv_heads), mem.summaries.parts())
 
 
 class RepresentativeCosine(Scorer):
     """ActQKV: cosine of the concatenated probe and summary, plus lambda x cosine with the question summary."""
+
+    reads_summaries = True
 
     def __init__(self, question_weight: float):
         self.question_weight = question_weight
@@ -257,6 +262,7 @@ class RetrievalMethod:
     uses_memory = False   # evicted blocks are kept and retrieved
     bounded = True        # the local window has a fixed size
     tracks_activations = False
+    uses_summaries = False  # evicted blocks get a summary key (only the scorers that read them need it)
 
     def __init__(self, config: RetrievalConfig):
         self.config = config
@@ -312,6 +318,7 @@ class BlockRetrieval(RetrievalMethod):
         self.budget_rule = sel("budget_rule")
         self.tracks_activations = sel("probe") in ("activation", "activation-tokens")
         self.uses_question = scorer == "cosine"
+        self.uses_summaries = self.scorer.reads_summaries
         self.rerank = config.rerank
         # a prefill chunk's execution blocks may run as one batch (attention/chunk.py): selection
         # reads key bounds, never the summaries made from the window's attention
