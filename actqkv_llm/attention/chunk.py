@@ -8,11 +8,11 @@ window yet before execution block ``e`` is masked out of ``e``'s choice); one to
 and one attention call over ``[sinks | picked blocks | local window]`` for all of them.
 
 It gives the reference's result (up to float rounding) when selection does not read the blocks'
-summary keys: those depend on the attention mass tokens receive in the window, which for a
-block leaving in the middle of the chunk is only known after the attention. Once a token has
-left the window it receives no more mass, so its total over the chunk is exactly what the
-reference had when it evicted it: summaries are made after the attention, from that total.
-:func:`chunk_plan` says when the batch applies; otherwise the reference loop runs.
+summary keys (which depend on the attention mass tokens receive while in the window: sequential
+by nature). With memory at exact positions the window's keys are rotated at their absolute
+positions like the memory's, so one query serves both and PyTorch's fused attention runs it;
+at the fixed angle, memory and window see differently rotated queries and share one softmax by
+hand. :func:`chunk_plan` says when the batch applies; otherwise the reference loop runs.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from .rope import rotate
 
@@ -59,7 +60,8 @@ def chunk_plan(ctx: "StepContext", layer: int, t_all: int) -> ChunkPlan | None:
     step = cfg.exec_block
     if (t_all <= step or not method.uses_memory or not getattr(method, "batchable", False)
             or not cfg.batch_prefill or not kind.memory or kind.window is not None
-            or s.meter is not None or s.track_sources or mem.n_sink < s.policy.n_sink):
+            or s.policy.keep_summaries or s.meter is not None or s.track_sources
+            or mem.n_sink < s.policy.n_sink):
         return None
     first_q = mem.local_start + mem.n_local
     if method.positions == "auto" and first_q + min(step, t_all) <= s.adapter.native_window < first_q + t_all:
@@ -103,7 +105,6 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
     # ---- probe: every query token votes, weighted per execution block
     pad = n_e * size - t_all
     weights = method.probe.chunk_weights(q, rstate, plan.sizes)        # [E, S], zero on padding
-    valid_q = torch.arange(size, device=dev)[None] < torch.tensor(plan.sizes, device=dev)[:, None]
 
     # ---- scores -> budget -> blocks
     q_mem = _pad_blocks(mq.at_memory(q), n_e, size, pad)               # [H, E, S, d]
@@ -136,29 +137,30 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
         k_mem, v_mem = torch.cat([sinks_k, k_mem], 2), torch.cat([sinks_v, v_mem], 2)
         mem_ok = torch.cat([sink_ok, mem_ok], 1)
 
-    # ---- the local windows: relative positions 0 .. width-1 for keys, n_loc .. for queries
+    # ---- the local windows, and one softmax over [memory | window] per execution block
     width = plan.width
     w_max = max(width)
     cols = torch.arange(w_max, device=dev)
     idx = (torch.tensor(plan.win_start, device=dev)[:, None] + cols).clamp_(max=x_k.shape[1] - 1)  # [E, W]
-    cos, sin = s.adapter.rope_table(kind.rope_type, max(w_max, cfg.n_local + 1))
-    k_loc = rotate(x_k[:, idx], cos[:w_max], sin[:w_max]).to(mem.dtype).transpose(0, 1)   # [E, Hkv, W, d]
-    v_loc = x_v[:, idx].transpose(0, 1)
-    n_loc = torch.tensor(plan.n_loc, device=dev)
     last = torch.tensor(plan.sizes, device=dev)[:, None] - 1
-    qpos = n_loc[:, None] + torch.minimum(torch.arange(size, device=dev)[None], last)   # [E, S]
-    q_pad = _pad_blocks(q, n_e, size, pad)                              # [H, E, S, d]
-    q_loc = rotate(q_pad, cos[qpos], sin[qpos]).to(q.dtype)
-    loc_hidden = cols[None, None] > qpos[:, :, None]                    # [E, S, W]
+    qpos = torch.tensor(plan.n_loc, device=dev)[:, None] + torch.minimum(torch.arange(size, device=dev)[None], last)
+    loc_hidden = cols[None, None] > qpos[:, :, None]                    # [E, S, W]: query j sees window key i
+    v_loc = x_v[:, idx].transpose(0, 1)
+    if softcap or mq.mode != "exact":
+        # window keys at relative positions 0 .. width-1, queries at n_loc + j (as the reference)
+        cos, sin = s.adapter.rope_table(kind.rope_type, max(w_max, cfg.n_local + 1))
+        k_loc = rotate(x_k[:, idx], cos[:w_max], sin[:w_max]).to(mem.dtype).transpose(0, 1)   # [E, Hkv, W, d]
+        q_loc = rotate(_pad_blocks(q, n_e, size, pad), cos[qpos], sin[qpos]).to(q.dtype)
+        out = _attend(q_mem, q_loc, k_mem, v_mem, mem_ok, k_loc, v_loc, loc_hidden, scaling, softcap)
+    else:  # memory at exact positions: one fused attention call
+        first = mem.local_start
+        cos, sin = s.adapter.rope_table(kind.rope_type, first + x_k.shape[1])
+        k_abs = rotate(x_k, cos[first:first + x_k.shape[1]], sin[first:first + x_k.shape[1]]).to(mem.dtype)
+        out = _attend_fused(q_mem, k_mem, v_mem, mem_ok, k_abs[:, idx].transpose(0, 1), v_loc,
+                            loc_hidden, scaling)
 
-    out, mass = _attend(q_mem, q_loc, k_mem, v_mem, mem_ok,
-                        k_loc, v_loc, loc_hidden, valid_q, scaling, softcap)
-
-    # ---- bookkeeping: window scores, summaries of the blocks that left, the new window
-    score = torch.cat([mem.local_score, mem.local_score.new_zeros((hkv, t_all))], 1)
-    mass = mass.masked_fill(cols[None, None] >= torch.tensor(width, device=dev)[:, None, None], 0)
-    score.index_add_(1, idx.flatten(), mass.transpose(0, 1).reshape(hkv, -1))
-    mem.settle_chunk(x_k, x_v, score, plan.evicted, s.policy)
+    # ---- bookkeeping: the blocks that left were stored above; the rest is the new window
+    mem.settle_chunk(x_k, x_v, plan.evicted)
     for e in range(n_e):
         s.note_kv(e, layer, mem.n_sink + counts[e] * b + width[e])
     return out.reshape(h, n_e * size, d)[:, :t_all].to(q.dtype)
@@ -194,22 +196,37 @@ def _pick(evidence: torch.Tensor, n_avail: torch.Tensor, counts: list[int], kmax
     return torch.where(ok[:, None], top, 0), ok
 
 
+def _attend_fused(q: torch.Tensor, k_mem: torch.Tensor, v_mem: torch.Tensor, mem_ok: torch.Tensor,
+                  k_loc: torch.Tensor, v_loc: torch.Tensor, loc_hidden: torch.Tensor, scaling: float) -> torch.Tensor:
+    """:func:`_attend` without the mass, for memory at exact positions: the window's keys rotated at
+    their absolute positions like the memory's (dot products depend only on the distance), so one
+    query serves both parts and PyTorch's fused attention (``scaled_dot_product_attention``, one
+    softmax over ``[memory | window]`` with a mask) does it. q ``[H, E, S, d]`` at absolute
+    positions; returns out ``[H, E, S, d]``."""
+    h, n_e, size, d = q.shape
+    g = h // k_mem.shape[1]
+    k = torch.cat([k_mem, k_loc.to(k_mem.dtype)], 2).repeat_interleave(g, 1)      # [E, H, M+W, d]
+    v = torch.cat([v_mem, v_loc.to(v_mem.dtype)], 2).repeat_interleave(g, 1)
+    seen = torch.cat([mem_ok[:, None].expand(-1, size, -1), ~loc_hidden], 2)[:, None]   # [E, 1, S, M+W]
+    out = F.scaled_dot_product_attention(q.transpose(0, 1).to(k.dtype), k, v, attn_mask=seen, scale=scaling)
+    return out.transpose(0, 1)
+
+
 def _attend(q_mem: torch.Tensor, q_loc: torch.Tensor, k_mem: torch.Tensor, v_mem: torch.Tensor,
             mem_ok: torch.Tensor, k_loc: torch.Tensor, v_loc: torch.Tensor, loc_hidden: torch.Tensor,
-            valid_q: torch.Tensor, scaling: float, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One softmax over ``[memory | local]`` for every execution block.
+            scaling: float, softcap: float | None) -> torch.Tensor:
+    """One softmax over ``[memory | local]`` for every execution block, memory and window each with
+    their own rotation of the queries (memory at the fixed angle).
 
     q_mem/q_loc ``[H, E, S, d]``; k/v_mem ``[E, Hkv, M, d]`` with ``mem_ok [E, M]``; k/v_loc
-    ``[E, Hkv, W, d]`` with ``loc_hidden [E, S, W]``; ``valid_q [E, S]`` (padding rows carry no mass).
-    Products in the inputs' dtype, softmax in float32. Returns out ``[H, E, S, d]`` (float32) and
-    the mass each local key received ``[E, Hkv, W]``, summed over queries and each KV head's group.
+    ``[E, Hkv, W, d]`` with ``loc_hidden [E, S, W]``. Products in the inputs' dtype, softmax in
+    float32. Returns out ``[H, E, S, d]`` (float32).
     """
     h, n_e, size, d = q_loc.shape
     hkv, m, w = k_mem.shape[1], k_mem.shape[2], k_loc.shape[2]
     g = h // hkv
-    per_block = h * size * (m + w)
-    step = max(1, MAX_SCORE_ELEMENTS // max(1, per_block))
-    outs, masses = [], []
+    step = max(1, MAX_SCORE_ELEMENTS // max(1, h * size * (m + w)))
+    outs = []
     for a in range(0, n_e, step):
         e = slice(a, min(n_e, a + step))
         ne = e.stop - e.start
@@ -228,10 +245,8 @@ def _attend(q_mem: torch.Tensor, q_loc: torch.Tensor, k_mem: torch.Tensor, v_mem
         row_max = torch.maximum(s_mem.amax(-1, keepdim=True), s_loc.amax(-1, keepdim=True))
         e_mem, e_loc = s_mem.sub_(row_max).exp_(), s_loc.sub_(row_max).exp_()
         inv_z = (e_mem.sum(-1, keepdim=True) + e_loc.sum(-1, keepdim=True)).reciprocal_()
-        dt = v_loc.dtype if v_loc.dtype != torch.float32 else torch.float32
-        out = torch.matmul(e_mem.to(dt), v_mem[e].to(dt)).float() + torch.matmul(e_loc.to(dt), v_loc[e].to(dt)).float()
+        dt = v_loc.dtype
+        out = torch.matmul(e_mem.to(dt), v_mem[e]).float() + torch.matmul(e_loc.to(dt), v_loc[e]).float()
         out = out * inv_z                                               # [E', Hkv, G*S, d]
         outs.append(out.view(ne, hkv, g, size, d).permute(1, 2, 0, 3, 4).reshape(h, ne, size, d))
-        row_w = inv_z * valid_q[e].repeat(1, g)[:, None, :, None]       # [E', Hkv, G*S, 1]
-        masses.append(torch.matmul(row_w.transpose(-1, -2), e_loc)[:, :, 0])   # [E', Hkv, W]
-    return torch.cat(outs, 1), torch.cat(masses, 0)
+    return torch.cat(outs, 1)

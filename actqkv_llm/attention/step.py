@@ -126,10 +126,10 @@ class StepContext:
 
         out, mass_loc, mass_mem = attend(q_loc, k_loc, v_loc, q_mem, k_mem, v_mem, scaling,
                                          window=kind.window, softcap=softcap,
-                                         want_mass=method.uses_memory or s.track_sources, masks=self.masks)
+                                         want_mass=s.policy.keep_summaries or s.track_sources, masks=self.masks)
 
         # ---- bookkeeping
-        if mass_loc is not None:
+        if mass_loc is not None and s.policy.keep_summaries:  # the window's mass picks summary keys
             mem.add_local_scores(mass_loc[:, :n_loc])
             mem.append_local(k, v, mass_loc[:, n_loc:])
         else:

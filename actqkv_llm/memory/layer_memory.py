@@ -113,18 +113,12 @@ class LayerMemory:
         self.blocks.append(k.reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1).contiguous(),
                            v.reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1).contiguous())
 
-    def settle_chunk(self, k: torch.Tensor, v: torch.Tensor, score: torch.Tensor, evicted: int,
-                     policy: EvictionPolicy) -> None:
-        """Batched prefill: ``[window | chunk]`` keys, values and their attention mass ``[Hkv, L]``;
-        the first ``evicted`` tokens left as blocks (stored by :meth:`store_blocks`) and get their
-        summaries (if the policy keeps them); the rest is the new window."""
-        if evicted and policy.keep_summaries:
-            b = self.block_size
-            n = evicted // b
-            kb = k[:, :evicted].reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1)
-            sb = score[:, :evicted].reshape(self.kv_heads, n, b).transpose(0, 1)
-            self.summaries.append(representative_keys(kb, sb, policy.repr_topk))
-        self.local_k, self.local_v, self.local_score = k[:, evicted:], v[:, evicted:], score[:, evicted:]
+    def settle_chunk(self, k: torch.Tensor, v: torch.Tensor, evicted: int) -> None:
+        """Batched prefill (for methods without summary keys): of ``[window | chunk]`` keys and values
+        ``[Hkv, L, d]``, the first ``evicted`` tokens left as blocks (stored by :meth:`store_blocks`);
+        the rest is the new window."""
+        self.local_k, self.local_v = k[:, evicted:], v[:, evicted:]
+        self.local_score = self.local_score.new_zeros((self.kv_heads, k.shape[1] - evicted))
         self.local_start += evicted
 
     def append_local(self, k: torch.Tensor, v: torch.Tensor, score: torch.Tensor | None = None) -> None:
