@@ -27,25 +27,25 @@ SCORERS = ("dot", "cosine", "bound", "l1")
 TOKEN_REDUCES = ("softmax", "max")
 POSITIONS = ("auto", "exact", "fixed")
 BUDGET_RULES = ("fixed", "entropy")
-SELECTION_OPTIONS = ("probe", "scorer", "token_reduce", "per_head", "positions", "budget_rule")
+SELECTION_OPTIONS = ("probe", "scorer", "token_reduce", "per_head", "positions", "budget_rule", "keep_edges")
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # the measured default (docs/method.md, "Ablation"): every query token and every KV head scores
     # blocks by their key bounds; tokens weighted by activation bias; entropy-shared budget
     "actqkv": dict(probe="activation-tokens", scorer="bound", token_reduce="softmax", per_head=True,
-                   positions="auto", budget_rule="entropy"),
+                   positions="auto", budget_rule="entropy", keep_edges=True),
     # ActQKV as published: activation-weighted mean probe, representative-key cosine with the question term
     "actqkv-paper": dict(probe="activation", scorer="cosine", token_reduce="softmax", per_head=False,
-                         positions="fixed", budget_rule="entropy"),
+                         positions="fixed", budget_rule="entropy", keep_edges=False),
     # Quest (arXiv 2406.10774): per-token, per-head upper bounds, fixed top-k
     "quest": dict(probe="tokens", scorer="bound", token_reduce="max", per_head=True, positions="fixed",
-                  budget_rule="fixed"),
+                  budget_rule="fixed", keep_edges=False),
     # InfLLM: mean probe, representative-key dot product, one block set per layer, fixed top-k
     "infllm": dict(probe="mean", scorer="dot", token_reduce="softmax", per_head=False, positions="fixed",
-                   budget_rule="fixed"),
+                   budget_rule="fixed", keep_edges=False),
     # ACRE (arXiv 2412.12486, training-free): attention over first-level entries picks the refill;
     # its entropy sets how many blocks
     "acre": dict(probe="tokens", scorer="l1", token_reduce="softmax", per_head=True, positions="fixed",
-                 budget_rule="entropy"),
+                 budget_rule="entropy", keep_edges=False),
 }
 
 # The window ActQKV's defaults were tuned for (Llama-3-8B-Instruct).
@@ -97,6 +97,9 @@ class RetrievalConfig:
             exact while the step's positions fit the model's native window, the fixed angle past it.
         budget_rule: ``fixed`` (same number of blocks in every layer) or ``entropy`` (ActQKV's
             dynamic cut-off).
+        keep_edges: always pick the block right after the sinks and the one right before the local
+            window (from the budget): text that runs on from the always-visible sinks or window
+            (e.g. a number whose first digits are the last sink tokens) is not cut in two.
         rerank: while a question is read and its answer decoded, the scorer names ``rerank`` times
             as many candidate blocks and the query's exact attention over their keys keeps the best
             (1: no second stage). Costs reading those candidates' keys each step.
@@ -129,6 +132,7 @@ class RetrievalConfig:
     per_head: bool | None = None
     positions: str | None = None
     budget_rule: str | None = None
+    keep_edges: bool | None = None
     l1_budget: int = 256
     rerank: int = 1
     min_refill: int | None = None
@@ -280,8 +284,9 @@ class RetrievalConfig:
             if v is not None and v not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)} (or None for the method's "
                                   f"preset), got {v!r}")
-        if self.per_head not in (None, True, False):
-            raise ConfigError(f"per_head must be True, False or None, got {self.per_head!r}")
+        for name in ("per_head", "keep_edges"):
+            if getattr(self, name) not in (None, True, False):
+                raise ConfigError(f"{name} must be True, False or None, got {getattr(self, name)!r}")
         if (self.scorer == "l1") != (self.method == "acre") and self.scorer is not None:
             raise ConfigError("scorer 'l1' is ACRE's first level: only with method 'acre', which needs it")
         if self.uses_memory and self.selection("scorer") == "cosine" and self.selection("per_head"):

@@ -223,3 +223,28 @@ def test_measured_bounds_are_bf16_values_rounded_outward():
     assert (lo <= true_lo).all() and (hi >= true_hi).all()
     assert torch.equal(lo, lo.bfloat16().float()) and torch.equal(hi, hi.bfloat16().float())
     assert ((hi - true_hi) <= true_hi.abs() / 64).all() and ((true_lo - lo) <= true_lo.abs() / 64).all()
+
+
+@pytest.mark.parametrize("method, pinned", [("actqkv", True), ("quest", False), ("actqkv-paper", False)])
+def test_the_blocks_next_to_the_sinks_and_the_window_are_kept_by_the_default(make_engine, monkeypatch, method, pinned):
+    """Text that runs on from the sinks (or into the window) is not cut in two: the default always
+    picks the first block and the newest one; the published methods keep their own choice."""
+    from actqkv_llm.retrieval import methods
+
+    picks = []
+    real = methods.BlockRetrieval.select
+
+    def spy(self, q, mem, *args):
+        sel = real(self, q, mem, *args)
+        if sel.blocks is not None:
+            picks.append((sel.blocks, mem.n_blocks, sel.n_blocks))
+        return sel
+
+    monkeypatch.setattr(methods.BlockRetrieval, "select", spy)
+    eng = make_engine("llama", method=method, **SMALL)
+    assert eng.method.keep_edges is pinned
+    doc = eng.prefill_ids(torch.randint(0, 250, (600,), generator=torch.Generator().manual_seed(2)))
+    eng.generate_ids(doc, [3, 4, 5], max_new_tokens=3)
+    assert picks
+    both = [bool((b == 0).any(-1).all() and (b == n - 1).any(-1).all()) for b, n, k in picks if k >= 2]
+    assert all(both) if pinned else not all(both)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from ..retrieval.methods import pin_edges
 from .rope import rotate
 
 if TYPE_CHECKING:
@@ -116,7 +117,8 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
     kmax = max(counts)
     k_mem = v_mem = None
     if kmax:
-        ids, ok = _pick(evidence, n_avail, counts, kmax)               # [E, Hkv, kmax], [E, kmax]
+        ranked = pin_edges(evidence, n_avail) if method.keep_edges else evidence
+        ids, ok = _pick(ranked, n_avail, counts, kmax)                 # [E, Hkv, kmax], [E, kmax]
         flat = ids.expand(-1, hkv, -1).permute(1, 0, 2).reshape(hkv, n_e * kmax)
         kb, vb = mem.blocks.gather(flat, dev)                          # [Hkv, E*kmax*B, d]
         if mq.rotate_blocks is not None:

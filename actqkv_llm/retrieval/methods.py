@@ -257,6 +257,16 @@ class FirstLevelScorer(Scorer):
 
 
 # ---------------------------------------------------------------------- methods
+def pin_edges(evidence: torch.Tensor, n_avail: torch.Tensor | int) -> torch.Tensor:
+    """``evidence [..., N]`` with the first block and the last available one (``n_avail`` blocks,
+    per leading row or for all) ranked first: the blocks that continue the sinks and the window."""
+    out = evidence.clone()
+    out[..., 0] = float("inf")
+    last = torch.as_tensor(n_avail, device=evidence.device) - 1
+    last = last.reshape(last.shape + (1,) * (evidence.dim() - last.dim())).expand(*evidence.shape[:-1], 1)
+    return out.scatter(-1, last.clamp_min(0), float("inf"))
+
+
 class RetrievalMethod:
     name = "base"
     uses_memory = False   # evicted blocks are kept and retrieved
@@ -320,6 +330,7 @@ class BlockRetrieval(RetrievalMethod):
         self.uses_question = scorer == "cosine"
         self.uses_summaries = self.scorer.reads_summaries
         self.rerank = config.rerank
+        self.keep_edges = bool(sel("keep_edges"))
         # a prefill chunk's execution blocks may run as one batch (attention/chunk.py): selection
         # reads key bounds, never the summaries made from the window's attention
         self.batchable = scorer == "bound" and isinstance(self.probe, TokenProbe) and self.name != "acre"
@@ -357,10 +368,11 @@ class BlockRetrieval(RetrievalMethod):
         n = budget.blocks_for(slot, layer, mem.n_blocks, h)
         picked = None
         if n:
+            ranked = pin_edges(evidence, mem.n_blocks) if self.keep_edges else evidence
             if self.rerank > 1 and mq.phase != "document" and n < mem.n_blocks:
-                picked = self._rerank(q, mem, mq, evidence, n, weights if tokens.shape[1] == q.shape[1] else None)
+                picked = self._rerank(q, mem, mq, ranked, n, weights if tokens.shape[1] == q.shape[1] else None)
             else:
-                picked = evidence.topk(n, -1).indices.sort(-1).values
+                picked = ranked.topk(n, -1).indices.sort(-1).values
             picked = picked[0] if picked.shape[0] == 1 else picked
         return Selection(picked, evidence)
 
