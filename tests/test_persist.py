@@ -515,3 +515,18 @@ def test_a_reloaded_document_keeps_its_key_bounds_and_reads_no_block_to_score(ma
     assert all(a >= loaded[0].shape[0] for a, _ in measured)   # at most the question's own blocks
     again.state.memory[layer].bounds("fixed")   # never measured during the prefill: read from the blocks
     assert (0, loaded[0].shape[0]) in measured
+
+
+def test_a_document_filling_the_window_keeps_the_fixed_angle_bounds_its_questions_need(make_engine, tmp_path, monkeypatch):
+    """Prefilled inside the window (exact positions), its questions run past it (fixed angle):
+    the saved document carries the fixed angle's bounds, measured when saving."""
+    from actqkv_llm.persist import state
+
+    monkeypatch.setattr(state, "bounds_to_keep", lambda doc: "fixed")   # as on an accelerator, past the window
+    eng = make_engine("llama", method="actqkv")
+    doc = eng.prefill_ids(torch.randint(0, 250, (1024,), generator=torch.Generator().manual_seed(4)))
+    layer = eng.adapter.memory_layers[0]
+    assert doc.state.memory[layer].digests["bounds", "fixed"].known is None
+    again = eng.load(eng.save(doc, tmp_path / "doc"))
+    n = doc.state.memory[layer].n_blocks
+    assert again.state.memory[layer].digests["bounds", "fixed"].n_known == n > 0

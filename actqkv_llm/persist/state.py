@@ -76,6 +76,8 @@ def pack_state(doc: Any, kv_dtype: torch.dtype | None = None) -> dict[str, torch
         if state.method.uses_summaries:
             out[n("summaries")] = kv(mem.summaries.all())
         mode = bounds_to_keep(doc)
+        if mode == "fixed" and mem.n_blocks:
+            mem.bounds("fixed")   # unrotated keys: measurable here (a document prefilled inside the window never did)
         known = mem.digests["bounds", mode].known if mode else None
         if known is not None and known[0].shape[0]:  # a reload then never reads every block to score them
             out[n(f"bounds.{mode}")] = _host(torch.stack(known, 1).to(torch.bfloat16))
@@ -92,7 +94,8 @@ def pack_state(doc: Any, kv_dtype: torch.dtype | None = None) -> dict[str, torch
 
 def bounds_to_keep(doc: Any) -> str | None:
     """Which key bounds a saved document keeps: those its next question scores with (memory at
-    ``exact`` positions inside the native window, else at the ``fixed`` angle), for a document on
+    ``exact`` positions inside the native window, else at the ``fixed`` angle; the fixed angle's are
+    measured at save time if the prefill, inside the window, never needed them), for a document on
     an accelerator, where the first question after a reload would otherwise read its whole KV
     back from disk to measure them (16 GiB at 128K tokens on the Llama-3.1-8B shape). On the CPU
     they are measured again (about 3% of the KV on disk, for SmolLM2: kept out so that the CPU
