@@ -57,6 +57,8 @@ RETRIEVAL_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--per-head", "per_head", "on-off", "on: each KV head picks its own blocks; off: one set per layer"),
     ("--positions", "positions", str, "auto | exact | fixed: where memory sits (default: the method's)"),
     ("--budget-rule", "budget_rule", str, "fixed | entropy: blocks per layer"),
+    ("--keep-edges", "keep_edges", "on-off", "on: always pick the blocks next to the sinks and the window"),
+    ("--batch-prefill", "batch_prefill", "on-off", "off: prefill one execution block at a time (the reference loop)"),
     ("--l1-budget", "l1_budget", int, "acre: first-level entries attended per step"),
     ("--min-refill", "min_refill", int, "acre: blocks refilled for a fully focused question"),
     ("--max-refill", "max_refill", int, "acre: blocks refilled for a fully diffuse question"),
