@@ -59,7 +59,7 @@ def chunk_plan(ctx: "StepContext", layer: int, t_all: int) -> ChunkPlan | None:
     cfg, method, kind = s.config, s.method, s.adapter.kinds[layer]
     mem = s.memory[layer]
     step = cfg.exec_block
-    if (t_all <= step or not method.uses_memory or not getattr(method, "batchable", False)
+    if (t_all <= step or not method.batchable
             or not cfg.batch_prefill or not kind.memory or kind.window is not None
             or s.policy.keep_summaries or s.meter is not None or s.track_sources
             or mem.n_sink < s.policy.n_sink):
@@ -95,7 +95,7 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
     hkv, b, n_e, size = mem.kv_heads, cfg.block_size, len(plan.sizes), plan.size
     dev = q.device
 
-    # ---- the sequence X; blocks leaving the window are stored now (their summaries come after)
+    # ---- the sequence X; the blocks that leave the window during the chunk are stored first
     x_k = torch.cat([mem.local_k, k.to(mem.dtype)], 1)
     x_v = torch.cat([mem.local_v, v.to(mem.dtype)], 1)
     n_old = mem.n_local

@@ -271,6 +271,7 @@ class RetrievalMethod:
     name = "base"
     uses_memory = False   # evicted blocks are kept and retrieved
     bounded = True        # the local window has a fixed size
+    batchable = False     # a prefill chunk's execution blocks may run as one batch (attention/chunk.py)
     tracks_activations = False
     uses_summaries = False  # evicted blocks get a summary key (only the scorers that read them need it)
 
