@@ -32,20 +32,20 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # the measured default (docs/method.md, "Ablation"): every query token and every KV head scores
     # blocks by their key bounds; tokens weighted by activation bias; entropy-shared budget
     "actqkv": dict(probe="activation-tokens", scorer="bound", token_reduce="softmax", per_head=True,
-                   positions="auto", budget_rule="entropy", keep_edges=True),
+                   positions="auto", budget_rule="entropy", keep_edges=True, rerank=4),
     # ActQKV as published: activation-weighted mean probe, representative-key cosine with the question term
     "actqkv-paper": dict(probe="activation", scorer="cosine", token_reduce="softmax", per_head=False,
-                         positions="fixed", budget_rule="entropy", keep_edges=False),
+                         positions="fixed", budget_rule="entropy", keep_edges=False, rerank=1),
     # Quest (arXiv 2406.10774): per-token, per-head upper bounds, fixed top-k
     "quest": dict(probe="tokens", scorer="bound", token_reduce="max", per_head=True, positions="fixed",
-                  budget_rule="fixed", keep_edges=False),
+                  budget_rule="fixed", keep_edges=False, rerank=1),
     # InfLLM: mean probe, representative-key dot product, one block set per layer, fixed top-k
     "infllm": dict(probe="mean", scorer="dot", token_reduce="softmax", per_head=False, positions="fixed",
-                   budget_rule="fixed", keep_edges=False),
+                   budget_rule="fixed", keep_edges=False, rerank=1),
     # ACRE (arXiv 2412.12486, training-free): attention over first-level entries picks the refill;
     # its entropy sets how many blocks
     "acre": dict(probe="tokens", scorer="l1", token_reduce="softmax", per_head=True, positions="fixed",
-                 budget_rule="entropy", keep_edges=False),
+                 budget_rule="entropy", keep_edges=False, rerank=1),
 }
 
 # The window ActQKV's defaults were tuned for (Llama-3-8B-Instruct).
@@ -102,7 +102,9 @@ class RetrievalConfig:
             (e.g. a number whose first digits are the last sink tokens) is not cut in two.
         rerank: while a question is read and its answer decoded, the scorer names ``rerank`` times
             as many candidate blocks and the query's exact attention over their keys keeps the best
-            (1: no second stage). Costs reading those candidates' keys each step.
+            (1: no second stage). Costs reading those candidates' keys each step (they are scored,
+            not attended: the per-step KV bound is unchanged). None: the method's preset (4 for
+            ``actqkv``, 1 for the published methods).
         l1_budget: ``acre`` only: tokens of first-level entries attended per step (one entry per
             block; the entries with the highest logits when there are more blocks than this).
         batch_prefill: run a prefill chunk's execution blocks as one batch per layer (one scoring,
@@ -134,7 +136,7 @@ class RetrievalConfig:
     budget_rule: str | None = None
     keep_edges: bool | None = None
     l1_budget: int = 256
-    rerank: int = 1
+    rerank: int | None = None
     min_refill: int | None = None
     max_refill: int | None = None
     batch_prefill: bool = True
@@ -298,7 +300,7 @@ class RetrievalConfig:
                               "'mean' or 'activation' (per-token probes go with 'bound' or 'l1')")
         for name in ("l1_budget", "rerank"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if (v is not None or name == "l1_budget") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         for name in ("min_refill", "max_refill"):
             v = getattr(self, name)

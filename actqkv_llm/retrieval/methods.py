@@ -330,7 +330,7 @@ class BlockRetrieval(RetrievalMethod):
         self.tracks_activations = sel("probe") in ("activation", "activation-tokens")
         self.uses_question = scorer == "cosine"
         self.uses_summaries = self.scorer.reads_summaries
-        self.rerank = config.rerank
+        self.rerank = int(sel("rerank"))
         self.keep_edges = bool(sel("keep_edges"))
         # a prefill chunk's execution blocks may run as one batch (attention/chunk.py): selection
         # reads key bounds, never the summaries made from the window's attention
@@ -397,6 +397,9 @@ class BlockRetrieval(RetrievalMethod):
         mass = p.reshape(hkv, -1, m, b).sum((1, 3))                      # [Hkv, m]
         if cand.shape[0] == 1:
             mass = mass.sum(0, keepdim=True)
+        if self.keep_edges:  # the edge blocks stay picked whatever their mass
+            edge = (cand == 0) | (cand == mem.n_blocks - 1)
+            mass = mass.masked_fill(edge.expand_as(mass), float("inf"))
         top = mass.topk(n, -1).indices
         return cand.expand(mass.shape[0], -1).gather(1, top).sort(-1).values
 
