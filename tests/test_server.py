@@ -5,7 +5,6 @@ serves real server processes; every wait is bounded (subprocess timeouts, short 
 from __future__ import annotations
 
 import fcntl
-import io
 import json
 import os
 import shutil
@@ -13,7 +12,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -200,7 +198,7 @@ def test_a_hung_server_is_given_up_within_the_timeouts(root):
         os.close(lock)
 
 
-# ---------------------------------------------------------------------------------------- in-process fallback and the switch
+# ---------------------------------------------------------------------------------------- fallback, the off switch
 @pytest.fixture
 def engines(monkeypatch):
     """The CLI's in-process engine factory replaced by a tiny model; returns the engines it built."""

@@ -137,7 +137,8 @@ class ResidentClient:
         """Start a server in its own session (a Ctrl-C here does not reach it), logging to its log file."""
         env = dict(os.environ)
         if env.get("PYTHONPATH"):  # the server runs in '/': relative entries would find other code
-            env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+            entries = env["PYTHONPATH"].split(os.pathsep)
+            env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in entries if p)
         log = self.paths.log
         restart_log = log.exists() and log.stat().st_size > _LOG_KEEP_BYTES
         argv = [sys.executable, "-m", "actqkv_llm.server", "--dir", str(self.paths.directory),

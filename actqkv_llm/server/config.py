@@ -84,18 +84,14 @@ class ServerConfig:
             if switch not in _SWITCH:
                 raise ConfigError(f"{ENV_SWITCH}={env[ENV_SWITCH]!r}: use on or off")
             options["enabled"] = _SWITCH[switch]
-        idle = env.get(ENV_IDLE, "").strip()
-        if idle:
-            try:
-                options["idle_timeout"] = float(idle)
-            except ValueError:
-                raise ConfigError(f"{ENV_IDLE}={idle!r}: give the idle timeout in seconds, e.g. 600") from None
-        documents = env.get(ENV_DOCUMENTS, "").strip()
-        if documents:
-            try:
-                options["max_documents"] = int(documents)
-            except ValueError:
-                raise ConfigError(f"{ENV_DOCUMENTS}={documents!r}: give a number of documents, e.g. 2") from None
+        for name, field_name, kind, what in ((ENV_IDLE, "idle_timeout", float, "the idle timeout in seconds, e.g. 600"),
+                                             (ENV_DOCUMENTS, "max_documents", int, "a number of documents, e.g. 2")):
+            raw = env.get(name, "").strip()
+            if raw:
+                try:
+                    options[field_name] = kind(raw)
+                except ValueError:
+                    raise ConfigError(f"{name}={raw!r}: give {what}") from None
         try:
             return cls(**options)
         except ConfigError as exc:
@@ -164,6 +160,6 @@ class ServerPaths:
 
     def all_builds(self) -> list["ServerPaths"]:
         """The paths of every build's server with a socket or lock here (this one included)."""
-        builds = {p.name.rsplit(".", 1)[0] for p in self.directory.glob("*.sock")} if self.directory.is_dir() else set()
-        builds |= {p.name.rsplit(".", 1)[0] for p in self.directory.glob("*.lock")} if self.directory.is_dir() else set()
+        found = [*self.directory.glob("*.sock"), *self.directory.glob("*.lock")] if self.directory.is_dir() else []
+        builds = {p.name.rsplit(".", 1)[0] for p in found}
         return [ServerPaths(self.directory, b) for b in sorted(builds | {self.build})]

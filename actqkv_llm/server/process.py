@@ -210,7 +210,8 @@ class ResidentServer:
         except (ProtocolError, TimeoutError) as exc:
             self.log.warning("a bad request: %s", exc)
             try:
-                channel.send({"event": "error", "exit_code": 1, "message": f"bad request to the resident server: {exc}"})
+                channel.send({"event": "error", "exit_code": 1,
+                              "message": f"bad request to the resident server: {exc}"})
             except OSError:
                 pass
         except OSError as exc:
