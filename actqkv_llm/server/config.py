@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import stat
 import sys
 from dataclasses import dataclass
@@ -138,9 +139,11 @@ class ServerPaths:
         """Create the directory (0700) if needed and check it is private to this user.
 
         Raises:
-            ServerUnavailable: it cannot be created, belongs to someone else, is open to others, or
-                its socket path is too long for a Unix socket.
+            ServerUnavailable: no Unix sockets here (Windows), or the directory cannot be created,
+                belongs to someone else, is open to others, or its socket path is too long.
         """
+        if not hasattr(socket, "AF_UNIX") or not hasattr(os, "getuid"):
+            raise ServerUnavailable("this platform has no Unix sockets")
         try:
             private_dir(self.directory)
             st = os.lstat(self.directory)
