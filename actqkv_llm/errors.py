@@ -34,3 +34,14 @@ class CacheMismatchError(CacheError):
 class CacheAccessError(CacheError):
     """A cache file or directory exists but we may not read it (permissions): reported, never
     treated as damage (nothing is deleted because of it)."""
+
+
+class ServerError(ActQKVError):
+    """A request to the resident server (``actqkv ask``) failed. ``exit_code`` is the code the
+    command exits with (2 when the server refused bad input, as the in-process path would);
+    ``remote_traceback`` is the server's traceback when ``--debug`` asked for it."""
+
+    def __init__(self, message: str, exit_code: int = 1, remote_traceback: str | None = None):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.remote_traceback = remote_traceback

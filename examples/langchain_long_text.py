@@ -6,7 +6,7 @@
 The text is read once (prefilled into block memory, and cached on disk: a second run starts
 answering at once); every question then runs on its own copy of that state. Runs on a CPU in
 well under a minute for the bundled text (the first run also converts the embedded model once).
-A 135M-parameter model answers short factual questions, not always correctly: swap in a larger
+A 0.5B-parameter model answers short factual questions, not always correctly: swap in a larger
 local model with ChatActQKV(model="path/to/model") for better answers.
 Set ACTQKV_CACHE_DIR to keep the disk cache somewhere else.
 """

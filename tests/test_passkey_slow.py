@@ -1,4 +1,4 @@
-"""Beyond the window, on real weights: the embedded SmolLM2-135M-Instruct (8K native window) finds a
+"""Beyond the window, on real weights: SmolLM2-135M-Instruct (8K native window; named, not the default) finds a
 passkey in a 32K-token document (4x its window) with ActQKV, where sinks + window alone cannot.
 
 Slow (a few minutes on two CPU cores): run with ``python -m pytest -m slow``. It uses the benchmark's
@@ -19,7 +19,7 @@ def test_passkey_at_4x_the_native_window(tmp_path):
     from actqkv_llm import Engine
     from actqkv_llm.bench.quality import run_quality
 
-    eng = Engine.default(progress=False, cache=False)
+    eng = Engine.from_name("smollm2", progress=False, cache=False)
     assert eng.native_window == 8192
     summary = run_quality(tmp_path, engine=eng, methods=["actqkv", "streaming"], tasks=["passkey"],
                           lengths=[32768], depths=[0.5], samples=1, progress=False, plots=False,

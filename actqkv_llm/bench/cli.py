@@ -105,7 +105,7 @@ def add_bench_arguments(subparsers: Any) -> argparse.ArgumentParser:
     bench = subparsers.add_parser("bench", help="quality and speed benchmarks",
                                   description="Benchmarks: retrieval quality on synthetic "
                                   "long-context tasks, and speed against plain Hugging Face attention.")
-    sub = bench.add_subparsers(dest="bench_command", metavar="{quality,recall,speed,candidates}", required=True)
+    sub = bench.add_subparsers(dest="bench_command", metavar="{quality,recall,speed,candidates,ask}", required=True)
 
     q = sub.add_parser("quality", help="accuracy of every method on synthetic RULER-style tasks",
                        description="Every method on the same generated samples; writes results.jsonl "
@@ -201,6 +201,18 @@ def add_bench_arguments(subparsers: Any) -> argparse.ArgumentParser:
     c.add_argument("--questions", type=int, default=None, help="ask only the first N questions")
     c.add_argument("--out", default="bench-results/candidates")
     c.set_defaults(func=_candidates_main)
+
+    a = sub.add_parser("ask", help="'actqkv ask' timed from outside: process start to first token, first "
+                       "and later questions, with and without the resident server; QA through it",
+                       description="Runs 'actqkv ask' as new processes on the real-document QA text (needs: "
+                       "pip install --no-deps pyperformance==1.14.0): the first question (the server starts), "
+                       "a second one (the server warm), one after 'actqkv server stop', one with --no-server; "
+                       "then every QA question through 'actqkv ask', scored. Writes ask.json and ask.md.")
+    a.add_argument("--model", default=None, help="--model for actqkv ask (default: the default model)")
+    a.add_argument("--cache-dir", default=None, help="--cache-dir for actqkv ask (default: the user's cache)")
+    a.add_argument("--questions", type=int, default=None, help="ask only the first N QA questions")
+    a.add_argument("--out", default="bench-results/ask")
+    a.set_defaults(func=_ask_main)
     return bench
 
 
@@ -237,6 +249,13 @@ def _candidates_main(args: argparse.Namespace) -> int:
     from .candidates import REPORT, run_candidates
     run_candidates(args.out, models=args.models, length=args.length, method=args.method, device=args.device,
                    threads=args.threads, questions=args.questions)
+    print((Path(args.out) / REPORT).read_text())
+    return 0
+
+
+def _ask_main(args: argparse.Namespace) -> int:
+    from .ask import REPORT, run_ask_bench
+    run_ask_bench(args.out, model=args.model, cache_dir=args.cache_dir, questions=args.questions)
     print((Path(args.out) / REPORT).read_text())
     return 0
 

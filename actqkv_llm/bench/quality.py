@@ -267,7 +267,7 @@ def run_quality(out_dir: str | Path = "bench-results/quality", *,
 
     Args:
         out_dir: where ``results.jsonl``, ``summary.json``, ``results.md`` and heat maps go.
-        model, gguf_file, device, dtype: what to load (``model=None``: the packaged SmolLM2).
+        model, gguf_file, device, dtype: what to load (``model=None``: the default model).
         methods: compared in the same run, on the same samples, with the same ``options``.
         tasks: task names, optionally ``task:haystack`` (e.g. ``niah_single:filler``).
         lengths: tokens of document + question, in the engine's tokenizer.

@@ -131,8 +131,9 @@ QUESTIONS: tuple[Question, ...] = (
              ("level-2", "level 2", "warning", "2"),
              "Duplicate explicit hyperlink targets are removed, and level-2 (warning) system messages"),
     # ---- the last quarter
+    # not a bare "`": chat models put backticks around any code they quote, so it matched wrong answers
     Question("What characters enclose interpreted text?",
-             ("backquote", "backtick", "`"), "Interpreted text is enclosed by single backquote characters"),
+             ("backquote", "backtick", "back quote"), "Interpreted text is enclosed by single backquote characters"),
     Question("Text enclosed by double-backquotes is treated as what?",
              ("inline literals", "inline literal", "literal"),
              "Text enclosed by double-backquotes is treated as inline literals"),

@@ -261,7 +261,7 @@ def run_speed(out_dir: str | Path = "bench-results/speed", *,
     Args:
         out_dir: where ``speed.json``, ``speed.md`` and ``speed.png`` go (reload files are
             written under it and deleted).
-        model / random_arch: a model path or id (or None: the packaged SmolLM2), or one of
+        model / random_arch: a model path or id (or None: the default model), or one of
             ``ARCHS`` built with random weights on ``device`` (default cuda when available).
         dtype: weights dtype (random models default to bf16).
         methods: our methods to time (each on the same ids).

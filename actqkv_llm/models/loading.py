@@ -103,8 +103,8 @@ LoadedModel = ModelInfo
 
 # ---------------------------------------------------------------------------------------- bundled GGUFs
 def default_gguf_path(cache_dir: str | Path | None = None) -> Path:
-    """The default model's GGUF (:data:`registry.DEFAULT_MODEL`, SmolLM2-135M-Instruct today),
-    sha256-verified; see :mod:`actqkv_llm.models.registry`.
+    """The default model's GGUF (:data:`registry.DEFAULT_MODEL`, Qwen2.5-Coder-0.5B-Instruct),
+    assembled from its packages once and sha256-verified; see :mod:`actqkv_llm.models.registry`.
 
     Raises:
         ModelNotFoundError: its package is missing or corrupt (the message gives the pip command).

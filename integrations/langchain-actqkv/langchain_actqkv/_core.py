@@ -104,7 +104,7 @@ class ActQKVParams(BaseModel):
 
     engine: Optional[Engine] = Field(default=None, exclude=True, repr=False)
     """The engine to run on. Default: a process-wide engine on ``model_name`` (None: the embedded
-    SmolLM2-135M-Instruct), created on first use and shared by every instance."""
+    Qwen2.5-Coder-0.5B-Instruct), created on first use and shared by every instance."""
     model_name: Optional[str] = Field(default=None, alias="model")
     """Without ``engine``: the local model (directory, cached hub id or GGUF path) to load; None for the
     embedded default. With ``engine``: only the name reported in metadata (default: the engine's)."""

@@ -107,7 +107,7 @@ class ChatActQKV(ActQKVParams, BaseChatModel):
 
     The engine: ``engine=`` an :class:`actqkv_llm.Engine`; otherwise a process-wide engine on
     ``model`` (a local model directory, cached hub id or GGUF path), by default the embedded
-    SmolLM2-135M-Instruct, loaded on first use and shared by every instance.
+    Qwen2.5-Coder-0.5B-Instruct, loaded on first use and shared by every instance.
 
     Output: ``AIMessage.usage_metadata`` (``input_token_details.cache_read`` = document tokens served
     from the prefilled state) and ``response_metadata`` with ``finish_reason``, ``model_name`` and

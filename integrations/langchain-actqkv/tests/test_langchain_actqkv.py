@@ -1,7 +1,8 @@
 """LangChain integration (langchain_actqkv).
 
 Fast tests run on a tiny random model; the LangChain standard suites run on the embedded
-SmolLM2-135M-Instruct (unit suite: never calls the model; integration suite: slow).
+SmolLM2-135M-Instruct, named explicitly (the smallest real model; unit suite: never calls the model;
+integration suite: slow).
 """
 
 from __future__ import annotations
@@ -663,13 +664,14 @@ for _name, _fn in vars(ChatModelIntegrationTests).items():
 
 @pytest.mark.slow
 class TestChatActQKVStandardIntegration(DeclaredOff, ChatModelIntegrationTests):
-    """LangChain's standard integration tests on the embedded SmolLM2-135M-Instruct (CPU, offline)."""
+    """LangChain's standard integration tests on SmolLM2-135M-Instruct (CPU, offline; named explicitly:
+    the smallest real model keeps this suite's time, and its parameters are set for it)."""
 
     @property
     def chat_model_params(self):
         # room for a structured answer (a joke as JSON) to complete; SmolLM2-135M can loop inside a
         # string, so structured strings are capped (max_string_length) to let the JSON finish
-        return {"max_tokens": 64, "max_string_length": 48}
+        return {"model": "smollm2", "max_tokens": 64, "max_string_length": 48}
 
     @property
     def returns_usage_metadata(self):
@@ -680,7 +682,8 @@ class TestChatActQKVStandardIntegration(DeclaredOff, ChatModelIntegrationTests):
         return {"invoke": ["cache_read_input"], "stream": ["cache_read_input"]}
 
     def invoke_with_cache_read_input(self, *, stream: bool = False) -> AIMessage:
-        llm = ChatActQKV(document="The lighthouse keeper's cat is called Pepper. " * 4, max_tokens=8)
+        llm = ChatActQKV(model="smollm2", document="The lighthouse keeper's cat is called Pepper. " * 4,
+                         max_tokens=8)
         if stream:
             full = None
             for chunk in llm.stream("What is the cat called?"):

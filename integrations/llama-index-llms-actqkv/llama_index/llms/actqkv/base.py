@@ -96,7 +96,7 @@ def answer_info(answer: Answer) -> dict[str, Any]:
 
 
 class ActQKVLLM(CustomLLM):
-    """LlamaIndex LLM over an :class:`actqkv_llm.Engine` (default: the embedded SmolLM2-135M-Instruct).
+    """LlamaIndex LLM over an :class:`actqkv_llm.Engine` (default: the embedded Qwen2.5-Coder-0.5B-Instruct).
 
     With ``document`` (text, or a prefilled :class:`actqkv_llm.Document`), every call answers about
     that document: it is prefilled once (lazily, thread-safe; reused from the engine's disk cache)
