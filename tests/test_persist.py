@@ -284,7 +284,9 @@ def test_concurrent_prefill_and_save_from_two_processes(tmp_path):
     barrier.mkdir()
     text = tmp_path / "doc.txt"
     text.write_text(DOC, encoding="utf-8")
-    script = ("import json, os, sys, time\n"
+    # one thread here and in the test process: bf16 sums must round alike for the answers to match
+    script = ("import json, os, sys, time, torch\n"
+              "torch.set_num_threads(1)\n"
               f"sys.path.insert(0, {str(TESTS)!r})\n"
               "from tiny_models import byte_tokenizer, tiny_model\n"
               "from test_persist import bf16_engine\n"
@@ -307,7 +309,12 @@ def test_concurrent_prefill_and_save_from_two_processes(tmp_path):
     assert quick_check(Path(got[0]["path"])) is not None
     eng = bf16_engine(root)
     assert [e["key"] for e in eng.cache.entries()] == [got[0]["key"]]
-    assert answers(eng, eng.load(got[0]["key"])) == answers(eng, eng.prefill(DOC, cache=False))
+    threads = torch.get_num_threads()   # earlier tests may have changed this process's count
+    torch.set_num_threads(1)
+    try:
+        assert answers(eng, eng.load(got[0]["key"])) == answers(eng, eng.prefill(DOC, cache=False))
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------- damage
