@@ -31,10 +31,6 @@ ATTN_IMPLEMENTATION = "actqkv"
 _LOAD_KWARGS = frozenset({"gguf_file", "device", "dtype", "progress", "cache", "allow_past_window"})
 # Below this many tokens a progress bar is more noise than help.
 PROGRESS_MIN_TOKENS = 2048
-# While a bar is shown, prefill runs in pieces of at most this many tokens so the bar moves at least
-# this often (a 4096-token chunk takes tens of seconds on a CPU). Results do not depend on the piece
-# size: attention is computed per execution block either way.
-PROGRESS_STEP_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -285,10 +281,9 @@ class Engine:
         state = Session.new(self.adapter, self.config, self.method, offload=offload)
         state.meter = self.meter
         bar = self._progress_bar(ids.numel(), progress, "prefill")
-        chunk = None if bar is None else min(self.config.prefill_chunk, PROGRESS_STEP_TOKENS)
         try:
             with self._lock:
-                logits = state.forward(ids, progress=bar, chunk=chunk)
+                logits = state.forward(ids, progress=bar)
         finally:
             state.meter = None
             if bar is not None:

@@ -70,11 +70,14 @@ class Session:
             if self.record_kv:
                 self.kv_log.append({})
             hidden = self.adapter.embed(piece[None])
-            for i in range(self.adapter.n_layers):
+            n_layers, n = self.adapter.n_layers, piece.numel()
+            for i in range(n_layers):
                 hidden = self.adapter.run_layer(i, hidden, actqkv=ctx)
-            self.n_tokens += piece.numel()
-            if progress is not None:
-                progress.update(piece.numel())
+                if progress is not None:  # a piece's tokens, spread over its layers: the bar moves
+                    # every chunk / layers tokens, and the chunking (which the result depends on
+                    # through the batched prefill's rounding) stays the same with or without a bar
+                    progress.update((i + 1) * n // n_layers - i * n // n_layers)
+            self.n_tokens += n
         return self.adapter.logits(hidden[:, -1:])[0]
 
     # ------------------------------------------------------------------ bookkeeping hooks
