@@ -51,24 +51,24 @@ def outward_bf16(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torc
     return down(lo, float("-inf")), down(hi, float("inf"))
 
 
+def _measure(blocks: KVBlocks, a: int, b: int, device: torch.device, rotate: BlockRotation | None,
+             reduce: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]):
+    """``reduce(k, v)`` over each read of blocks ``a .. b-1`` (``[Hkv, n, B, d]`` -> two ``[Hkv, n, d]``),
+    as two float32 ``[b - a, Hkv, d]`` tensors."""
+    parts = [reduce(k, v) for k, v in _read(blocks, a, b, device, rotate)]
+    return tuple(torch.cat([p[i].transpose(0, 1) for p in parts]) for i in range(2))
+
+
 def measure_bounds(blocks: KVBlocks, a: int, b: int, device: torch.device,
                    rotate: BlockRotation | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Quest's key bounds ``(lo, hi)``, each float32 ``[b - a, Hkv, d]`` (bf16 values, rounded outward)."""
-    lo, hi = [], []
-    for k, _ in _read(blocks, a, b, device, rotate):
-        lo.append(k.amin(2).transpose(0, 1))
-        hi.append(k.amax(2).transpose(0, 1))
-    return outward_bf16(torch.cat(lo), torch.cat(hi))
+    return outward_bf16(*_measure(blocks, a, b, device, rotate, lambda k, v: (k.amin(2), k.amax(2))))
 
 
 def measure_means(blocks: KVBlocks, a: int, b: int, device: torch.device,
                   rotate: BlockRotation | None) -> tuple[torch.Tensor, torch.Tensor]:
     """ACRE's first-level entry ``(k_mean, v_mean)``, each float32 ``[b - a, Hkv, d]``."""
-    km, vm = [], []
-    for k, v in _read(blocks, a, b, device, rotate):
-        km.append(k.mean(2).transpose(0, 1))
-        vm.append(v.mean(2).transpose(0, 1))
-    return torch.cat(km), torch.cat(vm)
+    return _measure(blocks, a, b, device, rotate, lambda k, v: (k.mean(2), v.mean(2)))
 
 
 Measure = Callable[[KVBlocks, int, int, torch.device, "BlockRotation | None"], tuple[torch.Tensor, ...]]

@@ -334,7 +334,7 @@ class BlockRetrieval(RetrievalMethod):
         self.keep_edges = bool(sel("keep_edges"))
         # a prefill chunk's execution blocks may run as one batch (attention/chunk.py): selection
         # reads key bounds, never the summaries made from the window's attention
-        self.batchable = scorer == "bound" and isinstance(self.probe, TokenProbe) and self.name != "acre"
+        self.batchable = scorer == "bound" and isinstance(self.probe, TokenProbe)
 
     def chunk_evidence(self, q_mem: torch.Tensor, weights: torch.Tensor, mem: "LayerMemory",
                        mq: MemoryQuery, n_avail: torch.Tensor) -> torch.Tensor:
