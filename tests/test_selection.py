@@ -61,6 +61,40 @@ def test_per_head_gather_gives_each_head_its_own_blocks_in_every_store():
     torch.testing.assert_close(gk, torch.stack([all_k[idx2[h], h].reshape(-1, 8) for h in range(2)]))
 
 
+def test_keys_only_gather_matches_the_keys_of_a_full_gather_in_every_store():
+    store, _, _ = _store()
+    own, _, _ = _store(3, seed=1)
+    cpu = torch.device("cpu")
+    for s, idx in ((store, torch.tensor([1, 5, 7])), (store, torch.tensor([[1, 5, 7], [0, 5, 11]])),
+                   (HostBlocks(store, cpu, capacity=4), torch.tensor([[1, 5, 7], [0, 5, 11]])),
+                   (StackedBlocks(store, own), torch.tensor([[2, 12, 14], [3, 4, 13]]))):
+        k, v = s.gather(idx, cpu)
+        k_only, none = s.gather(idx, cpu, values=False)
+        assert none is None and v is not None
+        torch.testing.assert_close(k_only, k, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("per_head,positions", [(True, "exact"), (False, "fixed"), (True, "fixed")])
+def test_rerank_hands_attention_the_same_keys_it_would_gather(make_engine, monkeypatch, per_head, positions):
+    """The rerank stage passes the picked blocks' keys on (attention then gathers values only):
+    the answer's logits equal those of gathering and placing the keys again, bit for bit."""
+    from actqkv_llm.retrieval.methods import BlockRetrieval
+
+    def run():
+        eng = make_engine("llama", method="actqkv", per_head=per_head, positions=positions, rerank=3, **SMALL)
+        doc = eng.prefill_ids(torch.randint(0, 250, (400,), generator=torch.Generator().manual_seed(6)))
+        sess = doc.session()
+        sess.forward(torch.tensor([3, 4, 5]), phase="question")
+        return [sess.forward(torch.tensor([t]), phase="decode") for t in (7, 8, 9)]
+
+    reused = run()
+    rerank = BlockRetrieval._rerank
+    monkeypatch.setattr(BlockRetrieval, "_rerank", lambda *a, **k: (rerank(*a, **k)[0], None))
+    gathered = run()
+    for a, b in zip(reused, gathered):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("method,probe,scorer,per_head", [
     ("actqkv", "activation-tokens", "bound", True), ("actqkv-paper", "activation", "cosine", False),
     ("infllm", "mean", "dot", False), ("quest", "tokens", "bound", True), ("acre", "tokens", "l1", True)])

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from ..memory.blocks import StackedBlocks
 from ..retrieval.methods import pin_edges
 from .rope import rotate
 
@@ -54,7 +55,11 @@ class ChunkPlan:
 
 
 def chunk_plan(ctx: "StepContext", layer: int, t_all: int) -> ChunkPlan | None:
-    """The batch's plan for this layer, or None where the reference loop must run."""
+    """The batch's plan for this layer, or None where the reference loop must run.
+
+    A question's session (its own blocks stacked on the document's) runs the loop: a stacked
+    store gathers ids that ascend, and a chunk's flattened picks ascend only per execution block.
+    """
     s = ctx.session
     cfg, method, kind = s.config, s.method, s.adapter.kinds[layer]
     mem = s.memory[layer]
@@ -62,7 +67,7 @@ def chunk_plan(ctx: "StepContext", layer: int, t_all: int) -> ChunkPlan | None:
     if (t_all <= step or not method.batchable
             or not cfg.batch_prefill or not kind.memory or kind.window is not None
             or s.policy.keep_summaries or s.meter is not None or s.track_sources
-            or mem.n_sink < s.policy.n_sink):
+            or mem.n_sink < s.policy.n_sink or isinstance(mem.blocks, StackedBlocks)):
         return None
     first_q = mem.local_start + mem.n_local
     if method.positions == "auto" and first_q + min(step, t_all) <= s.adapter.native_window < first_q + t_all:

@@ -99,7 +99,9 @@ class StepContext:
             method.observe(q, rstate)
         if memory and mem.n_blocks:
             sel = method.select(q, mem, rstate, mq, self.budget, slot, layer, self.phase == QUESTION)
-            if sel.blocks is not None:
+            if sel.keys is not None:  # selection gathered (and placed) the picked keys already
+                k_mem, v_mem = sel.keys, mem.blocks.gather(sel.blocks, q.device)[1]
+            elif sel.blocks is not None:
                 k_mem, v_mem = mem.blocks.gather(sel.blocks, q.device)
                 if mq.rotate_blocks is not None:
                     k_mem = mq.rotate_blocks(k_mem, sel.blocks)

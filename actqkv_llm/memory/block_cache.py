@@ -35,14 +35,17 @@ class DeviceBlockCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(self, idx: torch.Tensor, device: torch.device,
+               values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Blocks ``idx`` on the device; ``values=False`` still fills whole blocks (a slot holds both)."""
         if idx.dim() == 2:
-            return per_head(self.gather, idx, device)
+            return per_head(self.gather, idx, device, values)
         ids = idx.tolist()
         if len(ids) > self.capacity:  # larger than the cache: read straight through
             k, v = self.reader(ids)
             self.misses += len(ids)
-            return (k.to(device).permute(1, 0, 2, 3).flatten(1, 2), v.to(device).permute(1, 0, 2, 3).flatten(1, 2))
+            return (k.to(device).permute(1, 0, 2, 3).flatten(1, 2),
+                    v.to(device).permute(1, 0, 2, 3).flatten(1, 2) if values else None)
         with self._lock:
             missing = list(dict.fromkeys(i for i in ids if i not in self._slot))  # each block once
             self.hits += len(ids) - len(missing)
@@ -67,9 +70,10 @@ class DeviceBlockCache:
                     self._slot[i] = slot
             sel = torch.tensor([self._slot[i] for i in ids], device=self.device)
             k = self._k.index_select(0, sel)
-            v = self._v.index_select(0, sel)
+            v = self._v.index_select(0, sel) if values else None
         n, h, b, d = k.shape
-        return k.permute(1, 0, 2, 3).reshape(h, n * b, d), v.permute(1, 0, 2, 3).reshape(h, n * b, d)
+        return (k.permute(1, 0, 2, 3).reshape(h, n * b, d),
+                v.permute(1, 0, 2, 3).reshape(h, n * b, d) if values else None)
 
 
 class HostBlocks:
@@ -94,5 +98,6 @@ class HostBlocks:
             k, v = k.pin_memory(), v.pin_memory()
         return k, v
 
-    def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cache.gather(idx, device)
+    def gather(self, idx: torch.Tensor, device: torch.device,
+               values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.cache.gather(idx, device, values)

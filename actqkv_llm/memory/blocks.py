@@ -18,27 +18,30 @@ class KVBlocks(Protocol):
 
     n_blocks: int
 
-    def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(self, idx: torch.Tensor, device: torch.device,
+               values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Blocks ``idx`` as ``[kv_heads, n * block_size, head_dim]`` keys and values.
 
         ``idx`` is ``[n]`` (every KV head reads the same blocks) or ``[kv_heads, n]`` (each KV head its
-        own blocks: per-head selection); ascending along the last dimension.
+        own blocks: per-head selection); ascending along the last dimension. ``values=False``: keys
+        only (values ``None``), for scoring that never reads them.
         """
         ...
 
 
-def per_head(flat_gather, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def per_head(flat_gather, idx: torch.Tensor, device: torch.device,
+             values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Serve ``[Hkv, n]`` per-head block ids through a store that reads shared ``[m]`` ids:
     read the union once, then let each head keep its own blocks."""
     uniq, inv = torch.unique(idx, return_inverse=True)   # sorted union, and where each id sits in it
-    k, v = flat_gather(uniq, device)                     # [Hkv, m*B, d]
+    k, v = flat_gather(uniq, device, values)             # [Hkv, m*B, d]
     h, mb, d = k.shape
     m, n = uniq.numel(), idx.shape[1]
     b = mb // m
     heads = torch.arange(h, device=k.device)[:, None]
     inv = inv.to(k.device)
     k = k.view(h, m, b, d)[heads, inv].reshape(h, n * b, d)
-    v = v.view(h, m, b, d)[heads, inv].reshape(h, n * b, d)
+    v = v.view(h, m, b, d)[heads, inv].reshape(h, n * b, d) if values else None
     return k, v
 
 
@@ -89,17 +92,19 @@ class GrowableBlocks:
         self._v[self.n_blocks: self.n_blocks + n] = v.to(self.device, self.dtype)
         self.n_blocks += n
 
-    def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(self, idx: torch.Tensor, device: torch.device,
+               values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx = idx.to(self.device)
         if idx.dim() == 2:  # each KV head its own blocks: [Hkv, n] -> [Hkv, n, B, d] in one indexing
             heads = torch.arange(idx.shape[0], device=self.device)[:, None]
-            k, v = self._k[: self.n_blocks][idx, heads], self._v[: self.n_blocks][idx, heads]
-            h, n, b, d = k.shape
-            return (k.reshape(h, n * b, d).to(device, non_blocking=True),
-                    v.reshape(h, n * b, d).to(device, non_blocking=True))
-        k = _flatten(self._k.index_select(0, idx)).to(device, non_blocking=True)
-        v = _flatten(self._v.index_select(0, idx)).to(device, non_blocking=True)
-        return k, v
+            h, n = idx.shape
+
+            def take(store: torch.Tensor) -> torch.Tensor:
+                return store[: self.n_blocks][idx, heads].reshape(h, -1, store.shape[-1]).to(device, non_blocking=True)
+        else:
+            def take(store: torch.Tensor) -> torch.Tensor:
+                return _flatten(store.index_select(0, idx)).to(device, non_blocking=True)
+        return take(self._k), (take(self._v) if values else None)
 
 
 class StackedBlocks:
@@ -119,17 +124,23 @@ class StackedBlocks:
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         self.own.append(k, v)
 
-    def gather(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(self, idx: torch.Tensor, device: torch.device,
+               values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         nb = self.base.n_blocks
         if self.own.n_blocks == 0:
-            return self.base.gather(idx, device)
+            return self.base.gather(idx, device, values)
         if nb == 0:
-            return self.own.gather(idx, device)
-        # Without asking the device where idx crosses nb (a sync per layer and step): gather
-        # from both stores with clamped indices and keep, block by block, the right one.
-        kb, vb = self.base.gather(idx.clamp(max=nb - 1), device)
-        ko, vo = self.own.gather((idx - nb).clamp(min=0), device)
-        b = self.own.shape[1]
-        mine = (idx >= nb).to(device).repeat_interleave(b, dim=-1)
+            return self.own.gather(idx, device, values)
+        # Without asking the device where idx crosses nb (a sync per layer and step): ids ascend, so
+        # at most the last r = own.n_blocks picks of a row are the question's own; gather every
+        # pick from the base (clamped), the last r from the own store, and keep the right ones.
+        r, b = min(idx.shape[-1], self.own.n_blocks), self.own.shape[1]
+        k, v = self.base.gather(idx.clamp(max=nb - 1), device, values)   # fresh tensors: written below
+        tail = idx[..., -r:]
+        ko, vo = self.own.gather((tail - nb).clamp(min=0), device, values)
+        mine = (tail >= nb).to(device).repeat_interleave(b, dim=-1)
         mine = mine[None, :, None] if mine.dim() == 1 else mine[:, :, None]
-        return torch.where(mine, ko, kb), torch.where(mine, vo, vb)
+        k[:, -r * b:] = torch.where(mine, ko, k[:, -r * b:])
+        if values:
+            v[:, -r * b:] = torch.where(mine, vo, v[:, -r * b:])
+        return k, v

@@ -103,12 +103,15 @@ class Selection:
     blocks: ``[n]`` (every KV head reads them) or ``[Hkv, n]`` (each head its own), ascending.
     evidence: ``[rows, n_blocks]`` the scores they were picked by (rows: 1 shared, Hkv per head).
     l1_k / l1_v: ACRE's first-level entries attended beside them, ``[Hkv, L, d]`` (or None).
+    keys: the picked blocks' keys ``[Hkv, n * B, d]`` as attention reads them (rotated where memory
+        sits at true positions) when selection already gathered them (the rerank stage), else None.
     """
 
     blocks: torch.Tensor | None
     evidence: torch.Tensor
     l1_k: torch.Tensor | None = None
     l1_v: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
 
     @property
     def n_blocks(self) -> int:
@@ -367,25 +370,28 @@ class BlockRetrieval(RetrievalMethod):
         h = normalized_entropy(evidence, mass=self.scorer.mass).mean()
         state.observe_entropy(h)
         n = budget.blocks_for(slot, layer, mem.n_blocks, h)
-        picked = None
+        picked = keys = None
         if n:
             ranked = pin_edges(evidence, mem.n_blocks) if self.keep_edges else evidence
             if self.rerank > 1 and mq.phase != "document" and n < mem.n_blocks:
-                picked = self._rerank(q, mem, mq, ranked, n, weights if tokens.shape[1] == q.shape[1] else None)
+                picked, keys = self._rerank(q, mem, mq, ranked, n,
+                                            weights if tokens.shape[1] == q.shape[1] else None)
             else:
                 picked = ranked.topk(n, -1).indices.sort(-1).values
             picked = picked[0] if picked.shape[0] == 1 else picked
-        return Selection(picked, evidence)
+        return Selection(picked, evidence, keys=keys)
 
     def _rerank(self, q: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery, evidence: torch.Tensor, n: int,
-                weights: torch.Tensor | None) -> torch.Tensor:
+                weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Two stages: the scorer names ``rerank x n`` candidate blocks, then the query's exact attention
         over the candidates' keys (one softmax per query token, at the rotation attention uses)
-        keeps the ``n`` that receive the most mass. Returns ``[rows, n]`` ascending."""
+        keeps the ``n`` that receive the most mass. Returns the picks ``[rows, n]`` ascending and
+        their keys as attention reads them ``[Hkv, n*B, d]`` (taken from the candidates' keys, so
+        attention gathers only the values)."""
         m = min(mem.n_blocks, self.rerank * n)
         cand = evidence.topk(m, -1).indices.sort(-1).values              # [rows, m]
         ids = cand[0] if cand.shape[0] == 1 else cand
-        k, _ = mem.blocks.gather(ids, q.device)                          # [Hkv, m*B, d]
+        k, _ = mem.blocks.gather(ids, q.device, values=False)           # [Hkv, m*B, d]
         if mq.rotate_blocks is not None:
             k = mq.rotate_blocks(k, ids)
         h, t, d = q.shape
@@ -400,8 +406,12 @@ class BlockRetrieval(RetrievalMethod):
         if self.keep_edges:  # the edge blocks stay picked whatever their mass
             edge = (cand == 0) | (cand == mem.n_blocks - 1)
             mass = mass.masked_fill(edge.expand_as(mass), float("inf"))
-        top = mass.topk(n, -1).indices
-        return cand.expand(mass.shape[0], -1).gather(1, top).sort(-1).values
+        top = mass.topk(n, -1).indices.sort(-1).values                   # candidates ascend: so do picks
+        picked = cand.expand(mass.shape[0], -1).gather(1, top)
+        d = k.shape[-1]
+        kb = k.view(hkv, m, b, d)
+        keys = kb[:, top[0]] if top.shape[0] == 1 else kb[torch.arange(hkv, device=k.device)[:, None], top]
+        return picked, keys.reshape(hkv, n * b, d)
 
 
 class ActQKV(BlockRetrieval):
