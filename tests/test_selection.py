@@ -140,6 +140,29 @@ def _measured(make_engine, method, n=500, **options):
     return eng.meter.table()
 
 
+def test_rerank_weighs_a_head_by_what_its_window_leaves_for_memory():
+    """Two query heads share a KV head: A likes block 0 but looks almost only at its window, B likes
+    block 1 and has little else to look at. Full attention gives block 1 more mass, and so must the
+    rerank; a softmax over the candidates alone would let A's block win."""
+    from types import SimpleNamespace
+
+    from actqkv_llm.retrieval.methods import MemoryQuery, make_method
+
+    keys = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(2, 1, 1, 2)    # [blocks, Hkv, B, d]
+    mem = SimpleNamespace(blocks=GrowableBlocks.from_tensors(keys, keys.clone()), n_blocks=2,
+                          kv_heads=1, block_size=1)
+    q = torch.tensor([[[3.0, 0.0]], [[0.0, 2.0]]])                      # [H=2, T=1, d]
+    method = make_method(RetrievalConfig(method="actqkv", keep_edges=False, rerank=2))
+    evidence = torch.zeros(1, 2)
+
+    def pick(context_lse):
+        mq = MemoryQuery("fixed", lambda x: x, None, 1.0, "decode", context_lse=context_lse)
+        return method._rerank(q, mem, mq, evidence, 1)[0].tolist()
+
+    assert pick(None) == [[0]]
+    assert pick(lambda: torch.tensor([[[10.0], [0.0]]])) == [[1]]     # [Hkv, G*T, 1]
+
+
 @pytest.mark.parametrize("method", ["actqkv", "infllm", "quest"])
 def test_recall_never_beats_the_oracle(make_engine, method):
     rows = _measured(make_engine, method)
@@ -181,12 +204,15 @@ def test_exact_positions_with_every_block_picked_are_full_attention(make_engine,
     assert not torch.allclose(at_fixed.last_logits, full.last_logits, rtol=1e-4, atol=1e-4)
 
 
-def test_rerank_over_every_block_picks_the_oracles_blocks_for_a_decoded_token(make_engine):
-    """One query token, exact positions, every block a candidate: exact attention ranks the blocks as
-    full attention does, so the decode phase recalls exactly the oracle's mass."""
+def test_rerank_over_every_block_picks_the_oracles_blocks(make_engine):
+    """Exact positions, every block a candidate: the rerank weighs blocks as full attention does (one
+    softmax with the sinks and window, mass summed over the question's tokens and heads), so the
+    question and every decoded token recall exactly the oracle's mass."""
     rows = _measured(make_engine, "actqkv", positions="exact", rerank=1000, keep_edges=False)
+    for phase in ("question", "decode"):
+        got = [r for r in rows if r["phase"] == phase]
+        assert got and all(r["recall"] == pytest.approx(r["oracle"], abs=1e-4) for r in got), phase
     decode = [r for r in rows if r["phase"] == "decode"]
-    assert decode and all(r["recall"] == pytest.approx(r["oracle"], abs=1e-4) for r in decode)
     plain = [r for r in _measured(make_engine, "actqkv", positions="exact", rerank=1, keep_edges=False)
              if r["phase"] == "decode"]
     assert sum(r["recall"] for r in decode) >= sum(r["recall"] for r in plain) - 1e-6

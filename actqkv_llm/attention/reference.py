@@ -38,6 +38,25 @@ def _hidden(lk: int, t: int, g: int, window: int | None, device: torch.device,
     return hidden
 
 
+def context_logsumexp(q_local: torch.Tensor, k_local: torch.Tensor, q_mem: torch.Tensor | None,
+                      k_sink: torch.Tensor | None, scaling: float, window: int | None = None,
+                      softcap: float | None = None, masks: dict | None = None) -> torch.Tensor:
+    """``[Hkv, G*T, 1]`` log of the softmax normaliser that the always-visible keys (local window
+    and sinks) contribute for each query row, as :func:`attend` scores them. Adding the retrieved
+    blocks' exponentials to it gives the normaliser of the attention that will run, so a block's
+    mass can be judged as attention will weigh it before any block is picked."""
+    h, t, d = q_local.shape
+    hkv, lk, _ = k_local.shape
+    g = h // hkv
+    s = _scores(q_local.float().reshape(hkv, g * t, d) * scaling, k_local, softcap)
+    first = 0 if window is not None else lk - t
+    if t > 1 or (window is not None and lk > window):
+        s[..., first:].masked_fill_(_hidden(lk, t, g, window, q_local.device, masks), float("-inf"))
+    if k_sink is not None and k_sink.shape[1]:
+        s = torch.cat([s, _scores(q_mem.float().reshape(hkv, g * t, d) * scaling, k_sink, softcap)], -1)
+    return torch.logsumexp(s, -1, keepdim=True)
+
+
 def attend(q_local: torch.Tensor, k_local: torch.Tensor, v_local: torch.Tensor,
            q_mem: torch.Tensor | None, k_mem: torch.Tensor | None, v_mem: torch.Tensor | None,
            scaling: float, window: int | None = None, softcap: float | None = None,

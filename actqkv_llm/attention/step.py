@@ -15,7 +15,7 @@ import torch
 
 from ..retrieval.methods import MemoryQuery
 from .chunk import attend_chunk, chunk_plan
-from .reference import attend
+from .reference import attend, context_logsumexp
 from .rope import rotate
 
 if TYPE_CHECKING:
@@ -93,6 +93,21 @@ class StepContext:
         memory = kind.memory and method.uses_memory
         mq = self._memory_query(kind, mem, n_loc, t, scaling) if memory or (kind.memory and mem.n_sink) else None
 
+        # ---- positions: true relative positions in the window; memory at the fixed angle or true positions
+        cos, sin = s.adapter.rope_table(kind.rope_type, max(lk, cfg.n_local + 1))
+        k_loc = rotate(torch.cat([mem.local_k, k.to(mem.dtype)], 1), cos[:lk], sin[:lk])
+        v_loc = torch.cat([mem.local_v, v.to(mem.dtype)], 1)
+        q_loc = rotate(q, cos[n_loc:lk], sin[n_loc:lk])
+        sink_k = sink_v = None
+        if kind.memory and mem.n_sink:
+            sink_k, sink_v = mem.sink_k, mem.sink_v
+            if mq.mode == "exact":
+                cos_s, sin_s = s.adapter.rope_table(kind.rope_type, mem.n_sink)
+                sink_k = rotate(sink_k, cos_s[:mem.n_sink], sin_s[:mem.n_sink]).to(mem.dtype)
+        if mq is not None:  # what the always-visible keys add to the softmax, for a rerank to weigh blocks by
+            mq.context_lse = lambda: context_logsumexp(q_loc, k_loc, mq.at_memory(q), sink_k, scaling,
+                                                       window=kind.window, softcap=softcap, masks=self.masks)
+
         # ---- retrieval: probe -> scores -> budget -> blocks
         k_mem = v_mem = sel = None
         if memory:
@@ -105,25 +120,16 @@ class StepContext:
                 k_mem, v_mem = mem.blocks.gather(sel.blocks, q.device)
                 if mq.rotate_blocks is not None:
                     k_mem = mq.rotate_blocks(k_mem, sel.blocks)
+            if sel.blocks is not None:
                 s.note_retrieval(layer, sel.blocks, mem.n_blocks)
             if sel.l1_k is not None:
                 k_mem = sel.l1_k if k_mem is None else torch.cat([k_mem, sel.l1_k.to(k_mem.dtype)], 1)
                 v_mem = sel.l1_v if v_mem is None else torch.cat([v_mem, sel.l1_v], 1)
         if s.meter is not None and memory and mem.n_blocks:
             s.meter.observe(self, layer, kind, q, k, mem, sel, scaling, softcap)
-        if kind.memory and mem.n_sink:
-            sink_k = mem.sink_k
-            if mq.mode == "exact":
-                cos, sin = s.adapter.rope_table(kind.rope_type, mem.n_sink)
-                sink_k = rotate(sink_k, cos[:mem.n_sink], sin[:mem.n_sink]).to(mem.dtype)
+        if sink_k is not None:
             k_mem = sink_k if k_mem is None else torch.cat([sink_k, k_mem.to(sink_k.dtype)], 1)
-            v_mem = mem.sink_v if v_mem is None else torch.cat([mem.sink_v, v_mem], 1)
-
-        # ---- positions: true relative positions in the window; memory at the fixed angle or true positions
-        cos, sin = s.adapter.rope_table(kind.rope_type, max(lk, cfg.n_local + 1))
-        k_loc = rotate(torch.cat([mem.local_k, k.to(mem.dtype)], 1), cos[:lk], sin[:lk])
-        v_loc = torch.cat([mem.local_v, v.to(mem.dtype)], 1)
-        q_loc = rotate(q, cos[n_loc:lk], sin[n_loc:lk])
+            v_mem = sink_v if v_mem is None else torch.cat([sink_v, v_mem], 1)
         q_mem = mq.at_memory(q) if k_mem is not None else None
 
         out, mass_loc, mass_mem = attend(q_loc, k_loc, v_loc, q_mem, k_mem, v_mem, scaling,

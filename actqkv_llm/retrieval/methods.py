@@ -78,7 +78,9 @@ class MemoryQuery:
     angle, or each token's true position; a pooled ``[H, 1, d]`` probe at the block's last one);
     ``rotate_blocks(k, ids)`` brings gathered keys ``[Hkv, n*B, d]`` of blocks ``ids`` (``[n]`` or
     ``[Hkv, n]``) to their true positions (None at the fixed angle); ``scaling`` is the model's
-    logit scale; ``phase`` is the pass's (document, question or decode).
+    logit scale; ``phase`` is the pass's (document, question or decode); ``context_lse()``, where
+    attention has set it, gives ``[Hkv, G*T, 1]``: the log of what the always-visible keys (sinks and
+    window) add to each query row's softmax normaliser.
     """
 
     mode: str
@@ -86,6 +88,7 @@ class MemoryQuery:
     rotate_blocks: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
     scaling: float
     phase: str = "document"
+    context_lse: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
     _last: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def at_memory(self, x: torch.Tensor) -> torch.Tensor:
@@ -374,18 +377,19 @@ class BlockRetrieval(RetrievalMethod):
         if n:
             ranked = pin_edges(evidence, mem.n_blocks) if self.keep_edges else evidence
             if self.rerank > 1 and mq.phase != "document" and n < mem.n_blocks:
-                picked, keys = self._rerank(q, mem, mq, ranked, n,
-                                            weights if tokens.shape[1] == q.shape[1] else None)
+                picked, keys = self._rerank(q, mem, mq, ranked, n)
             else:
                 picked = ranked.topk(n, -1).indices.sort(-1).values
             picked = picked[0] if picked.shape[0] == 1 else picked
         return Selection(picked, evidence, keys=keys)
 
-    def _rerank(self, q: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery, evidence: torch.Tensor, n: int,
-                weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two stages: the scorer names ``rerank x n`` candidate blocks, then the query's exact attention
-        over the candidates' keys (one softmax per query token, at the rotation attention uses)
-        keeps the ``n`` that receive the most mass. Returns the picks ``[rows, n]`` ascending and
+    def _rerank(self, q: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery, evidence: torch.Tensor,
+                n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two stages: the scorer names ``rerank x n`` candidate blocks, then the queries' exact attention
+        over the candidates' keys keeps the ``n`` that receive the most mass, summed over query tokens
+        and heads as full attention would give it: at the rotation attention uses, and normalised with
+        the sinks and window in the softmax (``mq.context_lse``), so a head that looks mostly at its
+        window counts for little. Returns the picks ``[rows, n]`` ascending and
         their keys as attention reads them ``[Hkv, n*B, d]`` (taken from the candidates' keys, so
         attention gathers only the values)."""
         m = min(mem.n_blocks, self.rerank * n)
@@ -397,9 +401,13 @@ class BlockRetrieval(RetrievalMethod):
         h, t, d = q.shape
         hkv, b = mem.kv_heads, mem.block_size
         qr = mq.at_memory(q).float().reshape(hkv, (h // hkv) * t, d)
-        p = torch.softmax(torch.matmul(qr, k.float().transpose(1, 2)) * mq.scaling, -1)  # [Hkv, g*t, m*B]
-        if weights is not None:
-            p = p.view(hkv, h // hkv, t, -1) * weights.view(1, 1, t, 1)
+        logits = torch.matmul(qr, k.float().transpose(1, 2)) * mq.scaling  # [Hkv, g*t, m*B]
+        lse = torch.logsumexp(logits, -1, keepdim=True)
+        if mq.context_lse is not None:
+            # normalised as attention will be (sinks and window in the softmax too): a query row
+            # that looks mostly at its window weighs the blocks less, as in full attention
+            lse = torch.logaddexp(lse, mq.context_lse())
+        p = torch.exp(logits - lse)
         mass = p.reshape(hkv, -1, m, b).sum((1, 3))                      # [Hkv, m]
         if cand.shape[0] == 1:
             mass = mass.sum(0, keepdim=True)
