@@ -101,8 +101,9 @@ class RetrievalConfig:
             window (from the budget): text that runs on from the always-visible sinks or window
             (e.g. a number whose first digits are the last sink tokens) is not cut in two.
         rerank: while a question is read and its answer decoded, the scorer names ``rerank`` times
-            as many candidate blocks and the query's exact attention over their keys keeps the best
-            (1: no second stage). Costs reading those candidates' keys each step (they are scored,
+            as many candidate blocks and the query's exact attention over their keys keeps the ones
+            full attention would give the most mass (one softmax with the sinks and window; 1: no
+            second stage). Costs reading those candidates' keys each step (they are scored,
             not attended: the per-step KV bound is unchanged). None: the method's preset (4 for
             ``actqkv``, 1 for the published methods).
         l1_budget: ``acre`` only: tokens of first-level entries attended per step (one entry per
