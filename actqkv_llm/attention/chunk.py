@@ -106,7 +106,7 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
     n_old = mem.n_local
     if plan.evicted:
         mem.store_blocks(x_k[:, :plan.evicted], x_v[:, :plan.evicted])
-    mq = ctx._memory_query(kind, mem, n_old, t_all, scaling)
+    mq = ctx.memory_query(kind, mem, n_old, t_all, scaling)
 
     # ---- probe: every query token votes, weighted per execution block
     pad = n_e * size - t_all

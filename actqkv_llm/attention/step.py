@@ -49,7 +49,7 @@ class StepContext:
                                          v[:, a:a + step], scaling, softcap))
         return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
 
-    def _memory_query(self, kind, mem, n_loc: int, t: int, scaling: float) -> MemoryQuery:
+    def memory_query(self, kind, mem, n_loc: int, t: int, scaling: float) -> MemoryQuery:
         """Where memory sits for this execution block: one fixed angle (InfLLM) or true positions."""
         s = self.session
         cfg, adapter = s.config, s.adapter
@@ -91,7 +91,7 @@ class StepContext:
         n_loc = mem.n_local
         lk = n_loc + t
         memory = kind.memory and method.uses_memory
-        mq = self._memory_query(kind, mem, n_loc, t, scaling) if memory or (kind.memory and mem.n_sink) else None
+        mq = self.memory_query(kind, mem, n_loc, t, scaling) if memory or (kind.memory and mem.n_sink) else None
 
         # ---- positions: true relative positions in the window; memory at the fixed angle or true positions
         cos, sin = s.adapter.rope_table(kind.rope_type, max(lk, cfg.n_local + 1))
