@@ -64,7 +64,6 @@ RETRIEVAL_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--positions", "positions", str, "auto | exact | fixed: where memory sits (default: the method's)"),
     ("--budget-rule", "budget_rule", str, "fixed | entropy: blocks per layer"),
     ("--keep-edges", "keep_edges", "on-off", "on: always pick the blocks next to the sinks and the window"),
-    ("--batch-prefill", "batch_prefill", "on-off", "off: prefill one execution block at a time (the reference loop)"),
     ("--l1-budget", "l1_budget", int, "acre: first-level entries attended per step"),
     ("--min-refill", "min_refill", int, "acre: blocks refilled for a fully focused question"),
     ("--max-refill", "max_refill", int, "acre: blocks refilled for a fully diffuse question"),
@@ -108,8 +107,9 @@ def retrieval_options(args: argparse.Namespace) -> dict[str, Any]:
             options[name] = value
     if args.budget is not None:
         options["budget"] = args.budget
-    if args.offload is not None:
-        options["offload"] = {"on": True, "off": False, "auto": "auto"}[args.offload]
+    for name in ("offload", "batch_prefill"):
+        if getattr(args, name, None) is not None:
+            options[name] = {"on": True, "off": False, "auto": "auto"}[getattr(args, name)]
     return options
 
 
@@ -659,6 +659,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
             r.add_argument(flag, dest=name, type=on_off, metavar="on|off", help=text)
         else:
             r.add_argument(flag, dest=name, type=kind, metavar="N" if kind is int else "X", help=text)
+    r.add_argument("--batch-prefill", choices=("auto", "on", "off"),
+                   help="off: prefill one execution block at a time (the reference loop); "
+                        "auto: batched on a GPU, the loop on the CPU")
     r.add_argument("--offload", choices=("auto", "on", "off"),
                    help="keep full blocks in host memory (auto: on when the model runs on a GPU)")
     r.add_argument("--force-past-window", action="store_true",

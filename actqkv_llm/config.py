@@ -111,7 +111,8 @@ class RetrievalConfig:
         batch_prefill: run a prefill chunk's execution blocks as one batch per layer (one scoring,
             top-k, gather and attention; the same result as one by one, up to float rounding) where
             the method allows it (``bound`` scorer with a per-token probe); False always runs the
-            reference loop, one execution block at a time.
+            reference loop, one execution block at a time; "auto" batches on an accelerator and
+            loops on the CPU, where the loop measured faster (docs/benchmarks.md).
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """
@@ -140,7 +141,7 @@ class RetrievalConfig:
     rerank: int | None = None
     min_refill: int | None = None
     max_refill: int | None = None
-    batch_prefill: bool = True
+    batch_prefill: bool | Literal["auto"] = "auto"
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -314,8 +315,8 @@ class RetrievalConfig:
                     f"acre: the budget ({self.budget}) leaves room for {hi} refilled block(s) after sinks "
                     f"({self.n_sink}), window ({self.n_local}) and L1 entries ({self.l1_budget}); it needs "
                     f"at least max(min_refill, 1) = {max(lo, 1)}: raise the budget or lower l1_budget")
-        if not isinstance(self.batch_prefill, bool):
-            raise ConfigError(f"batch_prefill must be True or False, got {self.batch_prefill!r}")
+        if not (isinstance(self.batch_prefill, bool) or self.batch_prefill == "auto"):
+            raise ConfigError(f"batch_prefill must be True, False or 'auto', got {self.batch_prefill!r}")
         if self.offload not in (True, False, "auto"):
             raise ConfigError(f"offload must be True, False or 'auto', got {self.offload!r}")
         if self.uses_memory:

@@ -55,7 +55,7 @@ def test_batched_chunks_equal_the_reference_loop(make_engine, batched_calls, arc
 
 def test_a_chunk_crossing_the_native_window_runs_the_reference_loop(make_engine, batched_calls):
     """Memory moves from exact positions to the fixed angle inside such a chunk: not batched."""
-    eng = make_engine(prefill_chunk=384)
+    eng = make_engine(prefill_chunk=384, batch_prefill=True)
     eng.prefill_ids(torch.randint(0, 256, (1200,), generator=torch.Generator().manual_seed(1)))
     # chunks 384..768 (exact) and 1152..1200 (fixed) batch; 0..384 fills the sinks, 768..1152 crosses
     assert sorted({sum(p.sizes) for p in batched_calls}) == [48, 384]
@@ -64,8 +64,23 @@ def test_a_chunk_crossing_the_native_window_runs_the_reference_loop(make_engine,
 
 def test_methods_reading_summaries_never_batch(make_engine, batched_calls):
     for method in ("infllm", "actqkv-paper", "acre", "streaming"):
-        make_engine(method=method).prefill_ids(torch.randint(0, 256, (1200,)))
+        make_engine(method=method, batch_prefill=True).prefill_ids(torch.randint(0, 256, (1200,)))
     assert not batched_calls
+
+
+def test_auto_batches_on_accelerators_and_loops_on_the_cpu(make_engine, batched_calls):
+    """The CPU default is the reference loop (measured faster there); an accelerator batches."""
+    from actqkv_llm import RetrievalConfig
+    from actqkv_llm.errors import ConfigError
+
+    assert RetrievalConfig().batch_prefill == "auto"
+    assert not chunk.batches_on("auto", torch.device("cpu")) and chunk.batches_on("auto", torch.device("cuda"))
+    assert chunk.batches_on(True, torch.device("cpu")) and not chunk.batches_on(False, torch.device("cuda"))
+    make_engine(prefill_chunk=384).prefill_ids(torch.randint(0, 256, (1200,)))
+    assert not batched_calls
+    for bad in ("yes", 1, None):
+        with pytest.raises(ConfigError, match="batch_prefill must be True, False or 'auto'"):
+            RetrievalConfig(batch_prefill=bad).validate()
 
 
 def test_block_statistics_equal_token_by_block_updates():

@@ -54,6 +54,12 @@ class ChunkPlan:
         return tuple(n + t for n, t in zip(self.n_loc, self.sizes))
 
 
+def batches_on(setting: bool | str, device: torch.device) -> bool:
+    """Whether ``batch_prefill`` batches on ``device``: "auto" on accelerators only (on the CPU the
+    reference loop measured faster: the batch pads every execution block to the largest pick)."""
+    return device.type != "cpu" if setting == "auto" else bool(setting)
+
+
 def chunk_plan(ctx: "StepContext", layer: int, t_all: int) -> ChunkPlan | None:
     """The batch's plan for this layer, or None where the reference loop must run.
 
@@ -65,7 +71,7 @@ def chunk_plan(ctx: "StepContext", layer: int, t_all: int) -> ChunkPlan | None:
     mem = s.memory[layer]
     step = cfg.exec_block
     if (t_all <= step or not method.batchable
-            or not cfg.batch_prefill or not kind.memory or kind.window is not None
+            or not batches_on(cfg.batch_prefill, s.adapter.device) or not kind.memory or kind.window is not None
             or s.policy.keep_summaries or s.meter is not None or s.track_sources
             or mem.n_sink < s.policy.n_sink or isinstance(mem.blocks, StackedBlocks)):
         return None
