@@ -80,7 +80,7 @@ def test_auto_batches_on_accelerators_and_loops_on_the_cpu(make_engine, batched_
     assert not batched_calls
     for bad in ("yes", 1, None):
         with pytest.raises(ConfigError, match="batch_prefill must be True, False or 'auto'"):
-            RetrievalConfig(batch_prefill=bad).validate()
+            RetrievalConfig(batch_prefill=bad)
 
 
 def test_block_statistics_equal_token_by_block_updates():

@@ -234,3 +234,22 @@ def test_device_block_cache_keeps_its_slots_when_a_block_is_asked_twice():
     for ids in ([0, 1, 2], [3, 4, 5], [6, 7, 8]):               # needs all four slots in turn
         k, v = cache.gather(torch.tensor(ids), torch.device("cpu"))
         assert torch.equal(v, -store[ids].permute(1, 0, 2, 3).reshape(2, 12, 3))
+
+
+def test_sink_keys_are_placed_once_per_set_of_sinks_and_forks_share_them():
+    from actqkv_llm.memory.layer_memory import LayerMemory
+
+    mem = LayerMemory(2, 4, torch.float32, "cpu", block_size=4)
+    mem.sink_k = torch.randn(2, 3, 4)
+    calls = []
+
+    def place(k):
+        calls.append(k)
+        return k * 2
+
+    first = mem.placed_sink_keys(place)
+    assert mem.placed_sink_keys(place) is first and len(calls) == 1
+    assert mem.fork().placed_sink_keys(place) is first and len(calls) == 1
+    mem.sink_k = torch.cat([mem.sink_k, torch.randn(2, 1, 4)], 1)      # a new set of sinks: placed again
+    torch.testing.assert_close(mem.placed_sink_keys(place), mem.sink_k * 2)
+    assert len(calls) == 2

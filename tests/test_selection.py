@@ -61,7 +61,7 @@ def test_per_head_gather_gives_each_head_its_own_blocks_in_every_store():
     torch.testing.assert_close(gk, torch.stack([all_k[idx2[h], h].reshape(-1, 8) for h in range(2)]))
 
 
-def test_keys_only_gather_matches_the_keys_of_a_full_gather_in_every_store():
+def test_keys_or_values_alone_match_a_full_gather_in_every_store():
     store, _, _ = _store()
     own, _, _ = _store(3, seed=1)
     cpu = torch.device("cpu")
@@ -70,8 +70,10 @@ def test_keys_only_gather_matches_the_keys_of_a_full_gather_in_every_store():
                    (StackedBlocks(store, own), torch.tensor([[2, 12, 14], [3, 4, 13]]))):
         k, v = s.gather(idx, cpu)
         k_only, none = s.gather(idx, cpu, values=False)
-        assert none is None and v is not None
+        none_k, v_only = s.gather(idx, cpu, keys=False)
+        assert none is None and none_k is None
         torch.testing.assert_close(k_only, k, rtol=0, atol=0)
+        torch.testing.assert_close(v_only, v, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("per_head,positions", [(True, "exact"), (False, "fixed"), (True, "fixed")])

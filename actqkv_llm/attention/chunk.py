@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..memory.blocks import StackedBlocks
 from ..retrieval.methods import pin_edges
-from .rope import rotate
+from .rope import rotate, sinks_at_true_positions
 
 if TYPE_CHECKING:
     from .step import StepContext
@@ -139,8 +139,7 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
         mem_ok = ok.repeat_interleave(b, 1)                            # [E, kmax*B]
     sink_k = mem.sink_k
     if mq.mode == "exact":
-        cos, sin = s.adapter.rope_table(kind.rope_type, mem.n_sink)
-        sink_k = rotate(sink_k, cos[:mem.n_sink], sin[:mem.n_sink]).to(mem.dtype)
+        sink_k = sinks_at_true_positions(s.adapter, kind.rope_type, mem)
     sinks_k = sink_k[None].expand(n_e, -1, -1, -1)
     sinks_v = mem.sink_v[None].expand(n_e, -1, -1, -1)
     sink_ok = torch.ones((n_e, mem.n_sink), dtype=torch.bool, device=dev)

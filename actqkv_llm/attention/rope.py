@@ -22,3 +22,14 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torc
     """
     xf = x.float()
     return torch.addcmul(xf * cos, xf.roll(x.shape[-1] // 2, -1), sin_signed)
+
+
+def sinks_at_true_positions(adapter, rope_type: str, mem) -> torch.Tensor:
+    """A layer memory's sink keys rotated at their own positions ``0 .. n_sink-1`` (memory at exact
+    positions), in the memory's dtype; rotated once per set of sinks (:meth:`LayerMemory.placed_sink_keys`)."""
+    def place(k: torch.Tensor) -> torch.Tensor:
+        n = k.shape[1]
+        cos, sin = adapter.rope_table(rope_type, n)
+        return rotate(k, cos[:n], sin[:n]).to(k.dtype)
+
+    return mem.placed_sink_keys(place)

@@ -16,7 +16,7 @@ import torch
 from ..retrieval.methods import MemoryQuery
 from .chunk import attend_chunk, chunk_plan
 from .reference import attend, context_logsumexp
-from .rope import rotate
+from .rope import rotate, sinks_at_true_positions
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -102,8 +102,7 @@ class StepContext:
         if kind.memory and mem.n_sink:
             sink_k, sink_v = mem.sink_k, mem.sink_v
             if mq.mode == "exact":
-                cos_s, sin_s = s.adapter.rope_table(kind.rope_type, mem.n_sink)
-                sink_k = rotate(sink_k, cos_s[:mem.n_sink], sin_s[:mem.n_sink]).to(mem.dtype)
+                sink_k = sinks_at_true_positions(s.adapter, kind.rope_type, mem)
         if mq is not None:  # what the always-visible keys add to the softmax, for a rerank to weigh blocks by
             mq.context_lse = lambda: context_logsumexp(q_loc, k_loc, mq.at_memory(q), sink_k, scaling,
                                                        window=kind.window, softcap=softcap, masks=self.masks)
@@ -115,7 +114,7 @@ class StepContext:
         if memory and mem.n_blocks:
             sel = method.select(q, mem, rstate, mq, self.budget, slot, layer, self.phase == QUESTION)
             if sel.keys is not None:  # selection gathered (and placed) the picked keys already
-                k_mem, v_mem = sel.keys, mem.blocks.gather(sel.blocks, q.device)[1]
+                k_mem, v_mem = sel.keys, mem.blocks.gather(sel.blocks, q.device, keys=False)[1]
             elif sel.blocks is not None:
                 k_mem, v_mem = mem.blocks.gather(sel.blocks, q.device)
                 if mq.rotate_blocks is not None:

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from .blocks import GrowableBlocks, per_head
+from .blocks import GrowableBlocks, flatten_blocks, per_head
 
 # Reads blocks (ascending ids) from the slow tier: returns [n, Hkv, B, d] keys and values on the host.
 BlockReader = Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]
@@ -35,17 +35,18 @@ class DeviceBlockCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def gather(self, idx: torch.Tensor, device: torch.device,
-               values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Blocks ``idx`` on the device; ``values=False`` still fills whole blocks (a slot holds both)."""
+    def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
+               values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Blocks ``idx`` on the device; leaving keys or values out still fills whole blocks (a slot
+        holds both)."""
         if idx.dim() == 2:
-            return per_head(self.gather, idx, device, values)
+            return per_head(self.gather, idx, device, keys, values)
         ids = idx.tolist()
         if len(ids) > self.capacity:  # larger than the cache: read straight through
             k, v = self.reader(ids)
             self.misses += len(ids)
-            return (k.to(device).permute(1, 0, 2, 3).flatten(1, 2),
-                    v.to(device).permute(1, 0, 2, 3).flatten(1, 2) if values else None)
+            return (flatten_blocks(k.to(device)) if keys else None,
+                    flatten_blocks(v.to(device)) if values else None)
         with self._lock:
             missing = list(dict.fromkeys(i for i in ids if i not in self._slot))  # each block once
             self.hits += len(ids) - len(missing)
@@ -69,11 +70,9 @@ class DeviceBlockCache:
                 for i, slot in zip(missing, slots):
                     self._slot[i] = slot
             sel = torch.tensor([self._slot[i] for i in ids], device=self.device)
-            k = self._k.index_select(0, sel)
-            v = self._v.index_select(0, sel) if values else None
-        n, h, b, d = k.shape
-        return (k.permute(1, 0, 2, 3).reshape(h, n * b, d),
-                v.permute(1, 0, 2, 3).reshape(h, n * b, d) if values else None)
+            k = flatten_blocks(self._k.index_select(0, sel)) if keys else None
+            v = flatten_blocks(self._v.index_select(0, sel)) if values else None
+        return k, v
 
 
 class HostBlocks:
@@ -98,6 +97,6 @@ class HostBlocks:
             k, v = k.pin_memory(), v.pin_memory()
         return k, v
 
-    def gather(self, idx: torch.Tensor, device: torch.device,
-               values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.cache.gather(idx, device, values)
+    def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
+               values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return self.cache.gather(idx, device, keys, values)

@@ -18,34 +18,38 @@ class KVBlocks(Protocol):
 
     n_blocks: int
 
-    def gather(self, idx: torch.Tensor, device: torch.device,
-               values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
+               values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Blocks ``idx`` as ``[kv_heads, n * block_size, head_dim]`` keys and values.
 
         ``idx`` is ``[n]`` (every KV head reads the same blocks) or ``[kv_heads, n]`` (each KV head its
-        own blocks: per-head selection); ascending along the last dimension. ``values=False``: keys
-        only (values ``None``), for scoring that never reads them.
+        own blocks: per-head selection); ascending along the last dimension. ``keys=False`` /
+        ``values=False`` leave that part out (``None``): scoring reads keys only, and attention
+        reads only the values of blocks whose keys selection already holds.
         """
         ...
 
 
-def per_head(flat_gather, idx: torch.Tensor, device: torch.device,
-             values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def per_head(flat_gather, idx: torch.Tensor, device: torch.device, keys: bool = True,
+             values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Serve ``[Hkv, n]`` per-head block ids through a store that reads shared ``[m]`` ids:
     read the union once, then let each head keep its own blocks."""
     uniq, inv = torch.unique(idx, return_inverse=True)   # sorted union, and where each id sits in it
-    k, v = flat_gather(uniq, device, values)             # [Hkv, m*B, d]
-    h, mb, d = k.shape
+    parts = flat_gather(uniq, device, keys, values)      # [Hkv, m*B, d] each (or None)
+    ref = next(p for p in parts if p is not None)
+    h, mb, d = ref.shape
     m, n = uniq.numel(), idx.shape[1]
     b = mb // m
-    heads = torch.arange(h, device=k.device)[:, None]
-    inv = inv.to(k.device)
-    k = k.view(h, m, b, d)[heads, inv].reshape(h, n * b, d)
-    v = v.view(h, m, b, d)[heads, inv].reshape(h, n * b, d) if values else None
-    return k, v
+    heads = torch.arange(h, device=ref.device)[:, None]
+    inv = inv.to(ref.device)
+
+    def own(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x.view(h, m, b, d)[heads, inv].reshape(h, n * b, d)
+
+    return own(parts[0]), own(parts[1])
 
 
-def _flatten(k: torch.Tensor) -> torch.Tensor:
+def flatten_blocks(k: torch.Tensor) -> torch.Tensor:
     """[n, Hkv, B, d] -> [Hkv, n * B, d]."""
     n, h, b, d = k.shape
     return k.permute(1, 0, 2, 3).reshape(h, n * b, d)
@@ -92,19 +96,18 @@ class GrowableBlocks:
         self._v[self.n_blocks: self.n_blocks + n] = v.to(self.device, self.dtype)
         self.n_blocks += n
 
-    def gather(self, idx: torch.Tensor, device: torch.device,
-               values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
+               values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         idx = idx.to(self.device)
         if idx.dim() == 2:  # each KV head its own blocks: [Hkv, n] -> [Hkv, n, B, d] in one indexing
             heads = torch.arange(idx.shape[0], device=self.device)[:, None]
-            h, n = idx.shape
 
             def take(store: torch.Tensor) -> torch.Tensor:
-                return store[: self.n_blocks][idx, heads].reshape(h, -1, store.shape[-1]).to(device, non_blocking=True)
+                return store[: self.n_blocks][idx, heads].flatten(1, 2).to(device, non_blocking=True)
         else:
             def take(store: torch.Tensor) -> torch.Tensor:
-                return _flatten(store.index_select(0, idx)).to(device, non_blocking=True)
-        return take(self._k), (take(self._v) if values else None)
+                return flatten_blocks(store.index_select(0, idx)).to(device, non_blocking=True)
+        return (take(self._k) if keys else None), (take(self._v) if values else None)
 
 
 class StackedBlocks:
@@ -124,23 +127,23 @@ class StackedBlocks:
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         self.own.append(k, v)
 
-    def gather(self, idx: torch.Tensor, device: torch.device,
-               values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
+               values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         nb = self.base.n_blocks
         if self.own.n_blocks == 0:
-            return self.base.gather(idx, device, values)
+            return self.base.gather(idx, device, keys, values)
         if nb == 0:
-            return self.own.gather(idx, device, values)
+            return self.own.gather(idx, device, keys, values)
         # Without asking the device where idx crosses nb (a sync per layer and step): ids ascend, so
         # at most the last r = own.n_blocks picks of a row are the question's own; gather every
         # pick from the base (clamped), the last r from the own store, and keep the right ones.
         r, b = min(idx.shape[-1], self.own.n_blocks), self.own.shape[1]
-        k, v = self.base.gather(idx.clamp(max=nb - 1), device, values)   # fresh tensors: written below
+        base = self.base.gather(idx.clamp(max=nb - 1), device, keys, values)  # fresh tensors: written below
         tail = idx[..., -r:]
-        ko, vo = self.own.gather((tail - nb).clamp(min=0), device, values)
+        own = self.own.gather((tail - nb).clamp(min=0), device, keys, values)
         mine = (tail >= nb).to(device).repeat_interleave(b, dim=-1)
         mine = mine[None, :, None] if mine.dim() == 1 else mine[:, :, None]
-        k[:, -r * b:] = torch.where(mine, ko, k[:, -r * b:])
-        if values:
-            v[:, -r * b:] = torch.where(mine, vo, v[:, -r * b:])
-        return k, v
+        for x, o in zip(base, own):
+            if x is not None:
+                x[:, -r * b:] = torch.where(mine, o, x[:, -r * b:])
+        return base

@@ -35,6 +35,7 @@ class LayerMemory:
         self.kv_heads, self.head_dim, self.dtype, self.device = kv_heads, head_dim, dtype, torch.device(device)
         empty = torch.empty((kv_heads, 0, head_dim), dtype=dtype, device=self.device)
         self.sink_k, self.sink_v = empty, empty
+        self._placed_sinks: tuple[torch.Tensor, torch.Tensor] | None = None  # (sink_k it was made from, placed)
         self.local_k, self.local_v = empty, empty
         self.local_score = torch.empty((kv_heads, 0), dtype=torch.float32, device=self.device)
         self.local_start = 0  # absolute position of the first token in the local window
@@ -46,6 +47,13 @@ class LayerMemory:
         self.digests: dict[tuple[str, str], BlockDigests] = {
             (kind, mode): BlockDigests(fn) for kind, fn in (("bounds", measure_bounds), ("means", measure_means))
             for mode in ("fixed", "exact")}
+
+    def placed_sink_keys(self, place) -> torch.Tensor:
+        """``place(sink_k)`` (e.g. the sink keys rotated at their true positions), computed once per set
+        of sinks: they never change once full, so every later layer step reuses it (forks too)."""
+        if self._placed_sinks is None or self._placed_sinks[0] is not self.sink_k:
+            self._placed_sinks = (self.sink_k, place(self.sink_k))
+        return self._placed_sinks[1]
 
     # -------------------------------------------------------------------- views
     @property
@@ -149,6 +157,7 @@ class LayerMemory:
                             blocks=StackedBlocks(self.blocks, own), summaries=self.summaries.fork())
         # tensors here are never written in place (only replaced), so sharing them is safe
         child.sink_k, child.sink_v = self.sink_k, self.sink_v
+        child._placed_sinks = self._placed_sinks
         child.local_k, child.local_v, child.local_score = self.local_k, self.local_v, self.local_score
         child.local_start = self.local_start
         child.digests = {key: d.fork(self.n_blocks) for key, d in self.digests.items()}

@@ -263,9 +263,9 @@ class DiskBlocks:
     def read_part(self, a: int, b: int, which: int) -> torch.Tensor:
         return self.file.read_part(self.layer, a, b, which)
 
-    def gather(self, idx: torch.Tensor, device: torch.device,
-               values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.cache.gather(idx, device, values)
+    def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
+               values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return self.cache.gather(idx, device, keys, values)
 
 
 def load_directory(engine: Any, directory: str | Path, verify: str = "blocks",
