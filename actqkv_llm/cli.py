@@ -68,6 +68,7 @@ RETRIEVAL_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--min-refill", "min_refill", int, "acre: blocks refilled for a fully focused question"),
     ("--max-refill", "max_refill", int, "acre: blocks refilled for a fully diffuse question"),
     ("--rerank", "rerank", int, "candidates per picked block re-ranked by exact attention (question, decode)"),
+    ("--reselect-every", "reselect_every", int, "decode steps one selection serves (1: pick every step)"),
 )
 
 

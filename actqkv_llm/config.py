@@ -32,20 +32,20 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # the measured default (docs/method.md, "Ablation"): every query token and every KV head scores
     # blocks by their key bounds; tokens weighted by activation bias; entropy-shared budget
     "actqkv": dict(probe="activation-tokens", scorer="bound", token_reduce="softmax", per_head=True,
-                   positions="auto", budget_rule="entropy", keep_edges=True, rerank=4),
+                   positions="auto", budget_rule="entropy", keep_edges=True, rerank=4, reselect_every=1),
     # ActQKV as published: activation-weighted mean probe, representative-key cosine with the question term
     "actqkv-paper": dict(probe="activation", scorer="cosine", token_reduce="softmax", per_head=False,
-                         positions="fixed", budget_rule="entropy", keep_edges=False, rerank=1),
+                         positions="fixed", budget_rule="entropy", keep_edges=False, rerank=1, reselect_every=1),
     # Quest (arXiv 2406.10774): per-token, per-head upper bounds, fixed top-k
     "quest": dict(probe="tokens", scorer="bound", token_reduce="max", per_head=True, positions="fixed",
-                  budget_rule="fixed", keep_edges=False, rerank=1),
+                  budget_rule="fixed", keep_edges=False, rerank=1, reselect_every=1),
     # InfLLM: mean probe, representative-key dot product, one block set per layer, fixed top-k
     "infllm": dict(probe="mean", scorer="dot", token_reduce="softmax", per_head=False, positions="fixed",
-                   budget_rule="fixed", keep_edges=False, rerank=1),
+                   budget_rule="fixed", keep_edges=False, rerank=1, reselect_every=1),
     # ACRE (arXiv 2412.12486, training-free): attention over first-level entries picks the refill;
     # its entropy sets how many blocks
     "acre": dict(probe="tokens", scorer="l1", token_reduce="softmax", per_head=True, positions="fixed",
-                 budget_rule="entropy", keep_edges=False, rerank=1),
+                 budget_rule="entropy", keep_edges=False, rerank=1, reselect_every=1),
 }
 
 # The window ActQKV's defaults were tuned for (Llama-3-8B-Instruct).
@@ -106,6 +106,12 @@ class RetrievalConfig:
             second stage). Costs reading those candidates' keys each step (they are scored,
             not attended: the per-step KV bound is unchanged). None: the method's preset (4 for
             ``actqkv``, 1 for the published methods).
+        reselect_every: while an answer is decoded, a layer's selection (the question's, then its
+            own) serves this many decode steps before the layer scores and picks again; it picks
+            again as soon as a block leaves the window in any case (every ``block_size`` steps). 1:
+            every step picks (InfLLM, Quest, the published ActQKV). Reusing a selection skips the
+            scoring, ranking and gathering of a step, not its attention: the per-step KV bound is
+            unchanged. None: the method's preset.
         l1_budget: ``acre`` only: tokens of first-level entries attended per step (one entry per
             block; the entries with the highest logits when there are more blocks than this).
         batch_prefill: run a prefill chunk's execution blocks as one batch per layer (one scoring,
@@ -139,6 +145,7 @@ class RetrievalConfig:
     keep_edges: bool | None = None
     l1_budget: int = 256
     rerank: int | None = None
+    reselect_every: int | None = None
     min_refill: int | None = None
     max_refill: int | None = None
     batch_prefill: bool | Literal["auto"] = "auto"
@@ -300,7 +307,7 @@ class RetrievalConfig:
                 and self.selection("probe") in ("tokens", "activation-tokens"):
             raise ConfigError(f"scorer {self.selection('scorer')!r} takes one probe query: use probe "
                               "'mean' or 'activation' (per-token probes go with 'bound' or 'l1')")
-        for name in ("l1_budget", "rerank"):
+        for name in ("l1_budget", "rerank", "reselect_every"):
             v = getattr(self, name)
             if (v is not None or name == "l1_budget") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")

@@ -311,3 +311,82 @@ def test_the_blocks_next_to_the_sinks_and_the_window_are_kept_by_the_default(mak
     assert picks
     both = [bool((b == 0).any(-1).all() and (b == n - 1).any(-1).all()) for b, n, k in picks if k >= 2]
     assert all(both) if pinned else not all(both)
+
+
+def _decode_with_spy(make_engine, monkeypatch, steps=20, **options):
+    """Prefill, a question and ``steps`` decode steps; returns the decode logits and, per layer and
+    decode step, (whether the layer selected, its memory's blocks, the blocks attention read)."""
+    from actqkv_llm.retrieval.methods import BlockRetrieval
+    from actqkv_llm.session import Session
+
+    log, selected = [], []
+    select = BlockRetrieval.select
+
+    def spy_select(self, q, mem, state, mq, *a, **k):
+        if mq.phase == "decode":
+            selected.append(True)
+        return select(self, q, mem, state, mq, *a, **k)
+
+    def spy_note(self, layer, picked, n_blocks):
+        log.append((layer, bool(selected), n_blocks, picked.clone()))
+        selected.clear()
+
+    monkeypatch.setattr(BlockRetrieval, "select", spy_select)
+    monkeypatch.setattr(Session, "note_retrieval", spy_note)
+    eng = make_engine("llama", method="actqkv", **options, **SMALL)
+    doc = eng.prefill_ids(torch.randint(0, 250, (400,), generator=torch.Generator().manual_seed(6)))
+    sess = doc.session()
+    sess.forward(torch.tensor([3, 4, 5]), phase="question")
+    log.clear()
+    logits = [sess.forward(torch.tensor([7 + i % 50]), phase="decode") for i in range(steps)]
+    monkeypatch.undo()
+    return logits, log
+
+
+@pytest.mark.parametrize("every", [1, 4, 1000])
+def test_a_layer_selects_again_after_reselect_every_steps_or_when_a_block_leaves_the_window(
+        make_engine, monkeypatch, every):
+    _, log = _decode_with_spy(make_engine, monkeypatch, reselect_every=every)
+    layers = sorted({entry[0] for entry in log})
+    for layer in layers:
+        rows = [e for e in log if e[0] == layer]
+        age, last_blocks, n_evictions = 1, rows[0][2], 0   # the question's selection was made one step before
+        for _, did_select, n_blocks, _ in rows:
+            must = age >= every or n_blocks != last_blocks
+            assert did_select == must, (layer, age, n_blocks, last_blocks)
+            n_evictions += n_blocks != last_blocks
+            age = 1 if did_select else age + 1
+            last_blocks = n_blocks
+        assert n_evictions >= 2   # the run covers blocks leaving the window, not reuse alone
+    if every == 1000:  # between evictions nothing is selected
+        assert sum(e[1] for e in log) < len(log) / 4
+
+
+@pytest.mark.parametrize("positions", ["exact", "fixed"])
+def test_a_reused_selection_attends_exactly_what_selecting_those_blocks_again_would(
+        make_engine, monkeypatch, positions):
+    """Decode with held selections, then again selecting every step but forced to the same blocks:
+    the logits agree bit for bit (the held keys are placed as a fresh gather would place them)."""
+    from actqkv_llm.retrieval.methods import BlockRetrieval, Selection
+
+    held_logits, log = _decode_with_spy(make_engine, monkeypatch, reselect_every=6, positions=positions)
+    assert any(not e[1] for e in log)
+    queue = {}
+    for layer, _, _, blocks in log:
+        queue.setdefault(layer, []).append(blocks)
+    select = BlockRetrieval.select
+    def forced(self, q, mem, state, mq, budget, slot, layer, question):
+        sel = select(self, q, mem, state, mq, budget, slot, layer, question)
+        if mq.phase != "decode":
+            return sel
+        return Selection(queue[layer].pop(0), sel.evidence)
+
+    monkeypatch.setattr(BlockRetrieval, "select", forced)
+    eng = make_engine("llama", method="actqkv", reselect_every=1, positions=positions, **SMALL)
+    doc = eng.prefill_ids(torch.randint(0, 250, (400,), generator=torch.Generator().manual_seed(6)))
+    sess = doc.session()
+    sess.forward(torch.tensor([3, 4, 5]), phase="question")
+    again = [sess.forward(torch.tensor([7 + i % 50]), phase="decode") for i in range(len(held_logits))]
+    assert all(not q for q in queue.values())
+    for a, b in zip(held_logits, again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..retrieval.methods import MemoryQuery
+from ..retrieval.methods import HeldSelection, MemoryQuery
 from .chunk import attend_chunk, chunk_plan
 from .reference import attend, context_logsumexp
 from .rope import rotate, sinks_at_true_positions
@@ -29,9 +29,17 @@ class StepContext:
 
     def __init__(self, session: "Session", phase: str):
         self.session, self.phase = session, phase
-        self.budget = session.method.new_budget(session.adapter.memory_layers, session.retrieval) \
-            if session.method.uses_memory else None
+        self._budget = None
         self.masks: dict = {}  # causal masks by shape, shared by the layers of this pass
+
+    @property
+    def budget(self):
+        """This pass's block allocator, made when a layer first selects (a decode step whose layers
+        all reuse a held selection never reads the entropies it is made from)."""
+        if self._budget is None and self.session.method.uses_memory:
+            s = self.session
+            self._budget = s.method.new_budget(s.adapter.memory_layers, s.retrieval)
+        return self._budget
 
     def attend_layer(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      scaling: float, softcap: float | None) -> torch.Tensor:
@@ -112,18 +120,16 @@ class StepContext:
         if memory:
             method.observe(q, rstate)
         if memory and mem.n_blocks:
-            sel = method.select(q, mem, rstate, mq, self.budget, slot, layer, self.phase == QUESTION)
-            if sel.keys is not None:  # selection gathered (and placed) the picked keys already
-                k_mem, v_mem = sel.keys, mem.blocks.gather(sel.blocks, q.device, keys=False)[1]
-            elif sel.blocks is not None:
-                k_mem, v_mem = mem.blocks.gather(sel.blocks, q.device)
-                if mq.rotate_blocks is not None:
-                    k_mem = mq.rotate_blocks(k_mem, sel.blocks)
+            held = rstate.take_held(mem.n_blocks) if self.phase == DECODE else None
+            if held is not None:  # a recent selection still serves: no scoring, ranking or gathering
+                sel, k_mem, v_mem = held.selection, held.k_mem, held.v_mem
+            else:
+                sel = method.select(q, mem, rstate, mq, self.budget, slot, layer, self.phase == QUESTION)
+                k_mem, v_mem = self._read_selection(sel, mem, mq, q.device)
+                if self.phase != DOCUMENT and method.reselect_every > 1:
+                    rstate.hold(HeldSelection(sel, k_mem, v_mem, mem.n_blocks, method.reselect_every - 1))
             if sel.blocks is not None:
                 s.note_retrieval(layer, sel.blocks, mem.n_blocks)
-            if sel.l1_k is not None:
-                k_mem = sel.l1_k if k_mem is None else torch.cat([k_mem, sel.l1_k.to(k_mem.dtype)], 1)
-                v_mem = sel.l1_v if v_mem is None else torch.cat([v_mem, sel.l1_v], 1)
         if s.meter is not None and memory and mem.n_blocks:
             s.meter.observe(self, layer, kind, q, k, mem, sel, scaling, softcap)
         if sink_k is not None:
@@ -152,6 +158,23 @@ class StepContext:
             else:
                 s.note_attention(sel.blocks.flatten(), per_block.flatten(), mem.n_blocks)
         return out.to(q.dtype)
+
+
+    @staticmethod
+    def _read_selection(sel, mem, mq: MemoryQuery, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The keys (placed as attention reads them) and values of a selection: its blocks, then its
+        first-level entries."""
+        k_mem = v_mem = None
+        if sel.keys is not None:  # selection gathered (and placed) the picked keys already
+            k_mem, v_mem = sel.keys, mem.blocks.gather(sel.blocks, device, keys=False)[1]
+        elif sel.blocks is not None:
+            k_mem, v_mem = mem.blocks.gather(sel.blocks, device)
+            if mq.rotate_blocks is not None:
+                k_mem = mq.rotate_blocks(k_mem, sel.blocks)
+        if sel.l1_k is not None:
+            k_mem = sel.l1_k if k_mem is None else torch.cat([k_mem, sel.l1_k.to(k_mem.dtype)], 1)
+            v_mem = sel.l1_v if v_mem is None else torch.cat([v_mem, sel.l1_v], 1)
+        return k_mem, v_mem
 
 
 def context_attention(module, query, key, value, attention_mask, dropout: float = 0.0,

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .hf import cache_argument, plain_attention
-from ..persist.bench import MB, read_every_block, drop_page_cache, measure_disk_speed
+from ..persist.bench import MB, bytes_read_from_disk, read_every_block, drop_page_cache, measure_disk_speed
 from ..persist.paths import dir_size
 from .quality import (format_length, free_memory, invoked_command, library_versions, load_engine,
                       method_engines, parse_dtype)
@@ -182,6 +182,7 @@ def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_t
             loaded, row["load_s"] = timer(lambda: eng.load(path))
             _, ttft_after = timer(lambda: eng.generate_ids(loaded, question, max_new_tokens=1))
             row["ttft_disk_s"] = row["load_s"] + ttft_after
+            row["ttft_disk_read_bytes"] = bytes_read_from_disk(loaded)
             for f in Path(path).iterdir():
                 drop_page_cache(f)
             read, read_s = timer(lambda: read_every_block(loaded))
@@ -449,13 +450,14 @@ def speed_markdown(result: dict[str, Any]) -> str:
         lines += ["", "Document cache on disk (save: atomic, fsynced, checksummed; reload cold: "
                   "page cache dropped first):", "",
                   "| length | system | cache GiB | save s | save MB/s | load s | "
-                  "read every block MB/s | TTFT from disk s | TTFT in memory s |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "read every block MB/s | TTFT from disk s | its block reads GiB | TTFT in memory s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in saved:
             lines.append("| " + " | ".join([
                 format_length(r["length"]), r["system"], num(r["saved_bytes"] / GIB, ".2f"),
                 num(r["save_s"], ".2f"), num(r["save_MBps"], ",.0f"), num(r.get("load_s"), ".3f"),
                 num(r.get("read_blocks_MBps"), ",.0f"), num(r.get("ttft_disk_s"), ".3f"),
+                num(r["ttft_disk_read_bytes"] / GIB if r.get("ttft_disk_read_bytes") is not None else None, ".2f"),
                 num(r.get("ttft_s"), ".3f")]) + " |")
     errors = [r for r in result["rows"] if r.get("reload_error")]
     if errors:

@@ -71,6 +71,13 @@ def measure_disk_speed(directory: str | Path, n_bytes: int = 256 * MB) -> dict[s
             "read_cold": cold}
 
 
+def bytes_read_from_disk(doc: Any) -> int:
+    """Bytes of full blocks a reloaded document has read from its file so far (whole runs, keys
+    and values, prefetch included): what a first question after a cold reload waited for."""
+    files = {id(m.blocks.file): m.blocks.file for m in doc.state.memory if hasattr(m.blocks, "file")}
+    return sum(f.blocks_read * f.block_bytes for f in files.values())
+
+
 def read_every_block(doc: Any) -> int:
     """Read (and verify) every full block of a reloaded document from its file; returns the bytes
     read from disk (as stored, e.g. bf16, whatever the compute dtype)."""

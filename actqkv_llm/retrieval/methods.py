@@ -33,6 +33,7 @@ class LayerRetrievalState:
     entropy_count: int = 0
     question: torch.Tensor | None = None  # [Hkv, d] summary of the question's queries
     question_weight: float = 0.0          # how many question tokens it averages
+    held: "HeldSelection | None" = None   # the last question or decode selection, for the next decode steps
 
     def observe_entropy(self, h: torch.Tensor | float) -> None:
         """Add one step's normalized entropy; no host sync (read back once per pass, see :func:`entropy_means`)."""
@@ -55,7 +56,21 @@ class LayerRetrievalState:
             self.question + (probe - self.question) * (n_tokens / total)
         self.question_weight = total
 
+    def hold(self, held: "HeldSelection | None") -> None:
+        self.held = held
+
+    def take_held(self, n_blocks: int) -> "HeldSelection | None":
+        """The held selection if it may serve one more decode step over a memory of ``n_blocks``
+        blocks (none left the window since it was made, and it has uses left); else drop it."""
+        held = self.held
+        if held is None or held.n_blocks != n_blocks or held.uses_left < 1:
+            self.held = None
+            return None
+        held.uses_left -= 1
+        return held
+
     def fork(self) -> "LayerRetrievalState":
+        # a held selection belongs to one question's pass: a fork starts without one
         return LayerRetrievalState(None if self.stats is None else self.stats.clone(), self.entropy_total,
                                    self.entropy_count, self.question, self.question_weight)
 
@@ -123,6 +138,19 @@ class Selection:
     @property
     def n_l1(self) -> int:
         return 0 if self.l1_k is None else self.l1_k.shape[1]
+
+
+@dataclass
+class HeldSelection:
+    """A selection kept by one layer for the decode steps that follow it (``reselect_every``), with
+    the keys and values attention reads for it (picked blocks, placed, then any first-level entries),
+    so a step that reuses it neither scores, ranks nor gathers."""
+
+    selection: Selection
+    k_mem: torch.Tensor | None
+    v_mem: torch.Tensor | None
+    n_blocks: int     # the memory's blocks when it was made: a block leaving the window ends it
+    uses_left: int
 
 
 # ---------------------------------------------------------------------- probes
@@ -275,6 +303,7 @@ def pin_edges(evidence: torch.Tensor, n_avail: torch.Tensor | int) -> torch.Tens
 
 class RetrievalMethod:
     name = "base"
+    reselect_every = 1    # decode steps one selection serves (BlockRetrieval: the config's)
     uses_memory = False   # evicted blocks are kept and retrieved
     bounded = True        # the local window has a fixed size
     batchable = False     # a prefill chunk's execution blocks may run as one batch (attention/chunk.py)
@@ -337,6 +366,7 @@ class BlockRetrieval(RetrievalMethod):
         self.uses_question = scorer == "cosine"
         self.uses_summaries = self.scorer.reads_summaries
         self.rerank = int(sel("rerank"))
+        self.reselect_every = int(sel("reselect_every"))
         self.keep_edges = bool(sel("keep_edges"))
         # a prefill chunk's execution blocks may run as one batch (attention/chunk.py): selection
         # reads key bounds, never the summaries made from the window's attention
