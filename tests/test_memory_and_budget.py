@@ -227,13 +227,38 @@ def test_device_block_cache_keeps_its_slots_when_a_block_is_asked_twice():
     from actqkv_llm.memory.block_cache import DeviceBlockCache
 
     store = torch.arange(10 * 2 * 4 * 3, dtype=torch.float32).reshape(10, 2, 4, 3)
-    cache = DeviceBlockCache(lambda ids: (store[ids], -store[ids]), 10, (2, 4, 3), torch.float32, "cpu", 4)
+    cache = DeviceBlockCache(lambda b, h: (store[b, h], -store[b, h]), 10, (2, 4, 3), torch.float32, "cpu", 4)
     k, _ = cache.gather(torch.tensor([9, 9, 9]), torch.device("cpu"))
     assert torch.equal(k, store[[9, 9, 9]].permute(1, 0, 2, 3).reshape(2, 12, 3))
-    assert len(cache._slot) + len(cache._free) == 4           # no slot lost
+    assert len(cache._slot) == 2 and len(cache._slot) + len(cache._free) == 8   # one slot per head, none lost
     for ids in ([0, 1, 2], [3, 4, 5], [6, 7, 8]):               # needs all four slots in turn
         k, v = cache.gather(torch.tensor(ids), torch.device("cpu"))
         assert torch.equal(v, -store[ids].permute(1, 0, 2, 3).reshape(2, 12, 3))
+
+
+def test_device_block_cache_holds_each_heads_own_blocks_not_every_head_of_them():
+    """Per-head selection: two heads asking for eight different blocks fill eight (block, head)
+    slots of a four-block cache; asked again, nothing is read (a cache of whole blocks would have
+    read all eight blocks through, on every step)."""
+    from actqkv_llm.memory.block_cache import DeviceBlockCache
+
+    store = torch.randn(10, 2, 4, 3)
+    reads = []
+
+    def reader(b, h):
+        reads.append(len(b))
+        return store[b, h], -store[b, h]
+
+    cache = DeviceBlockCache(reader, 10, (2, 4, 3), torch.float32, "cpu", 4)
+    idx = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
+    want = torch.stack([store[idx[h], h].reshape(16, 3) for h in range(2)])
+    for _ in range(2):
+        k, v = cache.gather(idx, torch.device("cpu"))
+        torch.testing.assert_close(k, want, rtol=0, atol=0)
+        torch.testing.assert_close(v, -want, rtol=0, atol=0)
+    assert reads == [8] and (cache.misses, cache.hits) == (8, 8)
+    cache.gather(torch.tensor([[8, 9, 0, 1], [8, 9, 4, 5]]), torch.device("cpu"))  # evicts only what it must
+    assert reads == [8, 4] and len(cache._slot) == 8
 
 
 def test_sink_keys_are_placed_once_per_set_of_sinks_and_forks_share_them():

@@ -10,68 +10,84 @@ from typing import Callable
 
 import torch
 
-from .blocks import GrowableBlocks, flatten_blocks, per_head
+from .blocks import GrowableBlocks
 
-# Reads blocks (ascending ids) from the slow tier: returns [n, Hkv, B, d] keys and values on the host.
-BlockReader = Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]
+# Reads one KV head of each of some blocks from the slow tier: ``(blocks [u], heads [u])`` -> host
+# ``[u, B, d]`` keys and values (block ids may repeat, e.g. several heads of one block).
+UnitReader = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class DeviceBlockCache:
-    """A fixed number of device slots holding recently used blocks of one layer.
+    """A fixed number of device slots holding recently used blocks of one layer, one KV head of one
+    block per slot (``capacity`` blocks' worth: ``capacity x Hkv`` slots).
 
-    ``gather`` returns the requested blocks on the device; blocks not resident are read through
-    ``reader`` (one batched read), copied into the least recently used slots, then indexed.
-    Counters ``hits`` / ``misses`` make its behaviour visible in benchmarks.
+    ``gather`` returns the requested blocks on the device; the (block, head) pairs not resident are
+    read through ``reader`` (one batched read), copied into the least recently used slots, then
+    indexed. A slot per head, not per block: with per-head selection each head asks for its own
+    blocks, and a cache of whole blocks would hold (and copy) every head of each of them; the
+    default's candidates (4x the picks, per head) then outgrew it and every decode step read them
+    through again (docs/benchmarks.md, "offload"). Counters ``hits`` / ``misses`` count (block,
+    head) pairs, to make its behaviour visible in benchmarks.
     """
 
-    def __init__(self, reader: BlockReader, n_blocks: int, shape: tuple[int, int, int],
+    def __init__(self, reader: UnitReader, n_blocks: int, shape: tuple[int, int, int],
                  dtype: torch.dtype, device: torch.device, capacity: int):
         self.reader, self.n_blocks = reader, n_blocks
+        self.kv_heads, b, d = shape
         self.capacity, self.device = capacity, torch.device(device)
-        self._k = torch.empty((capacity, *shape), dtype=dtype, device=self.device)
+        self.units = capacity * self.kv_heads
+        self._k = torch.empty((self.units, b, d), dtype=dtype, device=self.device)
         self._v = torch.empty_like(self._k)
-        self._slot: OrderedDict[int, int] = OrderedDict()  # block id -> slot, LRU first
-        self._free = list(range(capacity))
+        self._slot: OrderedDict[int, int] = OrderedDict()  # block * Hkv + head -> slot, LRU first
+        self._free = list(range(self.units))
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
+    def _read(self, units: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        u = torch.tensor(units)
+        return self.reader(u // self.kv_heads, u % self.kv_heads)
+
     def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
                values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Blocks ``idx`` on the device; leaving keys or values out still fills whole blocks (a slot
-        holds both)."""
-        if idx.dim() == 2:
-            return per_head(self.gather, idx, device, keys, values)
-        ids = idx.tolist()
-        if len(ids) > self.capacity:  # larger than the cache: read straight through
-            k, v = self.reader(ids)
-            self.misses += len(ids)
-            return (flatten_blocks(k.to(device)) if keys else None,
-                    flatten_blocks(v.to(device)) if values else None)
+        """Blocks ``idx`` (``[n]`` for every head, or ``[Hkv, n]``) as ``[Hkv, n*B, d]`` keys and
+        values on the device; leaving keys or values out still fills whole slots (a slot holds both)."""
+        hkv = self.kv_heads
+        ids = (idx if idx.dim() == 2 else idx[None].expand(hkv, -1)).cpu()
+        n = ids.shape[1]
+        units = (ids * hkv + torch.arange(hkv)[:, None]).flatten().tolist()   # head-major
+
+        def shaped(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.view(hkv, n * x.shape[1], x.shape[2])
+
+        wanted = set(units)
+        if len(wanted) > self.units:  # larger than the cache: read straight through
+            k, v = self._read(units)
+            self.misses += len(units)
+            return (shaped(k.to(device)) if keys else None, shaped(v.to(device)) if values else None)
         with self._lock:
-            missing = list(dict.fromkeys(i for i in ids if i not in self._slot))  # each block once
-            self.hits += len(ids) - len(missing)
+            missing = list(dict.fromkeys(u for u in units if u not in self._slot))  # each pair once
+            self.hits += len(units) - len(missing)
             self.misses += len(missing)
-            wanted = set(ids)
-            for i in ids:
-                if i in self._slot:
-                    self._slot.move_to_end(i)
+            for u in units:
+                if u in self._slot:
+                    self._slot.move_to_end(u)
             if missing:
-                k, v = self.reader(missing)
+                k, v = self._read(missing)
                 slots = []
                 for _ in missing:
                     if self._free:
                         slots.append(self._free.pop())
-                    else:  # evict the least recently used block not needed now
-                        victim = next(b for b in self._slot if b not in wanted)
+                    else:  # evict the least recently used pair not needed now
+                        victim = next(u for u in self._slot if u not in wanted)
                         slots.append(self._slot.pop(victim))
                 s = torch.tensor(slots, device=self.device)
                 self._k[s] = k.to(self.device, non_blocking=True)
                 self._v[s] = v.to(self.device, non_blocking=True)
-                for i, slot in zip(missing, slots):
-                    self._slot[i] = slot
-            sel = torch.tensor([self._slot[i] for i in ids], device=self.device)
-            k = flatten_blocks(self._k.index_select(0, sel)) if keys else None
-            v = flatten_blocks(self._v.index_select(0, sel)) if values else None
+                for u, slot in zip(missing, slots):
+                    self._slot[u] = slot
+            sel = torch.tensor([self._slot[u] for u in units], device=self.device)
+            k = shaped(self._k.index_select(0, sel)) if keys else None
+            v = shaped(self._v.index_select(0, sel)) if values else None
         return k, v
 
 
@@ -90,9 +106,8 @@ class HostBlocks:
         """New blocks go to host memory; they reach the device when retrieval first asks for them."""
         self.store.append(k, v)
 
-    def _read(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        i = torch.tensor(ids)
-        k, v = self.store.keys.index_select(0, i), self.store.values.index_select(0, i)
+    def _read(self, blocks: torch.Tensor, heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.store.keys[blocks, heads], self.store.values[blocks, heads]
         if torch.cuda.is_available() and self.cache.device.type == "cuda":
             k, v = k.pin_memory(), v.pin_memory()
         return k, v

@@ -30,25 +30,6 @@ class KVBlocks(Protocol):
         ...
 
 
-def per_head(flat_gather, idx: torch.Tensor, device: torch.device, keys: bool = True,
-             values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Serve ``[Hkv, n]`` per-head block ids through a store that reads shared ``[m]`` ids:
-    read the union once, then let each head keep its own blocks."""
-    uniq, inv = torch.unique(idx, return_inverse=True)   # sorted union, and where each id sits in it
-    parts = flat_gather(uniq, device, keys, values)      # [Hkv, m*B, d] each (or None)
-    ref = next(p for p in parts if p is not None)
-    h, mb, d = ref.shape
-    m, n = uniq.numel(), idx.shape[1]
-    b = mb // m
-    heads = torch.arange(h, device=ref.device)[:, None]
-    inv = inv.to(ref.device)
-
-    def own(x: torch.Tensor | None) -> torch.Tensor | None:
-        return None if x is None else x.view(h, m, b, d)[heads, inv].reshape(h, n * b, d)
-
-    return own(parts[0]), own(parts[1])
-
-
 def flatten_blocks(k: torch.Tensor) -> torch.Tensor:
     """[n, Hkv, B, d] -> [Hkv, n * B, d]."""
     n, h, b, d = k.shape

@@ -186,7 +186,7 @@ class BlocksFile:
 
     def read(self, layer: int, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Blocks ``ids`` of ``layer`` as host ``[len(ids), Hkv, B, d]`` keys and values (the
-        :data:`~actqkv_llm.memory.block_cache.BlockReader` of a reloaded document)."""
+        :class:`DiskBlocks` of a reloaded document)."""
         n = self.n_blocks[layer]
         if any(i < 0 or i >= n for i in ids):
             raise IndexError(f"block ids out of range 0..{n - 1} for layer {layer}")
@@ -254,8 +254,12 @@ class DiskBlocks:
         self.block_bytes = file.block_bytes
         self.cache = DeviceBlockCache(self._read, n_blocks, shape, dtype, device, max(1, min(capacity, n_blocks)))
 
-    def _read(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.file.read(self.layer, ids)
+    def _read(self, blocks: torch.Tensor, heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One head of each of ``blocks``: the file holds whole blocks, so each block is read (and
+        verified) once, whatever number of its heads is asked for."""
+        uniq, at = torch.unique(blocks, return_inverse=True)
+        k, v = self.file.read(self.layer, uniq.tolist())
+        return k[at, heads], v[at, heads]
 
     def read_range(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.file.read_range(self.layer, a, b)
