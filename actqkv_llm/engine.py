@@ -395,8 +395,10 @@ class Engine:
             raise InputError("generate() needs a document; use complete(None, prompt) for a plain completion")
         return self.complete(doc, continuation, max_new_tokens=max_new_tokens, **sampling).text
 
-    def generate_ids(self, doc: Document, ids: torch.Tensor | list[int], max_new_tokens: int = 16) -> list[int]:
-        """Greedy token ids after the document and ``ids`` (no tokenizer involved; speed benchmarks)."""
+    def generate_ids(self, doc: Document, ids: torch.Tensor | list[int], max_new_tokens: int = 16,
+                     on_token: Callable[[int], None] | None = None) -> list[int]:
+        """Greedy token ids after the document and ``ids`` (no tokenizer involved; speed benchmarks).
+        ``on_token(i)`` is called as token ``i`` is known (on the host: the device has finished it)."""
         sess = self._session_for(doc)
         ids = torch.as_tensor(ids, dtype=torch.long).flatten()
         out: list[int] = []
@@ -405,6 +407,8 @@ class Engine:
             for i in range(max_new_tokens):
                 tok = int(logits.argmax())
                 out.append(tok)
+                if on_token is not None:
+                    on_token(i)
                 if i + 1 < max_new_tokens:
                     logits = sess.forward(torch.tensor([tok]), phase=DECODE)
         return out

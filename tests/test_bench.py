@@ -393,11 +393,13 @@ class HFStandIn:
         return SimpleNamespace(cache=cache, n_tokens=len(ids))
 
     @torch.inference_mode()
-    def generate_ids(self, doc, ids, max_new_tokens):
+    def generate_ids(self, doc, ids, max_new_tokens, on_token=None):
         cache, out, x = copy.deepcopy(doc.cache), [], ids[None]
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             x = self.model(input_ids=x, logits_to_keep=1, **{cache_argument(self.model): cache}).logits.argmax(-1)
             out.append(int(x))
+            if on_token is not None:
+                on_token(i)
         return out
 
 
@@ -452,6 +454,33 @@ def test_speed_skips_lengths_whose_kv_cannot_fit(tmp_path, tiny_llama, monkeypat
     status = {(r["system"], r["length"]): r["status"] for r in result["rows"]}
     assert status == {("actqkv", 64): "ok", (S.HF, 64): "ok",
                       ("actqkv", 512): "skipped", (S.HF, 512): "OOM"}
+
+
+def test_decode_time_is_taken_inside_each_answer_not_against_a_colder_first_token():
+    """The first answer of a run is slow to start (a cache filling), later ones are not: decode per
+    token is still the time between the first and the last token of one answer."""
+    import time as _time
+
+    class Warming:
+        first = True
+
+        def prefill_ids(self, ids):
+            return SimpleNamespace(n_tokens=len(ids))
+
+        def generate_ids(self, doc, ids, max_new_tokens, on_token=None):
+            if self.first:
+                _time.sleep(0.3)
+                self.first = False
+            for i in range(max_new_tokens):
+                if i:
+                    _time.sleep(0.02)
+                if on_token is not None:
+                    on_token(i)
+            return list(range(max_new_tokens))
+
+    row = S.measure_engine(Warming(), torch.zeros(8, dtype=torch.long), torch.zeros(2, dtype=torch.long),
+                           decode_tokens=4, timer=S.Timer(torch.device("cpu")), repeats=1)
+    assert row["decode_tokens"] == 4 and row["decode_ms_per_token"] >= 20   # was 0: (0.08 s - 0.3 s) / 4
 
 
 def test_speed_reload_reports_cache_throughput_next_to_the_disk(tmp_path, make_engine):
