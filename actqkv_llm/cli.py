@@ -69,6 +69,7 @@ RETRIEVAL_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--max-refill", "max_refill", int, "acre: blocks refilled for a fully diffuse question"),
     ("--rerank", "rerank", int, "candidates per picked block re-ranked by exact attention (question, decode)"),
     ("--reselect-every", "reselect_every", int, "decode steps one selection serves (1: pick every step)"),
+    ("--rescore-every", "rescore_every", int, "decode steps one scoring's rerank candidates serve (1: score every step)"),
 )
 
 

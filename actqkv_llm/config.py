@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from .errors import ConfigError
+from .errors import ConfigError, is_int, is_number
 
 Method = Literal["actqkv", "actqkv-paper", "quest", "infllm", "acre", "streaming", "full"]
 METHODS: tuple[str, ...] = ("actqkv", "actqkv-paper", "quest", "infllm", "acre", "streaming", "full")
@@ -32,20 +32,22 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # the measured default (docs/method.md, "Ablation"): every query token and every KV head scores
     # blocks by their key bounds; tokens weighted by activation bias; entropy-shared budget
     "actqkv": dict(probe="activation-tokens", scorer="bound", token_reduce="softmax", per_head=True,
-                   positions="auto", budget_rule="entropy", keep_edges=True, rerank=4, reselect_every=1),
+                   positions="auto", budget_rule="entropy", keep_edges=True, rerank=4,
+                   reselect_every=1, rescore_every=1),
     # ActQKV as published: activation-weighted mean probe, representative-key cosine with the question term
     "actqkv-paper": dict(probe="activation", scorer="cosine", token_reduce="softmax", per_head=False,
-                         positions="fixed", budget_rule="entropy", keep_edges=False, rerank=1, reselect_every=1),
+                         positions="fixed", budget_rule="entropy", keep_edges=False, rerank=1,
+                         reselect_every=1, rescore_every=1),
     # Quest (arXiv 2406.10774): per-token, per-head upper bounds, fixed top-k
     "quest": dict(probe="tokens", scorer="bound", token_reduce="max", per_head=True, positions="fixed",
-                  budget_rule="fixed", keep_edges=False, rerank=1, reselect_every=1),
+                  budget_rule="fixed", keep_edges=False, rerank=1, reselect_every=1, rescore_every=1),
     # InfLLM: mean probe, representative-key dot product, one block set per layer, fixed top-k
     "infllm": dict(probe="mean", scorer="dot", token_reduce="softmax", per_head=False, positions="fixed",
-                   budget_rule="fixed", keep_edges=False, rerank=1, reselect_every=1),
+                   budget_rule="fixed", keep_edges=False, rerank=1, reselect_every=1, rescore_every=1),
     # ACRE (arXiv 2412.12486, training-free): attention over first-level entries picks the refill;
     # its entropy sets how many blocks
     "acre": dict(probe="tokens", scorer="l1", token_reduce="softmax", per_head=True, positions="fixed",
-                 budget_rule="entropy", keep_edges=False, rerank=1, reselect_every=1),
+                 budget_rule="entropy", keep_edges=False, rerank=1, reselect_every=1, rescore_every=1),
 }
 
 # The window ActQKV's defaults were tuned for (Llama-3-8B-Instruct).
@@ -112,6 +114,12 @@ class RetrievalConfig:
             every step picks (InfLLM, Quest, the published ActQKV). Reusing a selection skips the
             scoring, ranking and gathering of a step, not its attention: the per-step KV bound is
             unchanged. None: the method's preset.
+        rescore_every: while an answer is decoded, the rerank's candidates (``rerank`` > 1) named by
+            one scoring of every block serve this many decode steps: each step still reranks them by
+            its own exact attention and picks its own blocks, without scoring every block or
+            gathering the candidates' keys again; a block leaving the window, or a step allowed more
+            blocks than they were named for, scores again. 1: every step scores. None: the method's
+            preset.
         l1_budget: ``acre`` only: tokens of first-level entries attended per step (one entry per
             block; the entries with the highest logits when there are more blocks than this).
         batch_prefill: run a prefill chunk's execution blocks as one batch per layer (one scoring,
@@ -146,6 +154,7 @@ class RetrievalConfig:
     l1_budget: int = 256
     rerank: int | None = None
     reselect_every: int | None = None
+    rescore_every: int | None = None
     min_refill: int | None = None
     max_refill: int | None = None
     batch_prefill: bool | Literal["auto"] = "auto"
@@ -270,7 +279,7 @@ class RetrievalConfig:
                 "prefill_chunk", "device_cache_blocks")
         for name in ints:
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
+            if not is_int(v):
                 raise ConfigError(f"{name} must be an integer, got {v!r}")
         positive = {"block_size": 1, "n_local": 1, "exec_block": 1, "repr_topk": 1, "budget": 1,
                     "prefill_chunk": 1, "device_cache_blocks": 1, "n_sink": 0}
@@ -285,7 +294,7 @@ class RetrievalConfig:
                 f"({self.exec_block} + {self.block_size}): the window has to hold one execution "
                 "block plus one block waiting to be evicted"
             )
-        if isinstance(self.question_weight, bool) or not isinstance(self.question_weight, (int, float)) \
+        if not is_number(self.question_weight) \
                 or not (0 <= self.question_weight < float("inf")):
             raise ConfigError(f"question_weight must be a finite number >= 0, got {self.question_weight!r}")
         choices = {"probe": PROBES, "scorer": SCORERS, "token_reduce": TOKEN_REDUCES,
@@ -307,13 +316,13 @@ class RetrievalConfig:
                 and self.selection("probe") in ("tokens", "activation-tokens"):
             raise ConfigError(f"scorer {self.selection('scorer')!r} takes one probe query: use probe "
                               "'mean' or 'activation' (per-token probes go with 'bound' or 'l1')")
-        for name in ("l1_budget", "rerank", "reselect_every"):
+        for name in ("l1_budget", "rerank", "reselect_every", "rescore_every"):
             v = getattr(self, name)
-            if (v is not None or name == "l1_budget") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            if (v is not None or name == "l1_budget") and (not is_int(v) or v < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         for name in ("min_refill", "max_refill"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            if v is not None and (not is_int(v) or v < 0):
                 raise ConfigError(f"{name} must be a non-negative integer or None, got {v!r}")
         if self.method == "acre":
             lo, hi = self.acre_range
@@ -335,7 +344,7 @@ class RetrievalConfig:
                 )
             for name in ("min_blocks", "max_blocks"):
                 v = getattr(self, name)
-                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                if v is not None and (not is_int(v) or v < 0):
                     raise ConfigError(f"{name} must be a non-negative integer or None, got {v!r}")
             lo, hi = self.block_range
             if self.method != "acre" and hi < max(lo, 1):  # acre draws from acre_range, checked above

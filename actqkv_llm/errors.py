@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 
+def is_int(value: object) -> bool:
+    """An integer, and not a bool (``True`` is an ``int`` to Python, never a count to us)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """An int or a float, and not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class ActQKVError(Exception):
     """Base class of every error this library raises on purpose."""
 

@@ -7,7 +7,7 @@ from typing import Iterable
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, is_int
 
 # A generation is caught in a loop when its last tokens are copies of one period of at most
 # REPEAT_MAX_PERIOD tokens, at least REPEAT_MIN_COPIES copies covering at least REPEAT_MIN_SPAN tokens
@@ -32,7 +32,7 @@ class Sampling:
     def make(cls, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
              stop: str | Iterable[str] | None = None, seed: int | None = None,
              stop_on_repetition: bool = True) -> "Sampling":
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        if not is_int(max_new_tokens) or max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 100:
             raise InputError(f"temperature must be a number in [0, 100], got {temperature!r}")

@@ -313,6 +313,17 @@ def test_the_blocks_next_to_the_sinks_and_the_window_are_kept_by_the_default(mak
     assert all(both) if pinned else not all(both)
 
 
+def _decode_logits(make_engine, steps=20, after_question=None, **options):
+    """Prefill 400 tokens, read a 3-token question, decode ``steps`` tokens; the decode logits."""
+    eng = make_engine("llama", method="actqkv", **options, **SMALL)
+    doc = eng.prefill_ids(torch.randint(0, 250, (400,), generator=torch.Generator().manual_seed(6)))
+    sess = doc.session()
+    sess.forward(torch.tensor([3, 4, 5]), phase="question")
+    if after_question is not None:
+        after_question()
+    return [sess.forward(torch.tensor([7 + i % 50]), phase="decode") for i in range(steps)]
+
+
 def _decode_with_spy(make_engine, monkeypatch, steps=20, **options):
     """Prefill, a question and ``steps`` decode steps; returns the decode logits and, per layer and
     decode step, (whether the layer selected, its memory's blocks, the blocks attention read)."""
@@ -333,12 +344,7 @@ def _decode_with_spy(make_engine, monkeypatch, steps=20, **options):
 
     monkeypatch.setattr(BlockRetrieval, "select", spy_select)
     monkeypatch.setattr(Session, "note_retrieval", spy_note)
-    eng = make_engine("llama", method="actqkv", **options, **SMALL)
-    doc = eng.prefill_ids(torch.randint(0, 250, (400,), generator=torch.Generator().manual_seed(6)))
-    sess = doc.session()
-    sess.forward(torch.tensor([3, 4, 5]), phase="question")
-    log.clear()
-    logits = [sess.forward(torch.tensor([7 + i % 50]), phase="decode") for i in range(steps)]
+    logits = _decode_logits(make_engine, steps, after_question=log.clear, **options)
     monkeypatch.undo()
     return logits, log
 
@@ -375,6 +381,7 @@ def test_a_reused_selection_attends_exactly_what_selecting_those_blocks_again_wo
     for layer, _, _, blocks in log:
         queue.setdefault(layer, []).append(blocks)
     select = BlockRetrieval.select
+
     def forced(self, q, mem, state, mq, budget, slot, layer, question):
         sel = select(self, q, mem, state, mq, budget, slot, layer, question)
         if mq.phase != "decode":
@@ -382,11 +389,46 @@ def test_a_reused_selection_attends_exactly_what_selecting_those_blocks_again_wo
         return Selection(queue[layer].pop(0), sel.evidence)
 
     monkeypatch.setattr(BlockRetrieval, "select", forced)
-    eng = make_engine("llama", method="actqkv", reselect_every=1, positions=positions, **SMALL)
-    doc = eng.prefill_ids(torch.randint(0, 250, (400,), generator=torch.Generator().manual_seed(6)))
-    sess = doc.session()
-    sess.forward(torch.tensor([3, 4, 5]), phase="question")
-    again = [sess.forward(torch.tensor([7 + i % 50]), phase="decode") for i in range(len(held_logits))]
+    again = _decode_logits(make_engine, len(held_logits), reselect_every=1, positions=positions)
     assert all(not q for q in queue.values())
     for a, b in zip(held_logits, again):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_decode_steps_score_every_block_only_every_rescore_every_steps(make_engine, monkeypatch, every):
+    """With held rerank candidates a decode step still selects (reranks), but scores every block only
+    when its candidates are ``every`` steps old or a block left the window."""
+    from actqkv_llm.retrieval.methods import BlockRetrieval, BoundScorer
+
+    events = []   # per decode select of layer 0: (scored, n_blocks)
+    score, select = BoundScorer.__call__, BlockRetrieval.select
+
+    def spy_select(self, q, mem, state, mq, budget, slot, layer, question):
+        scored_before = len(scores)
+        out = select(self, q, mem, state, mq, budget, slot, layer, question)
+        if mq.phase == "decode" and layer == 0:
+            events.append((len(scores) > scored_before, mem.n_blocks))
+        return out
+
+    scores = []
+    monkeypatch.setattr(BoundScorer, "__call__", lambda *a, **k: scores.append(1) or score(*a, **k))
+    monkeypatch.setattr(BlockRetrieval, "select", spy_select)
+    _decode_logits(make_engine, rescore_every=every)
+    age, last = 1, events[0][1]
+    for scored, n_blocks in events:
+        assert scored == (age >= every or n_blocks != last), (age, n_blocks, last)
+        age, last = (1 if scored else age + 1), n_blocks
+    if every > 1:
+        assert sum(s for s, _ in events) < len(events)
+
+
+def test_held_candidates_rerank_as_freshly_gathered_ones_would(make_engine):
+    """Every block a candidate (a large ``rerank``) and a fixed top-k: scoring again names the same
+    candidates, so holding them changes nothing, bit for bit, at either positions mode."""
+    for positions in ("exact", "fixed"):
+        opts = dict(rerank=1000, budget_rule="fixed", positions=positions)
+        fresh = _decode_logits(make_engine, rescore_every=1, **opts)
+        held = _decode_logits(make_engine, rescore_every=8, **opts)
+        for a, b in zip(fresh, held):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

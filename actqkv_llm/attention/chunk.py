@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..memory.blocks import StackedBlocks
+from ..retrieval.budget import normalized_entropy
 from ..retrieval.methods import pin_edges
 from .rope import rotate, sinks_at_true_positions
 
@@ -122,7 +123,7 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
     q_mem = _pad_blocks(mq.at_memory(q), n_e, size, pad)               # [H, E, S, d]
     n_avail = torch.tensor(plan.n_blocks, device=dev)
     evidence = method.chunk_evidence(q_mem, weights, mem, mq, n_avail)  # [E, rows, N]
-    ents = _masked_entropy(evidence, n_avail)
+    ents = normalized_entropy(evidence, mass=method.scorer.mass, n_valid=n_avail[:, None]).mean(-1)  # [E]
     rstate.observe_entropies(ents)
     counts = [ctx.budget.blocks_for(e, layer, plan.n_blocks[e], None) for e in range(n_e)]
     kmax = max(counts)
@@ -183,16 +184,6 @@ def _pad_blocks(x: torch.Tensor, n_e: int, size: int, pad: int) -> torch.Tensor:
     if pad:
         x = torch.cat([x, x.new_zeros((x.shape[0], pad, x.shape[2]))], 1)
     return x.view(x.shape[0], n_e, size, x.shape[2])
-
-
-def _masked_entropy(evidence: torch.Tensor, n_avail: torch.Tensor) -> torch.Tensor:
-    """Each execution block's normalized entropy of its evidence rows (mass estimates) over the
-    blocks it may pick, averaged over rows: ``[E]``."""
-    p = evidence.float().clamp_min(0)
-    p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
-    ent = -(p * p.clamp_min(1e-30).log()).sum(-1).mean(-1)
-    logn = n_avail.float().clamp_min(2).log()
-    return torch.where(n_avail > 1, ent / logn, torch.zeros_like(ent))
 
 
 def _pick(evidence: torch.Tensor, n_avail: torch.Tensor, counts: list[int], kmax: int

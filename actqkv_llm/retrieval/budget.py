@@ -16,12 +16,16 @@ from typing import Callable
 import torch
 
 
-def normalized_entropy(scores: torch.Tensor, mass: bool = False) -> torch.Tensor:
+def normalized_entropy(scores: torch.Tensor, mass: bool = False,
+                       n_valid: torch.Tensor | None = None) -> torch.Tensor:
     """Entropy along the last dimension divided by log N (1 = uniform, 0 = one block has it all).
 
     ``scores`` are logits (the distribution is their softmax) or, with ``mass``, non-negative
-    attention-mass estimates (the distribution is the normalised row). Returns a tensor of the
-    leading shape (0-d for one row) on the scores' device, so that a step never waits for it.
+    attention-mass estimates (the distribution is the normalised row). ``n_valid`` (broadcast
+    against the leading shape): how many entries of each row count, the rest holding no mass (0,
+    or -inf logits), so N is that count (a batched prefill's rows see different numbers of blocks).
+    Returns a tensor of the leading shape (0-d for one row) on the scores' device, so that a step
+    never waits for it.
     """
     n = scores.shape[-1]
     if n <= 1:
@@ -33,7 +37,11 @@ def normalized_entropy(scores: torch.Tensor, mass: bool = False) -> torch.Tensor
     else:
         logp = torch.log_softmax(scores.float(), -1)
         p = logp.exp()
-    return -(p * logp).sum(-1) / math.log(n)
+    terms = p * logp
+    if n_valid is None:
+        return -terms.sum(-1) / math.log(n)
+    ent = -torch.where(p > 0, terms, torch.zeros_like(terms)).sum(-1)   # 0 * -inf past the valid ones
+    return torch.where(n_valid > 1, ent / n_valid.float().clamp_min(2).log(), torch.zeros_like(ent))
 
 
 class FixedTopK:

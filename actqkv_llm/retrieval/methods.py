@@ -34,6 +34,7 @@ class LayerRetrievalState:
     question: torch.Tensor | None = None  # [Hkv, d] summary of the question's queries
     question_weight: float = 0.0          # how many question tokens it averages
     held: "HeldSelection | None" = None   # the last question or decode selection, for the next decode steps
+    candidates: "HeldCandidates | None" = None  # the last scoring's rerank candidates, for the next decode steps
 
     def observe_entropy(self, h: torch.Tensor | float) -> None:
         """Add one step's normalized entropy; no host sync (read back once per pass, see :func:`entropy_means`)."""
@@ -62,12 +63,13 @@ class LayerRetrievalState:
     def take_held(self, n_blocks: int) -> "HeldSelection | None":
         """The held selection if it may serve one more decode step over a memory of ``n_blocks``
         blocks (none left the window since it was made, and it has uses left); else drop it."""
-        held = self.held
-        if held is None or held.n_blocks != n_blocks or held.uses_left < 1:
-            self.held = None
-            return None
-        held.uses_left -= 1
-        return held
+        self.held = _take(self.held, n_blocks)
+        return self.held
+
+    def take_candidates(self, n_blocks: int) -> "HeldCandidates | None":
+        """The held rerank candidates, on the same terms as :meth:`take_held`."""
+        self.candidates = _take(self.candidates, n_blocks)
+        return self.candidates
 
     def fork(self) -> "LayerRetrievalState":
         # a held selection belongs to one question's pass: a fork starts without one
@@ -138,6 +140,30 @@ class Selection:
     @property
     def n_l1(self) -> int:
         return 0 if self.l1_k is None else self.l1_k.shape[1]
+
+
+def _take(held, n_blocks: int):
+    """``held`` (a :class:`HeldSelection` or :class:`HeldCandidates`) with one use spent, or None
+    once a block has left the window since it was made or its uses are spent."""
+    if held is None or held.n_blocks != n_blocks or held.uses_left < 1:
+        return None
+    held.uses_left -= 1
+    return held
+
+
+@dataclass
+class HeldCandidates:
+    """The candidates one scoring named for the rerank, kept by a layer for the decode steps that
+    follow (``rescore_every``): each such step reranks them by its own exact attention, without
+    scoring every block again or gathering their keys again."""
+
+    cand: torch.Tensor      # [rows, m] ascending block ids
+    keys: torch.Tensor      # [Hkv, m*B, d] their keys as attention reads them
+    evidence: torch.Tensor  # the scoring's evidence (a Selection reports it)
+    entropy: torch.Tensor   # its normalized entropy (the budget's input)
+    n: int                  # picks it was named for: a step that may take more scores again
+    n_blocks: int
+    uses_left: int
 
 
 @dataclass
@@ -367,6 +393,7 @@ class BlockRetrieval(RetrievalMethod):
         self.uses_summaries = self.scorer.reads_summaries
         self.rerank = int(sel("rerank"))
         self.reselect_every = int(sel("reselect_every"))
+        self.rescore_every = int(sel("rescore_every"))
         self.keep_edges = bool(sel("keep_edges"))
         # a prefill chunk's execution blocks may run as one batch (attention/chunk.py): selection
         # reads key bounds, never the summaries made from the window's attention
@@ -393,7 +420,20 @@ class BlockRetrieval(RetrievalMethod):
 
     def select(self, q: torch.Tensor, mem: "LayerMemory", state: LayerRetrievalState, mq: MemoryQuery,
                budget, slot: int, layer: int, question: bool) -> Selection:
-        """Score every block of ``mem`` for queries ``q`` ``[H, T, d]`` and pick what the budget allows."""
+        """Score every block of ``mem`` for queries ``q`` ``[H, T, d]`` and pick what the budget allows
+        (a decode step with held rerank candidates reranks those instead of scoring again)."""
+        n = None
+        held = state.take_candidates(mem.n_blocks) if mq.phase == "decode" else None
+        if held is not None:
+            state.observe_entropy(held.entropy)
+            n = budget.blocks_for(slot, layer, mem.n_blocks, held.entropy)
+            if n <= held.n:
+                picked = keys = None
+                if n:
+                    picked, keys = self._rerank_among(q, mem, mq, held.cand, held.keys, n)
+                    picked = picked[0] if picked.shape[0] == 1 else picked
+                return Selection(picked, held.evidence, keys=keys)
+            state.candidates = None  # this step may take more blocks than they were named for
         tokens, weights = self.probe(q, state)
         if question and self.uses_question:
             state.add_question(_group(tokens[:, 0].float(), mem.kv_heads), q.shape[1])
@@ -401,33 +441,49 @@ class BlockRetrieval(RetrievalMethod):
         if not self.per_head and evidence.shape[0] > 1:
             evidence = evidence.sum(0, keepdim=True)
         h = normalized_entropy(evidence, mass=self.scorer.mass).mean()
-        state.observe_entropy(h)
-        n = budget.blocks_for(slot, layer, mem.n_blocks, h)
+        if n is None:
+            state.observe_entropy(h)
+            n = budget.blocks_for(slot, layer, mem.n_blocks, h)
         picked = keys = None
         if n:
             ranked = pin_edges(evidence, mem.n_blocks) if self.keep_edges else evidence
             if self.rerank > 1 and mq.phase != "document" and n < mem.n_blocks:
-                picked, keys = self._rerank(q, mem, mq, ranked, n)
+                hold = None
+                if self.rescore_every > 1:
+                    def hold(cand, k):
+                        state.candidates = HeldCandidates(cand, k, evidence, h, n, mem.n_blocks,
+                                                          self.rescore_every - 1)
+                picked, keys = self._rerank(q, mem, mq, ranked, n, hold=hold)
             else:
                 picked = ranked.topk(n, -1).indices.sort(-1).values
             picked = picked[0] if picked.shape[0] == 1 else picked
         return Selection(picked, evidence, keys=keys)
 
     def _rerank(self, q: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery, evidence: torch.Tensor,
-                n: int) -> tuple[torch.Tensor, torch.Tensor]:
+                n: int, hold: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Two stages: the scorer names ``rerank x n`` candidate blocks, then the queries' exact attention
-        over the candidates' keys keeps the ``n`` that receive the most mass, summed over query tokens
-        and heads as full attention would give it: at the rotation attention uses, and normalised with
-        the sinks and window in the softmax (``mq.context_lse``), so a head that looks mostly at its
-        window counts for little. Returns the picks ``[rows, n]`` ascending and
-        their keys as attention reads them ``[Hkv, n*B, d]`` (taken from the candidates' keys, so
-        attention gathers only the values)."""
+        over the candidates' keys keeps the ``n`` that receive the most mass (:meth:`_rerank_among`).
+        ``hold(cand, keys)``, if given, receives the candidates (``rescore_every``)."""
         m = min(mem.n_blocks, self.rerank * n)
         cand = evidence.topk(m, -1).indices.sort(-1).values              # [rows, m]
         ids = cand[0] if cand.shape[0] == 1 else cand
         k, _ = mem.blocks.gather(ids, q.device, values=False)           # [Hkv, m*B, d]
         if mq.rotate_blocks is not None:
             k = mq.rotate_blocks(k, ids)
+        if hold is not None:
+            hold(cand, k)
+        return self._rerank_among(q, mem, mq, cand, k, n)
+
+    def _rerank_among(self, q: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery, cand: torch.Tensor,
+                      k: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Of candidates ``cand`` ``[rows, m]`` (ascending) with keys ``k`` ``[Hkv, m*B, d]`` as
+        attention reads them, the ``n`` that receive the most mass, summed over query tokens and heads
+        as full attention would give it: at the rotation attention uses, and normalised with the sinks
+        and window in the softmax (``mq.context_lse``), so a head that looks mostly at its window counts
+        for little. Returns the picks ``[rows, n]`` ascending and their keys ``[Hkv, n*B, d]`` (so
+        attention gathers only the values)."""
+        m = cand.shape[-1]
         h, t, d = q.shape
         hkv, b = mem.kv_heads, mem.block_size
         qr = mq.at_memory(q).float().reshape(hkv, (h // hkv) * t, d)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ..errors import ConfigError
+from ..errors import ConfigError, is_int, is_number
 from ..persist.paths import private_dir
 from .protocol import PROTOCOL
 
@@ -66,10 +66,9 @@ class ServerConfig:
     def __post_init__(self) -> None:
         for name in ("idle_timeout", "start_timeout", "handshake_timeout", "heartbeat", "silence_timeout"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            if not is_number(value) or not value > 0:
                 raise ConfigError(f"server {name} must be a positive number of seconds, got {value!r}")
-        if isinstance(self.max_documents, bool) or not isinstance(self.max_documents, int) \
-                or self.max_documents < 1:
+        if not is_int(self.max_documents) or self.max_documents < 1:
             raise ConfigError(f"server max_documents must be an integer >= 1, got {self.max_documents!r}")
         if self.silence_timeout <= self.heartbeat:
             raise ConfigError(f"server silence_timeout ({self.silence_timeout}) must exceed the heartbeat "
