@@ -30,10 +30,12 @@ BUDGET_RULES = ("fixed", "entropy")
 SELECTION_OPTIONS = ("probe", "scorer", "token_reduce", "per_head", "positions", "budget_rule", "keep_edges")
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # the measured default (docs/method.md, "Ablation"): every query token and every KV head scores
-    # blocks by their key bounds; tokens weighted by activation bias; entropy-shared budget
+    # blocks by their key bounds; tokens weighted by activation bias; entropy-shared budget; the
+    # question's exact attention reranks 8x candidates, and each answer token reranks them again
+    # (scoring every block anew when a block leaves the window or after 32 tokens)
     "actqkv": dict(probe="activation-tokens", scorer="bound", token_reduce="softmax", per_head=True,
-                   positions="auto", budget_rule="entropy", keep_edges=True, rerank=4,
-                   reselect_every=1, rescore_every=1),
+                   positions="auto", budget_rule="entropy", keep_edges=True, rerank=8,
+                   reselect_every=1, rescore_every=32),
     # ActQKV as published: activation-weighted mean probe, representative-key cosine with the question term
     "actqkv-paper": dict(probe="activation", scorer="cosine", token_reduce="softmax", per_head=False,
                          positions="fixed", budget_rule="entropy", keep_edges=False, rerank=1,
@@ -106,7 +108,7 @@ class RetrievalConfig:
             as many candidate blocks and the query's exact attention over their keys keeps the ones
             full attention would give the most mass (one softmax with the sinks and window; 1: no
             second stage). Costs reading those candidates' keys each step (they are scored,
-            not attended: the per-step KV bound is unchanged). None: the method's preset (4 for
+            not attended: the per-step KV bound is unchanged). None: the method's preset (8 for
             ``actqkv``, 1 for the published methods).
         reselect_every: while an answer is decoded, a layer's selection (the question's, then its
             own) serves this many decode steps before the layer scores and picks again; it picks
@@ -119,7 +121,7 @@ class RetrievalConfig:
             its own exact attention and picks its own blocks, without scoring every block or
             gathering the candidates' keys again; a block leaving the window, or a step allowed more
             blocks than they were named for, scores again. 1: every step scores. None: the method's
-            preset.
+            preset (32 for ``actqkv``, 1 for the others).
         l1_budget: ``acre`` only: tokens of first-level entries attended per step (one entry per
             block; the entries with the highest logits when there are more blocks than this).
         batch_prefill: run a prefill chunk's execution blocks as one batch per layer (one scoring,
