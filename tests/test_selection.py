@@ -313,10 +313,10 @@ def test_the_blocks_next_to_the_sinks_and_the_window_are_kept_by_the_default(mak
     assert all(both) if pinned else not all(both)
 
 
-def _decode_logits(make_engine, steps=20, after_question=None, **options):
-    """Prefill 400 tokens, read a 3-token question, decode ``steps`` tokens; the decode logits."""
-    eng = make_engine("llama", method="actqkv", **options, **SMALL)
-    doc = eng.prefill_ids(torch.randint(0, 250, (400,), generator=torch.Generator().manual_seed(6)))
+def _decode_logits(make_engine, steps=20, after_question=None, doc_tokens=400, **options):
+    """Prefill ``doc_tokens`` tokens, read a 3-token question, decode ``steps`` tokens; the decode logits."""
+    eng = make_engine("llama", method="actqkv", **{**SMALL, **options})
+    doc = eng.prefill_ids(torch.randint(0, 250, (doc_tokens,), generator=torch.Generator().manual_seed(6)))
     sess = doc.session()
     sess.forward(torch.tensor([3, 4, 5]), phase="question")
     if after_question is not None:
@@ -423,12 +423,17 @@ def test_decode_steps_score_every_block_only_every_rescore_every_steps(make_engi
         assert sum(s for s, _ in events) < len(events)
 
 
-def test_held_candidates_rerank_as_freshly_gathered_ones_would(make_engine):
-    """Every block a candidate (a large ``rerank``) and a fixed top-k: scoring again names the same
-    candidates, so holding them changes nothing, bit for bit, at either positions mode."""
-    for positions in ("exact", "fixed"):
-        opts = dict(rerank=1000, budget_rule="fixed", positions=positions)
-        fresh = _decode_logits(make_engine, rescore_every=1, **opts)
-        held = _decode_logits(make_engine, rescore_every=8, **opts)
+# every block a candidate (a large rerank); for a held selection, every block picked (a large budget)
+@pytest.mark.parametrize("hold", [{"rescore_every": 8}, {"reselect_every": 8, "budget": SMALL["budget"] + 8 * 200}])
+def test_held_candidates_rerank_as_freshly_gathered_ones_would(make_engine, hold):
+    """With a fixed top-k where scoring again names the same candidates (or picks the same blocks),
+    holding them changes nothing, bit for bit: at either positions mode, and for an answer that runs
+    past the native window (1024 tokens here), where ``auto`` moves memory from exact positions to
+    the fixed angle mid-answer."""
+    for positions, doc_tokens in (("exact", 400), ("fixed", 400), ("auto", 1000)):
+        opts = dict(rerank=1000, budget_rule="fixed", positions=positions, doc_tokens=doc_tokens)
+        knob = next(iter(hold))   # rescore_every or reselect_every: 1 = nothing held
+        fresh = _decode_logits(make_engine, steps=30, **{**opts, **hold, knob: 1})
+        held = _decode_logits(make_engine, steps=30, **{**opts, **hold})
         for a, b in zip(fresh, held):
             torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -120,14 +120,15 @@ class StepContext:
         if memory:
             method.observe(q, rstate)
         if memory and mem.n_blocks:
-            held = rstate.take_held(mem.n_blocks) if self.phase == DECODE else None
+            held = rstate.take_held(mem.n_blocks, mq.mode) if self.phase == DECODE else None
             if held is not None:  # a recent selection still serves: no scoring, ranking or gathering
                 sel, k_mem, v_mem = held.selection, held.k_mem, held.v_mem
             else:
                 sel = method.select(q, mem, rstate, mq, self.budget, slot, layer, self.phase == QUESTION)
                 k_mem, v_mem = self._read_selection(sel, mem, mq, q.device)
                 if self.phase != DOCUMENT and method.reselect_every > 1:
-                    rstate.hold(HeldSelection(sel, k_mem, v_mem, mem.n_blocks, method.reselect_every - 1))
+                    rstate.hold(HeldSelection(sel, k_mem, v_mem, mem.n_blocks, mq.mode,
+                                              method.reselect_every - 1))
             if sel.blocks is not None:
                 s.note_retrieval(layer, sel.blocks, mem.n_blocks)
         if s.meter is not None and memory and mem.n_blocks:
@@ -158,7 +159,6 @@ class StepContext:
             else:
                 s.note_attention(sel.blocks.flatten(), per_block.flatten(), mem.n_blocks)
         return out.to(q.dtype)
-
 
     @staticmethod
     def _read_selection(sel, mem, mq: MemoryQuery, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:

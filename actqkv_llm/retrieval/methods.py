@@ -60,15 +60,16 @@ class LayerRetrievalState:
     def hold(self, held: "HeldSelection | None") -> None:
         self.held = held
 
-    def take_held(self, n_blocks: int) -> "HeldSelection | None":
+    def take_held(self, n_blocks: int, mode: str) -> "HeldSelection | None":
         """The held selection if it may serve one more decode step over a memory of ``n_blocks``
-        blocks (none left the window since it was made, and it has uses left); else drop it."""
-        self.held = _take(self.held, n_blocks)
+        blocks with memory at ``mode`` positions (no block left the window since it was made, its
+        keys are placed for this mode, and it has uses left); else drop it."""
+        self.held = _take(self.held, n_blocks, mode)
         return self.held
 
-    def take_candidates(self, n_blocks: int) -> "HeldCandidates | None":
+    def take_candidates(self, n_blocks: int, mode: str) -> "HeldCandidates | None":
         """The held rerank candidates, on the same terms as :meth:`take_held`."""
-        self.candidates = _take(self.candidates, n_blocks)
+        self.candidates = _take(self.candidates, n_blocks, mode)
         return self.candidates
 
     def fork(self) -> "LayerRetrievalState":
@@ -142,10 +143,11 @@ class Selection:
         return 0 if self.l1_k is None else self.l1_k.shape[1]
 
 
-def _take(held, n_blocks: int):
+def _take(held, n_blocks: int, mode: str):
     """``held`` (a :class:`HeldSelection` or :class:`HeldCandidates`) with one use spent, or None
-    once a block has left the window since it was made or its uses are spent."""
-    if held is None or held.n_blocks != n_blocks or held.uses_left < 1:
+    once a block has left the window since it was made, memory moved to other positions (an
+    answer that runs past the native window: exact -> fixed angle), or its uses are spent."""
+    if held is None or held.n_blocks != n_blocks or held.mode != mode or held.uses_left < 1:
         return None
     held.uses_left -= 1
     return held
@@ -163,6 +165,7 @@ class HeldCandidates:
     entropy: torch.Tensor   # its normalized entropy (the budget's input)
     n: int                  # picks it was named for: a step that may take more scores again
     n_blocks: int
+    mode: str               # positions its keys are placed for
     uses_left: int
 
 
@@ -176,6 +179,7 @@ class HeldSelection:
     k_mem: torch.Tensor | None
     v_mem: torch.Tensor | None
     n_blocks: int     # the memory's blocks when it was made: a block leaving the window ends it
+    mode: str         # positions its keys are placed for
     uses_left: int
 
 
@@ -423,7 +427,7 @@ class BlockRetrieval(RetrievalMethod):
         """Score every block of ``mem`` for queries ``q`` ``[H, T, d]`` and pick what the budget allows
         (a decode step with held rerank candidates reranks those instead of scoring again)."""
         n = None
-        held = state.take_candidates(mem.n_blocks) if mq.phase == "decode" else None
+        held = state.take_candidates(mem.n_blocks, mq.mode) if mq.phase == "decode" else None
         if held is not None:
             state.observe_entropy(held.entropy)
             n = budget.blocks_for(slot, layer, mem.n_blocks, held.entropy)
@@ -451,7 +455,7 @@ class BlockRetrieval(RetrievalMethod):
                 hold = None
                 if self.rescore_every > 1:
                     def hold(cand, k):
-                        state.candidates = HeldCandidates(cand, k, evidence, h, n, mem.n_blocks,
+                        state.candidates = HeldCandidates(cand, k, evidence, h, n, mem.n_blocks, mq.mode,
                                                           self.rescore_every - 1)
                 picked, keys = self._rerank(q, mem, mq, ranked, n, hold=hold)
             else:
