@@ -90,8 +90,8 @@ def test_rerank_hands_attention_the_same_keys_it_would_gather(make_engine, monke
         return [sess.forward(torch.tensor([t]), phase="decode") for t in (7, 8, 9)]
 
     reused = run()
-    rerank = BlockRetrieval._rerank
-    monkeypatch.setattr(BlockRetrieval, "_rerank", lambda *a, **k: (rerank(*a, **k)[0], None))
+    rerank = BlockRetrieval._rerank_among
+    monkeypatch.setattr(BlockRetrieval, "_rerank_among", lambda *a, **k: (rerank(*a, **k)[0], None))
     gathered = run()
     for a, b in zip(reused, gathered):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -159,7 +159,7 @@ def test_rerank_weighs_a_head_by_what_its_window_leaves_for_memory():
 
     def pick(context_lse):
         mq = MemoryQuery("fixed", lambda x: x, None, 1.0, "decode", context_lse=context_lse)
-        return method._rerank(q, mem, mq, evidence, 1)[0].tolist()
+        return method._rerank_among(q, mem, mq, *method._candidates(q, mem, mq, evidence, 1), 1)[0].tolist()
 
     assert pick(None) == [[0]]
     assert pick(lambda: torch.tensor([[[10.0], [0.0]]])) == [[1]]     # [Hkv, G*T, 1]

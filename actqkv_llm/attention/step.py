@@ -127,8 +127,8 @@ class StepContext:
                 sel = method.select(q, mem, rstate, mq, self.budget, slot, layer, self.phase == QUESTION)
                 k_mem, v_mem = self._read_selection(sel, mem, mq, q.device)
                 if self.phase != DOCUMENT and method.reselect_every > 1:
-                    rstate.hold(HeldSelection(sel, k_mem, v_mem, mem.n_blocks, mq.mode,
-                                              method.reselect_every - 1))
+                    rstate.held = HeldSelection(sel, k_mem, v_mem, mem.n_blocks, mq.mode,
+                                                method.reselect_every - 1)
             if sel.blocks is not None:
                 s.note_retrieval(layer, sel.blocks, mem.n_blocks)
         if s.meter is not None and memory and mem.n_blocks:

@@ -57,9 +57,6 @@ class LayerRetrievalState:
             self.question + (probe - self.question) * (n_tokens / total)
         self.question_weight = total
 
-    def hold(self, held: "HeldSelection | None") -> None:
-        self.held = held
-
     def take_held(self, n_blocks: int, mode: str) -> "HeldSelection | None":
         """The held selection if it may serve one more decode step over a memory of ``n_blocks``
         blocks with memory at ``mode`` positions (no block left the window since it was made, its
@@ -333,7 +330,6 @@ def pin_edges(evidence: torch.Tensor, n_avail: torch.Tensor | int) -> torch.Tens
 
 class RetrievalMethod:
     name = "base"
-    reselect_every = 1    # decode steps one selection serves (BlockRetrieval: the config's)
     uses_memory = False   # evicted blocks are kept and retrieved
     bounded = True        # the local window has a fixed size
     batchable = False     # a prefill chunk's execution blocks may run as one batch (attention/chunk.py)
@@ -452,32 +448,28 @@ class BlockRetrieval(RetrievalMethod):
         if n:
             ranked = pin_edges(evidence, mem.n_blocks) if self.keep_edges else evidence
             if self.rerank > 1 and mq.phase != "document" and n < mem.n_blocks:
-                hold = None
+                cand, k = self._candidates(q, mem, mq, ranked, n)
                 if self.rescore_every > 1:
-                    def hold(cand, k):
-                        state.candidates = HeldCandidates(cand, k, evidence, h, n, mem.n_blocks, mq.mode,
-                                                          self.rescore_every - 1)
-                picked, keys = self._rerank(q, mem, mq, ranked, n, hold=hold)
+                    state.candidates = HeldCandidates(cand, k, evidence, h, n, mem.n_blocks, mq.mode,
+                                                      self.rescore_every - 1)
+                picked, keys = self._rerank_among(q, mem, mq, cand, k, n)
             else:
                 picked = ranked.topk(n, -1).indices.sort(-1).values
             picked = picked[0] if picked.shape[0] == 1 else picked
         return Selection(picked, evidence, keys=keys)
 
-    def _rerank(self, q: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery, evidence: torch.Tensor,
-                n: int, hold: Callable[[torch.Tensor, torch.Tensor], None] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two stages: the scorer names ``rerank x n`` candidate blocks, then the queries' exact attention
-        over the candidates' keys keeps the ``n`` that receive the most mass (:meth:`_rerank_among`).
-        ``hold(cand, keys)``, if given, receives the candidates (``rescore_every``)."""
+    def _candidates(self, q: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery, evidence: torch.Tensor,
+                    n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The second stage's first half: the ``rerank x n`` best blocks by ``evidence`` ``[rows, m]``
+        (ascending) and their keys as attention reads them ``[Hkv, m*B, d]``; :meth:`_rerank_among`
+        keeps ``n`` of them by the queries' exact attention."""
         m = min(mem.n_blocks, self.rerank * n)
         cand = evidence.topk(m, -1).indices.sort(-1).values              # [rows, m]
         ids = cand[0] if cand.shape[0] == 1 else cand
         k, _ = mem.blocks.gather(ids, q.device, values=False)           # [Hkv, m*B, d]
         if mq.rotate_blocks is not None:
             k = mq.rotate_blocks(k, ids)
-        if hold is not None:
-            hold(cand, k)
-        return self._rerank_among(q, mem, mq, cand, k, n)
+        return cand, k
 
     def _rerank_among(self, q: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery, cand: torch.Tensor,
                       k: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
