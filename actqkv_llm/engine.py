@@ -21,55 +21,17 @@ from .chat import document_prefix, question_suffix
 from .config import RetrievalConfig
 from .document import CHAT, RAW, Document, Source
 from .errors import CacheError, InputError
-from .generation import Sampling, TextAssembler, choose_token, repeating_period
+from .answer import Answer, AnswerStream, Decoding, TokenLog, Usage
+from .generation import Sampling, TextAssembler
 from .models.adapter import ModelAdapter
 from .retrieval.methods import make_method
-from .session import Session
+from .session import Session, forward_rows
 
 ATTN_IMPLEMENTATION = "actqkv"
 # Engine.from_pretrained's own keyword arguments (the rest are retrieval options).
 _LOAD_KWARGS = frozenset({"gguf_file", "device", "dtype", "progress", "cache", "allow_past_window"})
 # Below this many tokens a progress bar is more noise than help.
 PROGRESS_MIN_TOKENS = 2048
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int      # document + question tokens the model read
-    completion_tokens: int  # tokens generated
-    cached_tokens: int      # document tokens served from the prefilled (possibly disk-cached) state
-
-
-@dataclass(frozen=True)
-class Answer:
-    text: str
-    sources: list[Source] = field(default_factory=list)
-    usage: Usage = Usage(0, 0, 0)
-    finish_reason: str = "stop"  # "stop" (the answer ended) or "length" (max_new_tokens reached)
-    # Why it ended, in detail: "eos" (end of turn), "stop_string", "repetition" (caught in a loop:
-    # finish_reason is then "stop") or "length".
-    stop_reason: str = "eos"
-
-
-class AnswerStream:
-    """Iterate for text pieces as they are generated; ``.answer`` holds the full Answer afterwards."""
-
-    def __init__(self, pieces: Iterator[str | Answer]):
-        self._pieces = pieces
-        self.answer: Answer | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        for item in self._pieces:
-            if isinstance(item, Answer):
-                self.answer = item
-            elif item:
-                yield item
-
-    def text(self) -> str:
-        """Consume the stream and return the whole answer text."""
-        for _ in self:
-            pass
-        return self.answer.text if self.answer else ""
 
 
 def _register_attention() -> None:
@@ -297,13 +259,17 @@ class Engine:
         sess.meter = self.meter
         return sess
 
-    def _run(self, doc: Document | None, suffix: torch.Tensor, sampling: Sampling,
-             special_first: bool = False, logits_processor: Any = None) -> Iterator[str | Answer]:
+    def _check_doc(self, doc: Document | None) -> None:
         if doc is not None and doc.engine.fingerprint != self.fingerprint:
             raise InputError("this document was prefilled by another model; prefill it with this engine")
         if doc is not None and doc.engine.config.kv_options() != self.config.kv_options():
             raise InputError("this document was prefilled with other retrieval options "
                              f"({doc.engine.config.kv_options()}); prefill it with this engine")
+
+    def _start(self, doc: Document | None, suffix: torch.Tensor, sampling: Sampling,
+               logits_processor: Any = None) -> tuple[Decoding, torch.Tensor]:
+        """A new answer: its session has read the question ``suffix``; returns it with the logits
+        its first token is chosen from."""
         sess = self._session_for(doc)
         sess.track_sources = True
         if suffix.numel():
@@ -313,35 +279,63 @@ class Engine:
             logits = doc.last_logits
         else:
             raise InputError("nothing to answer: no document and no prompt")
-        gen = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
-        text = TextAssembler(self.tokenizer, sampling.stop)
-        reason = "length"
-        for i in range(sampling.max_new_tokens):
-            if logits_processor is not None:  # e.g. a grammar mask: (generated ids, logits) -> logits
-                logits = logits_processor(text.ids, logits)
-            tok = choose_token(logits, sampling, gen)
-            if tok in self.eos_ids:
-                reason = "eos"
-                break
-            piece = text.add(tok)
+        return Decoding(sess, doc, suffix.numel(), sampling, TextAssembler(self.tokenizer, sampling.stop),
+                        self.eos_ids, logits_processor), logits
+
+    def _run(self, doc: Document | None, suffix: torch.Tensor, sampling: Sampling,
+             logits_processor: Any = None) -> Iterator[str | Answer]:
+        self._check_doc(doc)
+        run, logits = self._start(doc, suffix, sampling, logits_processor)
+        while True:
+            piece, tok = run.choose(logits)
             if piece:
                 yield piece
-            if text.stopped:
-                reason = "stop_string"
+            if tok is None:
                 break
-            if sampling.stop_on_repetition and repeating_period(text.ids) is not None:
-                reason = "repetition"
-                break
-            if i + 1 < sampling.max_new_tokens:
-                with self._lock:
-                    logits = sess.forward(torch.tensor([tok]), phase=DECODE)
-        tail = text.flush()
+            with self._lock:
+                logits = run.session.forward(torch.tensor([tok]), phase=DECODE)
+        tail = run.text.flush()
         if tail:
             yield tail
-        cached = doc.n_tokens if doc is not None else 0
-        yield Answer(text=text.text, sources=doc.sources(sess.attention_mass) if doc is not None else [],
-                     usage=Usage(cached + suffix.numel(), len(text.ids), cached),
-                     finish_reason="length" if reason == "length" else "stop", stop_reason=reason)
+        yield run.answer()
+
+    def answer_many(self, doc: Document | None, questions: list[str], max_new_tokens: int = 256,
+                    **sampling: Any) -> list[Answer]:
+        """Answer several questions about one document together: each reads its question on its own
+        session (with its own retrieval), then their answers are decoded as one batch, one token
+        of each per model pass (the layers' dense parts batched, attention row by row over each
+        answer's own blocks). Same answers as :meth:`answer` one by one (greedy: the same tokens
+        up to the batched matmuls' rounding; with ``seed``, each answer samples as it would alone)."""
+        if isinstance(questions, str) or not isinstance(questions, (list, tuple)) or not questions:
+            raise InputError("questions must be a non-empty list of strings")
+        questions = [self._check_text(q, f"question {i}") for i, q in enumerate(questions)]
+        self._check_doc(doc)
+        plan = Sampling.make(max_new_tokens=max_new_tokens, **sampling)
+        runs, logits = [], []
+        for q in questions:
+            run, first = self._start(doc, self._suffix_for_question(doc, [{"role": "user", "content": q}]), plan)
+            runs.append(run)
+            logits.append(first)
+        self._decode_together(runs, logits)
+        for run in runs:
+            run.text.flush()
+        return [run.answer() for run in runs]
+
+    def _decode_together(self, runs: list[Decoding], logits: list[torch.Tensor]) -> None:
+        """Decode answers in one batch until each has ended: every pass runs one token of each
+        answer still going (an answer that ends leaves the batch)."""
+        active = list(zip(runs, logits))
+        while active:
+            feed = []
+            for run, row in active:
+                _, tok = run.choose(row)
+                if tok is not None:
+                    feed.append((run, tok))
+            if not feed:
+                break
+            with self._lock:
+                rows = forward_rows([r.session for r, _ in feed], torch.tensor([t for _, t in feed]), DECODE)
+            active = [(run, rows[i]) for i, (run, _) in enumerate(feed)]
 
     def _suffix_for_question(self, doc: Document | None, messages: list[dict],
                              tools: list[dict] | None = None) -> torch.Tensor:
@@ -412,6 +406,24 @@ class Engine:
                 if i + 1 < max_new_tokens:
                     logits = sess.forward(torch.tensor([tok]), phase=DECODE)
         return out
+
+    def generate_ids_many(self, doc: Document, prompts: list[torch.Tensor | list[int]],
+                          max_new_tokens: int = 16) -> list[list[int]]:
+        """:meth:`generate_ids` for several prompts after one document, their answers decoded as one
+        batch (see :meth:`answer_many`): greedy, ``max_new_tokens`` ids each (speed benchmarks)."""
+        if not prompts:
+            raise InputError("prompts must be a non-empty list of token id sequences")
+        plan = Sampling(max_new_tokens, 0.0, 1.0, (), None, False)
+        runs, logits = [], []
+        for p in prompts:
+            ids = torch.as_tensor(p, dtype=torch.long).flatten()
+            sess = self._session_for(doc)
+            with self._lock:
+                first = sess.forward(ids, phase=QUESTION) if ids.numel() else doc.last_logits
+            runs.append(Decoding(sess, doc, ids.numel(), plan, TokenLog(), frozenset()))
+            logits.append(first)
+        self._decode_together(runs, logits)
+        return [run.text.ids for run in runs]
 
     def save(self, doc: Document, path: str | Path | None = None, kv_dtype: str | None = None) -> Path:
         """Save ``doc`` atomically: into this engine's cache (``path=None``), or as directory ``path``

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention.step import DOCUMENT, StepContext
+from .attention.step import DOCUMENT, RowSteps, StepContext
 from .config import RetrievalConfig
 from .memory import GrowableBlocks, HostBlocks, LayerMemory
 from .memory.layer_memory import EvictionPolicy
@@ -78,7 +78,7 @@ class Session:
                     # through the batched prefill's rounding) stays the same with or without a bar
                     progress.update((i + 1) * n // n_layers - i * n // n_layers)
             self.n_tokens += n
-        return self.adapter.logits(hidden[:, -1:])[0]
+        return self.adapter.last_logits(hidden)[0]
 
     # ------------------------------------------------------------------ bookkeeping hooks
     def note_kv(self, slot: int, layer: int, n: int) -> None:
@@ -102,6 +102,29 @@ class Session:
     def retrieved(self) -> dict[int, int]:
         """Block -> how many (layer, step) retrievals picked it."""
         return self.tally.picks_by_block()
+
+
+
+@torch.inference_mode()
+def forward_rows(sessions: list[Session], ids: torch.Tensor, phase: str) -> torch.Tensor:
+    """Run one token per session (``ids [B]``) through the model as one batch: each layer's dense
+    parts see all rows at once, its attention runs row by row over each session's own memory.
+    Returns float32 logits ``[B, V]``. The sessions must share one model; each advances one token."""
+    if len(sessions) != ids.numel() or not sessions:
+        raise ValueError(f"{len(sessions)} sessions for {ids.numel()} tokens")
+    adapter = sessions[0].adapter
+    if any(s.adapter is not adapter for s in sessions):
+        raise ValueError("the sessions of one batch must run on the same model")
+    rows = RowSteps([StepContext(s, phase) for s in sessions])
+    for s in sessions:
+        if s.record_kv:
+            s.kv_log.append({})
+    hidden = adapter.embed(ids.to(adapter.device)[:, None])
+    for i in range(adapter.n_layers):
+        hidden = adapter.run_layer(i, hidden, actqkv=rows)
+    for s in sessions:
+        s.n_tokens += 1
+    return adapter.last_logits(hidden)
 
 
 class SourceTally:

@@ -502,3 +502,28 @@ def test_speed_reload_reports_cache_throughput_next_to_the_disk(tmp_path, make_e
     md = (tmp_path / "speed.md").read_text()
     assert "write+fsync" in md and "read every block MB/s" in md and "its block reads GiB" in md
     assert not (tmp_path / "reload-tmp").exists()             # the reload files are cleaned up
+
+
+def test_speed_many_times_a_batch_beside_one_by_one(tmp_path, make_engine):
+    eng = make_engine(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=100, prefill_chunk=96)
+    result = S.run_speed(tmp_path, engine=eng, methods=["actqkv"], lengths=[400], question_tokens=8,
+                         decode_tokens=6, warmup_tokens=16, baseline=False, reload=False, many=3,
+                         progress=False, command="actqkv bench speed --many 3")
+    (row,) = result["rows"]
+    assert row["many_n"] == 3 and row["many_batched_s"] > 0 and row["many_one_by_one_s"] > 0
+    assert row["many_speedup"] == pytest.approx(row["many_one_by_one_s"] / row["many_batched_s"])
+    assert row["many_identical"] is (row["many_same_token_share"] == 1.0)
+    assert row["many_same_token_share"] > 0.5  # the same greedy answers, up to the batch's rounding
+    md = (tmp_path / "speed.md").read_text()
+    assert "| 400 | actqkv | 3 |" in md
+    with pytest.raises(ValueError, match="at least 2"):
+        S.run_speed(tmp_path, engine=eng, lengths=[400], many=1, progress=False)
+
+
+def test_generate_ids_many_equals_generate_ids_one_by_one(make_engine):
+    eng = make_engine(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=100, prefill_chunk=96)
+    eng.model.double()
+    doc = eng.prefill_ids(torch.randint(0, 250, (500,), generator=torch.Generator().manual_seed(1)))
+    prompts = [torch.randint(0, 250, (n,), generator=torch.Generator().manual_seed(n)) for n in (4, 9, 1)]
+    assert eng.generate_ids_many(doc, prompts, max_new_tokens=7) == \
+        [eng.generate_ids(doc, p, max_new_tokens=7) for p in prompts]

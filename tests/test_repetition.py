@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from actqkv_llm import Engine, cli
-from actqkv_llm import engine as engine_module
+from actqkv_llm import answer as answer_module
 from actqkv_llm.generation import REPEAT_MIN_SPAN, Sampling, repeating_period
 from tiny_models import byte_tokenizer, tiny_model
 
@@ -64,7 +64,7 @@ def test_repetition_stop_can_be_turned_off():
 def test_a_three_token_loop_is_caught(monkeypatch):
     tok = byte_tokenizer()
     cycle = itertools.cycle(tok.convert_tokens_to_ids(list("abc")))
-    monkeypatch.setattr(engine_module, "choose_token", lambda logits, sampling, gen: next(cycle))
+    monkeypatch.setattr(answer_module, "choose_token", lambda logits, sampling, gen: next(cycle))
     eng = _engine(tiny_model())
     doc = eng.prefill("some text", chat=False)
     answer = eng.complete(doc, " and", max_new_tokens=100)
@@ -74,7 +74,7 @@ def test_a_three_token_loop_is_caught(monkeypatch):
 
 def test_eos_reason(monkeypatch):
     eos_id = byte_tokenizer().eos_token_id
-    monkeypatch.setattr(engine_module, "choose_token", lambda logits, sampling, gen: eos_id)
+    monkeypatch.setattr(answer_module, "choose_token", lambda logits, sampling, gen: eos_id)
     eng = _engine(tiny_model())
     answer = eng.answer(eng.prefill("text"), "q", max_new_tokens=5)
     assert answer.stop_reason == "eos" and answer.finish_reason == "stop" and answer.text == ""

@@ -177,8 +177,25 @@ class StepContext:
         return k_mem, v_mem
 
 
+class RowSteps:
+    """One forward pass of several sessions batched as rows (``forward_rows``): the model's dense
+    parts see every row at once; attention runs row by row, each over its own session's window,
+    memory and retrieval."""
+
+    def __init__(self, contexts: list[StepContext]):
+        self.contexts = contexts
+
+    def attend_layer(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     scaling: float, softcap: float | None) -> torch.Tensor:
+        """q ``[B, H, T, d]``, k/v ``[B, Hkv, T, d]`` -> ``[B, H, T, d]``."""
+        if q.shape[0] != len(self.contexts):
+            raise ValueError(f"{q.shape[0]} rows for {len(self.contexts)} sessions")
+        return torch.stack([c.attend_layer(layer, q[i], k[i], v[i], scaling, softcap)
+                            for i, c in enumerate(self.contexts)])
+
+
 def context_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
-                      scaling: float | None = None, actqkv: StepContext | None = None, **kwargs):
+                      scaling: float | None = None, actqkv: "StepContext | RowSteps | None" = None, **kwargs):
     """The attention function registered with transformers' ``AttentionInterface``.
 
     Called by the model's own attention module with ``[1, H, T, d]`` tensors. Without our context
@@ -190,8 +207,12 @@ def context_attention(module, query, key, value, attention_mask, dropout: float 
         kwargs.pop("softcap", None)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
-    if query.shape[0] != 1:
-        raise ValueError("context-memory attention runs one sequence at a time (batch size 1)")
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if isinstance(actqkv, RowSteps):
+        out = actqkv.attend_layer(module.layer_idx, query, key, value, scaling, kwargs.get("softcap"))
+        return out.transpose(1, 2), None
+    if query.shape[0] != 1:
+        raise ValueError("context-memory attention runs one sequence at a time (batch size 1); "
+                         "batch sessions with forward_rows")
     out = actqkv.attend_layer(module.layer_idx, query[0], key[0], value[0], scaling, kwargs.get("softcap"))
     return out.transpose(0, 1).unsqueeze(0), None

@@ -176,6 +176,9 @@ def add_bench_arguments(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--warmup-tokens", type=int, default=2048)
     s.add_argument("--repeats", type=int, default=2,
                    help="times the question and decode are timed; the fastest is kept")
+    s.add_argument("--many", type=int, default=0, metavar="N",
+                   help="also decode N questions on each document as one batch (generate_ids_many, "
+                        "what answer_many runs) beside the same N one by one: throughput and same tokens")
     s.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the plain Hugging Face baseline")
     s.add_argument("--baseline-chunk", type=parse_length, default=None,
@@ -270,7 +273,8 @@ def _speed_main(args: argparse.Namespace) -> int:
         question_tokens=args.question_tokens, decode_tokens=args.decode_tokens,
         warmup_tokens=args.warmup_tokens, baseline=args.baseline, baseline_chunk=args.baseline_chunk,
         reload=args.reload, max_position_embeddings=args.max_position_embeddings,
-        options=_options(args), repeats=args.repeats, seed=args.seed, progress=args.progress)
+        options=_options(args), repeats=args.repeats, seed=args.seed, progress=args.progress,
+        many=args.many)
     print(speed_markdown(result))
     print(f"results in {args.out}/ (speed.json, speed.md, speed.png)")
     return 0

@@ -151,8 +151,10 @@ class PeakMemory:
 
 
 def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_tokens: int,
-                   timer: Timer, reload_dir: Path | None = None, repeats: int = 2) -> dict[str, Any]:
-    """Prefill ``ids``; time to first token of ``question`` (in memory, and reloaded); decode.
+                   timer: Timer, reload_dir: Path | None = None, repeats: int = 2,
+                   many: Sequence[torch.Tensor] = ()) -> dict[str, Any]:
+    """Prefill ``ids``; time to first token of ``question`` (in memory, and reloaded); decode;
+    with ``many`` questions, their answers one by one and as one batch (:func:`measure_many`).
 
     The question and the decode are timed ``repeats`` times (each on a fresh fork of the
     document) and the fastest kept: the first pass at a new length also pays for the allocator
@@ -172,6 +174,8 @@ def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_t
     n_decoded = max(1, len(out) - 1)
     row = {"prefill_s": prefill_s, "prefill_tok_s": len(ids) / prefill_s, "ttft_s": ttft_s,
            "decode_ms_per_token": 1000 * decode_s / n_decoded, "decode_tokens": n_decoded}
+    if len(many) > 1:
+        row.update(measure_many(eng, doc, many, decode_tokens, timer))
     if reload_dir is not None and hasattr(doc, "save") and hasattr(eng, "load"):
         path = None
         try:  # persistence is optional here: a failure is recorded, the timings above stand
@@ -198,6 +202,21 @@ def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_t
                 p = Path(path)
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return row
+
+
+def measure_many(eng: Any, doc: Any, questions: Sequence[torch.Tensor], decode_tokens: int,
+                 timer: Timer) -> dict[str, Any]:
+    """Answer ``questions`` about ``doc`` one by one (``generate_ids``), then as one batch
+    (``generate_ids_many``): each answer ``1 + decode_tokens`` greedy tokens. Throughput counts every
+    token of every answer over the whole time (questions read, answers decoded)."""
+    one, one_s = timer(lambda: [eng.generate_ids(doc, q, max_new_tokens=1 + decode_tokens) for q in questions])
+    batch, batch_s = timer(lambda: eng.generate_ids_many(doc, list(questions), max_new_tokens=1 + decode_tokens))
+    n = sum(len(o) for o in one)
+    same = sum(a == b for x, y in zip(one, batch) for a, b in zip(x, y))
+    return {"many_n": len(questions), "many_one_by_one_s": one_s, "many_batched_s": batch_s,
+            "many_one_by_one_tok_s": n / one_s, "many_batched_tok_s": n / batch_s,
+            "many_speedup": one_s / batch_s, "many_identical": one == batch,
+            "many_same_token_share": same / n}
 
 
 @torch.inference_mode()
@@ -260,7 +279,7 @@ def run_speed(out_dir: str | Path = "bench-results/speed", *,
               baseline: bool = True, baseline_chunk: int | None = None, reload: bool = True,
               max_position_embeddings: int | None = None, options: dict[str, Any] | None = None,
               repeats: int = 2, seed: int = 0, progress: bool = True,
-              command: str | None = None, engine: Any = None) -> dict[str, Any]:
+              command: str | None = None, engine: Any = None, many: int = 0) -> dict[str, Any]:
     """Time every method and the plain-HF baseline at each length; write JSON, markdown and PNG.
 
     Args:
@@ -278,8 +297,12 @@ def run_speed(out_dir: str | Path = "bench-results/speed", *,
         max_position_embeddings: override the random architecture's native window.
         options: retrieval options for every method (e.g. ``budget``, ``offload``).
         repeats: times the question and the decode are timed (the fastest is kept).
+        many: also answer this many questions (``question_tokens`` each) on every document one by
+            one and as one batch (``generate_ids_many``): throughput and whether the tokens match.
         engine: an already-built engine (tests, notebooks).
     """
+    if many and (isinstance(many, bool) or not isinstance(many, int) or many < 2):
+        raise ValueError(f"many must be at least 2 questions (or 0: off), got {many!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     options = dict(options or {})
@@ -309,6 +332,10 @@ def run_speed(out_dir: str | Path = "bench-results/speed", *,
         return torch.randint(0, int(vocab * 0.9), (n,), generator=gen)
 
     question = random_ids(question_tokens)
+    # the other questions come from their own stream: the documents stay those of a run without them
+    other = torch.Generator().manual_seed(seed + 1)
+    many_questions = [question] + [torch.randint(0, int(vocab * 0.9), (question_tokens,), generator=other)
+                                   for _ in range(many - 1)] if many else []
     lengths = [int(n) for n in lengths]
     warm = random_ids(min(warmup_tokens, min(lengths)))
     for m, eng in engines.items():
@@ -338,7 +365,7 @@ def run_speed(out_dir: str | Path = "bench-results/speed", *,
                     bar.set_postfix_str(f"{system} @ {format_length(n)}")
                 row.update(_run_one(system, engines, net, ids, question, decode_tokens, timer,
                                     peak, per_token, dev, baseline_chunk,
-                                    tmp if reload else None, repeats))
+                                    tmp if reload else None, repeats, many_questions))
                 rows.append(row)
                 free_memory()
                 if bar is not None:
@@ -359,7 +386,7 @@ def run_speed(out_dir: str | Path = "bench-results/speed", *,
             "num_key_value_heads", "vocab_size", "max_position_embeddings")},
         "methods": {m: e.config.to_dict() for m, e in engines.items()},
         "question_tokens": question_tokens, "decode_tokens": decode_tokens,
-        "baseline_chunk": baseline_chunk, "repeats": repeats, "memory_metric": peak.label,
+        "baseline_chunk": baseline_chunk, "repeats": repeats, "many": many, "memory_metric": peak.label,
         "disk": disk,
         "command": command,
         "versions": library_versions(),
@@ -378,7 +405,7 @@ def run_speed(out_dir: str | Path = "bench-results/speed", *,
 def _run_one(system: str, engines: dict[str, Any], net: Any, ids: torch.Tensor,
              question: torch.Tensor, decode_tokens: int, timer: Timer, peak: PeakMemory,
              per_token: int, dev: torch.device, baseline_chunk: int | None,
-             reload_dir: Path | None, repeats: int) -> dict[str, Any]:
+             reload_dir: Path | None, repeats: int, many: Sequence[torch.Tensor] = ()) -> dict[str, Any]:
     """One system at one length: a timing row, or why it did not run."""
     n = len(ids) + len(question) + decode_tokens
     device_free = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else None
@@ -401,7 +428,7 @@ def _run_one(system: str, engines: dict[str, Any], net: Any, ids: torch.Tensor,
             if reload_dir is not None:
                 reload_dir.mkdir(parents=True, exist_ok=True)
             row = measure_engine(engines[system], ids, question, decode_tokens, timer, reload_dir,
-                                 repeats)
+                                 repeats, many)
     except torch.OutOfMemoryError as exc:
         return {"status": "OOM", "note": str(exc).splitlines()[0][:200]}
     row["peak_mem_gib"] = peak.read_gib()
@@ -463,6 +490,18 @@ def speed_markdown(result: dict[str, Any]) -> str:
                 num(r.get("read_blocks_MBps"), ",.0f"), num(r.get("ttft_disk_s"), ".3f"),
                 num(r["ttft_disk_read_bytes"] / GIB if r.get("ttft_disk_read_bytes") is not None else None, ".2f"),
                 num(r.get("ttft_s"), ".3f")]) + " |")
+    batched = [r for r in result["rows"] if r.get("many_n")]
+    if batched:
+        lines += ["", "Several questions on one document (each answer 1 + decode tokens, greedy; "
+                  "throughput over reading the questions and decoding the answers):", "",
+                  "| length | system | questions | one by one tok/s | one batch tok/s | speed-up | "
+                  "same tokens |", "|---|---|---:|---:|---:|---:|---:|"]
+        for r in batched:
+            lines.append("| " + " | ".join([
+                format_length(r["length"]), r["system"], str(r["many_n"]),
+                num(r["many_one_by_one_tok_s"], ",.1f"), num(r["many_batched_tok_s"], ",.1f"),
+                num(r["many_speedup"], ".2f"),
+                "all" if r["many_identical"] else f"{100 * r['many_same_token_share']:.1f}%"]) + " |")
     errors = [r for r in result["rows"] if r.get("reload_error")]
     if errors:
         lines += ["", "Reload from disk failed:"]

@@ -81,10 +81,10 @@ class ModelAdapter:
                              use_cache=False, **attention_kwargs)
         return out[0] if isinstance(out, tuple) else out
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm + LM head on ``[1, T, D]`` hidden states -> float32 ``[T, V]`` logits."""
-        x = self.backbone.norm(hidden)
-        logits = self.model.lm_head(x)[0].float()
+    def last_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head on the last position of ``[B, T, D]`` hidden states -> float32 ``[B, V]``."""
+        x = self.backbone.norm(hidden[:, -1])
+        logits = self.model.lm_head(x).float()
         if self.final_softcap:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         return logits

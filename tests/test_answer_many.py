@@ -1,0 +1,128 @@
+"""Several questions about one document answered as one batch (Engine.answer_many, forward_rows):
+the same answers as one by one, each row with its own retrieval, within the per-step KV bound."""
+
+import pytest
+import torch
+
+from tiny_models import tiny_model
+
+from actqkv_llm import Engine
+from actqkv_llm.attention.step import DECODE, QUESTION, StepContext, context_attention
+from actqkv_llm.errors import InputError
+from actqkv_llm.session import forward_rows
+
+SMALL = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
+QUESTIONS = ["What is word3?", "What is word 200 and why?", "Hi",
+             "Tell me about word77 please, in as much detail as you can."]
+
+
+def _document(eng):
+    return eng.prefill(" ".join(f"word{i} is {i * 7 % 13}." for i in range(120)))
+
+
+def _generated_ids(eng, doc, question, n):
+    seen = []
+    eng.chat(doc, [{"role": "user", "content": question}], max_new_tokens=n,
+             logits_processor=lambda ids, logits: (seen.append(list(ids)), logits)[1])
+    return seen[-1]
+
+
+def _check_many(eng, doc, n=16):
+    """answer_many equals one-by-one answers, with an end-of-turn token that some answers meet early
+    (rows leave the batch at different steps); returns the answers' lengths."""
+    first = _generated_ids(eng, doc, QUESTIONS[0], n)
+    eng.eos_ids = frozenset({first[2]})  # the first answer ends at its third token
+    one = [eng.answer(doc, q, max_new_tokens=n) for q in QUESTIONS]
+    many = eng.answer_many(doc, QUESTIONS, max_new_tokens=n)
+    assert [a.text for a in many] == [a.text for a in one]
+    assert [(a.usage, a.stop_reason, a.finish_reason) for a in many] == \
+        [(a.usage, a.stop_reason, a.finish_reason) for a in one]
+    for a, b in zip(many, one):  # the same blocks, with the same shares (up to rounding: ties may swap)
+        assert {s.start: pytest.approx(s.score, abs=1e-4) for s in a.sources} == \
+            {s.start: s.score for s in b.sources}
+    assert one[0].stop_reason == "eos" and one[0].usage.completion_tokens <= 2
+    return [a.usage.completion_tokens for a in one]
+
+
+@pytest.mark.parametrize("method", ["actqkv", "actqkv-paper", "infllm", "acre", "quest", "full"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_answer_many_gives_the_answers_of_one_by_one(tokenizer, arch, method):
+    # float64: the batch's matmuls round differently from one row's, and in float32 that can swap
+    # two nearly tied blocks of a random model; in float64 the rows must match one by one exactly
+    extra = dict(budget=4 + 64 + 8 * 6, l1_budget=8) if method == "acre" else {}
+    eng = Engine(tiny_model(arch).double(), tokenizer, method=method, progress=False, cache=False,
+                 allow_past_window=True, **{**SMALL, **extra})
+    doc = _document(eng)
+    if method != "full":
+        assert doc.n_blocks > 20  # retrieval has blocks to choose between
+    _check_many(eng, doc)
+
+
+def test_answer_many_rows_leave_the_batch_as_they_end(make_engine):
+    eng = make_engine("llama", **SMALL)  # float32, the tiny models' own dtype
+    lengths = _check_many(eng, _document(eng))
+    assert lengths[0] <= 2 and max(lengths) == 16  # one row ended early, another ran to the limit
+
+
+def test_answer_many_with_seeded_sampling_samples_each_answer_as_alone(make_engine):
+    eng = make_engine(**SMALL)
+    doc = _document(eng)
+    kw = dict(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=5)
+    assert [a.text for a in eng.answer_many(doc, QUESTIONS, **kw)] == [eng.ask(doc, q, **kw) for q in QUESTIONS]
+
+
+def test_forward_rows_matches_each_session_alone_and_keeps_the_kv_bound(make_engine):
+    eng = make_engine("qwen2", **SMALL)
+    doc = eng.prefill_ids(torch.randint(0, 250, (700,), generator=torch.Generator().manual_seed(0)))
+    prompts = [torch.randint(0, 250, (n,), generator=torch.Generator().manual_seed(n)) for n in (3, 17, 40)]
+    alone, rows = [doc.session() for _ in prompts], [doc.session() for _ in prompts]
+    for a, b, p in zip(alone, rows, prompts):
+        a.forward(p, phase=QUESTION)
+        b.forward(p, phase=QUESTION)
+        b.record_kv = True
+    toks = torch.tensor([5, 77, 200])
+    for step in range(4):
+        expect = torch.stack([s.forward(toks[i:i + 1], phase=DECODE) for i, s in enumerate(alone)])
+        got = forward_rows(rows, toks, DECODE)
+        torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4)
+        toks = expect.argmax(-1)
+    for s, a in zip(rows, alone):
+        assert s.n_tokens == a.n_tokens and len(s.kv_log) == 4
+        for log in s.kv_log:
+            assert log and max(log.values()) <= eng.config.max_kv_per_layer
+
+
+def test_forward_rows_refuses_mismatched_rows(make_engine):
+    eng = make_engine(**SMALL)
+    other = make_engine(**SMALL)
+    doc, doc2 = eng.prefill_ids(torch.arange(50)), other.prefill_ids(torch.arange(50))
+    with pytest.raises(ValueError, match="sessions for"):
+        forward_rows([doc.session()], torch.tensor([1, 2]), DECODE)
+    with pytest.raises(ValueError, match="same model"):
+        forward_rows([doc.session(), doc2.session()], torch.tensor([1, 2]), DECODE)
+
+
+def test_one_session_context_refuses_a_batch(make_engine):
+    eng = make_engine(**SMALL)
+    ctx = StepContext(eng.prefill_ids(torch.arange(50)).session(), DECODE)
+    layer = eng.adapter.layers[0].self_attn
+    q = torch.zeros(2, eng.adapter.n_heads, 1, eng.adapter.head_dim)
+    k = torch.zeros(2, eng.adapter.n_kv_heads, 1, eng.adapter.head_dim)
+    with pytest.raises(ValueError, match="forward_rows"):
+        context_attention(layer, q, k, k, None, actqkv=ctx)
+
+
+@pytest.mark.parametrize("bad", [[], "one question", [""], ["ok", 3], None])
+def test_answer_many_rejects_bad_questions(make_engine, bad):
+    eng = make_engine(**SMALL)
+    doc = eng.prefill("some document text")
+    with pytest.raises(InputError):
+        eng.answer_many(doc, bad)
+
+
+def test_answer_many_checks_the_document_is_its_own(make_engine):
+    eng = make_engine(**SMALL)
+    other = eng.with_method("infllm")
+    doc = other.prefill("some document text " * 20)
+    with pytest.raises(InputError, match="other retrieval options"):
+        eng.answer_many(doc, ["q"])
