@@ -306,14 +306,23 @@ class Engine:
         of each per model pass (the layers' dense parts batched, attention row by row over each
         answer's own blocks). Same answers as :meth:`answer` one by one (greedy: the same tokens
         up to the batched matmuls' rounding; with ``seed``, each answer samples as it would alone)."""
-        if isinstance(questions, str) or not isinstance(questions, (list, tuple)) or not questions:
-            raise InputError("questions must be a non-empty list of strings")
-        questions = [self._check_text(q, f"question {i}") for i, q in enumerate(questions)]
+        questions = [self._check_text(q, f"question {i}") for i, q in enumerate(_text_list(questions, "questions"))]
         self._check_doc(doc)
-        plan = Sampling.make(max_new_tokens=max_new_tokens, **sampling)
+        suffixes = [self._suffix_for_question(doc, [{"role": "user", "content": q}]) for q in questions]
+        return self._answer_together(doc, suffixes, Sampling.make(max_new_tokens=max_new_tokens, **sampling))
+
+    def complete_many(self, doc: Document | None, prompts: list[str], **sampling: Any) -> list[Answer]:
+        """:meth:`complete` for several prompts after one document, decoded as one batch (see
+        :meth:`answer_many`)."""
+        prompts = _text_list(prompts, "prompts")
+        self._check_doc(doc)
+        suffixes = [self._completion_suffix(doc, p) for p in prompts]
+        return self._answer_together(doc, suffixes, Sampling.make(**sampling))
+
+    def _answer_together(self, doc: Document | None, suffixes: list[torch.Tensor], plan: Sampling) -> list[Answer]:
         runs, logits = [], []
-        for q in questions:
-            run, first = self._start(doc, self._suffix_for_question(doc, [{"role": "user", "content": q}]), plan)
+        for suffix in suffixes:
+            run, first = self._start(doc, suffix, plan)
             runs.append(run)
             logits.append(first)
         self._decode_together(runs, logits)
@@ -375,13 +384,16 @@ class Engine:
     def complete(self, doc: Document | None, prompt: str, stream: bool = False,
                  **sampling: Any) -> Answer | AnswerStream:
         """Raw text completion after the document (no chat template)."""
+        suffix = self._completion_suffix(doc, prompt)
+        run = self._run(doc, suffix, Sampling.make(**sampling))
+        return AnswerStream(run) if stream else _finish(run)
+
+    def _completion_suffix(self, doc: Document | None, prompt: Any) -> torch.Tensor:
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be text (str), got {type(prompt).__name__}")
         if doc is None:
             self._check_text(prompt, "prompt")
-        suffix = self._encode(prompt, special=doc is None) if prompt else torch.empty(0, dtype=torch.long)
-        run = self._run(doc, suffix, Sampling.make(**sampling))
-        return AnswerStream(run) if stream else _finish(run)
+        return self._encode(prompt, special=doc is None) if prompt else torch.empty(0, dtype=torch.long)
 
     def generate(self, doc: Document, continuation: str, max_new_tokens: int = 64, **sampling: Any) -> str:
         """Raw completion of ``continuation`` right after the document."""
@@ -438,6 +450,12 @@ class Engine:
         from .persist import load_document
 
         return load_document(self, path_or_key, verify=verify)
+
+
+def _text_list(items: Any, what: str) -> list:
+    if isinstance(items, str) or not isinstance(items, (list, tuple)) or not items:
+        raise InputError(f"{what} must be a non-empty list of strings")
+    return list(items)
 
 
 def _finish(run: Iterator[str | Answer]) -> Answer:

@@ -126,3 +126,18 @@ def test_answer_many_checks_the_document_is_its_own(make_engine):
     doc = other.prefill("some document text " * 20)
     with pytest.raises(InputError, match="other retrieval options"):
         eng.answer_many(doc, ["q"])
+
+
+def test_complete_many_gives_the_completions_of_one_by_one(tokenizer):
+    eng = Engine(tiny_model("qwen2").double(), tokenizer, progress=False, cache=False, **SMALL)
+    doc = eng.prefill(" ".join(f"word{i} is {i * 7 % 13}." for i in range(120)), chat=False)
+    prompts = [" word3 is", "", " and then"]  # an empty prompt continues the document itself
+    one = [eng.complete(doc, p, max_new_tokens=9) for p in prompts]
+    many = eng.complete_many(doc, prompts, max_new_tokens=9)
+    assert [(a.text, a.usage) for a in many] == [(a.text, a.usage) for a in one]
+    with pytest.raises(InputError, match="prompts"):
+        eng.complete_many(doc, " one prompt")
+    with pytest.raises(InputError, match="prompt must be text"):
+        eng.complete_many(doc, ["ok", None])
+    with pytest.raises(InputError, match="empty"):
+        eng.complete_many(None, ["ok", " "])

@@ -119,6 +119,14 @@ class ActQKVLLM(ActQKVParams, LLM):
         return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
 
     # ------------------------------------------------------------------ core
+    def _check_prompt(self, prompt: Any, doc: Optional[Document]) -> None:
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        if self.raw and doc is None and not prompt.strip():
+            raise ValueError("nothing to complete: no document and an empty prompt")
+        if not self.raw and not prompt.strip():
+            raise ValueError("the prompt is empty: give a question or instruction")
+
     def _start(self, prompt: str, stop: Optional[list[str]], kwargs: dict[str, Any],
                stream: bool) -> tuple[Answer | AnswerStream, Optional[Document]]:
         if not isinstance(prompt, str):
@@ -126,13 +134,26 @@ class ActQKVLLM(ActQKVParams, LLM):
         sampling = self._sampling(stop, kwargs)
         doc = self._open(self.document_spec(kwargs))
         eng = self._engine_for(doc)
+        self._check_prompt(prompt, doc)
         if self.raw:
-            if doc is None and not prompt.strip():
-                raise ValueError("nothing to complete: no document and an empty prompt")
             return eng.complete(doc, prompt, stream=stream, **sampling), doc
-        if not prompt.strip():
-            raise ValueError("the prompt is empty: give a question or instruction")
         return eng.chat(doc, [{"role": "user", "content": prompt}], stream=stream, **sampling), doc
+
+    def _start_together(self, prompts: list[str], stop: Optional[list[str]],
+                        kwargs: dict[str, Any]) -> tuple[list[Answer], Optional[Document]]:
+        """Several prompts on one document, their answers decoded as one batch
+        (``Engine.answer_many`` / ``complete_many``): what ``batch`` and ``generate`` with several
+        prompts run."""
+        for prompt in prompts:
+            if not isinstance(prompt, str):
+                raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        sampling = self._sampling(stop, kwargs)
+        doc = self._open(self.document_spec(kwargs))
+        eng = self._engine_for(doc)
+        for prompt in prompts:
+            self._check_prompt(prompt, doc)
+        many = eng.complete_many if self.raw else eng.answer_many
+        return many(doc, prompts, **sampling), doc
 
     def _info(self, answer: Answer, doc: Optional[Document]) -> dict[str, Any]:
         return {"finish_reason": answer.finish_reason, "usage": usage_metadata(answer),
@@ -144,7 +165,13 @@ class ActQKVLLM(ActQKVParams, LLM):
 
     def _generate(self, prompts: list[str], stop: Optional[list[str]] = None,
                   run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> LLMResult:
-        # like LLM._generate, but keeps each answer's finish reason, usage and sources
+        # like LLM._generate, but keeps each answer's finish reason, usage and sources; several
+        # prompts (batch) are answered together, as one batch on the engine
+        if len(prompts) > 1 and not self.streaming:
+            answers, doc = self._start_together(prompts, stop, kwargs)
+            return LLMResult(generations=[[Generation(text=a.text, generation_info=self._info(a, doc))]
+                                          for a in answers],
+                             llm_output={"model_name": self.reported_model_name()})
         generations = []
         for prompt in prompts:
             if self.streaming:

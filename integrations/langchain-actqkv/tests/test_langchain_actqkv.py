@@ -237,6 +237,24 @@ def test_string_llm_raw_completion(eng):
     assert raw.invoke(" The miller") == eng.generate(doc, " The miller", max_new_tokens=6)
 
 
+def test_string_llm_batch_answers_together_as_one_by_one(eng, monkeypatch):
+    questions = ["Who keeps bees?", "Where is the mill?", "How many hives?"]
+    together = []
+    real = Engine.answer_many
+    monkeypatch.setattr(Engine, "answer_many", lambda self, *a, **k: together.append(a[1]) or real(self, *a, **k))
+    llm = ActQKVLLM(engine=eng, document=TEXT, max_tokens=6)
+    one = [llm.invoke(q) for q in questions]
+    assert llm.batch(questions) == one and together == [questions]  # one batch on the engine
+    result = llm.generate(questions)
+    assert [g[0].text for g in result.generations] == one
+    assert all("sources" in g[0].generation_info for g in result.generations)
+    raw = ActQKVLLM(engine=eng, document=TEXT, max_tokens=6, raw=True)
+    prompts = [" The miller", " Bees", " On the hill"]
+    assert raw.batch(prompts) == [raw.invoke(p) for p in prompts]
+    with pytest.raises(ValueError, match="empty"):
+        llm.batch(["Who?", "  "])
+
+
 # ---------------------------------------------------------------------------------------- documents per call
 OTHER = ("The lighthouse on Skerry Point was built in 1851. Its keeper, Ishbel Mackay, logs every ship that "
          "passes, and she has counted nine hundred and four this year alone. ") * 4
