@@ -177,6 +177,19 @@ def test_local_directory(tmp_path, tokenizer):
     assert load_model(d, progress=False)[2].fingerprint == fp
 
 
+def test_models_load_without_hub_kernels(tmp_path, tokenizer, monkeypatch):
+    """transformers >= 5.25 swaps layers for Hugging Face Hub kernels by default (code fetched at
+    run time, which would also replace the layers we drive): every load turns that off."""
+    from transformers import AutoModelForCausalLM
+
+    seen = []
+    real = AutoModelForCausalLM.from_pretrained.__func__
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: seen.append(k) or real(cls, *a, **k)))
+    load_model(_tiny_llama_dir(tmp_path / "tiny", tokenizer), progress=False)
+    assert seen and all(k.get("use_kernels") is False for k in seen)
+
+
 def test_hub_id_from_the_local_cache(tmp_path, tokenizer, monkeypatch):
     import huggingface_hub.constants as hub_constants
 

@@ -437,3 +437,16 @@ def test_held_candidates_rerank_as_freshly_gathered_ones_would(make_engine, hold
         held = _decode_logits(make_engine, steps=30, **{**opts, **hold})
         for a, b in zip(fresh, held):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_held_candidates_keep_their_keys_in_the_memorys_dtype(make_engine):
+    """A question holds its rerank candidates' keys for every layer across decode steps: in a bf16
+    model they are held in bf16 (placed at true positions in float32, then stored as attention reads them)."""
+    eng = make_engine(**{**SMALL, "rerank": 8, "positions": "exact"})
+    eng.model.to(torch.bfloat16)
+    doc = eng.prefill_ids(torch.randint(0, 250, (600,), generator=torch.Generator().manual_seed(0)))
+    sess = doc.session()
+    sess.forward(torch.randint(0, 250, (12,)), phase="question")
+    sess.forward(torch.tensor([7]), phase="decode")
+    held = [r.candidates for r in sess.retrieval if r.candidates is not None]
+    assert held and all(h.keys.dtype == torch.bfloat16 for h in held)

@@ -422,7 +422,10 @@ def _load_dir(model_dir: Path, config: Any, device: torch.device, dtype: torch.d
               model_id: str) -> tuple[torch.nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = dict(config=config, dtype=dtype, attn_implementation="sdpa", local_files_only=True)
+    # use_kernels=False: transformers >= 5.25 swaps layers for Hugging Face Hub kernels by default,
+    # code fetched at run time (offline here) that would also run instead of the layers we drive
+    kwargs: dict[str, Any] = dict(config=config, dtype=dtype, attn_implementation="sdpa", local_files_only=True,
+                                  use_kernels=False)
     if device.type != "cpu":
         kwargs["device_map"] = {"": str(device)}
     try:
@@ -531,7 +534,7 @@ def _convert_gguf(gguf: Path, model_dir: Path, gguf_sha: str, progress: bool) ->
         try:
             hf_model = AutoModelForCausalLM.from_pretrained(
                 str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True,
-                quantization_config=GgufConfig(dequantize=True),
+                quantization_config=GgufConfig(dequantize=True), use_kernels=False,
             )
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
         except (ValueError, KeyError, NotImplementedError) as exc:

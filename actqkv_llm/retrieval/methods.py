@@ -468,7 +468,9 @@ class BlockRetrieval(RetrievalMethod):
         ids = cand[0] if cand.shape[0] == 1 else cand
         k, _ = mem.blocks.gather(ids, q.device, values=False)           # [Hkv, m*B, d]
         if mq.rotate_blocks is not None:
-            k = mq.rotate_blocks(k, ids)
+            # placed in float32, kept in the memory's dtype: attention reads them in it anyway, and
+            # a question holds these keys for every layer across decode steps (rescore_every)
+            k = mq.rotate_blocks(k, ids).to(mem.dtype)
         return cand, k
 
     def _rerank_among(self, q: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery, cand: torch.Tensor,
