@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 from .attention.step import DECODE, QUESTION, context_attention
 from .chat import document_prefix, question_suffix
 from .config import RetrievalConfig
-from .document import CHAT, RAW, Document, Source
+from .document import CHAT, RAW, Document
 from .errors import CacheError, InputError
 from .answer import Answer, AnswerStream, Decoding, TokenLog, Usage
 from .generation import Sampling, TextAssembler
@@ -425,7 +424,7 @@ class Engine:
         batch (see :meth:`answer_many`): greedy, ``max_new_tokens`` ids each (speed benchmarks)."""
         if not prompts:
             raise InputError("prompts must be a non-empty list of token id sequences")
-        plan = Sampling(max_new_tokens, 0.0, 1.0, (), None, False)
+        plan = Sampling.make(max_new_tokens=max_new_tokens, stop_on_repetition=False)
         runs, logits = [], []
         for p in prompts:
             ids = torch.as_tensor(p, dtype=torch.long).flatten()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 from actqkv_llm import Engine, cli
 from actqkv_llm.bench import candidates, realqa

@@ -1,7 +1,6 @@
 """Bad input: a clear error and nothing half-done."""
 
 import pytest
-import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from actqkv_llm import ConfigError, Engine, InputError, RetrievalConfig, UnsupportedModelError

@@ -7,6 +7,7 @@ uses its own temporary cache (conftest).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import stat
@@ -65,8 +66,8 @@ def test_default_gguf_path_is_the_registry_default(monkeypatch, tmp_path):
 
 
 def _hide_package(monkeypatch, name):
-    real = loading.importlib.util.find_spec
-    monkeypatch.setattr(loading.importlib.util, "find_spec", lambda n, *a: None if n == name else real(n, *a))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == name else real(n, *a))
 
 
 def test_default_gguf_path_missing_package_says_how_to_install(monkeypatch):

@@ -6,7 +6,6 @@ import itertools
 import json
 
 import pytest
-import torch
 
 from actqkv_llm import Engine, cli
 from actqkv_llm import answer as answer_module
