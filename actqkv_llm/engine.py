@@ -266,11 +266,12 @@ class Engine:
                              f"({doc.engine.config.kv_options()}); prefill it with this engine")
 
     def _start(self, doc: Document | None, suffix: torch.Tensor, sampling: Sampling,
-               logits_processor: Any = None) -> tuple[Decoding, torch.Tensor]:
+               logits_processor: Any = None, ids_only: bool = False) -> tuple[Decoding, torch.Tensor]:
         """A new answer: its session has read the question ``suffix``; returns it with the logits
-        its first token is chosen from."""
+        its first token is chosen from. ``ids_only``: token ids in and out, no text, no end-of-turn
+        stop and no sources tracked (the speed benchmarks' ``generate_ids*``)."""
         sess = self._session_for(doc)
-        sess.track_sources = True
+        sess.track_sources = not ids_only
         if suffix.numel():
             with self._lock:
                 logits = sess.forward(suffix, phase=QUESTION)
@@ -278,6 +279,8 @@ class Engine:
             logits = doc.last_logits
         else:
             raise InputError("nothing to answer: no document and no prompt")
+        if ids_only:
+            return Decoding(sess, doc, suffix.numel(), sampling, TokenLog(), frozenset()), logits
         return Decoding(sess, doc, suffix.numel(), sampling, TextAssembler(self.tokenizer, sampling.stop),
                         self.eos_ids, logits_processor), logits
 
@@ -308,7 +311,8 @@ class Engine:
         questions = [self._check_text(q, f"question {i}") for i, q in enumerate(_text_list(questions, "questions"))]
         self._check_doc(doc)
         suffixes = [self._suffix_for_question(doc, [{"role": "user", "content": q}]) for q in questions]
-        return self._answer_together(doc, suffixes, Sampling.make(max_new_tokens=max_new_tokens, **sampling))
+        plan = Sampling.make(max_new_tokens=max_new_tokens, **sampling)
+        return [run.answer() for run in self._answer_together(doc, suffixes, plan)]
 
     def complete_many(self, doc: Document | None, prompts: list[str], **sampling: Any) -> list[Answer]:
         """:meth:`complete` for several prompts after one document, decoded as one batch (see
@@ -316,18 +320,15 @@ class Engine:
         prompts = _text_list(prompts, "prompts")
         self._check_doc(doc)
         suffixes = [self._completion_suffix(doc, p) for p in prompts]
-        return self._answer_together(doc, suffixes, Sampling.make(**sampling))
+        return [run.answer() for run in self._answer_together(doc, suffixes, Sampling.make(**sampling))]
 
-    def _answer_together(self, doc: Document | None, suffixes: list[torch.Tensor], plan: Sampling) -> list[Answer]:
-        runs, logits = [], []
-        for suffix in suffixes:
-            run, first = self._start(doc, suffix, plan)
-            runs.append(run)
-            logits.append(first)
-        self._decode_together(runs, logits)
-        for run in runs:
-            run.text.flush()
-        return [run.answer() for run in runs]
+    def _answer_together(self, doc: Document | None, suffixes: list[torch.Tensor], plan: Sampling,
+                         ids_only: bool = False) -> list[Decoding]:
+        """Start an answer for each suffix, then decode them as one batch; returns the ended runs."""
+        started = [self._start(doc, suffix, plan, ids_only=ids_only) for suffix in suffixes]
+        runs = [run for run, _ in started]
+        self._decode_together(runs, [logits for _, logits in started])
+        return runs
 
     def _decode_together(self, runs: list[Decoding], logits: list[torch.Tensor]) -> None:
         """Decode answers in one batch until each has ended: every pass runs one token of each
@@ -425,16 +426,8 @@ class Engine:
         if not prompts:
             raise InputError("prompts must be a non-empty list of token id sequences")
         plan = Sampling.make(max_new_tokens=max_new_tokens, stop_on_repetition=False)
-        runs, logits = [], []
-        for p in prompts:
-            ids = torch.as_tensor(p, dtype=torch.long).flatten()
-            sess = self._session_for(doc)
-            with self._lock:
-                first = sess.forward(ids, phase=QUESTION) if ids.numel() else doc.last_logits
-            runs.append(Decoding(sess, doc, ids.numel(), plan, TokenLog(), frozenset()))
-            logits.append(first)
-        self._decode_together(runs, logits)
-        return [run.text.ids for run in runs]
+        prompts = [torch.as_tensor(p, dtype=torch.long).flatten() for p in prompts]
+        return [run.text.ids for run in self._answer_together(doc, prompts, plan, ids_only=True)]
 
     def save(self, doc: Document, path: str | Path | None = None, kv_dtype: str | None = None) -> Path:
         """Save ``doc`` atomically: into this engine's cache (``path=None``), or as directory ``path``

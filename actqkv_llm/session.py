@@ -104,7 +104,6 @@ class Session:
         return self.tally.picks_by_block()
 
 
-
 @torch.inference_mode()
 def forward_rows(sessions: list[Session], ids: torch.Tensor, phase: str) -> torch.Tensor:
     """Run one token per session (``ids [B]``) through the model as one batch: each layer's dense

@@ -7,7 +7,6 @@ import gc
 import weakref
 
 import pytest
-import torch
 
 from actqkv_llm.session import Session
 

@@ -119,9 +119,8 @@ class ActQKVLLM(ActQKVParams, LLM):
         return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
 
     # ------------------------------------------------------------------ core
-    def _check_prompt(self, prompt: Any, doc: Optional[Document]) -> None:
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+    def _check_prompt(self, prompt: str, doc: Optional[Document]) -> None:
+        """After the document is known: a prompt with nothing to answer or continue is refused."""
         if self.raw and doc is None and not prompt.strip():
             raise ValueError("nothing to complete: no document and an empty prompt")
         if not self.raw and not prompt.strip():
