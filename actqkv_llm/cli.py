@@ -109,7 +109,7 @@ def retrieval_options(args: argparse.Namespace) -> dict[str, Any]:
             options[name] = value
     if args.budget is not None:
         options["budget"] = args.budget
-    for name in ("offload", "batch_prefill"):
+    for name in ("offload", "batch_prefill", "decode_graph"):
         if getattr(args, name, None) is not None:
             options[name] = {"on": True, "off": False, "auto": "auto"}[getattr(args, name)]
     return options
@@ -664,6 +664,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--batch-prefill", choices=("auto", "on", "off"),
                    help="off: prefill one execution block at a time (the reference loop); "
                         "auto: batched on a GPU, the loop on the CPU")
+    r.add_argument("--decode-graph", choices=("auto", "on", "off"),
+                   help="decode steps with static shapes, replayed as one CUDA graph (auto: on a GPU; "
+                        "on: also on the CPU, eagerly; off: the reference step)")
     r.add_argument("--offload", choices=("auto", "on", "off"),
                    help="keep full blocks in host memory (auto: on when the model runs on a GPU)")
     r.add_argument("--force-past-window", action="store_true",

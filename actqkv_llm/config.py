@@ -129,6 +129,13 @@ class RetrievalConfig:
             the method allows it (``bound`` scorer with a per-token probe); False always runs the
             reference loop, one execution block at a time; "auto" batches on an accelerator and
             loops on the CPU, where the loop measured faster (docs/benchmarks.md).
+        decode_graph: run the decode steps that rerank held candidates in every layer (most steps of
+            the default method) with static shapes (attention/static_decode.py): on a CUDA device
+            captured once as a CUDA graph and replayed, one launch per token instead of dozens per
+            layer. The same selection and attention as the reference step up to float rounding.
+            ``"auto"``: on CUDA devices; True: also on the CPU, where it runs eagerly (tests); False:
+            always the reference step. Its buffers hold ``rerank x max_blocks`` candidate blocks
+            per layer (keys and values) beside the window, for as long as the engine lives.
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """
@@ -160,6 +167,7 @@ class RetrievalConfig:
     min_refill: int | None = None
     max_refill: int | None = None
     batch_prefill: bool | Literal["auto"] = "auto"
+    decode_graph: bool | Literal["auto"] = "auto"
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -333,8 +341,10 @@ class RetrievalConfig:
                     f"acre: the budget ({self.budget}) leaves room for {hi} refilled block(s) after sinks "
                     f"({self.n_sink}), window ({self.n_local}) and L1 entries ({self.l1_budget}); it needs "
                     f"at least max(min_refill, 1) = {max(lo, 1)}: raise the budget or lower l1_budget")
-        if not (isinstance(self.batch_prefill, bool) or self.batch_prefill == "auto"):
-            raise ConfigError(f"batch_prefill must be True, False or 'auto', got {self.batch_prefill!r}")
+        for name in ("batch_prefill", "decode_graph"):
+            v = getattr(self, name)
+            if not (isinstance(v, bool) or v == "auto"):
+                raise ConfigError(f"{name} must be True, False or 'auto', got {v!r}")
         if self.offload not in (True, False, "auto"):
             raise ConfigError(f"offload must be True, False or 'auto', got {self.offload!r}")
         if self.uses_memory:

@@ -66,6 +66,7 @@ class Engine:
         self._lock = threading.RLock()
         # an instrument that sessions report their block selections to (bench recall); None in use
         self.meter = None
+        self._decode_graph = None  # static decode buffers (and CUDA graphs), made at the first decode step
         _register_attention()
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
         ids = set()
@@ -295,11 +296,35 @@ class Engine:
             if tok is None:
                 break
             with self._lock:
-                logits = run.session.forward(torch.tensor([tok]), phase=DECODE)
+                logits = self._decode_step(run.session, tok)
         tail = run.text.flush()
         if tail:
             yield tail
         yield run.answer()
+
+    @property
+    def decode_graph(self):
+        """The static decode step (attention/static_decode.py) if this engine uses it, else None."""
+        setting = self.config.decode_graph
+        on_cuda = self.device.type == "cuda"
+        if setting is False or (setting == "auto" and not on_cuda):
+            return None
+        if self._decode_graph is None:
+            from .attention.static_decode import DecodeGraph, graph_capable
+
+            if not graph_capable(self.method, self.adapter):
+                return None
+
+            with torch.inference_mode():
+                self._decode_graph = DecodeGraph(self.adapter, self.config, self.method, use_graph=on_cuda)
+        return self._decode_graph
+
+    def _decode_step(self, sess: Session, token: int) -> torch.Tensor:
+        """One decode step: through the static decode step where it applies, else the reference."""
+        graph = self.decode_graph
+        if graph is not None and (logits := graph.step(sess, token)) is not None:
+            return logits
+        return sess.forward(torch.tensor([token]), phase=DECODE)
 
     def answer_many(self, doc: Document | None, questions: list[str], max_new_tokens: int = 256,
                     **sampling: Any) -> list[Answer]:
@@ -332,7 +357,15 @@ class Engine:
 
     def _decode_together(self, runs: list[Decoding], logits: list[torch.Tensor]) -> None:
         """Decode answers in one batch until each has ended: every pass runs one token of each
-        answer still going (an answer that ends leaves the batch)."""
+        answer still going (an answer that ends leaves the batch). Where decode steps replay a CUDA
+        graph (``decode_graph``), the answers are decoded one after another instead: one answer's
+        graph step costs less than a batch pass whose attention runs row by row (docs/benchmarks.md)."""
+        if self.decode_graph is not None and self.decode_graph.use_graph:
+            for run, row in zip(runs, logits):
+                while (tok := run.choose(row)[1]) is not None:
+                    with self._lock:
+                        row = self._decode_step(run.session, tok)
+            return
         active = list(zip(runs, logits))
         while active:
             feed = []
@@ -416,7 +449,7 @@ class Engine:
                 if on_token is not None:
                     on_token(i)
                 if i + 1 < max_new_tokens:
-                    logits = sess.forward(torch.tensor([tok]), phase=DECODE)
+                    logits = self._decode_step(sess, tok)
         return out
 
     def generate_ids_many(self, doc: Document, prompts: list[torch.Tensor | list[int]],

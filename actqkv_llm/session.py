@@ -33,6 +33,15 @@ class Session:
         self.kv_log: list[dict[tuple[int, int], int]] = []   # per forward pass: (slot, layer) -> KV attended
         self.tally = SourceTally()   # per block: attention mass and times picked, over the answer
         self.meter = None            # a RecallMeter (bench recall): what selection recalls against full attention
+        # decode steps run elsewhere (attention/static_decode.py) whose state is not handed back yet
+        self.pending = None
+
+    def settle(self) -> None:
+        """Take back the state of decode steps that ran outside :meth:`forward` (the static decode
+        step keeps windows, statistics and the source tally in its own buffers until asked)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.settle(self)
 
     @classmethod
     def new(cls, adapter: ModelAdapter, config: RetrievalConfig, method: RetrievalMethod,
@@ -51,6 +60,7 @@ class Session:
 
     def fork(self) -> "Session":
         """An independent session starting from this one's state; this one is never modified by it."""
+        self.settle()
         return Session(self.adapter, self.config, self.method, [m.fork() for m in self.memory],
                        [r.fork() for r in self.retrieval], self.n_tokens)
 
@@ -61,6 +71,7 @@ class Session:
         """Run token ids ``[T]`` through the model; returns float32 logits ``[V]`` of the last one."""
         if ids.numel() == 0:
             raise ValueError("no tokens to run")
+        self.settle()
         ids = ids.to(self.adapter.device)
         chunk = chunk or self.config.prefill_chunk
         hidden = None
@@ -96,11 +107,13 @@ class Session:
     @property
     def attention_mass(self) -> dict[int, float]:
         """Block -> attention mass received over the answer (read from the device once)."""
+        self.settle()
         return self.tally.mass_by_block()
 
     @property
     def retrieved(self) -> dict[int, int]:
         """Block -> how many (layer, step) retrievals picked it."""
+        self.settle()
         return self.tally.picks_by_block()
 
 
@@ -114,6 +127,8 @@ def forward_rows(sessions: list[Session], ids: torch.Tensor, phase: str) -> torc
     adapter = sessions[0].adapter
     if any(s.adapter is not adapter for s in sessions):
         raise ValueError("the sessions of one batch must run on the same model")
+    for s in sessions:
+        s.settle()
     rows = RowSteps([StepContext(s, phase) for s in sessions])
     for s in sessions:
         if s.record_kv:
@@ -147,6 +162,11 @@ class SourceTally:
     def add_picked(self, picked: torch.Tensor, n_blocks: int) -> None:
         self.picks = self._fit(self.picks, n_blocks, picked)
         self.picks.index_add_(0, picked, torch.ones_like(picked, dtype=torch.float32))
+
+    def add_counts(self, blocks: torch.Tensor, counts: torch.Tensor, n_blocks: int) -> None:
+        """Add ``counts`` picks of ``blocks`` at once (several steps' picks, gathered elsewhere)."""
+        self.picks = self._fit(self.picks, n_blocks, blocks)
+        self.picks.index_add_(0, blocks, counts.float())
 
     def add_mass(self, picked: torch.Tensor, mass: torch.Tensor, n_blocks: int) -> None:
         self.mass = self._fit(self.mass, n_blocks, picked)

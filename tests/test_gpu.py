@@ -30,3 +30,41 @@ def test_batched_prefill_on_the_gpu_matches_the_reference_loop(tokenizer, arch, 
     else:  # bf16 products in the batch, float32 in the loop: the same function within bf16 rounding
         # (a random model's logits are nearly flat, so its greedy tokens are no test of bf16 paths)
         assert float((got_logits - ref_logits).norm() / ref_logits.norm()) < 2e-2
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_graph_matches_the_reference_step(tokenizer, arch, dtype):
+    """Decode steps replayed as a CUDA graph give the reference step's tokens (float32) or logits
+    within bf16 rounding, with the answer's sources on the same blocks."""
+    from actqkv_llm import Engine
+
+    small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
+    model = tiny_model(arch).to("cuda", dtype)
+    ref = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_graph=False, **small)
+    fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, **small)
+    assert fast.decode_graph is not None and fast.decode_graph.use_graph  # "auto" on CUDA
+    doc = ref.prefill(" ".join(f"word{i} is {i * 7 % 13}." for i in range(120)))
+    question = [5, 6, 7, 8]
+    sess = [e._session_for(doc) for e in (ref, fast)]
+    logits = [s.forward(torch.tensor(question), phase="question") for s in sess]
+    steps = [[], []]
+    for _ in range(40):
+        tok = int(logits[0].argmax())  # both follow the reference's tokens: logits compared step by step
+        logits = [e._decode_step(s, tok) for e, s in zip((ref, fast), sess)]
+        for i in range(2):
+            steps[i].append(logits[i])
+    want, got = torch.stack(steps[0]), torch.stack(steps[1])
+    assert fast.decode_graph.replays >= 30 and fast.decode_graph.graphs
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+        assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+    else:
+        assert float((got - want).norm() / want.norm()) < 2e-2
+    a = ref.answer(doc, "What is word3?", max_new_tokens=24)
+    b = fast.answer(doc, "What is word3?", max_new_tokens=24)
+    if dtype == torch.float32:
+        assert b.text == a.text
+        assert [s.start for s in b.sources] == [s.start for s in a.sources]
+    many = fast.answer_many(doc, ["What is word3?", "Hi"], max_new_tokens=24)
+    assert many[0].text == b.text

@@ -498,7 +498,9 @@ class BlockRetrieval(RetrievalMethod):
         if self.keep_edges:  # the edge blocks stay picked whatever their mass
             edge = (cand == 0) | (cand == mem.n_blocks - 1)
             mass = mass.masked_fill(edge.expand_as(mass), float("inf"))
-        top = mass.topk(n, -1).indices.sort(-1).values                   # candidates ascend: so do picks
+        # ties (blocks of identical tokens have identical keys in a layer that sees no position) go
+        # to the earlier block, on every path (the static decode step ranks the same way)
+        top = mass.sort(dim=-1, descending=True, stable=True).indices[:, :n].sort(-1).values  # ascending picks
         picked = cand.expand(mass.shape[0], -1).gather(1, top)
         d = k.shape[-1]
         kb = k.view(hkv, m, b, d)

@@ -1,0 +1,366 @@
+"""The decode step with static shapes, replayed as one CUDA graph on a GPU.
+
+A decode step of the reference path (``step.py``) issues ~60 small kernels per layer from Python;
+on an H200 the GPU finishes each in microseconds and the step is bound by launching them (decode
+profile in ``NOTES.md``). Most decode steps of the default method do the same thing in every layer:
+rerank the candidates one scoring named a few steps ago (``rescore_every``) by the token's exact
+attention, keep the budget's blocks, and attend to [sinks | those blocks | window]. This module
+runs exactly those steps with every tensor at a fixed address and shape, so the whole step (the
+model's dense layers included) is captured once as a CUDA graph and replayed: one launch per token.
+
+What is static and how the varying parts are handled:
+
+* the window is a buffer of ``n_local`` slots per layer; the new token's key and value are written
+  at slot ``L`` (a device counter) and slots past ``L`` are masked out of the softmax;
+* the held candidates (keys and values, ``rerank x max_blocks`` blocks per layer) are copied into
+  fixed buffers when a session's held candidates change; unused slots are masked;
+* the budget's number of blocks per layer (``n``) is a device tensor written before each replay; the
+  rerank takes the ``max_blocks`` best candidates and masks ranks ``>= n``;
+* what the reference updates every step and reads only when it scores again (activation statistics,
+  the window's tensors, the answer's source tally) is written to buffers and handed back to the
+  session in one go (:meth:`DecodeGraph.settle`) before any step of the reference path runs on it.
+
+A step goes this way only when the reference would take the held-candidates path in every layer
+(no block leaves the window, the candidates have uses left, none asks for more blocks than they
+were named for, memory at the same positions); anything else runs the reference step. The result is
+the reference's selection and attention up to float rounding (sums in another order); tests compare
+both on the CPU, where this path runs eagerly (``decode_graph=True``), and on a GPU with the graph.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .rope import rotate, sinks_at_true_positions
+from .step import DECODE
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+NEG_INF = float("-inf")
+
+
+def graph_capable(method, adapter=None) -> bool:
+    """Whether a method on a model can decode through :class:`DecodeGraph` at all: a rerank whose
+    candidates are held across steps, no held selections, no summary keys fed by the window's
+    attention, every layer a memory layer (no sliding windows). Per-step conditions:
+    :meth:`DecodeGraph.plan`."""
+    m = method
+    return (m.uses_memory and m.bounded and getattr(m, "rerank", 1) > 1 and getattr(m, "rescore_every", 1) > 1
+            and getattr(m, "reselect_every", 1) == 1 and not m.uses_summaries
+            and (adapter is None or all(k.memory and k.window is None for k in adapter.kinds)))
+
+
+@dataclass
+class _Loaded:
+    """Which session's state the buffers hold, from which window length, for how many steps."""
+
+    session: "weakref.ReferenceType[Session]"
+    held: list           # each layer's HeldCandidates the buffers were filled from
+    mode: str
+    n_local: int         # window length when loaded (slot of the first graph step's token)
+    steps: int = 0
+
+
+class StaticStep:
+    """The attention of one static decode step, handed to every layer like a ``StepContext``."""
+
+    def __init__(self, graph: "DecodeGraph"):
+        self.g = graph
+
+    def attend_layer(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     scaling: float, softcap: float | None) -> torch.Tensor:
+        return self.g.attend(layer, q, k, v, scaling, softcap)
+
+
+class DecodeGraph:
+    """Static buffers for one engine's decode steps, and one CUDA graph per memory position mode.
+
+    One instance per engine (``Engine.decode_graph``); it holds one session's decode state at a time
+    and hands it back before another session (or the reference path) runs. ``use_graph`` False runs
+    the same static step eagerly (the CPU, and tests)."""
+
+    def __init__(self, adapter, config, method, use_graph: bool):
+        self.adapter, self.config, self.method = adapter, config, method
+        self.use_graph = use_graph
+        dev, dt = adapter.device, adapter.dtype
+        self.device, self.dtype = dev, dt
+        L, hkv, d = adapter.n_layers, adapter.n_kv_heads, adapter.head_dim
+        self.hkv, self.d, self.g_heads = hkv, d, adapter.n_heads // hkv
+        self.cap = config.n_local                      # window slots
+        self.n_sink = config.n_sink
+        self.bsz = config.block_size
+        self.hi = max(config.block_range[1], config.avg_blocks)   # most blocks a layer may take
+        self.m_cap = method.rerank * self.hi                       # most candidates a layer holds
+        self.rows = hkv if method.per_head else 1
+        self.win_k = torch.zeros((L, hkv, self.cap, d), dtype=dt, device=dev)
+        self.win_v = torch.zeros_like(self.win_k)
+        self.sink_k = torch.zeros((L, hkv, self.n_sink, d), dtype=dt, device=dev)
+        self.sink_v = torch.zeros_like(self.sink_k)
+        self.cand_k = torch.zeros((L, hkv, self.m_cap * self.bsz, d), dtype=dt, device=dev)
+        self.cand_v = torch.zeros_like(self.cand_k)
+        self.cand_ok = torch.zeros((L, self.rows, self.m_cap), dtype=torch.bool, device=dev)
+        self.cand_edge = torch.zeros_like(self.cand_ok)
+        self.mass = torch.zeros((L, self.rows, self.m_cap), dtype=torch.float32, device=dev)
+        self.picks = torch.zeros_like(self.mass)
+        feats = adapter.n_heads * d
+        self.queries = torch.zeros((L, self.cap, feats), dtype=torch.float32, device=dev) \
+            if method.tracks_activations else None
+        self.cursor = torch.zeros(2, dtype=torch.long, device=dev)   # window slot L, absolute position P
+        self.n_take = torch.zeros(L, dtype=torch.long, device=dev)   # blocks each layer keeps this step
+        self.ids = torch.zeros((1, 1), dtype=torch.long, device=dev)
+        self._host = torch.zeros(1 + L, dtype=torch.long, pin_memory=dev.type == "cuda")
+        self.track = False            # the loaded session tracks sources (a graph per value)
+        # rotary tables held here: the adapter may replace its own when they grow
+        need = max(self.cap + 1, adapter.native_window + 1)
+        self.tables = {kind.rope_type: adapter.rope_table(kind.rope_type, need) for kind in adapter.kinds}
+        self.ranks = torch.arange(self.hi, device=dev)
+        self.slots = torch.arange(self.cap, device=dev)
+        self.graphs: dict[tuple[str, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.loaded: _Loaded | None = None
+        self.mode = "fixed"           # what the step being run or captured places memory at
+        self.replays = 0              # steps run through this object (read by tests and benchmarks)
+
+    # ------------------------------------------------------------------ the static step
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               scaling: float, softcap: float | None) -> torch.Tensor:
+        """q ``[H, 1, d]``, k/v ``[Hkv, 1, d]`` of the new token -> ``[H, 1, d]``."""
+        hkv, g, d, b, hi = self.hkv, self.g_heads, self.d, self.bsz, self.hi
+        slot, pos = self.cursor[0:1], self.cursor[1:2]
+        wk, wv = self.win_k[layer], self.win_v[layer]
+        wk.index_copy_(1, slot, k.to(self.dtype))
+        wv.index_copy_(1, slot, v.to(self.dtype))
+        if self.queries is not None:  # the activation statistics see this query when the session settles
+            self.queries[layer].index_copy_(0, slot, q.permute(1, 0, 2).reshape(1, -1).float())
+        cos, sin = self.tables[self.adapter.kinds[layer].rope_type]
+
+        # window: keys rotated at 0..cap-1, the query at slot L; slots past L are empty
+        k_loc = rotate(wk, cos[:self.cap], sin[:self.cap])
+        q_loc = rotate(q, cos.index_select(0, slot), sin.index_select(0, slot))
+        if self.mode == "exact":
+            q_mem = rotate(q, cos.index_select(0, pos), sin.index_select(0, pos))
+        else:
+            fixed = slice(self.cap, self.cap + 1)
+            q_mem = rotate(q, cos[fixed], sin[fixed])
+        qm = q_mem.reshape(hkv, g, d)
+        s_loc = _capped(torch.matmul(q_loc.reshape(hkv, g, d) * scaling, k_loc.transpose(1, 2)), softcap)
+        s_loc = s_loc.masked_fill((self.slots > slot)[None, None], NEG_INF)
+        s_sink = _capped(torch.matmul(qm * scaling, self.sink_k[layer].float().transpose(1, 2)), softcap)
+
+        # rerank the held candidates by the mass full attention would give them (MemoryQuery's rule)
+        ck, cv = self.cand_k[layer], self.cand_v[layer]
+        logits = torch.matmul(qm, ck.float().transpose(1, 2)) * scaling            # [Hkv, g, M*B]
+        ok = self.cand_ok[layer]                                                   # [rows, M]
+        tok_ok = ok.any(0).repeat_interleave(b)[None, None]
+        logits = logits.masked_fill(~tok_ok, NEG_INF)
+        lse = torch.logaddexp(torch.logsumexp(logits, -1, keepdim=True),
+                              torch.logsumexp(torch.cat([s_loc, s_sink], -1), -1, keepdim=True))
+        mass = torch.exp(logits - lse).reshape(hkv, g, self.m_cap, b).sum((1, 3))   # [Hkv, M]
+        if self.rows == 1:
+            mass = mass.sum(0, keepdim=True)
+        mass = mass.masked_fill(self.cand_edge[layer], float("inf")).masked_fill(~ok, NEG_INF)
+        top = mass.sort(dim=-1, descending=True, stable=True).indices[:, :hi]          # [rows, hi] by rank
+        keep = self.ranks < self.n_take[layer]                                    # [hi]
+        idx = top.expand(hkv, hi)
+        heads = torch.arange(hkv, device=q.device)[:, None]
+        k_sel = ck.view(hkv, self.m_cap, b, d)[heads, idx].reshape(hkv, hi * b, d)
+        v_sel = cv.view(hkv, self.m_cap, b, d)[heads, idx].reshape(hkv, hi * b, d)
+        s_sel = _capped(torch.matmul(qm * scaling, k_sel.float().transpose(1, 2)), softcap)
+        s_sel = s_sel.masked_fill(~keep.repeat_interleave(b)[None, None], NEG_INF)
+
+        # one softmax over [sinks | kept blocks | window]
+        p = torch.softmax(torch.cat([s_sink, s_sel, s_loc], -1), -1)
+        ns = self.n_sink
+        out = torch.matmul(p[..., :ns], self.sink_v[layer].float()) \
+            + torch.matmul(p[..., ns:ns + hi * b], v_sel.float()) \
+            + torch.matmul(p[..., ns + hi * b:], wv.float())
+        if self.track:  # what the answer's sources report: picks and mass per candidate
+            got = p[..., ns:ns + hi * b].sum(1).reshape(hkv, hi, b).sum(-1)           # [Hkv, hi]
+            if self.rows == 1:
+                got = got.sum(0, keepdim=True)
+            self.mass[layer].scatter_add_(1, top, got)
+            self.picks[layer].scatter_add_(1, top, keep.float().expand(self.rows, hi))
+        return out.reshape(hkv * g, 1, d).to(q.dtype)
+
+    def _forward(self) -> torch.Tensor:
+        a = self.adapter
+        ctx = StaticStep(self)
+        hidden = a.embed(self.ids)
+        for i in range(a.n_layers):
+            hidden = a.run_layer(i, hidden, actqkv=ctx)
+        self.cursor.add_(1)
+        return a.last_logits(hidden)
+
+    def _graph(self, mode: str) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """The CUDA graph of one step at ``mode`` positions (captured on first use; capturing writes
+        into the buffers, so it happens before a session's state is loaded)."""
+        key = (mode, self.track)
+        if key not in self.graphs:
+            self.mode = mode
+            self.cursor.zero_()  # the warm-up and capture steps write at slots 0 and 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up: lazy initialisation must not happen inside the capture
+                    self._forward()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self._forward()
+            self.graphs[key] = (graph, out)
+            self.loaded = None  # the buffers were written by the capture
+        return self.graphs[key]
+
+    # ------------------------------------------------------------------ sessions
+    def plan(self, s: "Session") -> tuple[str, list[int]] | None:
+        """The memory mode and the blocks each layer keeps if the next decode step of ``s`` can run
+        here (the reference would rerank held candidates in every layer); else None. Changes nothing."""
+        if s.meter is not None or s.adapter.model is not self.adapter.model or _shape(s.method) != _shape(self.method):
+            return None
+        cfg, a = self.config, self.adapter
+        mem0, n_loc = s.memory[0], self._n_local(s)
+        if n_loc + 1 > cfg.n_local:   # a block leaves the window this step
+            return None
+        first_q = mem0.local_start + n_loc
+        mode = s.method.positions
+        if mode == "auto":
+            mode = "exact" if first_q + 1 <= a.native_window else "fixed"
+        for mem, st in zip(s.memory, s.retrieval):
+            c = st.candidates
+            if (mem.n_local != mem0.n_local or mem.local_start != mem0.local_start or mem.n_sink != self.n_sink or not mem.n_blocks or c is None
+                    or c.n_blocks != mem.n_blocks or c.mode != mode or c.uses_left < 1 or c.n > self.hi):
+                return None
+        budget = s.method.new_budget(a.memory_layers, s.retrieval)
+        takes = []
+        for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):
+            n = budget.blocks_for(0, layer, mem.n_blocks, st.candidates.entropy)
+            if n > st.candidates.n or n < 1:
+                return None
+            takes.append(n)
+        return mode, takes
+
+    def _n_local(self, s: "Session") -> int:
+        """``s``'s window length, counting the steps run here and not yet handed back."""
+        loaded = self.loaded
+        extra = loaded.steps if loaded is not None and loaded.session() is s else 0
+        return s.memory[0].n_local + extra
+
+    @torch.inference_mode()
+    def step(self, s: "Session", token: int) -> torch.Tensor | None:
+        """Run one decode step of ``s`` for ``token`` here if it can; returns float32 logits ``[V]``,
+        or None (the caller runs the reference step, which settles ``s`` first)."""
+        plan = self.plan(s)
+        if plan is None:
+            return None
+        mode, takes = plan
+        track = bool(s.track_sources)
+        loaded = self.loaded
+        if (loaded is None or loaded.session() is not s or loaded.mode != mode or self.track != track
+                or any(h is not st.candidates for h, st in zip(loaded.held, s.retrieval))):
+            self.release()
+            s.settle()
+            self.track = track
+            if self.use_graph:
+                self._graph(mode)  # captured before loading: capturing writes into the buffers
+            self._load(s, mode)
+        # the reference's bookkeeping of this step, on the host
+        if s.record_kv:
+            s.kv_log.append({})
+        lk = self._n_local(s) + 1
+        for layer, (st, n) in enumerate(zip(s.retrieval, takes)):
+            held = st.take_candidates(s.memory[layer].n_blocks, mode)
+            st.observe_entropy(held.entropy)
+            s.note_kv(0, layer, self.n_sink + n * self.bsz + lk)
+        self._host[0] = token
+        self._host[1:] = torch.tensor(takes)
+        ins = self._host.to(self.device, non_blocking=True)
+        self.ids.view(-1).copy_(ins[:1])
+        self.n_take.copy_(ins[1:])
+        self.mode = mode
+        if self.use_graph:
+            graph, logits = self.graphs[(mode, track)]
+            graph.replay()
+        else:
+            logits = self._forward()
+        self.loaded.steps += 1
+        self.replays += 1
+        s.n_tokens += 1
+        return logits[0].clone()
+
+    def _load(self, s: "Session", mode: str) -> None:
+        """Fill the buffers from ``s``: windows, sinks (placed for ``mode``), held candidates."""
+        n_loc = s.memory[0].n_local
+        for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):
+            kind = self.adapter.kinds[layer]
+            self.win_k[layer, :, :n_loc] = mem.local_k
+            self.win_v[layer, :, :n_loc] = mem.local_v
+            sink_k = sinks_at_true_positions(self.adapter, kind.rope_type, mem) if mode == "exact" else mem.sink_k
+            self.sink_k[layer] = sink_k
+            self.sink_v[layer] = mem.sink_v
+            held = st.candidates
+            m = held.cand.shape[-1]
+            ids = held.cand[0] if held.cand.shape[0] == 1 else held.cand
+            _, vals = mem.blocks.gather(ids, self.device, keys=False)
+            self.cand_k[layer, :, :m * self.bsz] = held.keys
+            self.cand_v[layer, :, :m * self.bsz] = vals
+            self.cand_ok[layer] = False
+            self.cand_ok[layer, :, :m] = True
+            self.cand_edge[layer] = False
+            if s.method.keep_edges:
+                self.cand_edge[layer, :, :m] = (held.cand == 0) | (held.cand == mem.n_blocks - 1)
+        self.mass.zero_()
+        self.picks.zero_()
+        self.cursor[0] = n_loc
+        self.cursor[1] = s.memory[0].local_start + n_loc
+        self.loaded = _Loaded(weakref.ref(s), [st.candidates for st in s.retrieval], mode, n_loc)
+        s.pending = self
+
+    @torch.inference_mode()
+    def settle(self, s: "Session") -> None:
+        """Hand the state of the steps run here back to ``s`` (its windows, activation statistics and
+        source tally), so that the reference path can continue it."""
+        loaded = self.loaded
+        if loaded is None or loaded.session() is not s:
+            return
+        self.loaded = None
+        k, a = loaded.steps, loaded.n_local
+        if not k:
+            return
+        for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):
+            mem.local_k = self.win_k[layer, :, :a + k].clone()
+            mem.local_v = self.win_v[layer, :, :a + k].clone()
+            mem.local_score = torch.cat([mem.local_score, mem.local_score.new_zeros((self.hkv, k))], 1)
+            if self.queries is not None and st.stats is not None:
+                st.stats.update(self.queries[layer, a:a + k])
+            if self.track:
+                held = loaded.held[layer]
+                m = held.cand.shape[-1]
+                ids = held.cand.expand(self.rows, m).flatten()
+                s.tally.add_counts(ids, self.picks[layer, :, :m].flatten(), mem.n_blocks)
+                s.tally.add_mass(ids, self.mass[layer, :, :m].flatten(), mem.n_blocks)
+
+    def release(self) -> None:
+        """Hand the loaded session's state back (if it still lives)."""
+        loaded = self.loaded
+        s = None if loaded is None else loaded.session()
+        if s is not None:
+            s.settle()
+        self.loaded = None
+
+
+def _shape(method) -> tuple:
+    """What the buffers and the captured step depend on in a method (a document's sessions run
+    its prefilling engine's method object, an equal one for an engine of the same options)."""
+    return (graph_capable(method, None), method.per_head, method.rerank, method.keep_edges,
+            method.tracks_activations, method.positions, method.config.block_range, method.config.avg_blocks)
+
+
+def _capped(s: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    return torch.tanh(s / softcap) * softcap if softcap else s
+
+
+__all__ = ["DecodeGraph", "graph_capable", "DECODE"]

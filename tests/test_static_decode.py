@@ -1,0 +1,175 @@
+"""The static decode step (attention/static_decode.py) against the reference step: the same tokens,
+logits within float32 rounding, the same blocks picked, the state handed back to the session
+intact, and the reference taking over wherever the static step does not apply. On the CPU it runs
+eagerly (``decode_graph=True``); tests/test_gpu.py replays it as a CUDA graph."""
+
+import gc
+import weakref
+
+import pytest
+import torch
+
+from tiny_models import tiny_model
+
+from actqkv_llm import Engine
+from actqkv_llm.attention.static_decode import DecodeGraph, graph_capable
+from actqkv_llm.attention.step import QUESTION
+from actqkv_llm.errors import ConfigError
+
+SMALL = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
+TEXT = " ".join(f"word{i} is {i * 7 % 13}." for i in range(120))
+
+
+def _engines(tokenizer, arch="llama", dtype=torch.float64, **options):
+    """The reference engine and the static-step engine on one model (float64 weights: the two paths
+    differ only by the attention's float32 rounding)."""
+    model = tiny_model(arch).to(dtype)
+    opts = dict(progress=False, cache=False, allow_past_window=True, **{**SMALL, **options})
+    return Engine(model, tokenizer, decode_graph=False, **opts), Engine(model, tokenizer, decode_graph=True, **opts)
+
+
+def _steps(eng, doc, n, question=(5, 6, 7, 8, 9, 10)):
+    """Greedy decode of ``n`` tokens after ``question``; every step's logits, the session."""
+    sess = eng._session_for(doc)
+    sess.track_sources = True
+    sess.record_kv = True
+    logits = sess.forward(torch.tensor(question), phase=QUESTION)
+    out = []
+    for _ in range(n):
+        logits = eng._decode_step(sess, int(logits.argmax()))
+        out.append(logits)
+    return torch.stack(out), sess
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+def test_static_steps_give_the_reference_tokens_and_logits(tokenizer, arch):
+    ref, fast = _engines(tokenizer, arch)
+    doc = ref.prefill(TEXT)
+    assert doc.n_blocks > 100
+    want, s_ref = _steps(ref, doc, 40)
+    got, s_fast = _steps(fast, doc, 40)
+    graph = fast.decode_graph
+    # a block leaves the window every block_size steps: those steps (and their rescoring) are the
+    # reference's; every other step is the static one
+    assert graph.replays >= 40 - 40 // SMALL["block_size"] - 2
+    assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # handed back: the windows, the step count and the activation statistics go on as the reference's
+    s_fast.settle()
+    assert s_fast.n_tokens == s_ref.n_tokens
+    for a, b in zip(s_ref.memory, s_fast.memory):
+        assert (a.n_local, a.local_start, a.n_blocks) == (b.n_local, b.local_start, b.n_blocks)
+        # the keys of the tokens decoded: projections of hidden states that carry the rounding
+        torch.testing.assert_close(b.local_k, a.local_k, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(b.local_score, a.local_score)
+    for a, b in zip(s_ref.retrieval, s_fast.retrieval):
+        assert a.stats.count == b.stats.count and a.entropy_count == b.entropy_count
+        torch.testing.assert_close(b.stats.mean, a.stats.mean, atol=1e-6, rtol=1e-5)  # float32 statistics
+        torch.testing.assert_close(b.stats.var, a.stats.var, atol=1e-6, rtol=1e-5)
+    # every step attended the same amount of KV, within the per-step bound
+    assert s_fast.kv_log == s_ref.kv_log
+    bound = ref.config.max_kv_per_layer
+    assert all(n <= bound for log in s_fast.kv_log for n in log.values())
+
+
+def test_static_steps_pick_the_reference_blocks(tokenizer):
+    """Over the first steps (one load, no rescoring), the blocks picked and the mass they received,
+    per block, are the reference's."""
+    ref, fast = _engines(tokenizer)
+    doc = ref.prefill(TEXT)
+    for n in (1, 3):
+        _, a = _steps(ref, doc, n)
+        _, b = _steps(fast, doc, n)
+        assert fast.decode_graph.loaded is not None and fast.decode_graph.loaded.steps == n
+        assert b.retrieved == a.retrieved
+        mass_a, mass_b = a.attention_mass, b.attention_mass
+        assert mass_b.keys() == mass_a.keys()
+        assert all(mass_b[k] == pytest.approx(v, rel=1e-4, abs=1e-6) for k, v in mass_a.items())
+
+
+def test_answers_and_sources_through_the_static_step(tokenizer):
+    ref, fast = _engines(tokenizer)
+    doc = ref.prefill(TEXT)
+    a = ref.answer(doc, "What is word3?", max_new_tokens=24)
+    b = fast.answer(doc, "What is word3?", max_new_tokens=24)
+    assert fast.decode_graph.replays > 12
+    assert (b.text, b.usage, b.stop_reason) == (a.text, a.usage, a.stop_reason)
+    assert [s.start for s in b.sources] == [s.start for s in a.sources]
+    assert [s.score for s in b.sources] == pytest.approx([s.score for s in a.sources], rel=1e-3)
+    # streaming and answer_many (which decodes rows on the reference path) agree with it
+    assert "".join(fast.stream(doc, "What is word3?", max_new_tokens=24)) == a.text
+    many = fast.answer_many(doc, ["What is word3?", "Hi"], max_new_tokens=24)
+    assert many[0].text == a.text
+
+
+def test_two_sessions_interleaved_keep_their_own_state(tokenizer):
+    """The buffers hold one session at a time: switching hands the other's state back first."""
+    ref, fast = _engines(tokenizer)
+    doc = ref.prefill(TEXT)
+    want = [ref.generate_ids(doc, q, max_new_tokens=20) for q in ([5, 6, 7], [9, 8])]
+    sessions = [fast._session_for(doc) for _ in range(2)]
+    logits = [s.forward(torch.tensor(q), phase=QUESTION) for s, q in zip(sessions, ([5, 6, 7], [9, 8]))]
+    got = [[], []]
+    for _ in range(20):
+        for i, s in enumerate(sessions):
+            tok = int(logits[i].argmax())
+            got[i].append(tok)
+            logits[i] = fast._decode_step(s, tok)
+    assert got == want
+    assert fast.decode_graph.replays > 20
+
+
+def test_the_reference_runs_where_the_static_step_does_not_apply(tokenizer):
+    ref, fast = _engines(tokenizer)
+    doc = ref.prefill(TEXT)
+    # a recall meter watches every step: the reference path
+    fast.meter = object.__new__(type("Meter", (), {"observe": lambda *a, **k: None}))
+    fast.generate_ids(doc, [5, 6], max_new_tokens=12)
+    assert fast.decode_graph.replays == 0
+    fast.meter = None
+    fast.generate_ids(doc, [5, 6], max_new_tokens=12)
+    assert fast.decode_graph.replays > 0
+    # methods without held rerank candidates, and models with sliding-window layers, never use it
+    for method in ("actqkv-paper", "infllm", "quest", "acre"):
+        assert Engine(tiny_model("llama"), tokenizer, method=method, progress=False, cache=False,
+                      decode_graph=True, **{**SMALL, "l1_budget": 4}).decode_graph is None
+    gemma = Engine(tiny_model("gemma3"), tokenizer, progress=False, cache=False, decode_graph=True, **SMALL)
+    assert not graph_capable(gemma.method, gemma.adapter) and gemma.decode_graph is None
+    # rescoring every step leaves nothing held to rerank
+    assert fast.with_method("actqkv", rescore_every=1).decode_graph is None
+    # "auto" uses it on CUDA only; the CPU keeps the reference step
+    assert Engine(tiny_model("llama"), tokenizer, progress=False, cache=False, **SMALL).decode_graph is None
+
+
+def test_decode_graph_option_is_validated(tokenizer):
+    with pytest.raises(ConfigError, match="decode_graph must be True, False or 'auto'"):
+        Engine(tiny_model("llama"), tokenizer, progress=False, cache=False, decode_graph="yes", **SMALL)
+
+
+def test_a_session_left_in_the_buffers_is_freed(tokenizer):
+    """The buffers name their session weakly: an answer that ends leaves nothing alive."""
+    _, fast = _engines(tokenizer)
+    doc = fast.prefill(TEXT)
+    gc.collect()
+    gc.disable()
+    try:
+        sess = fast._session_for(doc)
+        logits = sess.forward(torch.tensor([5, 6]), phase=QUESTION)
+        for _ in range(3):
+            logits = fast._decode_step(sess, int(logits.argmax()))
+        assert fast.decode_graph.loaded.session() is sess
+        ref = weakref.ref(sess)
+        del sess
+        assert ref() is None
+        fast.decode_graph.release()  # a dead session: nothing to hand back
+        assert fast.decode_graph.loaded is None
+    finally:
+        gc.enable()
+
+
+def test_a_document_of_another_engine_with_the_same_method_uses_it(tokenizer):
+    ref, fast = _engines(tokenizer)
+    doc = ref.prefill(TEXT)
+    assert isinstance(fast.decode_graph, DecodeGraph)
+    fast.generate_ids(doc, [5, 6], max_new_tokens=10)
+    assert fast.decode_graph.replays > 0
