@@ -120,7 +120,7 @@ class RetrievalConfig:
             one scoring of every block serve this many decode steps: each step still reranks them by
             its own exact attention and picks its own blocks, without scoring every block or
             gathering the candidates' keys again; a block leaving the window, or a step allowed more
-            blocks than they were named for, scores again. 1: every step scores. None: the method's
+            than twice the blocks they were named for, scores again. 1: every step scores. None: the method's
             preset (32 for ``actqkv``, 1 for the others).
         l1_budget: ``acre`` only: tokens of first-level entries attended per step (one entry per
             block; the entries with the highest logits when there are more blocks than this).

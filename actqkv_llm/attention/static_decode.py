@@ -21,8 +21,8 @@ What is static and how the varying parts are handled:
   session in one go (:meth:`DecodeGraph.settle`) before any step of the reference path runs on it.
 
 A step goes this way only when the reference would take the held-candidates path in every layer
-(no block leaves the window, the candidates have uses left, none asks for more blocks than they
-were named for, memory at the same positions); anything else runs the reference step. The result is
+(no block leaves the window, the candidates have uses left and serve the budget's blocks, memory
+at the same positions); anything else runs the reference step. The result is
 the reference's selection and attention up to float rounding (sums in another order); tests compare
 both on the CPU, where this path runs eagerly (``decode_graph=True``), and on a GPU with the graph.
 """
@@ -97,12 +97,13 @@ class DecodeGraph:
         self.hi = max(config.block_range[1], config.avg_blocks)   # most blocks a layer may take
         self.m_cap = method.rerank * self.hi                       # most candidates a layer holds
         self.rows = hkv if method.per_head else 1
-        self.win_k = torch.zeros((L, hkv, self.cap, d), dtype=dt, device=dev)
-        self.win_v = torch.zeros_like(self.win_k)
-        self.sink_k = torch.zeros((L, hkv, self.n_sink, d), dtype=dt, device=dev)
-        self.sink_v = torch.zeros_like(self.sink_k)
-        self.cand_k = torch.zeros((L, hkv, self.m_cap * self.bsz, d), dtype=dt, device=dev)
-        self.cand_v = torch.zeros_like(self.cand_k)
+        # every key and value one step may read, per layer: [sinks | candidates | window]
+        self.w0 = self.n_sink + self.m_cap * self.bsz           # where the window starts
+        width = self.w0 + self.cap
+        self.keys = torch.zeros((L, hkv, width, d), dtype=dt, device=dev)   # placed as attention reads them
+        self.values = torch.zeros_like(self.keys)
+        self.visible = torch.zeros((L, width), dtype=torch.bool, device=dev)  # filled candidate and window slots
+        self.win_k = torch.zeros((L, hkv, self.cap, d), dtype=dt, device=dev)  # the window's keys, unrotated
         self.cand_ok = torch.zeros((L, self.rows, self.m_cap), dtype=torch.bool, device=dev)
         self.cand_edge = torch.zeros_like(self.cand_ok)
         self.mass = torch.zeros((L, self.rows, self.m_cap), dtype=torch.float32, device=dev)
@@ -111,79 +112,82 @@ class DecodeGraph:
         self.queries = torch.zeros((L, self.cap, feats), dtype=torch.float32, device=dev) \
             if method.tracks_activations else None
         self.cursor = torch.zeros(2, dtype=torch.long, device=dev)   # window slot L, absolute position P
+        self.fixed_pos = torch.full((1,), self.cap, dtype=torch.long, device=dev)  # InfLLM's memory distance
         self.n_take = torch.zeros(L, dtype=torch.long, device=dev)   # blocks each layer keeps this step
         self.ids = torch.zeros((1, 1), dtype=torch.long, device=dev)
         self._host = torch.zeros(1 + L, dtype=torch.long, pin_memory=dev.type == "cuda")
         self.track = False            # the loaded session tracks sources (a graph per value)
-        # rotary tables held here: the adapter may replace its own when they grow
-        need = max(self.cap + 1, adapter.native_window + 1)
+        # rotary tables held here (the adapter may replace its own when they grow); window keys are
+        # rotated at up to 2 x n_local, queries at up to the native window
+        need = adapter.native_window + 2 * self.cap + 1
         self.tables = {kind.rope_type: adapter.rope_table(kind.rope_type, need) for kind in adapter.kinds}
         self.ranks = torch.arange(self.hi, device=dev)
         self.slots = torch.arange(self.cap, device=dev)
+        self.half_out = dev.type == "cuda" and dt in (torch.bfloat16, torch.float16) and _has_out_dtype(dev, dt)
         self.graphs: dict[tuple[str, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.loaded: _Loaded | None = None
         self.mode = "fixed"           # what the step being run or captured places memory at
         self.replays = 0              # steps run through this object (read by tests and benchmarks)
 
+    def _bmm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``a @ b`` in float32: bf16/fp16 operands multiplied as they are with float32 output on CUDA
+        (no float32 copy of the candidates' keys each step), float32 elsewhere (the reference's math)."""
+        if self.half_out:
+            return torch.bmm(a.to(self.dtype), b, out_dtype=torch.float32)
+        return torch.bmm(a.float(), b.float())
+
     # ------------------------------------------------------------------ the static step
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                scaling: float, softcap: float | None) -> torch.Tensor:
-        """q ``[H, 1, d]``, k/v ``[Hkv, 1, d]`` of the new token -> ``[H, 1, d]``."""
-        hkv, g, d, b, hi = self.hkv, self.g_heads, self.d, self.bsz, self.hi
-        slot, pos = self.cursor[0:1], self.cursor[1:2]
-        wk, wv = self.win_k[layer], self.win_v[layer]
+        """q ``[H, 1, d]``, k/v ``[Hkv, 1, d]`` of the new token -> ``[H, 1, d]``.
+
+        One query serves sinks, candidates and window: rotated at the memory's position ``Q`` (the
+        fixed distance, or the token's own position), with window key ``i`` placed at ``Q - L + i``,
+        so it sits at its true distance ``L - i`` as in the reference's separate window softmax."""
+        hkv, g, d, b, hi, w0 = self.hkv, self.g_heads, self.d, self.bsz, self.hi, self.w0
+        slot = self.cursor[0:1]
+        qpos = self.cursor[1:2] if self.mode == "exact" else self.fixed_pos
+        keys, values, visible = self.keys[layer], self.values[layer], self.visible[layer]
+        wk = self.win_k[layer]
         wk.index_copy_(1, slot, k.to(self.dtype))
-        wv.index_copy_(1, slot, v.to(self.dtype))
+        values.index_copy_(1, slot + w0, v.to(self.dtype))
+        visible.index_fill_(0, slot + w0, True)
         if self.queries is not None:  # the activation statistics see this query when the session settles
             self.queries[layer].index_copy_(0, slot, q.permute(1, 0, 2).reshape(1, -1).float())
         cos, sin = self.tables[self.adapter.kinds[layer].rope_type]
+        at = self.slots + (qpos - slot)
+        keys[:, w0:] = rotate(wk, cos.index_select(0, at), sin.index_select(0, at)).to(self.dtype)
+        qr = rotate(q, cos.index_select(0, qpos), sin.index_select(0, qpos)).reshape(hkv, g, d)
 
-        # window: keys rotated at 0..cap-1, the query at slot L; slots past L are empty
-        k_loc = rotate(wk, cos[:self.cap], sin[:self.cap])
-        q_loc = rotate(q, cos.index_select(0, slot), sin.index_select(0, slot))
-        if self.mode == "exact":
-            q_mem = rotate(q, cos.index_select(0, pos), sin.index_select(0, pos))
-        else:
-            fixed = slice(self.cap, self.cap + 1)
-            q_mem = rotate(q, cos[fixed], sin[fixed])
-        qm = q_mem.reshape(hkv, g, d)
-        s_loc = _capped(torch.matmul(q_loc.reshape(hkv, g, d) * scaling, k_loc.transpose(1, 2)), softcap)
-        s_loc = s_loc.masked_fill((self.slots > slot)[None, None], NEG_INF)
-        s_sink = _capped(torch.matmul(qm * scaling, self.sink_k[layer].float().transpose(1, 2)), softcap)
-
-        # rerank the held candidates by the mass full attention would give them (MemoryQuery's rule)
-        ck, cv = self.cand_k[layer], self.cand_v[layer]
-        logits = torch.matmul(qm, ck.float().transpose(1, 2)) * scaling            # [Hkv, g, M*B]
-        ok = self.cand_ok[layer]                                                   # [rows, M]
-        tok_ok = ok.any(0).repeat_interleave(b)[None, None]
-        logits = logits.masked_fill(~tok_ok, NEG_INF)
-        lse = torch.logaddexp(torch.logsumexp(logits, -1, keepdim=True),
-                              torch.logsumexp(torch.cat([s_loc, s_sink], -1), -1, keepdim=True))
-        mass = torch.exp(logits - lse).reshape(hkv, g, self.m_cap, b).sum((1, 3))   # [Hkv, M]
+        raw = self._bmm(qr, keys.transpose(1, 2)) * scaling                     # [Hkv, g, width]
+        hidden = ~visible
+        att = _capped(raw, softcap).masked_fill(hidden, NEG_INF)
+        # rerank the held candidates by the mass full attention would give them (MemoryQuery's
+        # rule: uncapped candidate logits, normalised with the sinks and the window)
+        cand = raw[..., self.n_sink:w0].masked_fill(hidden[self.n_sink:w0], NEG_INF)
+        ctx = torch.cat([att[..., :self.n_sink], att[..., w0:]], -1)
+        lse = torch.logaddexp(torch.logsumexp(cand, -1, keepdim=True), torch.logsumexp(ctx, -1, keepdim=True))
+        mass = torch.exp(cand - lse).reshape(hkv, g, self.m_cap, b).sum((1, 3))    # [Hkv, M]
         if self.rows == 1:
             mass = mass.sum(0, keepdim=True)
+        ok = self.cand_ok[layer]
         mass = mass.masked_fill(self.cand_edge[layer], float("inf")).masked_fill(~ok, NEG_INF)
-        top = mass.sort(dim=-1, descending=True, stable=True).indices[:, :hi]          # [rows, hi] by rank
-        keep = self.ranks < self.n_take[layer]                                    # [hi]
-        idx = top.expand(hkv, hi)
-        heads = torch.arange(hkv, device=q.device)[:, None]
-        k_sel = ck.view(hkv, self.m_cap, b, d)[heads, idx].reshape(hkv, hi * b, d)
-        v_sel = cv.view(hkv, self.m_cap, b, d)[heads, idx].reshape(hkv, hi * b, d)
-        s_sel = _capped(torch.matmul(qm * scaling, k_sel.float().transpose(1, 2)), softcap)
-        s_sel = s_sel.masked_fill(~keep.repeat_interleave(b)[None, None], NEG_INF)
+        # ties to the earlier block, as the reference ranks them
+        order = mass.sort(dim=-1, descending=True, stable=True).indices[:, :hi]     # [rows, hi]
+        keep = (self.ranks < self.n_take[layer]).expand(self.rows, hi)
+        chosen = torch.zeros_like(ok).scatter(1, order, keep)                      # [rows, M]
+        dropped = ~chosen.expand(hkv, self.m_cap).repeat_interleave(b, -1)          # [Hkv, M*B]
+        att[..., self.n_sink:w0] = att[..., self.n_sink:w0].masked_fill(dropped[:, None], NEG_INF)
 
         # one softmax over [sinks | kept blocks | window]
-        p = torch.softmax(torch.cat([s_sink, s_sel, s_loc], -1), -1)
-        ns = self.n_sink
-        out = torch.matmul(p[..., :ns], self.sink_v[layer].float()) \
-            + torch.matmul(p[..., ns:ns + hi * b], v_sel.float()) \
-            + torch.matmul(p[..., ns + hi * b:], wv.float())
+        p = torch.softmax(att, -1)
+        out = self._bmm(p, values)                                                # [Hkv, g, d]
         if self.track:  # what the answer's sources report: picks and mass per candidate
-            got = p[..., ns:ns + hi * b].sum(1).reshape(hkv, hi, b).sum(-1)           # [Hkv, hi]
+            got = p[..., self.n_sink:w0].sum(1).reshape(hkv, self.m_cap, b).sum(-1)  # [Hkv, M]
             if self.rows == 1:
                 got = got.sum(0, keepdim=True)
-            self.mass[layer].scatter_add_(1, top, got)
-            self.picks[layer].scatter_add_(1, top, keep.float().expand(self.rows, hi))
+            self.mass[layer] += got
+            self.picks[layer] += chosen
         return out.reshape(hkv * g, 1, d).to(q.dtype)
 
     def _forward(self) -> torch.Tensor:
@@ -232,13 +236,14 @@ class DecodeGraph:
         for mem, st in zip(s.memory, s.retrieval):
             c = st.candidates
             if (mem.n_local != mem0.n_local or mem.local_start != mem0.local_start or mem.n_sink != self.n_sink or not mem.n_blocks or c is None
-                    or c.n_blocks != mem.n_blocks or c.mode != mode or c.uses_left < 1 or c.n > self.hi):
+                    or c.n_blocks != mem.n_blocks or c.mode != mode or c.uses_left < 1
+                    or c.cand.shape[-1] > self.m_cap):
                 return None
         budget = s.method.new_budget(a.memory_layers, s.retrieval)
         takes = []
         for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):
             n = budget.blocks_for(0, layer, mem.n_blocks, st.candidates.entropy)
-            if n > st.candidates.n or n < 1:
+            if not st.candidates.serves(n) or n < 1:
                 return None
             takes.append(n)
         return mode, takes
@@ -293,20 +298,23 @@ class DecodeGraph:
 
     def _load(self, s: "Session", mode: str) -> None:
         """Fill the buffers from ``s``: windows, sinks (placed for ``mode``), held candidates."""
-        n_loc = s.memory[0].n_local
+        n_loc, ns, b, w0 = s.memory[0].n_local, self.n_sink, self.bsz, self.w0
         for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):
             kind = self.adapter.kinds[layer]
-            self.win_k[layer, :, :n_loc] = mem.local_k
-            self.win_v[layer, :, :n_loc] = mem.local_v
-            sink_k = sinks_at_true_positions(self.adapter, kind.rope_type, mem) if mode == "exact" else mem.sink_k
-            self.sink_k[layer] = sink_k
-            self.sink_v[layer] = mem.sink_v
             held = st.candidates
             m = held.cand.shape[-1]
             ids = held.cand[0] if held.cand.shape[0] == 1 else held.cand
-            _, vals = mem.blocks.gather(ids, self.device, keys=False)
-            self.cand_k[layer, :, :m * self.bsz] = held.keys
-            self.cand_v[layer, :, :m * self.bsz] = vals
+            _, cand_v = mem.blocks.gather(ids, self.device, keys=False)
+            sink_k = sinks_at_true_positions(self.adapter, kind.rope_type, mem) if mode == "exact" else mem.sink_k
+            self.keys[layer, :, :ns] = sink_k
+            self.values[layer, :, :ns] = mem.sink_v
+            self.keys[layer, :, ns:ns + m * b] = held.keys
+            self.values[layer, :, ns:ns + m * b] = cand_v
+            self.win_k[layer, :, :n_loc] = mem.local_k
+            self.values[layer, :, w0:w0 + n_loc] = mem.local_v
+            self.visible[layer] = False
+            self.visible[layer, :ns + m * b] = True
+            self.visible[layer, w0:w0 + n_loc] = True
             self.cand_ok[layer] = False
             self.cand_ok[layer, :, :m] = True
             self.cand_edge[layer] = False
@@ -327,12 +335,12 @@ class DecodeGraph:
         if loaded is None or loaded.session() is not s:
             return
         self.loaded = None
-        k, a = loaded.steps, loaded.n_local
+        k, a, w0 = loaded.steps, loaded.n_local, self.w0
         if not k:
             return
         for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):
             mem.local_k = self.win_k[layer, :, :a + k].clone()
-            mem.local_v = self.win_v[layer, :, :a + k].clone()
+            mem.local_v = self.values[layer, :, w0:w0 + a + k].clone()
             mem.local_score = torch.cat([mem.local_score, mem.local_score.new_zeros((self.hkv, k))], 1)
             if self.queries is not None and st.stats is not None:
                 st.stats.update(self.queries[layer, a:a + k])
@@ -357,6 +365,16 @@ def _shape(method) -> tuple:
     its prefilling engine's method object, an equal one for an engine of the same options)."""
     return (graph_capable(method, None), method.per_head, method.rerank, method.keep_edges,
             method.tracks_activations, method.positions, method.config.block_range, method.config.avg_blocks)
+
+
+def _has_out_dtype(device, dtype) -> bool:
+    """Whether this torch multiplies half-precision matrices into float32 (``torch.bmm(...,
+    out_dtype=)``, CUDA, torch >= 2.9)."""
+    x = torch.zeros((1, 1, 1), dtype=dtype, device=device)
+    try:
+        return torch.bmm(x, x, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
 
 
 def _capped(s: torch.Tensor, softcap: float | None) -> torch.Tensor:
