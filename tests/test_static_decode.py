@@ -173,3 +173,32 @@ def test_a_document_of_another_engine_with_the_same_method_uses_it(tokenizer):
     assert isinstance(fast.decode_graph, DecodeGraph)
     fast.generate_ids(doc, [5, 6], max_new_tokens=10)
     assert fast.decode_graph.replays > 0
+
+
+def test_an_answer_that_crosses_the_native_window_switches_positions(tokenizer, monkeypatch):
+    """Memory at true positions while the step fits the native window (1024 here), at the fixed
+    angle past it: the held candidates are placed for one of them, so crossing scores again and
+    the static step goes on with the other placement."""
+    ref, fast = _engines(tokenizer)
+    doc = ref.prefill(" ".join(f"w{i} is {i % 7}." for i in range(99)))
+    assert 1024 - 50 < doc.n_tokens + 6 < 1024   # the answer crosses position 1024
+    modes = []
+    plan = DecodeGraph.plan
+    monkeypatch.setattr(DecodeGraph, "plan", lambda self, s: (lambda r: (modes.append(r and r[0]), r)[1])(plan(self, s)))
+    want, _ = _steps(ref, doc, 60)
+    got, _ = _steps(fast, doc, 60)
+    assert {"exact", "fixed"} <= set(modes)
+    assert fast.decode_graph.replays >= 40
+    assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_offloaded_blocks_feed_the_static_step(tokenizer):
+    """With the blocks in host memory the held candidates' values are read from there once per load."""
+    ref, fast = _engines(tokenizer, offload=True, device_cache_blocks=16)
+    doc = ref.prefill(TEXT)
+    want, _ = _steps(ref, doc, 30)
+    got, _ = _steps(fast, doc, 30)
+    assert fast.decode_graph.replays >= 20
+    assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
