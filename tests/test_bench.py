@@ -527,3 +527,19 @@ def test_generate_ids_many_equals_generate_ids_one_by_one(make_engine):
     prompts = [torch.randint(0, 250, (n,), generator=torch.Generator().manual_seed(n)) for n in (4, 9, 1)]
     assert eng.generate_ids_many(doc, prompts, max_new_tokens=7) == \
         [eng.generate_ids(doc, p, max_new_tokens=7) for p in prompts]
+
+
+def test_speed_reports_the_decode_steps_that_ran_the_static_step(tmp_path, make_engine):
+    small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=100, prefill_chunk=96)
+    for graph in (True, False):
+        eng = make_engine(decode_graph=graph, **small)
+        result = S.run_speed(tmp_path / str(graph), engine=eng, methods=["actqkv"], lengths=[600],
+                             question_tokens=8, decode_tokens=20, warmup_tokens=16, baseline=False,
+                             reload=False, progress=False, command="actqkv bench speed")
+        (row,) = result["rows"]
+        md = (tmp_path / str(graph) / "speed.md").read_text()
+        if graph:  # steps where a block leaves the window run the reference step
+            assert 10 <= row["decode_graph_steps"] < row["decode_tokens"] == 20
+            assert f"600 {row['decode_graph_steps']} of 20" in md
+        else:
+            assert "decode_graph_steps" not in row and "static step" not in md

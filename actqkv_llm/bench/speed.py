@@ -166,14 +166,21 @@ def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_t
     ttft_s = min(timer(lambda: eng.generate_ids(doc, question, max_new_tokens=1))[1]
                  for _ in range(repeats))
     decode_s, out = float("inf"), []
+    graph = getattr(eng, "decode_graph", None)  # the static decode step, where the engine uses one
+    graph_steps = None
     for _ in range(repeats):
         first: list[float] = []
+        replays = graph.replays if graph is not None else 0
         out, _ = timer(lambda: eng.generate_ids(doc, question, max_new_tokens=1 + decode_tokens,
                                                 on_token=lambda i: first.append(time.perf_counter()) if i == 0 else None))
         decode_s = min(decode_s, time.perf_counter() - first[0])
+        if graph is not None:
+            graph_steps = graph.replays - replays
     n_decoded = max(1, len(out) - 1)
     row = {"prefill_s": prefill_s, "prefill_tok_s": len(ids) / prefill_s, "ttft_s": ttft_s,
            "decode_ms_per_token": 1000 * decode_s / n_decoded, "decode_tokens": n_decoded}
+    if graph_steps is not None:  # how many decode steps ran the static step (the rest: the reference)
+        row["decode_graph_steps"] = graph_steps
     if len(many) > 1:
         row.update(measure_many(eng, doc, many, decode_tokens, timer))
     if reload_dir is not None and hasattr(doc, "save") and hasattr(eng, "load"):
@@ -476,6 +483,12 @@ def speed_markdown(result: dict[str, Any]) -> str:
             num(r.get("peak_mem_gib"), ".2f"), num(r.get("x_hf_prefill_s"), ".2f"),
             num(r.get("x_hf_ttft_s"), ".2f"), num(r.get("x_hf_decode_ms_per_token"), ".2f"),
         ]) + " |")
+    graphed = [r for r in result["rows"] if r.get("decode_graph_steps") is not None]
+    if graphed:
+        lines += ["", "Decode steps through the static step (a CUDA graph on a GPU; the others ran the "
+                  "reference step): " + ", ".join(
+                      f"{format_length(r['length'])} {r['decode_graph_steps']} of {r['decode_tokens']}"
+                      for r in graphed)]
     saved = [r for r in result["rows"] if r.get("save_MBps")]
     if saved:
         lines += ["", "Document cache on disk (save: atomic, fsynced, checksummed; reload cold: "
