@@ -135,7 +135,8 @@ class RetrievalConfig:
             layer. The same selection and attention as the reference step up to float rounding.
             ``"auto"``: on CUDA devices; True: also on the CPU, where it runs eagerly (tests); False:
             always the reference step. Its buffers hold ``rerank x max_blocks`` candidate blocks
-            per layer (keys and values) beside the window, for as long as the engine lives.
+            per layer (keys and values) beside the window, for as long as the engine lives
+            (shared with the engines ``with_method`` makes from it, where they fit the same buffers).
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """

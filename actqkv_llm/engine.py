@@ -66,7 +66,9 @@ class Engine:
         self._lock = threading.RLock()
         # an instrument that sessions report their block selections to (bench recall); None in use
         self.meter = None
-        self._decode_graph = None  # static decode buffers (and CUDA graphs), made at the first decode step
+        # static decode buffers (and CUDA graphs) by graph_key, made at the first decode step; shared
+        # with the engines with_method makes from this one (~3 GiB each on an 8B model)
+        self._decode_graphs: dict = {}
         _register_attention()
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
         ids = set()
@@ -120,9 +122,11 @@ class Engine:
         """Another engine on the same loaded model with a different method or options."""
         cfg = self.config.replace(method=method, **options)
         cfg.check_window(self.adapter.native_window)
-        return Engine(self.model, self.tokenizer, method=method, config=cfg, progress=self.progress,
-                      model_id=self.model_id, fingerprint=self.fingerprint, cache=self._cache_setting,
-                      allow_past_window=self.allow_past_window)
+        eng = Engine(self.model, self.tokenizer, method=method, config=cfg, progress=self.progress,
+                     model_id=self.model_id, fingerprint=self.fingerprint, cache=self._cache_setting,
+                     allow_past_window=self.allow_past_window)
+        eng._decode_graphs = self._decode_graphs  # one set of decode buffers per model and key
+        return eng
 
     # ------------------------------------------------------------------ properties
     @property
@@ -309,15 +313,19 @@ class Engine:
         on_cuda = self.device.type == "cuda"
         if setting is False or (setting == "auto" and not on_cuda):
             return None
-        if self._decode_graph is None:
-            from .attention.static_decode import DecodeGraph, graph_capable
+        from .attention.static_decode import DecodeGraph, graph_capable, graph_key
 
-            if not graph_capable(self.method, self.adapter):
-                return None
-
-            with torch.inference_mode():
-                self._decode_graph = DecodeGraph(self.adapter, self.config, self.method, use_graph=on_cuda)
-        return self._decode_graph
+        if not graph_capable(self.method, self.adapter):
+            return None
+        key = (graph_key(self.method), on_cuda)
+        graph = self._decode_graphs.get(key)
+        if graph is None:
+            with self._lock, torch.inference_mode():
+                graph = self._decode_graphs.get(key)
+                if graph is None:
+                    graph = DecodeGraph(self.adapter, self.config, self.method, use_graph=on_cuda)
+                    self._decode_graphs[key] = graph
+        return graph
 
     def _decode_step(self, sess: Session, token: int) -> torch.Tensor:
         """One decode step: through the static decode step where it applies, else the reference."""

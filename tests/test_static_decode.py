@@ -202,3 +202,17 @@ def test_offloaded_blocks_feed_the_static_step(tokenizer):
     assert fast.decode_graph.replays >= 20
     assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_engines_made_with_with_method_share_the_buffers(tokenizer):
+    """One set of decode buffers per model and key: an integration that derives an engine per call
+    must not allocate (and capture) them again each time."""
+    _, fast = _engines(tokenizer)
+    same = fast.with_method("actqkv")
+    other = fast.with_method("actqkv", rerank=4)
+    assert same.decode_graph is fast.decode_graph
+    assert other.decode_graph is not None and other.decode_graph is not fast.decode_graph
+    assert fast.with_method("infllm").decode_graph is None
+    doc = fast.prefill(TEXT)
+    want = fast.generate_ids(doc, [5, 6], max_new_tokens=12)
+    assert same.generate_ids(doc, [5, 6], max_new_tokens=12) == want

@@ -29,6 +29,7 @@ both on the CPU, where this path runs eagerly (``decode_graph=True``), and on a 
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -78,11 +79,13 @@ class StaticStep:
 
 
 class DecodeGraph:
-    """Static buffers for one engine's decode steps, and one CUDA graph per memory position mode.
+    """Static buffers for decode steps, and one CUDA graph per memory position mode.
 
-    One instance per engine (``Engine.decode_graph``); it holds one session's decode state at a time
-    and hands it back before another session (or the reference path) runs. ``use_graph`` False runs
-    the same static step eagerly (the CPU, and tests)."""
+    Shared by the engines on one model whose methods give the same :func:`graph_key` (an engine
+    and those made from it with ``with_method``): its buffers hold ~3 GiB on an 8B model. It holds
+    one session's decode state at a time and hands it back before another session (or the
+    reference path) runs; its own lock serialises steps from engines that do not share a lock.
+    ``use_graph`` False runs the same static step eagerly (the CPU, and tests)."""
 
     def __init__(self, adapter, config, method, use_graph: bool):
         self.adapter, self.config, self.method = adapter, config, method
@@ -128,6 +131,7 @@ class DecodeGraph:
         self.loaded: _Loaded | None = None
         self.mode = "fixed"           # what the step being run or captured places memory at
         self.replays = 0              # steps run through this object (read by tests and benchmarks)
+        self._lock = threading.RLock()
 
     def _bmm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``a @ b`` in float32: bf16/fp16 operands multiplied as they are with float32 output on CUDA
@@ -223,7 +227,7 @@ class DecodeGraph:
     def plan(self, s: "Session") -> tuple[str, list[int]] | None:
         """The memory mode and the blocks each layer keeps if the next decode step of ``s`` can run
         here (the reference would rerank held candidates in every layer); else None. Changes nothing."""
-        if s.meter is not None or s.adapter.model is not self.adapter.model or _shape(s.method) != _shape(self.method):
+        if s.meter is not None or s.adapter.model is not self.adapter.model or graph_key(s.method) != graph_key(self.method):
             return None
         cfg, a = self.config, self.adapter
         mem0, n_loc = s.memory[0], self._n_local(s)
@@ -254,10 +258,14 @@ class DecodeGraph:
         extra = loaded.steps if loaded is not None and loaded.session() is s else 0
         return s.memory[0].n_local + extra
 
-    @torch.inference_mode()
     def step(self, s: "Session", token: int) -> torch.Tensor | None:
         """Run one decode step of ``s`` for ``token`` here if it can; returns float32 logits ``[V]``,
         or None (the caller runs the reference step, which settles ``s`` first)."""
+        with self._lock:
+            return self._step(s, token)
+
+    @torch.inference_mode()
+    def _step(self, s: "Session", token: int) -> torch.Tensor | None:
         plan = self.plan(s)
         if plan is None:
             return None
@@ -327,10 +335,14 @@ class DecodeGraph:
         self.loaded = _Loaded(weakref.ref(s), [st.candidates for st in s.retrieval], mode, n_loc)
         s.pending = self
 
-    @torch.inference_mode()
     def settle(self, s: "Session") -> None:
         """Hand the state of the steps run here back to ``s`` (its windows, activation statistics and
         source tally), so that the reference path can continue it."""
+        with self._lock:
+            self._settle(s)
+
+    @torch.inference_mode()
+    def _settle(self, s: "Session") -> None:
         loaded = self.loaded
         if loaded is None or loaded.session() is not s:
             return
@@ -353,18 +365,22 @@ class DecodeGraph:
 
     def release(self) -> None:
         """Hand the loaded session's state back (if it still lives)."""
-        loaded = self.loaded
-        s = None if loaded is None else loaded.session()
-        if s is not None:
-            s.settle()
-        self.loaded = None
+        with self._lock:
+            loaded = self.loaded
+            s = None if loaded is None else loaded.session()
+            if s is not None:
+                s.settle()
+            self.loaded = None
 
 
-def _shape(method) -> tuple:
-    """What the buffers and the captured step depend on in a method (a document's sessions run
-    its prefilling engine's method object, an equal one for an engine of the same options)."""
+def graph_key(method) -> tuple:
+    """What the buffers and the captured step depend on in a method and its options: sessions and
+    engines with equal keys can share one :class:`DecodeGraph` (a document's sessions run its
+    prefilling engine's method object, an equal one for an engine of the same options)."""
+    c = method.config
     return (graph_capable(method, None), method.per_head, method.rerank, method.keep_edges,
-            method.tracks_activations, method.positions, method.config.block_range, method.config.avg_blocks)
+            method.tracks_activations, method.positions, c.block_range, c.avg_blocks,
+            c.n_local, c.n_sink, c.block_size)
 
 
 def _has_out_dtype(device, dtype) -> bool:
@@ -381,4 +397,4 @@ def _capped(s: torch.Tensor, softcap: float | None) -> torch.Tensor:
     return torch.tanh(s / softcap) * softcap if softcap else s
 
 
-__all__ = ["DecodeGraph", "graph_capable", "DECODE"]
+__all__ = ["DecodeGraph", "graph_capable", "graph_key", "DECODE"]
