@@ -432,9 +432,12 @@ def test_fp32_engine_stores_bf16_and_halves_the_bytes(eng, tmp_path, text):
     path = doc.save(tmp_path / "doc")
     manifest = json.loads((path / MANIFEST).read_text())
     assert manifest["dtype"] == "float32" and manifest["kv_dtype"] == "bfloat16"
-    assert manifest["format_version"] == FORMAT_VERSION == 3
+    assert manifest["format_version"] == FORMAT_VERSION == 4
     total = sum(p.stat().st_size for p in path.iterdir())
-    assert total / V1_BYTES[text] <= 0.5, (total, V1_BYTES[text])
+    # version 4 checksums each KV head of a block (32 bytes per head instead of per block): 3% of
+    # this tiny model's 1 KiB blocks, 0.3% of SmolLM2's; the KV itself is what halves
+    per_head = sum(manifest["n_blocks"]) * (manifest["kv_heads"] - 1) * 32
+    assert (total - per_head) / V1_BYTES[text] <= 0.5, (total, per_head, V1_BYTES[text])
     loaded = load_document(eng, path)
     for a, b in zip(doc.state.memory, loaded.state.memory):
         assert b.sink_k.dtype == torch.float32 and torch.equal(b.sink_k, a.sink_k.to(torch.bfloat16).float())
@@ -472,20 +475,80 @@ def test_summary_keys_are_kept_only_for_scorers_that_read_them(eng, tmp_path):
                    for a, b in zip(loaded.state.memory, doc.state.memory))
 
 
+def as_older_version(path: Path, version: int, summaries: bool = False) -> None:
+    """Rewrite a saved document as format ``version`` (2 or 3): one checksum per whole block (keys,
+    values) instead of one per KV head of a block; version 2 also stored summary keys for every
+    method (``summaries``: add some)."""
+    m = json.loads((path / MANIFEST).read_text())
+    state = load_file(path / STATE)
+    with safe_open(path / BLOCKS, "pt") as f:
+        for i, n in enumerate(m["n_blocks"]):
+            if n:
+                parts = [f.get_tensor(f"layers.{i}.{w}").contiguous().view(torch.uint8).reshape(n, -1).numpy()
+                         for w in ("keys", "values")]
+                raw = b"".join(hashlib.sha256(parts[w][j]).digest()[:16] for j in range(n) for w in (0, 1))
+                state[f"layers.{i}.block_sha256"] = torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(n, 2, 16)
+                if summaries:
+                    state[f"layers.{i}.summaries"] = torch.ones((n, m["kv_heads"], m["head_dim"]), dtype=torch.bfloat16)
+    data = st_save(state, metadata={"format": "actqkv-document", "format_version": str(version), "content": "state",
+                                    "key": m["key"]})
+    (path / STATE).write_bytes(data)
+    m["format_version"], m["block_checksums"] = version, "sha256-128"
+    m["files"][STATE] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (path / MANIFEST).write_text(json.dumps(m))
+
+
 def test_version_2_cache_is_read_as_it_is(eng):
     """Version 2 stored summary keys for every method; a method that does not read them ignores them."""
     doc = eng.prefill(DOC_A)
     before = ask(eng, eng.load(doc.key))
-    state = load_file(doc.path / STATE)
-    for i, mem in enumerate(doc.state.memory):
-        state[f"layers.{i}.summaries"] = torch.ones((mem.n_blocks, mem.kv_heads, mem.head_dim), dtype=torch.bfloat16)
-    data = st_save(state, metadata={"format": "actqkv-document", "format_version": "2", "content": "state",
-                                    "key": doc.key})
-    (doc.path / STATE).write_bytes(data)
-    m = json.loads((doc.path / MANIFEST).read_text())
-    m["format_version"], m["files"][STATE] = 2, {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    (doc.path / MANIFEST).write_text(json.dumps(m))
+    as_older_version(doc.path, 2, summaries=True)
     assert ask(eng, load_document(eng, doc.path)) == before
+
+
+def test_version_3_cache_is_read_whole_blocks_and_version_4_reads_the_heads_it_picks(eng, tmp_path):
+    """Version 4 checksums each KV head of a block, so the first question after a reload reads the
+    heads its per-head selection picks; version 3 (one checksum per block) reads whole blocks.
+    Both give the same answer, and both catch a damaged byte in the heads they read."""
+    doc = eng.prefill(LONG, cache=False)
+    v4 = doc.save(tmp_path / "v4")
+    v3 = doc.save(tmp_path / "v3")
+    as_older_version(v3, 3)
+    read, got = {}, {}
+    for name, path in (("v4", v4), ("v3", v3)):
+        loaded = load_document(eng, path)
+        assert ask(eng, loaded) == ask(eng, doc)
+        # what a per-head selection asks of a reloaded layer: each KV head its own blocks
+        mem = next(m for m in load_document(eng, path).state.memory if m.n_blocks)
+        ids = torch.stack([torch.arange(0, 10), torch.arange(20, 30)])[:mem.kv_heads]
+        got[name] = mem.blocks.gather(ids, torch.device("cpu"))
+        read[name] = mem.blocks.file.bytes_read
+    unit = mem.blocks.file.unit_bytes
+    assert read["v4"] == ids.numel() * 2 * unit                 # the picked heads' keys and values
+    assert read["v3"] >= 20 * mem.kv_heads * 2 * unit           # every head of 20 blocks
+    assert all(torch.equal(a, b) for a, b in zip(got["v4"], got["v3"]))
+    # a flipped byte in the values of one KV head of one block: found when that head is read
+    m = json.loads((v4 / MANIFEST).read_text())
+    hkv, layer = m["kv_heads"], next(i for i, n in enumerate(m["n_blocks"]) if n)
+    with safe_open(v4 / BLOCKS, "pt") as f:
+        n = m["n_blocks"][layer]
+    loaded = load_document(eng, v4)
+    file = loaded.state.memory[layer].blocks.file
+    unit = file.unit_bytes
+    raw = (v4 / BLOCKS).read_bytes()
+    header = 8 + int.from_bytes(raw[:8], "little")
+    begin = json.loads(raw[8:header])[f"layers.{layer}.values"]["data_offsets"][0]
+    at = header + begin + (2 * hkv + 1) * unit + 5        # block 2, head 1
+    with open(v4 / BLOCKS, "r+b") as fh:
+        fh.seek(at)
+        fh.write(bytes([raw[at] ^ 0x20]))
+    fresh = load_document(eng, v4).state.memory[layer].blocks.file
+    k, _ = fresh.read_units(layer, [2, n - 1], [0, 1])    # other heads of block 2 are intact
+    assert k.shape[0] == 2
+    with pytest.raises(CacheError, match=rf"block 2 of layer {layer}"):
+        fresh.read_units(layer, [0, 2], [1, 1])
+    with pytest.raises(CacheError, match=rf"block 2 of layer {layer}"):
+        fresh.read_range(layer, 0, n)
 
 
 def test_index_rows_hold_only_facts(eng):

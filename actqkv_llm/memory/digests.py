@@ -30,15 +30,18 @@ BlockRotation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 READ_BLOCKS = 256
 
 
-def _read(blocks: KVBlocks, a: int, b: int, device: torch.device, rotate: BlockRotation | None):
-    """Blocks ``a .. b-1`` as float32 ``([Hkv, n, B, d] keys, values)``, ``READ_BLOCKS`` at a time."""
+def _read(blocks: KVBlocks, a: int, b: int, device: torch.device, rotate: BlockRotation | None,
+          values: bool = True):
+    """Blocks ``a .. b-1`` as float32 ``([Hkv, n, B, d] keys, values)``, ``READ_BLOCKS`` at a time
+    (values None unless asked for: key bounds read only keys, half the bytes from a reloaded file)."""
     for s in range(a, b, READ_BLOCKS):
         ids = torch.arange(s, min(b, s + READ_BLOCKS), device=device)
-        k, v = blocks.gather(ids, device)  # [Hkv, n*B, d]
+        k, v = blocks.gather(ids, device, values=values)  # [Hkv, n*B, d]
         if rotate is not None:
             k = rotate(k, ids)
         h, nb, d = k.shape
-        yield k.float().view(h, ids.numel(), nb // ids.numel(), d), v.float().view(h, ids.numel(), nb // ids.numel(), d)
+        shaped = (h, ids.numel(), nb // ids.numel(), d)
+        yield k.float().view(shaped), (v.float().view(shaped) if v is not None else None)
 
 
 def outward_bf16(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,17 +55,18 @@ def outward_bf16(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def _measure(blocks: KVBlocks, a: int, b: int, device: torch.device, rotate: BlockRotation | None,
-             reduce: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]):
+             reduce: Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]],
+             values: bool = True):
     """``reduce(k, v)`` over each read of blocks ``a .. b-1`` (``[Hkv, n, B, d]`` -> two ``[Hkv, n, d]``),
     as two float32 ``[b - a, Hkv, d]`` tensors."""
-    parts = [reduce(k, v) for k, v in _read(blocks, a, b, device, rotate)]
+    parts = [reduce(k, v) for k, v in _read(blocks, a, b, device, rotate, values)]
     return tuple(torch.cat([p[i].transpose(0, 1) for p in parts]) for i in range(2))
 
 
 def measure_bounds(blocks: KVBlocks, a: int, b: int, device: torch.device,
                    rotate: BlockRotation | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Quest's key bounds ``(lo, hi)``, each float32 ``[b - a, Hkv, d]`` (bf16 values, rounded outward)."""
-    return outward_bf16(*_measure(blocks, a, b, device, rotate, lambda k, v: (k.amin(2), k.amax(2))))
+    return outward_bf16(*_measure(blocks, a, b, device, rotate, lambda k, v: (k.amin(2), k.amax(2)), values=False))
 
 
 def measure_means(blocks: KVBlocks, a: int, b: int, device: torch.device,

@@ -72,10 +72,10 @@ def measure_disk_speed(directory: str | Path, n_bytes: int = 256 * MB) -> dict[s
 
 
 def bytes_read_from_disk(doc: Any) -> int:
-    """Bytes of full blocks a reloaded document has read from its file so far (whole runs, keys
-    and values, prefetch included): what a first question after a cold reload waited for."""
+    """Bytes of KV a reloaded document has read from its file so far (keys and values, prefetch
+    included): what a first question after a cold reload waited for."""
     files = {id(m.blocks.file): m.blocks.file for m in doc.state.memory if hasattr(m.blocks, "file")}
-    return sum(f.blocks_read * f.block_bytes for f in files.values())
+    return sum(f.bytes_read for f in files.values())
 
 
 def read_every_block(doc: Any) -> int:

@@ -22,8 +22,10 @@ from .paths import open_regular, read_regular
 
 FORMAT_NAME = "actqkv-document"   # also the ownership marker: a directory whose manifest says so is ours
 # Version 3 stores summary keys only for the scorers that read them (dot, cosine); a version 2
-# reader would find them missing, so the version says it. Version 2 caches are read as they are.
-FORMAT_VERSION = 3
+# reader would find them missing, so the version says it. Version 4 checksums each KV head of a
+# block on its own, so that a question reads only the heads its per-head selection picks. Version
+# 2 and 3 caches are read as they are (whole blocks verified together).
+FORMAT_VERSION = 4
 # Oldest version this reader accepts (version 1 stored KV in the compute dtype, unverified keys).
 MIN_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -32,8 +34,15 @@ BLOCKS = "blocks.safetensors"
 TENSOR_FILES = (STATE, BLOCKS)
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-# Block checksums: sha256 truncated to 128 bits, one for a block's keys and one for its values.
-BLOCK_CHECKSUMS = "sha256-128"
+# Block checksums: sha256 truncated to 128 bits, one for the keys and one for the values of each
+# block and KV head (version 4), or of each whole block (versions 2 and 3).
+BLOCK_CHECKSUMS = "sha256-128-per-head"
+WHOLE_BLOCK_CHECKSUMS = "sha256-128"
+
+
+def checksums_of(version: int) -> str:
+    """The block checksum scheme a format version uses."""
+    return BLOCK_CHECKSUMS if version >= 4 else WHOLE_BLOCK_CHECKSUMS
 DIGEST_BYTES = 16
 # KV dtype on disk: bf16 by default whatever the compute dtype (half of fp32), read back into it.
 DEFAULT_KV_DTYPE = "bfloat16"
@@ -144,7 +153,7 @@ class Manifest:
     kv_dtype: str = DEFAULT_KV_DTYPE   # of every KV tensor on disk (``dtype`` is the compute dtype)
     created: float = field(default_factory=time.time)
     created_by: str = ""
-    block_checksums: str = BLOCK_CHECKSUMS   # per block of keys and of values, in state.safetensors
+    block_checksums: str = BLOCK_CHECKSUMS   # per block and KV head (v4), of keys and of values, in state.safetensors
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -222,7 +231,7 @@ class Manifest:
             raise bad(f"field 'dtype' is {_short(data['dtype'])}")
         if data["kv_dtype"] not in KV_DTYPES:
             raise bad(f"field 'kv_dtype' is {_short(data['kv_dtype'])}")
-        if data["block_checksums"] != BLOCK_CHECKSUMS:
+        if data["block_checksums"] != checksums_of(version):
             raise bad(f"field 'block_checksums' is {_short(data['block_checksums'])}")
         limits = {"n_tokens": (0, MAX_TOKENS), "n_layers": (1, MAX_LAYERS), "kv_heads": (1, MAX_DIM),
                   "head_dim": (1, MAX_DIM), "block_size": (1, MAX_DIM)}

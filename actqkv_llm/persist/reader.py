@@ -27,7 +27,7 @@ from safetensors.torch import load as st_load
 from ..document import Document
 from ..errors import CacheError
 from ..memory import DeviceBlockCache, GrowableBlocks
-from .format import (BLOCKS, DIGEST_BYTES, MANIFEST, ST_DTYPES, STATE, TORCH_DTYPES, Manifest, check_compatible,
+from .format import (BLOCK_CHECKSUMS, BLOCKS, DIGEST_BYTES, MANIFEST, ST_DTYPES, STATE, TORCH_DTYPES, Manifest, check_compatible,
                      sha256_cache_file, sha256_ids, sha256_text)
 from .paths import MAX_HEADER_BYTES, check_size, is_real_dir, open_regular, read_fd, read_regular
 from .state import ID_DTYPES, block_names, layer_name, unpack_state
@@ -66,6 +66,9 @@ class BlocksFile:
         self.shape = (manifest.kv_heads, manifest.block_size, manifest.head_dim)
         self.part_bytes = manifest.kv_heads * manifest.block_size * manifest.head_dim * self.stored.itemsize
         self.block_bytes = 2 * self.part_bytes
+        self.unit_bytes = self.part_bytes // manifest.kv_heads    # one KV head of one block: keys or values
+        # version 4 verifies each KV head of a block on its own: a question reads only the heads it picks
+        self.per_head = manifest.block_checksums == BLOCK_CHECKSUMS
         self._fd, size = open_regular(path, manifest.files[BLOCKS].bytes)
         try:
             self._offsets = self._data_offsets(size)
@@ -77,6 +80,7 @@ class BlocksFile:
         self._lock = threading.Lock()
         self._buffer: dict[int, OrderedDict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.runs = self.blocks_read = self.prefetch_hits = 0
+        self.bytes_read = 0   # from the file, keys and values, prefetch included
 
     def _data_offsets(self, size: int) -> dict[int, tuple[int, int]]:
         """Validate the safetensors header (bounded; names, dtypes, shapes and byte ranges exactly
@@ -120,6 +124,10 @@ class BlocksFile:
     # ------------------------------------------------------------------ checks
     def _bad_part(self, layer: int, start: int, t: torch.Tensor, which: int) -> list[int]:
         """Blocks of ``t`` (keys: ``which=0``, values: ``1``; first block ``start``) whose sha256 is wrong."""
+        if self.per_head:
+            hkv = self.shape[0]
+            units = range(start * hkv, (start + t.shape[0]) * hkv)
+            return sorted({u // hkv for u in self._bad_units(layer, units, t, which)})
         dig = self._digests[layer]
         rows = t.view(torch.uint8).reshape(t.shape[0], -1).numpy()
         bad = []
@@ -127,6 +135,18 @@ class BlocksFile:
             o = 2 * DIGEST_BYTES * (start + j) + DIGEST_BYTES * which
             if hashlib.sha256(rows[j]).digest()[:DIGEST_BYTES] != dig[o: o + DIGEST_BYTES]:
                 bad.append(start + j)
+        return bad
+
+    def _bad_units(self, layer: int, units, t: torch.Tensor, which: int) -> list[int]:
+        """Of units ``block * Hkv + head`` held by ``t`` in that order, those whose sha256 is wrong
+        (version 4: one digest per KV head of a block)."""
+        dig = self._digests[layer]
+        rows = t.view(torch.uint8).reshape(len(units), -1).numpy()
+        bad = []
+        for j, u in enumerate(units):
+            o = 2 * DIGEST_BYTES * u + DIGEST_BYTES * which
+            if hashlib.sha256(rows[j]).digest()[:DIGEST_BYTES] != dig[o: o + DIGEST_BYTES]:
+                bad.append(u)
         return bad
 
     def _corrupt(self, layer: int, block: int) -> CacheError:
@@ -142,8 +162,20 @@ class BlocksFile:
     def _pread(self, layer: int, a: int, b: int, which: int) -> torch.Tensor:
         """Keys or values of blocks ``a..b-1`` of ``layer``, straight from the file (unverified, as stored)."""
         out = torch.empty((b - a, *self.shape), dtype=self.stored)
+        self._fill(out, self._offsets[layer][which] + a * self.part_bytes, layer, a, b)
+        return out
+
+    def _pread_units(self, layer: int, u0: int, u1: int, which: int) -> torch.Tensor:
+        """Keys or values of units ``u0..u1-1`` (``block * Hkv + head``; consecutive units are
+        consecutive in the file) as ``[u1 - u0, B, d]``, unverified, as stored."""
+        out = torch.empty((u1 - u0, *self.shape[1:]), dtype=self.stored)
+        hkv = self.shape[0]
+        self._fill(out, self._offsets[layer][which] + u0 * self.unit_bytes, layer, u0 // hkv, (u1 - 1) // hkv + 1)
+        return out
+
+    def _fill(self, out: torch.Tensor, offset: int, layer: int, a: int, b: int) -> None:
+        """Read ``out``'s bytes from ``offset`` (blocks ``a..b-1`` of ``layer``, for the messages)."""
         buf = memoryview(out.view(torch.uint8).numpy()).cast("B")
-        offset = self._offsets[layer][which] + a * self.part_bytes
         done = 0
         try:
             while done < len(buf):
@@ -155,7 +187,8 @@ class BlocksFile:
         except OSError as exc:
             raise CacheError(f"cannot read blocks {a}..{b - 1} of layer {layer} from {self.path}: "
                              f"{exc.strerror or exc}") from None
-        return out
+        with self._lock:
+            self.bytes_read += len(buf)
 
     def _checked_run(self, layer: int, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor, set[int]]:
         """Blocks ``a..b-1`` read and verified: keys, values and the ids that failed their checksum."""
@@ -236,6 +269,49 @@ class BlocksFile:
         return k, v
 
 
+    def read_units(self, layer: int, blocks: list[int], heads: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One KV head of each of ``blocks`` (``heads[i]`` of ``blocks[i]``) as host ``[u, B, d]``
+        keys and values, each unit read and verified on its own (version 4): a per-head selection
+        reads the heads it picks, not every head of every block it touches. Adjacent units (the
+        heads of one block lie together) are read as one run; runs go through the thread pool."""
+        if not self.per_head:
+            raise CacheError(f"{self.path} verifies whole blocks (format version < 4): read whole blocks")
+        n, hkv = self.n_blocks[layer], self.shape[0]
+        if any(b < 0 or b >= n for b in blocks) or any(h < 0 or h >= hkv for h in heads):
+            raise IndexError(f"block ids out of range 0..{n - 1} or heads out of 0..{hkv - 1} for layer {layer}")
+        units = sorted({b * hkv + h for b, h in zip(blocks, heads)})
+        runs: list[list[int]] = []
+        for u in units:
+            if runs and u == runs[-1][1]:
+                runs[-1][1] = u + 1
+            else:
+                runs.append([u, u + 1])
+
+        def run(r: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+            u0, u1 = r
+            k, v = self._pread_units(layer, u0, u1, 0), self._pread_units(layer, u0, u1, 1)
+            ids = range(u0, u1)
+            bad = self._bad_units(layer, ids, k, 0) + self._bad_units(layer, ids, v, 1)
+            return k, v, bad
+
+        results = list(self._pool.map(run, runs)) if len(runs) > 1 else [run(r) for r in runs]
+        self._count(len(runs), 0)
+        bad = sorted(u for *_, b in results for u in b)
+        if bad:
+            raise self._corrupt(layer, bad[0] // hkv)
+        at = {}
+        for (u0, _), (k, v, _) in zip(runs, results):
+            for j in range(k.shape[0]):
+                at[u0 + j] = (k[j], v[j])
+        want = [b * hkv + h for b, h in zip(blocks, heads)]
+        k = torch.empty((len(want), *self.shape[1:]), dtype=self.dtype, pin_memory=self.pin)
+        v = torch.empty_like(k, pin_memory=self.pin)
+        if want:
+            torch.stack([at[u][0].to(self.dtype) for u in want], out=k)
+            torch.stack([at[u][1].to(self.dtype) for u in want], out=v)
+        return k, v
+
+
 def _release(fd: int, pool: ThreadPoolExecutor) -> None:
     pool.shutdown(wait=False)
     try:
@@ -255,8 +331,11 @@ class DiskBlocks:
         self.cache = DeviceBlockCache(self._read, n_blocks, shape, dtype, device, max(1, min(capacity, n_blocks)))
 
     def _read(self, blocks: torch.Tensor, heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One head of each of ``blocks``: the file holds whole blocks, so each block is read (and
-        verified) once, whatever number of its heads is asked for."""
+        """One head of each of ``blocks``: read head by head (format version 4), or, where the file
+        verifies whole blocks (older versions), each block read (and verified) once, whatever number
+        of its heads is asked for."""
+        if self.file.per_head:
+            return self.file.read_units(self.layer, blocks.tolist(), heads.tolist())
         uniq, at = torch.unique(blocks, return_inverse=True)
         k, v = self.file.read(self.layer, uniq.tolist())
         return k[at, heads], v[at, heads]
@@ -347,7 +426,9 @@ def _load(engine: Any, directory: Path, verify: str, on_corrupt: Callable[[], No
     for i, n in enumerate(manifest.n_blocks):
         if n:
             d = tensors.get(layer_name(i, "block_sha256"))
-            if d is None or d.dtype != torch.uint8 or tuple(d.shape) != (n, 2, DIGEST_BYTES):
+            want = (n, manifest.kv_heads, 2, DIGEST_BYTES) if manifest.block_checksums == BLOCK_CHECKSUMS \
+                else (n, 2, DIGEST_BYTES)
+            if d is None or d.dtype != torch.uint8 or tuple(d.shape) != want:
                 raise CacheError(f"{state_path} is corrupt: block checksums of layer {i} "
                                  f"(tensor {layer_name(i, 'block_sha256')!r}) are missing or malformed")
             digests[i] = bytes(d.numpy())

@@ -127,7 +127,8 @@ class SafetensorsStream:
 
 
 def _block_digests(t: torch.Tensor) -> list[bytes]:
-    rows = t.contiguous().view(torch.uint8).reshape(t.shape[0], -1).numpy()
+    """One digest per block and KV head of ``[m, Hkv, B, d]``, block by block, heads in order."""
+    rows = t.contiguous().view(torch.uint8).reshape(t.shape[0] * t.shape[1], -1).numpy()
     return [hashlib.sha256(rows[j]).digest()[:DIGEST_BYTES] for j in range(rows.shape[0])]
 
 
@@ -144,9 +145,9 @@ def kv_storage_dtype(kv_dtype: str | torch.dtype | None, compute: torch.dtype) -
 
 
 def write_blocks(doc: Any, path: Path, key: str, dtype: torch.dtype) -> tuple[FileEntry, list[int], dict[str, torch.Tensor]]:
-    """``blocks.safetensors`` in ``dtype``; returns its entry, blocks per layer, and per-block
-    digests (``layers.{i}.block_sha256``: uint8 ``[n, 2, 16]``, the first 128 bits of the sha256
-    of the block's keys then of its values, as stored) for the state file."""
+    """``blocks.safetensors`` in ``dtype``; returns its entry, blocks per layer, and per-unit
+    digests (``layers.{i}.block_sha256``: uint8 ``[n, Hkv, 2, 16]``, the first 128 bits of the
+    sha256 of one KV head of a block, its keys then its values, as stored) for the state file."""
     adapter = doc.engine.adapter
     shape = (adapter.n_kv_heads, doc.engine.config.block_size, adapter.head_dim)
     memory = doc.state.memory
@@ -183,11 +184,13 @@ def write_blocks(doc: Any, path: Path, key: str, dtype: torch.dtype) -> tuple[Fi
             dv: list[bytes] = []
             for v in block_chunks(memory[i].blocks, 1):
                 put(v, dv)
-            if len(dk) != n or len(dv) != n:
-                raise CacheError(f"layer {i}: expected {n} blocks, read {len(dk)}/{len(dv)} (internal error)")
+            hkv = shape[0]
+            if len(dk) != n * hkv or len(dv) != n * hkv:
+                raise CacheError(f"layer {i}: expected {n} blocks, read {len(dk) // hkv}/{len(dv) // hkv} "
+                                 "(internal error)")
             raw = b"".join(a + b for a, b in zip(dk, dv))
             digests[layer_name(i, "block_sha256")] = torch.frombuffer(
-                bytearray(raw), dtype=torch.uint8).reshape(n, 2, DIGEST_BYTES)
+                bytearray(raw), dtype=torch.uint8).reshape(n, hkv, 2, DIGEST_BYTES)
         entry = stream.close()
     except BaseException:
         stream.abort()
