@@ -355,6 +355,18 @@ class Engine:
         suffixes = [self._completion_suffix(doc, p) for p in prompts]
         return [run.answer() for run in self._answer_together(doc, suffixes, Sampling.make(**sampling))]
 
+    def chat_many(self, doc: Document | None, conversations: list[list[dict]], **sampling: Any) -> list[Answer]:
+        """:meth:`chat` for several conversations about one document (no tools, no logits
+        processor), their answers decoded as one batch (see :meth:`answer_many`)."""
+        if isinstance(conversations, str) or not isinstance(conversations, (list, tuple)) or not conversations:
+            raise InputError("conversations must be a non-empty list of message lists")
+        for i, messages in enumerate(conversations):
+            if not isinstance(messages, (list, tuple)):
+                raise InputError(f"conversation {i} must be a list of messages, got {type(messages).__name__}")
+        self._check_doc(doc)
+        suffixes = [self._suffix_for_question(doc, list(messages)) for messages in conversations]
+        return [run.answer() for run in self._answer_together(doc, suffixes, Sampling.make(**sampling))]
+
     def _answer_together(self, doc: Document | None, suffixes: list[torch.Tensor], plan: Sampling,
                          ids_only: bool = False) -> list[Decoding]:
         """Start an answer for each suffix, then decode them as one batch; returns the ended runs."""

@@ -8,15 +8,21 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict, deque
+from contextvars import ContextVar
+from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, AsyncIterator, Callable, Iterator, Literal, Optional, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Iterator, Literal, Optional, Sequence, TypeVar, Union
 
+from langchain_core.caches import BaseCache
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, LanguageModelInput, LangSmithParams
 from langchain_core.messages import (AIMessage, AIMessageChunk, BaseMessage, ChatMessage, HumanMessage,
                                      SystemMessage, ToolMessage)
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
+from langchain_core.runnables.config import get_config_list
 from langchain_core.utils.function_calling import convert_to_json_schema
 from pydantic import Field
 
@@ -94,6 +100,47 @@ class _Call:
         self.doc, self.constraint, self.tools = doc, constraint, tools
 
 
+def _turns_key(turns: list[dict[str, Any]]) -> str:
+    return json.dumps(turns, ensure_ascii=False, sort_keys=True)
+
+
+@dataclass
+class _Prepared:
+    """Answers decoded together for a ``batch``/``generate``, handed out by ``_generate``: each
+    once, to a call of the same model with the same options and the same conversation."""
+
+    model: Any
+    stop: Optional[list[str]]
+    kwargs: dict[str, Any]
+    results: dict[str, deque]
+
+    def take(self, model: Any, messages: list[BaseMessage], stop: Optional[list[str]],
+             kwargs: dict[str, Any]) -> Optional[ChatResult]:
+        if model is not self.model or (stop, kwargs) != (self.stop, self.kwargs):
+            return None
+        queue = self.results.get(_turns_key(to_engine_messages(messages)))
+        try:
+            return queue.popleft() if queue else None
+        except IndexError:  # taken by another thread of the same batch meanwhile
+            return None
+
+
+# The answers of the batch being run in this context (LangChain's batch runs its invokes in threads
+# that copy the context).
+_PREPARED: ContextVar[Optional[_Prepared]] = ContextVar("actqkv_prepared", default=None)
+_T = TypeVar("_T")
+
+
+def _with_prepared(prepared: Optional[_Prepared], call: Callable[[], _T]) -> _T:
+    if prepared is None:
+        return call()
+    token = _PREPARED.set(prepared)
+    try:
+        return call()
+    finally:
+        _PREPARED.reset(token)
+
+
 class ChatActQKV(ActQKVParams, BaseChatModel):
     """Chat model over a local Hugging Face model that reads long documents once.
 
@@ -117,6 +164,10 @@ class ChatActQKV(ActQKVParams, BaseChatModel):
     always valid JSON for it. ``bind_tools`` renders the tools with the model's chat template (when
     the template supports tools) and parses ``<tool_call>`` blocks; ``tool_choice`` "any" or a
     tool name constrains the output to such a call.
+
+    ``batch`` and ``generate`` with several conversations about one document answer them together,
+    as one batch on the engine (``Engine.chat_many``), when the calls are plain: no tools, no
+    structured output, not streaming, no LLM cache. Otherwise they run one by one.
     """
 
     streaming: bool = False
@@ -235,6 +286,61 @@ class ChatActQKV(ActQKVParams, BaseChatModel):
         failed = RunnablePassthrough.assign(parsed=lambda _: None)
         return RunnableMap(raw=llm) | parsed.with_fallbacks([failed], exception_key="parsing_error")
 
+    # ------------------------------------------------------------------ several calls together
+    def batch(self, inputs: list[LanguageModelInput], config: Any = None, *, return_exceptions: bool = False,
+              **kwargs: Any) -> list[AIMessage]:
+        """LangChain's ``batch`` (one ``invoke`` per input, each with its own config and callbacks),
+        but plain inputs about one document are first answered together (``Engine.chat_many``);
+        each ``invoke`` then takes its answer instead of decoding it again."""
+        prepared = None
+        if len(inputs) > 1:
+            calls = [config_document_kwargs(c, kwargs) for c in get_config_list(config, len(inputs))]
+            if all(call == calls[0] for call in calls):  # one document for all
+                call = dict(calls[0])
+                stop = call.pop("stop", None)
+                prepared = self._prepare_together(inputs, stop, call)
+        return _with_prepared(prepared, lambda: super(ChatActQKV, self).batch(
+            inputs, config, return_exceptions=return_exceptions, **kwargs))
+
+    def generate(self, messages: list[list[BaseMessage]], stop: Optional[list[str]] = None, callbacks: Any = None,
+                 *, tags: Optional[list[str]] = None, metadata: Optional[dict[str, Any]] = None,
+                 run_name: Optional[str] = None, run_id: Any = None, **kwargs: Any) -> LLMResult:
+        """LangChain's ``generate``; several plain conversations are answered together, as one
+        batch on the engine (``Engine.chat_many``)."""
+        prepared = self._prepare_together(messages, stop, kwargs) if len(messages) > 1 else None
+        return _with_prepared(prepared, lambda: super(ChatActQKV, self).generate(
+            messages, stop, callbacks, tags=tags, metadata=metadata, run_name=run_name, run_id=run_id, **kwargs))
+
+    def _plain(self, kwargs: dict[str, Any]) -> bool:
+        """Calls with these options can be decoded together: no tools or structured output (a
+        grammar steers each answer), not streaming, and no LLM cache (its hits would be decoded
+        for nothing)."""
+        cached = self.cache is True or isinstance(self.cache, BaseCache) or \
+            (self.cache is None and get_llm_cache() is not None)
+        return not (self.streaming or kwargs.get("stream") or kwargs.get("tools") or cached
+                    or kwargs.get("response_format") is not None or kwargs.get("ls_structured_output_format"))
+
+    def _prepare_together(self, inputs: list[Any], stop: Optional[list[str]],
+                          kwargs: dict[str, Any]) -> Optional[_Prepared]:
+        """Answers for several plain calls with the same options, decoded as one batch
+        (``Engine.chat_many``), for ``_generate`` to hand out. None when they are not plain or are
+        refused: then each runs alone and raises its own error (the engine checks every input
+        before it decodes anything, so nothing is decoded twice)."""
+        if not self._plain(kwargs):
+            return None
+        try:
+            sampling = self._sampling(stop, kwargs)
+            conversations = [to_engine_messages(self._convert_input(i).to_messages()) for i in inputs]
+            doc = self._open(self.document_spec(kwargs))
+            answers = self._engine_for(doc).chat_many(doc, conversations, **sampling)
+        except ValueError:
+            return None
+        call = _Call(doc, None, tools=False)
+        results: dict[str, deque] = defaultdict(deque)
+        for turns, answer in zip(conversations, answers):
+            results[_turns_key(turns)].append(self._result(answer, call))
+        return _Prepared(self, stop, dict(kwargs), results)
+
     # ------------------------------------------------------------------ core
     def _start(self, messages: list[BaseMessage], stop: Optional[list[str]], kwargs: dict[str, Any],
                stream: bool) -> tuple[Union[Answer, AnswerStream], _Call]:
@@ -303,6 +409,9 @@ class ChatActQKV(ActQKVParams, BaseChatModel):
     # ------------------------------------------------------------------ LangChain hooks
     def _generate(self, messages: list[BaseMessage], stop: Optional[list[str]] = None,
                   run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> ChatResult:
+        prepared = _PREPARED.get()
+        if prepared is not None and (result := prepared.take(self, messages, stop, kwargs)) is not None:
+            return result  # answered together by batch()/generate()
         return self._result(*self._start(messages, stop, kwargs, stream=False))
 
     def _stream(self, messages: list[BaseMessage], stop: Optional[list[str]] = None,

@@ -21,7 +21,7 @@ from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from actqkv_llm import Engine
+from actqkv_llm import Engine, InputError
 from langchain_actqkv import ActQKVLLM, ChatActQKV
 from tiny_models import byte_tokenizer, tiny_model
 
@@ -253,6 +253,117 @@ def test_string_llm_batch_answers_together_as_one_by_one(eng, monkeypatch):
     assert raw.batch(prompts) == [raw.invoke(p) for p in prompts]
     with pytest.raises(ValueError, match="empty"):
         llm.batch(["Who?", "  "])
+
+
+# ---------------------------------------------------------------------------------------- chat batch
+def spy_chat_many(monkeypatch) -> list:
+    """Records how many conversations each ``Engine.chat_many`` call got (then runs it)."""
+    calls = []
+    real = Engine.chat_many
+
+    def spy(self, doc, conversations, **sampling):
+        calls.append(len(conversations))
+        return real(self, doc, conversations, **sampling)
+
+    monkeypatch.setattr(Engine, "chat_many", spy)
+    return calls
+
+
+class Runs(BaseCallbackHandler):
+    def __init__(self):
+        self.ended: list = []
+
+    def on_llm_end(self, response, *, run_id, **kwargs):
+        self.ended.append(run_id)
+
+
+def _said(messages) -> list:
+    return [(m.content, m.usage_metadata) for m in messages]
+
+
+def test_chat_batch_answers_together_as_one_by_one(eng, monkeypatch):
+    questions = ["Who keeps bees?", "Where is the mill?", "How many hives?"]
+    llm = ChatActQKV(engine=eng, document=TEXT, max_tokens=6)
+    one = [llm.invoke(q) for q in questions]
+    calls = spy_chat_many(monkeypatch)
+    alone = CountingEngine(monkeypatch, eng)
+    runs = Runs()
+    assert _said(llm.batch(questions, config={"callbacks": [runs]})) == _said(one)
+    assert calls == [3] and alone.n == 0, "one batch on the engine, nothing decoded again"
+    assert len(set(runs.ended)) == 3, "each input is still its own run for callbacks"
+    conversations = [[SystemMessage("Be brief."), HumanMessage(q)] for q in questions]
+    expected = [llm.invoke(c) for c in conversations]
+    result = llm.generate(conversations)
+    assert [(g[0].message.content, g[0].message.usage_metadata) for g in result.generations] == _said(expected)
+    assert all("sources" in g[0].message.response_metadata for g in result.generations)
+    assert calls == [3, 3]
+    # through a chain (a config per input), with the document named per call or in the config
+    chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | llm
+    assert _said(chain.batch([{"q": q} for q in questions])) == _said(one)
+    unbound = ChatActQKV(engine=eng, max_tokens=6)
+    assert _said(unbound.batch(questions, document=TEXT)) == _said(one)
+    assert _said(unbound.batch(questions, config={"configurable": {"document": TEXT}})) == _said(one)
+    assert _said(llm.batch([questions[0]] * 2)) == _said([one[0]] * 2)  # the same question twice
+    assert calls == [3, 3, 3, 3, 3, 2] and alone.n == 3  # the three invokes of `expected`
+
+
+def test_chat_batch_falls_back_to_one_by_one(eng, tool_eng, monkeypatch):
+    from langchain_core.caches import InMemoryCache
+    from langchain_core.runnables import ConfigurableField
+
+    calls = spy_chat_many(monkeypatch)
+    questions = ["Who keeps bees?", "How many hives?"]
+    llm = ChatActQKV(engine=eng, document=TEXT, max_tokens=6)
+    one = [llm.invoke(q) for q in questions]
+    # not plain: streaming, an LLM cache, structured output (a grammar per answer), tools
+    assert _said(ChatActQKV(engine=eng, document=TEXT, max_tokens=6, streaming=True).batch(questions)) == _said(one)
+    assert [m.content for m in ChatActQKV(engine=eng, document=TEXT, max_tokens=6,
+                                          cache=InMemoryCache()).batch(questions)] == [m.content for m in one]
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["n"], "additionalProperties": False}
+    structured = ChatActQKV(engine=eng, document=TEXT, max_tokens=40).with_structured_output(schema)
+    assert structured.batch(questions) == [structured.invoke(q) for q in questions]
+    weather = {"type": "function", "function": {
+        "name": "get_weather", "description": "Weather forecast for a city.",
+        "parameters": {"type": "object", "required": ["city"], "properties": {"city": {"type": "string",
+                                                                                       "maxLength": 8}}}}}
+    tools = ChatActQKV(engine=tool_eng, document=TEXT, max_tokens=60).bind_tools([weather], tool_choice="get_weather")
+    asks = ["Weather in Arden?", "Weather in the valley?"]
+    batched = tools.batch(asks)
+    assert [[(c["name"], c["args"]) for c in m.tool_calls] for m in batched] == \
+        [[(c["name"], c["args"]) for c in tools.invoke(a).tool_calls] for a in asks]
+    # a document per input, sampling options per input (a model object per configuration)
+    unbound = ChatActQKV(engine=eng, max_tokens=6)
+    per_doc = unbound.batch(["Who?", "Who?"], config=[{"configurable": {"document": TEXT}},
+                                                      {"configurable": {"document": OTHER}}])
+    assert _said(per_doc) == _said([unbound.invoke("Who?", document=t) for t in (TEXT, OTHER)])
+    sized = llm.configurable_fields(max_tokens=ConfigurableField(id="n"))
+    per_size = sized.batch(questions, config=[{"configurable": {"n": 2}}, {"configurable": {"n": 5}}])
+    assert _said(per_size) == _said([ChatActQKV(engine=eng, document=TEXT, max_tokens=n).invoke(q)
+                                     for n, q in zip((2, 5), questions)])
+    assert calls == [], "none of these was decoded as one batch"
+
+
+def test_chat_batch_errors_reach_their_own_input(eng, monkeypatch):
+    llm = ChatActQKV(engine=eng, document=TEXT, max_tokens=6)
+    expected = [llm.invoke("Who?"), llm.invoke("How many hives?")]
+    calls = spy_chat_many(monkeypatch)
+    alone = CountingEngine(monkeypatch, eng)
+    refused = [AIMessage("I start.")]  # the engine refuses it: a conversation starts with a user turn
+    got = llm.batch(["Who?", refused, "How many hives?"], return_exceptions=True)
+    assert isinstance(got[1], ValueError) and "user message" in str(got[1])
+    assert _said([got[0], got[2]]) == _said(expected)
+    assert calls == [3] and alone.n == 3, "tried together, refused before decoding, then each alone"
+    with pytest.raises(ValueError, match="user message"):
+        llm.batch(["Who?", refused])
+    with pytest.raises(ValueError, match="user message"):
+        llm.generate([[HumanMessage("Who?")], refused])
+    with pytest.raises(ValueError, match="unsupported keyword"):
+        llm.batch(["Who?", "Where?"], frequency_penalty=0.5)
+    doc = llm.get_document()
+    for conversations in ([], "Who?", [[{"role": "user", "content": "Who?"}], "Who?"], [[]]):
+        with pytest.raises(InputError):
+            eng.chat_many(doc, conversations)
 
 
 # ---------------------------------------------------------------------------------------- documents per call

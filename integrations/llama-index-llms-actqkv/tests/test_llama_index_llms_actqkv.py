@@ -115,6 +115,144 @@ def test_llm_bad_input(eng):
                                                              ImageBlock(url="http://example.invalid/x.png")])])
 
 
+# ---------------------------------------------------------------------------------------- async calls together
+def spy_many(monkeypatch) -> list:
+    """Records each ``Engine.chat_many`` / ``complete_many`` call: (name, number of inputs)."""
+    calls = []
+    for name in ("chat_many", "complete_many"):
+        real = getattr(Engine, name)
+
+        def spy(self, doc, inputs, _name=name, _real=real, **sampling):
+            calls.append((_name, len(inputs)))
+            return _real(self, doc, inputs, **sampling)
+
+        monkeypatch.setattr(Engine, name, spy)
+    return calls
+
+
+def said(response) -> tuple:
+    """Text and usage of a response (source scores may differ in the last bits when batched)."""
+    info = response.additional_kwargs
+    text = response.text if hasattr(response, "text") else response.message.content
+    return (text, info["finish_reason"], info["prompt_tokens"], info["completion_tokens"], info["cached_tokens"],
+            [(s["start"], s["end"]) for s in info["sources"]])
+
+
+def test_concurrent_async_calls_are_answered_together(eng, monkeypatch):
+    llm = ActQKVLLM(engine=eng, document=LONG, max_new_tokens=6)
+    questions = ["Who is the captain?", "When does the ferry leave?", "How many crossings?"]
+    one = [llm.complete(q) for q in questions] + [llm.chat([user(questions[0])])]
+    calls = spy_many(monkeypatch)
+
+    async def main():
+        return await asyncio.gather(*(llm.acomplete(q) for q in questions), llm.achat([user(questions[0])]))
+
+    got = asyncio.run(main())
+    assert [said(r) for r in got] == [said(r) for r in one]
+    assert calls == [("chat_many", 4)], "completions and chats of a chat model: one batch"
+    assert got[3].message.role == MessageRole.ASSISTANT
+    # a plain-text model: complete_many
+    raw = ActQKVLLM(engine=eng, document=LONG, is_chat_model=False, max_new_tokens=6)
+    prompts = [" The captain is", " The ferry"]
+    expected = [raw.complete(p) for p in prompts]
+
+    async def raw_main():
+        return await asyncio.gather(*(raw.acomplete(p) for p in prompts))
+
+    assert [said(r) for r in asyncio.run(raw_main())] == [said(r) for r in expected]
+    assert calls[1:] == [("complete_many", 2)]
+
+
+def test_async_calls_batch_by_options_and_wait(eng, monkeypatch):
+    llm = ActQKVLLM(engine=eng, document=LONG, max_new_tokens=6)
+    questions = ["Who?", "When?", "Where?", "Why?"]
+    expected = [llm.complete(q) for q in questions[:2]] + [llm.complete(q, max_new_tokens=3) for q in questions[2:]]
+    calls = spy_many(monkeypatch)
+
+    async def by_options():
+        return await asyncio.gather(llm.acomplete(questions[0]), llm.acomplete(questions[1]),
+                                    llm.acomplete(questions[2], max_new_tokens=3),
+                                    llm.acomplete(questions[3], generate_kwargs={"max_new_tokens": 3}))
+
+    assert [said(r) for r in asyncio.run(by_options())] == [said(r) for r in expected]
+    assert sorted(calls) == [("chat_many", 2), ("chat_many", 2)], "a batch per set of options"
+
+    async def one_tick_apart(model):
+        first = asyncio.ensure_future(model.acomplete(questions[0]))
+        for _ in range(3):  # the first call has been submitted, and with no wait its batch has closed
+            await asyncio.sleep(0)
+        return await asyncio.gather(first, model.acomplete(questions[1]))
+
+    calls.clear()
+    assert [said(r) for r in asyncio.run(one_tick_apart(llm))] == [said(r) for r in expected[:2]]
+    assert calls == [], "no wait: calls in different ticks run alone"
+    waiting = ActQKVLLM(engine=eng, document=LONG, max_new_tokens=6, batch_wait=1.0)
+    assert [said(r) for r in asyncio.run(one_tick_apart(waiting))] == [said(r) for r in expected[:2]]
+    assert calls == [("chat_many", 2)], "within batch_wait: together"
+
+
+def test_async_streams_are_not_batched(eng, monkeypatch):
+    llm = ActQKVLLM(engine=eng, document=LONG, max_new_tokens=6)
+    expected = [llm.complete("Who?").text, llm.chat([user("When?")]).message.content]
+    calls = spy_many(monkeypatch)
+
+    async def main():
+        async def text(stream):
+            return "".join([r.delta async for r in await stream])
+
+        return await asyncio.gather(text(llm.astream_complete("Who?")), text(llm.astream_chat([user("When?")])))
+
+    assert asyncio.run(main()) == expected and calls == []
+
+
+def test_async_batch_errors_reach_their_own_caller(eng, monkeypatch):
+    llm = ActQKVLLM(engine=eng, document=LONG, max_new_tokens=6)
+    expected = [llm.complete("Who?"), llm.complete("When?")]
+    calls = spy_many(monkeypatch)
+    refused = [ChatMessage(role=MessageRole.ASSISTANT, content="I start.")]  # the engine wants a user turn first
+
+    async def main():
+        return await asyncio.gather(llm.acomplete("Who?"), llm.achat(refused), llm.acomplete("  "),
+                                    llm.acomplete("When?"), return_exceptions=True)
+
+    good, bad, empty, good2 = asyncio.run(main())
+    assert isinstance(bad, ValueError) and "user message" in str(bad)
+    assert isinstance(empty, ValueError) and "empty" in str(empty)  # refused before it joined the batch
+    assert [said(good), said(good2)] == [said(r) for r in expected]
+    assert calls == [("chat_many", 3)], "tried together, refused before decoding, then each alone"
+
+
+def test_call_gatherer_drops_cancelled_callers_and_splits_a_failed_batch():
+    from llama_index.llms.actqkv.base import CallGatherer
+
+    seen = []
+
+    def run(tag, items):
+        seen.append(items)
+        if len(items) > 1 and "bad" in items:
+            raise RuntimeError("one bad item")
+        if items == ["bad"]:
+            raise ValueError("bad item")
+        return [f"{tag}{i}" for i in items]
+
+    async def main():
+        gatherer = CallGatherer()
+        a = asyncio.ensure_future(gatherer.submit(run, ("x",), 1))
+        b = asyncio.ensure_future(gatherer.submit(run, ("x",), 2))
+        c = asyncio.ensure_future(gatherer.submit(run, ("y",), 3))
+        await asyncio.sleep(0)  # all three submitted, their batches not run yet
+        b.cancel()
+        first = await asyncio.gather(a, c)
+        split = await asyncio.gather(*(gatherer.submit(run, ("z",), i) for i in (4, "bad", 5)),
+                                     return_exceptions=True)
+        return first, split
+
+    first, split = asyncio.run(main())
+    assert first == ["x1", "y3"] and seen[:2] == [[1], [3]]  # b was cancelled before its batch ran
+    assert split[0] == "z4" and split[2] == "z5" and isinstance(split[1], ValueError)
+    assert seen[2:] == [[4, "bad", 5], [4], ["bad"], [5]]
+
+
 # ---------------------------------------------------------------------------------------- query engine
 @pytest.fixture(scope="module")
 def docs():

@@ -11,10 +11,11 @@ each is honoured, or refused with a ``ValueError`` that says why -- none is sile
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import warnings
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatResponseAsyncGen, ChatResponseGen,
@@ -95,6 +96,66 @@ def answer_info(answer: Answer) -> dict[str, Any]:
                         for s in answer.sources]}
 
 
+class CallGatherer:
+    """Gathers concurrent async calls into one batched call, run in a worker thread.
+
+    ``await submit(run, args, item)`` joins the open batch of ``(run, args)`` (both hashable) on the
+    running event loop, or opens one that closes ``wait`` seconds later (0: once the loop has run
+    the steps that are ready now, so every call started in the same tick, e.g. by one
+    ``asyncio.gather``, joins).
+    A closed batch runs ``run(*args, items)`` in a worker thread -- the loop is not blocked -- which
+    returns one result per item, in order; each caller gets its own. If it raises, each item runs
+    alone (``run(*args, [item])``), so an error reaches only the callers it belongs to.
+    """
+
+    def __init__(self, wait: float = 0.0) -> None:
+        self.wait = wait
+        self._open: dict[tuple, list[tuple[Any, asyncio.Future]]] = {}
+        self._running: set[asyncio.Task] = set()  # referenced until done (the loop keeps weak ones)
+
+    async def submit(self, run: Callable[..., list[Any]], args: tuple, item: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        key = (loop, run, args)
+        calls = self._open.get(key)
+        if calls is None:
+            calls = self._open[key] = []
+            if self.wait > 0:
+                loop.call_later(self.wait, self._close, key)
+            else:
+                loop.call_soon(self._close, key)
+        future = loop.create_future()
+        calls.append((item, future))
+        return await future
+
+    def _close(self, key: tuple) -> None:
+        loop, run, args = key
+        task = loop.create_task(self._run(run, args, self._open.pop(key)))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, run: Callable[..., list[Any]], args: tuple,
+                   calls: list[tuple[Any, asyncio.Future]]) -> None:
+        calls = [(item, future) for item, future in calls if not future.done()]  # callers still waiting
+        if not calls:
+            return
+        try:
+            try:
+                results = await run_in_thread_async(lambda: run(*args, [item for item, _ in calls]))
+            except Exception as exc:
+                if len(calls) > 1:  # each alone: every caller gets its own answer or error
+                    for call in calls:
+                        await self._run(run, args, [call])
+                elif not calls[0][1].done():
+                    calls[0][1].set_exception(exc)
+                return
+            for (_, future), result in zip(calls, results):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            for _, future in calls:
+                future.cancel()  # a no-op once answered; if this task was cancelled, nobody waits forever
+
+
 class ActQKVLLM(CustomLLM):
     """LlamaIndex LLM over an :class:`actqkv_llm.Engine` (default: the embedded Qwen2.5-Coder-0.5B-Instruct).
 
@@ -130,6 +191,11 @@ class ActQKVLLM(CustomLLM):
 
     ``additional_kwargs`` of every response carry the finish reason, token usage (``cached_tokens``
     = document tokens reused) and the sources.
+
+    Concurrent ``acomplete``/``achat`` calls (e.g. ``asyncio.gather``) with the same options are
+    answered together, as one batch on the engine (``Engine.chat_many`` / ``complete_many``):
+    those started in the same event-loop tick, or within ``batch_wait`` seconds of the first.
+    Streaming calls are not batched.
     """
 
     engine: Optional[Engine] = Field(default=None, exclude=True, description="The engine (default: shared).")
@@ -153,10 +219,13 @@ class ActQKVLLM(CustomLLM):
     tokenizer_kwargs: dict = Field(default_factory=dict, description="Refused when not empty.")
     tokenizer_outputs_to_remove: list = Field(default_factory=list, description="Refused when not empty.")
     is_chat_model: bool = Field(default=True, description="Format with the chat template (False: plain text).")
+    batch_wait: float = Field(default=0.0, ge=0.0, description="Seconds concurrent async calls wait for "
+                              "others to answer together (0: those started in the same event-loop tick).")
 
     _engine: Optional[Engine] = PrivateAttr(default=None)
     _doc: Optional[Document] = PrivateAttr(default=None)
     _doc_lock: Any = PrivateAttr(default_factory=threading.RLock)
+    _gatherer: Optional[CallGatherer] = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -361,21 +430,53 @@ class ActQKVLLM(CustomLLM):
                 prompt = f"{self.system_prompt} {prompt}"
         return prompt
 
-    def _run_prompt(self, prompt: str, formatted: bool, kwargs: dict[str, Any], stream: bool):
-        sampling = self._sampling(kwargs)
+    def _prompt_input(self, prompt: str, formatted: bool) -> tuple[str, Any]:
+        """What the engine is asked for a prompt: ``("chat", turns)`` or ``("complete", text)``."""
         if self.is_chat_model:
-            turns = self._turns_for_prompt(prompt, formatted)
-            return self.get_engine().chat(self.get_document(), turns, stream=stream, **sampling)
-        return self.get_engine().complete(self.get_document(), self._raw_prompt(prompt, formatted), stream=stream,
-                                          **sampling)
+            return "chat", self._turns_for_prompt(prompt, formatted)
+        return "complete", self._raw_prompt(prompt, formatted)
 
-    def _run_messages(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any], stream: bool):
+    def _messages_input(self, messages: Sequence[ChatMessage]) -> tuple[str, Any]:
+        """What the engine is asked for a conversation (see :meth:`_prompt_input`)."""
         if self.is_chat_model:
-            turns = to_engine_messages(messages)
-            return self.get_engine().chat(self.get_document(), turns, stream=stream, **self._sampling(kwargs))
+            return "chat", to_engine_messages(messages)
         if not messages:
             raise ValueError("no messages: give at least one user message")
-        return self._run_prompt(self.messages_to_prompt(messages), True, kwargs, stream)
+        return self._prompt_input(self.messages_to_prompt(messages), True)
+
+    def _answer(self, kind: str, value: Any, sampling: dict[str, Any], stream: bool):
+        eng, doc = self.get_engine(), self.get_document()
+        if kind == "chat":
+            return eng.chat(doc, value, stream=stream, **sampling)
+        return eng.complete(doc, value, stream=stream, **sampling)
+
+    def _answer_all(self, kind: str, sampling: tuple, values: list[Any]) -> list[Answer]:
+        """Answers for several engine inputs of one kind, decoded together (one alone: as a
+        synchronous call). ``sampling``: the options as ``(name, value)`` pairs (hashable)."""
+        options = {k: list(v) if isinstance(v, tuple) else v for k, v in sampling}
+        if len(values) == 1:
+            return [self._answer(kind, values[0], options, stream=False)]
+        eng, doc = self.get_engine(), self.get_document()
+        many = eng.chat_many if kind == "chat" else eng.complete_many
+        return many(doc, values, **options)
+
+    async def _answer_gathered(self, request: tuple[str, Any], kwargs: dict[str, Any]) -> Answer:
+        """One async call's answer, decoded together with the concurrent calls of the same kind and options."""
+        kind, value = request
+        sampling = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in self._sampling(kwargs).items()))
+        if self._gatherer is None:
+            with self._doc_lock:
+                if self._gatherer is None:
+                    self._gatherer = CallGatherer(self.batch_wait)
+        return await self._gatherer.submit(self._answer_all, (kind, sampling), value)
+
+    def _run_prompt(self, prompt: str, formatted: bool, kwargs: dict[str, Any], stream: bool):
+        sampling = self._sampling(kwargs)
+        return self._answer(*self._prompt_input(prompt, formatted), sampling, stream)
+
+    def _run_messages(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any], stream: bool):
+        sampling = self._sampling(kwargs)
+        return self._answer(*self._messages_input(messages), sampling, stream)
 
     @staticmethod
     def _pieces(stream) -> Iterator[tuple[str, str, Optional[Answer]]]:
@@ -385,10 +486,19 @@ class ActQKVLLM(CustomLLM):
             yield text, piece, None
         yield text, "", stream.answer
 
-    def _complete(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> CompletionResponse:
-        answer = self._run_prompt(prompt, formatted, kwargs, stream=False)
+    @staticmethod
+    def _completion_response(answer: Answer) -> CompletionResponse:
         info = answer_info(answer)
         return CompletionResponse(text=answer.text, raw=info, additional_kwargs=info)
+
+    @staticmethod
+    def _chat_response(answer: Answer) -> ChatResponse:
+        info = answer_info(answer)
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=answer.text),
+                            raw=info, additional_kwargs=info)
+
+    def _complete(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> CompletionResponse:
+        return self._completion_response(self._run_prompt(prompt, formatted, kwargs, stream=False))
 
     def _stream_complete(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> CompletionResponseGen:
         stream = self._run_prompt(prompt, formatted, kwargs, stream=True)  # bad input fails here
@@ -404,10 +514,7 @@ class ActQKVLLM(CustomLLM):
         return gen()
 
     def _chat(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatResponse:
-        answer = self._run_messages(messages, kwargs, stream=False)
-        info = answer_info(answer)
-        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=answer.text),
-                            raw=info, additional_kwargs=info)
+        return self._chat_response(self._run_messages(messages, kwargs, stream=False))
 
     def _stream_chat(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatResponseGen:
         stream = self._run_messages(messages, kwargs, stream=True)  # bad input fails here
@@ -437,14 +544,15 @@ class ActQKVLLM(CustomLLM):
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         return self._stream_chat(messages, kwargs)
 
-    # async: the blocking work runs in a thread, so the event loop stays free
+    # async: the blocking work runs in a thread, so the event loop stays free; concurrent calls
+    # are answered together (CallGatherer), streams one by one
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return await run_in_thread_async(lambda: self._complete(prompt, formatted, kwargs))
+        return self._completion_response(await self._answer_gathered(self._prompt_input(prompt, formatted), kwargs))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return await run_in_thread_async(lambda: self._chat(messages, kwargs))
+        return self._chat_response(await self._answer_gathered(self._messages_input(messages), kwargs))
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
