@@ -525,6 +525,9 @@ def test_version_3_cache_is_read_whole_blocks_and_version_4_reads_the_heads_it_p
         read[name] = mem.blocks.file.bytes_read
     unit = mem.blocks.file.unit_bytes
     assert read["v4"] == ids.numel() * 2 * unit                 # the picked heads' keys and values
+    fresh = next(m for m in load_document(eng, v4).state.memory if m.n_blocks)
+    fresh.blocks.gather(ids, torch.device("cpu"), values=False)   # the rerank reads candidates' keys only
+    assert fresh.blocks.file.bytes_read == ids.numel() * unit
     assert read["v3"] >= 20 * mem.kv_heads * 2 * unit           # every head of 20 blocks
     assert all(torch.equal(a, b) for a, b in zip(got["v4"], got["v3"]))
     # a flipped byte in the values of one KV head of one block: found when that head is read

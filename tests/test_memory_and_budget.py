@@ -227,7 +227,7 @@ def test_device_block_cache_keeps_its_slots_when_a_block_is_asked_twice():
     from actqkv_llm.memory.block_cache import DeviceBlockCache
 
     store = torch.arange(10 * 2 * 4 * 3, dtype=torch.float32).reshape(10, 2, 4, 3)
-    cache = DeviceBlockCache(lambda b, h: (store[b, h], -store[b, h]), 10, (2, 4, 3), torch.float32, "cpu", 4)
+    cache = DeviceBlockCache(lambda b, h, k, v: (store[b, h], -store[b, h]), 10, (2, 4, 3), torch.float32, "cpu", 4)
     k, _ = cache.gather(torch.tensor([9, 9, 9]), torch.device("cpu"))
     assert torch.equal(k, store[[9, 9, 9]].permute(1, 0, 2, 3).reshape(2, 12, 3))
     assert len(cache._slot) == 2 and len(cache._slot) + len(cache._free) == 8   # one slot per head, none lost
@@ -245,7 +245,7 @@ def test_device_block_cache_holds_each_heads_own_blocks_not_every_head_of_them()
     store = torch.randn(10, 2, 4, 3)
     reads = []
 
-    def reader(b, h):
+    def reader(b, h, keys, values):
         reads.append(len(b))
         return store[b, h], -store[b, h]
 
@@ -256,9 +256,9 @@ def test_device_block_cache_holds_each_heads_own_blocks_not_every_head_of_them()
         k, v = cache.gather(idx, torch.device("cpu"))
         torch.testing.assert_close(k, want, rtol=0, atol=0)
         torch.testing.assert_close(v, -want, rtol=0, atol=0)
-    assert reads == [8] and (cache.misses, cache.hits) == (8, 8)
+    assert reads == [8, 8] and (cache.misses, cache.hits) == (8, 8)
     cache.gather(torch.tensor([[8, 9, 0, 1], [8, 9, 4, 5]]), torch.device("cpu"))  # evicts only what it must
-    assert reads == [8, 4] and len(cache._slot) == 8
+    assert reads == [8, 8, 4, 4] and len(cache._slot) == 8   # keys and values of each pair read once
 
 
 def test_sink_keys_are_placed_once_per_set_of_sinks_and_forks_share_them():
@@ -278,3 +278,26 @@ def test_sink_keys_are_placed_once_per_set_of_sinks_and_forks_share_them():
     mem.sink_k = torch.cat([mem.sink_k, torch.randn(2, 1, 4)], 1)      # a new set of sinks: placed again
     torch.testing.assert_close(mem.placed_sink_keys(place), mem.sink_k * 2)
     assert len(calls) == 2
+
+
+def test_device_block_cache_reads_only_the_parts_asked_for():
+    """The rerank gathers its candidates' keys only: their values are read when attention first
+    asks for them, and never for the candidates it drops."""
+    from actqkv_llm.memory.block_cache import DeviceBlockCache
+
+    store = torch.randn(10, 2, 4, 3)
+    reads = []
+
+    def reader(b, h, keys, values):
+        reads.append((len(b), keys, values))
+        return (store[b, h] if keys else None), (-store[b, h] if values else None)
+
+    cache = DeviceBlockCache(reader, 10, (2, 4, 3), torch.float32, "cpu", 8)
+    k, v = cache.gather(torch.tensor([0, 1, 2, 3]), torch.device("cpu"), values=False)
+    assert v is None and torch.equal(k, store[[0, 1, 2, 3]].permute(1, 0, 2, 3).reshape(2, 16, 3))
+    assert reads == [(8, True, False)]
+    k, v = cache.gather(torch.tensor([1, 2]), torch.device("cpu"), keys=False)
+    assert k is None and torch.equal(v, -store[[1, 2]].permute(1, 0, 2, 3).reshape(2, 8, 3))
+    assert reads[1:] == [(4, False, True)]
+    k, v = cache.gather(torch.tensor([1, 2]), torch.device("cpu"))  # both held now: nothing read
+    assert len(reads) == 2 and torch.equal(v, -store[[1, 2]].permute(1, 0, 2, 3).reshape(2, 8, 3))

@@ -12,9 +12,11 @@ import torch
 
 from .blocks import GrowableBlocks
 
-# Reads one KV head of each of some blocks from the slow tier: ``(blocks [u], heads [u])`` -> host
-# ``[u, B, d]`` keys and values (block ids may repeat, e.g. several heads of one block).
-UnitReader = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# Reads one KV head of each of some blocks from the slow tier: ``(blocks [u], heads [u], keys, values)``
+# -> host ``[u, B, d]`` keys and values, each None where not asked for (block ids may repeat, e.g.
+# several heads of one block).
+UnitReader = Callable[[torch.Tensor, torch.Tensor, bool, bool],
+                      tuple[torch.Tensor | None, torch.Tensor | None]]
 
 
 class DeviceBlockCache:
@@ -40,17 +42,20 @@ class DeviceBlockCache:
         self._v = torch.empty_like(self._k)
         self._slot: OrderedDict[int, int] = OrderedDict()  # block * Hkv + head -> slot, LRU first
         self._free = list(range(self.units))
+        # which part each slot holds: a keys-only request (the rerank's candidates) fills keys only
+        self._has = [[False, False] for _ in range(self.units)]
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def _read(self, units: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read(self, units: list[int], keys: bool = True, values: bool = True):
         u = torch.tensor(units)
-        return self.reader(u // self.kv_heads, u % self.kv_heads)
+        return self.reader(u // self.kv_heads, u % self.kv_heads, keys, values)
 
     def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
                values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Blocks ``idx`` (``[n]`` for every head, or ``[Hkv, n]``) as ``[Hkv, n*B, d]`` keys and
-        values on the device; leaving keys or values out still fills whole slots (a slot holds both)."""
+        values on the device; a part left out (``keys=False`` / ``values=False``) is not read for
+        pairs that do not hold it yet (their slot gets it when a later request asks)."""
         hkv = self.kv_heads
         ids = (idx if idx.dim() == 2 else idx[None].expand(hkv, -1)).cpu()
         n = ids.shape[1]
@@ -61,7 +66,7 @@ class DeviceBlockCache:
 
         wanted = set(units)
         if len(wanted) > self.units:  # larger than the cache: read straight through
-            k, v = self._read(units)
+            k, v = self._read(units, keys, values)
             self.misses += len(units)
             return (shaped(k.to(device)) if keys else None, shaped(v.to(device)) if values else None)
         with self._lock:
@@ -71,20 +76,23 @@ class DeviceBlockCache:
             for u in units:
                 if u in self._slot:
                     self._slot.move_to_end(u)
-            if missing:
-                k, v = self._read(missing)
-                slots = []
-                for _ in missing:
-                    if self._free:
-                        slots.append(self._free.pop())
-                    else:  # evict the least recently used pair not needed now
-                        victim = next(u for u in self._slot if u not in wanted)
-                        slots.append(self._slot.pop(victim))
-                s = torch.tensor(slots, device=self.device)
-                self._k[s] = k.to(self.device, non_blocking=True)
-                self._v[s] = v.to(self.device, non_blocking=True)
-                for u, slot in zip(missing, slots):
-                    self._slot[u] = slot
+            for u in missing:
+                if self._free:
+                    slot = self._free.pop()
+                else:  # evict the least recently used pair not needed now
+                    slot = self._slot.pop(next(x for x in self._slot if x not in wanted))
+                self._has[slot] = [False, False]
+                self._slot[u] = slot
+            for part, store, asked in ((0, self._k, keys), (1, self._v, values)):
+                if not asked:
+                    continue
+                lack = [u for u in dict.fromkeys(units) if not self._has[self._slot[u]][part]]
+                if lack:
+                    got = self._read(lack, part == 0, part == 1)[part]
+                    s = torch.tensor([self._slot[u] for u in lack], device=self.device)
+                    store[s] = got.to(self.device, non_blocking=True)
+                    for u in lack:
+                        self._has[self._slot[u]][part] = True
             sel = torch.tensor([self._slot[u] for u in units], device=self.device)
             k = shaped(self._k.index_select(0, sel)) if keys else None
             v = shaped(self._v.index_select(0, sel)) if values else None
@@ -106,11 +114,14 @@ class HostBlocks:
         """New blocks go to host memory; they reach the device when retrieval first asks for them."""
         self.store.append(k, v)
 
-    def _read(self, blocks: torch.Tensor, heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = self.store.keys[blocks, heads], self.store.values[blocks, heads]
-        if torch.cuda.is_available() and self.cache.device.type == "cuda":
-            k, v = k.pin_memory(), v.pin_memory()
-        return k, v
+    def _read(self, blocks: torch.Tensor, heads: torch.Tensor, keys: bool = True,
+              values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        pin = torch.cuda.is_available() and self.cache.device.type == "cuda"
+        out = []
+        for asked, src in ((keys, self.store.keys), (values, self.store.values)):
+            x = src[blocks, heads] if asked else None
+            out.append(x.pin_memory() if x is not None and pin else x)
+        return out[0], out[1]
 
     def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
                values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:

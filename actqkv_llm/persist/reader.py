@@ -269,11 +269,13 @@ class BlocksFile:
         return k, v
 
 
-    def read_units(self, layer: int, blocks: list[int], heads: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def read_units(self, layer: int, blocks: list[int], heads: list[int], keys: bool = True,
+                   values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One KV head of each of ``blocks`` (``heads[i]`` of ``blocks[i]``) as host ``[u, B, d]``
-        keys and values, each unit read and verified on its own (version 4): a per-head selection
-        reads the heads it picks, not every head of every block it touches. Adjacent units (the
-        heads of one block lie together) are read as one run; runs go through the thread pool."""
+        keys and values (each None where not asked for), each unit read and verified on its own
+        (version 4): a per-head selection reads the heads it picks, not every head of every block
+        it touches. Adjacent units (the heads of one block lie together) are read as one run; runs
+        go through the thread pool."""
         if not self.per_head:
             raise CacheError(f"{self.path} verifies whole blocks (format version < 4): read whole blocks")
         n, hkv = self.n_blocks[layer], self.shape[0]
@@ -287,29 +289,34 @@ class BlocksFile:
             else:
                 runs.append([u, u + 1])
 
-        def run(r: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        parts = [w for w, asked in ((0, keys), (1, values)) if asked]
+
+        def run(r: list[int]) -> tuple[list[torch.Tensor | None], list[int]]:
             u0, u1 = r
-            k, v = self._pread_units(layer, u0, u1, 0), self._pread_units(layer, u0, u1, 1)
-            ids = range(u0, u1)
-            bad = self._bad_units(layer, ids, k, 0) + self._bad_units(layer, ids, v, 1)
-            return k, v, bad
+            got: list[torch.Tensor | None] = [None, None]
+            bad: list[int] = []
+            for w in parts:
+                got[w] = self._pread_units(layer, u0, u1, w)
+                bad += self._bad_units(layer, range(u0, u1), got[w], w)
+            return got, bad
 
         results = list(self._pool.map(run, runs)) if len(runs) > 1 else [run(r) for r in runs]
         self._count(len(runs), 0)
-        bad = sorted(u for *_, b in results for u in b)
+        bad = sorted(u for _, b in results for u in b)
         if bad:
             raise self._corrupt(layer, bad[0] // hkv)
-        at = {}
-        for (u0, _), (k, v, _) in zip(runs, results):
-            for j in range(k.shape[0]):
-                at[u0 + j] = (k[j], v[j])
-        want = [b * hkv + h for b, h in zip(blocks, heads)]
-        k = torch.empty((len(want), *self.shape[1:]), dtype=self.dtype, pin_memory=self.pin)
-        v = torch.empty_like(k, pin_memory=self.pin)
-        if want:
-            torch.stack([at[u][0].to(self.dtype) for u in want], out=k)
-            torch.stack([at[u][1].to(self.dtype) for u in want], out=v)
-        return k, v
+        at: dict[int, tuple[int, int]] = {}   # unit -> (run, row)
+        for r, (u0, u1) in enumerate(runs):
+            for j in range(u1 - u0):
+                at[u0 + j] = (r, j)
+        want = [at[b * hkv + h] for b, h in zip(blocks, heads)]
+        out: list[torch.Tensor | None] = [None, None]
+        for w in parts:
+            t = torch.empty((len(want), *self.shape[1:]), dtype=self.dtype, pin_memory=self.pin)
+            if want:
+                torch.stack([results[r][0][w][j].to(self.dtype) for r, j in want], out=t)
+            out[w] = t
+        return out[0], out[1]
 
 
 def _release(fd: int, pool: ThreadPoolExecutor) -> None:
@@ -330,15 +337,16 @@ class DiskBlocks:
         self.block_bytes = file.block_bytes
         self.cache = DeviceBlockCache(self._read, n_blocks, shape, dtype, device, max(1, min(capacity, n_blocks)))
 
-    def _read(self, blocks: torch.Tensor, heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One head of each of ``blocks``: read head by head (format version 4), or, where the file
-        verifies whole blocks (older versions), each block read (and verified) once, whatever number
-        of its heads is asked for."""
+    def _read(self, blocks: torch.Tensor, heads: torch.Tensor, keys: bool = True,
+              values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One head of each of ``blocks``, the parts asked for: read head by head (format version 4),
+        or, where the file verifies whole blocks (older versions), each block read (and verified)
+        once, keys and values, whatever number of its heads and parts is asked for."""
         if self.file.per_head:
-            return self.file.read_units(self.layer, blocks.tolist(), heads.tolist())
+            return self.file.read_units(self.layer, blocks.tolist(), heads.tolist(), keys, values)
         uniq, at = torch.unique(blocks, return_inverse=True)
         k, v = self.file.read(self.layer, uniq.tolist())
-        return k[at, heads], v[at, heads]
+        return (k[at, heads] if keys else None), (v[at, heads] if values else None)
 
     def read_range(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.file.read_range(self.layer, a, b)
