@@ -216,3 +216,19 @@ def test_engines_made_with_with_method_share_the_buffers(tokenizer):
     doc = fast.prefill(TEXT)
     want = fast.generate_ids(doc, [5, 6], max_new_tokens=12)
     assert same.generate_ids(doc, [5, 6], max_new_tokens=12) == want
+
+
+def test_a_reloaded_document_decodes_through_the_static_step(tokenizer, tmp_path):
+    """Blocks read from a cache file (format 4: only the heads and parts asked for) feed the static
+    step's candidates as they feed the reference step."""
+    from actqkv_llm.persist import load_document
+
+    ref, fast = _engines(tokenizer, dtype=torch.float32)   # a cache stores bf16, fp16 or fp32 KV
+    path = ref.prefill(TEXT).save(tmp_path / "doc")
+    want, _ = _steps(ref, load_document(ref, path), 30)
+    loaded = load_document(fast, path)
+    got, _ = _steps(fast, loaded, 30)
+    assert fast.decode_graph.replays >= 20
+    assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert any(m.blocks.file.bytes_read for m in loaded.state.memory if m.n_blocks)
