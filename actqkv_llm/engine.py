@@ -29,6 +29,8 @@ from .session import Session, forward_rows
 ATTN_IMPLEMENTATION = "actqkv"
 # Engine.from_pretrained's own keyword arguments (the rest are retrieval options).
 _LOAD_KWARGS = frozenset({"gguf_file", "device", "dtype", "progress", "cache", "allow_past_window"})
+# Engine._decode_graph before the first decode step has looked for one.
+_UNRESOLVED = object()
 # Below this many tokens a progress bar is more noise than help.
 PROGRESS_MIN_TOKENS = 2048
 
@@ -69,6 +71,7 @@ class Engine:
         # static decode buffers (and CUDA graphs) by graph_key, made at the first decode step; shared
         # with the engines with_method makes from this one (~3 GiB each on an 8B model)
         self._decode_graphs: dict = {}
+        self._decode_graph: Any = _UNRESOLVED   # this engine's entry of it (or None), found once
         _register_attention()
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
         ids = set()
@@ -308,7 +311,15 @@ class Engine:
 
     @property
     def decode_graph(self):
-        """The static decode step (attention/static_decode.py) if this engine uses it, else None."""
+        """The static decode step (attention/static_decode.py) if this engine uses it, else None
+        (decided at the first decode step: config, method and device do not change)."""
+        if self._decode_graph is _UNRESOLVED:
+            with self._lock, torch.inference_mode():
+                if self._decode_graph is _UNRESOLVED:
+                    self._decode_graph = self._find_decode_graph()
+        return self._decode_graph
+
+    def _find_decode_graph(self):
         setting = self.config.decode_graph
         on_cuda = self.device.type == "cuda"
         if setting is False or (setting == "auto" and not on_cuda):
@@ -318,14 +329,9 @@ class Engine:
         if not graph_capable(self.method, self.adapter):
             return None
         key = (graph_key(self.method), on_cuda)
-        graph = self._decode_graphs.get(key)
-        if graph is None:
-            with self._lock, torch.inference_mode():
-                graph = self._decode_graphs.get(key)
-                if graph is None:
-                    graph = DecodeGraph(self.adapter, self.config, self.method, use_graph=on_cuda)
-                    self._decode_graphs[key] = graph
-        return graph
+        if key not in self._decode_graphs:  # shared with the engines made with with_method
+            self._decode_graphs[key] = DecodeGraph(self.adapter, self.config, self.method, use_graph=on_cuda)
+        return self._decode_graphs[key]
 
     def _decode_step(self, sess: Session, token: int) -> torch.Tensor:
         """One decode step: through the static decode step where it applies, else the reference."""
@@ -380,7 +386,8 @@ class Engine:
         answer still going (an answer that ends leaves the batch). Where decode steps replay a CUDA
         graph (``decode_graph``), the answers are decoded one after another instead: one answer's
         graph step costs less than a batch pass whose attention runs row by row (docs/benchmarks.md)."""
-        if self.decode_graph is not None and self.decode_graph.use_graph:
+        graph = self.decode_graph
+        if graph is not None and graph.use_graph:
             for run, row in zip(runs, logits):
                 while (tok := run.choose(row)[1]) is not None:
                     with self._lock:

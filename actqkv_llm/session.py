@@ -160,8 +160,7 @@ class SourceTally:
         return t
 
     def add_picked(self, picked: torch.Tensor, n_blocks: int) -> None:
-        self.picks = self._fit(self.picks, n_blocks, picked)
-        self.picks.index_add_(0, picked, torch.ones_like(picked, dtype=torch.float32))
+        self.add_counts(picked, torch.ones_like(picked, dtype=torch.float32), n_blocks)
 
     def add_counts(self, blocks: torch.Tensor, counts: torch.Tensor, n_blocks: int) -> None:
         """Add ``counts`` picks of ``blocks`` at once (several steps' picks, gathered elsewhere)."""

@@ -167,8 +167,10 @@ class DecodeGraph:
         hidden = ~visible
         att = _capped(raw, softcap).masked_fill(hidden, NEG_INF)
         # rerank the held candidates by the mass full attention would give them (MemoryQuery's
-        # rule: uncapped candidate logits, normalised with the sinks and the window)
-        cand = raw[..., self.n_sink:w0].masked_fill(hidden[self.n_sink:w0], NEG_INF)
+        # rule: uncapped candidate logits, normalised with the sinks and the window); without a
+        # softcap those are att's own candidate logits (read before att drops the ones not kept)
+        cand = raw[..., self.n_sink:w0].masked_fill(hidden[self.n_sink:w0], NEG_INF) if softcap \
+            else att[..., self.n_sink:w0]
         ctx = torch.cat([att[..., :self.n_sink], att[..., w0:]], -1)
         lse = torch.logaddexp(torch.logsumexp(cand, -1, keepdim=True), torch.logsumexp(ctx, -1, keepdim=True))
         mass = torch.exp(cand - lse).reshape(hkv, g, self.m_cap, b).sum((1, 3))    # [Hkv, M]
@@ -181,7 +183,7 @@ class DecodeGraph:
         keep = (self.ranks < self.n_take[layer]).expand(self.rows, hi)
         chosen = torch.zeros_like(ok).scatter(1, order, keep)                      # [rows, M]
         dropped = ~chosen.expand(hkv, self.m_cap).repeat_interleave(b, -1)          # [Hkv, M*B]
-        att[..., self.n_sink:w0] = att[..., self.n_sink:w0].masked_fill(dropped[:, None], NEG_INF)
+        att[..., self.n_sink:w0].masked_fill_(dropped[:, None], NEG_INF)
 
         # one softmax over [sinks | kept blocks | window]
         p = torch.softmax(att, -1)

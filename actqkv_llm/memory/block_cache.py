@@ -70,7 +70,8 @@ class DeviceBlockCache:
             self.misses += len(units)
             return (shaped(k.to(device)) if keys else None, shaped(v.to(device)) if values else None)
         with self._lock:
-            missing = list(dict.fromkeys(u for u in units if u not in self._slot))  # each pair once
+            unique = list(dict.fromkeys(units))                                      # each pair once
+            missing = [u for u in unique if u not in self._slot]
             self.hits += len(units) - len(missing)
             self.misses += len(missing)
             for u in units:
@@ -86,7 +87,7 @@ class DeviceBlockCache:
             for part, store, asked in ((0, self._k, keys), (1, self._v, values)):
                 if not asked:
                     continue
-                lack = [u for u in dict.fromkeys(units) if not self._has[self._slot[u]][part]]
+                lack = [u for u in unique if not self._has[self._slot[u]][part]]
                 if lack:
                     got = self._read(lack, part == 0, part == 1)[part]
                     s = torch.tensor([self._slot[u] for u in lack], device=self.device)

@@ -124,22 +124,13 @@ class BlocksFile:
     # ------------------------------------------------------------------ checks
     def _bad_part(self, layer: int, start: int, t: torch.Tensor, which: int) -> list[int]:
         """Blocks of ``t`` (keys: ``which=0``, values: ``1``; first block ``start``) whose sha256 is wrong."""
-        if self.per_head:
-            hkv = self.shape[0]
-            units = range(start * hkv, (start + t.shape[0]) * hkv)
-            return sorted({u // hkv for u in self._bad_units(layer, units, t, which)})
-        dig = self._digests[layer]
-        rows = t.view(torch.uint8).reshape(t.shape[0], -1).numpy()
-        bad = []
-        for j in range(t.shape[0]):
-            o = 2 * DIGEST_BYTES * (start + j) + DIGEST_BYTES * which
-            if hashlib.sha256(rows[j]).digest()[:DIGEST_BYTES] != dig[o: o + DIGEST_BYTES]:
-                bad.append(start + j)
-        return bad
+        per = self.shape[0] if self.per_head else 1   # digests per block
+        units = range(start * per, (start + t.shape[0]) * per)
+        return sorted({u // per for u in self._bad_units(layer, units, t, which)})
 
     def _bad_units(self, layer: int, units, t: torch.Tensor, which: int) -> list[int]:
-        """Of units ``block * Hkv + head`` held by ``t`` in that order, those whose sha256 is wrong
-        (version 4: one digest per KV head of a block)."""
+        """Of the digested units held by ``t`` in that order (version 4: ``block * Hkv + head``;
+        versions 2-3: whole blocks), those whose sha256 is wrong."""
         dig = self._digests[layer]
         rows = t.view(torch.uint8).reshape(len(units), -1).numpy()
         bad = []
@@ -267,7 +258,6 @@ class BlocksFile:
         torch.stack([got[i][0] for i in ids], out=k)
         torch.stack([got[i][1] for i in ids], out=v)
         return k, v
-
 
     def read_units(self, layer: int, blocks: list[int], heads: list[int], keys: bool = True,
                    values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
