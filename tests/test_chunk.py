@@ -55,13 +55,21 @@ def test_batched_chunks_equal_the_reference_loop(make_engine, batched_calls, arc
         assert r_got.entropy_mean == pytest.approx(r_ref.entropy_mean, abs=1e-4)
 
 
-def test_a_chunk_crossing_the_native_window_runs_the_reference_loop(make_engine, batched_calls):
-    """Memory moves from exact positions to the fixed angle inside such a chunk: not batched."""
+def test_the_loop_runs_only_until_the_rest_of_a_chunk_can_batch(make_engine, batched_calls):
+    """A document's first chunk loops until the sinks are filled, a chunk crossing the native window
+    until the crossing execution block has run (memory moves from exact positions to the fixed
+    angle there); the rest of each chunk batches, its execution blocks numbered on from the loop's."""
     eng = make_engine(prefill_chunk=384, batch_prefill=True)
+    cfg = eng.config
+    assert (cfg.exec_block, cfg.n_sink, cfg.n_local, eng.adapter.native_window) == (32, 8, 64, 1024)
     eng.prefill_ids(torch.randint(0, 256, (1200,), generator=torch.Generator().manual_seed(1)))
-    # chunks 384..768 (exact) and 1152..1200 (fixed) batch; 0..384 fills the sinks, 768..1152 crosses
-    assert sorted({sum(p.sizes) for p in batched_calls}) == [48, 384]
-    assert len(batched_calls) == 2 * len(eng.adapter.memory_layers)
+    layers = len(eng.adapter.memory_layers)
+    assert len(batched_calls) == 4 * layers
+    seen = sorted({(p.first_slot, sum(p.sizes)) for p in batched_calls})
+    # 0..384: the sinks fill once a token leaves the 64-token window (3 blocks of 32), then 288
+    # batched; 384..768 all batched; 768..1152: 8 blocks up to 1024 looped, 128 batched at the
+    # fixed angle; 1152..1200 batched
+    assert seen == [(0, 48), (0, 384), (3, 288), (8, 128)]
 
 
 def test_methods_reading_summaries_never_batch(make_engine, batched_calls):

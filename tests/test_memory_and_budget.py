@@ -301,3 +301,26 @@ def test_device_block_cache_reads_only_the_parts_asked_for():
     assert reads[1:] == [(4, False, True)]
     k, v = cache.gather(torch.tensor([1, 2]), torch.device("cpu"))  # both held now: nothing read
     assert len(reads) == 2 and torch.equal(v, -store[[1, 2]].permute(1, 0, 2, 3).reshape(2, 8, 3))
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_a_prefill_allocates_its_block_store_once(make_engine, offload, monkeypatch):
+    """The store takes room for the whole document up front (on the device or, offloaded, in host
+    memory) instead of doubling as blocks arrive; a question's own blocks still grow."""
+    from actqkv_llm.memory.blocks import GrowableBlocks
+
+    grown = []
+    real = GrowableBlocks._grow
+    monkeypatch.setattr(GrowableBlocks, "_grow", lambda self, cap: (grown.append(cap), real(self, cap))[1])
+    eng = make_engine(prefill_chunk=384, offload=offload)
+    n = 1500
+    doc = eng.prefill_ids(torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(0)))
+    most = -(-n // eng.config.block_size)
+    layers = [m for m, k in zip(doc.state.memory, eng.adapter.kinds) if k.memory and k.window is None]
+    assert grown == [most] * len(layers)          # one allocation per layer, none while prefilling
+    for mem in layers:
+        store = mem.blocks.store if offload else mem.blocks
+        assert mem.n_blocks > 0 and store._k.shape[0] == most >= mem.n_blocks
+    grown.clear()
+    eng.generate_ids(doc, torch.randint(0, 256, (700,)), max_new_tokens=1)   # a long question adds blocks
+    assert grown and all(cap < most for cap in grown)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from ..devices import device_tensor
 from ..memory.blocks import StackedBlocks
 from ..retrieval.budget import normalized_entropy
 from ..retrieval.methods import pin_edges
@@ -43,6 +44,7 @@ class ChunkPlan:
     """
 
     size: int               # S, queries per execution block (the last one may have fewer)
+    first_slot: int         # the pass's execution-block index of the first one (the budget's slot)
     sizes: tuple[int, ...]  # t_e
     win_start: tuple[int, ...]  # a_e: first key of execution block e's window, an index into X
     n_loc: tuple[int, ...]  # window keys before e's own queries
@@ -61,8 +63,10 @@ def batches_on(setting: bool | str, device: torch.device) -> bool:
     return device.type != "cpu" if setting == "auto" else bool(setting)
 
 
-def chunk_plan(ctx: "StepContext", layer: int, t_all: int) -> ChunkPlan | None:
-    """The batch's plan for this layer, or None where the reference loop must run.
+def chunk_plan(ctx: "StepContext", layer: int, t_all: int, first_slot: int = 0) -> ChunkPlan | None:
+    """The batch's plan for this layer, or None where the reference loop must run. ``first_slot``:
+    execution blocks of this pass already run by the loop (a document's first chunk runs its first
+    execution block there, which fills the sinks, and the rest as a batch).
 
     A question's session (its own blocks stacked on the document's) runs the loop: a stacked
     store gathers ids that ascend, and a chunk's flattened picks ascend only per execution block.
@@ -94,7 +98,7 @@ def chunk_plan(ctx: "StepContext", layer: int, t_all: int) -> ChunkPlan | None:
         locs.append(n_loc)
         blocks.append(nb)
         n_loc += t
-    return ChunkPlan(step, sizes, tuple(starts), tuple(locs), tuple(blocks), a)
+    return ChunkPlan(step, first_slot, sizes, tuple(starts), tuple(locs), tuple(blocks), a)
 
 
 def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tensor, k: torch.Tensor,
@@ -121,11 +125,11 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
 
     # ---- scores -> budget -> blocks
     q_mem = _pad_blocks(mq.at_memory(q), n_e, size, pad)               # [H, E, S, d]
-    n_avail = torch.tensor(plan.n_blocks, device=dev)
+    n_avail = device_tensor(plan.n_blocks, dev)
     evidence = method.chunk_evidence(q_mem, weights, mem, mq, n_avail)  # [E, rows, N]
     ents = normalized_entropy(evidence, mass=method.scorer.mass, n_valid=n_avail[:, None]).mean(-1)  # [E]
     rstate.observe_entropies(ents)
-    counts = [ctx.budget.blocks_for(e, layer, plan.n_blocks[e], None) for e in range(n_e)]
+    counts = [ctx.budget.blocks_for(plan.first_slot + e, layer, plan.n_blocks[e], None) for e in range(n_e)]
     kmax = max(counts)
     k_mem = v_mem = None
     if kmax:
@@ -141,22 +145,22 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
     sink_k = mem.sink_k
     if mq.mode == "exact":
         sink_k = sinks_at_true_positions(s.adapter, kind.rope_type, mem)
-    sinks_k = sink_k[None].expand(n_e, -1, -1, -1)
-    sinks_v = mem.sink_v[None].expand(n_e, -1, -1, -1)
-    sink_ok = torch.ones((n_e, mem.n_sink), dtype=torch.bool, device=dev)
-    if k_mem is None:
-        k_mem, v_mem, mem_ok = sinks_k, sinks_v, sink_ok
-    else:
-        k_mem, v_mem = torch.cat([sinks_k, k_mem], 2), torch.cat([sinks_v, v_mem], 2)
-        mem_ok = torch.cat([sink_ok, mem_ok], 1)
+    # memory as parts [sinks | picked blocks], joined once by whichever attention runs
+    k_parts, v_parts = [sink_k[None].expand(n_e, -1, -1, -1)], [mem.sink_v[None].expand(n_e, -1, -1, -1)]
+    ok_parts = [torch.ones((n_e, mem.n_sink), dtype=torch.bool, device=dev)]
+    if k_mem is not None:
+        k_parts.append(k_mem)
+        v_parts.append(v_mem)
+        ok_parts.append(mem_ok)
+    mem_ok = torch.cat(ok_parts, 1)
 
     # ---- the local windows, and one softmax over [memory | window] per execution block
     width = plan.width
     w_max = max(width)
     cols = torch.arange(w_max, device=dev)
-    idx = (torch.tensor(plan.win_start, device=dev)[:, None] + cols).clamp_(max=x_k.shape[1] - 1)  # [E, W]
-    last = torch.tensor(plan.sizes, device=dev)[:, None] - 1
-    qpos = torch.tensor(plan.n_loc, device=dev)[:, None] + torch.minimum(torch.arange(size, device=dev)[None], last)
+    idx = (device_tensor(plan.win_start, dev)[:, None] + cols).clamp_(max=x_k.shape[1] - 1)  # [E, W]
+    last = device_tensor(plan.sizes, dev)[:, None] - 1
+    qpos = device_tensor(plan.n_loc, dev)[:, None] + torch.minimum(torch.arange(size, device=dev)[None], last)
     loc_hidden = cols[None, None] > qpos[:, :, None]                    # [E, S, W]: query j sees window key i
     v_loc = x_v[:, idx].transpose(0, 1)
     if softcap or mq.mode != "exact":
@@ -164,18 +168,19 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
         cos, sin = s.adapter.rope_table(kind.rope_type, max(w_max, cfg.n_local + 1))
         k_loc = rotate(x_k[:, idx], cos[:w_max], sin[:w_max]).to(mem.dtype).transpose(0, 1)   # [E, Hkv, W, d]
         q_loc = rotate(_pad_blocks(q, n_e, size, pad), cos[qpos], sin[qpos]).to(q.dtype)
+        k_mem, v_mem = torch.cat(k_parts, 2), torch.cat(v_parts, 2)
         out = _attend(q_mem, q_loc, k_mem, v_mem, mem_ok, k_loc, v_loc, loc_hidden, scaling, softcap)
     else:  # memory at exact positions: one fused attention call
         first = mem.local_start
         cos, sin = s.adapter.rope_table(kind.rope_type, first + x_k.shape[1])
         k_abs = rotate(x_k, cos[first:first + x_k.shape[1]], sin[first:first + x_k.shape[1]]).to(mem.dtype)
-        out = _attend_fused(q_mem, k_mem, v_mem, mem_ok, k_abs[:, idx].transpose(0, 1), v_loc,
-                            loc_hidden, scaling)
+        out = _attend_fused(q_mem, k_parts + [k_abs[:, idx].transpose(0, 1)], v_parts + [v_loc],
+                            mem_ok, loc_hidden, scaling)
 
     # ---- bookkeeping: the blocks that left were stored above; the rest is the new window
     mem.settle_chunk(x_k, x_v, plan.evicted)
     for e in range(n_e):
-        s.note_kv(e, layer, mem.n_sink + counts[e] * b + width[e])
+        s.note_kv(plan.first_slot + e, layer, mem.n_sink + counts[e] * b + width[e])
     return out.reshape(h, n_e * size, d)[:, :t_all].to(q.dtype)
 
 
@@ -194,25 +199,32 @@ def _pick(evidence: torch.Tensor, n_avail: torch.Tensor, counts: list[int], kmax
     n = evidence.shape[-1]
     hidden = torch.arange(n, device=evidence.device)[None, None] >= n_avail[:, None, None]
     top = evidence.masked_fill(hidden, float("-inf")).topk(kmax, -1).indices    # [E, rows, kmax]
-    ok = torch.arange(kmax, device=evidence.device)[None] < torch.tensor(counts, device=evidence.device)[:, None]
+    ok = torch.arange(kmax, device=evidence.device)[None] < device_tensor(counts, evidence.device)[:, None]
     top = torch.where(ok[:, None], top, n).sort(-1).values
     return torch.where(ok[:, None], top, 0), ok
 
 
-def _attend_fused(q: torch.Tensor, k_mem: torch.Tensor, v_mem: torch.Tensor, mem_ok: torch.Tensor,
-                  k_loc: torch.Tensor, v_loc: torch.Tensor, loc_hidden: torch.Tensor, scaling: float) -> torch.Tensor:
+def _attend_fused(q: torch.Tensor, k_parts: list[torch.Tensor], v_parts: list[torch.Tensor],
+                  mem_ok: torch.Tensor, loc_hidden: torch.Tensor, scaling: float) -> torch.Tensor:
     """:func:`_attend` without the mass, for memory at exact positions: the window's keys rotated at
     their absolute positions like the memory's (dot products depend only on the distance), so one
     query serves both parts and PyTorch's fused attention (``scaled_dot_product_attention``, one
-    softmax over ``[memory | window]`` with a mask) does it. q ``[H, E, S, d]`` at absolute
-    positions; returns out ``[H, E, S, d]``."""
+    softmax over ``[memory | window]`` with a mask) does it.
+
+    q ``[H, E, S, d]`` at absolute positions; k/v parts ``[E, Hkv, *, d]`` (memory parts, then the
+    window), joined once; ``mem_ok [E, M]``, ``loc_hidden [E, S, W]``. A KV head's query heads are
+    folded into the query axis (``[E, Hkv, G*S, d]``) rather than its keys and values copied G
+    times. Returns out ``[H, E, S, d]``."""
     h, n_e, size, d = q.shape
-    g = h // k_mem.shape[1]
-    k = torch.cat([k_mem, k_loc.to(k_mem.dtype)], 2).repeat_interleave(g, 1)      # [E, H, M+W, d]
-    v = torch.cat([v_mem, v_loc.to(v_mem.dtype)], 2).repeat_interleave(g, 1)
-    seen = torch.cat([mem_ok[:, None].expand(-1, size, -1), ~loc_hidden], 2)[:, None]   # [E, 1, S, M+W]
-    out = F.scaled_dot_product_attention(q.transpose(0, 1).to(k.dtype), k, v, attn_mask=seen, scale=scaling)
-    return out.transpose(0, 1)
+    hkv = k_parts[0].shape[1]
+    g = h // hkv
+    k = torch.cat([p.to(k_parts[0].dtype) for p in k_parts], 2)                 # [E, Hkv, M+W, d]
+    v = torch.cat([p.to(k.dtype) for p in v_parts], 2)
+    seen = torch.cat([mem_ok[:, None].expand(-1, size, -1), ~loc_hidden], 2)      # [E, S, M+W]
+    seen = seen[:, None, None].expand(-1, 1, g, -1, -1).reshape(n_e, 1, g * size, -1)
+    qg = q.reshape(hkv, g, n_e, size, d).permute(2, 0, 1, 3, 4).reshape(n_e, hkv, g * size, d)
+    out = F.scaled_dot_product_attention(qg.to(k.dtype), k, v, attn_mask=seen, scale=scaling)
+    return out.view(n_e, hkv, g, size, d).permute(1, 2, 0, 3, 4).reshape(h, n_e, size, d)
 
 
 def _attend(q_mem: torch.Tensor, q_loc: torch.Tensor, k_mem: torch.Tensor, v_mem: torch.Tensor,

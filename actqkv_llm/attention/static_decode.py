@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..devices import half_products_into_float32
 from .rope import rotate, sinks_at_true_positions
 from .step import DECODE
 
@@ -126,7 +127,7 @@ class DecodeGraph:
         self.tables = {kind.rope_type: adapter.rope_table(kind.rope_type, need) for kind in adapter.kinds}
         self.ranks = torch.arange(self.hi, device=dev)
         self.slots = torch.arange(self.cap, device=dev)
-        self.half_out = dev.type == "cuda" and dt in (torch.bfloat16, torch.float16) and _has_out_dtype(dev, dt)
+        self.half_out = dev.type == "cuda" and dt in (torch.bfloat16, torch.float16) and half_products_into_float32(dev, dt)
         self.graphs: dict[tuple[str, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.loaded: _Loaded | None = None
         self.mode = "fixed"           # what the step being run or captured places memory at
@@ -383,16 +384,6 @@ def graph_key(method) -> tuple:
     return (graph_capable(method, None), method.per_head, method.rerank, method.keep_edges,
             method.tracks_activations, method.positions, c.block_range, c.avg_blocks,
             c.n_local, c.n_sink, c.block_size)
-
-
-def _has_out_dtype(device, dtype) -> bool:
-    """Whether this torch multiplies half-precision matrices into float32 (``torch.bmm(...,
-    out_dtype=)``, CUDA, torch >= 2.9)."""
-    x = torch.zeros((1, 1, 1), dtype=dtype, device=device)
-    try:
-        return torch.bmm(x, x, out_dtype=torch.float32).dtype == torch.float32
-    except (TypeError, RuntimeError, NotImplementedError):
-        return False
 
 
 def _capped(s: torch.Tensor, softcap: float | None) -> torch.Tensor:

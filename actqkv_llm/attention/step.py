@@ -70,12 +70,16 @@ class StepContext:
         s = self.session
         cfg, method = s.config, s.method
         t_all = q.shape[1]
-        plan = chunk_plan(self, layer, t_all)
-        if plan is not None:
-            return attend_chunk(self, layer, plan, q, k, v, scaling, softcap)
         step = cfg.exec_block if method.bounded else t_all
         outs = []
         for slot, a in enumerate(range(0, t_all, step)):
+            # the rest of the chunk as one batch as soon as it may (a document's first chunk: once
+            # its first execution block has filled the sinks; a chunk crossing the native window:
+            # once the crossing execution block has run)
+            plan = chunk_plan(self, layer, t_all - a, slot)
+            if plan is not None:
+                outs.append(attend_chunk(self, layer, plan, q[:, a:], k[:, a:], v[:, a:], scaling, softcap))
+                break
             outs.append(self._exec_block(slot, layer, q[:, a:a + step], k[:, a:a + step],
                                          v[:, a:a + step], scaling, softcap))
         return torch.cat(outs, 1) if len(outs) > 1 else outs[0]

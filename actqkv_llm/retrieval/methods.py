@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from ..config import RetrievalConfig
+from ..devices import device_tensor
 from .budget import DynamicCutoff, EntropyRefill, FixedTopK, normalized_entropy
 from .probe import ActivationStats, _group, activation_bias, token_weights, weighted_mean
 from .score import bound_logits, cosine_scores, dot_scores, key_logits, reduce_tokens
@@ -226,10 +227,10 @@ class TokenProbe(Probe):
         padding), each row as :meth:`__call__` gives it after the statistics saw that block."""
         h, t, d = q.shape
         n_e, size = len(sizes), sizes[0]
-        valid = torch.arange(size, device=q.device)[None] \
-            < torch.tensor(sizes, device=q.device)[:, None]
+        n_tok = device_tensor(sizes, q.device, torch.float32)[:, None]
+        valid = torch.arange(size, device=q.device)[None] < n_tok
         if not self.activation or state.stats is None:
-            return valid / torch.tensor(sizes, device=q.device, dtype=torch.float32)[:, None]
+            return valid / n_tok
         feats = q.permute(1, 0, 2).reshape(t, h * d).float()
         means, var = state.stats.update_blocks(feats, sizes)
         pad = n_e * size - t
@@ -306,12 +307,12 @@ class BoundScorer(Scorer):
             ne = e.stop - e.start
             u = bound_logits(q_mem[:, e].reshape(h, ne * size, d), lo, hi, mem.dtype)
             u = u.view(hkv, h // hkv, ne, size, n).permute(2, 0, 1, 3, 4)           # [E', Hkv, G, S, N]
-            u = u.masked_fill(hidden[e, None, None, None], float("-inf"))
+            u.masked_fill_(hidden[e, None, None, None], float("-inf"))   # in place: u is this loop's own
             if self.reduce == "max":
-                u = u.masked_fill(weights[e, None, None, :, None] == 0, float("-inf"))
+                u.masked_fill_(weights[e, None, None, :, None] == 0, float("-inf"))
                 out.append(u.amax((2, 3)))
             else:
-                p = torch.softmax(u * mq.scaling, -1)
+                p = torch.softmax(u.mul_(mq.scaling), -1)
                 out.append(torch.einsum("ekgsn,es->ekn", p, weights[e].float()))
         return torch.cat(out)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..devices import device_tensor
+
 # ActQKV regularises the variance by 1/100 of its mean so quiet features cannot blow up.
 VARIANCE_FLOOR_RATIO = 0.01
 
@@ -58,7 +60,7 @@ class ActivationStats:
         if pad:
             x = torch.cat([x, x.new_zeros((pad, x.shape[1]))])
         x = x.view(n_e, size, -1)  # padding rows are zeros: they add nothing to the sums
-        counts = torch.tensor(sizes, dtype=torch.float32, device=q.device).cumsum(0)[:, None] + self.count
+        counts = device_tensor(sizes, q.device, torch.float32).cumsum(0)[:, None] + self.count
         off = self.mean - shift
         s1 = (x.sum(1).cumsum(0) + self.count * off)
         s2 = ((x * x).sum(1).cumsum(0) + self.m2 + self.count * off * off)

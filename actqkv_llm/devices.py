@@ -1,0 +1,49 @@
+"""Host values onto the compute device without making the host wait.
+
+``torch.tensor(values, device="cuda")`` copies from pageable host memory, which synchronises the
+stream: the host waits for every kernel queued so far before it can queue the next one, and the GPU
+then idles while Python catches up. A batched prefill chunk needed seven such small tensors per
+layer (1,568 waits for a 32K document on the 8B shape, 1.15 s of its 3.3 s; docs/benchmarks.md).
+Staging the values in pinned memory and copying asynchronously keeps the queue full (the caching
+host allocator keeps the staging buffer alive until the copy has run).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import torch
+
+
+def device_tensor(values: Sequence[int] | Sequence[float], device: torch.device,
+                  dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """``torch.tensor(values, dtype=dtype)`` on ``device``; on CUDA staged in pinned memory and
+    copied without synchronising (the same values, the same result)."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def float32_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` (batched, 3-d) as float32: bf16/fp16 operands on CUDA multiplied as they are into
+    a float32 result (``torch.bmm(..., out_dtype=)``: no half-precision rounding of the products and
+    no float32 copy of the operands), elsewhere the operands' own product cast to float32."""
+    if a.dtype in (torch.bfloat16, torch.float16) and half_products_into_float32(a.device, a.dtype):
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return torch.matmul(a, b).float()
+
+
+@functools.cache
+def half_products_into_float32(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether this torch multiplies half-precision matrices into float32 on ``device``
+    (``torch.bmm(..., out_dtype=)``: CUDA, torch >= 2.9). A property of the installed build, asked
+    once per device and dtype (never inside a CUDA graph capture: callers ask before capturing)."""
+    if device.type != "cuda":
+        return False
+    x = torch.zeros((1, 1, 1), dtype=dtype, device=device)
+    try:
+        return torch.bmm(x, x, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
