@@ -26,15 +26,6 @@ def device_tensor(values: Sequence[int] | Sequence[float], device: torch.device,
     return host.pin_memory().to(device, non_blocking=True)
 
 
-def float32_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` (batched, 3-d) as float32: bf16/fp16 operands on CUDA multiplied as they are into
-    a float32 result (``torch.bmm(..., out_dtype=)``: no half-precision rounding of the products and
-    no float32 copy of the operands), elsewhere the operands' own product cast to float32."""
-    if a.dtype in (torch.bfloat16, torch.float16) and half_products_into_float32(a.device, a.dtype):
-        return torch.bmm(a, b, out_dtype=torch.float32)
-    return torch.matmul(a, b).float()
-
-
 @functools.cache
 def half_products_into_float32(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether this torch multiplies half-precision matrices into float32 on ``device``

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..devices import float32_products
-
 
 def dot_scores(probe: torch.Tensor, summaries: list[torch.Tensor]) -> torch.Tensor:
     """InfLLM: dot product of the probe with each block's summary, per KV head (their sum over
@@ -47,17 +45,16 @@ def bound_logits(q: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
     """Quest's upper bound of each query token's best logit in each block.
 
     q ``[H, T, d]`` (query heads, already at the memory's rotation); lo/hi ``[n, Hkv, d]``.
-    ``sum_c max(q_c lo_c, q_c hi_c) = q+ . hi + q- . lo``: one matrix product of ``[q+ | q-]`` with
-    ``[hi ; lo]``, operands in ``dtype`` (the model's: a bound only ranks blocks, and bf16 products
-    run on the GPU's matrix units), the result in float32 (straight from the product on CUDA).
+    ``sum_c max(q_c lo_c, q_c hi_c) = q+ . hi + q- . lo``: two matrix products, in ``dtype`` (the
+    model's: a bound only ranks blocks, and bf16 products run on the GPU's matrix units).
     Returns float32 ``[H, T, n]``.
     """
     h, t, d = q.shape
     hkv = lo.shape[1]
     qg = q.to(dtype).reshape(hkv, (h // hkv) * t, d)
-    signed = torch.cat([qg.clamp(min=0), qg.clamp(max=0)], -1)                 # [Hkv, G*T, 2d]
-    bounds = torch.cat([hi, lo], -1).to(dtype).permute(1, 2, 0)                # [Hkv, 2d, n]
-    return float32_products(signed, bounds).reshape(h, t, -1)
+    pos, neg = qg.clamp(min=0), qg.clamp(max=0)
+    u = torch.matmul(pos, hi.to(dtype).permute(1, 2, 0)) + torch.matmul(neg, lo.to(dtype).permute(1, 2, 0))
+    return u.float().reshape(h, t, -1)
 
 
 def key_logits(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
