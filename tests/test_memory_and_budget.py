@@ -230,7 +230,7 @@ def test_device_block_cache_keeps_its_slots_when_a_block_is_asked_twice():
     cache = DeviceBlockCache(lambda b, h, k, v: (store[b, h], -store[b, h]), 10, (2, 4, 3), torch.float32, "cpu", 4)
     k, _ = cache.gather(torch.tensor([9, 9, 9]), torch.device("cpu"))
     assert torch.equal(k, store[[9, 9, 9]].permute(1, 0, 2, 3).reshape(2, 12, 3))
-    assert len(cache._slot) == 2 and len(cache._slot) + len(cache._free) == 8   # one slot per head, none lost
+    assert cache.resident == 2 and cache.resident + cache.free == 8   # one slot per head, none lost
     for ids in ([0, 1, 2], [3, 4, 5], [6, 7, 8]):               # needs all four slots in turn
         k, v = cache.gather(torch.tensor(ids), torch.device("cpu"))
         assert torch.equal(v, -store[ids].permute(1, 0, 2, 3).reshape(2, 12, 3))
@@ -258,7 +258,7 @@ def test_device_block_cache_holds_each_heads_own_blocks_not_every_head_of_them()
         torch.testing.assert_close(v, -want, rtol=0, atol=0)
     assert reads == [8, 8] and (cache.misses, cache.hits) == (8, 8)
     cache.gather(torch.tensor([[8, 9, 0, 1], [8, 9, 4, 5]]), torch.device("cpu"))  # evicts only what it must
-    assert reads == [8, 8, 4, 4] and len(cache._slot) == 8   # keys and values of each pair read once
+    assert reads == [8, 8, 4, 4] and cache.resident == 8   # keys and values of each pair read once
 
 
 def test_sink_keys_are_placed_once_per_set_of_sinks_and_forks_share_them():

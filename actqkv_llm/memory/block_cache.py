@@ -5,7 +5,6 @@ offload; the second level of ACRE's two-level memory)."""
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -30,6 +29,13 @@ class DeviceBlockCache:
     default's candidates (4x the picks, per head) then outgrew it and every decode step read them
     through again (docs/benchmarks.md, "offload"). Counters ``hits`` / ``misses`` count (block,
     head) pairs, to make its behaviour visible in benchmarks.
+
+    The bookkeeping is a few host tensors, updated with whole-request tensor ops: a request names
+    thousands of pairs (the rerank's candidates, per KV head), and a Python loop over them cost a
+    reloaded document's first question more than its reads. ``_slot_of[unit]`` is the slot of
+    pair ``unit = block * Hkv + head`` (-1: not resident), ``_unit_of[slot]`` the reverse (-1: free),
+    ``_stamp[slot]`` when it was last used (-1: free), ``_has[part, slot]`` whether it holds its
+    keys (part 0) / values (part 1).
     """
 
     def __init__(self, reader: UnitReader, n_blocks: int, shape: tuple[int, int, int],
@@ -40,16 +46,57 @@ class DeviceBlockCache:
         self.units = capacity * self.kv_heads
         self._k = torch.empty((self.units, b, d), dtype=dtype, device=self.device)
         self._v = torch.empty_like(self._k)
-        self._slot: OrderedDict[int, int] = OrderedDict()  # block * Hkv + head -> slot, LRU first
-        self._free = list(range(self.units))
+        self._slot_of = torch.full((max(1, n_blocks) * self.kv_heads,), -1, dtype=torch.long)
+        self._unit_of = torch.full((self.units,), -1, dtype=torch.long)
+        self._stamp = torch.full((self.units,), -1, dtype=torch.long)
         # which part each slot holds: a keys-only request (the rerank's candidates) fills keys only
-        self._has = [[False, False] for _ in range(self.units)]
+        self._has = torch.zeros((2, self.units), dtype=torch.bool)
+        self._clock = 0
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def _read(self, units: list[int], keys: bool = True, values: bool = True):
-        u = torch.tensor(units)
-        return self.reader(u // self.kv_heads, u % self.kv_heads, keys, values)
+    @property
+    def resident(self) -> int:
+        """(block, head) pairs held now."""
+        return int((self._slot_of >= 0).sum())
+
+    @property
+    def free(self) -> int:
+        """Slots holding no pair."""
+        return int((self._unit_of < 0).sum())
+
+    def _read(self, units: torch.Tensor, keys: bool = True, values: bool = True):
+        return self.reader(units // self.kv_heads, units % self.kv_heads, keys, values)
+
+    def _place(self, units: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Slots of ``units`` (distinct pairs, all of one request, at most ``self.units``; ``last``:
+        where each is last named in it) and how many were missing. The missing ones are placed in
+        free slots or, when none is left, in those used least recently by earlier requests (never
+        one this request needs); every one is stamped as used at its last position in the
+        request, so that later evictions follow request order."""
+        if units.numel() == 0:
+            return units, 0
+        top = int(units.max())
+        if top >= self._slot_of.numel():   # a store that grew since (HostBlocks)
+            grown = torch.full((2 * (top + 1),), -1, dtype=torch.long)
+            grown[:self._slot_of.numel()] = self._slot_of
+            self._slot_of = grown
+        slots = self._slot_of[units]
+        miss = slots < 0
+        n_miss = int(miss.sum())
+        if n_miss:
+            age = self._stamp.clone()
+            age[slots[~miss]] = torch.iinfo(torch.long).max   # needed now: never evicted for it
+            take = torch.topk(age, n_miss, largest=False, sorted=False).indices
+            gone = self._unit_of[take]
+            self._slot_of[gone[gone >= 0]] = -1
+            self._unit_of[take] = units[miss]
+            self._slot_of[units[miss]] = take
+            self._has[:, take] = False
+            slots[miss] = take
+        self._stamp[slots] = self._clock + last
+        self._clock += int(last.max()) + 1
+        return slots, n_miss
 
     def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
                values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -57,44 +104,32 @@ class DeviceBlockCache:
         values on the device; a part left out (``keys=False`` / ``values=False``) is not read for
         pairs that do not hold it yet (their slot gets it when a later request asks)."""
         hkv = self.kv_heads
-        ids = (idx if idx.dim() == 2 else idx[None].expand(hkv, -1)).cpu()
+        ids = (idx if idx.dim() == 2 else idx[None].expand(hkv, -1)).cpu().long()
         n = ids.shape[1]
-        units = (ids * hkv + torch.arange(hkv)[:, None]).flatten().tolist()   # head-major
+        units = (ids * hkv + torch.arange(hkv)[:, None]).flatten()   # head-major
 
         def shaped(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else x.view(hkv, n * x.shape[1], x.shape[2])
 
-        wanted = set(units)
-        if len(wanted) > self.units:  # larger than the cache: read straight through
+        uniq, at = torch.unique(units, return_inverse=True)            # each pair once
+        if uniq.numel() > self.units:  # larger than the cache: read straight through
             k, v = self._read(units, keys, values)
-            self.misses += len(units)
+            with self._lock:
+                self.misses += units.numel()
             return (shaped(k.to(device)) if keys else None, shaped(v.to(device)) if values else None)
         with self._lock:
-            unique = list(dict.fromkeys(units))                                      # each pair once
-            missing = [u for u in unique if u not in self._slot]
-            self.hits += len(units) - len(missing)
-            self.misses += len(missing)
-            for u in units:
-                if u in self._slot:
-                    self._slot.move_to_end(u)
-            for u in missing:
-                if self._free:
-                    slot = self._free.pop()
-                else:  # evict the least recently used pair not needed now
-                    slot = self._slot.pop(next(x for x in self._slot if x not in wanted))
-                self._has[slot] = [False, False]
-                self._slot[u] = slot
+            last = torch.zeros_like(uniq).scatter_reduce_(0, at, torch.arange(units.numel()), "amax",
+                                                           include_self=False)
+            slots, missing = self._place(uniq, last)
+            self.hits += units.numel() - missing
+            self.misses += missing
             for part, store, asked in ((0, self._k, keys), (1, self._v, values)):
-                if not asked:
-                    continue
-                lack = [u for u in unique if not self._has[self._slot[u]][part]]
-                if lack:
-                    got = self._read(lack, part == 0, part == 1)[part]
-                    s = torch.tensor([self._slot[u] for u in lack], device=self.device)
-                    store[s] = got.to(self.device, non_blocking=True)
-                    for u in lack:
-                        self._has[self._slot[u]][part] = True
-            sel = torch.tensor([self._slot[u] for u in units], device=self.device)
+                lack = ~self._has[part, slots]
+                if asked and lack.any():
+                    got = self._read(uniq[lack], part == 0, part == 1)[part]
+                    store[slots[lack].to(self.device)] = got.to(self.device, non_blocking=True)
+                    self._has[part, slots[lack]] = True
+            sel = slots[at].to(self.device)
             k = shaped(self._k.index_select(0, sel)) if keys else None
             v = shaped(self._v.index_select(0, sel)) if values else None
         return k, v

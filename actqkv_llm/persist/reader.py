@@ -18,7 +18,7 @@ import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -39,7 +39,8 @@ PREFETCH_BLOCKS = 1
 MAX_GAP = 1
 # Prefetched blocks kept per layer until asked for.
 PREFETCH_BUFFER = 32
-# Runs of blocks read at once (positioned reads in parallel hide a cold disk's latency).
+# Runs of blocks read at once (positioned reads in parallel hide a cold disk's latency); format 4
+# reads a request's runs in at most this many batches, one thread each.
 READ_THREADS = 16
 
 
@@ -53,13 +54,17 @@ class BlocksFile:
     parallel by a small thread pool (``os.preadv`` and ``hashlib`` release the GIL): on a cold
     disk each small random read costs a full device latency, and serialising them made the first
     question on a reloaded 128K-token document wait for ~1,500 round trips one after another.
+
+    ``digests`` holds each layer's sha256-128 digests as uint8 ``[n_blocks, Hkv, 2, 16]`` (version
+    4: per KV head, of keys and of values) or ``[n_blocks, 2, 16]`` (versions 2-3: per block).
     """
 
-    def __init__(self, path: Path, manifest: Manifest, digests: dict[int, bytes], dtype: torch.dtype,
+    def __init__(self, path: Path, manifest: Manifest, digests: dict[int, torch.Tensor], dtype: torch.dtype,
                  pin: bool = False, on_corrupt: Callable[[], None] | None = None,
                  threads: int = READ_THREADS, stored: torch.dtype | None = None):
         self.path, self.n_blocks, self.pin = path, list(manifest.n_blocks), pin
-        self._digests = digests
+        # digested unit (version 4: block * Hkv + head; versions 2-3: block) -> keys', values' digest
+        self._digests = {i: d.reshape(-1, 2, DIGEST_BYTES) for i, d in digests.items()}
         self._on_corrupt = on_corrupt
         self.dtype = dtype                      # what reads return (the compute dtype)
         self.stored = stored or dtype           # what the file holds
@@ -75,7 +80,8 @@ class BlocksFile:
         except BaseException:
             os.close(self._fd)
             raise
-        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="actqkv-read")
+        self._threads = max(1, threads)
+        self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="actqkv-read")
         weakref.finalize(self, _release, self._fd, self._pool)
         self._lock = threading.Lock()
         self._buffer: dict[int, OrderedDict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -125,20 +131,21 @@ class BlocksFile:
     def _bad_part(self, layer: int, start: int, t: torch.Tensor, which: int) -> list[int]:
         """Blocks of ``t`` (keys: ``which=0``, values: ``1``; first block ``start``) whose sha256 is wrong."""
         per = self.shape[0] if self.per_head else 1   # digests per block
-        units = range(start * per, (start + t.shape[0]) * per)
-        return sorted({u // per for u in self._bad_units(layer, units, t, which)})
+        units = torch.arange(start * per, (start + t.shape[0]) * per)
+        return sorted({u // per for u in self._bad_units(layer, units, _bytes_of(t), which)})
 
-    def _bad_units(self, layer: int, units, t: torch.Tensor, which: int) -> list[int]:
-        """Of the digested units held by ``t`` in that order (version 4: ``block * Hkv + head``;
-        versions 2-3: whole blocks), those whose sha256 is wrong."""
-        dig = self._digests[layer]
-        rows = t.view(torch.uint8).reshape(len(units), -1).numpy()
-        bad = []
-        for j, u in enumerate(units):
-            o = 2 * DIGEST_BYTES * u + DIGEST_BYTES * which
-            if hashlib.sha256(rows[j]).digest()[:DIGEST_BYTES] != dig[o: o + DIGEST_BYTES]:
-                bad.append(u)
-        return bad
+    def _bad_units(self, layer: int, units: torch.Tensor, data: memoryview, which: int) -> list[int]:
+        """Of the digested units whose bytes lie back to back in ``data`` in the order of ``units``
+        (version 4: ``block * Hkv + head``; versions 2-3: whole blocks), those whose sha256 is
+        wrong. One hashlib call per unit (it releases the GIL on buffers this large, so the reader
+        threads hash in parallel), then one tensor compare against the digest table."""
+        if units.numel() == 0:
+            return []
+        size = len(data) // units.numel()
+        sha = hashlib.sha256
+        got = b"".join([sha(data[o:o + size]).digest()[:DIGEST_BYTES] for o in range(0, len(data), size)])
+        got = torch.frombuffer(bytearray(got), dtype=torch.uint8).view(-1, DIGEST_BYTES)
+        return units[(got != self._digests[layer][units, which]).any(1)].tolist()
 
     def _corrupt(self, layer: int, block: int) -> CacheError:
         if self._on_corrupt is not None:
@@ -156,17 +163,15 @@ class BlocksFile:
         self._fill(out, self._offsets[layer][which] + a * self.part_bytes, layer, a, b)
         return out
 
-    def _pread_units(self, layer: int, u0: int, u1: int, which: int) -> torch.Tensor:
-        """Keys or values of units ``u0..u1-1`` (``block * Hkv + head``; consecutive units are
-        consecutive in the file) as ``[u1 - u0, B, d]``, unverified, as stored."""
-        out = torch.empty((u1 - u0, *self.shape[1:]), dtype=self.stored)
-        hkv = self.shape[0]
-        self._fill(out, self._offsets[layer][which] + u0 * self.unit_bytes, layer, u0 // hkv, (u1 - 1) // hkv + 1)
-        return out
-
     def _fill(self, out: torch.Tensor, offset: int, layer: int, a: int, b: int) -> None:
         """Read ``out``'s bytes from ``offset`` (blocks ``a..b-1`` of ``layer``, for the messages)."""
-        buf = memoryview(out.view(torch.uint8).numpy()).cast("B")
+        n = self._preadv(_bytes_of(out), offset, layer, a, b)
+        with self._lock:
+            self.bytes_read += n
+
+    def _preadv(self, buf: memoryview, offset: int, layer: int, a: int, b: int) -> int:
+        """Fill ``buf`` from the file at ``offset`` (blocks ``a..b-1`` of ``layer``, for the
+        messages); its length, the bytes read."""
         done = 0
         try:
             while done < len(buf):
@@ -178,8 +183,7 @@ class BlocksFile:
         except OSError as exc:
             raise CacheError(f"cannot read blocks {a}..{b - 1} of layer {layer} from {self.path}: "
                              f"{exc.strerror or exc}") from None
-        with self._lock:
-            self.bytes_read += len(buf)
+        return done
 
     def _checked_run(self, layer: int, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor, set[int]]:
         """Blocks ``a..b-1`` read and verified: keys, values and the ids that failed their checksum."""
@@ -259,54 +263,103 @@ class BlocksFile:
         torch.stack([got[i][1] for i in ids], out=v)
         return k, v
 
-    def read_units(self, layer: int, blocks: list[int], heads: list[int], keys: bool = True,
-                   values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """One KV head of each of ``blocks`` (``heads[i]`` of ``blocks[i]``) as host ``[u, B, d]``
-        keys and values (each None where not asked for), each unit read and verified on its own
-        (version 4): a per-head selection reads the heads it picks, not every head of every block
-        it touches. Adjacent units (the heads of one block lie together) are read as one run; runs
-        go through the thread pool."""
+    def read_units(self, layer: int, blocks: Sequence[int] | torch.Tensor, heads: Sequence[int] | torch.Tensor,
+                   keys: bool = True, values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One KV head of each of ``blocks`` (``heads[i]`` of ``blocks[i]``; pairs may repeat) as
+        host ``[u, B, d]`` keys and values (each None where not asked for), each unit read once and
+        verified on its own (version 4): a per-head selection reads the heads it picks, not every
+        head of every block it touches.
+
+        The distinct units, sorted (the heads of one block lie together in the file, so adjacent
+        units make one run), are read into one host buffer, row by row; the runs go to the thread
+        pool in a few batches of about equal bytes (one per thread at most), each reading its runs
+        and verifying its units, so a request's cost in Python does not grow with its number of
+        runs (thousands for the rerank's candidates). The output is then one indexed copy."""
         if not self.per_head:
             raise CacheError(f"{self.path} verifies whole blocks (format version < 4): read whole blocks")
         n, hkv = self.n_blocks[layer], self.shape[0]
-        if any(b < 0 or b >= n for b in blocks) or any(h < 0 or h >= hkv for h in heads):
+        b = torch.as_tensor(blocks, dtype=torch.long).reshape(-1)
+        h = torch.as_tensor(heads, dtype=torch.long).reshape(-1)
+        if b.numel() and (int(b.min()) < 0 or int(b.max()) >= n or int(h.min()) < 0 or int(h.max()) >= hkv):
             raise IndexError(f"block ids out of range 0..{n - 1} or heads out of 0..{hkv - 1} for layer {layer}")
-        units = sorted({b * hkv + h for b, h in zip(blocks, heads)})
-        runs: list[list[int]] = []
-        for u in units:
-            if runs and u == runs[-1][1]:
-                runs[-1][1] = u + 1
-            else:
-                runs.append([u, u + 1])
-
+        units, row = torch.unique(b * hkv + h, return_inverse=True)   # row: each request's row in the buffer
         parts = [w for w, asked in ((0, keys), (1, values)) if asked]
+        buf = torch.empty((len(parts), units.numel(), *self.shape[1:]), dtype=self.stored)
+        data = _bytes_of(buf)
+        plan = _batches(units, self._threads)
 
-        def run(r: list[int]) -> tuple[list[torch.Tensor | None], list[int]]:
-            u0, u1 = r
-            got: list[torch.Tensor | None] = [None, None]
-            bad: list[int] = []
-            for w in parts:
-                got[w] = self._pread_units(layer, u0, u1, w)
-                bad += self._bad_units(layer, range(u0, u1), got[w], w)
-            return got, bad
+        def task(segments: list[tuple[int, int, int]]) -> list[int]:
+            return self._read_batch(layer, units, data, parts, segments)
 
-        results = list(self._pool.map(run, runs)) if len(runs) > 1 else [run(r) for r in runs]
-        self._count(len(runs), 0)
-        bad = sorted(u for _, b in results for u in b)
+        results = list(self._pool.map(task, plan)) if len(plan) > 1 else [task(p) for p in plan]
+        self._count(sum(len(p) for p in plan), 0)
+        bad = sorted(u for r in results for u in r)
         if bad:
             raise self._corrupt(layer, bad[0] // hkv)
-        at: dict[int, tuple[int, int]] = {}   # unit -> (run, row)
-        for r, (u0, u1) in enumerate(runs):
-            for j in range(u1 - u0):
-                at[u0 + j] = (r, j)
-        want = [at[b * hkv + h] for b, h in zip(blocks, heads)]
+        in_order = bool((row[1:] > row[:-1]).all())   # asked sorted, no repeats: row is every row in order
         out: list[torch.Tensor | None] = [None, None]
-        for w in parts:
-            t = torch.empty((len(want), *self.shape[1:]), dtype=self.dtype, pin_memory=self.pin)
-            if want:
-                torch.stack([results[r][0][w][j].to(self.dtype) for r, j in want], out=t)
-            out[w] = t
+        for p, w in enumerate(parts):
+            out[w] = self._assemble(buf[p], None if in_order else row)
         return out[0], out[1]
+
+    def _assemble(self, rows: torch.Tensor, pick: torch.Tensor | None) -> torch.Tensor:
+        """``rows`` (as stored) indexed by ``pick`` (None: all of them, in order), in the compute
+        dtype and, for a CUDA device, pinned: one copy at most (none when ``rows`` already is
+        that), for the cache's requests (distinct and sorted) as for any other."""
+        if pick is None and rows.dtype == self.dtype and not self.pin:
+            return rows
+        n = rows.shape[0] if pick is None else pick.numel()
+        t = torch.empty((n, *self.shape[1:]), dtype=self.dtype, pin_memory=self.pin)
+        if pick is None:
+            return t.copy_(rows)
+        if rows.dtype == self.dtype:
+            return torch.index_select(rows, 0, pick, out=t)
+        return t.copy_(rows.index_select(0, pick))
+
+    def _read_batch(self, layer: int, units: torch.Tensor, data: memoryview, parts: list[int],
+                    segments: list[tuple[int, int, int]]) -> list[int]:
+        """Read the runs ``segments`` (buffer rows ``r0..r1-1`` hold units ``u0..``) of each of
+        ``parts`` into ``data`` (the parts' planes of ``units.numel()`` rows each, back to back),
+        verify their units and return the bad ones. A batch's rows are contiguous."""
+        ub, hkv, plane = self.unit_bytes, self.shape[0], units.numel() * self.unit_bytes
+        lo, hi = segments[0][0], segments[-1][1]
+        done, bad = 0, []
+        for p, w in enumerate(parts):
+            base, at = self._offsets[layer][w], p * plane
+            for r0, r1, u0 in segments:
+                done += self._preadv(data[at + r0 * ub: at + r1 * ub], base + u0 * ub, layer,
+                                     u0 // hkv, (u0 + r1 - r0 - 1) // hkv + 1)
+            bad += self._bad_units(layer, units[lo:hi], data[at + lo * ub: at + hi * ub], w)
+        with self._lock:
+            self.bytes_read += done
+        return bad
+
+
+def _bytes_of(t: torch.Tensor) -> memoryview:
+    """The bytes of contiguous ``t``, writable, without a copy."""
+    return memoryview(t.view(torch.uint8).reshape(-1).numpy())
+
+
+def _batches(units: torch.Tensor, n: int) -> list[list[tuple[int, int, int]]]:
+    """Sorted distinct ``units`` cut into runs of consecutive ids (one positioned read each), the
+    runs grouped into at most ``n`` batches of about equal numbers of units (a run crossing a
+    batch boundary is cut there). Each run is ``(r0, r1, u0)``: rows ``r0..r1-1`` of ``units``,
+    which are ``u0, u0 + 1, ...``."""
+    total = units.numel()
+    if total == 0:
+        return []
+    begins = torch.ones(total, dtype=torch.bool)
+    begins[1:] = units[1:] != units[:-1] + 1
+    n = min(n, int(begins.sum()))
+    cuts = torch.arange(n) * total // n            # first row of each batch
+    begins[cuts] = True
+    first = begins.nonzero().flatten()
+    batch = (torch.searchsorted(cuts, first, right=True) - 1).tolist()
+    ends = first[1:].tolist() + [total]
+    out: list[list[tuple[int, int, int]]] = [[] for _ in range(n)]
+    for r0, r1, u0, k in zip(first.tolist(), ends, units[first].tolist(), batch):
+        out[k].append((r0, r1, u0))
+    return out
 
 
 def _release(fd: int, pool: ThreadPoolExecutor) -> None:
@@ -333,7 +386,7 @@ class DiskBlocks:
         or, where the file verifies whole blocks (older versions), each block read (and verified)
         once, keys and values, whatever number of its heads and parts is asked for."""
         if self.file.per_head:
-            return self.file.read_units(self.layer, blocks.tolist(), heads.tolist(), keys, values)
+            return self.file.read_units(self.layer, blocks, heads, keys, values)
         uniq, at = torch.unique(blocks, return_inverse=True)
         k, v = self.file.read(self.layer, uniq.tolist())
         return (k[at, heads] if keys else None), (v[at, heads] if values else None)
@@ -420,7 +473,7 @@ def _load(engine: Any, directory: Path, verify: str, on_corrupt: Callable[[], No
             or (isinstance(vocab, int) and logits.numel() > vocab + 1024):
         raise CacheError(f"{state_path} is corrupt: tensor 'last_logits' is missing or malformed")
 
-    digests: dict[int, bytes] = {}
+    digests: dict[int, torch.Tensor] = {}
     for i, n in enumerate(manifest.n_blocks):
         if n:
             d = tensors.get(layer_name(i, "block_sha256"))
@@ -429,7 +482,7 @@ def _load(engine: Any, directory: Path, verify: str, on_corrupt: Callable[[], No
             if d is None or d.dtype != torch.uint8 or tuple(d.shape) != want:
                 raise CacheError(f"{state_path} is corrupt: block checksums of layer {i} "
                                  f"(tensor {layer_name(i, 'block_sha256')!r}) are missing or malformed")
-            digests[i] = bytes(d.numpy())
+            digests[i] = d
 
     adapter, dev, dt = engine.adapter, engine.device, engine.dtype
     stored = TORCH_DTYPES[manifest.kv_dtype]
