@@ -137,6 +137,12 @@ class RetrievalConfig:
             always the reference step. Its buffers hold ``rerank x max_blocks`` candidate blocks
             per layer (keys and values) beside the window, for as long as the engine lives
             (shared with the engines ``with_method`` makes from it, where they fit the same buffers).
+        decode_kernel: what computes the static decode step's attention (``decode_graph``):
+            ``"triton"``: one Triton kernel per layer giving each tile's softmax statistics and
+            reading only the visible slots (attention/tile_stats.py); ``"torch"``: PyTorch ops over
+            the whole buffer; ``"auto"``: Triton where it runs (a CUDA device, Triton installed) and
+            agrees with PyTorch on the buffers' shapes when the buffers are made, else PyTorch.
+            An explicit ``"triton"`` that cannot run is an error.
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """
@@ -169,6 +175,7 @@ class RetrievalConfig:
     max_refill: int | None = None
     batch_prefill: bool | Literal["auto"] = "auto"
     decode_graph: bool | Literal["auto"] = "auto"
+    decode_kernel: Literal["auto", "triton", "torch"] = "auto"
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -346,6 +353,8 @@ class RetrievalConfig:
             v = getattr(self, name)
             if not (isinstance(v, bool) or v == "auto"):
                 raise ConfigError(f"{name} must be True, False or 'auto', got {v!r}")
+        if self.decode_kernel not in ("auto", "triton", "torch"):
+            raise ConfigError(f"decode_kernel must be 'auto', 'triton' or 'torch', got {self.decode_kernel!r}")
         if self.offload not in (True, False, "auto"):
             raise ConfigError(f"offload must be True, False or 'auto', got {self.offload!r}")
         if self.uses_memory:

@@ -328,9 +328,10 @@ class Engine:
 
         if not graph_capable(self.method, self.adapter):
             return None
-        key = (graph_key(self.method), on_cuda)
+        key = (graph_key(self.method), on_cuda, self.config.decode_kernel)
         if key not in self._decode_graphs:  # shared with the engines made with with_method
-            self._decode_graphs[key] = DecodeGraph(self.adapter, self.config, self.method, use_graph=on_cuda)
+            self._decode_graphs[key] = DecodeGraph(self.adapter, self.config, self.method, use_graph=on_cuda,
+                                                   kernel=self.config.decode_kernel)
         return self._decode_graphs[key]
 
     def _decode_step(self, sess: Session, token: int) -> torch.Tensor:

@@ -232,3 +232,52 @@ def test_a_reloaded_document_decodes_through_the_static_step(tokenizer, tmp_path
     assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert any(m.blocks.file.bytes_read for m in loaded.state.memory if m.n_blocks)
+
+
+_INTERPRETED = """
+import sys, torch
+sys.path.insert(0, "tests")
+from tiny_models import byte_tokenizer
+import test_static_decode as t
+ref, fast = t._engines(byte_tokenizer(), "llama", torch.float32)
+doc = ref.prefill(t.TEXT)
+want, _ = t._steps(ref, doc, 24)
+got, _ = t._steps(fast, doc, 24)
+g = fast.decode_graph
+assert g.kernel == "triton", g.kernel
+assert g.replays >= 24 - 24 // t.SMALL["block_size"] - 2, g.replays
+assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+print("ok", g.replays)
+"""
+
+
+@pytest.mark.slow
+def test_the_triton_kernel_decodes_as_the_reference_interpreted_on_the_cpu(tmp_path):
+    """The static step with its Triton kernel (Triton's interpreter, set before Triton is imported:
+    a fresh process) gives the reference's tokens and logits; tests/test_gpu.py runs it compiled."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1", ACTQKV_CACHE_DIR=str(tmp_path))
+    run = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and run.stdout.startswith("ok"), run.stderr[-3000:]
+
+
+def test_decode_kernel_option(tokenizer):
+    """"torch" and "auto" on a CPU without Triton's interpreter decode with PyTorch ops; an explicit
+    "triton" that cannot run is a clear error; anything else is refused when the config is made."""
+    import os
+
+    with pytest.raises(ConfigError, match="decode_kernel must be 'auto', 'triton' or 'torch'"):
+        _engines(tokenizer, decode_kernel="cuda")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("Triton's interpreter runs the kernel on the CPU in this process")
+    for setting in ("auto", "torch"):
+        _, fast = _engines(tokenizer, decode_kernel=setting)
+        assert fast.decode_graph.kernel == "torch"
+    _, fast = _engines(tokenizer, decode_kernel="triton")
+    with pytest.raises(ConfigError, match="decode_kernel='triton' needs a CUDA device"):
+        fast.decode_graph

@@ -37,7 +37,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..devices import half_products_into_float32
+from ..errors import ConfigError
 from .rope import rotate, sinks_at_true_positions
+from .tile_stats import check_triton, tile_stats_torch, tile_stats_triton, triton_available
 from .step import DECODE
 
 if TYPE_CHECKING:
@@ -88,7 +90,7 @@ class DecodeGraph:
     reference path) runs; its own lock serialises steps from engines that do not share a lock.
     ``use_graph`` False runs the same static step eagerly (the CPU, and tests)."""
 
-    def __init__(self, adapter, config, method, use_graph: bool):
+    def __init__(self, adapter, config, method, use_graph: bool, kernel: str = "auto"):
         self.adapter, self.config, self.method = adapter, config, method
         self.use_graph = use_graph
         dev, dt = adapter.device, adapter.dtype
@@ -101,9 +103,13 @@ class DecodeGraph:
         self.hi = max(config.block_range[1], config.avg_blocks)   # most blocks a layer may take
         self.m_cap = method.rerank * self.hi                       # most candidates a layer holds
         self.rows = hkv if method.per_head else 1
-        # every key and value one step may read, per layer: [sinks | candidates | window]
-        self.w0 = self.n_sink + self.m_cap * self.bsz           # where the window starts
-        width = self.w0 + self.cap
+        # every key and value one step may read, per layer: [sinks | candidates | window], each
+        # region whole tiles of block_size slots (tile_stats.py); unused slots stay invisible
+        b = self.bsz
+        self.c0 = -(-self.n_sink // b) * b                       # where the candidates start
+        self.w0 = self.c0 + self.m_cap * b                       # where the window starts
+        width = self.w0 + -(-self.cap // b) * b
+        self.n_tiles, self.first_window_tile = width // b, self.w0 // b
         self.keys = torch.zeros((L, hkv, width, d), dtype=dt, device=dev)   # placed as attention reads them
         self.values = torch.zeros_like(self.keys)
         self.visible = torch.zeros((L, width), dtype=torch.bool, device=dev)  # filled candidate and window slots
@@ -128,6 +134,15 @@ class DecodeGraph:
         self.ranks = torch.arange(self.hi, device=dev)
         self.slots = torch.arange(self.cap, device=dev)
         self.half_out = dev.type == "cuda" and dt in (torch.bfloat16, torch.float16) and half_products_into_float32(dev, dt)
+        # per-tile softmax statistics: the Triton kernel where it runs and agrees with PyTorch
+        self.stats_out = (torch.empty((hkv, self.n_tiles, self.g_heads), dtype=torch.float32, device=dev),
+                          torch.empty((hkv, self.n_tiles, self.g_heads), dtype=torch.float32, device=dev),
+                          torch.empty((hkv, self.n_tiles, self.g_heads, d), dtype=torch.float32, device=dev))
+        self.kernel = "torch"
+        if kernel == "triton" and not triton_available(dev):
+            raise ConfigError("decode_kernel='triton' needs a CUDA device and Triton installed; use 'auto' or 'torch'")
+        if kernel != "torch" and triton_available(dev):
+            self.kernel = check_triton(self, strict=kernel == "triton")
         self.graphs: dict[tuple[str, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.loaded: _Loaded | None = None
         self.mode = "fixed"           # what the step being run or captured places memory at
@@ -146,35 +161,38 @@ class DecodeGraph:
                scaling: float, softcap: float | None) -> torch.Tensor:
         """q ``[H, 1, d]``, k/v ``[Hkv, 1, d]`` of the new token -> ``[H, 1, d]``.
 
-        One query serves sinks, candidates and window: rotated at the memory's position ``Q`` (the
-        fixed distance, or the token's own position), with window key ``i`` placed at ``Q - L + i``,
-        so it sits at its true distance ``L - i`` as in the reference's separate window softmax."""
-        hkv, g, d, b, hi, w0 = self.hkv, self.g_heads, self.d, self.bsz, self.hi, self.w0
+        Two rotations of the query, as the reference: at the memory's position ``Q`` (the fixed
+        distance, or the token's own position) for sinks and candidates, and at its window slot
+        ``L`` for the window, whose key ``i`` sits rotated at slot ``i`` (distance ``L - i``), written
+        once when the token arrives."""
+        hkv, g, d, b, hi = self.hkv, self.g_heads, self.d, self.bsz, self.hi
+        c0, w0, m_cap = self.c0, self.w0, self.m_cap
         slot = self.cursor[0:1]
         qpos = self.cursor[1:2] if self.mode == "exact" else self.fixed_pos
         keys, values, visible = self.keys[layer], self.values[layer], self.visible[layer]
-        wk = self.win_k[layer]
-        wk.index_copy_(1, slot, k.to(self.dtype))
+        cos, sin = self.tables[self.adapter.kinds[layer].rope_type]
+        cs, ss = cos.index_select(0, slot), sin.index_select(0, slot)
+        self.win_k[layer].index_copy_(1, slot, k.to(self.dtype))
+        keys.index_copy_(1, slot + w0, rotate(k, cs, ss).to(self.dtype))
         values.index_copy_(1, slot + w0, v.to(self.dtype))
         visible.index_fill_(0, slot + w0, True)
         if self.queries is not None:  # the activation statistics see this query when the session settles
             self.queries[layer].index_copy_(0, slot, q.permute(1, 0, 2).reshape(1, -1).float())
-        cos, sin = self.tables[self.adapter.kinds[layer].rope_type]
-        at = self.slots + (qpos - slot)
-        keys[:, w0:] = rotate(wk, cos.index_select(0, at), sin.index_select(0, at)).to(self.dtype)
-        qr = rotate(q, cos.index_select(0, qpos), sin.index_select(0, qpos)).reshape(hkv, g, d)
+        qs = torch.stack([rotate(q, cos.index_select(0, qpos), sin.index_select(0, qpos)),
+                          rotate(q, cs, ss)]).reshape(2, hkv, g, d)
 
-        raw = self._bmm(qr, keys.transpose(1, 2)) * scaling                     # [Hkv, g, width]
-        hidden = ~visible
-        att = _capped(raw, softcap).masked_fill(hidden, NEG_INF)
+        if self.kernel == "triton" and not softcap:
+            m, l, o, raw_lse = tile_stats_triton(qs, keys, values, visible, self.first_window_tile, b,
+                                                 scaling, self.stats_out)
+        else:
+            m, l, o, raw_lse = tile_stats_torch(qs, keys, values, visible, self.first_window_tile, b,
+                                                scaling, softcap, self._bmm)
         # rerank the held candidates by the mass full attention would give them (MemoryQuery's
-        # rule: uncapped candidate logits, normalised with the sinks and the window); without a
-        # softcap those are att's own candidate logits (read before att drops the ones not kept)
-        cand = raw[..., self.n_sink:w0].masked_fill(hidden[self.n_sink:w0], NEG_INF) if softcap \
-            else att[..., self.n_sink:w0]
-        ctx = torch.cat([att[..., :self.n_sink], att[..., w0:]], -1)
-        lse = torch.logaddexp(torch.logsumexp(cand, -1, keepdim=True), torch.logsumexp(ctx, -1, keepdim=True))
-        mass = torch.exp(cand - lse).reshape(hkv, g, self.m_cap, b).sum((1, 3))    # [Hkv, M]
+        # rule: uncapped candidate logits, normalised with the sinks and the window)
+        lse = torch.where(l > 0, m + l.log(), torch.full_like(m, NEG_INF)) if raw_lse is None else raw_lse
+        total = torch.logsumexp(lse, 1, keepdim=True)                              # [Hkv, 1, G]
+        t0, t1 = c0 // b, w0 // b
+        mass = torch.exp(lse[:, t0:t1] - total).sum(-1)                            # [Hkv, M]
         if self.rows == 1:
             mass = mass.sum(0, keepdim=True)
         ok = self.cand_ok[layer]
@@ -183,14 +201,18 @@ class DecodeGraph:
         order = mass.sort(dim=-1, descending=True, stable=True).indices[:, :hi]     # [rows, hi]
         keep = (self.ranks < self.n_take[layer]).expand(self.rows, hi)
         chosen = torch.zeros_like(ok).scatter(1, order, keep)                      # [rows, M]
-        dropped = ~chosen.expand(hkv, self.m_cap).repeat_interleave(b, -1)          # [Hkv, M*B]
-        att[..., self.n_sink:w0].masked_fill_(dropped[:, None], NEG_INF)
 
-        # one softmax over [sinks | kept blocks | window]
-        p = torch.softmax(att, -1)
-        out = self._bmm(p, values)                                                # [Hkv, g, d]
+        # one softmax over [sinks | kept blocks | window], from the tiles' statistics
+        kept = torch.ones((hkv, self.n_tiles, 1), dtype=torch.bool, device=m.device)
+        kept[:, t0:t1, 0] = chosen.expand(hkv, m_cap)
+        mk = m.masked_fill(~kept, NEG_INF)
+        top = mk.amax(1, keepdim=True)
+        coef = torch.exp(mk - top)                                                 # 0 where not kept
+        weight = coef * l                                                          # [Hkv, T, G]
+        den = weight.sum(1)                                                        # [Hkv, G]
+        out = torch.einsum("htg,htgd->hgd", coef, o) / den[..., None]
         if self.track:  # what the answer's sources report: picks and mass per candidate
-            got = p[..., self.n_sink:w0].sum(1).reshape(hkv, self.m_cap, b).sum(-1)  # [Hkv, M]
+            got = (weight[:, t0:t1] / den[:, None]).sum(-1)                        # [Hkv, M]
             if self.rows == 1:
                 got = got.sum(0, keepdim=True)
             self.mass[layer] += got
@@ -309,7 +331,7 @@ class DecodeGraph:
 
     def _load(self, s: "Session", mode: str) -> None:
         """Fill the buffers from ``s``: windows, sinks (placed for ``mode``), held candidates."""
-        n_loc, ns, b, w0 = s.memory[0].n_local, self.n_sink, self.bsz, self.w0
+        n_loc, ns, b, c0, w0 = s.memory[0].n_local, self.n_sink, self.bsz, self.c0, self.w0
         for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):
             kind = self.adapter.kinds[layer]
             held = st.candidates
@@ -317,14 +339,17 @@ class DecodeGraph:
             ids = held.cand[0] if held.cand.shape[0] == 1 else held.cand
             _, cand_v = mem.blocks.gather(ids, self.device, keys=False)
             sink_k = sinks_at_true_positions(self.adapter, kind.rope_type, mem) if mode == "exact" else mem.sink_k
+            cos, sin = self.tables[kind.rope_type]
             self.keys[layer, :, :ns] = sink_k
             self.values[layer, :, :ns] = mem.sink_v
-            self.keys[layer, :, ns:ns + m * b] = held.keys
-            self.values[layer, :, ns:ns + m * b] = cand_v
+            self.keys[layer, :, c0:c0 + m * b] = held.keys
+            self.values[layer, :, c0:c0 + m * b] = cand_v
             self.win_k[layer, :, :n_loc] = mem.local_k
+            self.keys[layer, :, w0:w0 + n_loc] = rotate(mem.local_k, cos[:n_loc], sin[:n_loc]).to(self.dtype)
             self.values[layer, :, w0:w0 + n_loc] = mem.local_v
             self.visible[layer] = False
-            self.visible[layer, :ns + m * b] = True
+            self.visible[layer, :ns] = True
+            self.visible[layer, c0:c0 + m * b] = True
             self.visible[layer, w0:w0 + n_loc] = True
             self.cand_ok[layer] = False
             self.cand_ok[layer, :, :m] = True

@@ -1,0 +1,87 @@
+"""Per-tile softmax statistics of the static decode step (attention/tile_stats.py): the PyTorch
+version against a direct softmax, and the Triton kernel against the PyTorch version (compiled on a
+GPU, interpreted on the CPU with ``TRITON_INTERPRET=1``)."""
+
+import pytest
+import torch
+
+from actqkv_llm.attention.tile_stats import tile_stats_torch, tile_stats_triton, triton_available
+
+
+def _case(dtype=torch.float32, device="cpu", hkv=2, g=3, d=16, tile=8, n_tiles=7, first_window=5):
+    gen = torch.Generator().manual_seed(0)
+    width = n_tiles * tile
+    qs = torch.randn((2, hkv, g, d), generator=gen)
+    keys = torch.randn((hkv, width, d), generator=gen)
+    values = torch.randn((hkv, width, d), generator=gen)
+    visible = torch.rand(width, generator=gen) < 0.6
+    visible[tile:2 * tile] = False          # a tile with nothing visible (an unused candidate)
+    visible[first_window * tile] = True     # the window's first slot (the new token's)
+    return [x.to(device) for x in (qs, keys.to(dtype), values.to(dtype), visible)] + [first_window, tile]
+
+
+def _product(a, b):
+    return torch.matmul(a.float(), b.float())
+
+
+def test_torch_tile_stats_rebuild_a_direct_softmax_with_two_queries():
+    qs, keys, values, visible, fw, tile = _case()
+    scaling = 0.25
+    m, l, o, raw = tile_stats_torch(qs, keys, values, visible, fw, tile, scaling, None, _product)
+    assert raw is None and m.shape == l.shape == (2, 7, 3) and o.shape == (2, 7, 3, 16)
+    # direct: memory tiles scored by query 0, window tiles by query 1, one softmax over visible keys
+    w0 = fw * tile
+    s = torch.cat([qs[0] @ keys[:, :w0].transpose(1, 2), qs[1] @ keys[:, w0:].transpose(1, 2)], -1) * scaling
+    s = s.masked_fill(~visible, float("-inf"))
+    want = torch.softmax(s, -1) @ values                                    # [Hkv, G, d]
+    coef = torch.exp(m - m.amax(1, keepdim=True))
+    got = torch.einsum("htg,htgd->hgd", coef, o) / (coef * l).sum(1)[..., None]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.isinf(m[:, 1]).all() and (l[:, 1] == 0).all() and (o[:, 1] == 0).all()
+    # each tile's log-sum-exp is the log of its share of the normaliser
+    lse = m + l.log()
+    torch.testing.assert_close(torch.logsumexp(lse, 1), torch.logsumexp(s, -1).transpose(0, 1).T, atol=1e-5, rtol=1e-5)
+
+
+def test_a_softcap_caps_attention_and_keeps_uncapped_log_sum_exp_for_the_rerank():
+    qs, keys, values, visible, fw, tile = _case()
+    m, l, o, raw = tile_stats_torch(qs, keys, values, visible, fw, tile, 1.0, 2.0, _product)
+    assert raw is not None and raw.shape == m.shape
+    assert float(m[~torch.isinf(m)].max()) <= 2.0                          # capped logits
+    m1, l1, _, _ = tile_stats_torch(qs, keys, values, visible, fw, tile, 1.0, None, _product)
+    torch.testing.assert_close(raw, torch.where(l1 > 0, m1 + l1.log(), torch.full_like(m1, float("-inf"))))
+
+
+def _compare_kernel(dtype: torch.dtype, device: torch.device) -> None:
+    qs, keys, values, visible, fw, tile = _case(dtype, device, hkv=2, g=4, d=32, tile=16, n_tiles=6, first_window=4)
+    want = tile_stats_torch(qs, keys, values, visible, fw, tile, 0.2, None, _product)
+    out = tuple(torch.empty_like(x) for x in want[:3])
+    got = tile_stats_triton(qs, keys, values, visible, fw, tile, 0.2, out)
+    assert got[0] is out[0] and got[3] is None
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    for a, b in zip(got[:3], want[:3]):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU runs the interpreter test)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_compiled_triton_kernel_gives_the_torch_statistics(dtype):
+    device = torch.device("cuda")
+    assert triton_available(device)
+    _compare_kernel(dtype, device)
+
+
+def test_the_interpreted_triton_kernel_gives_the_torch_statistics():
+    """The kernel's own logic on the CPU: Triton's interpreter (set before Triton is imported, so
+    in a fresh process), float32."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; sys.path.insert(0, 'tests'); import test_tile_stats as t; "
+            "from actqkv_llm.attention.tile_stats import triton_available; "
+            "assert triton_available(torch.device('cpu')); t._compare_kernel(torch.float32, torch.device('cpu')); print('ok')")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
