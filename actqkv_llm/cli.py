@@ -112,6 +112,8 @@ def retrieval_options(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("offload", "batch_prefill", "decode_graph"):
         if getattr(args, name, None) is not None:
             options[name] = {"on": True, "off": False, "auto": "auto"}[getattr(args, name)]
+    if getattr(args, "decode_kernel", None) is not None:
+        options["decode_kernel"] = args.decode_kernel
     return options
 
 
@@ -667,6 +669,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--decode-graph", choices=("auto", "on", "off"),
                    help="decode steps with static shapes, replayed as one CUDA graph (auto: on a GPU; "
                         "on: also on the CPU, eagerly; off: the reference step)")
+    r.add_argument("--decode-kernel", choices=("auto", "triton", "torch"),
+                   help="what computes the static decode step's attention (auto: a Triton kernel on a "
+                        "GPU where it agrees with PyTorch; torch: PyTorch ops)")
     r.add_argument("--offload", choices=("auto", "on", "off"),
                    help="keep full blocks in host memory (auto: on when the model runs on a GPU)")
     r.add_argument("--force-past-window", action="store_true",
