@@ -16,6 +16,12 @@ What is static and how the varying parts are handled:
   fixed buffers when a session's held candidates change; unused slots are masked;
 * the budget's number of blocks per layer (``n``) is a device tensor written before each replay; the
   rerank takes the ``max_blocks`` best candidates and masks ranks ``>= n``;
+* the buffer is laid out in tiles of ``block_size`` slots (``[sinks | candidates | window]``, each
+  region padded to whole tiles); the window's keys are rotated once, at their slot, and scored
+  by the query rotated at the new token's slot, the memory by the query rotated where memory sits;
+* the attention runs one of two ways (``decode_kernel``): a Triton kernel gives each tile's softmax
+  statistics, reading only visible slots, and the rerank and the output follow from those
+  (``tile_stats.py``); or PyTorch ops score the whole buffer and take one softmax;
 * what the reference updates every step and reads only when it scores again (activation statistics,
   the window's tensors, the answer's source tally) is written to buffers and handed back to the
   session in one go (:meth:`DecodeGraph.settle`) before any step of the reference path runs on it.
@@ -39,7 +45,7 @@ import torch
 from ..devices import half_products_into_float32
 from ..errors import ConfigError
 from .rope import rotate, sinks_at_true_positions
-from .tile_stats import check_triton, tile_stats_torch, tile_stats_triton, triton_available
+from .tile_stats import check_triton, tile_stats_triton, triton_available
 from .step import DECODE
 
 if TYPE_CHECKING:
@@ -181,18 +187,28 @@ class DecodeGraph:
         qs = torch.stack([rotate(q, cos.index_select(0, qpos), sin.index_select(0, qpos)),
                           rotate(q, cs, ss)]).reshape(2, hkv, g, d)
 
-        if self.kernel == "triton" and not softcap:
-            m, l, o, raw_lse = tile_stats_triton(qs, keys, values, visible, self.first_window_tile, b,
-                                                 scaling, self.stats_out)
-        else:
-            m, l, o, raw_lse = tile_stats_torch(qs, keys, values, visible, self.first_window_tile, b,
-                                                scaling, softcap, self._bmm)
+        t0, t1 = c0 // b, w0 // b
+        tiles = self.kernel == "triton" and not softcap
+        if tiles:  # the Triton kernel's per-tile statistics (tile_stats.py)
+            m, l, o, _ = tile_stats_triton(qs, keys, values, visible, self.first_window_tile, b, scaling,
+                                           self.stats_out)
+            lse = torch.where(l > 0, m + l.log(), torch.full_like(m, NEG_INF))          # [Hkv, T, G]
+            cand_lse, total = lse[:, t0:t1], torch.logsumexp(lse, 1, keepdim=True)
+            mass = torch.exp(cand_lse - total).sum(-1)                                 # [Hkv, M]
+        else:  # PyTorch: every logit of the buffer, one softmax (the fifth session's v2 step)
+            w = w0
+            raw = torch.cat([self._bmm(qs[0], keys[:, :w].transpose(1, 2)),
+                             self._bmm(qs[1], keys[:, w:].transpose(1, 2))], -1) * scaling   # [Hkv, G, W]
+            hidden = ~visible
+            att = _capped(raw, softcap).masked_fill(hidden, NEG_INF)
+            # the rerank reads uncapped candidate logits (att's own without a softcap)
+            cand = raw[..., c0:w0].masked_fill(hidden[c0:w0], NEG_INF) if softcap else att[..., c0:w0]
+            ctx = torch.cat([att[..., :c0], att[..., w0:]], -1)
+            total = torch.logaddexp(torch.logsumexp(cand, -1, keepdim=True), torch.logsumexp(ctx, -1, keepdim=True))
+            mass = torch.exp(cand - total).reshape(hkv, g, m_cap, b).sum((1, 3))         # [Hkv, M]
+
         # rerank the held candidates by the mass full attention would give them (MemoryQuery's
         # rule: uncapped candidate logits, normalised with the sinks and the window)
-        lse = torch.where(l > 0, m + l.log(), torch.full_like(m, NEG_INF)) if raw_lse is None else raw_lse
-        total = torch.logsumexp(lse, 1, keepdim=True)                              # [Hkv, 1, G]
-        t0, t1 = c0 // b, w0 // b
-        mass = torch.exp(lse[:, t0:t1] - total).sum(-1)                            # [Hkv, M]
         if self.rows == 1:
             mass = mass.sum(0, keepdim=True)
         ok = self.cand_ok[layer]
@@ -202,17 +218,23 @@ class DecodeGraph:
         keep = (self.ranks < self.n_take[layer]).expand(self.rows, hi)
         chosen = torch.zeros_like(ok).scatter(1, order, keep)                      # [rows, M]
 
-        # one softmax over [sinks | kept blocks | window], from the tiles' statistics
-        kept = torch.ones((hkv, self.n_tiles, 1), dtype=torch.bool, device=m.device)
-        kept[:, t0:t1, 0] = chosen.expand(hkv, m_cap)
-        mk = m.masked_fill(~kept, NEG_INF)
-        top = mk.amax(1, keepdim=True)
-        coef = torch.exp(mk - top)                                                 # 0 where not kept
-        weight = coef * l                                                          # [Hkv, T, G]
-        den = weight.sum(1)                                                        # [Hkv, G]
-        out = torch.einsum("htg,htgd->hgd", coef, o) / den[..., None]
-        if self.track:  # what the answer's sources report: picks and mass per candidate
-            got = (weight[:, t0:t1] / den[:, None]).sum(-1)                        # [Hkv, M]
+        # one softmax over [sinks | kept blocks | window]
+        if tiles:  # from the tiles' statistics (the flash-decoding combine)
+            kept = torch.ones((hkv, self.n_tiles, 1), dtype=torch.bool, device=m.device)
+            kept[:, t0:t1, 0] = chosen.expand(hkv, m_cap)
+            mk = m.masked_fill(~kept, NEG_INF)
+            coef = torch.exp(mk - mk.amax(1, keepdim=True))                        # 0 where not kept
+            weight = coef * l                                                      # [Hkv, T, G]
+            den = weight.sum(1)                                                    # [Hkv, G]
+            out = torch.einsum("htg,htgd->hgd", coef, o) / den[..., None]
+            got = (weight[:, t0:t1] / den[:, None]).sum(-1) if self.track else None  # [Hkv, M]
+        else:
+            dropped = ~chosen.expand(hkv, m_cap).repeat_interleave(b, -1)          # [Hkv, M*B]
+            att[..., c0:w0].masked_fill_(dropped[:, None], NEG_INF)
+            p = torch.softmax(att, -1)
+            out = self._bmm(p, values)                                             # [Hkv, G, d]
+            got = p[..., c0:w0].sum(1).reshape(hkv, m_cap, b).sum(-1) if self.track else None
+        if got is not None:  # what the answer's sources report: picks and mass per candidate
             if self.rows == 1:
                 got = got.sum(0, keepdim=True)
             self.mass[layer] += got

@@ -1,0 +1,5 @@
+# session 6, call 4b: graph step Triton vs torch (probe), 128K TTFT from disk with format 4 + batched reads
+bash .gpu/setup2.sh > $OUT/env.txt 2>&1
+mkdir -p $OUT/s; export ACTQKV_CACHE_DIR=/root/cache
+timeout 170 python .gpu/probe8.py 32768 > $OUT/s/probe.txt 2>&1; grep -E "^(auto|torch|same)" $OUT/s/probe.txt
+timeout 230 python -m actqkv_llm bench speed --random-arch llama-3.1-8b --no-progress --lengths 128K --no-baseline --out $OUT/s/r128 2>&1 | tail -12 | tee $OUT/s/r128.log

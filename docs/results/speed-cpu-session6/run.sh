@@ -1,0 +1,2 @@
+cd /tmp/wt-before && PYTHONPATH=/tmp/wt-before OMP_NUM_THREADS=2 python -m actqkv_llm bench speed --random-arch smollm2-135m --device cpu --dtype fp32 --lengths 16K --no-baseline --no-reload --decode-tokens 32 --repeats 1 --no-progress --out /tmp/cpubench/before 2>&1 | tail -6
+cd /work/main && OMP_NUM_THREADS=2 python -m actqkv_llm bench speed --random-arch smollm2-135m --device cpu --dtype fp32 --lengths 16K --no-baseline --no-reload --decode-tokens 32 --repeats 1 --no-progress --out /tmp/cpubench/after 2>&1 | tail -6
