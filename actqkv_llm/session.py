@@ -75,11 +75,11 @@ class Session:
         ids = ids.to(self.adapter.device)
         chunk = chunk or self.config.prefill_chunk
         if phase == DOCUMENT and self.method.uses_memory and self.policy.keep_blocks:
-            # at most every token past the sinks leaves the window as a block: one allocation
+            # no more blocks than the document's tokens fill: the store allocated once
             most = -(-(self.n_tokens + ids.numel()) // self.config.block_size)
             for mem, kind in zip(self.memory, self.adapter.kinds):
                 if kind.memory and kind.window is None:
-                    mem.reserve_blocks(most)
+                    mem.blocks.reserve(most)
         hidden = None
         for a in range(0, ids.numel(), chunk):
             piece = ids[a:a + chunk]

@@ -133,17 +133,19 @@ class DecodeGraph:
         self.ids = torch.zeros((1, 1), dtype=torch.long, device=dev)
         self._host = torch.zeros(1 + L, dtype=torch.long, pin_memory=dev.type == "cuda")
         self.track = False            # the loaded session tracks sources (a graph per value)
-        # rotary tables held here (the adapter may replace its own when they grow); window keys are
-        # rotated at up to 2 x n_local, queries at up to the native window
-        need = adapter.native_window + 2 * self.cap + 1
+        # rotary tables held here (the adapter may replace its own when they grow): window keys and
+        # the window's query at their slots (< n_local), the memory's query at the fixed distance
+        # (n_local) or the token's own position (< the native window)
+        need = max(adapter.native_window, self.cap + 1)
         self.tables = {kind.rope_type: adapter.rope_table(kind.rope_type, need) for kind in adapter.kinds}
         self.ranks = torch.arange(self.hi, device=dev)
-        self.slots = torch.arange(self.cap, device=dev)
         self.half_out = dev.type == "cuda" and dt in (torch.bfloat16, torch.float16) and half_products_into_float32(dev, dt)
         # per-tile softmax statistics: the Triton kernel where it runs and agrees with PyTorch
         self.stats_out = (torch.empty((hkv, self.n_tiles, self.g_heads), dtype=torch.float32, device=dev),
                           torch.empty((hkv, self.n_tiles, self.g_heads), dtype=torch.float32, device=dev),
                           torch.empty((hkv, self.n_tiles, self.g_heads, d), dtype=torch.float32, device=dev))
+        # kept tiles of one layer's step: sinks and window always, candidates written per step
+        self.kept = torch.ones((hkv, self.n_tiles, 1), dtype=torch.bool, device=dev)
         self.kernel = "torch"
         if kernel == "triton" and not triton_available(dev):
             raise ConfigError("decode_kernel='triton' needs a CUDA device and Triton installed; use 'auto' or 'torch'")
@@ -192,13 +194,12 @@ class DecodeGraph:
         if tiles:  # the Triton kernel's per-tile statistics (tile_stats.py)
             m, l, o, _ = tile_stats_triton(qs, keys, values, visible, self.first_window_tile, b, scaling,
                                            self.stats_out)
-            lse = torch.where(l > 0, m + l.log(), torch.full_like(m, NEG_INF))          # [Hkv, T, G]
+            lse = m + l.log()                      # [Hkv, T, G]; -inf for an empty tile (m = -inf)
             cand_lse, total = lse[:, t0:t1], torch.logsumexp(lse, 1, keepdim=True)
             mass = torch.exp(cand_lse - total).sum(-1)                                 # [Hkv, M]
         else:  # PyTorch: every logit of the buffer, one softmax (the fifth session's v2 step)
-            w = w0
-            raw = torch.cat([self._bmm(qs[0], keys[:, :w].transpose(1, 2)),
-                             self._bmm(qs[1], keys[:, w:].transpose(1, 2))], -1) * scaling   # [Hkv, G, W]
+            raw = torch.cat([self._bmm(qs[0], keys[:, :w0].transpose(1, 2)),
+                             self._bmm(qs[1], keys[:, w0:].transpose(1, 2))], -1) * scaling  # [Hkv, G, W]
             hidden = ~visible
             att = _capped(raw, softcap).masked_fill(hidden, NEG_INF)
             # the rerank reads uncapped candidate logits (att's own without a softcap)
@@ -220,9 +221,8 @@ class DecodeGraph:
 
         # one softmax over [sinks | kept blocks | window]
         if tiles:  # from the tiles' statistics (the flash-decoding combine)
-            kept = torch.ones((hkv, self.n_tiles, 1), dtype=torch.bool, device=m.device)
-            kept[:, t0:t1, 0] = chosen.expand(hkv, m_cap)
-            mk = m.masked_fill(~kept, NEG_INF)
+            self.kept[:, t0:t1, 0] = chosen.expand(hkv, m_cap)
+            mk = m.masked_fill(~self.kept, NEG_INF)
             coef = torch.exp(mk - mk.amax(1, keepdim=True))                        # 0 where not kept
             weight = coef * l                                                      # [Hkv, T, G]
             den = weight.sum(1)                                                    # [Hkv, G]

@@ -14,11 +14,12 @@ own blocks. Tiles before ``first_window_tile`` are scored with the memory's quer
 memory sits), the window's tiles with the window's query (rotated at the new token's slot; the
 window's keys at their slots), as the reference does.
 
-Two implementations of one contract: :func:`tile_stats_torch` (plain PyTorch: the CPU, tests,
-softcapped models) and a Triton kernel (:func:`tile_stats_triton`), which reads only the visible
-slots (a layer's unused candidate slots cost nothing) and replaces the step's two products over the
-whole buffer and its full-width elementwise passes. :func:`pick_tile_stats` checks the kernel
-against the PyTorch version on the buffers' own shapes before any step uses it.
+The Triton kernel (:func:`tile_stats_triton`) reads only the visible slots (a layer's unused
+candidate slots cost nothing) and replaces the step's two products over the whole buffer and its
+full-width elementwise passes. :func:`tile_stats_torch` is the same contract in plain PyTorch: the
+yardstick :func:`check_triton` holds the kernel to on the buffers' own shapes before any step uses
+it, and the tests'. (Without the kernel the step itself takes one dense softmax instead, which
+measured faster in PyTorch ops than these statistics: docs/benchmarks.md.)
 """
 
 from __future__ import annotations
@@ -26,9 +27,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-
-TileStats = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
 
 def tile_stats_torch(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
                      first_window_tile: int, tile: int, scaling: float, softcap: float | None,

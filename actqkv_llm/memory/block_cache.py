@@ -150,6 +150,9 @@ class HostBlocks:
         """New blocks go to host memory; they reach the device when retrieval first asks for them."""
         self.store.append(k, v)
 
+    def reserve(self, n: int) -> None:
+        self.store.reserve(n)
+
     def _read(self, blocks: torch.Tensor, heads: torch.Tensor, keys: bool = True,
               values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         pin = torch.cuda.is_available() and self.cache.device.type == "cuda"

@@ -29,6 +29,11 @@ class KVBlocks(Protocol):
         """
         ...
 
+    def reserve(self, n: int) -> None:
+        """Room for ``n`` blocks in all, taken now by a store that grows in place (a prefill that
+        knows its length); a store that does not grow that way ignores it."""
+        ...
+
 
 def flatten_blocks(k: torch.Tensor) -> torch.Tensor:
     """[n, Hkv, B, d] -> [Hkv, n * B, d]."""
@@ -77,7 +82,6 @@ class GrowableBlocks:
             new = torch.empty((cap, *self.shape), dtype=self.dtype, device=self.device)
             new[: self.n_blocks] = old[: self.n_blocks]
             setattr(self, name, new)
-            del old
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Append blocks given as ``[n, Hkv, B, d]``."""
@@ -118,6 +122,9 @@ class StackedBlocks:
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         self.own.append(k, v)
+
+    def reserve(self, n: int) -> None:
+        """Nothing: a question's own blocks are few and grow as they come."""
 
     def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
                values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:

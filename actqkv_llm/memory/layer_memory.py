@@ -48,14 +48,6 @@ class LayerMemory:
             (kind, mode): BlockDigests(fn) for kind, fn in (("bounds", measure_bounds), ("means", measure_means))
             for mode in ("fixed", "exact")}
 
-    def reserve_blocks(self, n: int) -> None:
-        """Room for ``n`` blocks in all, where the store grows in place (a prefill's: on the device or
-        in host memory); a read-only store (a reloaded document's, a question's stacked one keeps
-        its few own blocks growing) has nothing to reserve."""
-        store = getattr(self.blocks, "store", self.blocks)   # an offloaded store keeps its blocks in .store
-        if isinstance(store, GrowableBlocks):
-            store.reserve(n)
-
     def placed_sink_keys(self, place) -> torch.Tensor:
         """``place(sink_k)`` (e.g. the sink keys rotated at their true positions), computed once per set
         of sinks: they never change once full, so every later layer step reuses it (forks too)."""

@@ -380,6 +380,9 @@ class DiskBlocks:
         self.block_bytes = file.block_bytes
         self.cache = DeviceBlockCache(self._read, n_blocks, shape, dtype, device, max(1, min(capacity, n_blocks)))
 
+    def reserve(self, n: int) -> None:
+        """Nothing: a reloaded document's blocks are read-only."""
+
     def _read(self, blocks: torch.Tensor, heads: torch.Tensor, keys: bool = True,
               values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One head of each of ``blocks``, the parts asked for: read head by head (format version 4),
