@@ -384,28 +384,30 @@ class Engine:
 
     def _decode_together(self, runs: list[Decoding], logits: list[torch.Tensor]) -> None:
         """Decode answers in one batch until each has ended: every pass runs one token of each
-        answer still going (an answer that ends leaves the batch). Where decode steps replay a CUDA
-        graph (``decode_graph``), the answers are decoded one after another instead: one answer's
-        graph step costs less than a batch pass whose attention runs row by row (docs/benchmarks.md)."""
+        answer still going. Where the static decode step applies (``decode_graph``), the answers go
+        through it as rows of one step (each answer keeps its row; an ended answer's row sits out);
+        the rest (rescoring steps, steps where a block leaves the window) run as one reference pass
+        whose dense layers see them all at once and whose attention runs row by row."""
         graph = self.decode_graph
-        if graph is not None and graph.use_graph:
-            for run, row in zip(runs, logits):
-                while (tok := run.choose(row)[1]) is not None:
-                    with self._lock:
-                        row = self._decode_step(run.session, tok)
-            return
-        active = list(zip(runs, logits))
-        while active:
-            feed = []
-            for run, row in active:
-                _, tok = run.choose(row)
-                if tok is not None:
-                    feed.append((run, tok))
-            if not feed:
-                break
+        rows = list(logits)
+        feed: list = [None] * len(runs)
+        while True:
+            for i, run in enumerate(runs):
+                if feed[i] is None and rows[i] is None:
+                    continue  # ended earlier
+                tok = run.choose(rows[i])[1]
+                feed[i] = None if tok is None else (run.session, tok)
+                rows[i] = None
+            if not any(f is not None for f in feed):
+                return
             with self._lock:
-                rows = forward_rows([r.session for r, _ in feed], torch.tensor([t for _, t in feed]), DECODE)
-            active = [(run, rows[i]) for i, (run, _) in enumerate(feed)]
+                out = graph.step_rows(feed) if graph is not None else [None] * len(feed)
+                rest = [i for i, f in enumerate(feed) if f is not None and out[i] is None]
+                if rest:
+                    ref = forward_rows([feed[i][0] for i in rest], torch.tensor([feed[i][1] for i in rest]), DECODE)
+                    for j, i in enumerate(rest):
+                        out[i] = ref[j]
+            rows = out
 
     def _suffix_for_question(self, doc: Document | None, messages: list[dict],
                              tools: list[dict] | None = None) -> torch.Tensor:

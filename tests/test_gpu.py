@@ -71,3 +71,41 @@ def test_decode_graph_matches_the_reference_step(tokenizer, arch, dtype, kernel)
         assert [s.start for s in b.sources] == [s.start for s in a.sources]
     many = fast.answer_many(doc, ["What is word3?", "Hi"], max_new_tokens=24)
     assert many[0].text == b.text
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
+def test_rows_decoded_together_in_one_graph_match_the_reference(tokenizer, dtype, kernel):
+    """Three sessions stepped as rows of one CUDA graph (answer_many's path) follow the reference
+    step of each alone: logits step by step (float32 within rounding, bf16 within bf16 rounding),
+    and in float32 answer_many's tokens are each question's own."""
+    from actqkv_llm import Engine
+
+    small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
+    model = tiny_model("llama").to("cuda", dtype)
+    ref = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_graph=False, **small)
+    fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_kernel=kernel, **small)
+    doc = ref.prefill(" ".join(f"word{i} is {i * 7 % 13}." for i in range(120)))
+    questions = ([5, 6, 7, 8], [9, 8], [11, 12, 13])
+    ref_s = [ref._session_for(doc) for _ in questions]
+    fast_s = [fast._session_for(doc) for _ in questions]
+    ref_l = [s.forward(torch.tensor(q), phase="question") for s, q in zip(ref_s, questions)]
+    for s, q in zip(fast_s, questions):
+        s.forward(torch.tensor(q), phase="question")
+    graph = fast.decode_graph
+    want, got = [], []
+    for _ in range(40):
+        toks = [int(x.argmax()) for x in ref_l]   # every row follows its reference's tokens
+        ref_l = [ref._decode_step(s, t) for s, t in zip(ref_s, toks)]
+        out = graph.step_rows(list(zip(fast_s, toks)))
+        out = [s.forward(torch.tensor([t]), phase="decode") if o is None else o for o, s, t in zip(out, fast_s, toks)]
+        want.append(torch.stack(ref_l))
+        got.append(torch.stack(out))
+    want, got = torch.stack(want), torch.stack(got)
+    assert graph.replays >= 3 * 30 and any(key[0] == 3 for key in graph.graphs)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+        assert fast.generate_ids_many(doc, list(questions), max_new_tokens=24) == \
+            [ref.generate_ids(doc, q, max_new_tokens=24) for q in questions]
+    else:
+        assert float((got - want).norm() / want.norm()) < 2e-2

@@ -13,7 +13,7 @@ from tiny_models import tiny_model
 
 from actqkv_llm import Engine
 from actqkv_llm.attention.static_decode import DecodeGraph, graph_capable
-from actqkv_llm.attention.step import QUESTION
+from actqkv_llm.attention.step import DECODE, QUESTION
 from actqkv_llm.errors import ConfigError
 
 SMALL = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
@@ -80,7 +80,7 @@ def test_static_steps_pick_the_reference_blocks(tokenizer):
     for n in (1, 3):
         _, a = _steps(ref, doc, n)
         _, b = _steps(fast, doc, n)
-        assert fast.decode_graph.loaded is not None and fast.decode_graph.loaded.steps == n
+        assert fast.decode_graph.loaded_for(b) is not None and fast.decode_graph.loaded_for(b).steps == n
         assert b.retrieved == a.retrieved
         mass_a, mass_b = a.attention_mass, b.attention_mass
         assert mass_b.keys() == mass_a.keys()
@@ -100,6 +100,75 @@ def test_answers_and_sources_through_the_static_step(tokenizer):
     assert "".join(fast.stream(doc, "What is word3?", max_new_tokens=24)) == a.text
     many = fast.answer_many(doc, ["What is word3?", "Hi"], max_new_tokens=24)
     assert many[0].text == a.text
+    assert [s.start for s in many[0].sources] == [s.start for s in a.sources]
+    assert [s.score for s in many[0].sources] == pytest.approx([s.score for s in a.sources], rel=1e-3)
+    assert many[1].text == ref.answer(doc, "Hi", max_new_tokens=24).text
+
+
+QUESTIONS = ([5, 6, 7], [9, 8], [11, 12, 13, 14, 15], [20])
+
+
+def test_answers_decoded_together_take_one_row_each(tokenizer):
+    """answer_many's rows: one static step for every answer still going, each row over its own
+    session's window and candidates; the tokens are those of each answer alone on the reference."""
+    ref, fast = _engines(tokenizer)
+    doc = ref.prefill(TEXT)
+    want = [ref.generate_ids(doc, q, max_new_tokens=30) for q in QUESTIONS]
+    graph = fast.decode_graph
+    got = fast.generate_ids_many(doc, [list(q) for q in QUESTIONS], max_new_tokens=30)
+    assert got == want
+    assert graph.n_rows == len(QUESTIONS)
+    # most row steps ran here; rescoring and a block leaving the window ran on the reference
+    assert graph.replays >= len(QUESTIONS) * (29 - 29 // SMALL["block_size"] - 3)
+    # one answer alone afterwards: row 0 again, the rows of the batch handed back
+    assert fast.generate_ids(doc, QUESTIONS[1], max_new_tokens=30) == want[1]
+
+
+def test_rows_stepped_together_match_each_session_stepped_alone(tokenizer):
+    """step_rows against step: the same logits per row, a row that sits a step out (None) changes
+    nothing for the others, and each session's state is handed back intact."""
+    _, fast = _engines(tokenizer)
+    doc = fast.prefill(TEXT)
+    graph = fast.decode_graph
+
+    def start():
+        sessions = [fast._session_for(doc) for _ in QUESTIONS[:3]]
+        return sessions, [s.forward(torch.tensor(q), phase=QUESTION) for s, q in zip(sessions, QUESTIONS)]
+
+    alone, logits = start()
+    want = [[], [], []]
+    for i, s in enumerate(alone):          # each session alone through the static step
+        row = logits[i]
+        for step in range(6):
+            if i == 1 and step == 3:
+                break                       # the second answer ends after three steps
+            row = fast._decode_step(s, int(row.argmax()))
+            want[i].append(row)
+    together, logits = start()
+    got = [[], [], []]
+    ran_here = 0
+    for step in range(6):
+        feed = [(s, int(logits[i].argmax())) if not (i == 1 and step >= 3) else None
+                for i, s in enumerate(together)]
+        before = graph.replays
+        out = graph.step_rows(feed)
+        ran_here += graph.replays - before
+        for i, (o, f) in enumerate(zip(out, feed)):
+            if f is not None:
+                o = f[0].forward(torch.tensor([f[1]]), phase=DECODE) if o is None else o  # the reference's step
+                got[i].append(o)
+                logits[i] = o
+    for a, b in zip(got, want):
+        torch.testing.assert_close(torch.stack(a), torch.stack(b), atol=1e-5, rtol=1e-5)
+    assert ran_here >= 12
+    assert graph.n_rows == 3 and graph.rows[1] is None     # the row that sat out holds nothing
+    for a, b in zip(together, alone):
+        a.settle(), b.settle()
+        assert a.n_tokens == b.n_tokens
+        for x, y in zip(a.memory, b.memory):
+            torch.testing.assert_close(x.local_k, y.local_k)
+    with pytest.raises(ValueError, match="one row"):
+        graph.step_rows([(together[0], 1), (together[0], 2)])
 
 
 def test_two_sessions_interleaved_keep_their_own_state(tokenizer):
@@ -157,12 +226,12 @@ def test_a_session_left_in_the_buffers_is_freed(tokenizer):
         logits = sess.forward(torch.tensor([5, 6]), phase=QUESTION)
         for _ in range(3):
             logits = fast._decode_step(sess, int(logits.argmax()))
-        assert fast.decode_graph.loaded.session() is sess
+        assert fast.decode_graph.rows[0].session() is sess
         ref = weakref.ref(sess)
         del sess
         assert ref() is None
         fast.decode_graph.release()  # a dead session: nothing to hand back
-        assert fast.decode_graph.loaded is None
+        assert fast.decode_graph.rows == [None]
     finally:
         gc.enable()
 
@@ -248,6 +317,9 @@ assert g.kernel == "triton", g.kernel
 assert g.replays >= 24 - 24 // t.SMALL["block_size"] - 2, g.replays
 assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
 torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+qs = ([5, 6, 7], [9, 8])   # rows of one step: each reads its own visibility row in the kernel
+assert fast.generate_ids_many(doc, qs, max_new_tokens=12) == [ref.generate_ids(doc, q, max_new_tokens=12) for q in qs]
+assert g.n_rows == 2
 print("ok", g.replays)
 """
 

@@ -67,7 +67,7 @@ def graph_capable(method, adapter=None) -> bool:
 
 @dataclass
 class _Loaded:
-    """Which session's state the buffers hold, from which window length, for how many steps."""
+    """Which session's state a row of the buffers holds, from which window length, for how many steps."""
 
     session: "weakref.ReferenceType[Session]"
     held: list           # each layer's HeldCandidates the buffers were filled from
@@ -77,7 +77,10 @@ class _Loaded:
 
 
 class StaticStep:
-    """The attention of one static decode step, handed to every layer like a ``StepContext``."""
+    """The attention of one static decode step of every row, handed to every layer like a
+    ``StepContext`` (``batched``: it takes the model's ``[B, H, 1, d]`` tensors whole)."""
+
+    batched = True
 
     def __init__(self, graph: "DecodeGraph"):
         self.g = graph
@@ -88,51 +91,37 @@ class StaticStep:
 
 
 class DecodeGraph:
-    """Static buffers for decode steps, and one CUDA graph per memory position mode.
+    """Static buffers for decode steps in rows (one session per row), and one CUDA graph per number
+    of rows decoded together.
 
     Shared by the engines on one model whose methods give the same :func:`graph_key` (an engine
-    and those made from it with ``with_method``): its buffers hold ~3 GiB on an 8B model. It holds
-    one session's decode state at a time and hands it back before another session (or the
-    reference path) runs; its own lock serialises steps from engines that do not share a lock.
-    ``use_graph`` False runs the same static step eagerly (the CPU, and tests)."""
+    and those made from it with ``with_method``): each row holds ~3 GiB on an 8B model; there is one
+    row until several answers decode together (``Engine.answer_many``), then as many as they are.
+    A row holds one session's decode state at a time and hands it back before another session (or
+    the reference path) runs on it; its own lock serialises steps from engines that do not share a
+    lock. ``use_graph`` False runs the same static step eagerly (the CPU, and tests)."""
 
     def __init__(self, adapter, config, method, use_graph: bool, kernel: str = "auto"):
         self.adapter, self.config, self.method = adapter, config, method
         self.use_graph = use_graph
         dev, dt = adapter.device, adapter.dtype
         self.device, self.dtype = dev, dt
-        L, hkv, d = adapter.n_layers, adapter.n_kv_heads, adapter.head_dim
+        hkv, d = adapter.n_kv_heads, adapter.head_dim
         self.hkv, self.d, self.g_heads = hkv, d, adapter.n_heads // hkv
         self.cap = config.n_local                      # window slots
         self.n_sink = config.n_sink
         self.bsz = config.block_size
         self.hi = max(config.block_range[1], config.avg_blocks)   # most blocks a layer may take
         self.m_cap = method.rerank * self.hi                       # most candidates a layer holds
-        self.rows = hkv if method.per_head else 1
-        # every key and value one step may read, per layer: [sinks | candidates | window], each
-        # region whole tiles of block_size slots (tile_stats.py); unused slots stay invisible
+        self.sel_rows = hkv if method.per_head else 1              # selections per layer and row
+        # every key and value one step may read, per layer and row: [sinks | candidates | window],
+        # each region whole tiles of block_size slots (tile_stats.py); unused slots stay invisible
         b = self.bsz
         self.c0 = -(-self.n_sink // b) * b                       # where the candidates start
         self.w0 = self.c0 + self.m_cap * b                       # where the window starts
-        width = self.w0 + -(-self.cap // b) * b
-        self.n_tiles, self.first_window_tile = width // b, self.w0 // b
-        self.keys = torch.zeros((L, hkv, width, d), dtype=dt, device=dev)   # placed as attention reads them
-        self.values = torch.zeros_like(self.keys)
-        self.visible = torch.zeros((L, width), dtype=torch.bool, device=dev)  # filled candidate and window slots
-        self.win_k = torch.zeros((L, hkv, self.cap, d), dtype=dt, device=dev)  # the window's keys, unrotated
-        self.cand_ok = torch.zeros((L, self.rows, self.m_cap), dtype=torch.bool, device=dev)
-        self.cand_edge = torch.zeros_like(self.cand_ok)
-        self.mass = torch.zeros((L, self.rows, self.m_cap), dtype=torch.float32, device=dev)
-        self.picks = torch.zeros_like(self.mass)
-        feats = adapter.n_heads * d
-        self.queries = torch.zeros((L, self.cap, feats), dtype=torch.float32, device=dev) \
-            if method.tracks_activations else None
-        self.cursor = torch.zeros(2, dtype=torch.long, device=dev)   # window slot L, absolute position P
+        self.width = self.w0 + -(-self.cap // b) * b
+        self.n_tiles, self.first_window_tile = self.width // b, self.w0 // b
         self.fixed_pos = torch.full((1,), self.cap, dtype=torch.long, device=dev)  # InfLLM's memory distance
-        self.n_take = torch.zeros(L, dtype=torch.long, device=dev)   # blocks each layer keeps this step
-        self.ids = torch.zeros((1, 1), dtype=torch.long, device=dev)
-        self._host = torch.zeros(1 + L, dtype=torch.long, pin_memory=dev.type == "cuda")
-        self.track = False            # the loaded session tracks sources (a graph per value)
         # rotary tables held here (the adapter may replace its own when they grow): window keys and
         # the window's query at their slots (< n_local), the memory's query at the fixed distance
         # (n_local) or the token's own position (< the native window)
@@ -140,22 +129,62 @@ class DecodeGraph:
         self.tables = {kind.rope_type: adapter.rope_table(kind.rope_type, need) for kind in adapter.kinds}
         self.ranks = torch.arange(self.hi, device=dev)
         self.half_out = dev.type == "cuda" and dt in (torch.bfloat16, torch.float16) and half_products_into_float32(dev, dt)
-        # per-tile softmax statistics: the Triton kernel where it runs and agrees with PyTorch
-        self.stats_out = (torch.empty((hkv, self.n_tiles, self.g_heads), dtype=torch.float32, device=dev),
-                          torch.empty((hkv, self.n_tiles, self.g_heads), dtype=torch.float32, device=dev),
-                          torch.empty((hkv, self.n_tiles, self.g_heads, d), dtype=torch.float32, device=dev))
-        # kept tiles of one layer's step: sinks and window always, candidates written per step
-        self.kept = torch.ones((hkv, self.n_tiles, 1), dtype=torch.bool, device=dev)
+        self.n_rows = 0
+        self._allocate(1)
         self.kernel = "torch"
         if kernel == "triton" and not triton_available(dev):
             raise ConfigError("decode_kernel='triton' needs a CUDA device and Triton installed; use 'auto' or 'torch'")
         if kernel != "torch" and triton_available(dev):
             self.kernel = check_triton(self, strict=kernel == "triton")
-        self.graphs: dict[tuple[str, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.loaded: _Loaded | None = None
-        self.mode = "fixed"           # what the step being run or captured places memory at
-        self.replays = 0              # steps run through this object (read by tests and benchmarks)
+        self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.track = False            # the step being run or captured adds up the rows' source tallies
+        self.replays = 0              # row steps run through this object (read by tests and benchmarks)
         self._lock = threading.RLock()
+
+    def _allocate(self, n_rows: int) -> None:
+        """The buffers for ``n_rows`` rows (their contents are loaded per session)."""
+        a, dev, dt = self.adapter, self.device, self.dtype
+        L, R, hkv, d, W, cap = a.n_layers, n_rows, self.hkv, self.d, self.width, self.cap
+        self.n_rows = R
+        self.rows: list[_Loaded | None] = [None] * R      # which session each row holds
+        self.keys = torch.zeros((L, R, hkv, W, d), dtype=dt, device=dev)   # placed as attention reads them
+        self.values = torch.zeros_like(self.keys)
+        self.visible = torch.zeros((L, R, W), dtype=torch.bool, device=dev)  # filled candidate and window slots
+        self.win_k = torch.zeros((L, R, hkv, cap, d), dtype=dt, device=dev)  # the window's keys, unrotated
+        self.cand_ok = torch.zeros((L, R, self.sel_rows, self.m_cap), dtype=torch.bool, device=dev)
+        self.cand_edge = torch.zeros_like(self.cand_ok)
+        self.mass = torch.zeros((L, R, self.sel_rows, self.m_cap), dtype=torch.float32, device=dev)
+        self.picks = torch.zeros_like(self.mass)
+        feats = a.n_heads * d
+        self.queries = torch.zeros((L, R, cap, feats), dtype=torch.float32, device=dev) \
+            if self.method.tracks_activations else None
+        self.cursor = torch.zeros((R, 2), dtype=torch.long, device=dev)   # per row: window slot, absolute position
+        self.exact = torch.zeros(R, dtype=torch.bool, device=dev)        # per row: memory at true positions
+        self.n_take = torch.zeros((R, L), dtype=torch.long, device=dev)  # blocks each layer keeps this step
+        self.ids = torch.zeros((R, 1), dtype=torch.long, device=dev)
+        self._host = torch.zeros((R, 1 + L), dtype=torch.long, pin_memory=dev.type == "cuda")
+        # flat offsets of each row's KV heads (writing one slot per row and head) and of each row
+        heads = torch.arange(R * hkv, device=dev).view(R, hkv)
+        self.head_base_w, self.head_base_cap = heads * W, heads * cap
+        self.row_base_w, self.row_base_cap = torch.arange(R, device=dev) * W, torch.arange(R, device=dev) * cap
+        # per-tile softmax statistics (the Triton kernel), kept tiles of one layer's step: sinks and
+        # window always, candidates written per step
+        g = self.g_heads
+        self.stats_out = (torch.empty((R * hkv, self.n_tiles, g), dtype=torch.float32, device=dev),
+                          torch.empty((R * hkv, self.n_tiles, g), dtype=torch.float32, device=dev),
+                          torch.empty((R * hkv, self.n_tiles, g, d), dtype=torch.float32, device=dev))
+        self.kept = torch.ones((R, hkv, self.n_tiles, 1), dtype=torch.bool, device=dev)
+
+    def _grow(self, n_rows: int) -> None:
+        """Room for ``n_rows`` rows: every row's session handed back, buffers made anew, graphs dropped
+        (they read the old buffers)."""
+        if n_rows <= self.n_rows:
+            return
+        self.release()
+        self.graphs.clear()
+        for name in ("keys", "values", "win_k", "queries", "stats_out"):
+            setattr(self, name, None)   # the old buffers go before the new ones are made
+        self._allocate(n_rows)
 
     def _bmm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``a @ b`` in float32: bf16/fp16 operands multiplied as they are with float32 output on CUDA
@@ -167,107 +196,115 @@ class DecodeGraph:
     # ------------------------------------------------------------------ the static step
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                scaling: float, softcap: float | None) -> torch.Tensor:
-        """q ``[H, 1, d]``, k/v ``[Hkv, 1, d]`` of the new token -> ``[H, 1, d]``.
+        """q ``[B, H, 1, d]``, k/v ``[B, Hkv, 1, d]`` of each row's new token -> ``[B, H, 1, d]``.
 
-        Two rotations of the query, as the reference: at the memory's position ``Q`` (the fixed
-        distance, or the token's own position) for sinks and candidates, and at its window slot
-        ``L`` for the window, whose key ``i`` sits rotated at slot ``i`` (distance ``L - i``), written
-        once when the token arrives."""
-        hkv, g, d, b, hi = self.hkv, self.g_heads, self.d, self.bsz, self.hi
+        Two rotations of each row's query, as the reference: at the memory's position ``Q`` (the
+        fixed distance, or the token's own position) for sinks and candidates, and at its window
+        slot ``L`` for the window, whose key ``i`` sits rotated at slot ``i`` (distance ``L - i``),
+        written once when the token arrives."""
+        n_r = q.shape[0]
+        hkv, g, d, b, hi, W = self.hkv, self.g_heads, self.d, self.bsz, self.hi, self.width
         c0, w0, m_cap = self.c0, self.w0, self.m_cap
-        slot = self.cursor[0:1]
-        qpos = self.cursor[1:2] if self.mode == "exact" else self.fixed_pos
-        keys, values, visible = self.keys[layer], self.values[layer], self.visible[layer]
+        slot = self.cursor[:n_r, 0]                                                    # [B]
+        qpos = torch.where(self.exact[:n_r], self.cursor[:n_r, 1], self.fixed_pos)     # [B]
+        keys, values, visible = self.keys[layer, :n_r], self.values[layer, :n_r], self.visible[layer, :n_r]
         cos, sin = self.tables[self.adapter.kinds[layer].rope_type]
-        cs, ss = cos.index_select(0, slot), sin.index_select(0, slot)
-        self.win_k[layer].index_copy_(1, slot, k.to(self.dtype))
-        keys.index_copy_(1, slot + w0, rotate(k, cs, ss).to(self.dtype))
-        values.index_copy_(1, slot + w0, v.to(self.dtype))
-        visible.index_fill_(0, slot + w0, True)
+        cs, ss = cos.index_select(0, slot)[:, None, None], sin.index_select(0, slot)[:, None, None]  # [B, 1, 1, d]
+        at_w = (self.head_base_w[:n_r] + (slot + w0)[:, None]).flatten()       # each row's new window slot
+        self.win_k[layer, :n_r].view(-1, d).index_copy_(
+            0, (self.head_base_cap[:n_r] + slot[:, None]).flatten(), k.reshape(-1, d).to(self.dtype))
+        keys.view(-1, d).index_copy_(0, at_w, rotate(k, cs, ss).reshape(-1, d).to(self.dtype))
+        values.view(-1, d).index_copy_(0, at_w, v.reshape(-1, d).to(self.dtype))
+        visible.view(-1).index_fill_(0, self.row_base_w[:n_r] + slot + w0, True)
         if self.queries is not None:  # the activation statistics see this query when the session settles
-            self.queries[layer].index_copy_(0, slot, q.permute(1, 0, 2).reshape(1, -1).float())
-        qs = torch.stack([rotate(q, cos.index_select(0, qpos), sin.index_select(0, qpos)),
-                          rotate(q, cs, ss)]).reshape(2, hkv, g, d)
+            self.queries[layer, :n_r].view(n_r * self.cap, -1).index_copy_(
+                0, self.row_base_cap[:n_r] + slot, q.transpose(1, 2).reshape(n_r, -1).float())
+        qm = rotate(q, cos.index_select(0, qpos)[:, None, None], sin.index_select(0, qpos)[:, None, None])
+        qs = torch.stack([qm, rotate(q, cs, ss)]).reshape(2, n_r * hkv, g, d)
+        flat_k, flat_v = keys.view(n_r * hkv, W, d), values.view(n_r * hkv, W, d)
 
         t0, t1 = c0 // b, w0 // b
         tiles = self.kernel == "triton" and not softcap
         if tiles:  # the Triton kernel's per-tile statistics (tile_stats.py)
-            m, l, o, _ = tile_stats_triton(qs, keys, values, visible, self.first_window_tile, b, scaling,
-                                           self.stats_out)
-            lse = m + l.log()                      # [Hkv, T, G]; -inf for an empty tile (m = -inf)
-            cand_lse, total = lse[:, t0:t1], torch.logsumexp(lse, 1, keepdim=True)
-            mass = torch.exp(cand_lse - total).sum(-1)                                 # [Hkv, M]
+            out_buf = tuple(x[: n_r * hkv] for x in self.stats_out)
+            m, l, o, _ = tile_stats_triton(qs, flat_k, flat_v, visible, self.first_window_tile, b, scaling, out_buf)
+            m, l = m.view(n_r, hkv, self.n_tiles, g), l.view(n_r, hkv, self.n_tiles, g)
+            lse = m + l.log()                      # [B, Hkv, T, G]; -inf for an empty tile (m = -inf)
+            cand_lse, total = lse[:, :, t0:t1], torch.logsumexp(lse, 2, keepdim=True)
+            mass = torch.exp(cand_lse - total).sum(-1)                                 # [B, Hkv, M]
         else:  # PyTorch: every logit of the buffer, one softmax (the fifth session's v2 step)
-            raw = torch.cat([self._bmm(qs[0], keys[:, :w0].transpose(1, 2)),
-                             self._bmm(qs[1], keys[:, w0:].transpose(1, 2))], -1) * scaling  # [Hkv, G, W]
-            hidden = ~visible
+            raw = torch.cat([self._bmm(qs[0], flat_k[:, :w0].transpose(1, 2)),
+                             self._bmm(qs[1], flat_k[:, w0:].transpose(1, 2))], -1) * scaling
+            raw = raw.view(n_r, hkv, g, W)
+            hidden = ~visible[:, None, None]                                               # [B, 1, 1, W]
             att = _capped(raw, softcap).masked_fill(hidden, NEG_INF)
             # the rerank reads uncapped candidate logits (att's own without a softcap)
-            cand = raw[..., c0:w0].masked_fill(hidden[c0:w0], NEG_INF) if softcap else att[..., c0:w0]
+            cand = raw[..., c0:w0].masked_fill(hidden[..., c0:w0], NEG_INF) if softcap else att[..., c0:w0]
             ctx = torch.cat([att[..., :c0], att[..., w0:]], -1)
             total = torch.logaddexp(torch.logsumexp(cand, -1, keepdim=True), torch.logsumexp(ctx, -1, keepdim=True))
-            mass = torch.exp(cand - total).reshape(hkv, g, m_cap, b).sum((1, 3))         # [Hkv, M]
+            mass = torch.exp(cand - total).reshape(n_r, hkv, g, m_cap, b).sum((2, 4))  # [B, Hkv, M]
 
         # rerank the held candidates by the mass full attention would give them (MemoryQuery's
         # rule: uncapped candidate logits, normalised with the sinks and the window)
-        if self.rows == 1:
-            mass = mass.sum(0, keepdim=True)
-        ok = self.cand_ok[layer]
-        mass = mass.masked_fill(self.cand_edge[layer], float("inf")).masked_fill(~ok, NEG_INF)
+        sel = self.sel_rows
+        if sel == 1:
+            mass = mass.sum(1, keepdim=True)
+        ok = self.cand_ok[layer, :n_r]                                                 # [B, sel, M]
+        mass = mass.masked_fill(self.cand_edge[layer, :n_r], float("inf")).masked_fill(~ok, NEG_INF)
         # ties to the earlier block, as the reference ranks them
-        order = mass.sort(dim=-1, descending=True, stable=True).indices[:, :hi]     # [rows, hi]
-        keep = (self.ranks < self.n_take[layer]).expand(self.rows, hi)
-        chosen = torch.zeros_like(ok).scatter(1, order, keep)                      # [rows, M]
+        order = mass.sort(dim=-1, descending=True, stable=True).indices[..., :hi]   # [B, sel, hi]
+        keep = (self.ranks < self.n_take[:n_r, layer, None])[:, None].expand(n_r, sel, hi)
+        chosen = torch.zeros_like(ok).scatter(2, order, keep)                       # [B, sel, M]
 
         # one softmax over [sinks | kept blocks | window]
         if tiles:  # from the tiles' statistics (the flash-decoding combine)
-            self.kept[:, t0:t1, 0] = chosen.expand(hkv, m_cap)
-            mk = m.masked_fill(~self.kept, NEG_INF)
-            coef = torch.exp(mk - mk.amax(1, keepdim=True))                        # 0 where not kept
-            weight = coef * l                                                      # [Hkv, T, G]
-            den = weight.sum(1)                                                    # [Hkv, G]
-            out = torch.einsum("htg,htgd->hgd", coef, o) / den[..., None]
-            got = (weight[:, t0:t1] / den[:, None]).sum(-1) if self.track else None  # [Hkv, M]
+            kept = self.kept[:n_r]
+            kept[:, :, t0:t1, 0] = chosen.expand(n_r, hkv, m_cap)
+            mk = m.masked_fill(~kept, NEG_INF)
+            coef = torch.exp(mk - mk.amax(2, keepdim=True))                        # 0 where not kept
+            weight = coef * l                                                      # [B, Hkv, T, G]
+            den = weight.sum(2)                                                    # [B, Hkv, G]
+            out = torch.einsum("rhtg,rhtgd->rhgd", coef, o.view(n_r, hkv, self.n_tiles, g, d)) / den[..., None]
+            got = (weight[:, :, t0:t1] / den[:, :, None]).sum(-1) if self.track else None  # [B, Hkv, M]
         else:
-            dropped = ~chosen.expand(hkv, m_cap).repeat_interleave(b, -1)          # [Hkv, M*B]
-            att[..., c0:w0].masked_fill_(dropped[:, None], NEG_INF)
+            dropped = ~chosen.expand(n_r, hkv, m_cap).repeat_interleave(b, -1)     # [B, Hkv, M*B]
+            att[..., c0:w0].masked_fill_(dropped[:, :, None], NEG_INF)
             p = torch.softmax(att, -1)
-            out = self._bmm(p, values)                                             # [Hkv, G, d]
-            got = p[..., c0:w0].sum(1).reshape(hkv, m_cap, b).sum(-1) if self.track else None
+            out = self._bmm(p.view(n_r * hkv, g, W), flat_v)                       # [B*Hkv, G, d]
+            got = p[..., c0:w0].sum(2).reshape(n_r, hkv, m_cap, b).sum(-1) if self.track else None
         if got is not None:  # what the answer's sources report: picks and mass per candidate
-            if self.rows == 1:
-                got = got.sum(0, keepdim=True)
-            self.mass[layer] += got
-            self.picks[layer] += chosen
-        return out.reshape(hkv * g, 1, d).to(q.dtype)
+            if sel == 1:
+                got = got.sum(1, keepdim=True)
+            self.mass[layer, :n_r] += got
+            self.picks[layer, :n_r] += chosen
+        return out.reshape(n_r, hkv * g, 1, d).to(q.dtype)
 
-    def _forward(self) -> torch.Tensor:
+    def _forward(self, n_r: int) -> torch.Tensor:
         a = self.adapter
         ctx = StaticStep(self)
-        hidden = a.embed(self.ids)
+        hidden = a.embed(self.ids[:n_r])
         for i in range(a.n_layers):
             hidden = a.run_layer(i, hidden, actqkv=ctx)
-        self.cursor.add_(1)
+        self.cursor[:n_r] += 1
         return a.last_logits(hidden)
 
-    def _graph(self, mode: str) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """The CUDA graph of one step at ``mode`` positions (captured on first use; capturing writes
-        into the buffers, so it happens before a session's state is loaded)."""
-        key = (mode, self.track)
+    def _graph(self, n_r: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """The CUDA graph of one step of rows ``0 .. n_r-1`` (captured on first use; capturing writes
+        into those rows, so every row's session is handed back first and loaded after)."""
+        key = (n_r, self.track)
         if key not in self.graphs:
-            self.mode = mode
+            self.release()
             self.cursor.zero_()  # the warm-up and capture steps write at slots 0 and 1
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):  # warm-up: lazy initialisation must not happen inside the capture
-                    self._forward()
+                    self._forward(n_r)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                out = self._forward()
+                out = self._forward(n_r)
             self.graphs[key] = (graph, out)
-            self.loaded = None  # the buffers were written by the capture
         return self.graphs[key]
 
     # ------------------------------------------------------------------ sessions
@@ -299,61 +336,97 @@ class DecodeGraph:
             takes.append(n)
         return mode, takes
 
+    def _row_of(self, s: "Session") -> int | None:
+        for i, loaded in enumerate(self.rows):
+            if loaded is not None and loaded.session() is s:
+                return i
+        return None
+
+    def loaded_for(self, s: "Session") -> _Loaded | None:
+        """What a row holds of ``s`` (None if no row holds it)."""
+        i = self._row_of(s)
+        return None if i is None else self.rows[i]
+
     def _n_local(self, s: "Session") -> int:
         """``s``'s window length, counting the steps run here and not yet handed back."""
-        loaded = self.loaded
-        extra = loaded.steps if loaded is not None and loaded.session() is s else 0
-        return s.memory[0].n_local + extra
+        loaded = self.loaded_for(s)
+        return s.memory[0].n_local + (loaded.steps if loaded is not None else 0)
 
     def step(self, s: "Session", token: int) -> torch.Tensor | None:
         """Run one decode step of ``s`` for ``token`` here if it can; returns float32 logits ``[V]``,
         or None (the caller runs the reference step, which settles ``s`` first)."""
+        return self.step_rows([(s, token)])[0]
+
+    def step_rows(self, feed: list[tuple["Session", int] | None]) -> list[torch.Tensor | None]:
+        """One decode step of several sessions at once, row ``i`` for ``feed[i]`` (a session and its
+        token, or None: a row that sits this step out). Returns each row's float32 logits ``[V]``, or
+        None where the static step does not apply (the caller runs the reference step for those;
+        their state is already handed back). Sessions keep their row from step to step when the
+        caller keeps their places in ``feed``; the graph is captured per ``len(feed)``."""
         with self._lock:
-            return self._step(s, token)
+            return self._step_rows(feed)
 
     @torch.inference_mode()
-    def _step(self, s: "Session", token: int) -> torch.Tensor | None:
-        plan = self.plan(s)
-        if plan is None:
-            return None
-        mode, takes = plan
-        track = bool(s.track_sources)
-        loaded = self.loaded
-        if (loaded is None or loaded.session() is not s or loaded.mode != mode or self.track != track
-                or any(h is not st.candidates for h, st in zip(loaded.held, s.retrieval))):
-            self.release()
-            s.settle()
-            self.track = track
-            if self.use_graph:
-                self._graph(mode)  # captured before loading: capturing writes into the buffers
-            self._load(s, mode)
-        # the reference's bookkeeping of this step, on the host
-        if s.record_kv:
-            s.kv_log.append({})
-        lk = self._n_local(s) + 1
-        for layer, (st, n) in enumerate(zip(s.retrieval, takes)):
-            held = st.take_candidates(s.memory[layer].n_blocks, mode)
-            st.observe_entropy(held.entropy)
-            s.note_kv(0, layer, self.n_sink + n * self.bsz + lk)
-        self._host[0] = token
-        self._host[1:] = torch.tensor(takes)
-        ins = self._host.to(self.device, non_blocking=True)
-        self.ids.view(-1).copy_(ins[:1])
-        self.n_take.copy_(ins[1:])
-        self.mode = mode
+    def _step_rows(self, feed: list[tuple["Session", int] | None]) -> list[torch.Tensor | None]:
+        sessions = [f[0] for f in feed if f is not None]
+        if len({id(s) for s in sessions}) != len(sessions):
+            raise ValueError("a session may take one row of a decode step")
+        plans = [None if f is None else self.plan(f[0]) for f in feed]
+        if not any(p is not None for p in plans):
+            return [None] * len(feed)
+        n_r = len(feed)
+        self._grow(n_r)
+        self.track = any(f[0].track_sources for f, p in zip(feed, plans) if p is not None)
+        if self.use_graph and (n_r, self.track) not in self.graphs:
+            self._graph(n_r)  # captured before loading: capturing writes into the rows
+        host = self._host[:n_r]
+        host.zero_()
+        idle = []
+        for i, (f, p) in enumerate(zip(feed, plans)):
+            if p is None:  # sits out: its row computes nothing anyone reads, from slot 0
+                self._release_row(i)
+                idle.append(i)
+                continue
+            s, token = f
+            mode, takes = p
+            loaded = self.rows[i]
+            if (loaded is None or loaded.session() is not s or loaded.mode != mode
+                    or any(h is not st.candidates for h, st in zip(loaded.held, s.retrieval))):
+                self._release_row(i)
+                s.settle()  # from another row, or another graph's
+                self._load(s, mode, i)
+            # the reference's bookkeeping of this step, on the host
+            if s.record_kv:
+                s.kv_log.append({})
+            lk = self._n_local(s) + 1
+            for layer, (st, n) in enumerate(zip(s.retrieval, takes)):
+                held = st.take_candidates(s.memory[layer].n_blocks, mode)
+                st.observe_entropy(held.entropy)
+                s.note_kv(0, layer, self.n_sink + n * self.bsz + lk)
+            host[i, 0] = token
+            host[i, 1:] = torch.tensor(takes)
+        for i in idle:
+            self.cursor[i].zero_()
+        ins = host.to(self.device, non_blocking=True)
+        self.ids[:n_r, 0].copy_(ins[:, 0])
+        self.n_take[:n_r].copy_(ins[:, 1:])
         if self.use_graph:
-            graph, logits = self.graphs[(mode, track)]
+            graph, logits = self.graphs[(n_r, self.track)]
             graph.replay()
         else:
-            logits = self._forward()
-        self.loaded.steps += 1
-        self.replays += 1
-        s.n_tokens += 1
-        return logits[0].clone()
+            logits = self._forward(n_r)
+        out: list[torch.Tensor | None] = [None] * n_r
+        for i, (f, p) in enumerate(zip(feed, plans)):
+            if p is not None:
+                self.rows[i].steps += 1
+                self.replays += 1
+                f[0].n_tokens += 1
+                out[i] = logits[i].clone()
+        return out
 
-    def _load(self, s: "Session", mode: str) -> None:
-        """Fill the buffers from ``s``: windows, sinks (placed for ``mode``), held candidates."""
-        n_loc, ns, b, c0, w0 = s.memory[0].n_local, self.n_sink, self.bsz, self.c0, self.w0
+    def _load(self, s: "Session", mode: str, row: int) -> None:
+        """Fill row ``row`` of the buffers from ``s``: windows, sinks (placed for ``mode``), held candidates."""
+        n_loc, ns, b, c0, w0, r = s.memory[0].n_local, self.n_sink, self.bsz, self.c0, self.w0, row
         for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):
             kind = self.adapter.kinds[layer]
             held = st.candidates
@@ -362,27 +435,29 @@ class DecodeGraph:
             _, cand_v = mem.blocks.gather(ids, self.device, keys=False)
             sink_k = sinks_at_true_positions(self.adapter, kind.rope_type, mem) if mode == "exact" else mem.sink_k
             cos, sin = self.tables[kind.rope_type]
-            self.keys[layer, :, :ns] = sink_k
-            self.values[layer, :, :ns] = mem.sink_v
-            self.keys[layer, :, c0:c0 + m * b] = held.keys
-            self.values[layer, :, c0:c0 + m * b] = cand_v
-            self.win_k[layer, :, :n_loc] = mem.local_k
-            self.keys[layer, :, w0:w0 + n_loc] = rotate(mem.local_k, cos[:n_loc], sin[:n_loc]).to(self.dtype)
-            self.values[layer, :, w0:w0 + n_loc] = mem.local_v
-            self.visible[layer] = False
-            self.visible[layer, :ns] = True
-            self.visible[layer, c0:c0 + m * b] = True
-            self.visible[layer, w0:w0 + n_loc] = True
-            self.cand_ok[layer] = False
-            self.cand_ok[layer, :, :m] = True
-            self.cand_edge[layer] = False
+            keys, values, visible = self.keys[layer, r], self.values[layer, r], self.visible[layer, r]
+            keys[:, :ns] = sink_k
+            values[:, :ns] = mem.sink_v
+            keys[:, c0:c0 + m * b] = held.keys
+            values[:, c0:c0 + m * b] = cand_v
+            self.win_k[layer, r, :, :n_loc] = mem.local_k
+            keys[:, w0:w0 + n_loc] = rotate(mem.local_k, cos[:n_loc], sin[:n_loc]).to(self.dtype)
+            values[:, w0:w0 + n_loc] = mem.local_v
+            visible.zero_()
+            visible[:ns] = True
+            visible[c0:c0 + m * b] = True
+            visible[w0:w0 + n_loc] = True
+            self.cand_ok[layer, r] = False
+            self.cand_ok[layer, r, :, :m] = True
+            self.cand_edge[layer, r] = False
             if s.method.keep_edges:
-                self.cand_edge[layer, :, :m] = (held.cand == 0) | (held.cand == mem.n_blocks - 1)
-        self.mass.zero_()
-        self.picks.zero_()
-        self.cursor[0] = n_loc
-        self.cursor[1] = s.memory[0].local_start + n_loc
-        self.loaded = _Loaded(weakref.ref(s), [st.candidates for st in s.retrieval], mode, n_loc)
+                self.cand_edge[layer, r, :, :m] = (held.cand == 0) | (held.cand == mem.n_blocks - 1)
+        self.mass[:, r].zero_()
+        self.picks[:, r].zero_()
+        self.cursor[r, 0] = n_loc
+        self.cursor[r, 1] = s.memory[0].local_start + n_loc
+        self.exact[r] = mode == "exact"
+        self.rows[r] = _Loaded(weakref.ref(s), [st.candidates for st in s.retrieval], mode, n_loc)
         s.pending = self
 
     def settle(self, s: "Session") -> None:
@@ -393,34 +468,41 @@ class DecodeGraph:
 
     @torch.inference_mode()
     def _settle(self, s: "Session") -> None:
-        loaded = self.loaded
-        if loaded is None or loaded.session() is not s:
+        r = self._row_of(s)
+        if r is None:
             return
-        self.loaded = None
+        loaded, self.rows[r] = self.rows[r], None
         k, a, w0 = loaded.steps, loaded.n_local, self.w0
         if not k:
             return
         for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):
-            mem.local_k = self.win_k[layer, :, :a + k].clone()
-            mem.local_v = self.values[layer, :, w0:w0 + a + k].clone()
+            mem.local_k = self.win_k[layer, r, :, :a + k].clone()
+            mem.local_v = self.values[layer, r, :, w0:w0 + a + k].clone()
             mem.local_score = torch.cat([mem.local_score, mem.local_score.new_zeros((self.hkv, k))], 1)
             if self.queries is not None and st.stats is not None:
-                st.stats.update(self.queries[layer, a:a + k])
-            if self.track:
+                st.stats.update(self.queries[layer, r, a:a + k])
+            if s.track_sources:
                 held = loaded.held[layer]
                 m = held.cand.shape[-1]
-                ids = held.cand.expand(self.rows, m).flatten()
-                s.tally.add_counts(ids, self.picks[layer, :, :m].flatten(), mem.n_blocks)
-                s.tally.add_mass(ids, self.mass[layer, :, :m].flatten(), mem.n_blocks)
+                ids = held.cand.expand(self.sel_rows, m).flatten()
+                s.tally.add_counts(ids, self.picks[layer, r, :, :m].flatten(), mem.n_blocks)
+                s.tally.add_mass(ids, self.mass[layer, r, :, :m].flatten(), mem.n_blocks)
+
+    def _release_row(self, r: int) -> None:
+        """Hand row ``r``'s session its state back (if it still lives); the row holds nothing after."""
+        loaded = self.rows[r]
+        s = None if loaded is None else loaded.session()
+        if s is not None:
+            if s.pending is self:
+                s.pending = None
+            self._settle(s)
+        self.rows[r] = None
 
     def release(self) -> None:
-        """Hand the loaded session's state back (if it still lives)."""
+        """Hand every row's session its state back."""
         with self._lock:
-            loaded = self.loaded
-            s = None if loaded is None else loaded.session()
-            if s is not None:
-                s.settle()
-            self.loaded = None
+            for r in range(self.n_rows):
+                self._release_row(r)
 
 
 def graph_key(method) -> tuple:

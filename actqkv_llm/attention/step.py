@@ -208,6 +208,7 @@ class RowSteps:
     parts see every row at once; attention runs row by row, each over its own session's window,
     memory and retrieval."""
 
+    batched = True   # takes the model's [B, H, T, d] tensors whole
     def __init__(self, contexts: list[StepContext]):
         self.contexts = contexts
 
@@ -234,7 +235,7 @@ def context_attention(module, query, key, value, attention_mask, dropout: float 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    if isinstance(actqkv, RowSteps):
+    if getattr(actqkv, "batched", False):  # rows of several sessions (RowSteps, the static decode step)
         out = actqkv.attend_layer(module.layer_idx, query, key, value, scaling, kwargs.get("softcap"))
         return out.transpose(1, 2), None
     if query.shape[0] != 1:

@@ -31,47 +31,59 @@ import torch
 def tile_stats_torch(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
                      first_window_tile: int, tile: int, scaling: float, softcap: float | None,
                      product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
-    """qs ``[2, Hkv, G, d]`` (memory's query, window's query); keys/values ``[Hkv, W, d]`` with
-    ``W = n_tiles x tile``; visible ``[W]`` bool. Returns float32 ``m, l [Hkv, n_tiles, G]`` and
-    ``o [Hkv, n_tiles, G, d]`` (``m = -inf, l = 0, o = 0`` for a tile with nothing visible), and
-    with a softcap the uncapped logits' ``log sum exp`` per tile ``[Hkv, n_tiles, G]`` as a fourth
-    value (the rerank weighs candidates by uncapped logits), else None."""
-    hkv, width, d = keys.shape
+    """qs ``[2, N, G, d]`` (memory's query, window's query); keys/values ``[N, W, d]`` with
+    ``W = n_tiles x tile``; visible ``[W]`` bool, or ``[R, W]`` for ``R`` sequences whose KV heads
+    follow one another along ``N`` (``N = R x Hkv``: a batch of decode rows). Returns float32
+    ``m, l [N, n_tiles, G]`` and ``o [N, n_tiles, G, d]`` (``m = -inf, l = 0, o = 0`` for a tile with
+    nothing visible), and with a softcap the uncapped logits' ``log sum exp`` per tile
+    ``[N, n_tiles, G]`` as a fourth value (the rerank weighs candidates by uncapped logits), else None."""
+    n, width, d = keys.shape
     g = qs.shape[2]
     w0 = first_window_tile * tile
     raw = torch.cat([product(qs[0], keys[:, :w0].transpose(1, 2)),
-                     product(qs[1], keys[:, w0:].transpose(1, 2))], -1) * scaling       # [Hkv, G, W]
-    hidden = ~visible
+                     product(qs[1], keys[:, w0:].transpose(1, 2))], -1) * scaling       # [N, G, W]
+    hidden = ~_per_head(visible, n)
     att = (torch.tanh(raw / softcap) * softcap if softcap else raw).masked_fill(hidden, float("-inf"))
     n_t = width // tile
-    s = att.view(hkv, g, n_t, tile)
-    m = s.amax(-1)                                                                       # [Hkv, G, T]
+    s = att.view(n, g, n_t, tile)
+    m = s.amax(-1)                                                                       # [N, G, T]
     p = torch.exp(s - torch.where(torch.isinf(m), torch.zeros_like(m), m)[..., None])
     l = p.sum(-1)
-    o = torch.einsum("hgtb,htbd->hgtd", p, values.view(hkv, n_t, tile, d).to(p.dtype))
+    o = torch.einsum("hgtb,htbd->hgtd", p, values.view(n, n_t, tile, d).to(p.dtype))
     raw_lse = None
     if softcap:
-        raw_lse = torch.logsumexp(raw.masked_fill(hidden, float("-inf")).view(hkv, g, n_t, tile), -1)
+        raw_lse = torch.logsumexp(raw.masked_fill(hidden, float("-inf")).view(n, g, n_t, tile), -1)
         raw_lse = raw_lse.transpose(1, 2)
     return m.transpose(1, 2), l.transpose(1, 2), o.transpose(1, 2), raw_lse
+
+
+def _per_head(visible: torch.Tensor, n: int) -> torch.Tensor:
+    """``[W]`` or ``[R, W]`` visibility -> ``[N, 1, W]`` (each sequence's mask for its KV heads)."""
+    rows = visible.reshape(-1, visible.shape[-1])
+    if n % rows.shape[0]:
+        raise ValueError(f"{rows.shape[0]} visibility rows for {n} KV heads")
+    return rows.repeat_interleave(n // rows.shape[0], 0)[:, None]
 
 
 def tile_stats_triton(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
                       first_window_tile: int, tile: int, scaling: float, out: tuple[torch.Tensor, ...]):
     """:func:`tile_stats_torch` (without a softcap) as one Triton kernel, one program per KV head
-    and tile, writing into ``out = (m, l, o)`` (preallocated: the step runs inside a CUDA graph).
+    (of every sequence) and tile, writing into ``out = (m, l, o)`` (preallocated: the step runs inside a CUDA graph).
     Products in the keys' dtype with float32 accumulation, like the reference's bf16 products."""
     import triton
 
-    hkv, width, d = keys.shape
+    n, width, d = keys.shape
     g = qs.shape[2]
     m, l, o = out
+    rows = visible.reshape(-1, width)
     if m.stride() != l.stride() or o.stride(-1) != 1 or keys.stride(-1) != 1 or values.stride(-1) != 1 \
-            or qs.stride(-1) != 1 or not visible.is_contiguous():
+            or qs.stride(-1) != 1 or rows.stride(-1) != 1:
         raise ValueError("tile_stats_triton needs m and l laid out alike and unit strides along d")
+    if n % rows.shape[0]:
+        raise ValueError(f"{rows.shape[0]} visibility rows for {n} KV heads")
     n_t = width // tile
-    _kernel()[(hkv, n_t)](
-        qs, keys, values, visible, m, l, o, scaling, first_window_tile,
+    _kernel()[(n, n_t)](
+        qs, keys, values, rows, m, l, o, scaling, first_window_tile, n // rows.shape[0], rows.stride(0),
         qs.stride(0), qs.stride(1), qs.stride(2), keys.stride(0), keys.stride(1),
         values.stride(0), values.stride(1), m.stride(0), m.stride(1), m.stride(2), o.stride(0), o.stride(1), o.stride(2),
         G=g, G_PAD=max(16, triton.next_power_of_2(g)), D=d, D_PAD=max(16, triton.next_power_of_2(d)), TILE=tile, T_PAD=max(16, triton.next_power_of_2(tile)),
@@ -119,11 +131,12 @@ def check_triton(graph, strict: bool = False) -> str:
     width = graph.n_tiles * tile
     gen = torch.Generator(device=graph.device).manual_seed(0)
     dev, dt = graph.device, graph.dtype
-    qs = torch.randn((2, hkv, g, d), generator=gen, device=dev)
-    keys = torch.randn((hkv, width, d), generator=gen, device=dev).to(dt)
-    values = torch.randn((hkv, width, d), generator=gen, device=dev).to(dt)
-    visible = torch.rand(width, generator=gen, device=dev) < 0.5
-    visible[: graph.w0 // 2] = False   # whole tiles with nothing visible, as unused candidate slots
+    rows = 2                           # two decode rows: each sequence reads its own visibility
+    qs = torch.randn((2, rows * hkv, g, d), generator=gen, device=dev)
+    keys = torch.randn((rows * hkv, width, d), generator=gen, device=dev).to(dt)
+    values = torch.randn((rows * hkv, width, d), generator=gen, device=dev).to(dt)
+    visible = torch.rand((rows, width), generator=gen, device=dev) < 0.5
+    visible[0, : graph.w0 // 2] = False   # whole tiles with nothing visible, as unused candidate slots
     scaling = d ** -0.5
     try:
         want = tile_stats_torch(qs, keys, values, visible, graph.first_window_tile, tile, scaling, None, graph._bmm)
