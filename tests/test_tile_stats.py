@@ -5,7 +5,8 @@ GPU, interpreted on the CPU with ``TRITON_INTERPRET=1``)."""
 import pytest
 import torch
 
-from actqkv_llm.attention.tile_stats import tile_stats_torch, tile_stats_triton, triton_available
+from actqkv_llm.attention.tile_stats import (candidate_mass_torch, candidate_mass_triton, combine_torch, combine_triton,
+                                             tile_stats_torch, tile_stats_triton, triton_available)
 
 
 def _case(dtype=torch.float32, device="cpu", hkv=2, g=3, d=16, tile=8, n_tiles=7, first_window=5):
@@ -52,8 +53,41 @@ def test_a_softcap_caps_attention_and_keeps_uncapped_log_sum_exp_for_the_rerank(
     torch.testing.assert_close(raw, torch.where(l1 > 0, m1 + l1.log(), torch.full_like(m1, float("-inf"))))
 
 
+def _selection(rows, sel, n_cand, device, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    ok = torch.rand((rows, sel, n_cand), generator=gen) < 0.8
+    edge = ok & (torch.rand(ok.shape, generator=gen) < 0.2)
+    chosen = ok & (torch.rand(ok.shape, generator=gen) < 0.4)
+    return ok.to(device), edge.to(device), chosen.to(device)
+
+
+def test_candidate_mass_and_combine_rebuild_a_direct_softmax():
+    """Two rows of two KV heads: the candidates' masses are their share of full attention (summed
+    over the row's heads), the combine is the softmax over the kept keys only."""
+    qs, keys, values, visible, fw, tile = _case(hkv=4)
+    rows, hkv, n_t, g, d = 2, 2, 7, 3, 16
+    visible = torch.stack([visible, visible.roll(3)])
+    t0, t1 = 1, fw                                     # tile 0: sinks; 1..4 candidates; 5, 6: window
+    m, l, o, _ = tile_stats_torch(qs, keys, values, visible, fw, tile, 0.3, None, _product)
+    ok, edge, chosen = _selection(rows, 1, t1 - t0, "cpu")
+    w0 = fw * tile
+    s = torch.cat([qs[0] @ keys[:, :w0].transpose(1, 2), qs[1] @ keys[:, w0:].transpose(1, 2)], -1) * 0.3
+    s = s.masked_fill(~visible.repeat_interleave(hkv, 0)[:, None], float("-inf"))          # [N, G, W]
+    p = torch.softmax(s, -1)
+    share = p[..., t0 * tile:t1 * tile].reshape(rows, hkv, g, t1 - t0, tile).sum((1, 2, 4))
+    want = share[:, None].masked_fill(edge, float("inf")).masked_fill(~ok, float("-inf"))
+    torch.testing.assert_close(candidate_mass_torch(m, l, ok, edge, t0, t1), want, atol=1e-6, rtol=1e-5)
+    kept = torch.ones((rows, n_t * tile), dtype=torch.bool)
+    kept[:, t0 * tile:t1 * tile] = chosen[:, 0].repeat_interleave(tile, -1)
+    direct = torch.softmax(s.masked_fill(~kept.repeat_interleave(hkv, 0)[:, None], float("-inf")), -1)
+    out, tiles = combine_torch(m, l, o, chosen, t0, t1, True)
+    torch.testing.assert_close(out, direct @ values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tiles, direct.view(rows * hkv, g, n_t, tile).sum(-1).transpose(1, 2), atol=1e-6, rtol=1e-5)
+
+
 def _compare_kernel(dtype: torch.dtype, device: torch.device) -> None:
-    qs, keys, values, visible, fw, tile = _case(dtype, device, hkv=2, g=4, d=32, tile=16, n_tiles=6, first_window=4)
+    qs, keys, values, visible, fw, tile = _case(dtype, device, hkv=4, g=4, d=32, tile=16, n_tiles=6, first_window=4)
+    visible = torch.stack([visible, visible.roll(5)])          # two rows of two KV heads
     want = tile_stats_torch(qs, keys, values, visible, fw, tile, 0.2, None, _product)
     out = tuple(torch.empty_like(x) for x in want[:3])
     got = tile_stats_triton(qs, keys, values, visible, fw, tile, 0.2, out)
@@ -61,6 +95,23 @@ def _compare_kernel(dtype: torch.dtype, device: torch.device) -> None:
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     for a, b in zip(got[:3], want[:3]):
         torch.testing.assert_close(a, b, **tol)
+    # the candidates' masses and the combine, per selection of a row (1) and per KV head (2)
+    m, l, o = want[:3]
+    t0, t1 = 1, fw
+    for sel in (1, 2):
+        ok, edge, chosen = _selection(2, sel, t1 - t0, device)
+        mass = candidate_mass_triton(m, l, ok, edge, t0, t1, torch.empty(m[:, 0].shape, device=device), torch.empty(ok.shape, device=device))
+        torch.testing.assert_close(mass, candidate_mass_torch(m, l, ok, edge, t0, t1), atol=1e-5, rtol=1e-5)
+        res = combine_triton(m, l, o, chosen, t0, t1, True, torch.empty(o[:, 0].shape, device=device), torch.empty(m.shape, device=device))
+        for a, b in zip(res, combine_torch(m, l, o, chosen, t0, t1, True)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        # a row's results do not depend on the rows beside it (bit for bit): answers decoded
+        # together are the answers decoded alone
+        one = candidate_mass_triton(m[:2], l[:2], ok[:1], edge[:1], t0, t1, torch.empty(m[:2, 0].shape, device=device),
+                                    torch.empty(ok[:1].shape, device=device))
+        assert torch.equal(one, mass[:1])
+        alone = combine_triton(m[:2], l[:2], o[:2], chosen[:1], t0, t1, True, torch.empty(o[:2, 0].shape, device=device), torch.empty(m[:2].shape, device=device))
+        assert torch.equal(alone[0], res[0][:2]) and torch.equal(alone[1], res[1][:2])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU runs the interpreter test)")

@@ -45,7 +45,8 @@ import torch
 from ..devices import half_products_into_float32
 from ..errors import ConfigError
 from .rope import rotate, sinks_at_true_positions
-from .tile_stats import check_triton, tile_stats_triton, triton_available
+from .tile_stats import (candidate_mass_triton, check_triton, combine_triton, tile_stats_triton,
+                         triton_available)
 from .step import DECODE
 
 if TYPE_CHECKING:
@@ -167,13 +168,16 @@ class DecodeGraph:
         heads = torch.arange(R * hkv, device=dev).view(R, hkv)
         self.head_base_w, self.head_base_cap = heads * W, heads * cap
         self.row_base_w, self.row_base_cap = torch.arange(R, device=dev) * W, torch.arange(R, device=dev) * cap
-        # per-tile softmax statistics (the Triton kernel), kept tiles of one layer's step: sinks and
-        # window always, candidates written per step
+        # the Triton kernels' outputs: per-tile softmax statistics, each head's total, the candidates'
+        # masses, the output and each tile's share of it
         g = self.g_heads
         self.stats_out = (torch.empty((R * hkv, self.n_tiles, g), dtype=torch.float32, device=dev),
                           torch.empty((R * hkv, self.n_tiles, g), dtype=torch.float32, device=dev),
                           torch.empty((R * hkv, self.n_tiles, g, d), dtype=torch.float32, device=dev))
-        self.kept = torch.ones((R, hkv, self.n_tiles, 1), dtype=torch.bool, device=dev)
+        self.lse_total = torch.empty((R * hkv, g), dtype=torch.float32, device=dev)
+        self.mass_out = torch.empty((R, self.sel_rows, self.m_cap), dtype=torch.float32, device=dev)
+        self.out_rows = torch.empty((R * hkv, g, d), dtype=torch.float32, device=dev)
+        self.tile_share = torch.empty((R * hkv, self.n_tiles, g), dtype=torch.float32, device=dev)
 
     def _grow(self, n_rows: int) -> None:
         """Room for ``n_rows`` rows: every row's session handed back, buffers made anew, graphs dropped
@@ -225,13 +229,12 @@ class DecodeGraph:
 
         t0, t1 = c0 // b, w0 // b
         tiles = self.kernel == "triton" and not softcap
-        if tiles:  # the Triton kernel's per-tile statistics (tile_stats.py)
-            out_buf = tuple(x[: n_r * hkv] for x in self.stats_out)
-            m, l, o, _ = tile_stats_triton(qs, flat_k, flat_v, visible, self.first_window_tile, b, scaling, out_buf)
-            m, l = m.view(n_r, hkv, self.n_tiles, g), l.view(n_r, hkv, self.n_tiles, g)
-            lse = m + l.log()                      # [B, Hkv, T, G]; -inf for an empty tile (m = -inf)
-            cand_lse, total = lse[:, :, t0:t1], torch.logsumexp(lse, 2, keepdim=True)
-            mass = torch.exp(cand_lse - total).sum(-1)                                 # [B, Hkv, M]
+        if tiles:  # the Triton kernels: per-tile statistics, candidates' masses (tile_stats.py)
+            n_h = n_r * hkv
+            m, l, o, _ = tile_stats_triton(qs, flat_k, flat_v, visible, self.first_window_tile, b, scaling,
+                                           tuple(x[:n_h] for x in self.stats_out))
+            mass = candidate_mass_triton(m, l, self.cand_ok[layer, :n_r], self.cand_edge[layer, :n_r], t0, t1,
+                                         self.lse_total[:n_h], self.mass_out[:n_r])          # [B, sel, M]
         else:  # PyTorch: every logit of the buffer, one softmax (the fifth session's v2 step)
             raw = torch.cat([self._bmm(qs[0], flat_k[:, :w0].transpose(1, 2)),
                              self._bmm(qs[1], flat_k[:, w0:].transpose(1, 2))], -1) * scaling
@@ -243,29 +246,21 @@ class DecodeGraph:
             ctx = torch.cat([att[..., :c0], att[..., w0:]], -1)
             total = torch.logaddexp(torch.logsumexp(cand, -1, keepdim=True), torch.logsumexp(ctx, -1, keepdim=True))
             mass = torch.exp(cand - total).reshape(n_r, hkv, g, m_cap, b).sum((2, 4))  # [B, Hkv, M]
-
-        # rerank the held candidates by the mass full attention would give them (MemoryQuery's
-        # rule: uncapped candidate logits, normalised with the sinks and the window)
-        sel = self.sel_rows
-        if sel == 1:
-            mass = mass.sum(1, keepdim=True)
-        ok = self.cand_ok[layer, :n_r]                                                 # [B, sel, M]
-        mass = mass.masked_fill(self.cand_edge[layer, :n_r], float("inf")).masked_fill(~ok, NEG_INF)
+            if self.sel_rows == 1:
+                mass = mass.sum(1, keepdim=True)
+            mass = mass.masked_fill(self.cand_edge[layer, :n_r], float("inf")).masked_fill(~self.cand_ok[layer, :n_r], NEG_INF)
+        # rerank the held candidates by the mass full attention would give them (MemoryQuery's rule:
+        # uncapped candidate logits, normalised with the sinks and the window; edges always kept);
         # ties to the earlier block, as the reference ranks them
+        sel = self.sel_rows
         order = mass.sort(dim=-1, descending=True, stable=True).indices[..., :hi]   # [B, sel, hi]
         keep = (self.ranks < self.n_take[:n_r, layer, None])[:, None].expand(n_r, sel, hi)
-        chosen = torch.zeros_like(ok).scatter(2, order, keep)                       # [B, sel, M]
+        chosen = torch.zeros_like(self.cand_ok[layer, :n_r]).scatter(2, order, keep)   # [B, sel, M]
 
         # one softmax over [sinks | kept blocks | window]
         if tiles:  # from the tiles' statistics (the flash-decoding combine)
-            kept = self.kept[:n_r]
-            kept[:, :, t0:t1, 0] = chosen.expand(n_r, hkv, m_cap)
-            mk = m.masked_fill(~kept, NEG_INF)
-            coef = torch.exp(mk - mk.amax(2, keepdim=True))                        # 0 where not kept
-            weight = coef * l                                                      # [B, Hkv, T, G]
-            den = weight.sum(2)                                                    # [B, Hkv, G]
-            out = torch.einsum("rhtg,rhtgd->rhgd", coef, o.view(n_r, hkv, self.n_tiles, g, d)) / den[..., None]
-            got = (weight[:, :, t0:t1] / den[:, :, None]).sum(-1) if self.track else None  # [B, Hkv, M]
+            out, w = combine_triton(m, l, o, chosen, t0, t1, self.track, self.out_rows[:n_h], self.tile_share[:n_h])
+            got = w[:, t0:t1].sum(-1).view(n_r, hkv, m_cap) if self.track else None                 # [B, Hkv, M]
         else:
             dropped = ~chosen.expand(n_r, hkv, m_cap).repeat_interleave(b, -1)     # [B, Hkv, M*B]
             att[..., c0:w0].masked_fill_(dropped[:, :, None], NEG_INF)

@@ -49,3 +49,98 @@ def tile_stats_kernel(Q, K, V, VIS, M, L, O, scaling, first_window_tile, heads_p
     tl.store(L + h * sm0 + t * sm1 + rows * sm2, tl.sum(p, 1), mask=ok)
     tl.store(O + h * so0 + t * so1 + rows[:, None] * so2 + cols[None, :], acc, mask=ok[:, None] & in_d[None, :])
 
+
+
+@triton.jit
+def tile_lse_kernel(M, L, TOT, n_tiles, sm0, sm1, sm2, G: tl.constexpr, G_PAD: tl.constexpr, CH: tl.constexpr):
+    """Per KV head and query head: ``log sum_t l_t exp(m_t)`` over every tile (the step's softmax
+    normaliser), tiles taken ``CH`` at a time in a fixed order (the same sums for any number of rows)."""
+    h = tl.program_id(0)
+    gs = tl.arange(0, G_PAD)
+    okg = gs < G
+    run_m = tl.full([G_PAD], float("-inf"), tl.float32)
+    run_s = tl.zeros([G_PAD], tl.float32)
+    for start in range(0, n_tiles, CH):
+        ts = start + tl.arange(0, CH)
+        msk = (ts < n_tiles)[:, None] & okg[None, :]
+        mm = tl.load(M + h * sm0 + ts[:, None] * sm1 + gs[None, :] * sm2, mask=msk, other=float("-inf"))
+        ll = tl.load(L + h * sm0 + ts[:, None] * sm1 + gs[None, :] * sm2, mask=msk, other=0.0)
+        new_m = tl.maximum(run_m, tl.max(mm, 0))
+        safe = tl.where(new_m == float("-inf"), 0.0, new_m)
+        run_s = run_s * tl.exp(run_m - safe) + tl.sum(ll * tl.exp(mm - safe[None, :]), 0)
+        run_m = new_m
+    safe = tl.where(run_m == float("-inf"), 0.0, run_m)
+    tot = tl.where(run_s > 0, safe + tl.log(run_s), float("-inf"))
+    tl.store(TOT + h * G + gs, tot, mask=okg)
+
+
+@triton.jit
+def candidate_mass_kernel(M, L, TOT, OK, EDGE, MASS, t0, n_cand, heads_per_sel, sm0, sm1, sm2,
+                          G: tl.constexpr, G_PAD: tl.constexpr, CH: tl.constexpr):
+    """Per selection (a row's KV heads together, or one KV head) and ``CH`` candidates: each
+    candidate's attention mass under full attention, ``sum_heads sum_g l exp(m - total)``; edge
+    candidates +inf (always kept), unfilled ones -inf. Heads added in a fixed order."""
+    p = tl.program_id(0)
+    cs = tl.program_id(1) * CH + tl.arange(0, CH)
+    inc = cs < n_cand
+    gs = tl.arange(0, G_PAD)
+    okg = gs < G
+    acc = tl.zeros([CH], tl.float32)
+    for j in range(0, heads_per_sel):
+        h = p * heads_per_sel + j
+        tot = tl.load(TOT + h * G + gs, mask=okg, other=0.0)
+        msk = inc[:, None] & okg[None, :]
+        at = h * sm0 + (t0 + cs)[:, None] * sm1 + gs[None, :] * sm2
+        mm = tl.load(M + at, mask=msk, other=float("-inf"))
+        ll = tl.load(L + at, mask=msk, other=0.0)
+        acc += tl.sum(ll * tl.exp(mm - tot[None, :]), 1)
+    ok = tl.load(OK + p * n_cand + cs, mask=inc, other=0) != 0
+    edge = tl.load(EDGE + p * n_cand + cs, mask=inc, other=0) != 0
+    mass = tl.where(edge, float("inf"), acc)
+    mass = tl.where(ok, mass, float("-inf"))
+    tl.store(MASS + p * n_cand + cs, mass, mask=inc)
+
+
+@triton.jit
+def combine_kernel(M, L, O, CHOSEN, OUT, WOUT, n_tiles, t0, t1, hkv, heads_per_sel, n_sel,
+                   sm0, sm1, sm2, so0, so1, so2, G: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+                   CH: tl.constexpr, TRACK: tl.constexpr):
+    """Per KV head (of every row) and query head: the softmax over the kept tiles (sinks, window,
+    the chosen candidates) from the tiles' statistics, ``out = sum_kept exp(m - max) o / sum_kept
+    exp(m - max) l``; with ``TRACK`` each tile's share of it (the answer's sources). Tiles taken
+    ``CH`` at a time in a fixed order (the same sums for any number of rows)."""
+    h = tl.program_id(0)
+    g = tl.program_id(1)
+    row = h // hkv
+    s = (h % hkv) // heads_per_sel
+    chosen = CHOSEN + (row * n_sel + s) * (t1 - t0)
+    ds = tl.arange(0, D_PAD)
+    okd = ds < D
+    mx = float("-inf")
+    for start in range(0, n_tiles, CH):
+        ts = start + tl.arange(0, CH)
+        cand = (ts >= t0) & (ts < t1)
+        keep = (ts < n_tiles) & ((ts < t0) | (ts >= t1) | (tl.load(chosen + ts - t0, mask=cand, other=0) != 0))
+        mm = tl.load(M + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=float("-inf"))
+        mx = tl.maximum(mx, tl.max(mm, 0))
+    den = 0.0
+    acc = tl.zeros([D_PAD], tl.float32)
+    for start in range(0, n_tiles, CH):
+        ts = start + tl.arange(0, CH)
+        cand = (ts >= t0) & (ts < t1)
+        keep = (ts < n_tiles) & ((ts < t0) | (ts >= t1) | (tl.load(chosen + ts - t0, mask=cand, other=0) != 0))
+        mm = tl.load(M + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=float("-inf"))
+        ll = tl.load(L + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=0.0)
+        coef = tl.exp(mm - mx)
+        den += tl.sum(coef * ll, 0)
+        oo = tl.load(O + h * so0 + ts[:, None] * so1 + g * so2 + ds[None, :], mask=keep[:, None] & okd[None, :], other=0.0)
+        acc += tl.sum(coef[:, None] * oo, 0)
+    tl.store(OUT + (h * G + g) * D + ds, acc / den, mask=okd)
+    if TRACK:
+        for start in range(0, n_tiles, CH):
+            ts = start + tl.arange(0, CH)
+            cand = (ts >= t0) & (ts < t1)
+            keep = (ts < n_tiles) & ((ts < t0) | (ts >= t1) | (tl.load(chosen + ts - t0, mask=cand, other=0) != 0))
+            mm = tl.load(M + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=float("-inf"))
+            ll = tl.load(L + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=0.0)
+            tl.store(WOUT + (h * n_tiles + ts) * G + g, tl.exp(mm - mx) * ll / den, mask=ts < n_tiles)

@@ -82,7 +82,7 @@ def tile_stats_triton(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     if n % rows.shape[0]:
         raise ValueError(f"{rows.shape[0]} visibility rows for {n} KV heads")
     n_t = width // tile
-    _kernel()[(n, n_t)](
+    _kernels().tile_stats_kernel[(n, n_t)](
         qs, keys, values, rows, m, l, o, scaling, first_window_tile, n // rows.shape[0], rows.stride(0),
         qs.stride(0), qs.stride(1), qs.stride(2), keys.stride(0), keys.stride(1),
         values.stride(0), values.stride(1), m.stride(0), m.stride(1), m.stride(2), o.stride(0), o.stride(1), o.stride(2),
@@ -92,12 +92,89 @@ def tile_stats_triton(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     return m, l, o, None
 
 
-def _kernel():
-    """The Triton kernel (:mod:`.tile_kernel`, imported on first use so that Triton loads only where
-    it runs; with ``TRITON_INTERPRET=1`` set before Triton is imported it runs on the CPU)."""
+def candidate_mass_torch(m: torch.Tensor, l: torch.Tensor, ok: torch.Tensor, edge: torch.Tensor,
+                         t0: int, t1: int) -> torch.Tensor:
+    """Each held candidate's attention mass under full attention, from the tiles' statistics.
+
+    m, l ``[N, T, G]`` (``N = rows x Hkv``); candidates are tiles ``t0 .. t1-1``; ok/edge ``[rows, S,
+    M]`` bool (``S`` selections per row: 1, or one per KV head). Returns float32 ``[rows, S, M]``:
+    ``sum over the selection's heads and query heads of exp(tile lse - the head's total lse)``,
+    +inf for edge candidates (always kept), -inf for unfilled ones."""
+    n = m.shape[0]
+    rows, sel, n_cand = ok.shape
+    lse = m + l.log()                      # -inf for an empty tile (m = -inf, l = 0)
+    mass = torch.exp(lse[:, t0:t1] - torch.logsumexp(lse, 1, keepdim=True)).sum(-1)           # [N, M]
+    mass = mass.view(rows, sel, n // rows // sel, n_cand).sum(2)
+    return mass.masked_fill(edge, float("inf")).masked_fill(~ok, float("-inf"))
+
+
+def combine_torch(m: torch.Tensor, l: torch.Tensor, o: torch.Tensor, chosen: torch.Tensor, t0: int, t1: int,
+                  track: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The softmax over the kept tiles (every tile but the candidates ``t0 .. t1-1`` not ``chosen``
+    ``[rows, S, M]``) from the tiles' statistics (the flash-decoding combine). Returns float32
+    ``[N, G, d]`` and, with ``track``, each tile's share of the softmax ``[N, T, G]``."""
+    n, n_t, g = m.shape
+    rows, sel, n_cand = chosen.shape
+    kept = torch.ones((n, n_t, 1), dtype=torch.bool, device=m.device)
+    kept[:, t0:t1, 0] = chosen.repeat_interleave(n // rows // sel, 1).reshape(n, n_cand)
+    mk = m.masked_fill(~kept, float("-inf"))
+    coef = torch.exp(mk - mk.amax(1, keepdim=True))                        # 0 where not kept
+    weight = coef * l
+    den = weight.sum(1)                                                    # [N, G]
+    out = torch.einsum("htg,htgd->hgd", coef, o) / den[..., None]
+    return out, (weight / den[:, None] if track else None)
+
+
+def candidate_mass_triton(m: torch.Tensor, l: torch.Tensor, ok: torch.Tensor, edge: torch.Tensor, t0: int, t1: int,
+                          total: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """:func:`candidate_mass_torch` as two Triton kernels (each head's total, then the candidates),
+    writing into ``total [N, G]`` and ``out [rows, S, M]`` (preallocated); sums in a fixed order, so
+    a row's masses do not depend on how many rows run together."""
+    n, n_t, g = m.shape
+    rows, sel, n_cand = ok.shape
+    _check_stats(m, l)
+    k = _kernels()
+    g_pad = max(16, _pow2(g))
+    k.tile_lse_kernel[(n,)](m, l, total, n_t, m.stride(0), m.stride(1), m.stride(2), G=g, G_PAD=g_pad, CH=64)
+    ch = 64
+    k.candidate_mass_kernel[(rows * sel, -(-n_cand // ch))](
+        m, l, total, ok, edge, out, t0, n_cand, n // rows // sel, m.stride(0), m.stride(1), m.stride(2),
+        G=g, G_PAD=g_pad, CH=ch)
+    return out
+
+
+def combine_triton(m: torch.Tensor, l: torch.Tensor, o: torch.Tensor, chosen: torch.Tensor, t0: int, t1: int,
+                   track: bool, out: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`combine_torch` as one Triton kernel (one program per KV head and query head), writing
+    into ``out [N, G, d]`` and, with ``track``, ``weights [N, T, G]`` (preallocated); sums in a fixed
+    order, so a row's output does not depend on how many rows run together."""
+    n, n_t, g = m.shape
+    d = o.shape[-1]
+    rows, sel, _ = chosen.shape
+    _check_stats(m, l)
+    if o.stride(-1) != 1 or not out.is_contiguous() or not weights.is_contiguous() or not chosen.is_contiguous():
+        raise ValueError("combine_triton needs contiguous outputs and unit strides along d")
+    _kernels().combine_kernel[(n, g)](
+        m, l, o, chosen, out, weights, n_t, t0, t1, n // rows, n // rows // sel, sel,
+        m.stride(0), m.stride(1), m.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        G=g, D=d, D_PAD=max(16, _pow2(d)), CH=64, TRACK=track)
+    return out, (weights if track else None)
+
+
+def _check_stats(m: torch.Tensor, l: torch.Tensor) -> None:
+    if m.stride() != l.stride():
+        raise ValueError("the tile statistics m and l must be laid out alike")
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def _kernels():
+    """The Triton kernels (:mod:`.tile_kernel`, imported on first use)."""
     from . import tile_kernel
 
-    return tile_kernel.tile_stats_kernel
+    return tile_kernel
 
 
 def triton_available(device: torch.device) -> bool:
@@ -151,4 +228,26 @@ def check_triton(graph, strict: bool = False) -> str:
     if not m_ok or max(errs) > 2e-2:
         return refuse(f"the Triton decode kernel disagrees with PyTorch (max |dm| {errs[0]:.3g}, relative "
                       f"dl {errs[1]:.3g}, do {errs[2]:.3g})")
+    # the candidates' masses and the combine, on the PyTorch statistics
+    m, l, o = want[:3]
+    t0, t1, sel = graph.c0 // tile, graph.first_window_tile, graph.sel_rows
+    ok = torch.rand((rows, sel, t1 - t0), generator=gen, device=dev) < 0.8
+    edge = ok & (torch.rand(ok.shape, generator=gen, device=dev) < 0.1)
+    chosen = ok & (torch.rand(ok.shape, generator=gen, device=dev) < 0.3)
+    try:
+        mass = candidate_mass_triton(m, l, ok, edge, t0, t1, torch.empty(m[:, 0].shape, device=dev),
+                                     torch.empty(ok.shape, device=dev))
+        out, share = combine_triton(m, l, o, chosen, t0, t1, True, torch.empty(o[:, 0].shape, device=dev),
+                                    torch.empty(m.shape, device=dev))
+    except Exception as exc:  # noqa: BLE001
+        return refuse(f"the Triton decode kernels failed ({type(exc).__name__}: {exc})")
+    want_mass = candidate_mass_torch(m, l, ok, edge, t0, t1)
+    want_out, want_share = combine_torch(m, l, o, chosen, t0, t1, True)
+    same_inf = torch.equal(torch.isinf(mass), torch.isinf(want_mass)) and torch.equal(mass[torch.isinf(mass)], want_mass[torch.isinf(want_mass)])
+    fin = ~torch.isinf(want_mass)
+    errs = [float((mass[fin] - want_mass[fin]).norm() / want_mass[fin].norm().clamp_min(1e-30))]
+    errs += [float((a - b).norm() / b.norm().clamp_min(1e-30)) for a, b in ((out, want_out), (share, want_share))]
+    if not same_inf or max(errs) > 1e-4:
+        return refuse(f"the Triton decode kernels disagree with PyTorch (relative mass {errs[0]:.3g}, "
+                      f"output {errs[1]:.3g}, shares {errs[2]:.3g})")
     return "triton"
