@@ -52,7 +52,8 @@ def tile_stats_kernel(Q, K, V, VIS, M, L, O, scaling, first_window_tile, heads_p
 
 
 @triton.jit
-def tile_lse_kernel(M, L, TOT, n_tiles, sm0, sm1, sm2, G: tl.constexpr, G_PAD: tl.constexpr, CH: tl.constexpr):
+def tile_lse_kernel(M, L, TOT, sm0, sm1, sm2, n_tiles: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr,
+                    CH: tl.constexpr):
     """Per KV head and query head: ``log sum_t l_t exp(m_t)`` over every tile (the step's softmax
     normaliser), tiles taken ``CH`` at a time in a fixed order (the same sums for any number of rows)."""
     h = tl.program_id(0)
@@ -75,7 +76,7 @@ def tile_lse_kernel(M, L, TOT, n_tiles, sm0, sm1, sm2, G: tl.constexpr, G_PAD: t
 
 
 @triton.jit
-def candidate_mass_kernel(M, L, TOT, OK, EDGE, MASS, t0, n_cand, heads_per_sel, sm0, sm1, sm2,
+def candidate_mass_kernel(M, L, TOT, OK, EDGE, MASS, t0, n_cand, sm0, sm1, sm2, heads_per_sel: tl.constexpr,
                           G: tl.constexpr, G_PAD: tl.constexpr, CH: tl.constexpr):
     """Per selection (a row's KV heads together, or one KV head) and ``CH`` candidates: each
     candidate's attention mass under full attention, ``sum_heads sum_g l exp(m - total)``; edge
@@ -102,8 +103,8 @@ def candidate_mass_kernel(M, L, TOT, OK, EDGE, MASS, t0, n_cand, heads_per_sel, 
 
 
 @triton.jit
-def combine_kernel(M, L, O, CHOSEN, OUT, WOUT, n_tiles, t0, t1, hkv, heads_per_sel, n_sel,
-                   sm0, sm1, sm2, so0, so1, so2, G: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+def combine_kernel(M, L, O, CHOSEN, OUT, WOUT, t0, t1, hkv, heads_per_sel, n_sel,
+                   sm0, sm1, sm2, so0, so1, so2, n_tiles: tl.constexpr, G: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
                    CH: tl.constexpr, TRACK: tl.constexpr):
     """Per KV head (of every row) and query head: the softmax over the kept tiles (sinks, window,
     the chosen candidates) from the tiles' statistics, ``out = sum_kept exp(m - max) o / sum_kept

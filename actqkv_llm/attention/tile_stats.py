@@ -135,11 +135,11 @@ def candidate_mass_triton(m: torch.Tensor, l: torch.Tensor, ok: torch.Tensor, ed
     _check_stats(m, l)
     k = _kernels()
     g_pad = max(16, _pow2(g))
-    k.tile_lse_kernel[(n,)](m, l, total, n_t, m.stride(0), m.stride(1), m.stride(2), G=g, G_PAD=g_pad, CH=64)
+    k.tile_lse_kernel[(n,)](m, l, total, m.stride(0), m.stride(1), m.stride(2), n_tiles=n_t, G=g, G_PAD=g_pad, CH=64)
     ch = 64
     k.candidate_mass_kernel[(rows * sel, -(-n_cand // ch))](
-        m, l, total, ok, edge, out, t0, n_cand, n // rows // sel, m.stride(0), m.stride(1), m.stride(2),
-        G=g, G_PAD=g_pad, CH=ch)
+        m, l, total, ok, edge, out, t0, n_cand, m.stride(0), m.stride(1), m.stride(2),
+        heads_per_sel=n // rows // sel, G=g, G_PAD=g_pad, CH=ch)
     return out
 
 
@@ -155,9 +155,9 @@ def combine_triton(m: torch.Tensor, l: torch.Tensor, o: torch.Tensor, chosen: to
     if o.stride(-1) != 1 or not out.is_contiguous() or not weights.is_contiguous() or not chosen.is_contiguous():
         raise ValueError("combine_triton needs contiguous outputs and unit strides along d")
     _kernels().combine_kernel[(n, g)](
-        m, l, o, chosen, out, weights, n_t, t0, t1, n // rows, n // rows // sel, sel,
+        m, l, o, chosen, out, weights, t0, t1, n // rows, n // rows // sel, sel,
         m.stride(0), m.stride(1), m.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        G=g, D=d, D_PAD=max(16, _pow2(d)), CH=64, TRACK=track)
+        n_tiles=n_t, G=g, D=d, D_PAD=max(16, _pow2(d)), CH=64, TRACK=track)
     return out, (weights if track else None)
 
 
