@@ -234,6 +234,17 @@ def test_bench_recall_writes_its_tables_and_plot(tmp_path, make_engine):
     assert "| actqkv |" in (tmp_path / "recall.md").read_text()
 
 
+def test_a_recall_plot_without_measurements_says_so_without_warnings(tmp_path, recwarn):
+    """bench recall --no-meter measures answers only: its plot says no recall was measured (no
+    empty legend, no matplotlib warning in the middle of the run's output)."""
+    pytest.importorskip("matplotlib")
+    from actqkv_llm.bench.plots import plot_recall
+
+    path = plot_recall({"actqkv": {"per_layer": []}}, tmp_path / "recall.png")
+    assert path.stat().st_size > 0
+    assert not [w for w in recwarn if "legend" in str(w.message)]
+
+
 @pytest.mark.parametrize("layout", ["completion", "ask"])
 def test_bench_recall_plain_attention_answers_like_full(tmp_path, make_engine, layout):
     """The 'hf' variant (plain Hugging Face SDPA) runs the same prompt as the engine: its greedy

@@ -138,9 +138,11 @@ def plot_recall(summary: dict[str, Any], path: str | Path, phase: str = "questio
     oracle at the same number of blocks (dotted, same colour). ``summary``: :func:`bench.recall.summarize`."""
     fig = _figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
+    drawn = False
     for i, (variant, s) in enumerate(summary.items()):
         rows = [x for x in s["per_layer"] if x["phase"] == phase]
         if rows:
+            drawn = True
             layers = [x["layer"] for x in rows]
             ax.plot(layers, [x["recall"] for x in rows], marker="o", ms=3, color=f"C{i}", label=variant)
             ax.plot(layers, [x["oracle"] for x in rows], linestyle=":", color=f"C{i}")
@@ -149,5 +151,9 @@ def plot_recall(summary: dict[str, Any], path: str | Path, phase: str = "questio
     ax.set_ylim(0, 1.02)
     ax.set_title("selected blocks (solid) vs oracle at the same budget (dotted)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    if drawn:
+        ax.legend(fontsize="small")
+    else:  # answers only (bench recall --no-meter): say so instead of an empty legend
+        ax.text(0.5, 0.5, f"no recall measured in the {phase} phase\n(run without --no-meter)",
+                ha="center", va="center", transform=ax.transAxes)
     return _save(fig, Path(path))
