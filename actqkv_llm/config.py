@@ -135,8 +135,9 @@ class RetrievalConfig:
             layer. The same selection and attention as the reference step up to float rounding.
             ``"auto"``: on CUDA devices; True: also on the CPU, where it runs eagerly (tests); False:
             always the reference step. Its buffers hold ``rerank x max_blocks`` candidate blocks
-            per layer (keys and values) beside the window, for as long as the engine lives
-            (shared with the engines ``with_method`` makes from it, where they fit the same buffers).
+            per layer (keys and values) beside the window, one row per answer decoded at once (one
+            row until ``answer_many`` asks for more), for as long as the engine lives (shared with
+            the engines ``with_method`` makes from it, where they fit the same buffers).
         decode_kernel: what computes the static decode step's attention (``decode_graph``):
             ``"triton"``: one Triton kernel per layer giving each tile's softmax statistics and
             reading only the visible slots (attention/tile_stats.py); ``"torch"``: PyTorch ops over
