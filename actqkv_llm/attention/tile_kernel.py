@@ -103,9 +103,22 @@ def candidate_mass_kernel(M, L, TOT, OK, EDGE, MASS, t0, n_cand, sm0, sm1, sm2, 
 
 
 @triton.jit
+def _kept_tiles(M, L, chosen, h, g, start, t0, t1, sm0, sm1, sm2, n_tiles: tl.constexpr, CH: tl.constexpr):
+    """Tiles ``start .. start+CH-1`` of one head and query head: their numbers, whether the step
+    keeps them (sinks and window always, a candidate when chosen), and their ``m`` and ``l``
+    (``-inf`` and 0 where not kept)."""
+    ts = start + tl.arange(0, CH)
+    cand = (ts >= t0) & (ts < t1)
+    keep = (ts < n_tiles) & ((ts < t0) | (ts >= t1) | (tl.load(chosen + ts - t0, mask=cand, other=0) != 0))
+    mm = tl.load(M + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=float("-inf"))
+    ll = tl.load(L + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=0.0)
+    return ts, keep, mm, ll
+
+
+@triton.jit
 def combine_kernel(M, L, O, CHOSEN, OUT, WOUT, t0, t1, hkv, heads_per_sel, n_sel,
-                   sm0, sm1, sm2, so0, so1, so2, n_tiles: tl.constexpr, G: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-                   CH: tl.constexpr, TRACK: tl.constexpr):
+                   sm0, sm1, sm2, so0, so1, so2, n_tiles: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
+                   D_PAD: tl.constexpr, CH: tl.constexpr, TRACK: tl.constexpr):
     """Per KV head (of every row) and query head: the softmax over the kept tiles (sinks, window,
     the chosen candidates) from the tiles' statistics, ``out = sum_kept exp(m - max) o / sum_kept
     exp(m - max) l``; with ``TRACK`` each tile's share of it (the answer's sources). Tiles taken
@@ -119,19 +132,12 @@ def combine_kernel(M, L, O, CHOSEN, OUT, WOUT, t0, t1, hkv, heads_per_sel, n_sel
     okd = ds < D
     mx = float("-inf")
     for start in range(0, n_tiles, CH):
-        ts = start + tl.arange(0, CH)
-        cand = (ts >= t0) & (ts < t1)
-        keep = (ts < n_tiles) & ((ts < t0) | (ts >= t1) | (tl.load(chosen + ts - t0, mask=cand, other=0) != 0))
-        mm = tl.load(M + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=float("-inf"))
+        ts, keep, mm, ll = _kept_tiles(M, L, chosen, h, g, start, t0, t1, sm0, sm1, sm2, n_tiles, CH)
         mx = tl.maximum(mx, tl.max(mm, 0))
     den = 0.0
     acc = tl.zeros([D_PAD], tl.float32)
     for start in range(0, n_tiles, CH):
-        ts = start + tl.arange(0, CH)
-        cand = (ts >= t0) & (ts < t1)
-        keep = (ts < n_tiles) & ((ts < t0) | (ts >= t1) | (tl.load(chosen + ts - t0, mask=cand, other=0) != 0))
-        mm = tl.load(M + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=float("-inf"))
-        ll = tl.load(L + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=0.0)
+        ts, keep, mm, ll = _kept_tiles(M, L, chosen, h, g, start, t0, t1, sm0, sm1, sm2, n_tiles, CH)
         coef = tl.exp(mm - mx)
         den += tl.sum(coef * ll, 0)
         oo = tl.load(O + h * so0 + ts[:, None] * so1 + g * so2 + ds[None, :], mask=keep[:, None] & okd[None, :], other=0.0)
@@ -139,9 +145,5 @@ def combine_kernel(M, L, O, CHOSEN, OUT, WOUT, t0, t1, hkv, heads_per_sel, n_sel
     tl.store(OUT + (h * G + g) * D + ds, acc / den, mask=okd)
     if TRACK:
         for start in range(0, n_tiles, CH):
-            ts = start + tl.arange(0, CH)
-            cand = (ts >= t0) & (ts < t1)
-            keep = (ts < n_tiles) & ((ts < t0) | (ts >= t1) | (tl.load(chosen + ts - t0, mask=cand, other=0) != 0))
-            mm = tl.load(M + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=float("-inf"))
-            ll = tl.load(L + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=0.0)
+            ts, keep, mm, ll = _kept_tiles(M, L, chosen, h, g, start, t0, t1, sm0, sm1, sm2, n_tiles, CH)
             tl.store(WOUT + (h * n_tiles + ts) * G + g, tl.exp(mm - mx) * ll / den, mask=ts < n_tiles)
