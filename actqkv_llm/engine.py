@@ -385,29 +385,42 @@ class Engine:
     def _decode_together(self, runs: list[Decoding], logits: list[torch.Tensor]) -> None:
         """Decode answers in one batch until each has ended: every pass runs one token of each
         answer still going. Where the static decode step applies (``decode_graph``), the answers go
-        through it as rows of one step (each answer keeps its row; an ended answer's row sits out);
-        the rest (rescoring steps, steps where a block leaves the window) run as one reference pass
-        whose dense layers see them all at once and whose attention runs row by row."""
+        through it as rows of one step (each answer keeps its row; an ended answer's row goes to
+        the next answer waiting for one, or sits out; as many rows as fit in device memory:
+        ``DecodeGraph.rows_for``); the rest (rescoring steps, steps where a block leaves the
+        window) run as one reference pass whose dense layers see them all at once and whose
+        attention runs row by row."""
         graph = self.decode_graph
-        rows = list(logits)
-        feed: list = [None] * len(runs)
+        n_rows = len(runs) if graph is None else graph.rows_for(len(runs))
+        waiting = list(range(len(runs)))
+        slot: list[int | None] = [None] * n_rows       # which answer each row decodes
+        current = list(logits)                         # each answer's latest logits
         while True:
-            for i, run in enumerate(runs):
-                if feed[i] is None and rows[i] is None:
-                    continue  # ended earlier
-                tok = run.choose(rows[i])[1]
-                feed[i] = None if tok is None else (run.session, tok)
-                rows[i] = None
+            feed: list = [None] * n_rows
+            for r in range(n_rows):
+                while feed[r] is None:
+                    if slot[r] is None:
+                        if not waiting:
+                            break
+                        slot[r] = waiting.pop(0)
+                    i = slot[r]
+                    tok = runs[i].choose(current[i])[1]
+                    if tok is None:
+                        slot[r] = None                 # ended: the row takes the next answer
+                    else:
+                        feed[r] = (runs[i].session, tok)
             if not any(f is not None for f in feed):
                 return
             with self._lock:
-                out = graph.step_rows(feed) if graph is not None else [None] * len(feed)
-                rest = [i for i, f in enumerate(feed) if f is not None and out[i] is None]
+                out = graph.step_rows(feed) if graph is not None else [None] * n_rows
+                rest = [r for r, f in enumerate(feed) if f is not None and out[r] is None]
                 if rest:
-                    ref = forward_rows([feed[i][0] for i in rest], torch.tensor([feed[i][1] for i in rest]), DECODE)
-                    for j, i in enumerate(rest):
-                        out[i] = ref[j]
-            rows = out
+                    ref = forward_rows([feed[r][0] for r in rest], torch.tensor([feed[r][1] for r in rest]), DECODE)
+                    for j, r in enumerate(rest):
+                        out[r] = ref[j]
+            for r, f in enumerate(feed):
+                if f is not None:
+                    current[slot[r]] = out[r]
 
     def _suffix_for_question(self, doc: Document | None, messages: list[dict],
                              tools: list[dict] | None = None) -> torch.Tensor:

@@ -15,6 +15,7 @@ from actqkv_llm import Engine
 from actqkv_llm.attention.static_decode import DecodeGraph, graph_capable
 from actqkv_llm.attention.step import DECODE, QUESTION
 from actqkv_llm.errors import ConfigError
+from actqkv_llm.generation import Sampling
 
 SMALL = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
 TEXT = " ".join(f"word{i} is {i * 7 % 13}." for i in range(120))
@@ -122,6 +123,35 @@ def test_answers_decoded_together_take_one_row_each(tokenizer):
     assert graph.replays >= len(QUESTIONS) * (29 - 29 // SMALL["block_size"] - 3)
     # one answer alone afterwards: row 0 again, the rows of the batch handed back
     assert fast.generate_ids(doc, QUESTIONS[1], max_new_tokens=30) == want[1]
+
+
+def test_more_answers_than_rows_wait_for_a_row(tokenizer, monkeypatch):
+    """Rows are capped by device memory (rows_for): answers beyond the cap take the row of one that
+    ended, and every answer is still its own."""
+    ref, fast = _engines(tokenizer)
+    doc = ref.prefill(TEXT)
+    want = [ref.generate_ids(doc, q, max_new_tokens=n) for q, n in zip(QUESTIONS, (6, 20, 9, 14))]
+    graph = fast.decode_graph
+    monkeypatch.setattr(graph, "rows_for", lambda n: 2)
+    plans = [Sampling.make(max_new_tokens=n, stop_on_repetition=False) for n in (6, 20, 9, 14)]
+    runs = [fast._start(doc, torch.tensor(q), plan, ids_only=True) for q, plan in zip(QUESTIONS, plans)]
+    fast._decode_together([r for r, _ in runs], [x for _, x in runs])
+    assert [r.text.ids for r, _ in runs] == want
+    assert graph.n_rows == 2 and graph.replays > 20
+
+
+def test_rows_for_counts_free_device_memory(tokenizer, monkeypatch):
+    """As many rows as fit in half the free memory (plus the rows held), at least one."""
+    _, fast = _engines(tokenizer)
+    graph = fast.decode_graph
+    per_row = graph.row_bytes()
+    assert per_row > graph.keys[0, 0].numel() * graph.keys.element_size() * 2
+    assert graph.rows_for(5) == 5            # the CPU: every answer its row
+    monkeypatch.setattr(graph, "device", torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(per_row * 4.5), 1 << 40))
+    assert graph.rows_for(8) == 2            # (4.5 + 1 held) x 0.5 rows
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, 1 << 40))
+    assert graph.rows_for(8) == 1
 
 
 def test_rows_stepped_together_match_each_session_stepped_alone(tokenizer):

@@ -53,6 +53,9 @@ if TYPE_CHECKING:
     from ..session import Session
 
 NEG_INF = float("-inf")
+# of the device memory free when answers start decoding together, the share their rows' buffers may
+# take (the rest: the reference passes, the graph's own intermediates, the prefill of what follows)
+ROW_MEMORY_SHARE = 0.5
 
 
 def graph_capable(method, adapter=None) -> bool:
@@ -178,6 +181,27 @@ class DecodeGraph:
         self.mass_out = torch.empty((R, self.sel_rows, self.m_cap), dtype=torch.float32, device=dev)
         self.out_rows = torch.empty((R * hkv, g, d), dtype=torch.float32, device=dev)
         self.tile_share = torch.empty((R * hkv, self.n_tiles, g), dtype=torch.float32, device=dev)
+
+    def row_bytes(self) -> int:
+        """Device bytes one row's buffers take."""
+        per_layer = sum(t[0, 0].numel() * t.element_size() for t in
+                        (self.keys, self.values, self.win_k, self.visible, self.cand_ok, self.cand_edge,
+                         self.mass, self.picks) + ((self.queries,) if self.queries is not None else ()))
+        per_step = sum(t[: self.hkv].numel() * t.element_size() for t in
+                       self.stats_out + (self.lse_total, self.out_rows, self.tile_share))
+        return self.adapter.n_layers * per_layer + per_step + self.mass_out[0].numel() * 4
+
+    def rows_for(self, n: int) -> int:
+        """How many of ``n`` answers decode as rows at once: all of them where their buffers fit in
+        ``ROW_MEMORY_SHARE`` of the device memory free now (counting the rows held already, which
+        growing replaces), else as many as fit (at least one; the others wait for a row). The CPU
+        (eager rows, tests) takes all."""
+        if n <= self.n_rows or self.device.type != "cuda":
+            return n
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_row = self.row_bytes()
+        fit = int((free + self.n_rows * per_row) * ROW_MEMORY_SHARE) // per_row
+        return max(1, self.n_rows, min(n, fit))
 
     def _grow(self, n_rows: int) -> None:
         """Room for ``n_rows`` rows: every row's session handed back, buffers made anew, graphs dropped
