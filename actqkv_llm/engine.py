@@ -345,9 +345,10 @@ class Engine:
                     **sampling: Any) -> list[Answer]:
         """Answer several questions about one document together: each reads its question on its own
         session (with its own retrieval), then their answers are decoded as one batch, one token
-        of each per model pass (the layers' dense parts batched, attention row by row over each
-        answer's own blocks). Same answers as :meth:`answer` one by one (greedy: the same tokens
-        up to the batched matmuls' rounding; with ``seed``, each answer samples as it would alone)."""
+        of each per model pass (the layers' dense parts batched; attention over each answer's own
+        blocks, on a GPU as rows of one CUDA graph, see :meth:`_decode_together`). Same answers as
+        :meth:`answer` one by one (greedy: the same tokens up to the batched matmuls' rounding;
+        with ``seed``, each answer samples as it would alone)."""
         questions = [self._check_text(q, f"question {i}") for i, q in enumerate(_text_list(questions, "questions"))]
         self._check_doc(doc)
         suffixes = [self._suffix_for_question(doc, [{"role": "user", "content": q}]) for q in questions]

@@ -22,6 +22,11 @@ What is static and how the varying parts are handled:
 * the attention runs one of two ways (``decode_kernel``): a Triton kernel gives each tile's softmax
   statistics, reading only visible slots, and the rerank and the output follow from those
   (``tile_stats.py``); or PyTorch ops score the whole buffer and take one softmax;
+* several sessions decode at once as rows (``Engine.answer_many``): every buffer has a row axis,
+  each row its own window slot, position, memory placement (a per-row flag: the fixed angle or
+  true positions, so one graph serves both) and candidates; one graph per number of rows, the
+  weights read once per step for all of them; the Triton kernels add in a fixed order, so a row
+  gets the same bits alone or beside others;
 * what the reference updates every step and reads only when it scores again (activation statistics,
   the window's tensors, the answer's source tally) is written to buffers and handed back to the
   session in one go (:meth:`DecodeGraph.settle`) before any step of the reference path runs on it.
