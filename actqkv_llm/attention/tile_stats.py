@@ -20,6 +20,13 @@ full-width elementwise passes. :func:`tile_stats_torch` is the same contract in 
 yardstick :func:`check_triton` holds the kernel to on the buffers' own shapes before any step uses
 it, and the tests'. (Without the kernel the step itself takes one dense softmax instead, which
 measured faster in PyTorch ops than these statistics: docs/benchmarks.md.)
+
+The rerank's masses (:func:`candidate_mass_triton`: each head's total, then each candidate's mass
+summed over the heads of a selection) and the combine (:func:`combine_triton`) are Triton kernels
+too, with :func:`candidate_mass_torch` and :func:`combine_torch` as their yardsticks. Their sums run
+in a fixed order per program, so a decode row's results do not depend on how many rows run
+beside it (PyTorch's reductions choose their strategy from the whole tensor's shape): answers
+decoded together are the answers decoded alone.
 """
 
 from __future__ import annotations
