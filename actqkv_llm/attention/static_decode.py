@@ -186,15 +186,13 @@ class DecodeGraph:
         self.mass_out = torch.empty((R, self.sel_rows, self.m_cap), dtype=torch.float32, device=dev)
         self.out_rows = torch.empty((R * hkv, g, d), dtype=torch.float32, device=dev)
         self.tile_share = torch.empty((R * hkv, self.n_tiles, g), dtype=torch.float32, device=dev)
+        per_row = [self.keys, self.values, self.visible, self.win_k, self.cand_ok, self.cand_edge, self.mass,
+                   self.picks, self.queries, self.lse_total, self.mass_out, self.out_rows, self.tile_share, *self.stats_out]
+        self._row_bytes = sum(t.numel() * t.element_size() for t in per_row if t is not None) // R
 
     def row_bytes(self) -> int:
         """Device bytes one row's buffers take."""
-        per_layer = sum(t[0, 0].numel() * t.element_size() for t in
-                        (self.keys, self.values, self.win_k, self.visible, self.cand_ok, self.cand_edge,
-                         self.mass, self.picks) + ((self.queries,) if self.queries is not None else ()))
-        per_step = sum(t[: self.hkv].numel() * t.element_size() for t in
-                       self.stats_out + (self.lse_total, self.out_rows, self.tile_share))
-        return self.adapter.n_layers * per_layer + per_step + self.mass_out[0].numel() * 4
+        return self._row_bytes
 
     def rows_for(self, n: int) -> int:
         """How many of ``n`` answers decode as rows at once: all of them where their buffers fit in

@@ -209,6 +209,7 @@ class RowSteps:
     memory and retrieval."""
 
     batched = True   # takes the model's [B, H, T, d] tensors whole
+
     def __init__(self, contexts: list[StepContext]):
         self.contexts = contexts
 

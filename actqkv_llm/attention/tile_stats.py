@@ -35,6 +35,10 @@ from typing import Callable
 
 import torch
 
+# tiles (or candidates) a kernel program takes per loop iteration: the order its sums run in
+CHUNK = 64
+
+
 def tile_stats_torch(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
                      first_window_tile: int, tile: int, scaling: float, softcap: float | None,
                      product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
@@ -64,11 +68,17 @@ def tile_stats_torch(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     return m.transpose(1, 2), l.transpose(1, 2), o.transpose(1, 2), raw_lse
 
 
-def _per_head(visible: torch.Tensor, n: int) -> torch.Tensor:
-    """``[W]`` or ``[R, W]`` visibility -> ``[N, 1, W]`` (each sequence's mask for its KV heads)."""
+def _visibility_rows(visible: torch.Tensor, n: int) -> torch.Tensor:
+    """``[W]`` or ``[R, W]`` visibility -> ``[R, W]``, checked against ``N = n`` KV heads."""
     rows = visible.reshape(-1, visible.shape[-1])
     if n % rows.shape[0]:
         raise ValueError(f"{rows.shape[0]} visibility rows for {n} KV heads")
+    return rows
+
+
+def _per_head(visible: torch.Tensor, n: int) -> torch.Tensor:
+    """``[W]`` or ``[R, W]`` visibility -> ``[N, 1, W]`` (each sequence's mask for its KV heads)."""
+    rows = _visibility_rows(visible, n)
     return rows.repeat_interleave(n // rows.shape[0], 0)[:, None]
 
 
@@ -77,23 +87,19 @@ def tile_stats_triton(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     """:func:`tile_stats_torch` (without a softcap) as one Triton kernel, one program per KV head
     (of every sequence) and tile, writing into ``out = (m, l, o)`` (preallocated: the step runs inside a CUDA graph).
     Products in the keys' dtype with float32 accumulation, like the reference's bf16 products."""
-    import triton
-
     n, width, d = keys.shape
     g = qs.shape[2]
     m, l, o = out
-    rows = visible.reshape(-1, width)
+    rows = _visibility_rows(visible, n)
     if m.stride() != l.stride() or o.stride(-1) != 1 or keys.stride(-1) != 1 or values.stride(-1) != 1 \
             or qs.stride(-1) != 1 or rows.stride(-1) != 1:
         raise ValueError("tile_stats_triton needs m and l laid out alike and unit strides along d")
-    if n % rows.shape[0]:
-        raise ValueError(f"{rows.shape[0]} visibility rows for {n} KV heads")
     n_t = width // tile
     _kernels().tile_stats_kernel[(n, n_t)](
         qs, keys, values, rows, m, l, o, scaling, first_window_tile, n // rows.shape[0], rows.stride(0),
         qs.stride(0), qs.stride(1), qs.stride(2), keys.stride(0), keys.stride(1),
         values.stride(0), values.stride(1), m.stride(0), m.stride(1), m.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        G=g, G_PAD=max(16, triton.next_power_of_2(g)), D=d, D_PAD=max(16, triton.next_power_of_2(d)), TILE=tile, T_PAD=max(16, triton.next_power_of_2(tile)),
+        G=g, G_PAD=_pad(g), D=d, D_PAD=_pad(d), TILE=tile, T_PAD=_pad(tile),
         IEEE=keys.dtype == torch.float32,
     )
     return m, l, o, None
@@ -141,12 +147,11 @@ def candidate_mass_triton(m: torch.Tensor, l: torch.Tensor, ok: torch.Tensor, ed
     rows, sel, n_cand = ok.shape
     _check_stats(m, l)
     k = _kernels()
-    g_pad = max(16, _pow2(g))
-    k.tile_lse_kernel[(n,)](m, l, total, m.stride(0), m.stride(1), m.stride(2), n_tiles=n_t, G=g, G_PAD=g_pad, CH=64)
-    ch = 64
-    k.candidate_mass_kernel[(rows * sel, -(-n_cand // ch))](
+    k.tile_lse_kernel[(n,)](m, l, total, m.stride(0), m.stride(1), m.stride(2), n_tiles=n_t, G=g, G_PAD=_pad(g),
+                            CH=CHUNK)
+    k.candidate_mass_kernel[(rows * sel, -(-n_cand // CHUNK))](
         m, l, total, ok, edge, out, t0, n_cand, m.stride(0), m.stride(1), m.stride(2),
-        heads_per_sel=n // rows // sel, G=g, G_PAD=g_pad, CH=ch)
+        heads_per_sel=n // rows // sel, G=g, G_PAD=_pad(g), CH=CHUNK)
     return out
 
 
@@ -164,7 +169,7 @@ def combine_triton(m: torch.Tensor, l: torch.Tensor, o: torch.Tensor, chosen: to
     _kernels().combine_kernel[(n, g)](
         m, l, o, chosen, out, weights, t0, t1, n // rows, n // rows // sel, sel,
         m.stride(0), m.stride(1), m.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        n_tiles=n_t, G=g, D=d, D_PAD=max(16, _pow2(d)), CH=64, TRACK=track)
+        n_tiles=n_t, G=g, D=d, D_PAD=_pad(d), CH=CHUNK, TRACK=track)
     return out, (weights if track else None)
 
 
@@ -173,8 +178,9 @@ def _check_stats(m: torch.Tensor, l: torch.Tensor) -> None:
         raise ValueError("the tile statistics m and l must be laid out alike")
 
 
-def _pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
+def _pad(x: int) -> int:
+    """A kernel block's extent for ``x`` items: the next power of two, at least 16 (``tl.dot``'s least)."""
+    return max(16, 1 << max(0, (x - 1).bit_length()))
 
 
 def _kernels():
