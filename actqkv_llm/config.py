@@ -61,6 +61,9 @@ MAX_BLOCKS_RATIO = 92 / 46
 # Options that change the KV stored for a document (a cache built with others is refused).
 # The selection options change it too (the prefill's attention uses them): ``kv_options`` adds them.
 KV_SHAPING_OPTIONS = ("method", "block_size", "n_sink", "n_local", "exec_block", "repr_topk")
+# Options that act only after the document (on the question and the answer): two configs that differ
+# in nothing else prefill a document identically (RetrievalConfig.prefill_options).
+ANSWER_ONLY_OPTIONS = ("rerank", "reselect_every", "rescore_every", "decode_graph", "decode_kernel")
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,15 @@ class RetrievalConfig:
             if getattr(self, name) is not None and self.uses_memory \
                     and getattr(self, name) != METHOD_PRESETS[self.method][name]:
                 out[name] = getattr(self, name)
+        return out
+
+    def prefill_options(self) -> dict[str, Any]:
+        """Every option a prefill depends on (all but ``ANSWER_ONLY_OPTIONS``, presets resolved):
+        configs with equal ``prefill_options`` prefill a document to the same KV and retrieval state,
+        so one prefill may serve them all (``bench recall`` shares it across variants)."""
+        out = {k: v for k, v in self.to_dict().items() if k not in ANSWER_ONLY_OPTIONS}
+        if self.uses_memory:
+            out.update({name: self.selection(name) for name in SELECTION_OPTIONS})
         return out
 
     def to_dict(self) -> dict[str, Any]:

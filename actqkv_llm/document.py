@@ -55,9 +55,12 @@ class Document:
         """The prefilled state (read-only: use :meth:`session` to run more tokens)."""
         return self._state
 
-    def session(self) -> Session:
-        """A fresh session for one question, starting right after the document."""
-        return self._state.fork()
+    def session(self, engine: "Engine | None" = None) -> Session:
+        """A fresh session for one question, starting right after the document; with ``engine``
+        (one whose ``kv_options`` match this document's), under that engine's retrieval options."""
+        if engine is None:
+            return self._state.fork()
+        return self._state.fork(engine.config, engine.method)
 
     def block_span(self, block: int) -> tuple[int, int]:
         """Token range ``[start, end)`` of memory block ``block``."""

@@ -262,7 +262,10 @@ class Engine:
     # ------------------------------------------------------------------ answering
     def _session_for(self, doc: Document | None) -> Session:
         """A fresh session for one question: forked from ``doc`` (or empty), reporting to ``meter``."""
-        sess = doc.session() if doc is not None else Session.new(self.adapter, self.config, self.method)
+        # this engine's options: a document may come from another engine with the same kv_options,
+        # e.g. one made by with_method with another budget or rerank
+        self._check_doc(doc)
+        sess = doc.session(self) if doc is not None else Session.new(self.adapter, self.config, self.method)
         sess.meter = self.meter
         return sess
 

@@ -58,10 +58,12 @@ class Session:
         retrieval = [method.new_layer_state(feats, dev) for _ in range(adapter.n_layers)]
         return cls(adapter, config, method, memory, retrieval)
 
-    def fork(self) -> "Session":
-        """An independent session starting from this one's state; this one is never modified by it."""
+    def fork(self, config: RetrievalConfig | None = None, method: RetrievalMethod | None = None) -> "Session":
+        """An independent session starting from this one's state; this one is never modified by it.
+        ``config`` and ``method``: the asking engine's, when they differ from this session's only in
+        options its stored KV does not depend on (the caller checks ``kv_options``)."""
         self.settle()
-        return Session(self.adapter, self.config, self.method, [m.fork() for m in self.memory],
+        return Session(self.adapter, config or self.config, method or self.method, [m.fork() for m in self.memory],
                        [r.fork() for r in self.retrieval], self.n_tokens)
 
     # ------------------------------------------------------------------ running tokens

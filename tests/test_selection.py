@@ -1,6 +1,8 @@
 """Block selection: key bounds, per-head gathers, the method presets, ACRE's refill volume and the
 recall meter that judges them against full attention."""
 
+import json
+
 import pytest
 import torch
 
@@ -220,6 +222,27 @@ def test_rerank_over_every_block_picks_the_oracles_blocks(make_engine):
     assert sum(r["recall"] for r in decode) >= sum(r["recall"] for r in plain) - 1e-6
 
 
+def test_an_engine_asks_a_shared_document_with_its_own_question_time_options(make_engine):
+    """A document prefilled by one engine and asked by another whose options differ only in what
+    the document's KV does not depend on (here the budget: the document's blocks are the same) is
+    answered with the asking engine's options, not silently with the prefilling engine's."""
+    ids = torch.randint(0, 250, (500,), generator=torch.Generator().manual_seed(4))
+    narrow = make_engine("llama", method="actqkv", **{**SMALL, "budget_rule": "fixed"})   # 4 blocks a step
+    wide = narrow.with_method("actqkv", budget=4 + 64 + 8 * 20)                           # 20 blocks a step
+    doc = narrow.prefill_ids(ids)
+
+    def memory_tokens(eng):
+        eng.meter = RecallMeter(document_every=10**9)
+        try:
+            eng.generate_ids(doc, [5, 6, 7], max_new_tokens=2)
+            return {r["memory_tokens"] for r in eng.meter.table() if r["phase"] != "document"}
+        finally:
+            eng.meter = None
+
+    assert memory_tokens(narrow) == {4 * 8}
+    assert memory_tokens(wide) == {20 * 8}
+
+
 def test_bench_recall_writes_its_tables_and_plot(tmp_path, make_engine):
     from actqkv_llm.bench.recall import run_recall
 
@@ -232,6 +255,40 @@ def test_bench_recall_writes_its_tables_and_plot(tmp_path, make_engine):
     for name in ("recall.jsonl", "recall.json", "recall.md", "recall.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "| actqkv |" in (tmp_path / "recall.md").read_text()
+
+
+def test_bench_recall_shares_a_prefill_between_variants_that_differ_only_after_it(tmp_path, make_engine,
+                                                                                   monkeypatch):
+    """rerank acts on the question and answer only: two variants that differ in it prefill each sample
+    once, and the variant that reuses the prefill records what it records when it runs alone."""
+    from actqkv_llm import Engine
+    from actqkv_llm.bench.recall import run_recall
+
+    eng = make_engine("llama", method="actqkv", **{**SMALL, "positions": "exact"})
+    prefills = []
+    real = Engine.prefill
+    monkeypatch.setattr(Engine, "prefill", lambda self, *a, **k: prefills.append(self) or real(self, *a, **k))
+    run = dict(engine=eng, task="passkey:filler", lengths=[600], samples=2, progress=False, plots=False,
+               count_tokens=lambda text: len(text.encode()), max_new_tokens=3, document_every=2)
+    run_recall(tmp_path / "both", variants=["actqkv+rerank=1", "actqkv+rerank=1000", "infllm"], **run)
+    assert len(prefills) == 2 * 2       # per sample: one for both actqkv variants, one for infllm
+    prefills.clear()
+    run_recall(tmp_path / "alone", variants=["actqkv+rerank=1000"], **run)
+    assert len(prefills) == 2
+
+    def records(name, variant):
+        lines = (tmp_path / name / "recall.jsonl").read_text().splitlines()
+        return [json.loads(x) for x in lines if json.loads(x)["variant"] == variant]
+
+    both, alone = records("both", "actqkv+rerank=1000"), records("alone", "actqkv+rerank=1000")
+    assert [r["prefill_shared"] for r in both] == [True, True] and not alone[0]["prefill_shared"]
+    for a, b in zip(both, alone):
+        assert a["output"] == b["output"]
+        assert {r["phase"] for r in a["layers"]} == {"document", "question", "decode"}
+        assert [(r["phase"], r["layer"], r["n"]) for r in a["layers"]] == \
+            [(r["phase"], r["layer"], r["n"]) for r in b["layers"]]
+        for ra, rb in zip(a["layers"], b["layers"]):
+            assert ra["recall"] == pytest.approx(rb["recall"], abs=1e-5)
 
 
 def test_a_recall_plot_without_measurements_says_so_without_warnings(tmp_path, recwarn):

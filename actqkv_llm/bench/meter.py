@@ -36,6 +36,13 @@ class RecallMeter:
         self._seen: dict[int, int] = defaultdict(int)   # layer -> document execution blocks seen
         self.sums: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0, 0, 0.0])
 
+    def take_phase(self, other: "RecallMeter", phase: str = "document") -> None:
+        """Take ``other``'s observations of ``phase`` as this meter's own (one prefill shared by
+        several variants is measured once, by the meter of the variant that ran it)."""
+        for key, acc in other.sums.items():
+            if key[0] == phase:
+                self.sums[key] = list(acc)
+
     def reset(self) -> None:
         self._seen.clear()
         self.sums.clear()

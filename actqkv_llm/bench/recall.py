@@ -4,7 +4,9 @@ On documents inside the model's window (where full attention is the truth) every
 the same samples and answers them; a :class:`~actqkv_llm.bench.meter.RecallMeter` records, per
 layer and phase, the share of full attention's memory mass held by the selected blocks next to the
 oracle's share at the same number of blocks. The answers are scored too, and ``full`` answers the
-same samples as the accuracy reference.
+same samples as the accuracy reference. Variants whose options differ only in what acts after the
+document (``rerank``, ``rescore_every``, ...: ``RetrievalConfig.prefill_options``) share one prefill
+per sample, measured once (its time and document-phase recall are reported for each of them).
 
 A variant is a method with optional overrides: ``actqkv``, ``infllm``, ``actqkv+per_head=false``,
 ``quest+block_size=16``, ``actqkv+positions=exact`` (``+`` separates ``KEY=VALUE`` pairs), or ``hf``:
@@ -144,40 +146,56 @@ def run_recall(out_dir: str | Path = "bench-results/recall", *, engine: Any = No
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(jobs) * len(parsed), desc="bench recall", unit="answer", dynamic_ncols=True)
+    # variants whose options differ only after the document share one prefill per sample (exact:
+    # the same KV and retrieval state); the last variant to use a prefill lets it go
+    prefill_key = {v: json.dumps(engines[v].config.prefill_options(), sort_keys=True, default=str)
+                   for v, m, _ in parsed if m != HF}
+    last_use = {key: v for v, key in prefill_key.items()}
     with open(out_dir / "recall.jsonl", "w", encoding="utf-8") as log:
         for length, i in jobs:
             depth = list(depths)[i % len(depths)]
             sample = T.make_sample(task_name, length, depth, count, haystack=haystack, seed=seed, index=i)
+            prefilled: dict[str, tuple[Any, float, RecallMeter | None]] = {}
             for v, method, _ in parsed:
                 eng = engines.get(v, base)
                 recall = RecallMeter(document_every=document_every) if meter and method != HF \
                     and eng.config.uses_memory else None
                 eng.meter = recall
-                n_tokens = None
+                n_tokens, shared = None, False
                 try:
-                    t0 = time.perf_counter()
                     if method == HF:
-                        t1 = t0
+                        t0 = time.perf_counter()
                         suffix = sample.continuation if layout == "completion" else sample.question
                         output, n_tokens = hf.answer(base, sample.prompt_document, suffix, layout,
                                                      max_new_tokens or sample.max_new_tokens)
-                    elif layout == "completion":
-                        doc = eng.prefill(sample.prompt_document, chat=False, progress=False, cache=False)
-                        t1 = time.perf_counter()
-                        output = eng.generate(doc, sample.continuation, temperature=0.0,
-                                              max_new_tokens=max_new_tokens or sample.max_new_tokens)
+                        prefill_s, t1 = 0.0, t0
                     else:
-                        doc = eng.prefill(sample.prompt_document, chat=True, progress=False, cache=False)
+                        key = prefill_key[v]
+                        shared = key in prefilled
+                        if not shared:
+                            t0 = time.perf_counter()
+                            doc = eng.prefill(sample.prompt_document, chat=layout == "ask", progress=False,
+                                              cache=False)
+                            prefilled[key] = (doc, time.perf_counter() - t0, recall)
+                        doc, prefill_s, first = prefilled[key]
+                        if shared and recall is not None and first is not None:
+                            recall.take_phase(first, "document")
+                        if last_use[key] == v:
+                            del prefilled[key]
                         t1 = time.perf_counter()
-                        output = eng.ask(doc, sample.question, temperature=0.0,
-                                         max_new_tokens=max_new_tokens or sample.max_new_tokens)
+                        if layout == "completion":
+                            output = eng.generate(doc, sample.continuation, temperature=0.0,
+                                                  max_new_tokens=max_new_tokens or sample.max_new_tokens)
+                        else:
+                            output = eng.ask(doc, sample.question, temperature=0.0,
+                                             max_new_tokens=max_new_tokens or sample.max_new_tokens)
                     t2 = time.perf_counter()
                 finally:
                     eng.meter = None
                 rec = {"variant": v, "method": method, "length": length, "depth": depth, "sample": i,
                        "n_tokens": n_tokens or doc.n_tokens, "expected": sample.expected, "output": output,
-                       **T.score(output, sample.expected), "prefill_s": t1 - t0, "answer_s": t2 - t1,
-                       "layers": recall.table() if recall is not None else []}
+                       **T.score(output, sample.expected), "prefill_s": prefill_s, "prefill_shared": shared,
+                       "answer_s": t2 - t1, "layers": recall.table() if recall is not None else []}
                 records.append(rec)
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
