@@ -31,10 +31,11 @@ SELECTION_OPTIONS = ("probe", "scorer", "token_reduce", "per_head", "positions",
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # the measured default (docs/method.md, "Ablation"): every query token and every KV head scores
     # blocks by their key bounds; tokens weighted by activation bias; entropy-shared budget; the
-    # question's exact attention reranks 8x candidates, and each answer token reranks them again
-    # (scoring every block anew when a block leaves the window or after 32 tokens)
+    # question's exact attention reranks 16x the average blocks per layer as candidates, and each
+    # answer token reranks them again (scoring every block anew when a block leaves the window or
+    # after 32 tokens)
     "actqkv": dict(probe="activation-tokens", scorer="bound", token_reduce="softmax", per_head=True,
-                   positions="auto", budget_rule="entropy", keep_edges=True, rerank=8,
+                   positions="auto", budget_rule="entropy", keep_edges=True, rerank=16,
                    reselect_every=1, rescore_every=32),
     # ActQKV as published: activation-weighted mean probe, representative-key cosine with the question term
     "actqkv-paper": dict(probe="activation", scorer="cosine", token_reduce="softmax", per_head=False,
@@ -108,11 +109,12 @@ class RetrievalConfig:
             window (from the budget): text that runs on from the always-visible sinks or window
             (e.g. a number whose first digits are the last sink tokens) is not cut in two.
         rerank: while a question is read and its answer decoded, the scorer names ``rerank`` times
-            as many candidate blocks and the query's exact attention over their keys keeps the ones
-            full attention would give the most mass (one softmax with the sinks and window; 1: no
-            second stage). Costs reading those candidates' keys each step (they are scored,
-            not attended: the per-step KV bound is unchanged). None: the method's preset (8 for
-            ``actqkv``, 1 for the published methods).
+            the average blocks per layer (``avg_blocks``; at least the blocks the step picks) as
+            candidates in every layer, and the query's exact attention over their keys keeps the
+            ones full attention would give the most mass (one softmax with the sinks and window; 1:
+            no second stage). Costs reading those candidates' keys each step (they are scored, not
+            attended: the per-step KV bound is unchanged). None: the method's preset (16 for
+            ``actqkv``: 736 candidates of 32 tokens at the default budget; 1 for the published methods).
         reselect_every: while an answer is decoded, a layer's selection (the question's, then its
             own) serves this many decode steps before the layer scores and picks again; it picks
             again as soon as a block leaves the window in any case (every ``block_size`` steps). 1:
@@ -137,10 +139,11 @@ class RetrievalConfig:
             captured once as a CUDA graph and replayed, one launch per token instead of dozens per
             layer. The same selection and attention as the reference step up to float rounding.
             ``"auto"``: on CUDA devices; True: also on the CPU, where it runs eagerly (tests); False:
-            always the reference step. Its buffers hold ``rerank x max_blocks`` candidate blocks
-            per layer (keys and values) beside the window, one row per answer decoded at once (one
-            row until ``answer_many`` asks for more), for as long as the engine lives (shared with
-            the engines ``with_method`` makes from it, where they fit the same buffers).
+            always the reference step. Its buffers hold ``max(rerank x avg_blocks, max_blocks)``
+            candidate blocks per layer (keys and values) beside the window, one row per answer
+            decoded at once (one row until ``answer_many`` asks for more), for as long as the engine
+            lives (shared with the engines ``with_method`` makes from it, where they fit the same
+            buffers).
         decode_kernel: what computes the static decode step's attention (``decode_graph``):
             ``"triton"``: one Triton kernel per layer giving each tile's softmax statistics and
             reading only the visible slots (attention/tile_stats.py); ``"torch"``: PyTorch ops over

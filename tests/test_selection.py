@@ -167,6 +167,30 @@ def test_rerank_weighs_a_head_by_what_its_window_leaves_for_memory():
     assert pick(lambda: torch.tensor([[[10.0], [0.0]]])) == [[1]]     # [Hkv, G*T, 1]
 
 
+@pytest.mark.parametrize("n,want", [(1, 3 * 4), (4, 3 * 4), (20, 20)])
+def test_the_rerank_names_rerank_times_the_average_blocks_as_candidates(n, want):
+    """One candidate count for every layer and step (what the static decode step's buffers hold):
+    rerank x the average blocks per layer, the best by the scorer's evidence, never fewer than the
+    step picks."""
+    from types import SimpleNamespace
+
+    from actqkv_llm.retrieval.methods import MemoryQuery, make_method
+
+    cfg = RetrievalConfig(method="actqkv", block_size=1, repr_topk=1, n_sink=4, n_local=8, exec_block=4,
+                          budget=4 + 8 + 4, rerank=3)                     # 4 blocks per layer on average
+    assert cfg.avg_blocks == 4
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(40, 1, 1, 2, generator=g)
+    mem = SimpleNamespace(blocks=GrowableBlocks.from_tensors(keys, keys.clone()), n_blocks=40,
+                          kv_heads=1, block_size=1)
+    method = make_method(cfg)
+    evidence = torch.randn(1, 40, generator=g)
+    mq = MemoryQuery("fixed", lambda x: x, None, 1.0, "decode")
+    cand, k = method._candidates(torch.randn(2, 1, 2, generator=g), mem, mq, evidence, n)
+    assert cand.shape == (1, want) and k.shape == (1, want, 2)
+    assert set(cand[0].tolist()) == set(evidence[0].topk(want).indices.tolist())
+
+
 @pytest.mark.parametrize("method", ["actqkv", "infllm", "quest"])
 def test_recall_never_beats_the_oracle(make_engine, method):
     rows = _measured(make_engine, method)

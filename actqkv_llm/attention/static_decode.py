@@ -12,7 +12,8 @@ What is static and how the varying parts are handled:
 
 * the window is a buffer of ``n_local`` slots per layer; the new token's key and value are written
   at slot ``L`` (a device counter) and slots past ``L`` are masked out of the softmax;
-* the held candidates (keys and values, ``rerank x max_blocks`` blocks per layer) are copied into
+* the held candidates (keys and values, ``n_candidates`` = ``rerank`` x the average blocks per layer;
+  at least ``max_blocks``) are copied into
   fixed buffers when a session's held candidates change; unused slots are masked;
 * the budget's number of blocks per layer (``n``) is a device tensor written before each replay; the
   rerank takes the ``max_blocks`` best candidates and masks ranks ``>= n``;
@@ -121,7 +122,7 @@ class DecodeGraph:
         self.n_sink = config.n_sink
         self.bsz = config.block_size
         self.hi = max(config.block_range[1], config.avg_blocks)   # most blocks a layer may take
-        self.m_cap = method.rerank * self.hi                       # most candidates a layer holds
+        self.m_cap = max(method.n_candidates, self.hi)             # most candidates a layer holds
         self.sel_rows = hkv if method.per_head else 1              # selections per layer and row
         # every key and value one step may read, per layer and row: [sinks | candidates | window],
         # each region whole tiles of block_size slots (tile_stats.py); unused slots stay invisible

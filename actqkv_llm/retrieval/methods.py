@@ -169,12 +169,12 @@ class HeldCandidates:
     # A step may take up to this many times the picks the candidates were named for: the budget's
     # share of a layer drifts by a block or two as entropies accumulate, and scoring every block
     # again for one more block cost a rescoring in ~40% of decode steps on Qwen2.5 (8K, CPU);
-    # beyond it the rerank would choose among fewer than rerank / 2 candidates per pick.
+    # beyond it the rerank would choose among half as many candidates per pick as it was named for.
     GROWTH = 2
 
     def serves(self, n: int) -> bool:
         """Whether these candidates may serve a step that takes ``n`` blocks."""
-        return n <= self.GROWTH * self.n
+        return n <= self.GROWTH * self.n and n <= self.cand.shape[-1]
 
 
 @dataclass
@@ -403,6 +403,9 @@ class BlockRetrieval(RetrievalMethod):
         self.uses_question = scorer == "cosine"
         self.uses_summaries = self.scorer.reads_summaries
         self.rerank = int(sel("rerank"))
+        # the second stage's candidates per layer: rerank x the blocks a layer takes on average, one
+        # count for every layer and step (the static decode step's buffers hold exactly that many)
+        self.n_candidates = self.rerank * config.avg_blocks if self.rerank > 1 else 0
         self.reselect_every = int(sel("reselect_every"))
         self.rescore_every = int(sel("rescore_every"))
         self.keep_edges = bool(sel("keep_edges"))
@@ -471,10 +474,10 @@ class BlockRetrieval(RetrievalMethod):
 
     def _candidates(self, q: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery, evidence: torch.Tensor,
                     n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The second stage's first half: the ``rerank x n`` best blocks by ``evidence`` ``[rows, m]``
-        (ascending) and their keys as attention reads them ``[Hkv, m*B, d]``; :meth:`_rerank_among`
-        keeps ``n`` of them by the queries' exact attention."""
-        m = min(mem.n_blocks, self.rerank * n)
+        """The second stage's first half: the ``n_candidates`` best blocks by ``evidence`` (at least
+        the ``n`` to pick; ascending ``[rows, m]``) and their keys as attention reads them
+        ``[Hkv, m*B, d]``; :meth:`_rerank_among` keeps ``n`` of them by the queries' exact attention."""
+        m = min(mem.n_blocks, max(n, self.n_candidates))
         cand = evidence.topk(m, -1).indices.sort(-1).values              # [rows, m]
         ids = cand[0] if cand.shape[0] == 1 else cand
         k, _ = mem.blocks.gather(ids, q.device, values=False)           # [Hkv, m*B, d]
