@@ -83,6 +83,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "accuracy": sum(r["correct"] for r in rs) / len(rs), "n": len(rs),
             "prefill_s": sum(r["prefill_s"] for r in rs) / len(rs),
             "answer_s": sum(r["answer_s"] for r in rs) / len(rs),
+            "prefill_shared": sum(bool(r.get("prefill_shared")) for r in rs),
             "phases": phases, "per_layer": per_layer}
     return out
 
@@ -92,19 +93,24 @@ def markdown(summary: dict[str, Any], info: dict[str, Any]) -> str:
              f"Command: `{info.get('command')}`", "",
              f"Task {info.get('task')} ({info.get('layout')}), lengths {info.get('lengths')}, "
              f"{info.get('samples')} samples per length, seed {info.get('seed')}.", "",
-             "| variant | accuracy | question recall / oracle | decode recall / oracle | worst layer (question) "
-             "| memory tokens per step (question) | prefill s | answer s |",
+             "| variant | accuracy | question recall / oracle | decode recall / oracle "
+             "| worst layer (question; decode) | memory tokens per step (question) | prefill s | answer s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     def cell(p: dict | None) -> str:
         return f"{p['recall']:.3f} / {p['oracle']:.3f} ({p['ratio']:.2f})" if p else "-"
 
     for v, s in summary.items():
         q, d = s["phases"].get("question"), s["phases"].get("decode")
-        worst, tokens = (f"{q['min_layer_ratio']:.2f}", f"{q['memory_tokens']:.0f}") if q else ("-", "-")
+        worst = "; ".join(f"{p['min_layer_ratio']:.2f}" if p else "-" for p in (q, d))
+        tokens = f"{q['memory_tokens']:.0f}" if q else "-"
         lines.append(f"| {v} | {s['accuracy']:.0%} ({s['n']}) | {cell(q)} | {cell(d)} | {worst} | {tokens} "
                      f"| {s['prefill_s']:.2f} | {s['answer_s']:.2f} |")
     lines += ["", "recall: share of full attention's memory-block mass held by the selected blocks; oracle: "
               "the same share for the top blocks by true mass, as many per KV head; (ratio)."]
+    if any(s.get("prefill_shared") for s in summary.values()):
+        lines += ["", "Variants that differ only after the document shared one prefill per sample: its time is "
+                  "reported for each, and the first of them to answer also paid what a document measures once "
+                  "for all its questions (block digests), in its answer time."]
     return "\n".join(lines) + "\n"
 
 
