@@ -133,27 +133,38 @@ def plot_speed(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return _save(fig, Path(path))
 
 
-def plot_recall(summary: dict[str, Any], path: str | Path, phase: str = "question") -> Path:
-    """Memory mass recalled per layer in ``phase``: each variant's selected blocks (solid) and the
-    oracle at the same number of blocks (dotted, same colour). ``summary``: :func:`bench.recall.summarize`."""
-    fig = _figure(figsize=(8, 4.5), layout="constrained")
-    ax = fig.subplots()
-    drawn = False
-    for i, (variant, s) in enumerate(summary.items()):
-        rows = [x for x in s["per_layer"] if x["phase"] == phase]
-        if rows:
+def plot_recall(summary: dict[str, Any], path: str | Path, phases: tuple[str, ...] = ("question", "decode"),
+                target: float = 0.9) -> Path:
+    """Per layer and phase (one column each): the memory mass each variant's selected blocks recall
+    (solid) next to the oracle at the same number of blocks (dotted, same colour), and below it their
+    ratio, with the ``target`` share of the oracle drawn. ``summary``: :func:`bench.recall.summarize`."""
+    fig = _figure(figsize=(5.5 * len(phases), 7), layout="constrained")
+    axes = fig.subplots(2, len(phases), squeeze=False, sharex="col")
+    for col, phase in enumerate(phases):
+        mass_ax, ratio_ax = axes[0][col], axes[1][col]
+        drawn = False
+        for i, (variant, s) in enumerate(summary.items()):
+            rows = [x for x in s["per_layer"] if x["phase"] == phase]
+            if not rows:
+                continue
             drawn = True
             layers = [x["layer"] for x in rows]
-            ax.plot(layers, [x["recall"] for x in rows], marker="o", ms=3, color=f"C{i}", label=variant)
-            ax.plot(layers, [x["oracle"] for x in rows], linestyle=":", color=f"C{i}")
-    ax.set_xlabel("layer")
-    ax.set_ylabel(f"memory mass recalled ({phase})")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("selected blocks (solid) vs oracle at the same budget (dotted)")
-    ax.grid(True, alpha=0.3)
-    if drawn:
-        ax.legend(fontsize="small")
-    else:  # answers only (bench recall --no-meter): say so instead of an empty legend
-        ax.text(0.5, 0.5, f"no recall measured in the {phase} phase\n(run without --no-meter)",
-                ha="center", va="center", transform=ax.transAxes)
+            mass_ax.plot(layers, [x["recall"] for x in rows], marker="o", ms=3, color=f"C{i}", label=variant)
+            mass_ax.plot(layers, [x["oracle"] for x in rows], linestyle=":", color=f"C{i}")
+            ratio_ax.plot(layers, [x["recall"] / x["oracle"] if x["oracle"] else 0.0 for x in rows],
+                          marker="o", ms=3, color=f"C{i}", label=variant)
+        mass_ax.set_ylabel(f"memory mass recalled ({phase})")
+        mass_ax.set_ylim(0, 1.02)
+        mass_ax.set_title(f"{phase}: selected blocks (solid) vs oracle (dotted)")
+        ratio_ax.set_xlabel("layer")
+        ratio_ax.set_ylabel("recall / oracle")
+        ratio_ax.axhline(target, color="grey", linestyle="--", linewidth=1)
+        ratio_ax.set_ylim(min(0.5, ratio_ax.get_ylim()[0]), 1.02)
+        for ax in (mass_ax, ratio_ax):
+            ax.grid(True, alpha=0.3)
+        if drawn:
+            mass_ax.legend(fontsize="small")
+        else:  # answers only (bench recall --no-meter): say so instead of an empty legend
+            mass_ax.text(0.5, 0.5, f"no recall measured in the {phase} phase\n(run without --no-meter)",
+                         ha="center", va="center", transform=mass_ax.transAxes)
     return _save(fig, Path(path))
