@@ -530,8 +530,8 @@ class DecodeGraph:
 
 def graph_key(method) -> tuple:
     """What the buffers and the captured step depend on in a method and its options: sessions and
-    engines with equal keys can share one :class:`DecodeGraph` (a document's sessions run its
-    prefilling engine's method object, an equal one for an engine of the same options)."""
+    engines with equal keys can share one :class:`DecodeGraph` (a question's session runs the asking
+    engine's method object, which may be another engine's than the document's prefilling one)."""
     c = method.config
     return (graph_capable(method, None), method.per_head, method.rerank, method.keep_edges,
             method.tracks_activations, method.positions, c.block_range, c.avg_blocks,
