@@ -114,6 +114,24 @@ def markdown(summary: dict[str, Any], info: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _prefill_once(prefilled: dict, key: str, last_use: dict, variant: str, eng: Any, text: str,
+                  layout: str, recall: RecallMeter | None) -> tuple[Any, float, bool]:
+    """The sample's document for ``variant``: prefilled by the first variant of its ``key`` (time
+    and meter kept in ``prefilled``), shared by the others (their meter takes the first one's
+    document phase); the key's last variant lets it go. Returns (document, prefill seconds, shared)."""
+    shared = key in prefilled
+    if not shared:
+        t0 = time.perf_counter()
+        doc = eng.prefill(text, chat=layout == "ask", progress=False, cache=False)
+        prefilled[key] = (doc, time.perf_counter() - t0, recall)
+    doc, prefill_s, first = prefilled[key]
+    if shared and recall is not None and first is not None:
+        recall.take_phase(first, "document")
+    if last_use[key] == variant:
+        del prefilled[key]
+    return doc, prefill_s, shared
+
+
 def run_recall(out_dir: str | Path = "bench-results/recall", *, engine: Any = None,
                model: str | None = None, gguf_file: str | None = None, device: str | None = None,
                dtype: Any = None, variants: Sequence[str] = DEFAULT_VARIANTS, task: str = "niah_single",
@@ -176,18 +194,8 @@ def run_recall(out_dir: str | Path = "bench-results/recall", *, engine: Any = No
                                                      max_new_tokens or sample.max_new_tokens)
                         prefill_s, t1 = 0.0, t0
                     else:
-                        key = prefill_key[v]
-                        shared = key in prefilled
-                        if not shared:
-                            t0 = time.perf_counter()
-                            doc = eng.prefill(sample.prompt_document, chat=layout == "ask", progress=False,
-                                              cache=False)
-                            prefilled[key] = (doc, time.perf_counter() - t0, recall)
-                        doc, prefill_s, first = prefilled[key]
-                        if shared and recall is not None and first is not None:
-                            recall.take_phase(first, "document")
-                        if last_use[key] == v:
-                            del prefilled[key]
+                        doc, prefill_s, shared = _prefill_once(prefilled, prefill_key[v], last_use, v, eng,
+                                                               sample.prompt_document, layout, recall)
                         t1 = time.perf_counter()
                         if layout == "completion":
                             output = eng.generate(doc, sample.continuation, temperature=0.0,
