@@ -67,7 +67,8 @@ RETRIEVAL_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--l1-budget", "l1_budget", int, "acre: first-level entries attended per step"),
     ("--min-refill", "min_refill", int, "acre: blocks refilled for a fully focused question"),
     ("--max-refill", "max_refill", int, "acre: blocks refilled for a fully diffuse question"),
-    ("--rerank", "rerank", int, "candidates per picked block re-ranked by exact attention (question, decode)"),
+    ("--rerank", "rerank", int, "candidates re-ranked by exact attention, in average blocks per layer (question, decode)"),
+    ("--question-rerank", "question_rerank", int, "of those, how many (in average blocks per layer) the question re-ranks"),
     ("--reselect-every", "reselect_every", int, "decode steps one selection serves (1: pick every step)"),
     ("--rescore-every", "rescore_every", int, "decode steps one scoring's rerank candidates serve (1: score every step)"),
 )

@@ -64,7 +64,8 @@ MAX_BLOCKS_RATIO = 92 / 46
 KV_SHAPING_OPTIONS = ("method", "block_size", "n_sink", "n_local", "exec_block", "repr_topk")
 # Options that act only after the document (on the question and the answer): two configs that differ
 # in nothing else prefill a document identically (RetrievalConfig.prefill_options).
-ANSWER_ONLY_OPTIONS = ("rerank", "reselect_every", "rescore_every", "decode_graph", "decode_kernel")
+ANSWER_ONLY_OPTIONS = ("rerank", "question_rerank", "reselect_every", "rescore_every", "decode_graph",
+                       "decode_kernel")
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,11 @@ class RetrievalConfig:
             no second stage). Costs reading those candidates' keys each step (they are scored, not
             attended: the per-step KV bound is unchanged). None: the method's preset (16 for
             ``actqkv``: 736 candidates of 32 tokens at the default budget; 1 for the published methods).
+        question_rerank: the question's own rerank reads only the best ``question_rerank`` times
+            ``avg_blocks`` of those candidates by the scorer's evidence (the one pass over every
+            question token and candidate key is most of a question's cost on a CPU); all ``rerank``
+            x ``avg_blocks`` are still gathered and held for the answer tokens, whose rerank reads
+            them with one query row each. None: all of them (``rerank``). At most ``rerank``.
         reselect_every: while an answer is decoded, a layer's selection (the question's, then its
             own) serves this many decode steps before the layer scores and picks again; it picks
             again as soon as a block leaves the window in any case (every ``block_size`` steps). 1:
@@ -176,6 +182,7 @@ class RetrievalConfig:
     keep_edges: bool | None = None
     l1_budget: int = 256
     rerank: int | None = None
+    question_rerank: int | None = None
     reselect_every: int | None = None
     rescore_every: int | None = None
     min_refill: int | None = None
@@ -350,10 +357,14 @@ class RetrievalConfig:
                 and self.selection("probe") in ("tokens", "activation-tokens"):
             raise ConfigError(f"scorer {self.selection('scorer')!r} takes one probe query: use probe "
                               "'mean' or 'activation' (per-token probes go with 'bound' or 'l1')")
-        for name in ("l1_budget", "rerank", "reselect_every", "rescore_every"):
+        for name in ("l1_budget", "rerank", "question_rerank", "reselect_every", "rescore_every"):
             v = getattr(self, name)
             if (v is not None or name == "l1_budget") and (not is_int(v) or v < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.question_rerank is not None and self.uses_memory \
+                and self.question_rerank > self.selection("rerank"):
+            raise ConfigError(f"question_rerank ({self.question_rerank}) reads a share of the rerank's "
+                              f"candidates: at most rerank ({self.selection('rerank')})")
         for name in ("min_refill", "max_refill"):
             v = getattr(self, name)
             if v is not None and (not is_int(v) or v < 0):

@@ -191,6 +191,80 @@ def test_the_rerank_names_rerank_times_the_average_blocks_as_candidates(n, want)
     assert set(cand[0].tolist()) == set(evidence[0].topk(want).indices.tolist())
 
 
+@pytest.mark.parametrize("rows", [1, 2])
+def test_the_question_reranks_the_best_of_the_candidates_by_evidence(rows):
+    """question_rerank's share of the candidates: the m with the most evidence (per KV head when
+    each head picks its own), still ascending, with exactly their keys."""
+    from types import SimpleNamespace
+
+    from actqkv_llm.retrieval.methods import _best_candidates
+
+    g = torch.Generator().manual_seed(3)
+    mem = SimpleNamespace(kv_heads=2, block_size=4)
+    evidence = torch.randn(rows, 30, generator=g)
+    cand = torch.stack([torch.randperm(30, generator=g)[:10].sort().values for _ in range(rows)])
+    keys = torch.randn(2, 10 * 4, 8, generator=g)
+    best, best_keys = _best_candidates(cand, keys, evidence, 6, mem)
+    assert best.shape == (rows, 6) and best_keys.shape == (2, 6 * 4, 8)
+    for r in range(rows):
+        ev = evidence[r, cand[r]]
+        assert best[r].tolist() == sorted(cand[r, ev.topk(6).indices].tolist())
+    for h in range(2):
+        r = h if rows > 1 else 0
+        pos = [cand[r].tolist().index(b) for b in best[r].tolist()]
+        want = keys[h].view(10, 4, 8)[pos].reshape(-1, 8)
+        torch.testing.assert_close(best_keys[h], want, rtol=0, atol=0)
+
+
+def test_the_question_reranks_a_share_of_the_candidates_the_answer_tokens_rerank_all(make_engine, monkeypatch):
+    """question_rerank=3 of rerank=4: the question's rerank reads 3 x the average blocks, the answer
+    tokens' rerank all 4 x (held from the question's scoring); question_rerank=rerank is the default."""
+    from actqkv_llm.retrieval.methods import BlockRetrieval
+
+    seen = []
+    real = BlockRetrieval._rerank_among
+    monkeypatch.setattr(BlockRetrieval, "_rerank_among",
+                        lambda self, q, mem, mq, cand, *a: seen.append((mq.phase, cand.shape[-1])) or
+                        real(self, q, mem, mq, cand, *a))
+    ids = torch.randint(0, 250, (500,), generator=torch.Generator().manual_seed(9))
+    question = [5, 6, 7, 8]
+    outs = {}
+    for qr in (3, 4, None):
+        eng = make_engine("llama", method="actqkv", rerank=4, question_rerank=qr, **SMALL)
+        avg = eng.config.avg_blocks
+        doc = eng.prefill_ids(ids)
+        assert doc.n_blocks > 4 * avg
+        seen.clear()
+        outs[qr] = eng.generate_ids(doc, question, max_new_tokens=4)
+        asked = {n for phase, n in seen if phase == "question"}
+        answered = {n for phase, n in seen if phase == "decode"}
+        assert asked == {(qr or 4) * avg} and answered == {4 * avg}
+    assert outs[4] == outs[None]
+
+
+def test_every_answer_only_option_leaves_the_prefill_as_it_was(make_engine):
+    """ANSWER_ONLY_OPTIONS are the options bench recall lets variants share a prefill across: a
+    document prefilled with any of them changed has the same KV and the same last logits."""
+    from actqkv_llm.config import ANSWER_ONLY_OPTIONS
+
+    changed = dict(rerank=2, question_rerank=1, reselect_every=3, rescore_every=2, decode_graph=True,
+                   decode_kernel="torch")
+    assert set(changed) == set(ANSWER_ONLY_OPTIONS)
+    ids = torch.randint(0, 250, (300,), generator=torch.Generator().manual_seed(4))
+    base_eng = make_engine("llama", method="actqkv", **SMALL)
+    base = base_eng.prefill_ids(ids)
+    for name, value in changed.items():
+        eng = make_engine("llama", method="actqkv", **{**SMALL, name: value})
+        assert eng.config.prefill_options() == base_eng.config.prefill_options(), name
+        doc = eng.prefill_ids(ids)
+        torch.testing.assert_close(doc.last_logits, base.last_logits, rtol=0, atol=0, msg=name)
+        for layer in base_eng.adapter.memory_layers:
+            mem = base.state.memory[layer]
+            k, v = mem.blocks.gather(torch.arange(mem.n_blocks), torch.device("cpu"))
+            k2, v2 = doc.state.memory[layer].blocks.gather(torch.arange(mem.n_blocks), torch.device("cpu"))
+            assert torch.equal(k, k2) and torch.equal(v, v2), name
+
+
 @pytest.mark.parametrize("method", ["actqkv", "infllm", "quest"])
 def test_recall_never_beats_the_oracle(make_engine, method):
     rows = _measured(make_engine, method)

@@ -406,6 +406,9 @@ class BlockRetrieval(RetrievalMethod):
         # the second stage's candidates per layer: rerank x the blocks a layer takes on average, one
         # count for every layer and step (the static decode step's buffers hold exactly that many)
         self.n_candidates = self.rerank * config.avg_blocks if self.rerank > 1 else 0
+        # the question reranks only the best of them (all are held for the answer tokens)
+        q_rerank = config.question_rerank or self.rerank
+        self.n_question_candidates = q_rerank * config.avg_blocks if self.rerank > 1 else 0
         self.reselect_every = int(sel("reselect_every"))
         self.rescore_every = int(sel("rescore_every"))
         self.keep_edges = bool(sel("keep_edges"))
@@ -466,6 +469,8 @@ class BlockRetrieval(RetrievalMethod):
                 if self.rescore_every > 1:
                     state.candidates = HeldCandidates(cand, k, evidence, h, n, mem.n_blocks, mq.mode,
                                                       self.rescore_every - 1)
+                if question and n < self.n_question_candidates < cand.shape[-1]:
+                    cand, k = _best_candidates(cand, k, ranked, self.n_question_candidates, mem)
                 picked, keys = self._rerank_among(q, mem, mq, cand, k, n)
             else:
                 picked = ranked.topk(n, -1).indices.sort(-1).values
@@ -520,6 +525,17 @@ class BlockRetrieval(RetrievalMethod):
         kb = k.view(hkv, m, b, d)
         keys = kb[:, top[0]] if top.shape[0] == 1 else kb[torch.arange(hkv, device=k.device)[:, None], top]
         return picked, keys.reshape(hkv, n * b, d)
+
+
+def _best_candidates(cand: torch.Tensor, keys: torch.Tensor, evidence: torch.Tensor, m: int,
+                     mem: "LayerMemory") -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``m`` of candidates ``cand`` ``[rows, M]`` (ascending) with the most ``evidence``
+    ``[rows, N]``, still ascending, and their keys (of ``keys`` ``[Hkv, M*B, d]``)."""
+    top = evidence.gather(-1, cand).topk(m, -1).indices.sort(-1).values   # positions in cand
+    hkv, b = mem.kv_heads, mem.block_size
+    kb = keys.view(hkv, cand.shape[-1], b, keys.shape[-1])
+    kb = kb[:, top[0]] if top.shape[0] == 1 else kb[torch.arange(hkv, device=keys.device)[:, None], top]
+    return cand.gather(1, top), kb.reshape(hkv, m * b, keys.shape[-1])
 
 
 class ActQKV(BlockRetrieval):
