@@ -297,7 +297,6 @@ class Engine:
 
     def _run(self, doc: Document | None, suffix: torch.Tensor, sampling: Sampling,
              logits_processor: Any = None) -> Iterator[str | Answer]:
-        self._check_doc(doc)
         run, logits = self._start(doc, suffix, sampling, logits_processor)
         while True:
             piece, tok = run.choose(logits)

@@ -440,6 +440,7 @@ def test_speed_run_writes_results_and_ratios(tmp_path, tiny_llama, monkeypatch):
     assert saved["command"] == "actqkv bench speed --test" and len(saved["rows"]) == 9
     md = (tmp_path / "speed.md").read_text()
     assert "| 256 | hf-sdpa | OOM:" in md
+    assert "xHF: HF SDPA's time over ours" in md             # which way the ratio goes, for a reader
     assert all(line.count("|") == 12 for line in md.splitlines() if line.startswith("| "))
     png = (tmp_path / "speed.png").read_bytes()
     assert png[:4] == b"\x89PNG" and len(png) > 5000

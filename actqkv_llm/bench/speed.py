@@ -483,6 +483,9 @@ def speed_markdown(result: dict[str, Any]) -> str:
             num(r.get("peak_mem_gib"), ".2f"), num(r.get("x_hf_prefill_s"), ".2f"),
             num(r.get("x_hf_ttft_s"), ".2f"), num(r.get("x_hf_decode_ms_per_token"), ".2f"),
         ]) + " |")
+    if any(r.get("x_hf_prefill_s") for r in result["rows"]):
+        lines += ["", "xHF: HF SDPA's time over ours at the same length, same run (above 1: faster than HF; "
+                  "0.5 means twice HF's time)."]
     graphed = [r for r in result["rows"] if r.get("decode_graph_steps") is not None]
     if graphed:
         lines += ["", "Decode steps through the static step (a CUDA graph on a GPU; the others ran the "
