@@ -31,26 +31,29 @@ SELECTION_OPTIONS = ("probe", "scorer", "token_reduce", "per_head", "positions",
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # the measured default (docs/method.md, "Ablation"): every query token and every KV head scores
     # blocks by their key bounds; tokens weighted by activation bias; entropy-shared budget; the
-    # question's exact attention reranks 16x the average blocks per layer as candidates, and each
-    # answer token reranks them again (scoring every block anew when a block leaves the window or
-    # after 32 tokens)
+    # scorer names 16x the average blocks per layer as candidates; the question's exact attention
+    # reranks the best 8x of them, and each answer token reranks all 16x again (scoring every block
+    # anew when a block leaves the window or after 32 tokens)
     "actqkv": dict(probe="activation-tokens", scorer="bound", token_reduce="softmax", per_head=True,
                    positions="auto", budget_rule="entropy", keep_edges=True, rerank=16,
-                   reselect_every=1, rescore_every=32),
+                   question_rerank=8, reselect_every=1, rescore_every=32),
     # ActQKV as published: activation-weighted mean probe, representative-key cosine with the question term
     "actqkv-paper": dict(probe="activation", scorer="cosine", token_reduce="softmax", per_head=False,
-                         positions="fixed", budget_rule="entropy", keep_edges=False, rerank=1,
+                         positions="fixed", budget_rule="entropy", keep_edges=False, rerank=1, question_rerank=1,
                          reselect_every=1, rescore_every=1),
     # Quest (arXiv 2406.10774): per-token, per-head upper bounds, fixed top-k
     "quest": dict(probe="tokens", scorer="bound", token_reduce="max", per_head=True, positions="fixed",
-                  budget_rule="fixed", keep_edges=False, rerank=1, reselect_every=1, rescore_every=1),
+                  budget_rule="fixed", keep_edges=False, rerank=1, question_rerank=1,
+                  reselect_every=1, rescore_every=1),
     # InfLLM: mean probe, representative-key dot product, one block set per layer, fixed top-k
     "infllm": dict(probe="mean", scorer="dot", token_reduce="softmax", per_head=False, positions="fixed",
-                   budget_rule="fixed", keep_edges=False, rerank=1, reselect_every=1, rescore_every=1),
+                   budget_rule="fixed", keep_edges=False, rerank=1, question_rerank=1,
+                   reselect_every=1, rescore_every=1),
     # ACRE (arXiv 2412.12486, training-free): attention over first-level entries picks the refill;
     # its entropy sets how many blocks
     "acre": dict(probe="tokens", scorer="l1", token_reduce="softmax", per_head=True, positions="fixed",
-                 budget_rule="entropy", keep_edges=False, rerank=1, reselect_every=1, rescore_every=1),
+                 budget_rule="entropy", keep_edges=False, rerank=1, question_rerank=1,
+                 reselect_every=1, rescore_every=1),
 }
 
 # The window ActQKV's defaults were tuned for (Llama-3-8B-Instruct).
@@ -120,7 +123,8 @@ class RetrievalConfig:
             ``avg_blocks`` of those candidates by the scorer's evidence (the one pass over every
             question token and candidate key is most of a question's cost on a CPU); all ``rerank``
             x ``avg_blocks`` are still gathered and held for the answer tokens, whose rerank reads
-            them with one query row each. None: all of them (``rerank``). At most ``rerank``.
+            them with one query row each. At most ``rerank``. None: all the candidates when
+            ``rerank`` is given, else the method's preset (8 for ``actqkv``).
         reselect_every: while an answer is decoded, a layer's selection (the question's, then its
             own) serves this many decode steps before the layer scores and picks again; it picks
             again as soon as a block leaves the window in any case (every ``block_size`` steps). 1:

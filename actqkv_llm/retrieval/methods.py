@@ -406,8 +406,10 @@ class BlockRetrieval(RetrievalMethod):
         # the second stage's candidates per layer: rerank x the blocks a layer takes on average, one
         # count for every layer and step (the static decode step's buffers hold exactly that many)
         self.n_candidates = self.rerank * config.avg_blocks if self.rerank > 1 else 0
-        # the question reranks only the best of them (all are held for the answer tokens)
-        q_rerank = config.question_rerank or self.rerank
+        # the question reranks only the best of them (all are held for the answer tokens): the
+        # explicit share, else all of an explicit rerank's candidates, else the method's preset
+        q_rerank = config.question_rerank or (self.rerank if config.rerank is not None
+                                              else min(int(sel("question_rerank")), self.rerank))
         self.n_question_candidates = q_rerank * config.avg_blocks if self.rerank > 1 else 0
         self.reselect_every = int(sel("reselect_every"))
         self.rescore_every = int(sel("rescore_every"))
