@@ -523,10 +523,7 @@ class BlockRetrieval(RetrievalMethod):
         # to the earlier block, on every path (the static decode step ranks the same way)
         top = mass.sort(dim=-1, descending=True, stable=True).indices[:, :n].sort(-1).values  # ascending picks
         picked = cand.expand(mass.shape[0], -1).gather(1, top)
-        d = k.shape[-1]
-        kb = k.view(hkv, m, b, d)
-        keys = kb[:, top[0]] if top.shape[0] == 1 else kb[torch.arange(hkv, device=k.device)[:, None], top]
-        return picked, keys.reshape(hkv, n * b, d)
+        return picked, _keys_at(k, top, hkv, b)
 
 
 def _best_candidates(cand: torch.Tensor, keys: torch.Tensor, evidence: torch.Tensor, m: int,
@@ -534,10 +531,16 @@ def _best_candidates(cand: torch.Tensor, keys: torch.Tensor, evidence: torch.Ten
     """The ``m`` of candidates ``cand`` ``[rows, M]`` (ascending) with the most ``evidence``
     ``[rows, N]``, still ascending, and their keys (of ``keys`` ``[Hkv, M*B, d]``)."""
     top = evidence.gather(-1, cand).topk(m, -1).indices.sort(-1).values   # positions in cand
-    hkv, b = mem.kv_heads, mem.block_size
-    kb = keys.view(hkv, cand.shape[-1], b, keys.shape[-1])
+    return cand.gather(1, top), _keys_at(keys, top, mem.kv_heads, mem.block_size)
+
+
+def _keys_at(keys: torch.Tensor, top: torch.Tensor, hkv: int, b: int) -> torch.Tensor:
+    """Of candidate keys ``[Hkv, M*B, d]`` (blocks of ``b`` in candidate order), the blocks at
+    positions ``top`` ``[rows, m]`` (one row shared by every KV head, or one per head): ``[Hkv, m*B, d]``."""
+    d = keys.shape[-1]
+    kb = keys.view(hkv, -1, b, d)
     kb = kb[:, top[0]] if top.shape[0] == 1 else kb[torch.arange(hkv, device=keys.device)[:, None], top]
-    return cand.gather(1, top), kb.reshape(hkv, m * b, keys.shape[-1])
+    return kb.reshape(hkv, top.shape[-1] * b, d)
 
 
 class ActQKV(BlockRetrieval):
