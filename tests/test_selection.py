@@ -194,26 +194,68 @@ def test_the_rerank_names_rerank_times_the_average_blocks_as_candidates(n, want)
 @pytest.mark.parametrize("rows", [1, 2])
 def test_the_question_reranks_the_best_of_the_candidates_by_evidence(rows):
     """question_rerank's share of the candidates: the m with the most evidence (per KV head when
-    each head picks its own), still ascending, with exactly their keys."""
-    from types import SimpleNamespace
-
-    from actqkv_llm.retrieval.methods import _best_candidates
+    each head picks its own), still ascending, with exactly their keys; the others' positions and
+    keys complete the set in candidate order."""
+    from actqkv_llm.retrieval.methods import _best_positions, _keys_at, _other_positions, _put_keys
 
     g = torch.Generator().manual_seed(3)
-    mem = SimpleNamespace(kv_heads=2, block_size=4)
     evidence = torch.randn(rows, 30, generator=g)
     cand = torch.stack([torch.randperm(30, generator=g)[:10].sort().values for _ in range(rows)])
     keys = torch.randn(2, 10 * 4, 8, generator=g)
-    best, best_keys = _best_candidates(cand, keys, evidence, 6, mem)
+    pos = _best_positions(cand, evidence, 6)
+    best, best_keys = cand.gather(1, pos), _keys_at(keys, pos, 2, 4)
     assert best.shape == (rows, 6) and best_keys.shape == (2, 6 * 4, 8)
     for r in range(rows):
         ev = evidence[r, cand[r]]
         assert best[r].tolist() == sorted(cand[r, ev.topk(6).indices].tolist())
     for h in range(2):
         r = h if rows > 1 else 0
-        pos = [cand[r].tolist().index(b) for b in best[r].tolist()]
-        want = keys[h].view(10, 4, 8)[pos].reshape(-1, 8)
+        at = [cand[r].tolist().index(b) for b in best[r].tolist()]
+        want = keys[h].view(10, 4, 8)[at].reshape(-1, 8)
         torch.testing.assert_close(best_keys[h], want, rtol=0, atol=0)
+    rest = _other_positions(pos, 10)
+    assert rest.shape == (rows, 4)
+    for r in range(rows):
+        assert sorted(rest[r].tolist() + pos[r].tolist()) == list(range(10)) and rest[r].tolist() == sorted(rest[r].tolist())
+    whole = torch.full((2, 10, 4, 8), float("nan"))
+    _put_keys(whole, pos, best_keys, 2, 4)
+    _put_keys(whole, rest, _keys_at(keys, rest, 2, 4), 2, 4)
+    torch.testing.assert_close(whole.view(2, 40, 8), keys, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_the_question_reads_only_its_share_of_the_candidates_keys(make_engine, per_head, monkeypatch):
+    """With question_rerank below rerank the question reads the keys of its share of the candidates
+    only; the first answer token reads the others, and then holds every candidate's keys exactly as
+    one read of all of them places them."""
+    from actqkv_llm.memory.block_cache import DeviceBlockCache
+    from actqkv_llm.retrieval.methods import BlockRetrieval
+
+    eng = make_engine("llama", method="actqkv", rerank=4, question_rerank=2, per_head=per_head, offload=True,
+                      device_cache_blocks=4096, **SMALL)
+    avg = eng.config.avg_blocks
+    doc = eng.prefill_ids(torch.randint(0, 250, (800,), generator=torch.Generator().manual_seed(9)))
+    assert doc.n_blocks > 4 * avg
+    asked, mqs = [], {}
+    gather, rerank = DeviceBlockCache.gather, BlockRetrieval._rerank_among
+    monkeypatch.setattr(DeviceBlockCache, "gather", lambda self, idx, device, keys=True, values=True: (
+        asked.append(idx.shape[-1]) if keys and not values else None) or gather(self, idx, device, keys, values))
+    monkeypatch.setattr(BlockRetrieval, "_rerank_among", lambda self, q, mem, mq, *a: (
+        mqs.setdefault(id(mem), mq), rerank(self, q, mem, mq, *a))[1])
+    sess = doc.session()
+    sess.forward(torch.tensor([5, 6, 7, 8]), phase="question")
+    assert asked and set(asked) == {2 * avg}                   # the question: its share's keys only
+    layers = [(st.candidates, m) for st, m in zip(sess.retrieval, sess.memory) if st.candidates is not None]
+    assert layers and all(h.known is None for h, _ in layers)
+    rows = {h.cand.shape[0] for h, _ in layers}
+    assert rows == ({eng.adapter.n_kv_heads} if per_head else {1})
+    asked.clear()
+    for held, mem in layers:
+        whole = held.keys                                      # the others, read on first use
+        want = BlockRetrieval._candidate_keys(mem, mqs[id(mem)], held.cand, whole.device)
+        torch.testing.assert_close(whole, want, rtol=0, atol=0)
+    assert set(asked) == {2 * avg, 4 * avg}                    # the rest once per layer; the check's reads
+    assert asked.count(2 * avg) == len(layers)
 
 
 def test_the_question_reranks_a_share_of_the_candidates_the_answer_tokens_rerank_all(make_engine, monkeypatch):

@@ -155,22 +155,35 @@ def _take(held, n_blocks: int, mode: str):
 class HeldCandidates:
     """The candidates one scoring named for the rerank, kept by a layer for the decode steps that
     follow (``rescore_every``): each such step reranks them by its own exact attention, without
-    scoring every block again or gathering their keys again."""
+    scoring every block again or gathering their keys again.
+
+    A question that reranks only the best share of them (``question_rerank``) reads only those
+    blocks' keys; the others' are read when the first answer token asks for :attr:`keys`
+    (``fetch``), so the first token never waits for keys only the later ones use (on a document
+    reloaded cold, each read is a disk read)."""
 
     cand: torch.Tensor      # [rows, m] ascending block ids
-    keys: torch.Tensor      # [Hkv, m*B, d] their keys as attention reads them
+    known: torch.Tensor | None  # [Hkv, m*B, d] their keys as attention reads them (None: fetch them)
     evidence: torch.Tensor  # the scoring's evidence (a Selection reports it)
     entropy: torch.Tensor   # its normalized entropy (the budget's input)
     n: int                  # picks it was named for
     n_blocks: int
     mode: str               # positions its keys are placed for
     uses_left: int
+    fetch: Callable[[], torch.Tensor] | None = None  # reads ``known`` when first asked for
 
     # A step may take up to this many times the picks the candidates were named for: the budget's
     # share of a layer drifts by a block or two as entropies accumulate, and scoring every block
     # again for one more block cost a rescoring in ~40% of decode steps on Qwen2.5 (8K, CPU);
     # beyond it the rerank would choose among half as many candidates per pick as it was named for.
     GROWTH = 2
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """Every candidate's keys ``[Hkv, m*B, d]`` (read on first use where the question left some)."""
+        if self.known is None:
+            self.known, self.fetch = self.fetch(), None
+        return self.known
 
     def serves(self, n: int) -> bool:
         """Whether these candidates may serve a step that takes ``n`` blocks."""
@@ -467,12 +480,23 @@ class BlockRetrieval(RetrievalMethod):
         if n:
             ranked = pin_edges(evidence, mem.n_blocks) if self.keep_edges else evidence
             if self.rerank > 1 and mq.phase != "document" and n < mem.n_blocks:
-                cand, k = self._candidates(q, mem, mq, ranked, n)
-                if self.rescore_every > 1:
-                    state.candidates = HeldCandidates(cand, k, evidence, h, n, mem.n_blocks, mq.mode,
-                                                      self.rescore_every - 1)
+                cand = self._candidate_ids(mem, ranked, n)
+                hold = self.rescore_every > 1
                 if question and n < self.n_question_candidates < cand.shape[-1]:
-                    cand, k = _best_candidates(cand, k, ranked, self.n_question_candidates, mem)
+                    # the question reads the best share's keys now; the rest when an answer token asks
+                    best = _best_positions(cand, ranked, self.n_question_candidates)
+                    cand_q = cand.gather(1, best)
+                    k = self._candidate_keys(mem, mq, cand_q, q.device)
+                    if hold:
+                        state.candidates = HeldCandidates(
+                            cand, None, evidence, h, n, mem.n_blocks, mq.mode, self.rescore_every - 1,
+                            fetch=self._fetch_rest(mem, mq, cand, best, k, q.device))
+                    cand = cand_q
+                else:
+                    k = self._candidate_keys(mem, mq, cand, q.device)
+                    if hold:
+                        state.candidates = HeldCandidates(cand, k, evidence, h, n, mem.n_blocks, mq.mode,
+                                                          self.rescore_every - 1)
                 picked, keys = self._rerank_among(q, mem, mq, cand, k, n)
             else:
                 picked = ranked.topk(n, -1).indices.sort(-1).values
@@ -484,15 +508,40 @@ class BlockRetrieval(RetrievalMethod):
         """The second stage's first half: the ``n_candidates`` best blocks by ``evidence`` (at least
         the ``n`` to pick; ascending ``[rows, m]``) and their keys as attention reads them
         ``[Hkv, m*B, d]``; :meth:`_rerank_among` keeps ``n`` of them by the queries' exact attention."""
+        cand = self._candidate_ids(mem, evidence, n)
+        return cand, self._candidate_keys(mem, mq, cand, q.device)
+
+    def _candidate_ids(self, mem: "LayerMemory", evidence: torch.Tensor, n: int) -> torch.Tensor:
+        """The ``n_candidates`` best blocks by ``evidence`` (at least the ``n`` to pick), ascending ``[rows, m]``."""
         m = min(mem.n_blocks, max(n, self.n_candidates))
-        cand = evidence.topk(m, -1).indices.sort(-1).values              # [rows, m]
+        return evidence.topk(m, -1).indices.sort(-1).values
+
+    @staticmethod
+    def _candidate_keys(mem: "LayerMemory", mq: MemoryQuery, cand: torch.Tensor,
+                        device: torch.device) -> torch.Tensor:
+        """Keys of blocks ``cand`` ``[rows, m]`` as attention reads them ``[Hkv, m*B, d]`` (keys only:
+        values are read for the blocks the rerank keeps)."""
         ids = cand[0] if cand.shape[0] == 1 else cand
-        k, _ = mem.blocks.gather(ids, q.device, values=False)           # [Hkv, m*B, d]
+        k, _ = mem.blocks.gather(ids, device, values=False)
         if mq.rotate_blocks is not None:
             # placed in float32, kept in the memory's dtype: attention reads them in it anyway, and
             # a question holds these keys for every layer across decode steps (rescore_every)
             k = mq.rotate_blocks(k, ids).to(mem.dtype)
-        return cand, k
+        return k
+
+    def _fetch_rest(self, mem: "LayerMemory", mq: MemoryQuery, cand: torch.Tensor, best: torch.Tensor,
+                    k_best: torch.Tensor, device: torch.device) -> Callable[[], torch.Tensor]:
+        """A reader of every candidate's keys, in ``cand``'s order, that reads only those not at
+        positions ``best`` (whose keys ``k_best`` the question read already)."""
+        def fetch() -> torch.Tensor:
+            rest = _other_positions(best, cand.shape[-1])
+            k_rest = self._candidate_keys(mem, mq, cand.gather(1, rest), device)
+            hkv, b = mem.kv_heads, mem.block_size
+            out = k_best.new_empty((hkv, cand.shape[-1], b, k_best.shape[-1]))
+            _put_keys(out, best, k_best, hkv, b)
+            _put_keys(out, rest, k_rest, hkv, b)
+            return out.view(hkv, -1, k_best.shape[-1])
+        return fetch
 
     def _rerank_among(self, q: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery, cand: torch.Tensor,
                       k: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -526,12 +575,27 @@ class BlockRetrieval(RetrievalMethod):
         return picked, _keys_at(k, top, hkv, b)
 
 
-def _best_candidates(cand: torch.Tensor, keys: torch.Tensor, evidence: torch.Tensor, m: int,
-                     mem: "LayerMemory") -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``m`` of candidates ``cand`` ``[rows, M]`` (ascending) with the most ``evidence``
-    ``[rows, N]``, still ascending, and their keys (of ``keys`` ``[Hkv, M*B, d]``)."""
-    top = evidence.gather(-1, cand).topk(m, -1).indices.sort(-1).values   # positions in cand
-    return cand.gather(1, top), _keys_at(keys, top, mem.kv_heads, mem.block_size)
+def _best_positions(cand: torch.Tensor, evidence: torch.Tensor, m: int) -> torch.Tensor:
+    """Positions ``[rows, m]`` (ascending) in candidates ``cand`` ``[rows, M]`` of the ``m`` with the
+    most ``evidence`` ``[rows, N]``: the question's share (``question_rerank``)."""
+    return evidence.gather(-1, cand).topk(m, -1).indices.sort(-1).values
+
+
+def _other_positions(pos: torch.Tensor, total: int) -> torch.Tensor:
+    """The positions ``[rows, total - m]`` (ascending) of ``range(total)`` not in ``pos`` ``[rows, m]``."""
+    keep = torch.ones((pos.shape[0], total), dtype=torch.bool, device=pos.device)
+    keep.scatter_(1, pos, False)
+    return keep.nonzero()[:, 1].view(pos.shape[0], total - pos.shape[1])
+
+
+def _put_keys(out: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, hkv: int, b: int) -> None:
+    """Write blocks' keys ``[Hkv, m*B, d]`` at candidate positions ``pos`` ``[rows, m]`` of ``out``
+    ``[Hkv, M, B, d]`` (one row for every KV head, or one per head): the inverse of :func:`_keys_at`."""
+    kb = keys.view(hkv, -1, b, keys.shape[-1])
+    if pos.shape[0] == 1:
+        out[:, pos[0]] = kb
+    else:
+        out[torch.arange(hkv, device=out.device)[:, None], pos] = kb
 
 
 def _keys_at(keys: torch.Tensor, top: torch.Tensor, hkv: int, b: int) -> torch.Tensor:
