@@ -484,6 +484,48 @@ def test_decode_time_is_taken_inside_each_answer_not_against_a_colder_first_toke
     assert row["decode_tokens"] == 4 and row["decode_ms_per_token"] >= 20   # was 0: (0.08 s - 0.3 s) / 4
 
 
+def test_peak_memory_is_cut_at_the_end_of_the_prefill(monkeypatch):
+    """On CUDA a row has the prefill's peak and, apart, the peak while answering (the memory a
+    reloaded document costs to answer); the whole run's peak stays the highest of them, and the
+    table puts the answering peak beside the weights. On the CPU (peak RSS cannot be reset) neither."""
+    allocated = {"peak": 0}
+
+    def use(n):
+        allocated["peak"] = max(allocated["peak"], n)
+
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: allocated["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: allocated.update(peak=0))
+
+    class Engine:
+        def prefill_ids(self, ids):
+            use(30 * S.GIB)
+            return SimpleNamespace(n_tokens=len(ids))
+
+        def generate_ids(self, doc, ids, max_new_tokens, on_token=None):
+            use(20 * S.GIB)
+            for i in range(max_new_tokens):
+                if on_token is not None:
+                    on_token(i)
+            return list(range(max_new_tokens))
+
+    peak = S.PeakMemory(torch.device("cuda"))
+    peak.reset()
+    row = S.measure_engine(Engine(), torch.zeros(8, dtype=torch.long), torch.zeros(2, dtype=torch.long),
+                           decode_tokens=2, timer=S.Timer(torch.device("cpu")), repeats=1, peak=peak)
+    assert row["peak_prefill_gib"] == 30 and row["peak_answer_gib"] == 20
+    assert peak.read_gib() == 30
+    row.update(status="ok", length=1024, system="actqkv", prefill_s=1.0, prefill_tok_s=1024.0, ttft_s=0.1,
+               decode_ms_per_token=5.0)
+    md = S.speed_markdown({"model": "m", "dtype": "bf16", "device": "cuda:0", "device_name": "GPU",
+                           "question_tokens": 2, "decode_tokens": 2, "memory_metric": peak.label,
+                           "command": "actqkv bench speed", "weights_gib": 16.0, "rows": [row]})
+    assert "| 1K | actqkv | 16.00 | 30.00 | 20.00 | 4.00 |" in md
+    cpu = S.PeakMemory(torch.device("cpu"))
+    row = S.measure_engine(Engine(), torch.zeros(8, dtype=torch.long), torch.zeros(2, dtype=torch.long),
+                           decode_tokens=2, timer=S.Timer(torch.device("cpu")), repeats=1, peak=cpu)
+    assert "peak_answer_gib" not in row and "peak_prefill_gib" not in row
+
+
 def test_speed_reload_reports_cache_throughput_next_to_the_disk(tmp_path, make_engine):
     """With a real engine, the speed run saves each document, reloads it cold and reads every
     block back: save and read throughput sit beside the disk's own speed from the same run."""

@@ -131,30 +131,62 @@ class Timer:
 
 
 class PeakMemory:
-    """Peak memory of one system's run: CUDA allocator peak, or the process's peak RSS on CPU."""
+    """Peak memory of one system's run: CUDA allocator peak, or the process's peak RSS on CPU.
+
+    On CUDA a run can also be cut into phases (:meth:`phase`): the peak of the prefill apart from the
+    peak while answering, which is what a document reloaded to answer questions costs."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
+        self._before = 0   # the highest peak of the phases already cut off (bytes)
         self.label = ("torch.cuda.max_memory_allocated (GiB), reset before each system; weights included"
                       if self.cuda else
                       "peak RSS of the whole process (GiB, CPU, resource.getrusage); it never "
                       "decreases, so each row includes every earlier row's peak")
 
     def reset(self) -> None:
+        self._before = 0
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
 
+    def phase(self) -> float | None:
+        """The peak (GiB) since the last reset or phase, then a new phase starts (CUDA; None on CPU,
+        where the process's peak RSS cannot be reset)."""
+        if not self.cuda:
+            return None
+        p = torch.cuda.max_memory_allocated()
+        self._before = max(self._before, p)
+        torch.cuda.reset_peak_memory_stats()
+        return p / GIB
+
     def read_gib(self) -> float:
         if self.cuda:
-            return torch.cuda.max_memory_allocated() / GIB
+            return max(self._before, torch.cuda.max_memory_allocated()) / GIB
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # KiB on Linux
+
+
+class _Answering:
+    """Cuts a run's peak memory at the end of the prefill; :meth:`done` at the end of the answers."""
+
+    def __init__(self, peak: PeakMemory | None):
+        self.peak = peak
+        self.prefill = peak.phase() if peak is not None else None
+
+    def done(self) -> dict[str, float]:
+        answer = self.peak.phase() if self.peak is not None else None
+        if self.prefill is None or answer is None:
+            return {}
+        return {"peak_prefill_gib": self.prefill, "peak_answer_gib": answer}
 
 
 def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_tokens: int,
                    timer: Timer, reload_dir: Path | None = None, repeats: int = 2,
-                   many: Sequence[torch.Tensor] = ()) -> dict[str, Any]:
+                   many: Sequence[torch.Tensor] = (), peak: PeakMemory | None = None) -> dict[str, Any]:
     """Prefill ``ids``; time to first token of ``question`` (in memory, and reloaded); decode;
     with ``many`` questions, their answers one by one and as one batch (:func:`measure_many`).
+    With ``peak`` (CUDA) the row also has the peak device memory of the prefill and, apart, of
+    answering one question at a time about the document in memory (``peak_prefill_gib``,
+    ``peak_answer_gib``).
 
     The question and the decode are timed ``repeats`` times (each on a fresh fork of the
     document) and the fastest kept: the first pass at a new length also pays for the allocator
@@ -163,6 +195,7 @@ def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_t
     wherever the first answer ran colder than the later ones, e.g. an offloaded cache filling).
     """
     doc, prefill_s = timer(lambda: eng.prefill_ids(ids))
+    answering = _Answering(peak)
     ttft_s = min(timer(lambda: eng.generate_ids(doc, question, max_new_tokens=1))[1]
                  for _ in range(repeats))
     decode_s, out = float("inf"), []
@@ -181,6 +214,7 @@ def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_t
            "decode_ms_per_token": 1000 * decode_s / n_decoded, "decode_tokens": n_decoded}
     if graph_steps is not None:  # how many decode steps ran the static step (the rest: the reference)
         row["decode_graph_steps"] = graph_steps
+    row.update(answering.done())
     if len(many) > 1:
         row.update(measure_many(eng, doc, many, decode_tokens, timer))
     if reload_dir is not None and hasattr(doc, "save") and hasattr(eng, "load"):
@@ -228,7 +262,8 @@ def measure_many(eng: Any, doc: Any, questions: Sequence[torch.Tensor], decode_t
 
 @torch.inference_mode()
 def measure_hf(model: Any, ids: torch.Tensor, question: torch.Tensor, decode_tokens: int,
-               timer: Timer, chunk: int | None = None, repeats: int = 2) -> dict[str, Any]:
+               timer: Timer, chunk: int | None = None, repeats: int = 2,
+               peak: PeakMemory | None = None) -> dict[str, Any]:
     """The same model as plain Hugging Face: SDPA, DynamicCache, greedy decode.
 
     Like :func:`measure_engine`, the question and decode are timed ``repeats`` times (the cache
@@ -257,17 +292,19 @@ def measure_hf(model: Any, ids: torch.Tensor, question: torch.Tensor, decode_tok
     ttfts, decodes = [], []
     with plain_attention(model):
         _, prefill_s = timer(prefill)
+        answering = _Answering(peak)
         for _ in range(repeats):
             if cache.get_seq_length() > ids.shape[1]:  # back to the document alone
                 cache.crop(ids.shape[1] - cache.get_seq_length())
             first, t = timer(lambda: forward(question).argmax(-1))
             ttfts.append(t)
             decodes.append(timer(decode)[1])
+        peaks = answering.done()
     ttft_s, decode_s = min(ttfts), min(decodes)
     del cache
     return {"prefill_s": prefill_s, "prefill_tok_s": ids.shape[1] / prefill_s, "ttft_s": ttft_s,
             "decode_ms_per_token": 1000 * decode_s / max(1, decode_tokens),
-            "decode_tokens": decode_tokens}
+            "decode_tokens": decode_tokens, **peaks}
 
 
 def _fits(length: int, per_token: int, budget: int | None) -> tuple[bool, str]:
@@ -388,6 +425,7 @@ def run_speed(out_dir: str | Path = "bench-results/speed", *,
         "random_arch": random_arch, "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine()),
         "dtype": str(weights_dtype), "kv_bytes_per_token": per_token,
+        "weights_gib": sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers())) / GIB,
         "model_config": {k: getattr(net.config, k, None) for k in (
             "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "vocab_size", "max_position_embeddings")},
@@ -430,12 +468,12 @@ def _run_one(system: str, engines: dict[str, Any], net: Any, ids: torch.Tensor,
     peak.reset()
     try:
         if system == HF:
-            row = measure_hf(net, ids, question, decode_tokens, timer, baseline_chunk, repeats)
+            row = measure_hf(net, ids, question, decode_tokens, timer, baseline_chunk, repeats, peak)
         else:
             if reload_dir is not None:
                 reload_dir.mkdir(parents=True, exist_ok=True)
             row = measure_engine(engines[system], ids, question, decode_tokens, timer, reload_dir,
-                                 repeats, many)
+                                 repeats, many, peak)
     except torch.OutOfMemoryError as exc:
         return {"status": "OOM", "note": str(exc).splitlines()[0][:200]}
     row["peak_mem_gib"] = peak.read_gib()
@@ -518,6 +556,18 @@ def speed_markdown(result: dict[str, Any]) -> str:
                 num(r["many_one_by_one_tok_s"], ",.1f"), num(r["many_batched_tok_s"], ",.1f"),
                 num(r["many_speedup"], ".2f"),
                 "all" if r["many_identical"] else f"{100 * r['many_same_token_share']:.1f}%"]) + " |")
+    phased = [r for r in result["rows"] if r.get("peak_answer_gib") is not None]
+    if phased:
+        w = result.get("weights_gib")
+        lines += ["", "Peak device memory by phase (the prefill; answering one question at a time about "
+                  "the document in memory, question and decode):", "",
+                  "| length | system | weights GiB | prefill peak GiB | answering peak GiB | answering peak - weights GiB |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for r in phased:
+            lines.append("| " + " | ".join([
+                format_length(r["length"]), r["system"], num(w, ".2f"), num(r["peak_prefill_gib"], ".2f"),
+                num(r["peak_answer_gib"], ".2f"),
+                num(r["peak_answer_gib"] - w if w is not None else None, ".2f")]) + " |")
     errors = [r for r in result["rows"] if r.get("reload_error")]
     if errors:
         lines += ["", "Reload from disk failed:"]
