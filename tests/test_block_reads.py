@@ -180,3 +180,15 @@ def test_block_cache_eviction_under_pressure_follows_lru_and_keeps_contents():
     big = torch.arange(6)[None].expand(3, -1)               # 18 pairs > 15 slots: read straight through
     k, _ = cache.gather(big, torch.device("cpu"))
     assert torch.equal(k, expected(store, big)) and cache.resident == len(model)
+
+
+def test_reader_threads_never_outnumber_the_cpus(monkeypatch):
+    """The reader pool takes READ_THREADS threads, but no more than the CPUs this process may run on
+    (each thread also hashes what it reads: more threads than CPUs only contend)."""
+    from actqkv_llm.persist import reader
+
+    monkeypatch.setattr(reader.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert reader.reader_threads() == 2
+    monkeypatch.setattr(reader.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert reader.reader_threads() == reader.READ_THREADS == 16
+    assert reader.reader_threads(4) == 4

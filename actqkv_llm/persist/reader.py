@@ -40,8 +40,20 @@ MAX_GAP = 1
 # Prefetched blocks kept per layer until asked for.
 PREFETCH_BUFFER = 32
 # Runs of blocks read at once (positioned reads in parallel hide a cold disk's latency); format 4
-# reads a request's runs in at most this many batches, one thread each.
+# reads a request's runs in at most this many batches, one thread each, and never in more than
+# the CPUs this process may run on: each batch also hashes its units, and on a 2-core machine 16
+# threads read the rerank's scattered candidates at half the speed of 2 from the page cache (433
+# against 856 MiB/s) and slower from a cold disk too (226 against 263 MiB/s; docs/benchmarks.md).
 READ_THREADS = 16
+
+
+def reader_threads(most: int = READ_THREADS) -> int:
+    """Reader threads for this process: ``most``, at most one per CPU it may run on."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(most, cpus))
 
 
 class BlocksFile:
@@ -61,7 +73,7 @@ class BlocksFile:
 
     def __init__(self, path: Path, manifest: Manifest, digests: dict[int, torch.Tensor], dtype: torch.dtype,
                  pin: bool = False, on_corrupt: Callable[[], None] | None = None,
-                 threads: int = READ_THREADS, stored: torch.dtype | None = None):
+                 threads: int | None = None, stored: torch.dtype | None = None):
         self.path, self.n_blocks, self.pin = path, list(manifest.n_blocks), pin
         # digested unit (version 4: block * Hkv + head; versions 2-3: block) -> keys', values' digest
         self._digests = {i: d.reshape(-1, 2, DIGEST_BYTES) for i, d in digests.items()}
@@ -80,7 +92,7 @@ class BlocksFile:
         except BaseException:
             os.close(self._fd)
             raise
-        self._threads = max(1, threads)
+        self._threads = reader_threads() if threads is None else max(1, threads)
         self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="actqkv-read")
         weakref.finalize(self, _release, self._fd, self._pool)
         self._lock = threading.Lock()
