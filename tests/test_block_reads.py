@@ -5,6 +5,7 @@ anywhere in a large request, and keep the least recently used eviction order."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections import OrderedDict
 from types import SimpleNamespace
@@ -192,3 +193,51 @@ def test_reader_threads_never_outnumber_the_cpus(monkeypatch):
     monkeypatch.setattr(reader.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     assert reader.reader_threads() == reader.READ_THREADS == 16
     assert reader.reader_threads(4) == 4
+
+
+def test_read_fd_reads_exactly_n_bytes_through_short_reads(tmp_path, monkeypatch):
+    """read_fd returns exactly the bytes asked for when the OS hands them back a few at a time,
+    and names the file when it ends early."""
+    from actqkv_llm.errors import CacheError
+    from actqkv_llm.persist import paths
+
+    path = tmp_path / "f"
+    data = os.urandom(1000)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert paths.read_fd(fd, 1000, 0, path) == data
+        real = os.pread
+        monkeypatch.setattr(paths.os, "pread", lambda f, n, off: real(f, min(n, 7), off))
+        assert paths.read_fd(fd, 900, 50, path) == data[50:950]
+        with pytest.raises(CacheError, match="truncated"):
+            paths.read_fd(fd, 100, 950, path)
+    finally:
+        os.close(fd)
+
+
+def test_read_units_announces_exactly_the_runs_it_reads(tmp_path, monkeypatch):
+    """Before reading, a request names each of its runs to the OS (WILLNEED), for the parts asked
+    only; the byte ranges hinted are the ones read. A refused hint changes nothing."""
+    from actqkv_llm.persist import reader
+
+    if not reader._WILLNEED:
+        pytest.skip("this platform has no posix_fadvise")
+    f, k, v = make_file(tmp_path)
+    hinted = []
+    monkeypatch.setattr(reader.os, "posix_fadvise",
+                        lambda fd, off, n, advice: hinted.append((off, n, advice)))
+    blocks, heads = [3, 4, 4, 9, 20], [0, 0, 1, 1, 0]
+    gk, gv = f.read_units(LAYER, blocks, heads, keys=True, values=False)
+    assert gv is None
+    assert {a for _, _, a in hinted} == {os.POSIX_FADV_WILLNEED}
+    ub, base = f.unit_bytes, f._offsets[LAYER][0]
+    units = sorted({b * HKV + h for b, h in zip(blocks, heads)})
+    covered = sorted((off - base) // ub + j for off, n, _ in hinted for j in range(n // ub))
+    assert covered == units                         # every unit read, each once, keys only
+    assert sum(n for _, n, _ in hinted) == f.bytes_read
+    monkeypatch.setattr(reader.os, "posix_fadvise",
+                        lambda *a: (_ for _ in ()).throw(OSError(22, "Invalid argument")))
+    gk2, _ = f.read_units(LAYER, blocks, heads, keys=True, values=False)
+    torch.testing.assert_close(gk2, k[blocks, heads], rtol=0, atol=0)
+    torch.testing.assert_close(gk, gk2, rtol=0, atol=0)
