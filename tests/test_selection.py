@@ -161,7 +161,9 @@ def test_rerank_weighs_a_head_by_what_its_window_leaves_for_memory():
 
     def pick(context_lse):
         mq = MemoryQuery("fixed", lambda x: x, None, 1.0, "decode", context_lse=context_lse)
-        return method._rerank_among(q, mem, mq, *method._candidates(q, mem, mq, evidence, 1), 1)[0].tolist()
+        cand = method._candidate_ids(mem, evidence, 1)
+        keys = method._candidate_keys(mem, mq, cand, q.device)
+        return method._rerank_among(q, mem, mq, cand, keys, 1)[0].tolist()
 
     assert pick(None) == [[0]]
     assert pick(lambda: torch.tensor([[[10.0], [0.0]]])) == [[1]]     # [Hkv, G*T, 1]
@@ -186,7 +188,8 @@ def test_the_rerank_names_rerank_times_the_average_blocks_as_candidates(n, want)
     method = make_method(cfg)
     evidence = torch.randn(1, 40, generator=g)
     mq = MemoryQuery("fixed", lambda x: x, None, 1.0, "decode")
-    cand, k = method._candidates(torch.randn(2, 1, 2, generator=g), mem, mq, evidence, n)
+    cand = method._candidate_ids(mem, evidence, n)
+    k = method._candidate_keys(mem, mq, cand, torch.device("cpu"))
     assert cand.shape == (1, want) and k.shape == (1, want, 2)
     assert set(cand[0].tolist()) == set(evidence[0].topk(want).indices.tolist())
 

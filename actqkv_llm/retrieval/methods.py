@@ -503,16 +503,10 @@ class BlockRetrieval(RetrievalMethod):
             picked = picked[0] if picked.shape[0] == 1 else picked
         return Selection(picked, evidence, keys=keys)
 
-    def _candidates(self, q: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery, evidence: torch.Tensor,
-                    n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The second stage's first half: the ``n_candidates`` best blocks by ``evidence`` (at least
-        the ``n`` to pick; ascending ``[rows, m]``) and their keys as attention reads them
-        ``[Hkv, m*B, d]``; :meth:`_rerank_among` keeps ``n`` of them by the queries' exact attention."""
-        cand = self._candidate_ids(mem, evidence, n)
-        return cand, self._candidate_keys(mem, mq, cand, q.device)
-
     def _candidate_ids(self, mem: "LayerMemory", evidence: torch.Tensor, n: int) -> torch.Tensor:
-        """The ``n_candidates`` best blocks by ``evidence`` (at least the ``n`` to pick), ascending ``[rows, m]``."""
+        """The second stage's candidates: the ``n_candidates`` best blocks by ``evidence`` (at least
+        the ``n`` to pick), ascending ``[rows, m]``; :meth:`_rerank_among` keeps ``n`` of them by the
+        queries' exact attention over their keys (:meth:`_candidate_keys`)."""
         m = min(mem.n_blocks, max(n, self.n_candidates))
         return evidence.topk(m, -1).indices.sort(-1).values
 
