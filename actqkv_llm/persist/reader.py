@@ -320,9 +320,9 @@ class BlocksFile:
     def _announce(self, layer: int, plan: list[list[tuple[int, int, int]]], parts: list[int]) -> None:
         """Tell the OS every run a request is about to read (``POSIX_FADV_WILLNEED``), so a cold
         disk gets them all queued at once instead of a few threads' worth at a time: scattered
-        one-head reads from a cold page cache went from 135-162 to 228-250 MiB/s with it (2-core
-        CPU, docs/benchmarks.md, "Reader threads"). A hint only: where it is missing or refused the
-        reads are the same."""
+        one-head reads from a cold page cache went from 167/156 to 294/274 MiB/s with it (2-core
+        CPU, docs/results/read-threads-cpu/willneed.py; docs/benchmarks.md, "Read hints"). A hint
+        only: where it is missing or refused the reads are the same."""
         if not _WILLNEED:
             return
         ub = self.unit_bytes

@@ -485,19 +485,17 @@ class BlockRetrieval(RetrievalMethod):
                 if question and n < self.n_question_candidates < cand.shape[-1]:
                     # the question reads the best share's keys now; the rest when an answer token asks
                     best = _best_positions(cand, ranked, self.n_question_candidates)
-                    cand_q = cand.gather(1, best)
-                    k = self._candidate_keys(mem, mq, cand_q, q.device)
-                    if hold:
-                        state.candidates = HeldCandidates(
-                            cand, None, evidence, h, n, mem.n_blocks, mq.mode, self.rescore_every - 1,
-                            fetch=self._fetch_rest(mem, mq, cand, best, k, q.device))
-                    cand = cand_q
+                    asked = cand.gather(1, best)
+                    k = self._candidate_keys(mem, mq, asked, q.device)
+                    known, fetch = None, self._fetch_rest(mem, mq, cand, best, k, q.device) if hold else None
                 else:
+                    asked = cand
                     k = self._candidate_keys(mem, mq, cand, q.device)
-                    if hold:
-                        state.candidates = HeldCandidates(cand, k, evidence, h, n, mem.n_blocks, mq.mode,
-                                                          self.rescore_every - 1)
-                picked, keys = self._rerank_among(q, mem, mq, cand, k, n)
+                    known, fetch = k, None
+                if hold:
+                    state.candidates = HeldCandidates(cand, known, evidence, h, n, mem.n_blocks, mq.mode,
+                                                      self.rescore_every - 1, fetch=fetch)
+                picked, keys = self._rerank_among(q, mem, mq, asked, k, n)
             else:
                 picked = ranked.topk(n, -1).indices.sort(-1).values
             picked = picked[0] if picked.shape[0] == 1 else picked
