@@ -147,7 +147,9 @@ class RetrievalConfig:
         decode_graph: run the decode steps that rerank held candidates in every layer (most steps of
             the default method) with static shapes (attention/static_decode.py): on a CUDA device
             captured once as a CUDA graph and replayed, one launch per token instead of dozens per
-            layer. The same selection and attention as the reference step up to float rounding.
+            layer; steps where a block leaves the window or candidates are scored again run the same
+            static step eagerly. The same selection and attention as the reference step up to float
+            rounding.
             ``"auto"``: on CUDA devices; True: also on the CPU, where it runs eagerly (tests); False:
             always the reference step. Its buffers hold ``max(rerank x avg_blocks, max_blocks)``
             candidate blocks per layer (keys and values) beside the window, one row per answer

@@ -29,12 +29,14 @@ def _engines(tokenizer, arch="llama", dtype=torch.float64, **options):
     return Engine(model, tokenizer, decode_graph=False, **opts), Engine(model, tokenizer, decode_graph=True, **opts)
 
 
-def _steps(eng, doc, n, question=(5, 6, 7, 8, 9, 10)):
+def _steps(eng, doc, n, question=(5, 6, 7, 8, 9, 10), after_question=None):
     """Greedy decode of ``n`` tokens after ``question``; every step's logits, the session."""
     sess = eng._session_for(doc)
     sess.track_sources = True
     sess.record_kv = True
     logits = sess.forward(torch.tensor(question), phase=QUESTION)
+    if after_question is not None:
+        after_question(sess)
     out = []
     for _ in range(n):
         logits = eng._decode_step(sess, int(logits.argmax()))
@@ -50,19 +52,24 @@ def test_static_steps_give_the_reference_tokens_and_logits(tokenizer, arch):
     want, s_ref = _steps(ref, doc, 40)
     got, s_fast = _steps(fast, doc, 40)
     graph = fast.decode_graph
-    # a block leaves the window every block_size steps: those steps (and their rescoring) are the
-    # reference's; every other step is the static one
-    assert graph.replays >= 40 - 40 // SMALL["block_size"] - 2
+    # every step is the static one: a block leaving the window (every block_size steps) and the
+    # new scoring that follows run in it too
+    assert graph.replays == 40
+    assert graph.rescores >= len(s_fast.memory) * (40 // SMALL["block_size"] - 1)
     assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     # handed back: the windows, the step count and the activation statistics go on as the reference's
     s_fast.settle()
     assert s_fast.n_tokens == s_ref.n_tokens
-    for a, b in zip(s_ref.memory, s_fast.memory):
+    for a, b, before in zip(s_ref.memory, s_fast.memory, doc.state.memory):
         assert (a.n_local, a.local_start, a.n_blocks) == (b.n_local, b.local_start, b.n_blocks)
+        assert b.n_blocks > before.n_blocks    # blocks left the window while decoding
         # the keys of the tokens decoded: projections of hidden states that carry the rounding
         torch.testing.assert_close(b.local_k, a.local_k, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(b.local_score, a.local_score)
+        new = torch.arange(before.n_blocks, b.n_blocks)
+        for x, y in zip(b.blocks.gather(new, "cpu"), a.blocks.gather(new, "cpu")):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
     for a, b in zip(s_ref.retrieval, s_fast.retrieval):
         assert a.stats.count == b.stats.count and a.entropy_count == b.entropy_count
         torch.testing.assert_close(b.stats.mean, a.stats.mean, atol=1e-6, rtol=1e-5)  # float32 statistics
@@ -71,6 +78,69 @@ def test_static_steps_give_the_reference_tokens_and_logits(tokenizer, arch):
     assert s_fast.kv_log == s_ref.kv_log
     bound = ref.config.max_kv_per_layer
     assert all(n <= bound for log in s_fast.kv_log for n in log.values())
+
+
+@pytest.mark.parametrize("options", [dict(rescore_every=3), dict(rescore_every=3, per_head=False, keep_edges=False),
+                                     dict(rescore_every=5, rerank=2)])
+def test_a_new_scoring_runs_inside_the_static_step(tokenizer, options):
+    """A step whose held candidates are spent (or too few for its share: rerank 2) scores every
+    block again inside the static step: the same tokens, logits, statistics, entropies, KV per step
+    and sources as the reference, which scores them again in its own step."""
+    ref, fast = _engines(tokenizer, **options)
+    doc = ref.prefill(TEXT)
+    want, s_ref = _steps(ref, doc, 40)
+    got, s_fast = _steps(fast, doc, 40)
+    graph = fast.decode_graph
+    # only steps where a block leaves the window go to the reference now (one in block_size)
+    assert graph.replays >= 40 - 40 // SMALL["block_size"] - 1
+    n_layers = len(s_fast.memory)
+    assert graph.rescores >= n_layers * (40 // options["rescore_every"] - 40 // SMALL["block_size"])
+    assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    s_fast.settle()
+    for a, b in zip(s_ref.retrieval, s_fast.retrieval):
+        assert a.stats.count == b.stats.count and a.entropy_count == b.entropy_count
+        torch.testing.assert_close(b.stats.mean, a.stats.mean, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(b.stats.var, a.stats.var, atol=1e-6, rtol=1e-5)
+        assert float(b.entropy_total) == pytest.approx(float(a.entropy_total), rel=1e-5)
+        assert b.candidates.uses_left == a.candidates.uses_left
+        assert torch.equal(b.candidates.cand, a.candidates.cand)
+    assert s_fast.kv_log == s_ref.kv_log
+    assert s_fast.retrieved == s_ref.retrieved
+    mass_a, mass_b = s_ref.attention_mass, s_fast.attention_mass
+    assert mass_b.keys() == mass_a.keys()
+    assert all(mass_b[k] == pytest.approx(v, rel=1e-4, abs=1e-6) for k, v in mass_a.items())
+
+
+def test_candidates_too_few_for_the_share_are_scored_again(tokenizer):
+    """Held candidates that do not serve a step's share are taken (their entropy observed, not the
+    new scoring's, as the reference does) and scored again inside the static step."""
+    def named_for_none(sess):
+        for st in sess.retrieval:
+            st.candidates.n = 0   # serves no step: every layer scores again at the first step
+
+    ref, fast = _engines(tokenizer)
+    doc = ref.prefill(TEXT)
+    want, s_ref = _steps(ref, doc, 6, after_question=named_for_none)
+    got, s_fast = _steps(fast, doc, 6, after_question=named_for_none)
+    graph = fast.decode_graph
+    assert graph.replays == 6 and graph.rescores >= len(s_fast.memory)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    for a, b in zip(s_ref.retrieval, s_fast.retrieval):
+        assert a.entropy_count == b.entropy_count
+        assert float(b.entropy_total) == pytest.approx(float(a.entropy_total), rel=1e-5)
+        assert b.candidates.uses_left == a.candidates.uses_left and torch.equal(b.candidates.cand, a.candidates.cand)
+
+
+def test_rows_score_again_each_for_itself(tokenizer):
+    """answer_many's rows score every block again inside the static step, each row for its own
+    session: the tokens of each answer alone on the reference."""
+    ref, fast = _engines(tokenizer, rescore_every=4)
+    doc = ref.prefill(TEXT)
+    want = [ref.generate_ids(doc, q, max_new_tokens=30) for q in QUESTIONS]
+    got = fast.generate_ids_many(doc, [list(q) for q in QUESTIONS], max_new_tokens=30)
+    assert got == want
+    assert fast.decode_graph.rescores > 0
 
 
 def test_static_steps_pick_the_reference_blocks(tokenizer):
@@ -119,8 +189,8 @@ def test_answers_decoded_together_take_one_row_each(tokenizer):
     got = fast.generate_ids_many(doc, [list(q) for q in QUESTIONS], max_new_tokens=30)
     assert got == want
     assert graph.n_rows == len(QUESTIONS)
-    # most row steps ran here; rescoring and a block leaving the window ran on the reference
-    assert graph.replays >= len(QUESTIONS) * (29 - 29 // SMALL["block_size"] - 3)
+    # every row step ran here (a block leaving the window and the new scoring after it included)
+    assert graph.replays == sum(len(w) - 1 for w in want)
     # one answer alone afterwards: row 0 again, the rows of the batch handed back
     assert fast.generate_ids(doc, QUESTIONS[1], max_new_tokens=30) == want[1]
 

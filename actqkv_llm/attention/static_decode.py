@@ -32,11 +32,16 @@ What is static and how the varying parts are handled:
   the window's tensors, the answer's source tally) is written to buffers and handed back to the
   session in one go (:meth:`DecodeGraph.settle`) before any step of the reference path runs on it.
 
-A step goes this way only when the reference would take the held-candidates path in every layer
-(no block leaves the window, the candidates have uses left and serve the budget's blocks, memory
-at the same positions); anything else runs the reference step. The result is
-the reference's selection and attention up to float rounding (sums in another order); tests compare
-both on the CPU, where this path runs eagerly (``decode_graph=True``), and on a GPU with the graph.
+Most steps replay the graph: every layer reranks candidates it holds. One in ``rescore_every``
+steps, and every step where tokens leave the window as a block (one in ``block_size`` once the
+window is full), a layer scores every block again first; such a step runs the same static step
+eagerly, with the reference's eviction (``LayerMemory.make_room``, on the state handed back) and
+the reference's scoring (``BlockRetrieval.rescore``) before the rerank; a few hundred launches
+where the reference step and reloading the rows took thousands. Anything else (memory moving to
+other positions, a meter watching, a budget that reads the step's own entropy) runs the reference
+step. The result is the reference's selection and attention up to float rounding (sums in another
+order); tests compare both on the CPU, where this path runs eagerly (``decode_graph=True``), and on
+a GPU with the graph.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from ..errors import ConfigError
 from .rope import rotate, sinks_at_true_positions
 from .tile_stats import (candidate_mass_triton, check_triton, combine_triton, tile_stats_triton,
                          triton_available)
-from .step import DECODE
+from .step import DECODE, StepContext
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -149,6 +154,9 @@ class DecodeGraph:
         self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.track = False            # the step being run or captured adds up the rows' source tallies
         self.replays = 0              # row steps run through this object (read by tests and benchmarks)
+        self.rescores = 0             # layers of those steps that scored every block again (_rescore)
+        self.rescore_steps = 0        # row steps with such a layer (run eagerly, not replayed)
+        self._rescoring: dict = {}    # this step's rows that score again: row -> (session, {layer: observe}, takes)
         self._lock = threading.RLock()
 
     def _allocate(self, n_rows: int) -> None:
@@ -251,6 +259,8 @@ class DecodeGraph:
         if self.queries is not None:  # the activation statistics see this query when the session settles
             self.queries[layer, :n_r].view(n_r * self.cap, -1).index_copy_(
                 0, self.row_base_cap[:n_r] + slot, q.transpose(1, 2).reshape(n_r, -1).float())
+        if self._rescoring:
+            self._rescore(layer, q, scaling)
         qm = rotate(q, cos.index_select(0, qpos)[:, None, None], sin.index_select(0, qpos)[:, None, None])
         qs = torch.stack([qm, rotate(q, cs, ss)]).reshape(2, n_r * hkv, g, d)
         flat_k, flat_v = keys.view(n_r * hkv, W, d), values.view(n_r * hkv, W, d)
@@ -331,33 +341,53 @@ class DecodeGraph:
         return self.graphs[key]
 
     # ------------------------------------------------------------------ sessions
-    def plan(self, s: "Session") -> tuple[str, list[int]] | None:
-        """The memory mode and the blocks each layer keeps if the next decode step of ``s`` can run
-        here (the reference would rerank held candidates in every layer); else None. Changes nothing."""
+    def plan(self, s: "Session") -> tuple[str, list[int], frozenset[int], int] | None:
+        """The memory mode, the blocks each layer keeps, the layers that score every block again and
+        the tokens that leave the window if the next decode step of ``s`` can run here; else None.
+        Changes nothing.
+
+        A step runs here when every layer either reranks candidates it holds or scores every block
+        again: because they are spent or do not serve its share (``rescore_every``), or because
+        tokens leave the window as a block this step (every layer then scores again, as the
+        reference does once its memory has grown). Such a step runs eagerly, not as the graph
+        (:meth:`_evict`, :meth:`_rescore`)."""
         if s.meter is not None or s.adapter.model is not self.adapter.model or graph_key(s.method) != graph_key(self.method):
             return None
         cfg, a = self.config, self.adapter
         mem0, n_loc = s.memory[0], self._n_local(s)
-        if n_loc + 1 > cfg.n_local:   # a block leaves the window this step
-            return None
-        first_q = mem0.local_start + n_loc
+        policy, b = s.policy, self.bsz
+        evict = 0
+        if n_loc + 1 > policy.capacity:   # whole blocks leave the window this step (make_room's rule)
+            if not policy.keep_blocks or policy.capacity != cfg.n_local:
+                return None
+            evict = -(-(n_loc + 1 - policy.capacity) // b) * b
+        first_q = mem0.local_start + n_loc     # the token's position: the same after an eviction
         mode = s.method.positions
         if mode == "auto":
             mode = "exact" if first_q + 1 <= a.native_window else "fixed"
         for mem, st in zip(s.memory, s.retrieval):
             c = st.candidates
-            if (mem.n_local != mem0.n_local or mem.local_start != mem0.local_start or mem.n_sink != self.n_sink or not mem.n_blocks or c is None
-                    or c.n_blocks != mem.n_blocks or c.mode != mode or c.uses_left < 1
-                    or c.cand.shape[-1] > self.m_cap):
+            if mem.n_local != mem0.n_local or mem.local_start != mem0.local_start or mem.n_sink != self.n_sink or not mem.n_blocks:
+                return None
+            if not evict and (c is None or c.n_blocks != mem.n_blocks or c.mode != mode or c.cand.shape[-1] > self.m_cap):
                 return None
         budget = s.method.new_budget(a.memory_layers, s.retrieval)
-        takes = []
+        # a new scoring here picks n of fewer than every block and names at most m_cap candidates
+        # (n <= hi < n_blocks); a budget that reads the step's own entropy would need it first
+        may_rescore = not getattr(budget, "reads_step_entropy", True)
+        takes, rescore = [], set()
         for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):
-            n = budget.blocks_for(0, layer, mem.n_blocks, st.candidates.entropy)
-            if not st.candidates.serves(n) or n < 1:
+            c = st.candidates
+            n_blocks = mem.n_blocks + evict // b
+            n = budget.blocks_for(0, layer, n_blocks, c.entropy if not evict and c.uses_left >= 1 else None)
+            if n < 1:
                 return None
+            if evict or c.uses_left < 1 or not c.serves(n):
+                if not may_rescore or n_blocks <= self.hi:
+                    return None
+                rescore.add(layer)
             takes.append(n)
-        return mode, takes
+        return mode, takes, frozenset(rescore), evict
 
     def _row_of(self, s: "Session") -> int | None:
         for i, loaded in enumerate(self.rows):
@@ -405,27 +435,38 @@ class DecodeGraph:
         host = self._host[:n_r]
         host.zero_()
         idle = []
+        self._rescoring = {}
         for i, (f, p) in enumerate(zip(feed, plans)):
             if p is None:  # sits out: its row computes nothing anyone reads, from slot 0
                 self._release_row(i)
                 idle.append(i)
                 continue
             s, token = f
-            mode, takes = p
+            mode, takes, rescore, evict = p
+            if evict:
+                self._evict(s, i)
             loaded = self.rows[i]
             if (loaded is None or loaded.session() is not s or loaded.mode != mode
                     or any(h is not st.candidates for h, st in zip(loaded.held, s.retrieval))):
                 self._release_row(i)
                 s.settle()  # from another row, or another graph's
-                self._load(s, mode, i)
+                self._load(s, mode, i, rescore)
             # the reference's bookkeeping of this step, on the host
             if s.record_kv:
                 s.kv_log.append({})
             lk = self._n_local(s) + 1
+            observe = {}   # layers that score again: whether that scoring's entropy is observed
             for layer, (st, n) in enumerate(zip(s.retrieval, takes)):
                 held = st.take_candidates(s.memory[layer].n_blocks, mode)
-                st.observe_entropy(held.entropy)
+                if held is not None:   # as the reference: taken candidates' entropy, even if they do not serve
+                    st.observe_entropy(held.entropy)
+                if layer in rescore:
+                    observe[layer] = held is None
+                    st.candidates = None
                 s.note_kv(0, layer, self.n_sink + n * self.bsz + lk)
+            if observe:
+                self._rescoring[i] = (s, observe, takes)
+                self.rescore_steps += 1
             host[i, 0] = token
             host[i, 1:] = torch.tensor(takes)
         for i in idle:
@@ -433,11 +474,14 @@ class DecodeGraph:
         ins = host.to(self.device, non_blocking=True)
         self.ids[:n_r, 0].copy_(ins[:, 0])
         self.n_take[:n_r].copy_(ins[:, 1:])
-        if self.use_graph:
+        if self.use_graph and not self._rescoring:
             graph, logits = self.graphs[(n_r, self.track)]
             graph.replay()
-        else:
-            logits = self._forward(n_r)
+        else:   # eagerly: on the CPU, or where a layer scores every block again (_rescore)
+            try:
+                logits = self._forward(n_r)
+            finally:
+                self._rescoring = {}
         out: list[torch.Tensor | None] = [None] * n_r
         for i, (f, p) in enumerate(zip(feed, plans)):
             if p is not None:
@@ -447,34 +491,37 @@ class DecodeGraph:
                 out[i] = logits[i].clone()
         return out
 
-    def _load(self, s: "Session", mode: str, row: int) -> None:
-        """Fill row ``row`` of the buffers from ``s``: windows, sinks (placed for ``mode``), held candidates."""
+    def _evict(self, s: "Session", row: int) -> None:
+        """A step whose token does not fit in the window: the rows hand ``s`` its window back, and
+        its oldest tokens leave as blocks in every layer by the reference's own rule
+        (``LayerMemory.make_room``); the caller loads the row again from the shorter window."""
+        self._release_row(row)
+        s.settle()
+        for mem in s.memory:
+            mem.make_room(1, s.policy)
+
+    def _load(self, s: "Session", mode: str, row: int, rescore: frozenset[int] = frozenset()) -> None:
+        """Fill row ``row`` of the buffers from ``s``: windows, sinks (placed for ``mode``), held
+        candidates (not for the layers in ``rescore``, which score every block again this step)."""
         n_loc, ns, b, c0, w0, r = s.memory[0].n_local, self.n_sink, self.bsz, self.c0, self.w0, row
         for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):
             kind = self.adapter.kinds[layer]
-            held = st.candidates
-            m = held.cand.shape[-1]
-            ids = held.cand[0] if held.cand.shape[0] == 1 else held.cand
-            _, cand_v = mem.blocks.gather(ids, self.device, keys=False)
             sink_k = sinks_at_true_positions(self.adapter, kind.rope_type, mem) if mode == "exact" else mem.sink_k
             cos, sin = self.tables[kind.rope_type]
             keys, values, visible = self.keys[layer, r], self.values[layer, r], self.visible[layer, r]
             keys[:, :ns] = sink_k
             values[:, :ns] = mem.sink_v
-            keys[:, c0:c0 + m * b] = held.keys
-            values[:, c0:c0 + m * b] = cand_v
             self.win_k[layer, r, :, :n_loc] = mem.local_k
             keys[:, w0:w0 + n_loc] = rotate(mem.local_k, cos[:n_loc], sin[:n_loc]).to(self.dtype)
             values[:, w0:w0 + n_loc] = mem.local_v
             visible.zero_()
             visible[:ns] = True
-            visible[c0:c0 + m * b] = True
             visible[w0:w0 + n_loc] = True
-            self.cand_ok[layer, r] = False
-            self.cand_ok[layer, r, :, :m] = True
-            self.cand_edge[layer, r] = False
-            if s.method.keep_edges:
-                self.cand_edge[layer, r, :, :m] = (held.cand == 0) | (held.cand == mem.n_blocks - 1)
+            if layer in rescore:
+                self.cand_ok[layer, r] = False
+                self.cand_edge[layer, r] = False
+            else:
+                self._load_candidates(layer, r, mem, st.candidates, s.method.keep_edges)
         self.mass[:, r].zero_()
         self.picks[:, r].zero_()
         self.cursor[r, 0] = n_loc
@@ -482,6 +529,57 @@ class DecodeGraph:
         self.exact[r] = mode == "exact"
         self.rows[r] = _Loaded(weakref.ref(s), [st.candidates for st in s.retrieval], mode, n_loc)
         s.pending = self
+
+    def _load_candidates(self, layer: int, r: int, mem, held, keep_edges: bool) -> None:
+        """Row ``r``'s candidate slots at ``layer`` from ``held``: keys as attention reads them, values
+        read from the memory, which slots and candidates are filled, which are edge blocks."""
+        m, b, c0 = held.cand.shape[-1], self.bsz, self.c0
+        ids = held.cand[0] if held.cand.shape[0] == 1 else held.cand
+        _, cand_v = mem.blocks.gather(ids, self.device, keys=False)
+        self.keys[layer, r, :, c0:c0 + m * b] = held.keys
+        self.values[layer, r, :, c0:c0 + m * b] = cand_v
+        visible = self.visible[layer, r]
+        visible[c0:self.w0] = False
+        visible[c0:c0 + m * b] = True
+        self.cand_ok[layer, r] = False
+        self.cand_ok[layer, r, :, :m] = True
+        self.cand_edge[layer, r] = False
+        if keep_edges:
+            self.cand_edge[layer, r, :, :m] = (held.cand == 0) | (held.cand == mem.n_blocks - 1)
+
+    def _rescore(self, layer: int, q: torch.Tensor, scaling: float) -> None:
+        """Score every block of ``layer`` again for the rows whose held candidates are spent (or do not
+        serve the step's share): the reference's scoring for that row (:meth:`BlockRetrieval.rescore`:
+        probe, evidence, candidates and their keys), the new candidates loaded into the row's slots;
+        the rerank and attention that follow are the static step's own. The activation statistics
+        stay in the buffers until the session settles: a decode step's probe has one query token,
+        whose weight is 1 whatever they hold. Runs eagerly (the graph holds no scoring), once per
+        layer in ``rescore_every`` steps, where the reference step and reloading the row issued
+        ~10x the launches (NOTES.md)."""
+        kind = self.adapter.kinds[layer]
+        for r, (s, observe, takes) in self._rescoring.items():
+            if layer not in observe:
+                continue
+            loaded = self.rows[r]
+            mem, st = s.memory[layer], s.retrieval[layer]
+            n_loc = loaded.n_local + loaded.steps          # the window before this token
+            if s.track_sources and loaded.held[layer] is not None:
+                self._tally(s, r, layer, loaded.held[layer])
+            mq = StepContext(s, DECODE).memory_query(kind, mem, n_loc, 1, scaling)
+            held = s.method.rescore(q[r], mem, st, mq, takes[layer], observe[layer])
+            loaded.held[layer] = held
+            self._load_candidates(layer, r, mem, held, s.method.keep_edges)
+            self.rescores += 1
+
+    def _tally(self, s: "Session", r: int, layer: int, held) -> None:
+        """Add what row ``r``'s steps gave ``held``'s candidates at ``layer`` (picks, mass) to ``s``'s
+        source tally, and count anew."""
+        m, n_blocks = held.cand.shape[-1], s.memory[layer].n_blocks
+        ids = held.cand.expand(self.sel_rows, m).flatten()
+        s.tally.add_counts(ids, self.picks[layer, r, :, :m].flatten(), n_blocks)
+        s.tally.add_mass(ids, self.mass[layer, r, :, :m].flatten(), n_blocks)
+        self.picks[layer, r].zero_()
+        self.mass[layer, r].zero_()
 
     def settle(self, s: "Session") -> None:
         """Hand the state of the steps run here back to ``s`` (its windows, activation statistics and
@@ -505,11 +603,7 @@ class DecodeGraph:
             if self.queries is not None and st.stats is not None:
                 st.stats.update(self.queries[layer, r, a:a + k])
             if s.track_sources:
-                held = loaded.held[layer]
-                m = held.cand.shape[-1]
-                ids = held.cand.expand(self.sel_rows, m).flatten()
-                s.tally.add_counts(ids, self.picks[layer, r, :, :m].flatten(), mem.n_blocks)
-                s.tally.add_mass(ids, self.mass[layer, r, :, :m].flatten(), mem.n_blocks)
+                self._tally(s, r, layer, loaded.held[layer])
 
     def _release_row(self, r: int) -> None:
         """Hand row ``r``'s session its state back (if it still lives); the row holds nothing after."""

@@ -200,20 +200,23 @@ def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_t
                  for _ in range(repeats))
     decode_s, out = float("inf"), []
     graph = getattr(eng, "decode_graph", None)  # the static decode step, where the engine uses one
-    graph_steps = None
+    graph_steps = eager_steps = None
     for _ in range(repeats):
         first: list[float] = []
         replays = graph.replays if graph is not None else 0
+        rescored = graph.rescore_steps if graph is not None else 0
         out, _ = timer(lambda: eng.generate_ids(doc, question, max_new_tokens=1 + decode_tokens,
                                                 on_token=lambda i: first.append(time.perf_counter()) if i == 0 else None))
         decode_s = min(decode_s, time.perf_counter() - first[0])
         if graph is not None:
             graph_steps = graph.replays - replays
+            eager_steps = graph.rescore_steps - rescored
     n_decoded = max(1, len(out) - 1)
     row = {"prefill_s": prefill_s, "prefill_tok_s": len(ids) / prefill_s, "ttft_s": ttft_s,
            "decode_ms_per_token": 1000 * decode_s / n_decoded, "decode_tokens": n_decoded}
     if graph_steps is not None:  # how many decode steps ran the static step (the rest: the reference)
         row["decode_graph_steps"] = graph_steps
+        row["decode_eager_steps"] = eager_steps  # of those, how many scored blocks again (run eagerly)
     row.update(answering.done())
     if len(many) > 1:
         row.update(measure_many(eng, doc, many, decode_tokens, timer))
@@ -526,9 +529,11 @@ def speed_markdown(result: dict[str, Any]) -> str:
                   "0.5 means twice HF's time)."]
     graphed = [r for r in result["rows"] if r.get("decode_graph_steps") is not None]
     if graphed:
-        lines += ["", "Decode steps through the static step (a CUDA graph on a GPU; the others ran the "
-                  "reference step): " + ", ".join(
+        lines += ["", "Decode steps through the static step (a CUDA graph on a GPU, run eagerly where a "
+                  "block left the window or blocks were scored again; the others ran the reference "
+                  "step): " + ", ".join(
                       f"{format_length(r['length'])} {r['decode_graph_steps']} of {r['decode_tokens']}"
+                      + (f" ({r['decode_eager_steps']} eagerly)" if r.get("decode_eager_steps") is not None else "")
                       for r in graphed)]
     saved = [r for r in result["rows"] if r.get("save_MBps")]
     if saved:

@@ -45,6 +45,8 @@ def normalized_entropy(scores: torch.Tensor, mass: bool = False,
 
 
 class FixedTopK:
+    reads_step_entropy = False   # blocks_for ignores the step's own entropy
+
     def __init__(self, k: int):
         self.k = k
 
@@ -55,6 +57,8 @@ class FixedTopK:
 class EntropyRefill:
     """ACRE's refill volume: ``k = lo + (hi - lo) * H / H_max`` from this step's normalized entropy of
     the query's attention over the first level: focused questions refill few blocks, diffuse ones many."""
+
+    reads_step_entropy = True    # blocks_for needs this step's scoring first
 
     def __init__(self, lo: int, hi: int):
         self.lo, self.hi = lo, hi
@@ -75,6 +79,8 @@ class DynamicCutoff:
     Invariant (asserted in tests): within a slot the layers never draw more than ``avg x layers``
     blocks in total, and each draws at most ``hi``.
     """
+
+    reads_step_entropy = False   # the running means as of the pass's start, not the step's own
 
     def __init__(self, avg: int, lo: int, hi: int, memory_layers: list[int], entropy: Callable[[int], float]):
         self.avg, self.lo, self.hi = avg, lo, hi

@@ -466,13 +466,7 @@ class BlockRetrieval(RetrievalMethod):
                     picked = picked[0] if picked.shape[0] == 1 else picked
                 return Selection(picked, held.evidence, keys=keys)
             state.candidates = None  # this step may take too many more blocks than they were named for
-        tokens, weights = self.probe(q, state)
-        if question and self.uses_question:
-            state.add_question(_group(tokens[:, 0].float(), mem.kv_heads), q.shape[1])
-        evidence = self.scorer(tokens, weights, mem, state, mq)
-        if not self.per_head and evidence.shape[0] > 1:
-            evidence = evidence.sum(0, keepdim=True)
-        h = normalized_entropy(evidence, mass=self.scorer.mass).mean()
+        evidence, h = self._score(q, mem, state, mq, question)
         if n is None:
             state.observe_entropy(h)
             n = budget.blocks_for(slot, layer, mem.n_blocks, h)
@@ -500,6 +494,35 @@ class BlockRetrieval(RetrievalMethod):
                 picked = ranked.topk(n, -1).indices.sort(-1).values
             picked = picked[0] if picked.shape[0] == 1 else picked
         return Selection(picked, evidence, keys=keys)
+
+    def _score(self, q: torch.Tensor, mem: "LayerMemory", state: LayerRetrievalState, mq: MemoryQuery,
+               question: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every block's evidence ``[rows, N]`` for queries ``q`` and its normalized entropy (0-d, on
+        the device): probe, then scorer (a question also adds its probe to the question term)."""
+        tokens, weights = self.probe(q, state)
+        if question and self.uses_question:
+            state.add_question(_group(tokens[:, 0].float(), mem.kv_heads), q.shape[1])
+        evidence = self.scorer(tokens, weights, mem, state, mq)
+        if not self.per_head and evidence.shape[0] > 1:
+            evidence = evidence.sum(0, keepdim=True)
+        return evidence, normalized_entropy(evidence, mass=self.scorer.mass).mean()
+
+    def rescore(self, q: torch.Tensor, mem: "LayerMemory", state: LayerRetrievalState, mq: MemoryQuery,
+                n: int, observe: bool) -> HeldCandidates:
+        """A decode step's new scoring of every block when the held candidates are spent or do not
+        serve ``n`` picks (what :meth:`select` does then, up to the rerank): the candidates for ``n``
+        picks with their keys, held for the next ``rescore_every - 1`` steps. ``observe``: add the
+        scoring's entropy to the running mean (the reference adds the spent candidates' entropy
+        instead when they were taken this step). Needs ``rerank`` > 1, ``rescore_every`` > 1 and
+        ``n`` < the memory's blocks (the static decode step checks)."""
+        evidence, h = self._score(q, mem, state, mq, False)
+        if observe:
+            state.observe_entropy(h)
+        ranked = pin_edges(evidence, mem.n_blocks) if self.keep_edges else evidence
+        cand = self._candidate_ids(mem, ranked, n)
+        keys = self._candidate_keys(mem, mq, cand, q.device)
+        state.candidates = HeldCandidates(cand, keys, evidence, h, n, mem.n_blocks, mq.mode, self.rescore_every - 1)
+        return state.candidates
 
     def _candidate_ids(self, mem: "LayerMemory", evidence: torch.Tensor, n: int) -> torch.Tensor:
         """The second stage's candidates: the ``n_candidates`` best blocks by ``evidence`` (at least
