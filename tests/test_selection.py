@@ -345,6 +345,27 @@ def test_document_digests_are_measured_once_for_all_questions(make_engine):
     assert eng.generate_ids(doc, [1, 2], max_new_tokens=2) == first
 
 
+def test_a_question_scores_its_documents_bounds_without_copying_them(make_engine):
+    """A question's session adds blocks of its own: its scorer reads the document's bounds and its
+    own as parts (the same values as one joined copy), and no joined copy is made."""
+    eng = make_engine("llama", method="actqkv", **SMALL)
+    doc = eng.prefill_ids(torch.randint(0, 250, (400,), generator=torch.Generator().manual_seed(5)))
+    layer = eng.adapter.memory_layers[0]
+    n_doc = doc.state.memory[layer].n_blocks
+    sess = eng._session_for(doc)
+    sess.forward(torch.randint(0, 250, (3 * SMALL["block_size"],), generator=torch.Generator().manual_seed(6)),
+                 phase="question")
+    mem = sess.memory[layer]
+    digests = mem.digests["bounds", "exact"]
+    assert mem.n_blocks > n_doc and digests._joined is None   # scored its own blocks, joined nothing
+    parts = mem.bound_parts("exact")
+    assert [lo.shape[0] for lo, _ in parts] == [n_doc, mem.n_blocks - n_doc]
+    assert parts[0][0].data_ptr() == doc.state.memory[layer].bound_parts("exact")[0][0].data_ptr()
+    lo, hi = mem.bounds("exact")
+    assert torch.equal(torch.cat([p[0] for p in parts]), lo) and torch.equal(torch.cat([p[1] for p in parts]), hi)
+    assert lo.dtype == torch.bfloat16    # bf16 values (rounded outward): kept in bf16
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_exact_positions_with_every_block_picked_are_full_attention(make_engine, arch):
     """Memory at its true positions, sinks and every evicted block picked, one softmax with the
@@ -504,7 +525,8 @@ def test_measured_bounds_are_bf16_values_rounded_outward():
     lo, hi = measure_bounds(store, 0, 6, torch.device("cpu"), None)
     true_lo, true_hi = k.amin(2), k.amax(2)
     assert (lo <= true_lo).all() and (hi >= true_hi).all()
-    assert torch.equal(lo, lo.bfloat16().float()) and torch.equal(hi, hi.bfloat16().float())
+    assert lo.dtype == hi.dtype == torch.bfloat16
+    lo, hi = lo.float(), hi.float()
     assert ((hi - true_hi) <= true_hi.abs() / 64).all() and ((true_lo - lo) <= true_lo.abs() / 64).all()
 
 

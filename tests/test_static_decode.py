@@ -132,6 +132,25 @@ def test_candidates_too_few_for_the_share_are_scored_again(tokenizer):
         assert b.candidates.uses_left == a.candidates.uses_left and torch.equal(b.candidates.cand, a.candidates.cand)
 
 
+def test_candidates_keys_are_held_once_and_read_again_for_the_reference(tokenizer):
+    """Once a row holds the candidates' keys, the session's copy goes (HeldCandidates.drop_keys); a
+    reference step after it reads them from memory again: the same keys, the reference's logits."""
+    ref, fast = _engines(tokenizer)
+    doc = ref.prefill(TEXT)
+    want, _ = _steps(ref, doc, 4)
+    got, sess = _steps(fast, doc, 3)
+    graph = fast.decode_graph
+    c0, b = graph.c0, fast.config.block_size
+    for layer, st in enumerate(sess.retrieval):
+        held = st.candidates
+        assert held.known is None and held.fetch is not None
+        m = held.cand.shape[-1]
+        assert torch.equal(held.keys, graph.keys[layer, 0, :, c0:c0 + m * b])   # read again: the same bits
+    sess.settle()
+    last = sess.forward(torch.tensor([int(got[-1].argmax())]), phase=DECODE)   # the reference step
+    torch.testing.assert_close(last, want[3], atol=1e-4, rtol=1e-4)
+
+
 def test_rows_score_again_each_for_itself(tokenizer):
     """answer_many's rows score every block again inside the static step, each row for its own
     session: the tokens of each answer alone on the reference."""

@@ -538,6 +538,7 @@ class DecodeGraph:
         _, cand_v = mem.blocks.gather(ids, self.device, keys=False)
         self.keys[layer, r, :, c0:c0 + m * b] = held.keys
         self.values[layer, r, :, c0:c0 + m * b] = cand_v
+        held.drop_keys()   # the row holds them now
         visible = self.visible[layer, r]
         visible[c0:self.w0] = False
         visible[c0:c0 + m * b] = True

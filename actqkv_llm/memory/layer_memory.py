@@ -73,6 +73,11 @@ class LayerMemory:
         positions (``rotate`` brings keys to their true positions; None for the fixed angle)."""
         return self.digests["bounds", mode].get(self.blocks, self.n_blocks, self.device, rotate)
 
+    def bound_parts(self, mode: str, rotate: BlockRotation | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`bounds` in consecutive parts (the document's blocks, then this session's own), without
+        joining them into one copy."""
+        return self.digests["bounds", mode].parts(self.blocks, self.n_blocks, self.device, rotate)
+
     def means(self, mode: str, rotate: BlockRotation | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-block mean key and value ``(k_mean, v_mean)`` (ACRE's first level), as :meth:`bounds`."""
         return self.digests["means", mode].get(self.blocks, self.n_blocks, self.device, rotate)

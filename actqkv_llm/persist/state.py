@@ -210,7 +210,7 @@ def unpack_state(engine: Any, tensors: dict[str, torch.Tensor], n_blocks: list[i
                     raise CacheError(f"{where} is corrupt: {name(f'bounds.{mode}')} covers {known} blocks "
                                      f"of {n_blocks[i]}")
                 expect(bounds, name(f"bounds.{mode}"), (known, 2, hkv, hd), torch.bfloat16)
-                lo, hi = bounds.to(dev, torch.float32).unbind(1)
+                lo, hi = bounds.to(dev).unbind(1)
                 if not bool((lo <= hi).all()):  # also false for NaN
                     raise CacheError(f"{where} is corrupt: {name(f'bounds.{mode}')} has a lower bound above its upper")
                 mem.digests["bounds", mode].preload(lo, hi)

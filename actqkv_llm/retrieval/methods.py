@@ -19,7 +19,7 @@ from ..config import RetrievalConfig
 from ..devices import device_tensor
 from .budget import DynamicCutoff, EntropyRefill, FixedTopK, normalized_entropy
 from .probe import ActivationStats, _group, activation_bias, token_weights, weighted_mean
-from .score import bound_logits, cosine_scores, dot_scores, key_logits, reduce_tokens
+from .score import bound_logits_parts, cosine_scores, dot_scores, key_logits, reduce_tokens
 
 if TYPE_CHECKING:
     from ..memory.layer_memory import LayerMemory
@@ -171,6 +171,7 @@ class HeldCandidates:
     mode: str               # positions its keys are placed for
     uses_left: int
     fetch: Callable[[], torch.Tensor] | None = None  # reads ``known`` when first asked for
+    reread: Callable[[], torch.Tensor] | None = None  # reads every candidate's keys again (drop_keys)
 
     # A step may take up to this many times the picks the candidates were named for: the budget's
     # share of a layer drifts by a block or two as entropies accumulate, and scoring every block
@@ -184,6 +185,13 @@ class HeldCandidates:
         if self.known is None:
             self.known, self.fetch = self.fetch(), None
         return self.known
+
+    def drop_keys(self) -> None:
+        """Let the keys go (a static decode step copied them into its own buffers: ~1.5 GiB on the
+        Llama-3.1-8B shape otherwise held twice); :attr:`keys` reads them from memory again if the
+        reference step asks."""
+        if self.reread is not None:
+            self.known, self.fetch = None, self.reread
 
     def serves(self, n: int) -> bool:
         """Whether these candidates may serve a step that takes ``n`` blocks."""
@@ -301,24 +309,23 @@ class BoundScorer(Scorer):
         self.mass = reduce == "softmax"
 
     def __call__(self, tokens, weights, mem, state, mq):
-        lo, hi = mem.bounds(mq.mode, mq.rotate_blocks)
-        u = bound_logits(mq.at_memory(tokens), lo, hi, mem.dtype)
+        u = bound_logits_parts(mq.at_memory(tokens), mem.bound_parts(mq.mode, mq.rotate_blocks), mem.dtype)
         return reduce_tokens(u, weights, mem.kv_heads, self.reduce, mq.scaling)
 
     def chunk(self, q_mem: torch.Tensor, weights: torch.Tensor, mem: "LayerMemory", mq: MemoryQuery,
               n_avail: torch.Tensor) -> torch.Tensor:
         """Every execution block's evidence at once: q_mem ``[H, E, S, d]`` (at the memory's rotation),
         weights ``[E, S]``, ``n_avail [E]`` blocks each may see -> ``[E, Hkv, N]`` (0 / -inf beyond)."""
-        lo, hi = mem.bounds(mq.mode, mq.rotate_blocks)
+        parts = mem.bound_parts(mq.mode, mq.rotate_blocks)
         h, n_e, size, d = q_mem.shape
-        hkv, n = mem.kv_heads, lo.shape[0]
+        hkv, n = mem.kv_heads, sum(lo.shape[0] for lo, _ in parts)
         hidden = torch.arange(n, device=q_mem.device)[None] >= n_avail[:, None]      # [E, N]
         step = max(1, CHUNK_SCORE_ELEMENTS // max(1, h * size * n))
         out = []
         for a in range(0, n_e, step):
             e = slice(a, min(n_e, a + step))
             ne = e.stop - e.start
-            u = bound_logits(q_mem[:, e].reshape(h, ne * size, d), lo, hi, mem.dtype)
+            u = bound_logits_parts(q_mem[:, e].reshape(h, ne * size, d), parts, mem.dtype)
             u = u.view(hkv, h // hkv, ne, size, n).permute(2, 0, 1, 3, 4)           # [E', Hkv, G, S, N]
             u.masked_fill_(hidden[e, None, None, None], float("-inf"))   # in place: u is this loop's own
             if self.reduce == "max":
@@ -488,7 +495,8 @@ class BlockRetrieval(RetrievalMethod):
                     known, fetch = k, None
                 if hold:
                     state.candidates = HeldCandidates(cand, known, evidence, h, n, mem.n_blocks, mq.mode,
-                                                      self.rescore_every - 1, fetch=fetch)
+                                                      self.rescore_every - 1, fetch=fetch,
+                                                      reread=_reader(mem, mq.rotate_blocks, cand, q.device))
                 picked, keys = self._rerank_among(q, mem, mq, asked, k, n)
             else:
                 picked = ranked.topk(n, -1).indices.sort(-1).values
@@ -521,7 +529,8 @@ class BlockRetrieval(RetrievalMethod):
         ranked = pin_edges(evidence, mem.n_blocks) if self.keep_edges else evidence
         cand = self._candidate_ids(mem, ranked, n)
         keys = self._candidate_keys(mem, mq, cand, q.device)
-        state.candidates = HeldCandidates(cand, keys, evidence, h, n, mem.n_blocks, mq.mode, self.rescore_every - 1)
+        state.candidates = HeldCandidates(cand, keys, evidence, h, n, mem.n_blocks, mq.mode, self.rescore_every - 1,
+                                          reread=_reader(mem, mq.rotate_blocks, cand, q.device))
         return state.candidates
 
     def _candidate_ids(self, mem: "LayerMemory", evidence: torch.Tensor, n: int) -> torch.Tensor:
@@ -536,21 +545,17 @@ class BlockRetrieval(RetrievalMethod):
                         device: torch.device) -> torch.Tensor:
         """Keys of blocks ``cand`` ``[rows, m]`` as attention reads them ``[Hkv, m*B, d]`` (keys only:
         values are read for the blocks the rerank keeps)."""
-        ids = cand[0] if cand.shape[0] == 1 else cand
-        k, _ = mem.blocks.gather(ids, device, values=False)
-        if mq.rotate_blocks is not None:
-            # placed in float32, kept in the memory's dtype: attention reads them in it anyway, and
-            # a question holds these keys for every layer across decode steps (rescore_every)
-            k = mq.rotate_blocks(k, ids).to(mem.dtype)
-        return k
+        return _placed_keys(mem, mq.rotate_blocks, cand, device)
 
     def _fetch_rest(self, mem: "LayerMemory", mq: MemoryQuery, cand: torch.Tensor, best: torch.Tensor,
                     k_best: torch.Tensor, device: torch.device) -> Callable[[], torch.Tensor]:
         """A reader of every candidate's keys, in ``cand``'s order, that reads only those not at
         positions ``best`` (whose keys ``k_best`` the question read already)."""
+        place = mq.rotate_blocks   # not mq: its context_lse holds the question's window tensors
+
         def fetch() -> torch.Tensor:
             rest = _other_positions(best, cand.shape[-1])
-            k_rest = self._candidate_keys(mem, mq, cand.gather(1, rest), device)
+            k_rest = _placed_keys(mem, place, cand.gather(1, rest), device)
             hkv, b = mem.kv_heads, mem.block_size
             out = k_best.new_empty((hkv, cand.shape[-1], b, k_best.shape[-1]))
             _put_keys(out, best, k_best, hkv, b)
@@ -588,6 +593,25 @@ class BlockRetrieval(RetrievalMethod):
         top = mass.sort(dim=-1, descending=True, stable=True).indices[:, :n].sort(-1).values  # ascending picks
         picked = cand.expand(mass.shape[0], -1).gather(1, top)
         return picked, _keys_at(k, top, hkv, b)
+
+
+def _placed_keys(mem: "LayerMemory", place: "Callable | None", cand: torch.Tensor,
+                 device: torch.device) -> torch.Tensor:
+    """Keys of blocks ``cand`` ``[rows, m]`` ``[Hkv, m*B, d]``, placed by ``place`` (``MemoryQuery.rotate_blocks``:
+    at their true positions; None at the fixed angle)."""
+    ids = cand[0] if cand.shape[0] == 1 else cand
+    k, _ = mem.blocks.gather(ids, device, values=False)
+    if place is not None:
+        # placed in float32, kept in the memory's dtype: attention reads them in it anyway, and
+        # a question holds these keys for every layer across decode steps (rescore_every)
+        k = place(k, ids).to(mem.dtype)
+    return k
+
+
+def _reader(mem: "LayerMemory", place: "Callable | None", cand: torch.Tensor,
+            device: torch.device) -> Callable[[], torch.Tensor]:
+    """Reads every candidate's keys again (:meth:`HeldCandidates.drop_keys`)."""
+    return lambda: _placed_keys(mem, place, cand, device)
 
 
 def _best_positions(cand: torch.Tensor, evidence: torch.Tensor, m: int) -> torch.Tensor:

@@ -57,6 +57,14 @@ def bound_logits(q: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
     return u.float().reshape(h, t, -1)
 
 
+def bound_logits_parts(q: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """:func:`bound_logits` over bounds given in consecutive parts (``LayerMemory.bound_parts``):
+    ``[H, T, n]`` for all their blocks, in order."""
+    u = [bound_logits(q, lo, hi, dtype) for lo, hi in parts]
+    return u[0] if len(u) == 1 else torch.cat(u, -1)
+
+
 def key_logits(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Each query token's logit against one key per block (ACRE's first-level entries).
 
