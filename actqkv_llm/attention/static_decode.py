@@ -36,8 +36,10 @@ Most steps replay the graph: every layer reranks candidates it holds. One in ``r
 steps, and every step where tokens leave the window as a block (one in ``block_size`` once the
 window is full), a layer scores every block again first; such a step runs the same static step
 eagerly, with the reference's eviction (``LayerMemory.make_room``, on the state handed back) and
-the reference's scoring (``BlockRetrieval.rescore``) before the rerank; a few hundred launches
-where the reference step and reloading the rows took thousands. Anything else (memory moving to
+the reference's scoring (``BlockRetrieval.rescore``) before the rerank. For one row such a step
+costs about what the reference step did (it issues as many PyTorch calls, ~16K on a 32-layer
+model); for several rows it replaces the reference pass's attention row by row (NOTES.md, tenth
+H200 session). Anything else (memory moving to
 other positions, a meter watching, a budget that reads the step's own entropy) runs the reference
 step. The result is the reference's selection and attention up to float rounding (sums in another
 order); tests compare both on the CPU, where this path runs eagerly (``decode_graph=True``), and on
@@ -554,9 +556,8 @@ class DecodeGraph:
         probe, evidence, candidates and their keys), the new candidates loaded into the row's slots;
         the rerank and attention that follow are the static step's own. The activation statistics
         stay in the buffers until the session settles: a decode step's probe has one query token,
-        whose weight is 1 whatever they hold. Runs eagerly (the graph holds no scoring), once per
-        layer in ``rescore_every`` steps, where the reference step and reloading the row issued
-        ~10x the launches (NOTES.md)."""
+        whose weight is 1 whatever they hold. Runs eagerly (the graph holds no scoring): at a step
+        where the candidates are spent, or after a block left the window (:meth:`_evict`)."""
         kind = self.adapter.kinds[layer]
         for r, (s, observe, takes) in self._rescoring.items():
             if layer not in observe:

@@ -494,9 +494,7 @@ class BlockRetrieval(RetrievalMethod):
                     k = self._candidate_keys(mem, mq, cand, q.device)
                     known, fetch = k, None
                 if hold:
-                    state.candidates = HeldCandidates(cand, known, evidence, h, n, mem.n_blocks, mq.mode,
-                                                      self.rescore_every - 1, fetch=fetch,
-                                                      reread=_reader(mem, mq.rotate_blocks, cand, q.device))
+                    state.candidates = self._held(mem, mq, cand, known, evidence, h, n, q.device, fetch)
                 picked, keys = self._rerank_among(q, mem, mq, asked, k, n)
             else:
                 picked = ranked.topk(n, -1).indices.sort(-1).values
@@ -529,9 +527,16 @@ class BlockRetrieval(RetrievalMethod):
         ranked = pin_edges(evidence, mem.n_blocks) if self.keep_edges else evidence
         cand = self._candidate_ids(mem, ranked, n)
         keys = self._candidate_keys(mem, mq, cand, q.device)
-        state.candidates = HeldCandidates(cand, keys, evidence, h, n, mem.n_blocks, mq.mode, self.rescore_every - 1,
-                                          reread=_reader(mem, mq.rotate_blocks, cand, q.device))
+        state.candidates = self._held(mem, mq, cand, keys, evidence, h, n, q.device)
         return state.candidates
+
+    def _held(self, mem: "LayerMemory", mq: MemoryQuery, cand: torch.Tensor, known: torch.Tensor | None,
+              evidence: torch.Tensor, h: torch.Tensor, n: int, device: torch.device,
+              fetch: Callable[[], torch.Tensor] | None = None) -> HeldCandidates:
+        """Candidates ``cand`` held for the next ``rescore_every - 1`` decode steps, able to read their
+        keys again once dropped (:meth:`HeldCandidates.drop_keys`)."""
+        return HeldCandidates(cand, known, evidence, h, n, mem.n_blocks, mq.mode, self.rescore_every - 1,
+                              fetch=fetch, reread=_reader(mem, mq.rotate_blocks, cand, device))
 
     def _candidate_ids(self, mem: "LayerMemory", evidence: torch.Tensor, n: int) -> torch.Tensor:
         """The second stage's candidates: the ``n_candidates`` best blocks by ``evidence`` (at least
