@@ -519,10 +519,7 @@ class DecodeGraph:
             visible.zero_()
             visible[:ns] = True
             visible[w0:w0 + n_loc] = True
-            if layer in rescore:
-                self.cand_ok[layer, r] = False
-                self.cand_edge[layer, r] = False
-            else:
+            if layer not in rescore:   # the others' slots are filled by this step's scoring (_rescore)
                 self._load_candidates(layer, r, mem, st.candidates, s.method.keep_edges)
         self.mass[:, r].zero_()
         self.picks[:, r].zero_()
@@ -564,10 +561,9 @@ class DecodeGraph:
                 continue
             loaded = self.rows[r]
             mem, st = s.memory[layer], s.retrieval[layer]
-            n_loc = loaded.n_local + loaded.steps          # the window before this token
-            if s.track_sources and loaded.held[layer] is not None:
+            if s.track_sources and loaded.steps:   # a row loaded this step has nothing to hand over yet
                 self._tally(s, r, layer, loaded.held[layer])
-            mq = StepContext(s, DECODE).memory_query(kind, mem, n_loc, 1, scaling)
+            mq = StepContext(s, DECODE).memory_query(kind, mem, self._n_local(s), 1, scaling)
             held = s.method.rescore(q[r], mem, st, mq, takes[layer], observe[layer])
             loaded.held[layer] = held
             self._load_candidates(layer, r, mem, held, s.method.keep_edges)
