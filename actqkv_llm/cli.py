@@ -110,7 +110,7 @@ def retrieval_options(args: argparse.Namespace) -> dict[str, Any]:
             options[name] = value
     if args.budget is not None:
         options["budget"] = args.budget
-    for name in ("offload", "batch_prefill", "decode_graph"):
+    for name in ("offload", "batch_prefill", "decode_graph", "decode_compile"):
         if getattr(args, name, None) is not None:
             options[name] = {"on": True, "off": False, "auto": "auto"}[getattr(args, name)]
     if getattr(args, "decode_kernel", None) is not None:
@@ -673,6 +673,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--decode-kernel", choices=("auto", "triton", "torch"),
                    help="what computes the static decode step's attention (auto: a Triton kernel on a "
                         "GPU where it agrees with PyTorch; torch: PyTorch ops)")
+    r.add_argument("--decode-compile", choices=("auto", "on", "off"),
+                   help="the model's layer code in the static decode step through torch.compile "
+                        "(auto: on a GPU with Triton; on: also on the CPU; off: as it is)")
     r.add_argument("--offload", choices=("auto", "on", "off"),
                    help="keep full blocks in host memory (auto: on when the model runs on a GPU)")
     r.add_argument("--force-past-window", action="store_true",

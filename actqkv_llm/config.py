@@ -68,7 +68,7 @@ KV_SHAPING_OPTIONS = ("method", "block_size", "n_sink", "n_local", "exec_block",
 # Options that act only after the document (on the question and the answer): two configs that differ
 # in nothing else prefill a document identically (RetrievalConfig.prefill_options).
 ANSWER_ONLY_OPTIONS = ("rerank", "question_rerank", "reselect_every", "rescore_every", "decode_graph",
-                       "decode_kernel")
+                       "decode_kernel", "decode_compile")
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,15 @@ class RetrievalConfig:
             the whole buffer; ``"auto"``: Triton where it runs (a CUDA device, Triton installed) and
             agrees with PyTorch on the buffers' shapes when the buffers are made, else PyTorch.
             An explicit ``"triton"`` that cannot run is an error.
+        decode_compile: run the model's own layer code inside the static decode step
+            (``decode_graph``) through ``torch.compile``: its norms, the identity rotary our attention
+            leaves it, the residual adds and the MLP's activation become a few fused kernels per layer
+            instead of ~40 (one compilation serves every layer; our attention stays as it is).
+            ``"auto"``: on CUDA devices where Triton runs, falling back to the plain layers with a
+            warning if compiling fails; True: also on the CPU (tests; needs a C++ compiler), and a
+            failure is an error; False: the model's code as it is. The first decode step of a
+            process pays for compiling (tens of seconds on a GPU; cached on disk by PyTorch for later
+            processes).
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """
@@ -196,6 +205,7 @@ class RetrievalConfig:
     batch_prefill: bool | Literal["auto"] = "auto"
     decode_graph: bool | Literal["auto"] = "auto"
     decode_kernel: Literal["auto", "triton", "torch"] = "auto"
+    decode_compile: bool | Literal["auto"] = "auto"
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -382,7 +392,7 @@ class RetrievalConfig:
                     f"acre: the budget ({self.budget}) leaves room for {hi} refilled block(s) after sinks "
                     f"({self.n_sink}), window ({self.n_local}) and L1 entries ({self.l1_budget}); it needs "
                     f"at least max(min_refill, 1) = {max(lo, 1)}: raise the budget or lower l1_budget")
-        for name in ("batch_prefill", "decode_graph"):
+        for name in ("batch_prefill", "decode_graph", "decode_compile"):
             v = getattr(self, name)
             if not (isinstance(v, bool) or v == "auto"):
                 raise ConfigError(f"{name} must be True, False or 'auto', got {v!r}")

@@ -35,16 +35,19 @@ def test_batched_prefill_on_the_gpu_matches_the_reference_loop(tokenizer, arch, 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kernel", ["auto", "torch"])
-def test_decode_graph_matches_the_reference_step(tokenizer, arch, dtype, kernel):
+@pytest.mark.parametrize("compile_layers", ["auto", False])
+def test_decode_graph_matches_the_reference_step(tokenizer, arch, dtype, kernel, compile_layers):
     """Decode steps replayed as a CUDA graph give the reference step's tokens (float32) or logits
     within bf16 rounding, with the answer's sources on the same blocks: with the Triton kernel
-    ("auto" on a GPU with Triton) and with PyTorch ops."""
+    ("auto" on a GPU with Triton) and with PyTorch ops, with the layers' code compiled ("auto" on
+    a GPU with Triton) and as it is."""
     from actqkv_llm import Engine
 
     small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
     model = tiny_model(arch).to("cuda", dtype)
     ref = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_graph=False, **small)
-    fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_kernel=kernel, **small)
+    fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_kernel=kernel,
+                  decode_compile=compile_layers, **small)
     assert fast.decode_graph is not None and fast.decode_graph.use_graph  # "auto" on CUDA
     assert fast.decode_graph.kernel == ("triton" if kernel == "auto" else "torch")
     doc = ref.prefill(" ".join(f"word{i} is {i * 7 % 13}." for i in range(120)))
@@ -59,6 +62,9 @@ def test_decode_graph_matches_the_reference_step(tokenizer, arch, dtype, kernel)
             steps[i].append(logits[i])
     want, got = torch.stack(steps[0]), torch.stack(steps[1])
     assert fast.decode_graph.replays >= 30 and fast.decode_graph.graphs
+    # compiled where asked, not fallen back to the plain layers
+    assert fast.decode_graph.compile_layers == compile_layers
+    assert (fast.adapter._compiled is not None) == bool(compile_layers)
     if dtype == torch.float32:
         torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
         assert got.argmax(-1).tolist() == want.argmax(-1).tolist()

@@ -472,3 +472,32 @@ def test_decode_kernel_option(tokenizer):
     _, fast = _engines(tokenizer, decode_kernel="triton")
     with pytest.raises(ConfigError, match="decode_kernel='triton' needs a CUDA device"):
         fast.decode_graph
+
+
+def test_compiled_layers_give_the_reference_tokens_and_logits(tokenizer):
+    """``decode_compile``: the model's own layer code around our attention through torch.compile
+    (on the CPU too when asked), compiled once for every layer and step: the reference's tokens,
+    logits within float rounding, every step through the static step."""
+    pytest.importorskip("torch._inductor")
+    from torch._dynamo.utils import counters
+
+    ref, fast = _engines(tokenizer, decode_compile=True)
+    assert fast.decode_graph.compile_layers is True
+    doc = ref.prefill(TEXT)
+    want, _ = _steps(ref, doc, 24)
+    graphs = []
+    got, _ = _steps(fast, doc, 24, after_question=lambda s: graphs.append(counters["stats"]["unique_graphs"]))
+    assert fast.adapter._compiled is not None and fast.decode_graph.replays == 24
+    # compiled: the code before our attention, after it, and around the attention module's call;
+    # not once more per layer or per step (3 layers, 24 steps, blocks leaving the window among them)
+    assert 0 < counters["stats"]["unique_graphs"] - graphs[0] <= 6
+    assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_decode_compile_option(tokenizer):
+    """"auto" compiles on CUDA only; an unknown value is refused when the config is made."""
+    with pytest.raises(ConfigError, match="decode_compile must be True, False or 'auto'"):
+        _engines(tokenizer, decode_compile="max")
+    _, fast = _engines(tokenizer)
+    assert fast.decode_graph.compile_layers is False

@@ -93,6 +93,31 @@ class _Loaded:
     steps: int = 0
 
 
+def place_token(q, k, cursor, exact, fixed_pos, cos, sin, head_base_w, head_base_cap, row_base_w,
+                row_base_cap, w0: int, dtype: torch.dtype):
+    """Where each row's new token goes in one layer's buffers, and its query rotated both ways.
+
+    q ``[B, H, 1, d]``, k ``[B, Hkv, 1, d]``. Returns the query rotated at the memory's position (the
+    fixed distance, or the token's own where memory sits at true positions) and at its window slot
+    ``L`` (the row's cursor), ``[2, B * Hkv, G, d]``; the key rotated at ``L`` in ``dtype``
+    ``[B * Hkv, d]``; the query in float32 ``[B, H * d]`` (for the activation statistics); the flat
+    indices of the key in the window's keys, of key and value in the buffer (slot ``w0 + L``), of the
+    slot in ``visible`` and of the query in the queries kept. Pure: ``decode_compile`` fuses it
+    into a few kernels; the writes stay in :meth:`DecodeGraph.attend` (compiled, writes into views
+    of the buffers were measured to copy whole buffers: NOTES.md, eleventh H200 session)."""
+    n_r, hkv, _, d = k.shape
+    slot = cursor[:, 0]                                                            # [B]
+    qpos = torch.where(exact, cursor[:, 1], fixed_pos)                             # [B]
+    cs, ss = cos.index_select(0, slot)[:, None, None], sin.index_select(0, slot)[:, None, None]  # [B, 1, 1, d]
+    qm = rotate(q, cos.index_select(0, qpos)[:, None, None], sin.index_select(0, qpos)[:, None, None])
+    qs = torch.stack([qm, rotate(q, cs, ss)]).reshape(2, n_r * hkv, q.shape[1] // hkv, d)
+    k_rot = rotate(k, cs, ss).reshape(-1, d).to(dtype)
+    q_flat = q.transpose(1, 2).reshape(n_r, -1).float()
+    at_cap = (head_base_cap + slot[:, None]).flatten()
+    at_w = (head_base_w + (slot + w0)[:, None]).flatten()
+    return qs, k_rot, q_flat, at_cap, at_w, row_base_w + slot + w0, row_base_cap + slot
+
+
 class StaticStep:
     """The attention of one static decode step of every row, handed to every layer like a
     ``StepContext`` (``batched``: it takes the model's ``[B, H, 1, d]`` tensors whole)."""
@@ -118,9 +143,14 @@ class DecodeGraph:
     the reference path) runs on it; its own lock serialises steps from engines that do not share a
     lock. ``use_graph`` False runs the same static step eagerly (the CPU, and tests)."""
 
-    def __init__(self, adapter, config, method, use_graph: bool, kernel: str = "auto"):
+    def __init__(self, adapter, config, method, use_graph: bool, kernel: str = "auto",
+                 compile_layers: bool | str = False):
         self.adapter, self.config, self.method = adapter, config, method
         self.use_graph = use_graph
+        # the model's layer code through torch.compile (decode_compile): True, or "auto" (a failure
+        # to compile falls back to the plain layers with a warning, :meth:`_forward`)
+        self.compile_layers = compile_layers
+        self._place = torch.compile(place_token) if compile_layers else place_token
         dev, dt = adapter.device, adapter.dtype
         self.device, self.dtype = dev, dt
         hkv, d = adapter.n_kv_heads, adapter.head_dim
@@ -145,6 +175,7 @@ class DecodeGraph:
         need = max(adapter.native_window, self.cap + 1)
         self.tables = {kind.rope_type: adapter.rope_table(kind.rope_type, need) for kind in adapter.kinds}
         self.ranks = torch.arange(self.hi, device=dev)
+        self.rope = adapter.identity_rope(torch.empty((1, 1, 1), dtype=dt, device=dev))  # one token's, made once
         self.half_out = dev.type == "cuda" and dt in (torch.bfloat16, torch.float16) and half_products_into_float32(dev, dt)
         self.n_rows = 0
         self._allocate(1)
@@ -247,24 +278,21 @@ class DecodeGraph:
         n_r = q.shape[0]
         hkv, g, d, b, hi, W = self.hkv, self.g_heads, self.d, self.bsz, self.hi, self.width
         c0, w0, m_cap = self.c0, self.w0, self.m_cap
-        slot = self.cursor[:n_r, 0]                                                    # [B]
-        qpos = torch.where(self.exact[:n_r], self.cursor[:n_r, 1], self.fixed_pos)     # [B]
         keys, values, visible = self.keys[layer, :n_r], self.values[layer, :n_r], self.visible[layer, :n_r]
         cos, sin = self.tables[self.adapter.kinds[layer].rope_type]
-        cs, ss = cos.index_select(0, slot)[:, None, None], sin.index_select(0, slot)[:, None, None]  # [B, 1, 1, d]
-        at_w = (self.head_base_w[:n_r] + (slot + w0)[:, None]).flatten()       # each row's new window slot
-        self.win_k[layer, :n_r].view(-1, d).index_copy_(
-            0, (self.head_base_cap[:n_r] + slot[:, None]).flatten(), k.reshape(-1, d).to(self.dtype))
-        keys.view(-1, d).index_copy_(0, at_w, rotate(k, cs, ss).reshape(-1, d).to(self.dtype))
+        qs, k_rot, q_flat, at_cap, at_w, at_vis, at_q = self._place(
+            q, k, self.cursor[:n_r], self.exact[:n_r], self.fixed_pos, cos, sin, self.head_base_w[:n_r],
+            self.head_base_cap[:n_r], self.row_base_w[:n_r], self.row_base_cap[:n_r], w0, self.dtype)
+        # the token's key (unrotated, and rotated at its slot), value and visibility; its query for the
+        # activation statistics, which see it when the session settles
+        self.win_k[layer, :n_r].view(-1, d).index_copy_(0, at_cap, k.reshape(-1, d).to(self.dtype))
+        keys.view(-1, d).index_copy_(0, at_w, k_rot)
         values.view(-1, d).index_copy_(0, at_w, v.reshape(-1, d).to(self.dtype))
-        visible.view(-1).index_fill_(0, self.row_base_w[:n_r] + slot + w0, True)
-        if self.queries is not None:  # the activation statistics see this query when the session settles
-            self.queries[layer, :n_r].view(n_r * self.cap, -1).index_copy_(
-                0, self.row_base_cap[:n_r] + slot, q.transpose(1, 2).reshape(n_r, -1).float())
+        visible.view(-1).index_fill_(0, at_vis, True)
+        if self.queries is not None:
+            self.queries[layer, :n_r].view(n_r * self.cap, -1).index_copy_(0, at_q, q_flat)
         if self._rescoring:
             self._rescore(layer, q, scaling)
-        qm = rotate(q, cos.index_select(0, qpos)[:, None, None], sin.index_select(0, qpos)[:, None, None])
-        qs = torch.stack([qm, rotate(q, cs, ss)]).reshape(2, n_r * hkv, g, d)
         flat_k, flat_v = keys.view(n_r * hkv, W, d), values.view(n_r * hkv, W, d)
 
         t0, t1 = c0 // b, w0 // b
@@ -317,9 +345,14 @@ class DecodeGraph:
     def _forward(self, n_r: int) -> torch.Tensor:
         a = self.adapter
         ctx = StaticStep(self)
+        kwargs = {"actqkv": ctx}
+        compiled = a.compiled_layer() if self.compile_layers else None
         hidden = a.embed(self.ids[:n_r])
         for i in range(a.n_layers):
-            hidden = a.run_layer(i, hidden, actqkv=ctx)
+            if compiled is None:
+                hidden = a.run_layer(i, hidden, self.rope, **kwargs)
+            else:
+                hidden = compiled(a.layers[i], hidden, self.rope, kwargs)
         self.cursor[:n_r] += 1
         return a.last_logits(hidden)
 
@@ -333,14 +366,29 @@ class DecodeGraph:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up: lazy initialisation must not happen inside the capture
-                    self._forward(n_r)
+                for _ in range(2):  # warm-up: lazy initialisation (and compiling) must not happen inside the capture
+                    self._warm_up(n_r)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 out = self._forward(n_r)
             self.graphs[key] = (graph, out)
         return self.graphs[key]
+
+    def _warm_up(self, n_r: int) -> None:
+        """One untimed step of rows ``0 .. n_r-1`` (the rows hold no session). Where compiling the
+        layers fails with ``decode_compile="auto"``, the plain layers from then on, with a warning."""
+        try:
+            self._forward(n_r)
+        except Exception as exc:  # noqa: BLE001 - "auto": decode with the plain layers instead
+            if self.compile_layers != "auto":
+                raise
+            import warnings
+            warnings.warn(f"decode_compile: compiling the model's layers failed ({type(exc).__name__}: {exc}); "
+                          "decoding with the plain layers", RuntimeWarning, stacklevel=3)
+            self.compile_layers = False
+            self.cursor.zero_()
+            self._forward(n_r)
 
     # ------------------------------------------------------------------ sessions
     def plan(self, s: "Session") -> tuple[str, list[int], frozenset[int], int] | None:

@@ -222,12 +222,14 @@ class RowSteps:
                             for i, c in enumerate(self.contexts)])
 
 
+@torch.compiler.disable
 def context_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                       scaling: float | None = None, actqkv: "StepContext | RowSteps | None" = None, **kwargs):
     """The attention function registered with transformers' ``AttentionInterface``.
 
     Called by the model's own attention module with ``[1, H, T, d]`` tensors. Without our context
-    (a plain ``model(...)`` call) it falls back to SDPA, so the model stays usable as is.
+    (a plain ``model(...)`` call) it falls back to SDPA, so the model stays usable as is. Never
+    traced by ``torch.compile`` (``decode_compile`` compiles the model's code around it).
     """
     if actqkv is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward

@@ -28,6 +28,16 @@ class LayerKind:
     rope_type: str          # which rotary table this layer uses
 
 
+def call_layer(layer: torch.nn.Module, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+               attention_kwargs: dict) -> torch.Tensor:
+    """One decoder layer as we drive it: no mask, no cache, the given rotary tables."""
+    # No cache argument at all: it defaults to None, and naming it (past_key_values / cache)
+    # draws a FutureWarning from transformers 5.x that lands in the middle of the progress bar.
+    out = layer(hidden, attention_mask=None, position_embeddings=rope, position_ids=None, use_cache=False,
+                **attention_kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
 class ModelAdapter:
     def __init__(self, model: torch.nn.Module):
         cfg = getattr(model.config, "text_config", None) or model.config
@@ -52,6 +62,7 @@ class ModelAdapter:
         self._rope_takes_type = "layer_type" in inspect.signature(self.backbone.rotary_emb.forward).parameters
         self._tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._lock = threading.Lock()
+        self._compiled = None     # compiled_layer(), made on first use
 
     @property
     def device(self) -> torch.device:
@@ -73,13 +84,23 @@ class ModelAdapter:
         ones = torch.ones((1, t, self.head_dim), dtype=hidden.dtype, device=hidden.device)
         return ones, torch.zeros_like(ones)
 
-    def run_layer(self, i: int, hidden: torch.Tensor, **attention_kwargs) -> torch.Tensor:
-        ident = self.identity_rope(hidden)
-        # No cache argument at all: it defaults to None, and naming it (past_key_values / cache)
-        # draws a FutureWarning from transformers 5.x that lands in the middle of the progress bar.
-        out = self.layers[i](hidden, attention_mask=None, position_embeddings=ident, position_ids=None,
-                             use_cache=False, **attention_kwargs)
-        return out[0] if isinstance(out, tuple) else out
+    def run_layer(self, i: int, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  **attention_kwargs) -> torch.Tensor:
+        """Decoder layer ``i`` on ``[B, T, D]`` hidden states, with identity rotary (``rope``: one made
+        by :meth:`identity_rope` for this length, or a fresh one) and our attention's arguments."""
+        return call_layer(self.layers[i], hidden, rope if rope is not None else self.identity_rope(hidden),
+                          attention_kwargs)
+
+    def compiled_layer(self):
+        """:func:`call_layer` through ``torch.compile`` (made once per adapter, compiled at its first
+        call): one compilation serves every layer of the model, whose parameters it takes as inputs;
+        a second batch size compiles once more for any batch size (PyTorch's automatic dynamic
+        shapes). Our attention function is left out (``torch.compiler.disable``), so a layer runs as
+        the fused code before it, our attention, and the fused code after."""
+        with self._lock:
+            if self._compiled is None:
+                self._compiled = torch.compile(call_layer)
+        return self._compiled
 
     def last_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head on the last position of ``[B, T, D]`` hidden states -> float32 ``[B, V]``."""
