@@ -590,9 +590,11 @@ def test_converted_weights_are_verified(tmp_path, monkeypatch):
               "files": loading._record_files(model_dir, root)}
     (model_dir / loading.MANIFEST_NAME).write_text(json.dumps(record))
     assert loading._converted_ok(model_dir, "a" * 64, root)
+    from actqkv_llm.models import cache_dir
+
     hashed = []
-    real = loading.sha256_file
-    monkeypatch.setattr(loading, "sha256_file", lambda p, *a: hashed.append(Path(p).name) or real(p, *a))
+    real = cache_dir.sha256_file
+    monkeypatch.setattr(cache_dir, "sha256_file", lambda p, *a: hashed.append(Path(p).name) or real(p, *a))
     assert loading._converted_ok(model_dir, "a" * 64, root) and hashed == []  # unchanged: sizes only
     data = bytearray(weights.read_bytes())
     data[12345] ^= 0xFF                                 # same size, new content (and mtime)

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import METHODS
 from . import tasks as T
+from .options import parse_option
 
 
 
@@ -51,29 +52,6 @@ def _tasks(text: str) -> list[str]:
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     return specs
-
-
-def parse_option(text: str) -> tuple[str, Any]:
-    """'budget=2048' -> ('budget', 2048); values become bool / None / int / float / str."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    low = raw.strip().lower()
-    value: Any
-    if low in ("true", "false"):
-        value = low == "true"
-    elif low == "none":
-        value = None
-    else:
-        for kind in (int, float):
-            try:
-                value = kind(raw)
-                break
-            except ValueError:
-                continue
-        else:
-            value = raw.strip()
-    return key.strip().replace("-", "_"), value
 
 
 def _common(p: argparse.ArgumentParser, default_out: str) -> None:

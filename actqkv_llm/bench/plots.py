@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import ActQKVError
-from .quality import DEFAULT_METHODS, format_length, ordered
+from .labels import DEFAULT_METHODS, format_length, ordered
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -33,12 +33,12 @@ import torch
 from ..errors import ConfigError, InputError
 from . import realqa
 from . import tasks as T
+from .labels import DEFAULT_METHODS, format_length, ordered
 
 RESULTS = "results.jsonl"
 RUN = "run.json"
 SUMMARY = "summary.json"
 REPORT = "results.md"
-DEFAULT_METHODS: tuple[str, ...] = ("full", "streaming", "infllm", "actqkv")
 DEFAULT_LENGTHS: tuple[int, ...] = (4096, 8192, 16384, 32768)
 DEFAULT_TASKS: tuple[str, ...] = T.TASKS
 
@@ -101,14 +101,6 @@ def _check_run(out_dir: Path, fingerprint: dict[str, Any], resume: bool) -> None
 
 
 # ----------------------------------------------------------------------------- summary + report
-def format_length(n: int) -> str:
-    """4096 -> '4K', 1048576 -> '1M', 5000 -> '5000'."""
-    for unit, size in (("M", 1 << 20), ("K", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size}{unit}"
-    return str(n)
-
-
 def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy (all expected values found) and mean recall by method, task, length and depth."""
     cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
@@ -142,12 +134,6 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     for m, rs in sorted(by_method.items()):
         out["overall"][m] = stats(rs)
     return out
-
-
-def ordered(values: Iterable[str], preferred: Sequence[str]) -> list[str]:
-    """``values`` in ``preferred`` order first, the rest sorted."""
-    values = set(values)
-    return [v for v in preferred if v in values] + sorted(values - set(preferred))
 
 
 def markdown_report(summary: dict[str, Any], header: dict[str, Any] | None = None) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import ModelNotFoundError
+from .tasks import REAL_TASKS, Sample
 
 PACKAGE = "pyperformance"
 REQUIREMENT = "pyperformance==1.14.0"
@@ -37,7 +38,6 @@ INSTALL = f"pip install --no-deps {REQUIREMENT}"
 TEXT_PATH = "data-files/benchmarks/bm_docutils/data/docs/ref/rst/restructuredtext.txt"
 TEXT_TITLE = "reStructuredText Markup Specification (public domain; shipped by pyperformance 1.14.0)"
 
-REAL_TASKS: tuple[str, ...] = ("rstqa", "rstqa_raw")
 CHAT_TASKS: frozenset[str] = frozenset({"rstqa"})
 MAX_NEW_TOKENS = 48
 SYSTEM_HINT = "Answer in a few words, using the document above."
@@ -279,8 +279,6 @@ def window(text: str, at: int, budget: int, count_tokens: Callable[[str], int]) 
 def make_qa_sample(task: str, length: int, index: int, count_tokens: Callable[[str], int],
                    text: str | None = None, questions: Sequence[Question] | None = None):
     """The ``index``-th question of ``task`` (``rstqa`` or ``rstqa_raw``) in a window of ``length`` tokens."""
-    from .tasks import Sample
-
     if task not in REAL_TASKS:
         raise ValueError(f"unknown real-document task {task!r}; known: {', '.join(REAL_TASKS)}")
     text = load_text() if text is None else text

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 from ..config import METHODS
 from ..errors import ConfigError
 from . import tasks as T
+from .options import parse_option
 from .meter import PHASES, RecallMeter
 
 DEFAULT_VARIANTS = ("full", "actqkv", "actqkv-paper", "infllm", "quest", "acre")
@@ -37,8 +38,6 @@ HF = "hf"
 
 def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
     """'quest+block_size=16+per_head=false' -> ('quest', {'block_size': 16, 'per_head': False})."""
-    from .cli import parse_option
-
     method, *pairs = spec.split("+")
     if method == HF and not pairs:
         return HF, {}

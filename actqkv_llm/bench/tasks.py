@@ -38,6 +38,8 @@ from typing import Any, Callable, Iterator, Sequence
 CountTokens = Callable[[str], int]
 
 TASKS: tuple[str, ...] = ("passkey", "niah_single", "niah_multikey", "niah_multivalue", "vt")
+# questions about a real text shipped in a package (bench/realqa.py builds them)
+REAL_TASKS: tuple[str, ...] = ("rstqa", "rstqa_raw")
 HAYSTACKS: tuple[str, ...] = ("filler", "prose")
 DEFAULT_HAYSTACK = {
     "passkey": "filler",
@@ -183,8 +185,6 @@ def task_label(task: str, haystack: str) -> str:
 def parse_task(spec: str) -> tuple[str, str]:
     """``"niah_single"`` or ``"niah_single:filler"`` -> (task, haystack)."""
     task, _, haystack = spec.strip().partition(":")
-    from .realqa import REAL_TASKS
-
     if task in REAL_TASKS:  # questions about a real text (bench/realqa.py): its haystack is that text
         if haystack not in ("", "rst"):
             raise ValueError(f"task {task!r} reads the reStructuredText specification; no haystack {haystack!r}")

@@ -19,23 +19,25 @@ accepts such a name wherever it accepts a path (an existing path of the same nam
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
-import struct
 import sys
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, Iterator
 
 import torch
 
 from ..errors import ConfigError, ModelNotFoundError, UnsupportedModelError
-from ..persist.format import sha256_file, sha256_text
+from ..persist.digest import sha256_file, sha256_text
+from .cache_dir import file_sha256 as _file_sha256
+from .cache_dir import model_cache_root, remember_sha256
+from .cache_dir import private_dir as _private_dir
+from .cache_dir import write_json as _write_json
 
 # config.model_type values this library drives. "gemma3" (a multimodal Gemma 3 config) is accepted
 # only when its text part is "gemma3_text".
@@ -48,7 +50,6 @@ CONVERSION_FORMAT = 2
 MANIFEST_NAME = "actqkv-source.json"
 
 # general.architecture of a GGUF -> the config.model_type transformers gives it (others: identical).
-_GGUF_ARCH_TO_MODEL_TYPE = {"gemma3": "gemma3_text"}
 
 _DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -63,7 +64,6 @@ _TOKENIZER_FILES = frozenset({"tokenizer.json", "tokenizer.model", "tokenizer_co
                               "merges.txt", "vocab.txt", "spiece.model", "special_tokens_map.json",
                               "added_tokens.json"})
 _STALE_TMP_SECONDS = 24 * 3600
-_MEMO_MIN_BYTES = 1 << 20  # smaller files are hashed directly, without a memo entry
 
 
 @dataclass(frozen=True)
@@ -122,38 +122,6 @@ def gemma3_270m_gguf_path(cache_dir: str | Path | None = None) -> Path:
     from . import registry
 
     return registry.gguf_path("gemma3-270m", cache_dir)
-
-
-# ---------------------------------------------------------------------------------------- cache dir
-def model_cache_root(cache_dir: str | Path | None = None) -> Path:
-    """This library's per-user cache directory, created owner-only (0o700) if it does not exist.
-
-    ``cache_dir`` if given, else ``$ACTQKV_CACHE_DIR``, else ``$XDG_CACHE_HOME/actqkv``, else
-    ``~/.cache/actqkv``. An existing directory's permissions are left as they are.
-    """
-    if cache_dir is not None:
-        root = Path(cache_dir)
-    elif os.environ.get("ACTQKV_CACHE_DIR"):
-        root = Path(os.environ["ACTQKV_CACHE_DIR"])
-    elif os.environ.get("XDG_CACHE_HOME"):
-        root = Path(os.environ["XDG_CACHE_HOME"]) / "actqkv"
-    else:
-        root = Path.home() / ".cache" / "actqkv"
-    return _private_dir(root.expanduser())
-
-
-def _private_dir(path: Path) -> Path:
-    """mkdir -p, the last component with mode 0o700 (chmod'ed, so the umask cannot widen it)."""
-    if not path.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            if not path.is_dir():
-                raise
-        else:
-            os.chmod(path, 0o700)
-    return path
 
 
 # ---------------------------------------------------------------------------------------- options
@@ -244,8 +212,9 @@ def load_model(model: str | Path, gguf_file: str | None = None, device: str | to
             model_dir = root / "models" / weights_sha256
             from_cache = _converted_ok(model_dir, weights_sha256, root)
             if not from_cache:
-                _check_model_type(_gguf_model_type(gguf_path), f"GGUF {gguf_path}")
-                _convert_gguf(gguf_path, model_dir, weights_sha256, progress)
+                gguf_config = _gguf_config(gguf_path)
+                _check_model_type(gguf_config.model_type, f"GGUF {gguf_path}")
+                _convert_gguf(gguf_path, model_dir, weights_sha256, progress, gguf_config)
         else:
             model_dir = source["dir"]
         config = _load_config(model_dir, source["id"])
@@ -511,8 +480,23 @@ def _verify_files(model_dir: Path, files: Any, root: Path | None) -> str | None:
     return None
 
 
-def _convert_gguf(gguf: Path, model_dir: Path, gguf_sha: str, progress: bool) -> None:
-    """Dequantize ``gguf`` once into a float32 safetensors model directory at ``model_dir``.
+def _gguf_config(gguf: Path) -> Any:
+    """The model config transformers reads from a GGUF's metadata (``gguf.GGUFReader`` underneath;
+    a multimodal Gemma 3 GGUF's text model comes back as ``gemma3_text``). Read once: the
+    conversion takes it instead of parsing the file again."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    except (ValueError, KeyError, NotImplementedError, EOFError) as exc:
+        raise UnsupportedModelError(
+            f"transformers cannot read the GGUF {gguf} ({exc}); this library drives GGUF models of the "
+            f"model types {', '.join(SUPPORTED_MODEL_TYPES)}") from exc
+
+
+def _convert_gguf(gguf: Path, model_dir: Path, gguf_sha: str, progress: bool, config: Any = None) -> None:
+    """Dequantize ``gguf`` once into a float32 safetensors model directory at ``model_dir``
+    (``config``: its :func:`_gguf_config`, read again if not given).
 
     Written into a temporary sibling and renamed into place, so a reader never sees half a
     directory; if another process finished first, its result is kept.
@@ -531,7 +515,8 @@ def _convert_gguf(gguf: Path, model_dir: Path, gguf_sha: str, progress: bool) ->
     try:
         try:
             hf_model = AutoModelForCausalLM.from_pretrained(
-                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True,
+                str(gguf.parent), gguf_file=gguf.name, config=config if config is not None else _gguf_config(gguf),
+                dtype=torch.float32, local_files_only=True,
                 quantization_config=GgufConfig(dequantize=True), use_kernels=False,
             )
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
@@ -567,107 +552,12 @@ def root_of(model_dir: Path) -> Path:
     return model_dir.parent.parent
 
 
-_GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
-def _gguf_architecture(path: Path) -> str:
-    """``general.architecture`` of a GGUF, read from its header alone (milliseconds; transformers'
-    reader parses the whole vocabulary first, which takes seconds)."""
-    try:
-        with path.open("rb") as f:
-            if f.read(4) != b"GGUF":
-                raise UnsupportedModelError(f"{path} is not a GGUF file (bad magic)")
-            raw_version = f.read(4)
-            e = "<" if struct.unpack("<I", raw_version)[0] < 0x10000 else ">"
-            version = struct.unpack(e + "I", raw_version)[0]
-            if version < 2:
-                raise UnsupportedModelError(f"{path}: GGUF version {version} is too old; convert it again")
-            _tensors, n_kv = struct.unpack(e + "QQ", f.read(16))
-            for _ in range(n_kv):
-                key = _gguf_read_str(f, e)
-                vtype = struct.unpack(e + "I", f.read(4))[0]
-                if key == "general.architecture" and vtype == _GGUF_STRING:
-                    return _gguf_read_str(f, e)
-                _gguf_skip(f, e, vtype)
-    except (struct.error, UnicodeDecodeError) as exc:
-        raise UnsupportedModelError(f"{path} is not a readable GGUF file ({exc})") from exc
-    raise UnsupportedModelError(f"{path} has no general.architecture in its GGUF header")
-
-
-def _gguf_read_str(f: BinaryIO, e: str) -> str:
-    (n,) = struct.unpack(e + "Q", f.read(8))
-    return f.read(n).decode("utf-8")
-
-
-def _gguf_skip(f: BinaryIO, e: str, vtype: int) -> None:
-    if vtype in _GGUF_SCALAR_SIZES:
-        f.seek(_GGUF_SCALAR_SIZES[vtype], os.SEEK_CUR)
-    elif vtype == _GGUF_STRING:
-        (n,) = struct.unpack(e + "Q", f.read(8))
-        f.seek(n, os.SEEK_CUR)
-    elif vtype == _GGUF_ARRAY:
-        etype, count = struct.unpack(e + "IQ", f.read(12))
-        if etype in _GGUF_SCALAR_SIZES:
-            f.seek(_GGUF_SCALAR_SIZES[etype] * count, os.SEEK_CUR)
-        else:
-            for _ in range(count):
-                _gguf_skip(f, e, etype)
-    else:
-        raise struct.error(f"unknown GGUF value type {vtype}")
-
-
-def _gguf_model_type(path: Path) -> str:
-    arch = _gguf_architecture(path)
-    return _GGUF_ARCH_TO_MODEL_TYPE.get(arch, arch)
-
-
 # ---------------------------------------------------------------------------------------- hashing
 def _template_sha256(template: Any) -> str | None:
     """Hash of a chat template (a string, or a dict of named templates); None when there is none."""
     if not template:
         return None
     return sha256_text(template if isinstance(template, str) else json.dumps(template, sort_keys=True))
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temporary sibling + rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _file_sha256(path: Path, root: Path) -> str:
-    """sha256 of a file's content, memoized in ``root/hashes/`` by (path, size, mtime, inode)."""
-    st = path.stat()
-    if st.st_size < _MEMO_MIN_BYTES:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    memo = _hash_memo(path, st, root)
-    try:
-        digest = json.loads(memo.read_text())["sha256"]
-        if isinstance(digest, str) and len(digest) == 64:
-            return digest
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    digest = sha256_file(path)
-    remember_sha256(path, digest, root)
-    return digest
-
-
-def _hash_memo(path: Path, st: os.stat_result, root: Path) -> Path:
-    key = sha256_text(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}")
-    return _private_dir(root / "hashes") / f"{key[:32]}.json"
-
-
-def remember_sha256(path: Path, digest: str, root: Path) -> None:
-    """Record the sha256 of a file just written and hashed (so its first use does not hash it again)."""
-    st = path.stat()
-    if st.st_size >= _MEMO_MIN_BYTES:
-        _write_json(_hash_memo(path, st, root), {"sha256": digest, "path": str(path.resolve()),
-                                                 "size": st.st_size, "mtime_ns": st.st_mtime_ns})
 
 
 def _weights_sha256(model_dir: Path, root: Path) -> str:

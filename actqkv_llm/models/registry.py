@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelNotFoundError
+from .cache_dir import file_sha256, model_cache_root, private_dir, remember_sha256
 
 # The model Engine.default(), `actqkv ask` without --model and the benchmarks use: chosen by measurement
 # (README, "Which default": twice SmolLM2's answers on the real-document QA set).
@@ -214,7 +215,6 @@ def gguf_path(name: str | ModelSpec, cache_dir: str | Path | None = None) -> Pat
     Raises:
         ModelNotFoundError: unknown name, a package missing, or a sha256 that does not match.
     """
-    from .loading import _file_sha256, _private_dir, model_cache_root, remember_sha256
 
     spec = name if isinstance(name, ModelSpec) else get(name)
     root = model_cache_root(cache_dir)
@@ -222,13 +222,13 @@ def gguf_path(name: str | ModelSpec, cache_dir: str | Path | None = None) -> Pat
         path = _part_path(spec.parts[0])
         if path is None:
             raise _missing_error(spec, list(spec.parts))
-        digest = _file_sha256(path, root)
+        digest = file_sha256(path, root)
         if digest != spec.sha256:
             raise _mismatch_error(spec, path, digest)
         return path
 
-    target = _private_dir(root / "gguf") / spec.file_name
-    if target.is_file() and target.stat().st_size == spec.size and _file_sha256(target, root) == spec.sha256:
+    target = private_dir(root / "gguf") / spec.file_name
+    if target.is_file() and target.stat().st_size == spec.size and file_sha256(target, root) == spec.sha256:
         return target
     paths = [_part_path(p) for p in spec.parts]
     missing = [p for p, path in zip(spec.parts, paths) if path is None]
@@ -260,7 +260,6 @@ def _assemble(spec: ModelSpec, paths: list[Path], target: Path) -> None:
 # ------------------------------------------------------------------------------------------ listing
 def listing(cache_dir: str | Path | None = None) -> list[dict]:
     """One record per model for ``actqkv models``: cheap (no hashing, nothing assembled)."""
-    from .loading import model_cache_root
 
     rows = []
     for spec in MODELS.values():

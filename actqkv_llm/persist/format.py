@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import CacheError, CacheMismatchError
+from .digest import sha256_file, sha256_stream, sha256_text  # noqa: F401 - re-exported
 from .paths import open_regular, read_regular
 
 FORMAT_NAME = "actqkv-document"   # also the ownership marker: a directory whose manifest says so is ours
@@ -71,28 +72,10 @@ def sha256_bytes(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def sha256_ids(ids: torch.Tensor) -> str:
     """Digest of token ids as little-endian int64 (the way state.safetensors stores them)."""
     arr = torch.as_tensor(ids, dtype=torch.long).flatten().contiguous().cpu().numpy()
     return hashlib.sha256(arr.astype("<i8", copy=False).tobytes()).hexdigest()
-
-
-def _sha256_stream(f, chunk: int) -> str:
-    h = hashlib.sha256()
-    while True:
-        buf = f.read(chunk)
-        if not buf:
-            return h.hexdigest()
-        h.update(buf)
-
-
-def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
-    with open(path, "rb") as f:
-        return _sha256_stream(f, chunk)
 
 
 def sha256_cache_file(path: Path, expected_bytes: int | None = None, chunk: int = 8 << 20) -> str:
@@ -101,7 +84,7 @@ def sha256_cache_file(path: Path, expected_bytes: int | None = None, chunk: int 
     fd, _ = open_regular(path, expected_bytes)
     try:
         with open(fd, "rb", closefd=False) as f:
-            return _sha256_stream(f, chunk)
+            return sha256_stream(f, chunk)
     except OSError as exc:
         raise CacheError(f"cannot read {path}: {exc.strerror or exc}") from None
     finally:

@@ -33,7 +33,7 @@ _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 def default_cache_root() -> Path:
     """``$ACTQKV_CACHE_DIR``, else ``$XDG_CACHE_HOME/actqkv``, else ``~/.cache/actqkv``.
 
-    The same rule as :func:`actqkv_llm.models.loading.model_cache_root` (models live under
+    The same rule as :func:`actqkv_llm.models.cache_dir.model_cache_root` (models live under
     ``<root>/models``, documents under ``<root>/documents``). Nothing is created here.
     """
     if os.environ.get(ENV_ROOT):
