@@ -474,14 +474,16 @@ def test_decode_kernel_option(tokenizer):
         fast.decode_graph
 
 
-def test_compiled_layers_give_the_reference_tokens_and_logits(tokenizer):
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_compiled_layers_give_the_reference_tokens_and_logits(tokenizer, arch):
     """``decode_compile``: the model's own layer code around our attention through torch.compile
     (on the CPU too when asked), compiled once for every layer and step: the reference's tokens,
-    logits within float rounding, every step through the static step."""
+    logits within float rounding, every step through the static step (Qwen3: q/k norms inside the
+    compiled code)."""
     pytest.importorskip("torch._inductor")
     from torch._dynamo.utils import counters
 
-    ref, fast = _engines(tokenizer, decode_compile=True)
+    ref, fast = _engines(tokenizer, arch, decode_compile=True)
     assert fast.decode_graph.compile_layers is True
     doc = ref.prefill(TEXT)
     want, _ = _steps(ref, doc, 24)
@@ -501,3 +503,29 @@ def test_decode_compile_option(tokenizer):
         _engines(tokenizer, decode_compile="max")
     _, fast = _engines(tokenizer)
     assert fast.decode_graph.compile_layers is False
+
+
+def test_a_failed_compile_falls_back_to_the_plain_layers_under_auto(tokenizer, monkeypatch):
+    """decode_compile="auto" (what a CUDA device gets): a compiler that fails while the step warms up
+    leaves a warning and the plain layers and placement; an explicit True raises instead."""
+    from actqkv_llm.attention import static_decode
+
+    ref, fast = _engines(tokenizer)
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("no C compiler")
+
+    for setting in ("auto", True):
+        graph = DecodeGraph(fast.adapter, fast.config, fast.method, use_graph=False, compile_layers=setting)
+        monkeypatch.setattr(fast.adapter, "compiled_layer", lambda: broken)
+        if setting is True:
+            with pytest.raises(RuntimeError, match="no C compiler"):
+                graph._warm_up(1)
+            continue
+        with pytest.warns(RuntimeWarning, match="decode_compile: compiling the model's layers failed"):
+            graph._warm_up(1)
+        assert graph.compile_layers is False and graph._place is static_decode.place_token
+        assert int(graph.cursor[0, 0]) == 1    # the plain step ran once, from slot 0
+    assert len(calls) == 2

@@ -147,8 +147,8 @@ class DecodeGraph:
                  compile_layers: bool | str = False):
         self.adapter, self.config, self.method = adapter, config, method
         self.use_graph = use_graph
-        # the model's layer code through torch.compile (decode_compile): True, or "auto" (a failure
-        # to compile falls back to the plain layers with a warning, :meth:`_forward`)
+        # the model's layer code and the token's placement through torch.compile (decode_compile):
+        # True, or "auto" (a failure to compile falls back to the plain code with a warning, :meth:`_warm_up`)
         self.compile_layers = compile_layers
         self._place = torch.compile(place_token) if compile_layers else place_token
         dev, dt = adapter.device, adapter.dtype
@@ -387,6 +387,7 @@ class DecodeGraph:
             warnings.warn(f"decode_compile: compiling the model's layers failed ({type(exc).__name__}: {exc}); "
                           "decoding with the plain layers", RuntimeWarning, stacklevel=3)
             self.compile_layers = False
+            self._place = place_token
             self.cursor.zero_()
             self._forward(n_r)
 
