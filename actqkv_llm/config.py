@@ -169,8 +169,8 @@ class RetrievalConfig:
             ``"auto"``: on CUDA devices where Triton runs, falling back to the plain layers with a
             warning if compiling fails; True: also on the CPU (tests; needs a C++ compiler), and a
             failure is an error; False: the model's code as it is. The first decode step of a
-            process pays for compiling (tens of seconds on a GPU; cached on disk by PyTorch for later
-            processes).
+            process pays for compiling (~4-6 s more than capturing the graph on the Llama-3.1-8B shape
+            on an H200, docs/benchmarks.md; cached on disk by PyTorch for later processes).
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """

@@ -510,7 +510,7 @@ def test_a_failed_compile_falls_back_to_the_plain_layers_under_auto(tokenizer, m
     leaves a warning and the plain layers and placement; an explicit True raises instead."""
     from actqkv_llm.attention import static_decode
 
-    ref, fast = _engines(tokenizer)
+    _, fast = _engines(tokenizer)
     calls = []
 
     def broken(*args, **kwargs):

@@ -57,6 +57,7 @@ import torch
 
 from ..devices import half_products_into_float32
 from ..errors import ConfigError
+from ..models.adapter import call_layer
 from .rope import rotate, sinks_at_true_positions
 from .tile_stats import (candidate_mass_triton, check_triton, combine_triton, tile_stats_triton,
                          triton_available)
@@ -150,7 +151,7 @@ class DecodeGraph:
         # the model's layer code and the token's placement through torch.compile (decode_compile):
         # True, or "auto" (a failure to compile falls back to the plain code with a warning, :meth:`_warm_up`)
         self.compile_layers = compile_layers
-        self._place = torch.compile(place_token) if compile_layers else place_token
+        self._compiled_place = torch.compile(place_token) if compile_layers else None
         dev, dt = adapter.device, adapter.dtype
         self.device, self.dtype = dev, dt
         hkv, d = adapter.n_kv_heads, adapter.head_dim
@@ -342,17 +343,18 @@ class DecodeGraph:
             self.picks[layer, :n_r] += chosen
         return out.reshape(n_r, hkv * g, 1, d).to(q.dtype)
 
+    @property
+    def _place(self):
+        """:func:`place_token`, compiled while ``compile_layers`` holds."""
+        return self._compiled_place if self.compile_layers else place_token
+
     def _forward(self, n_r: int) -> torch.Tensor:
         a = self.adapter
-        ctx = StaticStep(self)
-        kwargs = {"actqkv": ctx}
-        compiled = a.compiled_layer() if self.compile_layers else None
+        run = a.compiled_layer() if self.compile_layers else call_layer
+        kwargs = {"actqkv": StaticStep(self)}
         hidden = a.embed(self.ids[:n_r])
-        for i in range(a.n_layers):
-            if compiled is None:
-                hidden = a.run_layer(i, hidden, self.rope, **kwargs)
-            else:
-                hidden = compiled(a.layers[i], hidden, self.rope, kwargs)
+        for layer in a.layers:
+            hidden = run(layer, hidden, self.rope, kwargs)
         self.cursor[:n_r] += 1
         return a.last_logits(hidden)
 
@@ -387,7 +389,6 @@ class DecodeGraph:
             warnings.warn(f"decode_compile: compiling the model's layers failed ({type(exc).__name__}: {exc}); "
                           "decoding with the plain layers", RuntimeWarning, stacklevel=3)
             self.compile_layers = False
-            self._place = place_token
             self.cursor.zero_()
             self._forward(n_r)
 

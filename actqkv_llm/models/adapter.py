@@ -84,12 +84,10 @@ class ModelAdapter:
         ones = torch.ones((1, t, self.head_dim), dtype=hidden.dtype, device=hidden.device)
         return ones, torch.zeros_like(ones)
 
-    def run_layer(self, i: int, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  **attention_kwargs) -> torch.Tensor:
-        """Decoder layer ``i`` on ``[B, T, D]`` hidden states, with identity rotary (``rope``: one made
-        by :meth:`identity_rope` for this length, or a fresh one) and our attention's arguments."""
-        return call_layer(self.layers[i], hidden, rope if rope is not None else self.identity_rope(hidden),
-                          attention_kwargs)
+    def run_layer(self, i: int, hidden: torch.Tensor, **attention_kwargs) -> torch.Tensor:
+        """Decoder layer ``i`` on ``[B, T, D]`` hidden states, with identity rotary and our attention's
+        arguments."""
+        return call_layer(self.layers[i], hidden, self.identity_rope(hidden), attention_kwargs)
 
     def compiled_layer(self):
         """:func:`call_layer` through ``torch.compile`` (made once per adapter, compiled at its first

@@ -49,8 +49,6 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", 
 CONVERSION_FORMAT = 2
 MANIFEST_NAME = "actqkv-source.json"
 
-# general.architecture of a GGUF -> the config.model_type transformers gives it (others: identical).
-
 _DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
@@ -494,9 +492,9 @@ def _gguf_config(gguf: Path) -> Any:
             f"model types {', '.join(SUPPORTED_MODEL_TYPES)}") from exc
 
 
-def _convert_gguf(gguf: Path, model_dir: Path, gguf_sha: str, progress: bool, config: Any = None) -> None:
-    """Dequantize ``gguf`` once into a float32 safetensors model directory at ``model_dir``
-    (``config``: its :func:`_gguf_config`, read again if not given).
+def _convert_gguf(gguf: Path, model_dir: Path, gguf_sha: str, progress: bool, config: Any) -> None:
+    """Dequantize ``gguf`` (its config read by :func:`_gguf_config`) once into a float32 safetensors
+    model directory at ``model_dir``.
 
     Written into a temporary sibling and renamed into place, so a reader never sees half a
     directory; if another process finished first, its result is kept.
@@ -515,7 +513,7 @@ def _convert_gguf(gguf: Path, model_dir: Path, gguf_sha: str, progress: bool, co
     try:
         try:
             hf_model = AutoModelForCausalLM.from_pretrained(
-                str(gguf.parent), gguf_file=gguf.name, config=config if config is not None else _gguf_config(gguf),
+                str(gguf.parent), gguf_file=gguf.name, config=config,
                 dtype=torch.float32, local_files_only=True,
                 quantization_config=GgufConfig(dequantize=True), use_kernels=False,
             )

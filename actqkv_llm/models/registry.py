@@ -215,7 +215,6 @@ def gguf_path(name: str | ModelSpec, cache_dir: str | Path | None = None) -> Pat
     Raises:
         ModelNotFoundError: unknown name, a package missing, or a sha256 that does not match.
     """
-
     spec = name if isinstance(name, ModelSpec) else get(name)
     root = model_cache_root(cache_dir)
     if not spec.assembled:
@@ -260,7 +259,6 @@ def _assemble(spec: ModelSpec, paths: list[Path], target: Path) -> None:
 # ------------------------------------------------------------------------------------------ listing
 def listing(cache_dir: str | Path | None = None) -> list[dict]:
     """One record per model for ``actqkv models``: cheap (no hashing, nothing assembled)."""
-
     rows = []
     for spec in MODELS.values():
         missing = missing_parts(spec)
