@@ -490,11 +490,16 @@ def test_compiled_layers_give_the_reference_tokens_and_logits(tokenizer, arch):
     graphs = []
     got, _ = _steps(fast, doc, 24, after_question=lambda s: graphs.append(counters["stats"]["unique_graphs"]))
     assert fast.adapter._compiled is not None and fast.decode_graph.replays == 24
+    assert fast.decode_graph.rescores > 0   # blocks left the window: eager steps ran the layers too
     # compiled: the code before our attention, after it, and around the attention module's call;
     # not once more per layer or per step (3 layers, 24 steps, blocks leaving the window among them)
     assert 0 < counters["stats"]["unique_graphs"] - graphs[0] <= 6
     assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    seen = counters["stats"]["unique_graphs"]
+    again, _ = _steps(fast, doc, 24)   # another question's session: nothing compiles again
+    assert counters["stats"]["unique_graphs"] == seen
+    assert torch.equal(again, got)
 
 
 def test_decode_compile_option(tokenizer):

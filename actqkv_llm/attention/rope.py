@@ -24,6 +24,21 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torc
     return torch.addcmul(xf * cos, xf.roll(x.shape[-1] // 2, -1), sin_signed)
 
 
+def block_positions(ids: torch.Tensor, n_sink: int, block_size: int) -> torch.Tensor:
+    """True positions ``[rows, n*B]`` of the tokens of blocks ``ids`` (``[n]`` or ``[rows, n]``): block
+    ``i`` holds the tokens from ``n_sink + i * block_size`` on."""
+    rows = ids if ids.dim() == 2 else ids[None]
+    return (n_sink + rows[..., None] * block_size + torch.arange(block_size, device=ids.device)).flatten(-2)
+
+
+def blocks_at_true_positions(k: torch.Tensor, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                             n_sink: int) -> torch.Tensor:
+    """Gathered keys ``[Hkv, n*B, d]`` of blocks ``ids`` (``[n]`` or ``[Hkv, n]``) rotated at their
+    true positions (float32)."""
+    pos = block_positions(ids, n_sink, k.shape[1] // ids.shape[-1]).to(cos.device)
+    return rotate(k, cos[pos], sin[pos])
+
+
 def sinks_at_true_positions(adapter, rope_type: str, mem) -> torch.Tensor:
     """A layer memory's sink keys rotated at their own positions ``0 .. n_sink-1`` (memory at exact
     positions), in the memory's dtype; rotated once per set of sinks (:meth:`LayerMemory.placed_sink_keys`)."""

@@ -57,8 +57,9 @@ import torch
 
 from ..devices import half_products_into_float32
 from ..errors import ConfigError
+from ..memory.blocks import gather_parts
 from ..models.adapter import call_layer
-from .rope import rotate, sinks_at_true_positions
+from .rope import blocks_at_true_positions, rotate, sinks_at_true_positions
 from .tile_stats import (candidate_mass_triton, check_triton, combine_triton, tile_stats_triton,
                          triton_available)
 from .step import DECODE, StepContext
@@ -117,6 +118,19 @@ def place_token(q, k, cursor, exact, fixed_pos, cos, sin, head_base_w, head_base
     at_cap = (head_base_cap + slot[:, None]).flatten()
     at_w = (head_base_w + (slot + w0)[:, None]).flatten()
     return qs, k_rot, q_flat, at_cap, at_w, row_base_w + slot + w0, row_base_cap + slot
+
+
+def candidate_reads(idx: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]], cos: torch.Tensor | None,
+                    sin: torch.Tensor | None, n_sink: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys (placed as attention reads them: at their true positions where ``cos`` is given, else as
+    stored) and values ``[Hkv, m*B, d]`` of candidate blocks ``idx`` ``[rows, m]`` from device-resident
+    block stores (:func:`~actqkv_llm.memory.blocks.gather_parts`): what a new scoring's
+    ``_placed_keys`` and the row's value read give, in one read of each store (~40 fewer device calls
+    per layer than the two reads through ``KVBlocks.gather``)."""
+    k, v = gather_parts(idx, parts)
+    if cos is not None:
+        k = blocks_at_true_positions(k, idx, cos, sin, n_sink).to(dtype)
+    return k, v
 
 
 class StaticStep:
@@ -579,12 +593,15 @@ class DecodeGraph:
         self.rows[r] = _Loaded(weakref.ref(s), [st.candidates for st in s.retrieval], mode, n_loc)
         s.pending = self
 
-    def _load_candidates(self, layer: int, r: int, mem, held, keep_edges: bool) -> None:
+    def _load_candidates(self, layer: int, r: int, mem, held, keep_edges: bool,
+                         cand_v: torch.Tensor | None = None) -> None:
         """Row ``r``'s candidate slots at ``layer`` from ``held``: keys as attention reads them, values
-        read from the memory, which slots and candidates are filled, which are edge blocks."""
+        (``cand_v``, else read from the memory), which slots and candidates are filled, which are
+        edge blocks."""
         m, b, c0 = held.cand.shape[-1], self.bsz, self.c0
-        ids = held.cand[0] if held.cand.shape[0] == 1 else held.cand
-        _, cand_v = mem.blocks.gather(ids, self.device, keys=False)
+        if cand_v is None:
+            ids = held.cand[0] if held.cand.shape[0] == 1 else held.cand
+            _, cand_v = mem.blocks.gather(ids, self.device, keys=False)
         self.keys[layer, r, :, c0:c0 + m * b] = held.keys
         self.values[layer, r, :, c0:c0 + m * b] = cand_v
         held.drop_keys()   # the row holds them now
@@ -600,12 +617,14 @@ class DecodeGraph:
     def _rescore(self, layer: int, q: torch.Tensor, scaling: float) -> None:
         """Score every block of ``layer`` again for the rows whose held candidates are spent (or do not
         serve the step's share): the reference's scoring for that row (:meth:`BlockRetrieval.rescore`:
-        probe, evidence, candidates and their keys), the new candidates loaded into the row's slots;
-        the rerank and attention that follow are the static step's own. The activation statistics
-        stay in the buffers until the session settles: a decode step's probe has one query token,
-        whose weight is 1 whatever they hold. Runs eagerly (the graph holds no scoring): at a step
-        where the candidates are spent, or after a block left the window (:meth:`_evict`)."""
+        probe, evidence, candidates, and their keys and values in one read where the blocks are on
+        the device, :func:`candidate_reads`), the new candidates loaded into the row's slots; the rerank and attention that follow are the
+        static step's own. The activation statistics stay in the buffers until the session settles:
+        a decode step's probe has one query token, whose weight is 1 whatever they hold. Runs eagerly
+        (the graph holds no scoring): at a step where the candidates are spent, or after a block
+        left the window (:meth:`_evict`)."""
         kind = self.adapter.kinds[layer]
+        cos, sin = self.tables[kind.rope_type]
         for r, (s, observe, takes) in self._rescoring.items():
             if layer not in observe:
                 continue
@@ -613,10 +632,18 @@ class DecodeGraph:
             mem, st = s.memory[layer], s.retrieval[layer]
             if s.track_sources and loaded.steps:   # a row loaded this step has nothing to hand over yet
                 self._tally(s, r, layer, loaded.held[layer])
+
+            def read(mem, mq, cand):
+                parts = mem.blocks.device_parts(self.device)
+                if parts is None:
+                    return None
+                exact = mq.mode == "exact"
+                return candidate_reads(cand, parts, cos if exact else None, sin if exact else None, self.n_sink, mem.dtype)
+
             mq = StepContext(s, DECODE).memory_query(kind, mem, self._n_local(s), 1, scaling)
-            held = s.method.rescore(q[r], mem, st, mq, takes[layer], observe[layer])
+            held, cand_v = s.method.rescore(q[r], mem, st, mq, takes[layer], observe[layer], read)
             loaded.held[layer] = held
-            self._load_candidates(layer, r, mem, held, s.method.keep_edges)
+            self._load_candidates(layer, r, mem, held, s.method.keep_edges, cand_v)
             self.rescores += 1
 
     def _tally(self, s: "Session", r: int, layer: int, held) -> None:

@@ -17,7 +17,7 @@ import torch
 from ..retrieval.methods import HeldSelection, MemoryQuery
 from .chunk import attend_chunk, chunk_plan
 from .reference import attend, context_logsumexp
-from .rope import rotate, sinks_at_true_positions
+from .rope import blocks_at_true_positions, rotate, sinks_at_true_positions
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -106,11 +106,7 @@ class StepContext:
 
         def rotate_blocks(k, ids):
             """Gathered keys ``[Hkv, n*B, d]`` of blocks ``ids`` (``[n]`` or ``[Hkv, n]``) at their true positions."""
-            b = cfg.block_size
-            rows = ids if ids.dim() == 2 else ids[None]
-            pos = (cfg.n_sink + rows[..., None] * b + torch.arange(b, device=ids.device)).flatten(-2)
-            pos = pos.to(cos.device)
-            return rotate(k, cos[pos], sin[pos])
+            return blocks_at_true_positions(k, ids, cos, sin, cfg.n_sink)
 
         return MemoryQuery(mode, rotate_q, rotate_blocks, scaling, self.phase)
 

@@ -153,6 +153,9 @@ class HostBlocks:
     def reserve(self, n: int) -> None:
         self.store.reserve(n)
 
+    def device_parts(self, device: torch.device) -> None:
+        """None: the blocks are in host memory."""
+
     def _read(self, blocks: torch.Tensor, heads: torch.Tensor, keys: bool = True,
               values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         pin = torch.cuda.is_available() and self.cache.device.type == "cuda"

@@ -34,6 +34,12 @@ class KVBlocks(Protocol):
         knows its length); a store that does not grow that way ignores it."""
         ...
 
+    def device_parts(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Every block as ``(keys, values)`` ``[n_i, Hkv, B, d]`` tensors already on ``device``, in
+        consecutive parts (for :func:`gather_parts`), or None where blocks come from elsewhere (host
+        memory, a file)."""
+        ...
+
 
 def flatten_blocks(k: torch.Tensor) -> torch.Tensor:
     """[n, Hkv, B, d] -> [Hkv, n * B, d]."""
@@ -92,6 +98,9 @@ class GrowableBlocks:
         self._v[self.n_blocks: self.n_blocks + n] = v.to(self.device, self.dtype)
         self.n_blocks += n
 
+    def device_parts(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        return [(self.keys, self.values)] if self.device == torch.device(device) else None
+
     def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
                values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         idx = idx.to(self.device)
@@ -126,6 +135,10 @@ class StackedBlocks:
     def reserve(self, n: int) -> None:
         """Nothing: a question's own blocks are few and grow as they come."""
 
+    def device_parts(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        base, own = self.base.device_parts(device), self.own.device_parts(device)
+        return None if base is None or own is None else base + own
+
     def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
                values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         nb = self.base.n_blocks
@@ -146,3 +159,32 @@ class StackedBlocks:
             if x is not None:
                 x[:, -r * b:] = torch.where(mine, o, x[:, -r * b:])
         return base
+
+
+def gather_parts(idx: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blocks ``idx`` ``[rows, m]`` of stores given in parts (:meth:`KVBlocks.device_parts`: ids count
+    the parts' blocks in order, ascending along a row; one row for every KV head, or one per head)
+    as keys and values ``[Hkv, m*B, d]``: the values :meth:`KVBlocks.gather` gives, as a pure function
+    (the static decode step compiles it). A later part can hold only a row's last picks, so only
+    those are read from it."""
+    hkv, m = parts[0][0].shape[1], idx.shape[-1]
+    ids = idx.expand(hkv, m)
+    heads = torch.arange(hkv, device=idx.device)[:, None]
+    out = []
+    for which in (0, 1):
+        x, start = None, 0
+        for part in parts:
+            store = part[which]
+            n = store.shape[0]
+            if n == 0:
+                continue
+            if x is None:
+                x = store[ids.clamp(max=n - 1), heads]                      # [Hkv, m, B, d]
+            else:
+                r = min(m, n)
+                tail = ids[:, m - r:]
+                got = store[(tail - start).clamp(0, n - 1), heads]
+                x[:, m - r:] = torch.where((tail >= start)[..., None, None], got, x[:, m - r:])
+            start += n
+        out.append(x.flatten(1, 2))
+    return out[0], out[1]

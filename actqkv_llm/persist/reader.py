@@ -416,6 +416,9 @@ class DiskBlocks:
     def reserve(self, n: int) -> None:
         """Nothing: a reloaded document's blocks are read-only."""
 
+    def device_parts(self, device: torch.device) -> None:
+        """None: the blocks are on disk."""
+
     def _read(self, blocks: torch.Tensor, heads: torch.Tensor, keys: bool = True,
               values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One head of each of ``blocks``, the parts asked for: read head by head (format version 4),

@@ -219,6 +219,12 @@ class Probe:
     def __call__(self, q: torch.Tensor, state: LayerRetrievalState) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def one_token(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`__call__` gives for one query token ``[H, 1, d]`` (a decode step): the token
+        itself, weight 1 (a single token's share of any weighting; its bias divided by itself), without
+        reading the statistics: ~20 fewer device calls per layer and step that scores."""
+        return q.float(), torch.ones(1, dtype=torch.float32, device=q.device)
+
 
 class MeanProbe(Probe):
     """InfLLM: one query, the mean of the block's queries."""
@@ -242,6 +248,9 @@ class TokenProbe(Probe):
 
     def __call__(self, q, state):
         return q, token_weights(q, state.stats if self.activation else None)
+
+    def one_token(self, q):
+        return q, torch.ones(1, dtype=torch.float32, device=q.device)
 
     def chunk_weights(self, q: torch.Tensor, state: LayerRetrievalState, sizes: tuple[int, ...]) -> torch.Tensor:
         """Every execution block's token weights at once: ``[E, S]`` (zero on the last block's
@@ -349,6 +358,24 @@ class FirstLevelScorer(Scorer):
 
 
 # ---------------------------------------------------------------------- methods
+def bound_candidates(q_mem: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]], weights: torch.Tensor,
+                     dtype: torch.dtype, reduce: str, scaling: float, per_head: bool, mass: bool, edges: int,
+                     m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One scoring by key bounds: queries ``q_mem`` ``[H, T, d]`` at the memory's rotation against the
+    bounds ``parts`` of every block (:meth:`LayerMemory.bound_parts`), token ``weights`` ``[T]``.
+    Returns the evidence ``[rows, N]`` (rows: Hkv per head, else 1), its mean normalized entropy
+    (0-d) and the ``m`` best blocks ``[rows, m]`` ascending, the first block and block ``edges - 1``
+    ranked first where ``edges`` (the memory's block count) is given. The calls of
+    :class:`BoundScorer` and :meth:`BlockRetrieval.select`, in their order, without the probe's and
+    the memory's indirections (a decode step's new scoring, :meth:`BlockRetrieval.rescore`)."""
+    hkv = parts[0][0].shape[1]
+    evidence = reduce_tokens(bound_logits_parts(q_mem, parts, dtype), weights, hkv, reduce, scaling)
+    if not per_head and evidence.shape[0] > 1:
+        evidence = evidence.sum(0, keepdim=True)
+    ranked = pin_edges(evidence, edges) if edges else evidence
+    return evidence, normalized_entropy(evidence, mass=mass).mean(), ranked.topk(m, -1).indices.sort(-1).values
+
+
 def pin_edges(evidence: torch.Tensor, n_avail: torch.Tensor | int) -> torch.Tensor:
     """``evidence [..., N]`` with the first block and the last available one (``n_avail`` blocks,
     per leading row or for all) ranked first: the blocks that continue the sinks and the window."""
@@ -505,7 +532,7 @@ class BlockRetrieval(RetrievalMethod):
                question: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Every block's evidence ``[rows, N]`` for queries ``q`` and its normalized entropy (0-d, on
         the device): probe, then scorer (a question also adds its probe to the question term)."""
-        tokens, weights = self.probe(q, state)
+        tokens, weights = self.probe.one_token(q) if q.shape[1] == 1 else self.probe(q, state)
         if question and self.uses_question:
             state.add_question(_group(tokens[:, 0].float(), mem.kv_heads), q.shape[1])
         evidence = self.scorer(tokens, weights, mem, state, mq)
@@ -514,21 +541,35 @@ class BlockRetrieval(RetrievalMethod):
         return evidence, normalized_entropy(evidence, mass=self.scorer.mass).mean()
 
     def rescore(self, q: torch.Tensor, mem: "LayerMemory", state: LayerRetrievalState, mq: MemoryQuery,
-                n: int, observe: bool) -> HeldCandidates:
+                n: int, observe: bool, gather: Callable | None = None) -> tuple[HeldCandidates, torch.Tensor | None]:
         """A decode step's new scoring of every block when the held candidates are spent or do not
         serve ``n`` picks (what :meth:`select` does then, up to the rerank): the candidates for ``n``
-        picks with their keys, held for the next ``rescore_every - 1`` steps. ``observe``: add the
-        scoring's entropy to the running mean (the reference adds the spent candidates' entropy
-        instead when they were taken this step). Needs ``rerank`` > 1, ``rescore_every`` > 1 and
-        ``n`` < the memory's blocks (the static decode step checks)."""
-        evidence, h = self._score(q, mem, state, mq, False)
+        picks with their keys, held for the next ``rescore_every - 1`` steps, and their values where
+        ``gather`` read them too (else None). ``observe``: add the scoring's entropy to the running
+        mean (the reference adds the spent candidates' entropy instead when they were taken this
+        step). Needs ``rerank`` > 1, ``rescore_every`` > 1 and ``n`` < the memory's blocks (the
+        static decode step checks).
+
+        With key bounds the scoring and the choice of candidates are one function,
+        :func:`bound_candidates`; ``gather(mem, mq, cand)`` gives the candidates' placed keys and
+        values in one read (or None where it cannot: the memory's own reads then). Both compute
+        what the reference's calls do, in the same order."""
+        m = min(mem.n_blocks, max(n, self.n_candidates))
+        if isinstance(self.scorer, BoundScorer):
+            tokens, weights = self.probe.one_token(q)
+            evidence, h, cand = bound_candidates(
+                mq.at_memory(tokens), mem.bound_parts(mq.mode, mq.rotate_blocks), weights, mem.dtype,
+                self.scorer.reduce, mq.scaling, self.per_head, self.scorer.mass,
+                mem.n_blocks if self.keep_edges else 0, m)
+        else:
+            evidence, h = self._score(q, mem, state, mq, False)
+            cand = self._candidate_ids(mem, pin_edges(evidence, mem.n_blocks) if self.keep_edges else evidence, n)
         if observe:
             state.observe_entropy(h)
-        ranked = pin_edges(evidence, mem.n_blocks) if self.keep_edges else evidence
-        cand = self._candidate_ids(mem, ranked, n)
-        keys = self._candidate_keys(mem, mq, cand, q.device)
+        read = gather(mem, mq, cand) if gather is not None else None
+        keys, values = read if read is not None else (self._candidate_keys(mem, mq, cand, q.device), None)
         state.candidates = self._held(mem, mq, cand, keys, evidence, h, n, q.device)
-        return state.candidates
+        return state.candidates, values
 
     def _held(self, mem: "LayerMemory", mq: MemoryQuery, cand: torch.Tensor, known: torch.Tensor | None,
               evidence: torch.Tensor, h: torch.Tensor, n: int, device: torch.device,
