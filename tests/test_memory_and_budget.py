@@ -174,6 +174,49 @@ def test_stacked_blocks_gather_mixes_document_and_question_blocks():
     assert torch.equal(k_doc, base_k[1])
 
 
+def test_gather_parts_reads_what_the_stores_gather():
+    """One read of each device-resident store (the static decode step's new scoring) gives the blocks
+    StackedBlocks.gather gives: shared and per-head ids, ids in the question's own blocks, none there,
+    and a store that lives elsewhere has no device parts."""
+    from actqkv_llm.memory.block_cache import HostBlocks
+    from actqkv_llm.memory.blocks import GrowableBlocks, StackedBlocks, gather_parts
+
+    g = torch.Generator().manual_seed(0)
+    base = GrowableBlocks.from_tensors(torch.randn(6, 2, 4, 5, generator=g), torch.randn(6, 2, 4, 5, generator=g))
+    own = GrowableBlocks(2, 4, 5, torch.float32, "cpu")
+    stacked = StackedBlocks(base, own)
+    cpu = torch.device("cpu")
+    for idx in (torch.tensor([[0, 3, 5]]), torch.tensor([[0, 1, 5], [2, 4, 5]])):   # no own blocks yet
+        want = stacked.gather(idx[0] if idx.shape[0] == 1 else idx, cpu)
+        assert all(torch.equal(a, b) for a, b in zip(gather_parts(idx, stacked.device_parts(cpu)), want))
+    own.append(torch.randn(3, 2, 4, 5, generator=g), torch.randn(3, 2, 4, 5, generator=g))
+    for idx in (torch.tensor([[0, 2, 6, 8]]), torch.tensor([[1, 5, 6, 7], [0, 2, 3, 8]]), torch.tensor([[1, 2, 3, 4]])):
+        want = stacked.gather(idx[0] if idx.shape[0] == 1 else idx, cpu)
+        got = gather_parts(idx, stacked.device_parts(cpu))
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert base.device_parts(torch.device("meta")) is None
+    host = HostBlocks(GrowableBlocks(2, 4, 5, torch.float32, "cpu"), cpu, capacity=4)
+    assert StackedBlocks(host, own).device_parts(cpu) is None
+
+
+def test_one_query_token_probes_as_the_probe_does():
+    """A decode step's probe (one query token) skips the statistics: the same tokens and weights,
+    bit for bit, as every probe gives with them."""
+    from actqkv_llm.retrieval.methods import PROBES, LayerRetrievalState
+
+    g = torch.Generator().manual_seed(0)
+    stats = ActivationStats(4 * 8, torch.device("cpu"))
+    stats.update(torch.randn(20, 4 * 8, generator=g))
+    state = LayerRetrievalState(stats)
+    for dtype in (torch.float32, torch.bfloat16):
+        q = torch.randn(4, 1, 8, generator=g).to(dtype)
+        for name, probe in PROBES.items():
+            tokens, weights = probe()(q, state)
+            fast_tokens, fast_weights = probe().one_token(q)
+            assert fast_tokens.dtype == tokens.dtype and torch.equal(fast_tokens, tokens), name
+            assert torch.equal(fast_weights, weights), name
+
+
 def test_source_tally_accumulates_on_device_and_grows():
     from actqkv_llm.session import SourceTally
 

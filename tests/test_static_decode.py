@@ -496,10 +496,6 @@ def test_compiled_layers_give_the_reference_tokens_and_logits(tokenizer, arch):
     assert 0 < counters["stats"]["unique_graphs"] - graphs[0] <= 6
     assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    seen = counters["stats"]["unique_graphs"]
-    again, _ = _steps(fast, doc, 24)   # another question's session: nothing compiles again
-    assert counters["stats"]["unique_graphs"] == seen
-    assert torch.equal(again, got)
 
 
 def test_decode_compile_option(tokenizer):

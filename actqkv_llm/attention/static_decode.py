@@ -36,10 +36,11 @@ Most steps replay the graph: every layer reranks candidates it holds. One in ``r
 steps, and every step where tokens leave the window as a block (one in ``block_size`` once the
 window is full), a layer scores every block again first; such a step runs the same static step
 eagerly, with the reference's eviction (``LayerMemory.make_room``, on the state handed back) and
-the reference's scoring (``BlockRetrieval.rescore``) before the rerank. For one row such a step
-costs about what the reference step did (it issues as many PyTorch calls, ~16K on a 32-layer
-model); for several rows it replaces the reference pass's attention row by row (NOTES.md, tenth
-H200 session). Anything else (memory moving to
+the reference's scoring (``BlockRetrieval.rescore``, with the candidates' keys and values read
+in one go, :func:`candidate_reads`) before the rerank. Such a step is bound by the host's PyTorch
+calls (~14K on a 32-layer model, ~110-125 ms for one row on the 8B shape on an H200; NOTES.md,
+twelfth H200 session); for several rows it replaces the reference pass's attention row by row.
+Anything else (memory moving to
 other positions, a meter watching, a budget that reads the step's own entropy) runs the reference
 step. The result is the reference's selection and attention up to float rounding (sums in another
 order); tests compare both on the CPU, where this path runs eagerly (``decode_graph=True``), and on
@@ -59,7 +60,7 @@ from ..devices import half_products_into_float32
 from ..errors import ConfigError
 from ..memory.blocks import gather_parts
 from ..models.adapter import call_layer
-from .rope import blocks_at_true_positions, rotate, sinks_at_true_positions
+from .rope import rotate, sinks_at_true_positions
 from .tile_stats import (candidate_mass_triton, check_triton, combine_triton, tile_stats_triton,
                          triton_available)
 from .step import DECODE, StepContext
@@ -120,16 +121,21 @@ def place_token(q, k, cursor, exact, fixed_pos, cos, sin, head_base_w, head_base
     return qs, k_rot, q_flat, at_cap, at_w, row_base_w + slot + w0, row_base_cap + slot
 
 
-def candidate_reads(idx: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]], cos: torch.Tensor | None,
-                    sin: torch.Tensor | None, n_sink: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys (placed as attention reads them: at their true positions where ``cos`` is given, else as
-    stored) and values ``[Hkv, m*B, d]`` of candidate blocks ``idx`` ``[rows, m]`` from device-resident
-    block stores (:func:`~actqkv_llm.memory.blocks.gather_parts`): what a new scoring's
-    ``_placed_keys`` and the row's value read give, in one read of each store (~40 fewer device calls
-    per layer than the two reads through ``KVBlocks.gather``)."""
+def candidate_reads(idx: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
+                    block_tables: tuple[torch.Tensor, torch.Tensor] | None,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys (placed as attention reads them: at their true positions where ``block_tables`` are given,
+    else as stored) and values ``[Hkv, m*B, d]`` of candidate blocks ``idx`` ``[rows, m]`` from
+    device-resident block stores (:func:`~actqkv_llm.memory.blocks.gather_parts`): what a new
+    scoring's ``_placed_keys`` and the row's value read give, in one read of each store (~40 fewer
+    device calls per layer than the two reads through ``KVBlocks.gather``). ``block_tables``: the
+    rotary cos and signed sin of every block's tokens ``[n, B, d]`` (:meth:`DecodeGraph._block_tables`),
+    the same entries :func:`~actqkv_llm.attention.rope.blocks_at_true_positions` indexes."""
     k, v = gather_parts(idx, parts)
-    if cos is not None:
-        k = blocks_at_true_positions(k, idx, cos, sin, n_sink).to(dtype)
+    if block_tables is not None:
+        rows, m = idx.shape
+        cos, sin = (t[idx].view(rows, -1, t.shape[-1]) for t in block_tables)
+        k = rotate(k, cos, sin).to(dtype)
     return k, v
 
 
@@ -189,6 +195,12 @@ class DecodeGraph:
         # (n_local) or the token's own position (< the native window)
         need = max(adapter.native_window, self.cap + 1)
         self.tables = {kind.rope_type: adapter.rope_table(kind.rope_type, need) for kind in adapter.kinds}
+        # the same tables per memory block ([n, block_size, d], from position n_sink on: block i's
+        # tokens), for candidates placed at their true positions (candidate_reads)
+        b, ns = config.block_size, config.n_sink
+        n_tab = {rt: (t[0].shape[0] - ns) // b for rt, t in self.tables.items()}
+        self.block_tables = {rt: tuple(x[ns:ns + n_tab[rt] * b].view(n_tab[rt], b, x.shape[-1]) for x in t)
+                             for rt, t in self.tables.items()}
         self.ranks = torch.arange(self.hi, device=dev)
         self.rope = adapter.identity_rope(torch.empty((1, 1, 1), dtype=dt, device=dev))  # one token's, made once
         self.half_out = dev.type == "cuda" and dt in (torch.bfloat16, torch.float16) and half_products_into_float32(dev, dt)
@@ -243,6 +255,11 @@ class DecodeGraph:
         self.mass_out = torch.empty((R, self.sel_rows, self.m_cap), dtype=torch.float32, device=dev)
         self.out_rows = torch.empty((R * hkv, g, d), dtype=torch.float32, device=dev)
         self.tile_share = torch.empty((R * hkv, self.n_tiles, g), dtype=torch.float32, device=dev)
+        # each layer's and row's candidate slots, as views made once (_load_candidates)
+        c0, w0 = self.c0, self.w0
+        self._slots = [[(self.keys[i, r, :, c0:w0], self.values[i, r, :, c0:w0], self.visible[i, r, c0:w0],
+                         self.cand_ok[i, r], self.cand_edge[i, r]) for r in range(R)] for i in range(L)]
+        self._filled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         per_row = [self.keys, self.values, self.visible, self.win_k, self.cand_ok, self.cand_edge, self.mass,
                    self.picks, self.queries, self.lse_total, self.mass_out, self.out_rows, self.tile_share, *self.stats_out]
         self._row_bytes = sum(t.numel() * t.element_size() for t in per_row if t is not None) // R
@@ -509,6 +526,7 @@ class DecodeGraph:
                 continue
             s, token = f
             mode, takes, rescore, evict = p
+            held_before = self.rows[i]
             if evict:
                 self._evict(s, i)
             loaded = self.rows[i]
@@ -516,7 +534,9 @@ class DecodeGraph:
                     or any(h is not st.candidates for h, st in zip(loaded.held, s.retrieval))):
                 self._release_row(i)
                 s.settle()  # from another row, or another graph's
-                self._load(s, mode, i, rescore)
+                # the row keeps the sinks it holds where it held this session in this mode
+                same = held_before is not None and held_before.session() is s and held_before.mode == mode
+                self._load(s, mode, i, rescore, sinks=not same)
             # the reference's bookkeeping of this step, on the host
             if s.record_kv:
                 s.kv_log.append({})
@@ -566,22 +586,26 @@ class DecodeGraph:
         for mem in s.memory:
             mem.make_room(1, s.policy)
 
-    def _load(self, s: "Session", mode: str, row: int, rescore: frozenset[int] = frozenset()) -> None:
-        """Fill row ``row`` of the buffers from ``s``: windows, sinks (placed for ``mode``), held
-        candidates (not for the layers in ``rescore``, which score every block again this step)."""
+    def _load(self, s: "Session", mode: str, row: int, rescore: frozenset[int] = frozenset(),
+              sinks: bool = True) -> None:
+        """Fill row ``row`` of the buffers from ``s``: windows, sinks (placed for ``mode``; ``sinks``
+        False: the row holds them already, from ``s`` in this mode), held candidates (not for the
+        layers in ``rescore``, which score every block again this step)."""
         n_loc, ns, b, c0, w0, r = s.memory[0].n_local, self.n_sink, self.bsz, self.c0, self.w0, row
         for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):
             kind = self.adapter.kinds[layer]
-            sink_k = sinks_at_true_positions(self.adapter, kind.rope_type, mem) if mode == "exact" else mem.sink_k
             cos, sin = self.tables[kind.rope_type]
             keys, values, visible = self.keys[layer, r], self.values[layer, r], self.visible[layer, r]
-            keys[:, :ns] = sink_k
-            values[:, :ns] = mem.sink_v
+            if sinks:
+                keys[:, :ns] = sinks_at_true_positions(self.adapter, kind.rope_type, mem) if mode == "exact" else mem.sink_k
+                values[:, :ns] = mem.sink_v
+                visible.zero_()
+                visible[:ns] = True
+            else:
+                visible[c0:].zero_()
             self.win_k[layer, r, :, :n_loc] = mem.local_k
             keys[:, w0:w0 + n_loc] = rotate(mem.local_k, cos[:n_loc], sin[:n_loc]).to(self.dtype)
             values[:, w0:w0 + n_loc] = mem.local_v
-            visible.zero_()
-            visible[:ns] = True
             visible[w0:w0 + n_loc] = True
             if layer not in rescore:   # the others' slots are filled by this step's scoring (_rescore)
                 self._load_candidates(layer, r, mem, st.candidates, s.method.keep_edges)
@@ -598,21 +622,28 @@ class DecodeGraph:
         """Row ``r``'s candidate slots at ``layer`` from ``held``: keys as attention reads them, values
         (``cand_v``, else read from the memory), which slots and candidates are filled, which are
         edge blocks."""
-        m, b, c0 = held.cand.shape[-1], self.bsz, self.c0
+        m, n = held.cand.shape[-1], held.cand.shape[-1] * self.bsz
         if cand_v is None:
             ids = held.cand[0] if held.cand.shape[0] == 1 else held.cand
             _, cand_v = mem.blocks.gather(ids, self.device, keys=False)
-        self.keys[layer, r, :, c0:c0 + m * b] = held.keys
-        self.values[layer, r, :, c0:c0 + m * b] = cand_v
+        keys, values, visible, ok, edge = self._slots[layer][r]
+        keys[:, :n] = held.keys
+        values[:, :n] = cand_v
         held.drop_keys()   # the row holds them now
-        visible = self.visible[layer, r]
-        visible[c0:self.w0] = False
-        visible[c0:c0 + m * b] = True
-        self.cand_ok[layer, r] = False
-        self.cand_ok[layer, r, :, :m] = True
-        self.cand_edge[layer, r] = False
+        slots_filled, cands_filled = self._filled_masks(m)
+        visible.copy_(slots_filled)
+        ok.copy_(cands_filled)
+        edge.zero_()
         if keep_edges:
-            self.cand_edge[layer, r, :, :m] = (held.cand == 0) | (held.cand == mem.n_blocks - 1)
+            edge[:, :m] = (held.cand == 0) | (held.cand == mem.n_blocks - 1)
+
+    def _filled_masks(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which candidate slots (``[m_cap * block_size]``) and candidates (``[m_cap]``) ``m`` candidates
+        fill: the first ones (made once per ``m``, copied in one call each)."""
+        if m not in self._filled:
+            self._filled[m] = (torch.arange(self.m_cap * self.bsz, device=self.device) < m * self.bsz,
+                               torch.arange(self.m_cap, device=self.device) < m)
+        return self._filled[m]
 
     def _rescore(self, layer: int, q: torch.Tensor, scaling: float) -> None:
         """Score every block of ``layer`` again for the rows whose held candidates are spent (or do not
@@ -624,7 +655,6 @@ class DecodeGraph:
         (the graph holds no scoring): at a step where the candidates are spent, or after a block
         left the window (:meth:`_evict`)."""
         kind = self.adapter.kinds[layer]
-        cos, sin = self.tables[kind.rope_type]
         for r, (s, observe, takes) in self._rescoring.items():
             if layer not in observe:
                 continue
@@ -637,8 +667,8 @@ class DecodeGraph:
                 parts = mem.blocks.device_parts(self.device)
                 if parts is None:
                     return None
-                exact = mq.mode == "exact"
-                return candidate_reads(cand, parts, cos if exact else None, sin if exact else None, self.n_sink, mem.dtype)
+                tables = self.block_tables[kind.rope_type] if mq.mode == "exact" else None
+                return candidate_reads(cand, parts, tables, mem.dtype)
 
             mq = StepContext(s, DECODE).memory_query(kind, mem, self._n_local(s), 1, scaling)
             held, cand_v = s.method.rescore(q[r], mem, st, mq, takes[layer], observe[layer], read)
