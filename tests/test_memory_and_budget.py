@@ -175,11 +175,11 @@ def test_stacked_blocks_gather_mixes_document_and_question_blocks():
 
 
 def test_gather_parts_reads_what_the_stores_gather():
-    """One read of each device-resident store (the static decode step's new scoring) gives the blocks
-    StackedBlocks.gather gives: shared and per-head ids, ids in the question's own blocks, none there,
-    and a store that lives elsewhere has no device parts."""
+    """One read of each device-resident store (the static decode step's new scoring) and a sliced
+    range (a new block's digests) give the blocks StackedBlocks.gather gives: shared and per-head ids,
+    ids in the question's own blocks, none there, and a store that lives elsewhere has no device parts."""
     from actqkv_llm.memory.block_cache import HostBlocks
-    from actqkv_llm.memory.blocks import GrowableBlocks, StackedBlocks, gather_parts
+    from actqkv_llm.memory.blocks import GrowableBlocks, StackedBlocks, gather_parts, range_of_parts
 
     g = torch.Generator().manual_seed(0)
     base = GrowableBlocks.from_tensors(torch.randn(6, 2, 4, 5, generator=g), torch.randn(6, 2, 4, 5, generator=g))
@@ -194,6 +194,11 @@ def test_gather_parts_reads_what_the_stores_gather():
         want = stacked.gather(idx[0] if idx.shape[0] == 1 else idx, cpu)
         got = gather_parts(idx, stacked.device_parts(cpu))
         assert all(torch.equal(a, b) for a, b in zip(got, want))
+    for a, b in ((0, 6), (2, 5), (5, 8), (7, 9), (0, 9)):   # ranges in the document's, across, in the own
+        want = stacked.gather(torch.arange(a, b), cpu)
+        got = range_of_parts(stacked.device_parts(cpu), a, b)
+        assert all(torch.equal(x, y) for x, y in zip(got, want))
+        assert range_of_parts(stacked.device_parts(cpu), a, b, values=False)[1] is None
     assert base.device_parts(torch.device("meta")) is None
     host = HostBlocks(GrowableBlocks(2, 4, 5, torch.float32, "cpu"), cpu, capacity=4)
     assert StackedBlocks(host, own).device_parts(cpu) is None

@@ -129,12 +129,11 @@ def candidate_reads(idx: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Ten
     device-resident block stores (:func:`~actqkv_llm.memory.blocks.gather_parts`): what a new
     scoring's ``_placed_keys`` and the row's value read give, in one read of each store (~40 fewer
     device calls per layer than the two reads through ``KVBlocks.gather``). ``block_tables``: the
-    rotary cos and signed sin of every block's tokens ``[n, B, d]`` (:meth:`DecodeGraph._block_tables`),
+    rotary cos and signed sin of every block's tokens ``[n, B, d]`` (``DecodeGraph.block_tables``),
     the same entries :func:`~actqkv_llm.attention.rope.blocks_at_true_positions` indexes."""
     k, v = gather_parts(idx, parts)
     if block_tables is not None:
-        rows, m = idx.shape
-        cos, sin = (t[idx].view(rows, -1, t.shape[-1]) for t in block_tables)
+        cos, sin = (t[idx].view(idx.shape[0], -1, t.shape[-1]) for t in block_tables)
         k = rotate(k, cos, sin).to(dtype)
     return k, v
 
@@ -649,12 +648,20 @@ class DecodeGraph:
         """Score every block of ``layer`` again for the rows whose held candidates are spent (or do not
         serve the step's share): the reference's scoring for that row (:meth:`BlockRetrieval.rescore`:
         probe, evidence, candidates, and their keys and values in one read where the blocks are on
-        the device, :func:`candidate_reads`), the new candidates loaded into the row's slots; the rerank and attention that follow are the
-        static step's own. The activation statistics stay in the buffers until the session settles:
-        a decode step's probe has one query token, whose weight is 1 whatever they hold. Runs eagerly
-        (the graph holds no scoring): at a step where the candidates are spent, or after a block
-        left the window (:meth:`_evict`)."""
+        the device, :func:`candidate_reads`), the new candidates loaded into the row's slots; the
+        rerank and attention that follow are the static step's own. The activation statistics stay
+        in the buffers until the session settles: a decode step's probe has one query token, whose
+        weight is 1 whatever they hold. Runs eagerly (the graph holds no scoring): at a step where
+        the candidates are spent, or after a block left the window (:meth:`_evict`)."""
         kind = self.adapter.kinds[layer]
+
+        def read(mem, mq, cand):
+            parts = mem.blocks.device_parts(self.device)
+            if parts is None:   # blocks in host memory or on disk: the memory's own reads
+                return None
+            tables = self.block_tables[kind.rope_type] if mq.mode == "exact" else None
+            return candidate_reads(cand, parts, tables, mem.dtype)
+
         for r, (s, observe, takes) in self._rescoring.items():
             if layer not in observe:
                 continue
@@ -662,14 +669,6 @@ class DecodeGraph:
             mem, st = s.memory[layer], s.retrieval[layer]
             if s.track_sources and loaded.steps:   # a row loaded this step has nothing to hand over yet
                 self._tally(s, r, layer, loaded.held[layer])
-
-            def read(mem, mq, cand):
-                parts = mem.blocks.device_parts(self.device)
-                if parts is None:
-                    return None
-                tables = self.block_tables[kind.rope_type] if mq.mode == "exact" else None
-                return candidate_reads(cand, parts, tables, mem.dtype)
-
             mq = StepContext(s, DECODE).memory_query(kind, mem, self._n_local(s), 1, scaling)
             held, cand_v = s.method.rescore(q[r], mem, st, mq, takes[layer], observe[layer], read)
             loaded.held[layer] = held

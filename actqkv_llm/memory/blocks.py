@@ -164,9 +164,9 @@ class StackedBlocks:
 def gather_parts(idx: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Blocks ``idx`` ``[rows, m]`` of stores given in parts (:meth:`KVBlocks.device_parts`: ids count
     the parts' blocks in order, ascending along a row; one row for every KV head, or one per head)
-    as keys and values ``[Hkv, m*B, d]``: the values :meth:`KVBlocks.gather` gives, as a pure function
-    (the static decode step compiles it). A later part can hold only a row's last picks, so only
-    those are read from it."""
+    as keys and values ``[Hkv, m*B, d]``: the values :meth:`KVBlocks.gather` gives, in one read of
+    each store (a decode step's new scoring, ``static_decode.candidate_reads``). A later part can
+    hold only a row's last picks, so only those are read from it."""
     hkv, m = parts[0][0].shape[1], idx.shape[-1]
     ids = idx.expand(hkv, m)
     heads = torch.arange(hkv, device=idx.device)[:, None]
@@ -188,3 +188,22 @@ def gather_parts(idx: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor
             start += n
         out.append(x.flatten(1, 2))
     return out[0], out[1]
+
+
+def range_of_parts(parts: list[tuple[torch.Tensor, torch.Tensor]], a: int, b: int,
+                   values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Blocks ``a .. b-1`` of stores given in parts (:meth:`KVBlocks.device_parts`) as keys and values
+    ``[Hkv, (b-a)*B, d]`` (values None unless asked for): what :meth:`KVBlocks.gather` gives for
+    ``arange(a, b)``, by slicing (measuring a new block's digests reads one block of a question's
+    own store this way in a few calls instead of a gather that mixes both stores)."""
+    out = []
+    for which in (0, 1) if values else (0,):
+        pieces, start = [], 0
+        for part in parts:
+            store = part[which]
+            lo, hi = max(a - start, 0), min(b - start, store.shape[0])
+            if lo < hi:
+                pieces.append(store[lo:hi])
+            start += store.shape[0]
+        out.append(flatten_blocks(pieces[0] if len(pieces) == 1 else torch.cat(pieces)))
+    return out[0], (out[1] if values else None)

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from .blocks import KVBlocks
+from .blocks import KVBlocks, range_of_parts
 
 # Gathered keys ``[Hkv, n*B, d]`` of block ids ``[n]`` -> the same keys at their true positions.
 BlockRotation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -34,9 +34,12 @@ def _read(blocks: KVBlocks, a: int, b: int, device: torch.device, rotate: BlockR
           values: bool = True):
     """Blocks ``a .. b-1`` as float32 ``([Hkv, n, B, d] keys, values)``, ``READ_BLOCKS`` at a time
     (values None unless asked for: key bounds read only keys, half the bytes from a reloaded file)."""
+    parts = blocks.device_parts(device)   # blocks already on the device are sliced, not gathered
     for s in range(a, b, READ_BLOCKS):
-        ids = torch.arange(s, min(b, s + READ_BLOCKS), device=device)
-        k, v = blocks.gather(ids, device, values=values)  # [Hkv, n*B, d]
+        e = min(b, s + READ_BLOCKS)
+        ids = torch.arange(s, e, device=device)
+        k, v = range_of_parts(parts, s, e, values) if parts is not None else \
+            blocks.gather(ids, device, values=values)  # [Hkv, n*B, d]
         if rotate is not None:
             k = rotate(k, ids)
         h, nb, d = k.shape
