@@ -38,7 +38,7 @@ window is full), a layer scores every block again first; such a step runs the sa
 eagerly, with the reference's eviction (``LayerMemory.make_room``, on the state handed back) and
 the reference's scoring (``BlockRetrieval.rescore``, with the candidates' keys and values read
 in one go, :func:`candidate_reads`) before the rerank. Such a step is bound by the host's PyTorch
-calls (~14K on a 32-layer model, ~110-125 ms for one row on the 8B shape on an H200; NOTES.md,
+calls (~13K on a 32-layer model, ~110-125 ms for one row on the 8B shape on an H200; NOTES.md,
 twelfth H200 session); for several rows it replaces the reference pass's attention row by row.
 Anything else (memory moving to
 other positions, a meter watching, a budget that reads the step's own entropy) runs the reference
