@@ -358,24 +358,6 @@ class FirstLevelScorer(Scorer):
 
 
 # ---------------------------------------------------------------------- methods
-def bound_candidates(q_mem: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]], weights: torch.Tensor,
-                     dtype: torch.dtype, reduce: str, scaling: float, per_head: bool, mass: bool, edges: int,
-                     m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One scoring by key bounds: queries ``q_mem`` ``[H, T, d]`` at the memory's rotation against the
-    bounds ``parts`` of every block (:meth:`LayerMemory.bound_parts`), token ``weights`` ``[T]``.
-    Returns the evidence ``[rows, N]`` (rows: Hkv per head, else 1), its mean normalized entropy
-    (0-d) and the ``m`` best blocks ``[rows, m]`` ascending, the first block and block ``edges - 1``
-    ranked first where ``edges`` (the memory's block count) is given. The calls of
-    :class:`BoundScorer` and :meth:`BlockRetrieval.select`, in their order, without the probe's and
-    the memory's indirections (a decode step's new scoring, :meth:`BlockRetrieval.rescore`)."""
-    hkv = parts[0][0].shape[1]
-    evidence = reduce_tokens(bound_logits_parts(q_mem, parts, dtype), weights, hkv, reduce, scaling)
-    if not per_head and evidence.shape[0] > 1:
-        evidence = evidence.sum(0, keepdim=True)
-    ranked = pin_edges(evidence, edges) if edges else evidence
-    return evidence, normalized_entropy(evidence, mass=mass).mean(), ranked.topk(m, -1).indices.sort(-1).values
-
-
 def pin_edges(evidence: torch.Tensor, n_avail: torch.Tensor | int) -> torch.Tensor:
     """``evidence [..., N]`` with the first block and the last available one (``n_avail`` blocks,
     per leading row or for all) ranked first: the blocks that continue the sinks and the window."""
@@ -550,20 +532,10 @@ class BlockRetrieval(RetrievalMethod):
         step). Needs ``rerank`` > 1, ``rescore_every`` > 1 and ``n`` < the memory's blocks (the
         static decode step checks).
 
-        With key bounds the scoring and the choice of candidates are one function,
-        :func:`bound_candidates`; ``gather(mem, mq, cand)`` gives the candidates' placed keys and
-        values in one read (or None where it cannot: the memory's own reads then). Both compute
-        what the reference's calls do, in the same order."""
-        m = min(mem.n_blocks, max(n, self.n_candidates))
-        if isinstance(self.scorer, BoundScorer):
-            tokens, weights = self.probe.one_token(q)
-            evidence, h, cand = bound_candidates(
-                mq.at_memory(tokens), mem.bound_parts(mq.mode, mq.rotate_blocks), weights, mem.dtype,
-                self.scorer.reduce, mq.scaling, self.per_head, self.scorer.mass,
-                mem.n_blocks if self.keep_edges else 0, m)
-        else:
-            evidence, h = self._score(q, mem, state, mq, False)
-            cand = self._candidate_ids(mem, pin_edges(evidence, mem.n_blocks) if self.keep_edges else evidence, n)
+        ``gather(mem, mq, cand)`` gives the candidates' placed keys and values in one read (or None
+        where it cannot: the memory's own reads then), what the reference's reads give."""
+        evidence, h = self._score(q, mem, state, mq, False)
+        cand = self._candidate_ids(mem, pin_edges(evidence, mem.n_blocks) if self.keep_edges else evidence, n)
         if observe:
             state.observe_entropy(h)
         read = gather(mem, mq, cand) if gather is not None else None
