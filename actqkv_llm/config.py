@@ -147,9 +147,10 @@ class RetrievalConfig:
         decode_graph: run the decode steps that rerank held candidates in every layer (most steps of
             the default method) with static shapes (attention/static_decode.py): on a CUDA device
             captured once as a CUDA graph and replayed, one launch per token instead of dozens per
-            layer; steps where a block leaves the window or candidates are scored again run the same
-            static step eagerly. The same selection and attention as the reference step up to float
-            rounding.
+            layer; in steps where a block leaves the window or candidates are scored again, the
+            scoring runs eagerly between segments of the same step captured as graphs (CUDA) or the
+            whole static step runs eagerly (CPU). The same selection and attention as the reference
+            step up to float rounding.
             ``"auto"``: on CUDA devices; True: also on the CPU, where it runs eagerly (tests); False:
             always the reference step. Its buffers hold ``max(rerank x avg_blocks, max_blocks)``
             candidate blocks per layer (keys and values) beside the window, one row per answer

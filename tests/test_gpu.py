@@ -62,6 +62,9 @@ def test_decode_graph_matches_the_reference_step(tokenizer, arch, dtype, kernel,
             steps[i].append(logits[i])
     want, got = torch.stack(steps[0]), torch.stack(steps[1])
     assert fast.decode_graph.replays >= 30 and fast.decode_graph.graphs
+    # steps that scored every block again (blocks leaving the window) ran between captured segments
+    assert fast.decode_graph.rescore_steps >= 3 and fast.decode_graph.segment_steps == fast.decode_graph.rescore_steps
+    assert None not in fast.decode_graph.segments.values()
     # compiled where asked, not fallen back to the plain layers
     assert fast.decode_graph.compile_layers == compile_layers
     assert (fast.adapter._compiled is not None) == bool(compile_layers)
@@ -109,6 +112,7 @@ def test_rows_decoded_together_in_one_graph_match_the_reference(tokenizer, dtype
         got.append(torch.stack(out))
     want, got = torch.stack(want), torch.stack(got)
     assert graph.replays >= 3 * 30 and any(key[0] == 3 for key in graph.graphs)
+    assert graph.segment_steps >= 3 and graph.segments.get((3, False)) is not None
     if dtype == torch.float32:
         torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
         assert fast.generate_ids_many(doc, list(questions), max_new_tokens=24) == \

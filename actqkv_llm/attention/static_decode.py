@@ -34,12 +34,13 @@ What is static and how the varying parts are handled:
 
 Most steps replay the graph: every layer reranks candidates it holds. One in ``rescore_every``
 steps, and every step where tokens leave the window as a block (one in ``block_size`` once the
-window is full), a layer scores every block again first; such a step runs the same static step
-eagerly, with the reference's eviction (``LayerMemory.make_room``, on the state handed back) and
-the reference's scoring (``BlockRetrieval.rescore``, with the candidates' keys and values read
-in one go, :func:`candidate_reads`) before the rerank. Such a step is bound by the host's PyTorch
-calls (~13K on a 32-layer model, ~110-125 ms for one row on the 8B shape on an H200; NOTES.md,
-twelfth H200 session); for several rows it replaces the reference pass's attention row by row.
+window is full), a layer scores every block again first: the reference's eviction
+(``LayerMemory.make_room``, on the state handed back) before the step, and in each layer the
+reference's scoring (``BlockRetrieval.rescore``, with the candidates' keys and values read in one
+go, :func:`candidate_reads`) before the rerank. On a GPU such a step replays the same step captured
+in segments cut at each layer's scoring point, the scoring run eagerly between them; on the CPU the
+whole step runs eagerly. Its scoring and eviction are bound by the host's PyTorch calls (~7K on a
+32-layer model; NOTES.md); for several rows it replaces the reference pass's attention row by row.
 Anything else (memory moving to
 other positions, a meter watching, a budget that reads the step's own entropy) runs the reference
 step. The result is the reference's selection and attention up to float rounding (sums in another
@@ -83,6 +84,15 @@ def graph_capable(method, adapter=None) -> bool:
     return (m.uses_memory and m.bounded and getattr(m, "rerank", 1) > 1 and getattr(m, "rescore_every", 1) > 1
             and getattr(m, "reselect_every", 1) == 1 and not m.uses_summaries
             and (adapter is None or all(k.memory and k.window is None for k in adapter.kinds)))
+
+
+@dataclass
+class _Segments:
+    """A decode step captured in pieces cut at every layer's scoring point: ``graphs[i]`` runs up to
+    ``cuts[i]`` (layer, that layer's query buffer, its scaling), the last one to ``logits``."""
+    graphs: list
+    cuts: list
+    logits: torch.Tensor
 
 
 @dataclass
@@ -194,6 +204,12 @@ class DecodeGraph:
         # (n_local) or the token's own position (< the native window)
         need = max(adapter.native_window, self.cap + 1)
         self.tables = {kind.rope_type: adapter.rope_table(kind.rope_type, need) for kind in adapter.kinds}
+        # the layers of each rotary table, as an index of the layer axis (a slice where one table serves all)
+        by_rope: dict = {}
+        for i, kind in enumerate(adapter.kinds):
+            by_rope.setdefault(kind.rope_type, []).append(i)
+        self.rope_layers = [(rt, slice(None) if len(ls) == len(adapter.kinds) else torch.tensor(ls, device=dev))
+                            for rt, ls in by_rope.items()]
         # the same tables per memory block ([n, block_size, d], from position n_sink on: block i's
         # tokens), for candidates placed at their true positions (candidate_reads)
         b, ns = config.block_size, config.n_sink
@@ -211,10 +227,15 @@ class DecodeGraph:
         if kernel != "torch" and triton_available(dev):
             self.kernel = check_triton(self, strict=kernel == "triton")
         self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # the same step cut at every layer's scoring point, for steps where a layer scores every block
+        # again (_segments); None for a key whose cut capture failed (such steps then run eagerly)
+        self.segments: dict[tuple[int, bool], _Segments | None] = {}
+        self._cut = None              # while capturing segments: called at each layer's scoring point
         self.track = False            # the step being run or captured adds up the rows' source tallies
         self.replays = 0              # row steps run through this object (read by tests and benchmarks)
         self.rescores = 0             # layers of those steps that scored every block again (_rescore)
-        self.rescore_steps = 0        # row steps with such a layer (run eagerly, not replayed)
+        self.rescore_steps = 0        # row steps with such a layer (their scoring run eagerly)
+        self.segment_steps = 0        # steps replayed in segments around an eager scoring (_replay_segments)
         self._rescoring: dict = {}    # this step's rows that score again: row -> (session, {layer: observe}, takes)
         self._lock = threading.RLock()
 
@@ -286,6 +307,7 @@ class DecodeGraph:
             return
         self.release()
         self.graphs.clear()
+        self.segments.clear()
         for name in ("keys", "values", "win_k", "queries", "stats_out"):
             setattr(self, name, None)   # the old buffers go before the new ones are made
         self._allocate(n_rows)
@@ -322,7 +344,9 @@ class DecodeGraph:
         visible.view(-1).index_fill_(0, at_vis, True)
         if self.queries is not None:
             self.queries[layer, :n_r].view(n_r * self.cap, -1).index_copy_(0, at_q, q_flat)
-        if self._rescoring:
+        if self._cut is not None:     # capturing segments: the scoring runs here between two of them
+            self._cut(layer, q, scaling)
+        elif self._rescoring:
             self._rescore(layer, q, scaling)
         flat_k, flat_v = keys.view(n_r * hkv, W, d), values.view(n_r * hkv, W, d)
 
@@ -405,7 +429,64 @@ class DecodeGraph:
             with torch.cuda.graph(graph):
                 out = self._forward(n_r)
             self.graphs[key] = (graph, out)
+            self.segments[key] = self._segments(n_r)
         return self.graphs[key]
+
+    def _segments(self, n_r: int) -> "_Segments | None":
+        """The step of rows ``0 .. n_r-1`` captured once more, cut at each layer's scoring point
+        (after the token is placed, before attention reads the candidate slots): one graph per
+        stretch between two cuts, in one memory pool, replayed in order with the scoring of the
+        rows that score again run eagerly at each cut (:meth:`_replay_segments`). None, with a
+        warning, where capturing fails (such steps then run eagerly, as before)."""
+        pool = torch.cuda.graph_pool_handle()
+        graphs: list[torch.cuda.CUDAGraph] = []
+        cuts: list[tuple[int, torch.Tensor, float]] = []
+
+        def begin() -> None:
+            graphs.append(torch.cuda.CUDAGraph())
+            graphs[-1].capture_begin(pool)
+
+        def cut(layer: int, q: torch.Tensor, scaling: float) -> None:
+            graphs[-1].capture_end()
+            cuts.append((layer, q, scaling))
+            begin()
+
+        torch.cuda.synchronize(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        self._cut = cut
+        failed = None
+        with torch.cuda.stream(side):   # a capture ends on the stream it began on
+            try:
+                begin()
+                out = self._forward(n_r)
+                graphs[-1].capture_end()
+            except Exception as exc:  # noqa: BLE001 - a step that cannot be cut runs eagerly
+                failed = exc
+                if torch.cuda.is_current_stream_capturing():
+                    try:   # end the open capture (it raises where the capture was invalidated, and ends it)
+                        graphs[-1].capture_end()
+                    except RuntimeError:
+                        pass
+            finally:
+                self._cut = None
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        if failed is not None:
+            import warnings
+            warnings.warn(f"decode steps that score again run eagerly: capturing them in segments failed "
+                          f"({type(failed).__name__}: {failed})", RuntimeWarning, stacklevel=3)
+            return None
+        return _Segments(graphs, cuts, out)
+
+    def _replay_segments(self, seg: "_Segments") -> torch.Tensor:
+        """One step of the rows from its segments, each layer's new scoring (:meth:`_rescore`) run
+        eagerly at its cut; returns the step's logits."""
+        for i, graph in enumerate(seg.graphs):
+            graph.replay()
+            if i < len(seg.cuts):
+                self._rescore(*seg.cuts[i])
+        self.segment_steps += 1
+        return seg.logits
 
     def _warm_up(self, n_r: int) -> None:
         """One untimed step of rows ``0 .. n_r-1`` (the rows hold no session). Where compiling the
@@ -559,12 +640,13 @@ class DecodeGraph:
         ins = host.to(self.device, non_blocking=True)
         self.ids[:n_r, 0].copy_(ins[:, 0])
         self.n_take[:n_r].copy_(ins[:, 1:])
+        seg = self.segments.get((n_r, self.track)) if self.use_graph else None
         if self.use_graph and not self._rescoring:
             graph, logits = self.graphs[(n_r, self.track)]
             graph.replay()
-        else:   # eagerly: on the CPU, or where a layer scores every block again (_rescore)
+        else:   # a layer scores every block again (_rescore): between segments, or eagerly (the CPU)
             try:
-                logits = self._forward(n_r)
+                logits = self._replay_segments(seg) if seg is not None else self._forward(n_r)
             finally:
                 self._rescoring = {}
         out: list[torch.Tensor | None] = [None] * n_r
@@ -590,22 +672,26 @@ class DecodeGraph:
         """Fill row ``row`` of the buffers from ``s``: windows, sinks (placed for ``mode``; ``sinks``
         False: the row holds them already, from ``s`` in this mode), held candidates (not for the
         layers in ``rescore``, which score every block again this step)."""
-        n_loc, ns, b, c0, w0, r = s.memory[0].n_local, self.n_sink, self.bsz, self.c0, self.w0, row
-        for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):
-            kind = self.adapter.kinds[layer]
-            cos, sin = self.tables[kind.rope_type]
-            keys, values, visible = self.keys[layer, r], self.values[layer, r], self.visible[layer, r]
-            if sinks:
-                keys[:, :ns] = sinks_at_true_positions(self.adapter, kind.rope_type, mem) if mode == "exact" else mem.sink_k
-                values[:, :ns] = mem.sink_v
+        n_loc, ns, c0, w0, r = s.memory[0].n_local, self.n_sink, self.c0, self.w0, row
+        if sinks:
+            for layer, mem in enumerate(s.memory):
+                keys, visible = self.keys[layer, r], self.visible[layer, r]
+                rope_type = self.adapter.kinds[layer].rope_type
+                keys[:, :ns] = sinks_at_true_positions(self.adapter, rope_type, mem) if mode == "exact" else mem.sink_k
+                self.values[layer, r, :, :ns] = mem.sink_v
                 visible.zero_()
                 visible[:ns] = True
-            else:
-                visible[c0:].zero_()
-            self.win_k[layer, r, :, :n_loc] = mem.local_k
-            keys[:, w0:w0 + n_loc] = rotate(mem.local_k, cos[:n_loc], sin[:n_loc]).to(self.dtype)
-            values[:, w0:w0 + n_loc] = mem.local_v
-            visible[w0:w0 + n_loc] = True
+        else:
+            self.visible[:, r, c0:].zero_()
+        # the windows of every layer at once: unrotated, rotated at their slots, values
+        win_k = torch.stack([mem.local_k for mem in s.memory])            # [L, Hkv, n_loc, d]
+        self.win_k[:, r, :, :n_loc] = win_k
+        for rope_type, layers in self.rope_layers:
+            cos, sin = self.tables[rope_type]
+            self.keys[layers, r, :, w0:w0 + n_loc] = rotate(win_k[layers], cos[:n_loc], sin[:n_loc]).to(self.dtype)
+        self.values[:, r, :, w0:w0 + n_loc] = torch.stack([mem.local_v for mem in s.memory])
+        self.visible[:, r, w0:w0 + n_loc] = True
+        for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):
             if layer not in rescore:   # the others' slots are filled by this step's scoring (_rescore)
                 self._load_candidates(layer, r, mem, st.candidates, s.method.keep_edges)
         self.mass[:, r].zero_()
