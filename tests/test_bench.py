@@ -581,9 +581,15 @@ def test_speed_reports_the_decode_steps_that_ran_the_static_step(tmp_path, make_
                              reload=False, progress=False, command="actqkv bench speed")
         (row,) = result["rows"]
         md = (tmp_path / str(graph) / "speed.md").read_text()
-        if graph:  # every step; those where a block leaves the window (one in 8 here) run eagerly
+        if graph:  # every step; those where a block leaves the window (one in 8 here) score again
             assert row["decode_graph_steps"] == row["decode_tokens"] == 20
             assert 2 <= row["decode_eager_steps"] <= 4
-            assert f"600 20 of 20 ({row['decode_eager_steps']} eagerly)" in md
+            assert row["decode_segment_steps"] == 0   # the CPU runs such steps eagerly, not from segments
+            # each step timed apart: the ones that scored again found by the static step's count
+            assert row["decode_rescore_steps_timed"] == row["decode_eager_steps"]
+            assert row["decode_rescore_step_median_ms"] > 0 and row["decode_other_step_median_ms"] > 0
+            assert (f"600 20 of 20 ({row['decode_eager_steps']} scored again, 0 of them between segments); "
+                    f"median other steps {row['decode_other_step_median_ms']:.1f} ms, steps that scored again "
+                    f"{row['decode_rescore_step_median_ms']:.1f} ms") in md
         else:
             assert "decode_graph_steps" not in row and "static step" not in md

@@ -25,6 +25,7 @@ import json
 import platform
 import resource
 import shutil
+import statistics
 import time
 import warnings
 from pathlib import Path
@@ -200,23 +201,39 @@ def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_t
                  for _ in range(repeats))
     decode_s, out = float("inf"), []
     graph = getattr(eng, "decode_graph", None)  # the static decode step, where the engine uses one
-    graph_steps = eager_steps = None
+    graph_steps = eager_steps = segment_steps = None
+    steps: list[tuple[float, bool]] = []
     for _ in range(repeats):
-        first: list[float] = []
+        # each token's time and whether its step scored blocks again (the static step's count)
+        ticks: list[tuple[float, int]] = []
         replays = graph.replays if graph is not None else 0
         rescored = graph.rescore_steps if graph is not None else 0
-        out, _ = timer(lambda: eng.generate_ids(doc, question, max_new_tokens=1 + decode_tokens,
-                                                on_token=lambda i: first.append(time.perf_counter()) if i == 0 else None))
-        decode_s = min(decode_s, time.perf_counter() - first[0])
+        segmented = graph.segment_steps if graph is not None else 0
+        out, _ = timer(lambda: eng.generate_ids(
+            doc, question, max_new_tokens=1 + decode_tokens,
+            on_token=lambda i: ticks.append((time.perf_counter(), graph.rescore_steps if graph is not None else 0))))
+        took = time.perf_counter() - ticks[0][0]
+        if took < decode_s:
+            decode_s = took
+            steps = [(1000 * (t1 - t0), c1 > c0) for (t0, c0), (t1, c1) in zip(ticks, ticks[1:])]
         if graph is not None:
             graph_steps = graph.replays - replays
             eager_steps = graph.rescore_steps - rescored
+            segment_steps = graph.segment_steps - segmented
     n_decoded = max(1, len(out) - 1)
     row = {"prefill_s": prefill_s, "prefill_tok_s": len(ids) / prefill_s, "ttft_s": ttft_s,
            "decode_ms_per_token": 1000 * decode_s / n_decoded, "decode_tokens": n_decoded}
+    if steps:  # the fastest pass's steps: the median one, and those that scored blocks again apart
+        row["decode_step_median_ms"] = statistics.median(ms for ms, _ in steps)
+        again = [ms for ms, scored in steps if scored]
+        others = [ms for ms, scored in steps if not scored]
+        row["decode_rescore_steps_timed"] = len(again)
+        row["decode_rescore_step_median_ms"] = statistics.median(again) if again else None
+        row["decode_other_step_median_ms"] = statistics.median(others) if others else None
     if graph_steps is not None:  # how many decode steps ran the static step (the rest: the reference)
         row["decode_graph_steps"] = graph_steps
-        row["decode_eager_steps"] = eager_steps  # of those, how many scored blocks again (run eagerly)
+        row["decode_eager_steps"] = eager_steps  # of those, how many scored blocks again (their scoring eagerly)
+        row["decode_segment_steps"] = segment_steps  # of those, how many replayed the rest from graph segments
     row.update(answering.done())
     if len(many) > 1:
         row.update(measure_many(eng, doc, many, decode_tokens, timer))
@@ -246,6 +263,17 @@ def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_t
                 p = Path(path)
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return row
+
+
+def _step_times(r: dict[str, Any]) -> str:
+    """The fastest decode pass's step times for the report: the median of the steps that did not score
+    blocks again, and of those that did."""
+    parts = []
+    if r.get("decode_other_step_median_ms") is not None:
+        parts.append(f"other steps {r['decode_other_step_median_ms']:.1f} ms")
+    if r.get("decode_rescore_step_median_ms") is not None:
+        parts.append(f"steps that scored again {r['decode_rescore_step_median_ms']:.1f} ms")
+    return f"; median {', '.join(parts)}" if parts else ""
 
 
 def measure_many(eng: Any, doc: Any, questions: Sequence[torch.Tensor], decode_tokens: int,
@@ -536,11 +564,14 @@ def speed_markdown(result: dict[str, Any]) -> str:
                   "0.5 means twice HF's time)."]
     graphed = [r for r in result["rows"] if r.get("decode_graph_steps") is not None]
     if graphed:
-        lines += ["", "Decode steps through the static step (a CUDA graph on a GPU, run eagerly where a "
-                  "block left the window or blocks were scored again; the others ran the reference "
-                  "step): " + ", ".join(
+        lines += ["", "Decode steps through the static step (a CUDA graph on a GPU; where a block left the "
+                  "window or blocks were scored again, the scoring runs eagerly, between segments of the "
+                  "graph on a GPU; the others ran the reference step): " + ", ".join(
                       f"{format_length(r['length'])} {r['decode_graph_steps']} of {r['decode_tokens']}"
-                      + (f" ({r['decode_eager_steps']} eagerly)" if r.get("decode_eager_steps") is not None else "")
+                      + (f" ({r['decode_eager_steps']} scored again" if r.get("decode_eager_steps") is not None else "")
+                      + (f", {r['decode_segment_steps']} of them between segments" if r.get("decode_segment_steps") is not None else "")
+                      + (")" if r.get("decode_eager_steps") is not None else "")
+                      + _step_times(r)
                       for r in graphed)]
     saved = [r for r in result["rows"] if r.get("save_MBps")]
     if saved:
