@@ -71,6 +71,8 @@ RETRIEVAL_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--question-rerank", "question_rerank", int, "of those, how many (in average blocks per layer) the question re-ranks"),
     ("--reselect-every", "reselect_every", int, "decode steps one selection serves (1: pick every step)"),
     ("--rescore-every", "rescore_every", int, "decode steps one scoring's rerank candidates serve (1: score every step)"),
+    ("--decode-pad-rows", "decode_pad_rows", int, "rows the static decode step's dense layers always compute "
+     "(the same products for one answer as for several: answer_many's tokens are the one-by-one tokens)"),
 )
 
 

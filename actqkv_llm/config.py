@@ -68,7 +68,7 @@ KV_SHAPING_OPTIONS = ("method", "block_size", "n_sink", "n_local", "exec_block",
 # Options that act only after the document (on the question and the answer): two configs that differ
 # in nothing else prefill a document identically (RetrievalConfig.prefill_options).
 ANSWER_ONLY_OPTIONS = ("rerank", "question_rerank", "reselect_every", "rescore_every", "decode_graph",
-                       "decode_kernel", "decode_compile")
+                       "decode_kernel", "decode_compile", "decode_pad_rows")
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,14 @@ class RetrievalConfig:
             failure is an error; False: the model's code as it is. The first decode step of a
             process pays for compiling (~4-6 s more than capturing the graph on the Llama-3.1-8B shape
             on an H200, docs/benchmarks.md; cached on disk by PyTorch for later processes).
+        decode_pad_rows: the static decode step (``decode_graph``) runs the model's dense layers on at
+            least this many rows, the ones beyond the answers being decoded computed and dropped, so
+            that their matrix products have one shape whether one answer decodes or several
+            (``answer_many``): the products' kernels are picked by shape and round differently for
+            one row than for eight, which is what makes a batch's greedy tokens differ from one-by-one
+            answers (the step's attention adds in a fixed order already). 1 (the default): no
+            padding. 8 gives ``answer_many`` of up to 8 questions the one-by-one bits (on the
+            2-core CPU, tests); what it costs a one-row step on a GPU is not measured yet.
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """
@@ -207,6 +215,7 @@ class RetrievalConfig:
     decode_graph: bool | Literal["auto"] = "auto"
     decode_kernel: Literal["auto", "triton", "torch"] = "auto"
     decode_compile: bool | Literal["auto"] = "auto"
+    decode_pad_rows: int = 1
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -397,6 +406,8 @@ class RetrievalConfig:
             v = getattr(self, name)
             if not (isinstance(v, bool) or v == "auto"):
                 raise ConfigError(f"{name} must be True, False or 'auto', got {v!r}")
+        if not is_int(self.decode_pad_rows) or not 1 <= self.decode_pad_rows <= 64:
+            raise ConfigError(f"decode_pad_rows must be an integer from 1 to 64, got {self.decode_pad_rows!r}")
         if self.decode_kernel not in ("auto", "triton", "torch"):
             raise ConfigError(f"decode_kernel must be 'auto', 'triton' or 'torch', got {self.decode_kernel!r}")
         if self.offload not in (True, False, "auto"):

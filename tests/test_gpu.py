@@ -119,3 +119,20 @@ def test_rows_decoded_together_in_one_graph_match_the_reference(tokenizer, dtype
             [ref.generate_ids(doc, q, max_new_tokens=24) for q in questions]
     else:
         assert float((got - want).norm() / want.norm()) < 2e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_padded_dense_rows_give_answers_decoded_together_the_one_by_one_tokens(tokenizer, dtype):
+    """decode_pad_rows=8: the static step's dense products have one shape for one row and for three,
+    so with the attention's fixed-order kernels each answer of a batch gets the bits it gets alone
+    (the CPU test shows the same for the eager step)."""
+    from actqkv_llm import Engine
+
+    small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
+    model = tiny_model("llama").to("cuda", dtype)
+    fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_pad_rows=8, **small)
+    doc = fast.prefill(" ".join(f"word{i} is {i * 7 % 13}." for i in range(120)))
+    questions = [[5, 6, 7, 8], [9, 8], [11, 12, 13]]
+    one_by_one = [fast.generate_ids(doc, q, max_new_tokens=40) for q in questions]
+    assert fast.generate_ids_many(doc, questions, max_new_tokens=40) == one_by_one
+    assert fast.decode_graph.segment_steps >= 3 and any(key[0] == 3 for key in fast.decode_graph.graphs)

@@ -329,6 +329,46 @@ def test_the_reference_runs_where_the_static_step_does_not_apply(tokenizer):
     assert Engine(tiny_model("llama"), tokenizer, progress=False, cache=False, **SMALL).decode_graph is None
 
 
+def test_padded_dense_rows_give_a_row_the_same_bits_alone_and_beside_others(tokenizer):
+    """decode_pad_rows: with the dense layers always run on 4 rows, a session's logits are bit for bit
+    the same stepped alone as stepped beside two others (float32, where one row's and three rows'
+    products round differently), and answers decoded together are the one-by-one answers."""
+    _, fast = _engines(tokenizer, dtype=torch.float32, decode_pad_rows=4)
+    assert fast.decode_graph.pad_rows == 4
+    doc = fast.prefill(TEXT)
+    graph = fast.decode_graph
+
+    def start():
+        sessions = [fast._session_for(doc) for _ in QUESTIONS[:3]]
+        return sessions, [s.forward(torch.tensor(q), phase=QUESTION) for s, q in zip(sessions, QUESTIONS)]
+
+    alone, logits = start()
+    want = []
+    for s, row in zip(alone, logits):
+        steps = []
+        for _ in range(12):                 # crosses a block leaving the window (one in 8 here)
+            row = fast._decode_step(s, int(row.argmax()))
+            steps.append(row)
+        want.append(torch.stack(steps))
+    together, logits = start()
+    got = [[], [], []]
+    rescored = graph.rescore_steps
+    for _ in range(12):
+        out = graph.step_rows([(s, int(x.argmax())) for s, x in zip(together, logits)])
+        assert all(o is not None for o in out)
+        for i, o in enumerate(out):
+            got[i].append(o)
+        logits = out
+    assert graph.rescore_steps > rescored    # steps that scored again are covered too
+    for a, b in zip(got, want):
+        assert torch.equal(torch.stack(a), b)
+    questions = [list(q) for q in QUESTIONS[:3]]
+    assert fast.generate_ids_many(doc, questions, max_new_tokens=12) == \
+        [fast.generate_ids(doc, q, max_new_tokens=12) for q in questions]
+    with pytest.raises(ConfigError, match="decode_pad_rows must be an integer from 1 to 64"):
+        Engine(tiny_model("llama"), tokenizer, progress=False, cache=False, decode_pad_rows=0, **SMALL)
+
+
 def test_decode_graph_option_is_validated(tokenizer):
     with pytest.raises(ConfigError, match="decode_graph must be True, False or 'auto'"):
         Engine(tiny_model("llama"), tokenizer, progress=False, cache=False, decode_graph="yes", **SMALL)

@@ -174,9 +174,13 @@ class DecodeGraph:
     lock. ``use_graph`` False runs the same static step eagerly (the CPU, and tests)."""
 
     def __init__(self, adapter, config, method, use_graph: bool, kernel: str = "auto",
-                 compile_layers: bool | str = False):
+                 compile_layers: bool | str = False, pad_rows: int = 1):
         self.adapter, self.config, self.method = adapter, config, method
         self.use_graph = use_graph
+        # the dense layers run on at least this many rows (decode_pad_rows): the same products,
+        # hence the same bits per row, for one answer as for several
+        self.pad_rows = pad_rows
+        self._n_real = 0              # the rows of the step being run (the rest of the dense rows: padding)
         # the model's layer code and the token's placement through torch.compile (decode_compile):
         # True, or "auto" (a failure to compile falls back to the plain code with a warning, :meth:`_warm_up`)
         self.compile_layers = compile_layers
@@ -259,7 +263,7 @@ class DecodeGraph:
         self.cursor = torch.zeros((R, 2), dtype=torch.long, device=dev)   # per row: window slot, absolute position
         self.exact = torch.zeros(R, dtype=torch.bool, device=dev)        # per row: memory at true positions
         self.n_take = torch.zeros((R, L), dtype=torch.long, device=dev)  # blocks each layer keeps this step
-        self.ids = torch.zeros((R, 1), dtype=torch.long, device=dev)
+        self.ids = torch.zeros((max(R, self.pad_rows), 1), dtype=torch.long, device=dev)  # padding rows: token 0
         self._host = torch.zeros((R, 1 + L), dtype=torch.long, pin_memory=dev.type == "cuda")
         # flat offsets of each row's KV heads (writing one slot per row and head) and of each row
         heads = torch.arange(R * hkv, device=dev).view(R, hkv)
@@ -328,7 +332,9 @@ class DecodeGraph:
         fixed distance, or the token's own position) for sinks and candidates, and at its window
         slot ``L`` for the window, whose key ``i`` sits rotated at slot ``i`` (distance ``L - i``),
         written once when the token arrives."""
-        n_r = q.shape[0]
+        n_r, n_dense = self._n_real, q.shape[0]
+        if n_dense > n_r:   # padding rows of the dense layers: attention for the real rows only
+            q, k, v = q[:n_r], k[:n_r], v[:n_r]
         hkv, g, d, b, hi, W = self.hkv, self.g_heads, self.d, self.bsz, self.hi, self.width
         c0, w0, m_cap = self.c0, self.w0, self.m_cap
         keys, values, visible = self.keys[layer, :n_r], self.values[layer, :n_r], self.visible[layer, :n_r]
@@ -395,7 +401,10 @@ class DecodeGraph:
                 got = got.sum(1, keepdim=True)
             self.mass[layer, :n_r] += got
             self.picks[layer, :n_r] += chosen
-        return out.reshape(n_r, hkv * g, 1, d).to(q.dtype)
+        out = out.reshape(n_r, hkv * g, 1, d).to(q.dtype)
+        if n_dense > n_r:
+            out = torch.cat([out, out.new_zeros((n_dense - n_r,) + out.shape[1:])])
+        return out
 
     @property
     def _place(self):
@@ -406,11 +415,12 @@ class DecodeGraph:
         a = self.adapter
         run = a.compiled_layer() if self.compile_layers else call_layer
         kwargs = {"actqkv": StaticStep(self)}
-        hidden = a.embed(self.ids[:n_r])
+        self._n_real = n_r
+        hidden = a.embed(self.ids[:max(n_r, self.pad_rows)])
         for layer in a.layers:
             hidden = run(layer, hidden, self.rope, kwargs)
         self.cursor[:n_r] += 1
-        return a.last_logits(hidden)
+        return a.last_logits(hidden)[:n_r]
 
     def _graph(self, n_r: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """The CUDA graph of one step of rows ``0 .. n_r-1`` (captured on first use; capturing writes
