@@ -243,6 +243,12 @@ def test_rows_for_counts_free_device_memory(tokenizer, monkeypatch):
     assert graph.rows_for(8) == 1
 
 
+def _three_questions(eng, doc):
+    """Three sessions on ``doc``, each after its question of ``QUESTIONS``; their logits."""
+    sessions = [eng._session_for(doc) for _ in QUESTIONS[:3]]
+    return sessions, [s.forward(torch.tensor(q), phase=QUESTION) for s, q in zip(sessions, QUESTIONS)]
+
+
 def test_rows_stepped_together_match_each_session_stepped_alone(tokenizer):
     """step_rows against step: the same logits per row, a row that sits a step out (None) changes
     nothing for the others, and each session's state is handed back intact."""
@@ -250,11 +256,7 @@ def test_rows_stepped_together_match_each_session_stepped_alone(tokenizer):
     doc = fast.prefill(TEXT)
     graph = fast.decode_graph
 
-    def start():
-        sessions = [fast._session_for(doc) for _ in QUESTIONS[:3]]
-        return sessions, [s.forward(torch.tensor(q), phase=QUESTION) for s, q in zip(sessions, QUESTIONS)]
-
-    alone, logits = start()
+    alone, logits = _three_questions(fast, doc)
     want = [[], [], []]
     for i, s in enumerate(alone):          # each session alone through the static step
         row = logits[i]
@@ -263,7 +265,7 @@ def test_rows_stepped_together_match_each_session_stepped_alone(tokenizer):
                 break                       # the second answer ends after three steps
             row = fast._decode_step(s, int(row.argmax()))
             want[i].append(row)
-    together, logits = start()
+    together, logits = _three_questions(fast, doc)
     got = [[], [], []]
     ran_here = 0
     for step in range(6):
@@ -338,11 +340,7 @@ def test_padded_dense_rows_give_a_row_the_same_bits_alone_and_beside_others(toke
     doc = fast.prefill(TEXT)
     graph = fast.decode_graph
 
-    def start():
-        sessions = [fast._session_for(doc) for _ in QUESTIONS[:3]]
-        return sessions, [s.forward(torch.tensor(q), phase=QUESTION) for s, q in zip(sessions, QUESTIONS)]
-
-    alone, logits = start()
+    alone, logits = _three_questions(fast, doc)
     want = []
     for s, row in zip(alone, logits):
         steps = []
@@ -350,7 +348,7 @@ def test_padded_dense_rows_give_a_row_the_same_bits_alone_and_beside_others(toke
             row = fast._decode_step(s, int(row.argmax()))
             steps.append(row)
         want.append(torch.stack(steps))
-    together, logits = start()
+    together, logits = _three_questions(fast, doc)
     got = [[], [], []]
     rescored = graph.rescore_steps
     for _ in range(12):
