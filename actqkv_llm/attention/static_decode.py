@@ -149,17 +149,18 @@ def candidate_reads(idx: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Ten
 
 
 class StaticStep:
-    """The attention of one static decode step of every row, handed to every layer like a
-    ``StepContext`` (``batched``: it takes the model's ``[B, H, 1, d]`` tensors whole)."""
+    """The attention of one static decode step of rows ``0 .. n_rows-1``, handed to every layer like
+    a ``StepContext`` (``batched``: it takes the model's ``[B, H, 1, d]`` tensors whole; ``B`` may
+    exceed ``n_rows`` by the dense layers' padding rows, ``decode_pad_rows``)."""
 
     batched = True
 
-    def __init__(self, graph: "DecodeGraph"):
-        self.g = graph
+    def __init__(self, graph: "DecodeGraph", n_rows: int):
+        self.g, self.n_rows = graph, n_rows
 
     def attend_layer(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      scaling: float, softcap: float | None) -> torch.Tensor:
-        return self.g.attend(layer, q, k, v, scaling, softcap)
+        return self.g.attend(layer, q, k, v, scaling, softcap, self.n_rows)
 
 
 class DecodeGraph:
@@ -180,7 +181,6 @@ class DecodeGraph:
         # the dense layers run on at least this many rows (decode_pad_rows): the same products,
         # hence the same bits per row, for one answer as for several
         self.pad_rows = pad_rows
-        self._n_real = 0              # the rows of the step being run (the rest of the dense rows: padding)
         # the model's layer code and the token's placement through torch.compile (decode_compile):
         # True, or "auto" (a failure to compile falls back to the plain code with a warning, :meth:`_warm_up`)
         self.compile_layers = compile_layers
@@ -325,14 +325,15 @@ class DecodeGraph:
 
     # ------------------------------------------------------------------ the static step
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               scaling: float, softcap: float | None) -> torch.Tensor:
-        """q ``[B, H, 1, d]``, k/v ``[B, Hkv, 1, d]`` of each row's new token -> ``[B, H, 1, d]``.
+               scaling: float, softcap: float | None, n_r: int) -> torch.Tensor:
+        """q ``[B, H, 1, d]``, k/v ``[B, Hkv, 1, d]`` of each row's new token -> ``[B, H, 1, d]``, for
+        rows ``0 .. n_r-1`` (rows past ``n_r``: the dense layers' padding, their output zero).
 
         Two rotations of each row's query, as the reference: at the memory's position ``Q`` (the
         fixed distance, or the token's own position) for sinks and candidates, and at its window
         slot ``L`` for the window, whose key ``i`` sits rotated at slot ``i`` (distance ``L - i``),
         written once when the token arrives."""
-        n_r, n_dense = self._n_real, q.shape[0]
+        n_dense = q.shape[0]
         if n_dense > n_r:   # padding rows of the dense layers: attention for the real rows only
             q, k, v = q[:n_r], k[:n_r], v[:n_r]
         hkv, g, d, b, hi, W = self.hkv, self.g_heads, self.d, self.bsz, self.hi, self.width
@@ -414,8 +415,7 @@ class DecodeGraph:
     def _forward(self, n_r: int) -> torch.Tensor:
         a = self.adapter
         run = a.compiled_layer() if self.compile_layers else call_layer
-        kwargs = {"actqkv": StaticStep(self)}
-        self._n_real = n_r
+        kwargs = {"actqkv": StaticStep(self, n_r)}
         hidden = a.embed(self.ids[:max(n_r, self.pad_rows)])
         for layer in a.layers:
             hidden = run(layer, hidden, self.rope, kwargs)
@@ -650,11 +650,11 @@ class DecodeGraph:
         ins = host.to(self.device, non_blocking=True)
         self.ids[:n_r, 0].copy_(ins[:, 0])
         self.n_take[:n_r].copy_(ins[:, 1:])
-        seg = self.segments.get((n_r, self.track)) if self.use_graph else None
         if self.use_graph and not self._rescoring:
             graph, logits = self.graphs[(n_r, self.track)]
             graph.replay()
         else:   # a layer scores every block again (_rescore): between segments, or eagerly (the CPU)
+            seg = self.segments.get((n_r, self.track)) if self.use_graph else None
             try:
                 logits = self._replay_segments(seg) if seg is not None else self._forward(n_r)
             finally:
