@@ -290,3 +290,62 @@ def test_dtype_names_and_defaults():
     assert resolve_dtype(None, cpu) is torch.float32
     assert resolve_dtype(None, cuda) is torch.bfloat16
 
+
+
+# ------------------------------------------------------------------ tokenizers from another version
+def _linked_cache(smol_first, tmp_path: Path, made_by: str) -> Path:
+    """A cache holding SmolLM2's conversion (files hard-linked, not copied), its record saying
+    transformers ``made_by`` made it."""
+    src = smol_first[2].model_dir
+    dst = tmp_path / "models" / src.name
+    shutil.copytree(src, dst, copy_function=__import__("os").link)
+    record = json.loads((src / loading.MANIFEST_NAME).read_text())
+    (dst / loading.MANIFEST_NAME).unlink()
+    (dst / loading.MANIFEST_NAME).write_text(json.dumps({**record, "transformers_version": made_by}))
+    return tmp_path
+
+
+def _unsound_when(made_by: str):
+    """A stand-in for check_tokenizer that finds the tokenizer unsound when ``made_by`` made it."""
+    def check(tokenizer, source, by=None):
+        if by == made_by:
+            raise UnsupportedModelError(f"unsound tokenizer from {source}")
+    return check
+
+
+def test_an_unsound_tokenizer_converted_by_another_transformers_is_converted_again(smol_first, tmp_path, monkeypatch):
+    """A cache converted by another transformers version whose tokenizer does not read text as its
+    vocabulary says (transformers 5.17's Gemma 3) is converted again by the running version, once."""
+    cache = _linked_cache(smol_first, tmp_path, "5.17.0")
+    monkeypatch.setattr(loading, "check_tokenizer", _unsound_when("5.17.0"))
+    calls = []
+
+    def convert(gguf, model_dir, sha, progress, config):
+        calls.append(model_dir)
+        import transformers
+        rec = json.loads((model_dir / loading.MANIFEST_NAME).read_text())
+        (model_dir / loading.MANIFEST_NAME).unlink()
+        (model_dir / loading.MANIFEST_NAME).write_text(json.dumps({**rec, "transformers_version": transformers.__version__}))
+
+    monkeypatch.setattr(loading, "_convert_gguf", convert)
+    _, _, info = load_model(smollm2_gguf(), cache_dir=cache, progress=False)
+    assert calls == [info.model_dir] and info.from_cache is False
+
+
+def test_an_unsound_tokenizer_made_by_the_running_transformers_is_a_clear_error(smol_first, tmp_path, monkeypatch):
+    import transformers
+
+    cache = _linked_cache(smol_first, tmp_path, transformers.__version__)
+    monkeypatch.setattr(loading, "check_tokenizer", _unsound_when(transformers.__version__))
+    monkeypatch.setattr(loading, "_convert_gguf", lambda *a, **k: pytest.fail("converted again by the same version"))
+    with pytest.raises(UnsupportedModelError, match="unsound tokenizer from GGUF"):
+        load_model(smollm2_gguf(), cache_dir=cache, progress=False)
+
+
+def test_the_converted_smollm2_tokenizer_is_sound(smol_first):
+    """SmolLM2's tokenizer as this library converts it reads its own vocabulary back (the check
+    that refuses transformers 5.17's Gemma 3 tokenizer passes it)."""
+    from actqkv_llm.models.tokenizer_check import vocabulary_roundtrip
+
+    ok, tried = vocabulary_roundtrip(smol_first[1])
+    assert tried >= 100 and ok == tried

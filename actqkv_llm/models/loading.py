@@ -38,6 +38,7 @@ from .cache_dir import file_sha256 as _file_sha256
 from .cache_dir import model_cache_root, remember_sha256
 from .cache_dir import private_dir as _private_dir
 from .cache_dir import write_json as _write_json
+from .tokenizer_check import check_tokenizer
 
 # config.model_type values this library drives. "gemma3" (a multimodal Gemma 3 config) is accepted
 # only when its text part is "gemma3_text".
@@ -215,11 +216,15 @@ def load_model(model: str | Path, gguf_file: str | None = None, device: str | to
                 _convert_gguf(gguf_path, model_dir, weights_sha256, progress, gguf_config)
         else:
             model_dir = source["dir"]
+        tokenizer = _load_tokenizer(model_dir, source["id"])
+        if gguf_path is not None:
+            tokenizer, from_cache = _sound_tokenizer(tokenizer, gguf_path, model_dir, weights_sha256, from_cache,
+                                                     progress, source["id"])
         config = _load_config(model_dir, source["id"])
         model_type = _text_config(config).model_type
         if source["kind"] == "local":
             weights_sha256 = _weights_sha256(model_dir, root)
-        hf_model, tokenizer = _load_dir(model_dir, config, dev, dt, source["id"])
+        hf_model = _load_weights(model_dir, config, dev, dt, source["id"])
 
     hf_model.eval()
     hf_model.requires_grad_(False)
@@ -383,9 +388,18 @@ def _load_config(model_dir: Path, model_id: str) -> Any:
     return config
 
 
-def _load_dir(model_dir: Path, config: Any, device: torch.device, dtype: torch.dtype,
-              model_id: str) -> tuple[torch.nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_tokenizer(model_dir: Path, model_id: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except OSError as exc:
+        raise ModelNotFoundError(f"could not load the tokenizer of {model_id} from {model_dir}: {exc}") from exc
+
+
+def _load_weights(model_dir: Path, config: Any, device: torch.device, dtype: torch.dtype,
+                  model_id: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
 
     # use_kernels=False: transformers >= 5.25 swaps layers for Hugging Face Hub kernels by default,
     # code fetched at run time (offline here) that would also run instead of the layers we drive
@@ -394,11 +408,39 @@ def _load_dir(model_dir: Path, config: Any, device: torch.device, dtype: torch.d
     if device.type != "cpu":
         kwargs["device_map"] = {"": str(device)}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        hf_model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+        return AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     except OSError as exc:
         raise ModelNotFoundError(f"could not load the files of {model_id} from {model_dir}: {exc}") from exc
-    return hf_model, tokenizer
+
+
+def _sound_tokenizer(tokenizer: Any, gguf: Path, model_dir: Path, gguf_sha: str, from_cache: bool,
+                     progress: bool, model_id: str) -> tuple[Any, bool]:
+    """``tokenizer`` (converted from ``gguf``) if it reads text as its vocabulary says
+    (:func:`~.tokenizer_check.check_tokenizer`); a conversion another transformers version made is
+    made again by this one, once (a cache converted by transformers 5.17 holds a Gemma 3 tokenizer
+    that cuts words into characters). Returns the tokenizer and whether it came from the cache."""
+    from transformers import __version__ as running
+
+    made_by = _conversion_version(model_dir)
+    try:
+        check_tokenizer(tokenizer, f"GGUF {gguf}", made_by)
+        return tokenizer, from_cache
+    except UnsupportedModelError:
+        if not from_cache or made_by == running:
+            raise
+    _convert_gguf(gguf, model_dir, gguf_sha, progress, _gguf_config(gguf))
+    tokenizer = _load_tokenizer(model_dir, model_id)
+    check_tokenizer(tokenizer, f"GGUF {gguf}", running)
+    return tokenizer, False
+
+
+def _conversion_version(model_dir: Path) -> str | None:
+    """The transformers version a converted model directory's record names (None if unreadable)."""
+    try:
+        version = json.loads((model_dir / MANIFEST_NAME).read_text()).get("transformers_version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return version if isinstance(version, str) else None
 
 
 @contextlib.contextmanager
