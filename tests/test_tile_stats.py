@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from actqkv_llm.attention.tile_stats import (candidate_mass_torch, candidate_mass_triton, combine_torch, combine_triton,
-                                             tile_stats_torch, tile_stats_triton, triton_available)
+                                             kept_values_triton, tile_stats_torch, tile_stats_triton, triton_available)
 
 
 def _case(dtype=torch.float32, device="cpu", hkv=2, g=3, d=16, tile=8, n_tiles=7, first_window=5):
@@ -112,6 +112,27 @@ def _compare_kernel(dtype: torch.dtype, device: torch.device) -> None:
         assert torch.equal(one, mass[:1])
         alone = combine_triton(m[:2], l[:2], o[:2], chosen[:1], t0, t1, True, torch.empty(o[:2, 0].shape, device=device), torch.empty(m[:2].shape, device=device))
         assert torch.equal(alone[0], res[0][:2]) and torch.equal(alone[1], res[1][:2])
+        _compare_two_passes(qs, keys, values, visible, fw, tile, got, chosen, t0, t1)
+
+
+def _compare_two_passes(qs, keys, values, visible, fw, tile, one_pass, chosen, t0, t1):
+    """The static step's two passes (keys only for the rerank, then values of the kept tiles only)
+    give the one pass's m and l, and its o for every kept tile, bit for bit; the other tiles' o
+    is not written (so their values are not read), and the combine gives the same output."""
+    m, l, o = (torch.empty_like(x) for x in one_pass[:3])
+    o.fill_(float("nan"))
+    tile_stats_triton(qs, keys, values, visible, fw, tile, 0.2, (m, l, o), with_values=False)
+    assert torch.equal(m, one_pass[0]) and torch.equal(l, one_pass[1]) and o.isnan().all()
+    kept_values_triton(qs, keys, values, visible, chosen, fw, tile, 0.2, t0, t1, o)
+    rows, sel, n_cand = chosen.shape
+    n, n_t = m.shape[:2]
+    kept = torch.ones((n, n_t), dtype=torch.bool, device=m.device)
+    kept[:, t0:t1] = chosen.repeat_interleave(n // rows // sel, 1).reshape(n, n_cand)
+    assert torch.equal(o[kept], one_pass[2][kept]) and o[~kept].isnan().all() and (~kept).any()
+    dev = m.device
+    a = combine_triton(m, l, o, chosen, t0, t1, True, torch.empty(o[:, 0].shape, device=dev), torch.empty(m.shape, device=dev))
+    b = combine_triton(*one_pass[:3], chosen, t0, t1, True, torch.empty(o[:, 0].shape, device=dev), torch.empty(m.shape, device=dev))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU runs the interpreter test)")

@@ -21,8 +21,9 @@ What is static and how the varying parts are handled:
   region padded to whole tiles); the window's keys are rotated once, at their slot, and scored
   by the query rotated at the new token's slot, the memory by the query rotated where memory sits;
 * the attention runs one of two ways (``decode_kernel``): a Triton kernel gives each tile's softmax
-  statistics, reading only visible slots, and the rerank and the output follow from those
-  (``tile_stats.py``); or PyTorch ops score the whole buffer and take one softmax;
+  statistics, reading only visible slots (keys for the rerank, then values only of the tiles it
+  keeps), and the rerank and the output follow from those (``tile_stats.py``); or PyTorch ops
+  score the whole buffer and take one softmax;
 * several sessions decode at once as rows (``Engine.answer_many``): every buffer has a row axis,
   each row its own window slot, position, memory placement (a per-row flag: the fixed angle or
   true positions, so one graph serves both) and candidates; one graph per number of rows, the
@@ -62,7 +63,7 @@ from ..errors import ConfigError
 from ..memory.blocks import gather_parts
 from ..models.adapter import call_layer
 from .rope import rotate, sinks_at_true_positions
-from .tile_stats import (candidate_mass_triton, check_triton, combine_triton, tile_stats_triton,
+from .tile_stats import (candidate_mass_triton, check_triton, combine_triton, kept_values_triton, tile_stats_triton,
                          triton_available)
 from .step import DECODE, StepContext
 
@@ -361,8 +362,9 @@ class DecodeGraph:
         tiles = self.kernel == "triton" and not softcap
         if tiles:  # the Triton kernels: per-tile statistics, candidates' masses (tile_stats.py)
             n_h = n_r * hkv
+            # keys only here: the values are read after the rerank, for the tiles it keeps (kept_values_triton)
             m, l, o, _ = tile_stats_triton(qs, flat_k, flat_v, visible, self.first_window_tile, b, scaling,
-                                           tuple(x[:n_h] for x in self.stats_out))
+                                           tuple(x[:n_h] for x in self.stats_out), with_values=False)
             mass = candidate_mass_triton(m, l, self.cand_ok[layer, :n_r], self.cand_edge[layer, :n_r], t0, t1,
                                          self.lse_total[:n_h], self.mass_out[:n_r])          # [B, sel, M]
         else:  # PyTorch: every logit of the buffer, one softmax (the fifth session's v2 step)
@@ -388,7 +390,8 @@ class DecodeGraph:
         chosen = torch.zeros_like(self.cand_ok[layer, :n_r]).scatter(2, order, keep)   # [B, sel, M]
 
         # one softmax over [sinks | kept blocks | window]
-        if tiles:  # from the tiles' statistics (the flash-decoding combine)
+        if tiles:  # from the tiles' statistics (the flash-decoding combine), values of the kept tiles only
+            kept_values_triton(qs, flat_k, flat_v, visible, chosen, self.first_window_tile, b, scaling, t0, t1, o)
             out, w = combine_triton(m, l, o, chosen, t0, t1, self.track, self.out_rows[:n_h], self.tile_share[:n_h])
             got = w[:, t0:t1].sum(-1).view(n_r, hkv, m_cap) if self.track else None                 # [B, Hkv, M]
         else:

@@ -13,12 +13,13 @@ import triton.language as tl
 
 
 @triton.jit
-def tile_stats_kernel(Q, K, V, VIS, M, L, O, scaling, first_window_tile, heads_per_row, svis,
-                      sq0, sq1, sq2, sk0, sk1, sv0, sv1, sm0, sm1, sm2, so0, so1, so2,
-                      G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-                      TILE: tl.constexpr, T_PAD: tl.constexpr, IEEE: tl.constexpr):
-    h = tl.program_id(0)
-    t = tl.program_id(1)
+def _tile_weights(Q, K, vis, h, t, first_window_tile, scaling, sq0, sq1, sq2, sk0, sk1,
+                  G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+                  TILE: tl.constexpr, T_PAD: tl.constexpr, IEEE: tl.constexpr):
+    """One tile's logits for the group's query heads (the memory's query before the window's
+    tiles, the window's query in them): its largest visible logit ``mx`` ``[G_PAD]`` and
+    ``p = exp(logit - mx)`` ``[G_PAD, T_PAD]`` (0 at invisible slots). The same instructions on
+    the same loads in both kernels below, so both see the same bits."""
     rows = tl.arange(0, G_PAD)
     cols = tl.arange(0, D_PAD)
     in_d = cols < D
@@ -27,8 +28,6 @@ def tile_stats_kernel(Q, K, V, VIS, M, L, O, scaling, first_window_tile, heads_p
     q = tl.load(Q + which * sq0 + h * sq1 + rows[:, None] * sq2 + cols[None, :],
                 mask=(rows[:, None] < G) & in_d[None, :], other=0.0)
     pos = t * TILE + slots
-    in_tile = slots < TILE
-    vis = tl.load(VIS + (h // heads_per_row) * svis + pos, mask=in_tile, other=0) != 0
     k = tl.load(K + h * sk0 + pos[:, None] * sk1 + cols[None, :], mask=vis[:, None] & in_d[None, :], other=0.0)
     if IEEE:  # float32 buffers: float32 products, not TF32 (the reference's float32 math)
         s = tl.dot(q.to(k.dtype), tl.trans(k), input_precision="ieee") * scaling
@@ -38,16 +37,71 @@ def tile_stats_kernel(Q, K, V, VIS, M, L, O, scaling, first_window_tile, heads_p
     mx = tl.max(s, 1)
     safe = tl.where(mx == float("-inf"), 0.0, mx)
     p = tl.exp(s - safe[:, None])
-    p = tl.where(vis[None, :], p, 0.0)
-    v = tl.load(V + h * sv0 + pos[:, None] * sv1 + cols[None, :], mask=vis[:, None] & in_d[None, :], other=0.0)
+    return mx, tl.where(vis[None, :], p, 0.0)
+
+
+@triton.jit
+def _tile_values(V, p, vis, h, t, sv0, sv1, D: tl.constexpr, D_PAD: tl.constexpr, TILE: tl.constexpr,
+                 T_PAD: tl.constexpr, IEEE: tl.constexpr):
+    """``p @ v`` over one tile's visible slots ``[G_PAD, D_PAD]`` (float32 accumulation)."""
+    cols = tl.arange(0, D_PAD)
+    pos = t * TILE + tl.arange(0, T_PAD)
+    v = tl.load(V + h * sv0 + pos[:, None] * sv1 + cols[None, :], mask=vis[:, None] & (cols < D)[None, :], other=0.0)
     if IEEE:
-        acc = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-    else:
-        acc = tl.dot(p.to(v.dtype), v)                                     # [G_PAD, D_PAD]
+        return tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    return tl.dot(p.to(v.dtype), v)                                        # [G_PAD, D_PAD]
+
+
+@triton.jit
+def tile_stats_kernel(Q, K, V, VIS, M, L, O, scaling, first_window_tile, heads_per_row, svis,
+                      sq0, sq1, sq2, sk0, sk1, sv0, sv1, sm0, sm1, sm2, so0, so1, so2,
+                      G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+                      TILE: tl.constexpr, T_PAD: tl.constexpr, IEEE: tl.constexpr, WITH_O: tl.constexpr):
+    """``WITH_O`` False: ``m`` and ``l`` only (keys read, values not; ``O`` untouched): the
+    rerank's pass, before :func:`kept_values_kernel` reads the values of the tiles it keeps."""
+    h = tl.program_id(0)
+    t = tl.program_id(1)
+    rows = tl.arange(0, G_PAD)
+    cols = tl.arange(0, D_PAD)
+    slots = tl.arange(0, T_PAD)
+    vis = tl.load(VIS + (h // heads_per_row) * svis + t * TILE + slots, mask=slots < TILE, other=0) != 0
+    mx, p = _tile_weights(Q, K, vis, h, t, first_window_tile, scaling, sq0, sq1, sq2, sk0, sk1,
+                          G, G_PAD, D, D_PAD, TILE, T_PAD, IEEE)
     ok = rows < G
     tl.store(M + h * sm0 + t * sm1 + rows * sm2, mx, mask=ok)
     tl.store(L + h * sm0 + t * sm1 + rows * sm2, tl.sum(p, 1), mask=ok)
-    tl.store(O + h * so0 + t * so1 + rows[:, None] * so2 + cols[None, :], acc, mask=ok[:, None] & in_d[None, :])
+    if WITH_O:
+        acc = _tile_values(V, p, vis, h, t, sv0, sv1, D, D_PAD, TILE, T_PAD, IEEE)
+        tl.store(O + h * so0 + t * so1 + rows[:, None] * so2 + cols[None, :], acc, mask=ok[:, None] & (cols < D)[None, :])
+
+
+@triton.jit
+def kept_values_kernel(Q, K, V, VIS, CHOSEN, O, scaling, first_window_tile, heads_per_row, svis, t0, t1,
+                       heads_per_sel, n_sel, sq0, sq1, sq2, sk0, sk1, sv0, sv1, so0, so1, so2,
+                       G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+                       TILE: tl.constexpr, T_PAD: tl.constexpr, IEEE: tl.constexpr):
+    """``o`` of the tiles the step keeps (sinks, window, the chosen candidates: what the combine
+    reads), the others' left as they are and their keys and values not read: the values' pass
+    after the rerank. ``p`` as :func:`tile_stats_kernel` computed it (same code, same loads), so
+    ``o`` matches the ``m`` and ``l`` of that pass bit for bit."""
+    h = tl.program_id(0)
+    t = tl.program_id(1)
+    rows = tl.arange(0, G_PAD)
+    cols = tl.arange(0, D_PAD)
+    slots = tl.arange(0, T_PAD)
+    row = h // heads_per_row
+    s = (h % heads_per_row) // heads_per_sel
+    cand = (t >= t0) & (t < t1)
+    at = tl.minimum(tl.maximum(t - t0, 0), t1 - t0 - 1)          # a candidate's flag (read, unused, for the others)
+    flag = tl.load(CHOSEN + (row * n_sel + s) * (t1 - t0) + at).to(tl.int32)
+    keep = tl.where(cand, flag, 1) != 0
+    in_tile = (slots < TILE) & (tl.zeros([T_PAD], tl.int32) + keep.to(tl.int32) != 0)
+    vis = tl.load(VIS + row * svis + t * TILE + slots, mask=in_tile, other=0) != 0
+    mx, p = _tile_weights(Q, K, vis, h, t, first_window_tile, scaling, sq0, sq1, sq2, sk0, sk1,
+                          G, G_PAD, D, D_PAD, TILE, T_PAD, IEEE)
+    acc = _tile_values(V, p, vis, h, t, sv0, sv1, D, D_PAD, TILE, T_PAD, IEEE)
+    ok = (rows < G) & (tl.zeros([G_PAD], tl.int32) + keep.to(tl.int32) != 0)
+    tl.store(O + h * so0 + t * so1 + rows[:, None] * so2 + cols[None, :], acc, mask=ok[:, None] & (cols < D)[None, :])
 
 
 

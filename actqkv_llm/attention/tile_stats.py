@@ -21,7 +21,10 @@ yardstick :func:`check_triton` holds the kernel to on the buffers' own shapes be
 it, and the tests'. (Without the kernel the step itself takes one dense softmax instead, which
 measured faster in PyTorch ops than these statistics: docs/benchmarks.md.)
 
-The rerank's masses (:func:`candidate_mass_triton`: each head's total, then each candidate's mass
+The static step runs the kernel in two passes: keys only (``m`` and ``l``, for the rerank), then,
+once the rerank has chosen, ``o`` of the kept tiles only (:func:`kept_values_triton`: sinks, window
+and the chosen candidates, ~100 of ~800 tiles per layer on the 8B shape), so the values of the
+candidates it drops are never read. The rerank's masses (:func:`candidate_mass_triton`: each head's total, then each candidate's mass
 summed over the heads of a selection) and the combine (:func:`combine_triton`) are Triton kernels
 too, with :func:`candidate_mass_torch` and :func:`combine_torch` as their yardsticks. Their sums run
 in a fixed order per program, so a decode row's results do not depend on how many rows run
@@ -83,26 +86,61 @@ def _per_head(visible: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def tile_stats_triton(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
-                      first_window_tile: int, tile: int, scaling: float, out: tuple[torch.Tensor, ...]):
+                      first_window_tile: int, tile: int, scaling: float, out: tuple[torch.Tensor, ...],
+                      with_values: bool = True):
     """:func:`tile_stats_torch` (without a softcap) as one Triton kernel, one program per KV head
     (of every sequence) and tile, writing into ``out = (m, l, o)`` (preallocated: the step runs inside a CUDA graph).
-    Products in the keys' dtype with float32 accumulation, like the reference's bf16 products."""
+    Products in the keys' dtype with float32 accumulation, like the reference's bf16 products.
+    ``with_values`` False: ``m`` and ``l`` only, no value read and ``o`` left as it is (the static
+    step's rerank pass; :func:`kept_values_triton` then gives ``o`` of the tiles it keeps)."""
     n, width, d = keys.shape
     g = qs.shape[2]
     m, l, o = out
-    rows = _visibility_rows(visible, n)
-    if m.stride() != l.stride() or o.stride(-1) != 1 or keys.stride(-1) != 1 or values.stride(-1) != 1 \
-            or qs.stride(-1) != 1 or rows.stride(-1) != 1:
-        raise ValueError("tile_stats_triton needs m and l laid out alike and unit strides along d")
+    rows = _check_buffers(qs, keys, values, visible, o)
+    if m.stride() != l.stride():
+        raise ValueError("tile_stats_triton needs m and l laid out alike")
     n_t = width // tile
     _kernels().tile_stats_kernel[(n, n_t)](
         qs, keys, values, rows, m, l, o, scaling, first_window_tile, n // rows.shape[0], rows.stride(0),
         qs.stride(0), qs.stride(1), qs.stride(2), keys.stride(0), keys.stride(1),
         values.stride(0), values.stride(1), m.stride(0), m.stride(1), m.stride(2), o.stride(0), o.stride(1), o.stride(2),
         G=g, G_PAD=_pad(g), D=d, D_PAD=_pad(d), TILE=tile, T_PAD=_pad(tile),
-        IEEE=keys.dtype == torch.float32,
+        IEEE=keys.dtype == torch.float32, WITH_O=with_values,
     )
     return m, l, o, None
+
+
+def kept_values_triton(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
+                       chosen: torch.Tensor, first_window_tile: int, tile: int, scaling: float, t0: int, t1: int,
+                       o: torch.Tensor) -> torch.Tensor:
+    """``o`` (:func:`tile_stats_torch`'s third value) of the tiles a step keeps, written into ``o``
+    ``[N, T, G, d]``: sinks and window (tiles outside ``t0 .. t1-1``) and the candidates ``chosen``
+    ``[rows, S, M]``; the other tiles' keys and values are not read and their ``o`` is left as it is
+    (the combine reads only kept tiles). After :func:`tile_stats_triton` with ``with_values=False``,
+    the two read each kept tile's keys twice and every other tile's values never: on the 8B shape a
+    step reranks ~736 candidate blocks per layer and keeps at most ~92 of them."""
+    n, width, d = keys.shape
+    g = qs.shape[2]
+    rows = _check_buffers(qs, keys, values, visible, o)
+    n_rows, sel, n_cand = chosen.shape
+    if n_rows != rows.shape[0] or n_cand != t1 - t0 or not chosen.is_contiguous():
+        raise ValueError(f"chosen {tuple(chosen.shape)} does not fit {rows.shape[0]} rows of {t1 - t0} candidates")
+    _kernels().kept_values_kernel[(n, width // tile)](
+        qs, keys, values, rows, chosen, o, scaling, first_window_tile, n // n_rows, rows.stride(0), t0, t1,
+        n // n_rows // sel, sel, qs.stride(0), qs.stride(1), qs.stride(2), keys.stride(0), keys.stride(1),
+        values.stride(0), values.stride(1), o.stride(0), o.stride(1), o.stride(2),
+        G=g, G_PAD=_pad(g), D=d, D_PAD=_pad(d), TILE=tile, T_PAD=_pad(tile),
+        IEEE=keys.dtype == torch.float32,
+    )
+    return o
+
+
+def _check_buffers(qs, keys, values, visible, o) -> torch.Tensor:
+    """The visibility as rows (:func:`_visibility_rows`), after checking the unit strides the kernels assume."""
+    rows = _visibility_rows(visible, keys.shape[0])
+    if o.stride(-1) != 1 or keys.stride(-1) != 1 or values.stride(-1) != 1 or qs.stride(-1) != 1 or rows.stride(-1) != 1:
+        raise ValueError("the tile kernels need unit strides along d")
+    return rows
 
 
 def candidate_mass_torch(m: torch.Tensor, l: torch.Tensor, ok: torch.Tensor, edge: torch.Tensor,
@@ -256,6 +294,18 @@ def check_triton(graph, strict: bool = False) -> str:
         return refuse(f"the Triton decode kernels failed ({type(exc).__name__}: {exc})")
     want_mass = candidate_mass_torch(m, l, ok, edge, t0, t1)
     want_out, want_share = combine_torch(m, l, o, chosen, t0, t1, True)
+    # the values' pass after the rerank: the one pass's o for the kept tiles (the combine reads no other)
+    try:
+        kept_o = kept_values_triton(qs, keys, values, visible, chosen.contiguous(), graph.first_window_tile, tile,
+                                    scaling, t0, t1, torch.zeros_like(o))
+    except Exception as exc:  # noqa: BLE001
+        return refuse(f"the Triton decode kernels failed ({type(exc).__name__}: {exc})")
+    n_kv = o.shape[0]
+    kept = torch.ones(o.shape[:2], dtype=torch.bool, device=dev)
+    kept[:, t0:t1] = chosen.repeat_interleave(n_kv // rows // sel, 1).reshape(n_kv, t1 - t0)
+    err_o = float((kept_o[kept] - got[2][kept]).norm() / got[2][kept].norm().clamp_min(1e-30))
+    if err_o > 1e-4:
+        return refuse(f"the Triton values pass disagrees with the one-pass kernel (relative o {err_o:.3g})")
     same_inf = torch.equal(torch.isinf(mass), torch.isinf(want_mass)) and torch.equal(mass[torch.isinf(mass)], want_mass[torch.isinf(want_mass)])
     fin = ~torch.isinf(want_mass)
     errs = [float((mass[fin] - want_mass[fin]).norm() / want_mass[fin].norm().clamp_min(1e-30))]
