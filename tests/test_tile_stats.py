@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from actqkv_llm.attention.tile_stats import (candidate_mass_torch, candidate_mass_triton, combine_torch, combine_triton,
-                                             kept_values_triton, tile_stats_torch, tile_stats_triton, triton_available)
+                                             kept_tiles, kept_values_triton, tile_stats_torch, tile_stats_triton, triton_available)
 
 
 def _case(dtype=torch.float32, device="cpu", hkv=2, g=3, d=16, tile=8, n_tiles=7, first_window=5):
@@ -124,10 +124,7 @@ def _compare_two_passes(qs, keys, values, visible, fw, tile, one_pass, chosen, t
     tile_stats_triton(qs, keys, values, visible, fw, tile, 0.2, (m, l, o), with_values=False)
     assert torch.equal(m, one_pass[0]) and torch.equal(l, one_pass[1]) and o.isnan().all()
     kept_values_triton(qs, keys, values, visible, chosen, fw, tile, 0.2, t0, t1, o)
-    rows, sel, n_cand = chosen.shape
-    n, n_t = m.shape[:2]
-    kept = torch.ones((n, n_t), dtype=torch.bool, device=m.device)
-    kept[:, t0:t1] = chosen.repeat_interleave(n // rows // sel, 1).reshape(n, n_cand)
+    kept = kept_tiles(chosen, m.shape[0], m.shape[1], t0, t1)
     assert torch.equal(o[kept], one_pass[2][kept]) and o[~kept].isnan().all() and (~kept).any()
     dev = m.device
     a = combine_triton(m, l, o, chosen, t0, t1, True, torch.empty(o[:, 0].shape, device=dev), torch.empty(m.shape, device=dev))

@@ -159,15 +159,23 @@ def candidate_mass_torch(m: torch.Tensor, l: torch.Tensor, ok: torch.Tensor, edg
     return mass.masked_fill(edge, float("inf")).masked_fill(~ok, float("-inf"))
 
 
+def kept_tiles(chosen: torch.Tensor, n: int, n_tiles: int, t0: int, t1: int) -> torch.Tensor:
+    """Which tiles a step keeps, ``[N, T]`` bool for ``N`` KV heads: every tile outside the
+    candidates ``t0 .. t1-1`` (sinks, window), and the candidates ``chosen`` ``[rows, S, M]`` (a
+    selection's choice shared by its heads)."""
+    rows, sel, n_cand = chosen.shape
+    kept = torch.ones((n, n_tiles), dtype=torch.bool, device=chosen.device)
+    kept[:, t0:t1] = chosen.repeat_interleave(n // rows // sel, 1).reshape(n, n_cand)
+    return kept
+
+
 def combine_torch(m: torch.Tensor, l: torch.Tensor, o: torch.Tensor, chosen: torch.Tensor, t0: int, t1: int,
                   track: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The softmax over the kept tiles (every tile but the candidates ``t0 .. t1-1`` not ``chosen``
     ``[rows, S, M]``) from the tiles' statistics (the flash-decoding combine). Returns float32
     ``[N, G, d]`` and, with ``track``, each tile's share of the softmax ``[N, T, G]``."""
     n, n_t, g = m.shape
-    rows, sel, n_cand = chosen.shape
-    kept = torch.ones((n, n_t, 1), dtype=torch.bool, device=m.device)
-    kept[:, t0:t1, 0] = chosen.repeat_interleave(n // rows // sel, 1).reshape(n, n_cand)
+    kept = kept_tiles(chosen, n, n_t, t0, t1)[..., None]
     mk = m.masked_fill(~kept, float("-inf"))
     coef = torch.exp(mk - mk.amax(1, keepdim=True))                        # 0 where not kept
     weight = coef * l
@@ -300,9 +308,7 @@ def check_triton(graph, strict: bool = False) -> str:
                                     scaling, t0, t1, torch.zeros_like(o))
     except Exception as exc:  # noqa: BLE001
         return refuse(f"the Triton decode kernels failed ({type(exc).__name__}: {exc})")
-    n_kv = o.shape[0]
-    kept = torch.ones(o.shape[:2], dtype=torch.bool, device=dev)
-    kept[:, t0:t1] = chosen.repeat_interleave(n_kv // rows // sel, 1).reshape(n_kv, t1 - t0)
+    kept = kept_tiles(chosen, o.shape[0], o.shape[1], t0, t1)
     err_o = float((kept_o[kept] - got[2][kept]).norm() / got[2][kept].norm().clamp_min(1e-30))
     if err_o > 1e-4:
         return refuse(f"the Triton values pass disagrees with the one-pass kernel (relative o {err_o:.3g})")
