@@ -692,3 +692,28 @@ def test_held_candidates_keep_their_keys_in_the_memorys_dtype(make_engine):
     sess.forward(torch.tensor([7]), phase="decode")
     held = [r.candidates for r in sess.retrieval if r.candidates is not None]
     assert held and all(h.keys.dtype == torch.bfloat16 for h in held)
+
+
+def test_bench_recall_from_a_later_sample_runs_the_same_samples(tmp_path, make_engine):
+    """--first-sample N runs samples N.. of the seed's sequence: the same documents, needles,
+    depths and answers as the same samples of a run from 0 (how a run cut short is finished)."""
+    from actqkv_llm.bench.recall import run_recall
+    from actqkv_llm.errors import ConfigError
+
+    eng = make_engine("llama", method="actqkv", **SMALL)
+    run = dict(engine=eng, variants=["actqkv"], task="passkey:filler", lengths=[400], progress=False,
+               plots=False, meter=False, count_tokens=lambda text: len(text.encode()), max_new_tokens=3)
+    run_recall(tmp_path / "all", samples=3, **run)
+    run_recall(tmp_path / "rest", samples=2, first_sample=1, **run)
+
+    def rows(name):
+        return [json.loads(x) for x in (tmp_path / name / "recall.jsonl").read_text().splitlines()]
+
+    whole, rest = rows("all"), rows("rest")
+    assert [r["sample"] for r in rest] == [1, 2]
+    keys = ("sample", "depth", "expected", "n_tokens", "output")
+    assert [{k: r[k] for k in keys} for r in rest] == [{k: r[k] for k in keys} for r in whole[1:]]
+    assert len({tuple(r["expected"]) for r in whole}) == 3     # the samples differ: the check can fail
+    assert "(from sample 1)" in (tmp_path / "rest" / "recall.md").read_text()
+    with pytest.raises(ConfigError, match="first_sample"):
+        run_recall(tmp_path / "bad", samples=1, first_sample=-1, **run)

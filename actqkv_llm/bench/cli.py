@@ -124,6 +124,9 @@ def add_bench_arguments(subparsers: Any) -> argparse.ArgumentParser:
     r.add_argument("--depths", type=_csv(float), default=list(T.DEFAULT_DEPTHS),
                    help="needle depths, used in turn by successive samples")
     r.add_argument("--samples", type=int, default=4, help="samples per length")
+    r.add_argument("--first-sample", type=int, default=0, metavar="N",
+                   help="start at sample N of the seed's sequence (the rest of a run cut short, or a run "
+                   "split over machines: the samples are those of a run from 0)")
     r.add_argument("--layout", choices=("completion", "ask"), default="completion",
                    help="plain completion after the raw document, or the chat template (ask)")
     r.add_argument("--document-every", type=int, default=8,
@@ -217,7 +220,7 @@ def _recall_main(args: argparse.Namespace) -> int:
         variants=args.variants, task=args.task[0], lengths=args.lengths, depths=args.depths,
         samples=args.samples, seed=args.seed, layout=args.layout, document_every=args.document_every,
         max_new_tokens=args.max_new_tokens, options=_options(args), progress=args.progress, plots=args.plots,
-        meter=args.meter, yarn=args.yarn)
+        meter=args.meter, yarn=args.yarn, first_sample=args.first_sample)
     for v, s in summary.items():
         q = s["phases"].get("question")
         rec = f"question recall {q['recall']:.3f} / oracle {q['oracle']:.3f}" if q else "no memory"

@@ -91,7 +91,9 @@ def markdown(summary: dict[str, Any], info: dict[str, Any]) -> str:
     lines = [f"# bench recall: {info.get('model')} on {info.get('device')}", "",
              f"Command: `{info.get('command')}`", "",
              f"Task {info.get('task')} ({info.get('layout')}), lengths {info.get('lengths')}, "
-             f"{info.get('samples')} samples per length, seed {info.get('seed')}.", "",
+             f"{info.get('samples')} samples per length"
+             + (f" (from sample {info['first_sample']})" if info.get("first_sample") else "")
+             + f", seed {info.get('seed')}.", "",
              "| variant | accuracy | question recall / oracle | decode recall / oracle "
              "| worst layer (question; decode) | memory tokens per step (question) | prefill s | answer s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -139,19 +141,24 @@ def run_recall(out_dir: str | Path = "bench-results/recall", *, engine: Any = No
                document_every: int = 8, max_new_tokens: int | None = None,
                options: dict[str, Any] | None = None, progress: bool = True, plots: bool = True,
                command: str | None = None, count_tokens: Callable[[str], int] | None = None,
-               meter: bool = True, yarn: float | None = None) -> dict[str, Any]:
+               meter: bool = True, yarn: float | None = None, first_sample: int = 0) -> dict[str, Any]:
     """Run every variant on the same samples with a recall meter on; write and return the summary.
 
     ``layout``: ``completion`` (raw document, then the question as a plain continuation) or ``ask``
     (the chat template, the product's main path). Samples are spread over ``depths`` in turn.
     ``meter=False``: accuracy and time only (past the window, where full attention is no truth).
     ``yarn``: extend the model's positions by this YaRN factor first (every variant runs on it).
+    ``first_sample``: run samples ``first_sample .. first_sample + samples - 1`` of the seed's
+    sequence (the same documents, needles and depths as in a run from 0): the rest of a run cut
+    short, or one run split over several processes or machines.
     """
     from . import hf
     from .quality import invoked_command, library_versions, load_engine
 
     if layout not in ("completion", "ask"):
         raise ConfigError(f"layout must be 'completion' or 'ask', got {layout!r}")
+    if first_sample < 0 or samples < 1:
+        raise ConfigError(f"samples must be >= 1 and first_sample >= 0, got {samples} and {first_sample}")
     parsed = [(v, *parse_variant(v)) for v in variants]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +171,7 @@ def run_recall(out_dir: str | Path = "bench-results/recall", *, engine: Any = No
     engines = {v: base.with_method(m, **{**(options or {}), **o}) for v, m, o in parsed if m != HF}
     task_name, haystack = T.parse_task(task)
     records: list[dict[str, Any]] = []
-    jobs = [(n, i) for n in lengths for i in range(samples)]
+    jobs = [(n, i) for n in lengths for i in range(first_sample, first_sample + samples)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -218,7 +225,7 @@ def run_recall(out_dir: str | Path = "bench-results/recall", *, engine: Any = No
         bar.close()
     summary = summarize(records)
     info = {"model": getattr(base, "model_id", model), "device": str(base.device), "dtype": str(base.dtype),
-            "yarn": yarn, "meter": meter, "task": task, "layout": layout, "lengths": list(lengths), "samples": samples, "seed": seed,
+            "yarn": yarn, "meter": meter, "task": task, "layout": layout, "lengths": list(lengths), "samples": samples, "first_sample": first_sample, "seed": seed,
             "variants": {v: engines[v].config.to_dict() if v in engines else "plain attention (SDPA)"
                          for v, _, _ in parsed},
             "command": command if command is not None else invoked_command(),
