@@ -715,5 +715,7 @@ def test_bench_recall_from_a_later_sample_runs_the_same_samples(tmp_path, make_e
     assert [{k: r[k] for k in keys} for r in rest] == [{k: r[k] for k in keys} for r in whole[1:]]
     assert len({tuple(r["expected"]) for r in whole}) == 3     # the samples differ: the check can fail
     assert "(from sample 1)" in (tmp_path / "rest" / "recall.md").read_text()
+    info = json.loads((tmp_path / "rest" / "recall.json").read_text())["info"]
+    assert info["first_sample"] == 1 and info["fingerprint"] == eng.fingerprint   # what to compare across parts
     with pytest.raises(ConfigError, match="first_sample"):
         run_recall(tmp_path / "bad", samples=1, first_sample=-1, **run)

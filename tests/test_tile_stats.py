@@ -5,8 +5,9 @@ GPU, interpreted on the CPU with ``TRITON_INTERPRET=1``)."""
 import pytest
 import torch
 
-from actqkv_llm.attention.tile_stats import (candidate_mass_torch, candidate_mass_triton, combine_torch, combine_triton,
-                                             kept_tiles, kept_values_triton, tile_stats_torch, tile_stats_triton, triton_available)
+from actqkv_llm.attention.tile_stats import (candidate_mass_torch, candidate_mass_triton, choose_torch, choose_triton,
+                                             combine_torch, combine_triton, kept_tiles, kept_values_triton, tile_stats_torch,
+                                             tile_stats_triton, triton_available)
 
 
 def _case(dtype=torch.float32, device="cpu", hkv=2, g=3, d=16, tile=8, n_tiles=7, first_window=5):
@@ -85,6 +86,17 @@ def test_candidate_mass_and_combine_rebuild_a_direct_softmax():
     torch.testing.assert_close(tiles, direct.view(rows * hkv, g, n_t, tile).sum(-1).transpose(1, 2), atol=1e-6, rtol=1e-5)
 
 
+def test_the_choice_takes_the_largest_masses_ties_to_the_earlier_candidate():
+    mass = torch.tensor([[[0.5, 0.9, float("inf"), 0.9, float("-inf"), 0.5, 0.1]]])
+    take = lambda n, hi=9: choose_torch(mass, torch.tensor([n]), hi)[0, 0].nonzero().flatten().tolist()  # noqa: E731
+    assert take(1) == [2]                      # the edge (+inf) first
+    assert take(2) == [1, 2] and take(3) == [1, 2, 3]
+    assert take(4) == [0, 1, 2, 3]             # of the tied 0.5s, the earlier one
+    assert take(7) == list(range(7))           # past the filled ones: the unfilled (-inf) last
+    assert take(5, hi=3) == [1, 2, 3]          # never more than hi
+    assert take(0) == []
+
+
 def _compare_kernel(dtype: torch.dtype, device: torch.device) -> None:
     qs, keys, values, visible, fw, tile = _case(dtype, device, hkv=4, g=4, d=32, tile=16, n_tiles=6, first_window=4)
     visible = torch.stack([visible, visible.roll(5)])          # two rows of two KV heads
@@ -113,6 +125,30 @@ def _compare_kernel(dtype: torch.dtype, device: torch.device) -> None:
         alone = combine_triton(m[:2], l[:2], o[:2], chosen[:1], t0, t1, True, torch.empty(o[:2, 0].shape, device=device), torch.empty(m[:2].shape, device=device))
         assert torch.equal(alone[0], res[0][:2]) and torch.equal(alone[1], res[1][:2])
         _compare_two_passes(qs, keys, values, visible, fw, tile, got, chosen, t0, t1)
+    _compare_choice(device)
+
+
+def _tied_masses(rows, sel, n_cand, device, seed=0):
+    """Masses with many exact ties, +inf edges and -inf unfilled candidates (what the rerank sees)."""
+    gen = torch.Generator().manual_seed(seed)
+    mass = (torch.rand((rows, sel, n_cand), generator=gen) * 6).floor() / 6
+    mass[..., 0] = mass[..., n_cand // 2] = float("inf")
+    mass[mass < 0.15] = float("-inf")
+    return mass.to(device)
+
+
+def _compare_choice(device):
+    """The rerank's choice by counted ranks (no sort) is the stable sort's, bit for bit: ties
+    to the earlier candidate, edges first, unfilled last, ``n_take`` per row clipped at ``hi``,
+    n_take read through a strided view (a layer's column of the step's [rows, layers] table)."""
+    for rows, sel, n_cand, hi in ((2, 1, 736, 92), (3, 4, 100, 40), (1, 1, 5, 9), (2, 2, 70, 3)):
+        mass = _tied_masses(rows, sel, n_cand, device, seed=n_cand)
+        table = torch.randint(0, hi + 4, (rows, 5), generator=torch.Generator().manual_seed(1)).to(device)
+        n_take = table[:, 2]
+        want = choose_torch(mass, n_take, hi)
+        got = choose_triton(mass, n_take, hi, torch.ones(mass.shape, dtype=torch.bool, device=device))
+        assert torch.equal(got, want), (rows, sel, n_cand, hi)
+        assert (want.sum(-1) == n_take.clamp(max=min(hi, n_cand))[:, None]).all()
 
 
 def _compare_two_passes(qs, keys, values, visible, fw, tile, one_pass, chosen, t0, t1):

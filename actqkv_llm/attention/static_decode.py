@@ -63,8 +63,8 @@ from ..errors import ConfigError
 from ..memory.blocks import gather_parts
 from ..models.adapter import call_layer
 from .rope import rotate, sinks_at_true_positions
-from .tile_stats import (candidate_mass_triton, check_triton, combine_triton, kept_values_triton, tile_stats_triton,
-                         triton_available)
+from .tile_stats import (candidate_mass_triton, check_triton, choose_torch, choose_triton, combine_triton,
+                         kept_values_triton, tile_stats_triton, triton_available)
 from .step import DECODE, StepContext
 
 if TYPE_CHECKING:
@@ -221,7 +221,6 @@ class DecodeGraph:
         n_tab = {rt: (t[0].shape[0] - ns) // b for rt, t in self.tables.items()}
         self.block_tables = {rt: tuple(x[ns:ns + n_tab[rt] * b].view(n_tab[rt], b, x.shape[-1]) for x in t)
                              for rt, t in self.tables.items()}
-        self.ranks = torch.arange(self.hi, device=dev)
         self.rope = adapter.identity_rope(torch.empty((1, 1, 1), dtype=dt, device=dev))  # one token's, made once
         self.half_out = dev.type == "cuda" and dt in (torch.bfloat16, torch.float16) and half_products_into_float32(dev, dt)
         self.n_rows = 0
@@ -278,6 +277,7 @@ class DecodeGraph:
                           torch.empty((R * hkv, self.n_tiles, g, d), dtype=torch.float32, device=dev))
         self.lse_total = torch.empty((R * hkv, g), dtype=torch.float32, device=dev)
         self.mass_out = torch.empty((R, self.sel_rows, self.m_cap), dtype=torch.float32, device=dev)
+        self.chosen_out = torch.empty((R, self.sel_rows, self.m_cap), dtype=torch.bool, device=dev)
         self.out_rows = torch.empty((R * hkv, g, d), dtype=torch.float32, device=dev)
         self.tile_share = torch.empty((R * hkv, self.n_tiles, g), dtype=torch.float32, device=dev)
         # each layer's and row's candidate slots, as views made once (_load_candidates)
@@ -286,7 +286,7 @@ class DecodeGraph:
                          self.cand_ok[i, r], self.cand_edge[i, r]) for r in range(R)] for i in range(L)]
         self._filled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         per_row = [self.keys, self.values, self.visible, self.win_k, self.cand_ok, self.cand_edge, self.mass,
-                   self.picks, self.queries, self.lse_total, self.mass_out, self.out_rows, self.tile_share, *self.stats_out]
+                   self.picks, self.queries, self.lse_total, self.mass_out, self.chosen_out, self.out_rows, self.tile_share, *self.stats_out]
         self._row_bytes = sum(t.numel() * t.element_size() for t in per_row if t is not None) // R
 
     def row_bytes(self) -> int:
@@ -385,9 +385,10 @@ class DecodeGraph:
         # uncapped candidate logits, normalised with the sinks and the window; edges always kept);
         # ties to the earlier block, as the reference ranks them
         sel = self.sel_rows
-        order = mass.sort(dim=-1, descending=True, stable=True).indices[..., :hi]   # [B, sel, hi]
-        keep = (self.ranks < self.n_take[:n_r, layer, None])[:, None].expand(n_r, sel, hi)
-        chosen = torch.zeros_like(self.cand_ok[layer, :n_r]).scatter(2, order, keep)   # [B, sel, M]
+        if tiles:   # ranks counted in one kernel: no sort, the same choice
+            chosen = choose_triton(mass, self.n_take[:n_r, layer], hi, self.chosen_out[:n_r])   # [B, sel, M]
+        else:
+            chosen = choose_torch(mass, self.n_take[:n_r, layer], hi)
 
         # one softmax over [sinks | kept blocks | window]
         if tiles:  # from the tiles' statistics (the flash-decoding combine), values of the kept tiles only

@@ -201,3 +201,24 @@ def combine_kernel(M, L, O, CHOSEN, OUT, WOUT, t0, t1, hkv, heads_per_sel, n_sel
         for start in range(0, n_tiles, CH):
             ts, keep, mm, ll = _kept_tiles(M, L, chosen, h, g, start, t0, t1, sm0, sm1, sm2, n_tiles, CH)
             tl.store(WOUT + (h * n_tiles + ts) * G + g, tl.exp(mm - mx) * ll / den, mask=ts < n_tiles)
+
+
+@triton.jit
+def choose_kernel(MASS, N_TAKE, CHOSEN, n_cand, hi, sel, sn, CH: tl.constexpr, CI: tl.constexpr):
+    """The rerank's choice without a sort: candidate ``j`` of a selection is chosen when fewer than
+    ``min(n_take, hi)`` candidates rank before it, ranking by mass, larger first, ties to the
+    earlier candidate (a stable descending sort's order; +inf edges first, -inf unfilled last).
+    One program per selection and ``CH`` candidates, comparing them with all of the selection's
+    ``CI`` at a time: the result is exact (counts; no arithmetic on the masses)."""
+    p = tl.program_id(0)
+    js = tl.program_id(1) * CH + tl.arange(0, CH)
+    mj = tl.load(MASS + p * n_cand + js, mask=js < n_cand, other=0.0)
+    rank = tl.zeros([CH], tl.int32)
+    for start in range(0, n_cand, CI):
+        ms = start + tl.arange(0, CI)
+        inm = ms < n_cand
+        mi = tl.load(MASS + p * n_cand + ms, mask=inm, other=0.0)
+        before = (mi[None, :] > mj[:, None]) | ((mi[None, :] == mj[:, None]) & (ms[None, :] < js[:, None]))
+        rank += tl.sum((before & inm[None, :]).to(tl.int32), 1)
+    take = tl.minimum(tl.load(N_TAKE + (p // sel) * sn), hi)
+    tl.store(CHOSEN + p * n_cand + js, rank < take, mask=js < n_cand)

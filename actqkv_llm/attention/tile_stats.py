@@ -26,7 +26,9 @@ once the rerank has chosen, ``o`` of the kept tiles only (:func:`kept_values_tri
 and the chosen candidates, ~100 of ~800 tiles per layer on the 8B shape), so the values of the
 candidates it drops are never read. The rerank's masses (:func:`candidate_mass_triton`: each head's total, then each candidate's mass
 summed over the heads of a selection) and the combine (:func:`combine_triton`) are Triton kernels
-too, with :func:`candidate_mass_torch` and :func:`combine_torch` as their yardsticks. Their sums run
+too, with :func:`candidate_mass_torch` and :func:`combine_torch` as their yardsticks, and so is the
+rerank's choice between them (:func:`choose_triton`: each candidate's rank counted by comparing
+masses, :func:`choose_torch`'s stable sort without sorting; the same choice exactly). Their sums run
 in a fixed order per program, so a decode row's results do not depend on how many rows run
 beside it (PyTorch's reductions choose their strategy from the whole tensor's shape): answers
 decoded together are the answers decoded alone.
@@ -184,6 +186,31 @@ def combine_torch(m: torch.Tensor, l: torch.Tensor, o: torch.Tensor, chosen: tor
     return out, (weight / den[:, None] if track else None)
 
 
+def choose_torch(mass: torch.Tensor, n_take: torch.Tensor, hi: int) -> torch.Tensor:
+    """The rerank's choice: of each selection's candidates (``mass`` ``[rows, S, M]``, larger
+    first, ties to the earlier candidate), the first ``min(n_take[row], hi)`` (``n_take``
+    ``[rows]``), as ``[rows, S, M]`` bool. A stable sort, as the reference ranks them."""
+    rows, sel, n_cand = mass.shape
+    hi = min(hi, n_cand)
+    order = mass.sort(dim=-1, descending=True, stable=True).indices[..., :hi]            # [rows, S, hi]
+    keep = (torch.arange(hi, device=mass.device) < n_take[:, None])[:, None].expand(rows, sel, hi)
+    return torch.zeros(mass.shape, dtype=torch.bool, device=mass.device).scatter(2, order, keep)
+
+
+def choose_triton(mass: torch.Tensor, n_take: torch.Tensor, hi: int, out: torch.Tensor) -> torch.Tensor:
+    """:func:`choose_torch` as one Triton kernel (ranks counted, no sort), written into ``out``
+    ``[rows, S, M]`` bool (preallocated). The same choice bit for bit: it compares masses and
+    never computes with them. ``n_take`` ``[rows]`` (any stride)."""
+    rows, sel, n_cand = mass.shape
+    if not mass.is_contiguous() or not out.is_contiguous() or out.shape != mass.shape or out.dtype != torch.bool:
+        raise ValueError("choose_triton needs a contiguous mass and a contiguous bool output of its shape")
+    if n_take.shape != (rows,):
+        raise ValueError(f"n_take {tuple(n_take.shape)} does not fit {rows} rows")
+    _kernels().choose_kernel[(rows * sel, -(-n_cand // (CHUNK // 2)))](
+        mass, n_take, out, n_cand, min(hi, n_cand), sel, n_take.stride(0), CH=CHUNK // 2, CI=4 * CHUNK)
+    return out
+
+
 def candidate_mass_triton(m: torch.Tensor, l: torch.Tensor, ok: torch.Tensor, edge: torch.Tensor, t0: int, t1: int,
                           total: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """:func:`candidate_mass_torch` as two Triton kernels (each head's total, then the candidates),
@@ -312,6 +339,15 @@ def check_triton(graph, strict: bool = False) -> str:
     err_o = float((kept_o[kept] - got[2][kept]).norm() / got[2][kept].norm().clamp_min(1e-30))
     if err_o > 1e-4:
         return refuse(f"the Triton values pass disagrees with the one-pass kernel (relative o {err_o:.3g})")
+    # the rerank's choice by counted ranks: the stable sort's, exactly (tied masses, edges, unfilled)
+    tied = (want_mass * 8).floor().masked_fill(edge, float("inf")).masked_fill(~ok, float("-inf")).contiguous()
+    n_take = torch.randint(0, graph.hi + 2, (rows,), generator=gen, device=dev)
+    try:
+        picked = choose_triton(tied, n_take, graph.hi, torch.empty(tied.shape, dtype=torch.bool, device=dev))
+    except Exception as exc:  # noqa: BLE001
+        return refuse(f"the Triton decode kernels failed ({type(exc).__name__}: {exc})")
+    if not torch.equal(picked, choose_torch(tied, n_take, graph.hi)):
+        return refuse("the Triton rerank choice differs from the stable sort's")
     same_inf = torch.equal(torch.isinf(mass), torch.isinf(want_mass)) and torch.equal(mass[torch.isinf(mass)], want_mass[torch.isinf(want_mass)])
     fin = ~torch.isinf(want_mass)
     errs = [float((mass[fin] - want_mass[fin]).norm() / want_mass[fin].norm().clamp_min(1e-30))]

@@ -225,6 +225,9 @@ def run_recall(out_dir: str | Path = "bench-results/recall", *, engine: Any = No
         bar.close()
     summary = summarize(records)
     info = {"model": getattr(base, "model_id", model), "device": str(base.device), "dtype": str(base.dtype),
+            # what decides the tokens a run reads (weights, config, tokenizer): compare it before
+            # setting two runs' results side by side (a split run's parts, another machine's run)
+            "fingerprint": getattr(base, "fingerprint", None),
             "yarn": yarn, "meter": meter, "task": task, "layout": layout, "lengths": list(lengths), "samples": samples, "first_sample": first_sample, "seed": seed,
             "variants": {v: engines[v].config.to_dict() if v in engines else "plain attention (SDPA)"
                          for v, _, _ in parsed},
