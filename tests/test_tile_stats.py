@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from actqkv_llm.attention.tile_stats import (candidate_mass_torch, candidate_mass_triton, choose_torch, choose_triton,
-                                             combine_torch, combine_triton, kept_tiles, kept_values_triton, tile_stats_torch,
-                                             tile_stats_triton, triton_available)
+                                             combine_torch, combine_triton, kept_tiles, kept_values_triton, place_token_torch,
+                                             place_token_triton, tile_stats_torch, tile_stats_triton, triton_available)
 
 
 def _case(dtype=torch.float32, device="cpu", hkv=2, g=3, d=16, tile=8, n_tiles=7, first_window=5):
@@ -126,6 +126,35 @@ def _compare_kernel(dtype: torch.dtype, device: torch.device) -> None:
         assert torch.equal(alone[0], res[0][:2]) and torch.equal(alone[1], res[1][:2])
         _compare_two_passes(qs, keys, values, visible, fw, tile, got, chosen, t0, t1)
     _compare_choice(device)
+    _compare_place(device, dtype)
+
+
+def _compare_place(device, dtype):
+    """The new token's writes as one kernel are the five indexed writes, bit for bit, in every
+    buffer (with and without the kept queries); the model's k and v are strided views."""
+    gen = torch.Generator().manual_seed(3)
+    rows, hkv, d, cap, width, feats = 3, 2, 24, 10, 40, 2 * 3 * 24
+    raw = torch.randn((rows, 1, 2 * hkv, d), generator=gen)
+    k, v = raw[..., :hkv, :].transpose(1, 2), raw[..., hkv:, :].transpose(1, 2)   # [B, Hkv, 1, d], strided
+    k, v = k.to(device).to(dtype), v.to(device).to(dtype)
+    k_rot = torch.randn((rows * hkv, d), generator=gen).to(device).to(dtype)
+    q_flat = torch.randn((rows, feats), generator=gen).to(device)
+    slot = torch.tensor([0, 7, 3])
+    at_cap = ((torch.arange(rows * hkv) * cap).view(rows, hkv) + slot[:, None]).flatten().to(device)
+    at_w = ((torch.arange(rows * hkv) * width).view(rows, hkv) + (slot + 30)[:, None]).flatten().to(device)
+    at_vis = (torch.arange(rows) * width + slot + 30).to(device)
+    at_q = (torch.arange(rows) * cap + slot).to(device)
+    for with_q in (True, False):
+        bufs = [torch.randn(shape, generator=gen).to(device).to(dt) for shape, dt in
+                (((rows, hkv, cap, d), dtype), ((rows, hkv, width, d), dtype), ((rows, hkv, width, d), dtype))]
+        bufs += [torch.rand((rows, width), generator=gen).to(device) < 0.5,
+                 torch.randn((rows, cap, feats), generator=gen).to(device) if with_q else None]
+        want = [b.clone() if b is not None else None for b in bufs]
+        place_token_torch(k, k_rot, v, q_flat, *want, at_cap, at_w, at_vis, at_q)
+        place_token_triton(k, k_rot, v, q_flat, *bufs, at_cap, at_w, at_vis, at_q)
+        for a, b in zip(bufs, want):
+            assert (a is None and b is None) or torch.equal(a, b)
+        assert bufs[3].view(-1)[at_vis].all() and not torch.equal(want[1], bufs[1] * 0)
 
 
 def _tied_masses(rows, sel, n_cand, device, seed=0):

@@ -64,7 +64,7 @@ from ..memory.blocks import gather_parts
 from ..models.adapter import call_layer
 from .rope import rotate, sinks_at_true_positions
 from .tile_stats import (candidate_mass_triton, check_triton, choose_torch, choose_triton, combine_triton,
-                         kept_values_triton, tile_stats_triton, triton_available)
+                         kept_values_triton, place_token_torch, place_token_triton, tile_stats_triton, triton_available)
 from .step import DECODE, StepContext
 
 if TYPE_CHECKING:
@@ -345,13 +345,11 @@ class DecodeGraph:
             q, k, self.cursor[:n_r], self.exact[:n_r], self.fixed_pos, cos, sin, self.head_base_w[:n_r],
             self.head_base_cap[:n_r], self.row_base_w[:n_r], self.row_base_cap[:n_r], w0, self.dtype)
         # the token's key (unrotated, and rotated at its slot), value and visibility; its query for the
-        # activation statistics, which see it when the session settles
-        self.win_k[layer, :n_r].view(-1, d).index_copy_(0, at_cap, k.reshape(-1, d).to(self.dtype))
-        keys.view(-1, d).index_copy_(0, at_w, k_rot)
-        values.view(-1, d).index_copy_(0, at_w, v.reshape(-1, d).to(self.dtype))
-        visible.view(-1).index_fill_(0, at_vis, True)
-        if self.queries is not None:
-            self.queries[layer, :n_r].view(n_r * self.cap, -1).index_copy_(0, at_q, q_flat)
+        # activation statistics, which see it when the session settles (one kernel with Triton)
+        tiles = self.kernel == "triton" and not softcap
+        queries = self.queries[layer, :n_r] if self.queries is not None else None
+        (place_token_triton if tiles else place_token_torch)(
+            k, k_rot, v, q_flat, self.win_k[layer, :n_r], keys, values, visible, queries, at_cap, at_w, at_vis, at_q)
         if self._cut is not None:     # capturing segments: the scoring runs here between two of them
             self._cut(layer, q, scaling)
         elif self._rescoring:
@@ -359,7 +357,6 @@ class DecodeGraph:
         flat_k, flat_v = keys.view(n_r * hkv, W, d), values.view(n_r * hkv, W, d)
 
         t0, t1 = c0 // b, w0 // b
-        tiles = self.kernel == "triton" and not softcap
         if tiles:  # the Triton kernels: per-tile statistics, candidates' masses (tile_stats.py)
             n_h = n_r * hkv
             # keys only here: the values are read after the rerank, for the tiles it keeps (kept_values_triton)

@@ -222,3 +222,30 @@ def choose_kernel(MASS, N_TAKE, CHOSEN, n_cand, hi, sel, sn, CH: tl.constexpr, C
         rank += tl.sum((before & inm[None, :]).to(tl.int32), 1)
     take = tl.minimum(tl.load(N_TAKE + (p // sel) * sn), hi)
     tl.store(CHOSEN + p * n_cand + js, rank < take, mask=js < n_cand)
+
+
+@triton.jit
+def place_kernel(K, KROT, V, QF, WINK, KEYS, VALS, VIS, QUERIES, AT_CAP, AT_W, AT_VIS, AT_Q,
+                 sk0, sk1, sv0, sv1, hkv, feats, D: tl.constexpr, D_PAD: tl.constexpr, F_CH: tl.constexpr,
+                 HAS_Q: tl.constexpr):
+    """The new token's writes into one layer's buffers, one program per row and KV head: its key
+    unrotated (the window's keys, ``AT_CAP``), rotated at its slot and its value (``AT_W``); the
+    row's first head also marks the slot visible (``AT_VIS``) and, with ``HAS_Q``, keeps the row's
+    query (``AT_Q``). Plain copies (cast to each buffer's dtype on store)."""
+    i = tl.program_id(0)
+    b = i // hkv
+    h = i % hkv
+    cols = tl.arange(0, D_PAD)
+    ind = cols < D
+    at_cap = tl.load(AT_CAP + i)
+    at_w = tl.load(AT_W + i)
+    tl.store(WINK + at_cap * D + cols, tl.load(K + b * sk0 + h * sk1 + cols, mask=ind), mask=ind)
+    tl.store(KEYS + at_w * D + cols, tl.load(KROT + i * D + cols, mask=ind), mask=ind)
+    tl.store(VALS + at_w * D + cols, tl.load(V + b * sv0 + h * sv1 + cols, mask=ind), mask=ind)
+    if h == 0:
+        tl.store(VIS + tl.load(AT_VIS + b), 1)
+        if HAS_Q:
+            at_q = tl.load(AT_Q + b)
+            for f in range(0, feats, F_CH):
+                fs = f + tl.arange(0, F_CH)
+                tl.store(QUERIES + at_q * feats + fs, tl.load(QF + b * feats + fs, mask=fs < feats), mask=fs < feats)

@@ -246,6 +246,44 @@ def combine_triton(m: torch.Tensor, l: torch.Tensor, o: torch.Tensor, chosen: to
     return out, (weights if track else None)
 
 
+def place_token_torch(k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor, q_flat: torch.Tensor | None,
+                      win_k: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
+                      queries: torch.Tensor | None, at_cap: torch.Tensor, at_w: torch.Tensor, at_vis: torch.Tensor,
+                      at_q: torch.Tensor) -> None:
+    """The new token's writes into one layer's buffers (the rows' views): k/v ``[B, Hkv, 1, d]``
+    (unrotated key, value), k_rot ``[B*Hkv, d]`` (key rotated at its slot), q_flat ``[B, F]``;
+    win_k ``[B, Hkv, cap, d]``, keys/values ``[B, Hkv, W, d]``, visible ``[B, W]``, queries ``[B,
+    cap, F]`` written at the flat indices ``at_cap``, ``at_w`` (per row and head), ``at_vis``,
+    ``at_q`` (per row). Five indexed writes."""
+    d = k.shape[-1]
+    win_k.view(-1, d).index_copy_(0, at_cap, k.reshape(-1, d).to(win_k.dtype))
+    keys.view(-1, d).index_copy_(0, at_w, k_rot.to(keys.dtype))
+    values.view(-1, d).index_copy_(0, at_w, v.reshape(-1, d).to(values.dtype))
+    visible.view(-1).index_fill_(0, at_vis, True)
+    if queries is not None:
+        queries.view(-1, queries.shape[-1]).index_copy_(0, at_q, q_flat)
+
+
+def place_token_triton(k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor, q_flat: torch.Tensor | None,
+                       win_k: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
+                       queries: torch.Tensor | None, at_cap: torch.Tensor, at_w: torch.Tensor, at_vis: torch.Tensor,
+                       at_q: torch.Tensor) -> None:
+    """:func:`place_token_torch` as one Triton kernel (one program per row and KV head) instead of
+    five launches per layer and step."""
+    n_r, hkv, _, d = k.shape
+    bufs = [win_k, keys, values, visible] + ([queries] if queries is not None else [])
+    if k.stride(-1) != 1 or v.stride(-1) != 1 or not all(t.is_contiguous() for t in bufs):
+        raise ValueError("place_token_triton needs contiguous buffers and unit strides along d")
+    k_rot = k_rot.contiguous()
+    q_flat = q_flat.contiguous() if queries is not None else None
+    feats = q_flat.shape[-1] if queries is not None else 0
+    _kernels().place_kernel[(n_r * hkv,)](
+        k, k_rot, v, q_flat if queries is not None else k_rot, win_k, keys, values, visible,
+        queries if queries is not None else win_k, at_cap, at_w, at_vis, at_q,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1), hkv, feats,
+        D=d, D_PAD=_pad(d), F_CH=256, HAS_Q=queries is not None)
+
+
 def _check_stats(m: torch.Tensor, l: torch.Tensor) -> None:
     if m.stride() != l.stride():
         raise ValueError("the tile statistics m and l must be laid out alike")
@@ -348,6 +386,25 @@ def check_triton(graph, strict: bool = False) -> str:
         return refuse(f"the Triton decode kernels failed ({type(exc).__name__}: {exc})")
     if not torch.equal(picked, choose_torch(tied, n_take, graph.hi)):
         return refuse("the Triton rerank choice differs from the stable sort's")
+    # the new token's writes as one kernel: the five indexed writes, exactly
+    cap, n_q = 4, hkv * g * d
+    src = [torch.randn((rows, hkv, 1, d), generator=gen, device=dev).to(dt) for _ in range(2)]
+    k_rot = torch.randn((rows * hkv, d), generator=gen, device=dev).to(dt)
+    q_flat = torch.randn((rows, n_q), generator=gen, device=dev)
+    bufs = [torch.zeros((rows, hkv, cap, d), dtype=dt, device=dev), keys[:, :width].view(rows, hkv, width, d).clone(),
+            values.view(rows, hkv, width, d).clone(), visible.clone(), torch.zeros((rows, cap, n_q), device=dev)]
+    slot = torch.arange(rows, device=dev) % cap
+    at = (torch.arange(rows * hkv, device=dev).view(rows, hkv) * cap + slot[:, None]).flatten()
+    at_w = (torch.arange(rows * hkv, device=dev).view(rows, hkv) * width + graph.w0 + slot[:, None]).flatten()
+    idx = (at, at_w, torch.arange(rows, device=dev) * width + graph.w0 + slot, torch.arange(rows, device=dev) * cap + slot)
+    want_bufs = [b.clone() for b in bufs]
+    try:
+        place_token_triton(src[0], k_rot, src[1], q_flat, *bufs, *idx)
+    except Exception as exc:  # noqa: BLE001
+        return refuse(f"the Triton decode kernels failed ({type(exc).__name__}: {exc})")
+    place_token_torch(src[0], k_rot, src[1], q_flat, *want_bufs, *idx)
+    if not all(torch.equal(a, b) for a, b in zip(bufs, want_bufs)):
+        return refuse("the Triton token writes differ from the indexed writes")
     same_inf = torch.equal(torch.isinf(mass), torch.isinf(want_mass)) and torch.equal(mass[torch.isinf(mass)], want_mass[torch.isinf(want_mass)])
     fin = ~torch.isinf(want_mass)
     errs = [float((mass[fin] - want_mass[fin]).norm() / want_mass[fin].norm().clamp_min(1e-30))]
