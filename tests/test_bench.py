@@ -300,6 +300,30 @@ def test_resume_refuses_other_settings_and_no_resume_starts_over(tmp_path):
     assert len(log) == 2 and len((tmp_path / Q.RESULTS).read_text().splitlines()) == 2
 
 
+def test_resume_refuses_results_read_by_another_build_of_the_model(tmp_path):
+    """A resumed run adds to results only when the model reads samples alike: same weights,
+    config, tokenizer, chat template and dtype (its path may differ); --no-resume starts over."""
+    grid = dict(tasks=["passkey"], lengths=[600], depths=[0.5], samples=1)
+
+    def oracle(tokenizer_sha, path="a.gguf", log=None):
+        eng = Oracle(log=log)
+        eng.fingerprint = {"model_id": path, "weights_sha256": "w", "tokenizer_sha256": tokenizer_sha,
+                           "dtype": "torch.float32"}
+        return eng
+
+    _run(tmp_path, oracle("t1"), **grid)
+    assert json.loads((tmp_path / Q.RUN).read_text())[Q.BUILD]["tokenizer_sha256"] == "t1"
+    log: list = []
+    _run(tmp_path, oracle("t1", path="moved/a.gguf", log=log), **{**grid, "samples": 2})
+    assert len(log) == 2                                   # same build elsewhere: resumed, only the new sample
+    with pytest.raises(ConfigError, match="another build of the model.*tokenizer_sha256"):
+        _run(tmp_path, oracle("t2"), **{**grid, "samples": 3})
+    assert len((tmp_path / Q.RESULTS).read_text().splitlines()) == 4      # nothing added, nothing lost
+    log = []
+    _run(tmp_path, oracle("t2", log=log), resume=False, **grid)
+    assert len(log) == 2 and json.loads((tmp_path / Q.RUN).read_text())[Q.BUILD]["tokenizer_sha256"] == "t2"
+
+
 def test_heatmaps_are_written(tmp_path):
     summary = _run(tmp_path, Oracle(), tasks=["passkey", "niah_single"])
     pngs = sorted(tmp_path.glob("heatmap_*.png"))

@@ -84,11 +84,19 @@ class ResultsLog:
             f.flush()
 
 
+# What decides how a model reads a sample (the tokens, the arithmetic): the engine fingerprint's
+# fields a resumed run must share with the results it adds to (not its path or source).
+BUILD_FIELDS = ("weights_sha256", "config_sha256", "tokenizer_sha256", "chat_template_sha256", "model_type", "dtype")
+BUILD = "model_build"
+
+
 def _check_run(out_dir: Path, fingerprint: dict[str, Any], resume: bool) -> None:
     """Refuse to resume into a directory whose results were made with other settings."""
     run, results = out_dir / RUN, out_dir / RESULTS
+    build = None
     if resume and results.exists() and run.exists():
         before = json.loads(run.read_text())
+        build = before.pop(BUILD, None)   # checked once the model is loaded (_check_build)
         if before != fingerprint:
             diff = {k: (before.get(k), fingerprint.get(k)) for k in set(before) | set(fingerprint)
                     if before.get(k) != fingerprint.get(k)}
@@ -97,7 +105,26 @@ def _check_run(out_dir: Path, fingerprint: dict[str, Any], resume: bool) -> None
                 "pick another --out, or pass --no-resume to discard them")
     if not resume and results.exists():
         results.unlink()
-    run.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
+    run.write_text(json.dumps({**fingerprint, **({BUILD: build} if build else {})}, indent=2, sort_keys=True))
+
+
+def _check_build(out_dir: Path, fingerprint: Any) -> None:
+    """Refuse to add results read by another build of the model (weights, config, tokenizer, chat
+    template, dtype) to a directory's results: the same samples would not be read alike (transformers
+    5.17 built Gemma 3's GGUF tokenizer character by character, 5.18 as words: docs/benchmarks.md).
+    Records the build in ``run.json`` for the next resume."""
+    if not isinstance(fingerprint, dict):
+        return
+    build = {k: fingerprint[k] for k in BUILD_FIELDS if k in fingerprint}
+    path = out_dir / RUN
+    run = json.loads(path.read_text())
+    before = run.get(BUILD)
+    if before is not None and before != build and (out_dir / RESULTS).exists():
+        diff = sorted(k for k in set(before) | set(build) if before.get(k) != build.get(k))
+        raise ConfigError(f"{out_dir} holds results read by another build of the model ({', '.join(diff)} "
+                          "differ): pick another --out, or pass --no-resume to discard them")
+    run[BUILD] = build
+    path.write_text(json.dumps(run, indent=2, sort_keys=True))
 
 
 # ----------------------------------------------------------------------------- summary + report
@@ -285,6 +312,7 @@ def run_quality(out_dir: str | Path = "bench-results/quality", *,
     done = log.load()
     base = engine if engine is not None else load_engine(
         model, gguf_file=gguf_file, device=device, dtype=dtype, method=methods[0], **options)
+    _check_build(out_dir, getattr(base, "fingerprint", None))
     engines = method_engines(base, methods, options)
     count = count_tokens or T.hf_token_counter(base.tokenizer)
 
