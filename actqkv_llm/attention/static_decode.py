@@ -278,6 +278,7 @@ class DecodeGraph:
         self.lse_total = torch.empty((R * hkv, g), dtype=torch.float32, device=dev)
         self.mass_out = torch.empty((R, self.sel_rows, self.m_cap), dtype=torch.float32, device=dev)
         self.chosen_out = torch.empty((R, self.sel_rows, self.m_cap), dtype=torch.bool, device=dev)
+        self.ranks = torch.arange(self.hi, device=dev)                  # choose_torch's positions, made once
         self.out_rows = torch.empty((R * hkv, g, d), dtype=torch.float32, device=dev)
         self.tile_share = torch.empty((R * hkv, self.n_tiles, g), dtype=torch.float32, device=dev)
         # each layer's and row's candidate slots, as views made once (_load_candidates)
@@ -385,7 +386,7 @@ class DecodeGraph:
         if tiles:   # ranks counted in one kernel: no sort, the same choice
             chosen = choose_triton(mass, self.n_take[:n_r, layer], hi, self.chosen_out[:n_r])   # [B, sel, M]
         else:
-            chosen = choose_torch(mass, self.n_take[:n_r, layer], hi)
+            chosen = choose_torch(mass, self.n_take[:n_r, layer], hi, self.ranks)
 
         # one softmax over [sinks | kept blocks | window]
         if tiles:  # from the tiles' statistics (the flash-decoding combine), values of the kept tiles only

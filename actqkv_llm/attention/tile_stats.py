@@ -42,6 +42,7 @@ import torch
 
 # tiles (or candidates) a kernel program takes per loop iteration: the order its sums run in
 CHUNK = 64
+CHOOSE_CH, CHOOSE_CI = CHUNK // 2, 4 * CHUNK   # choose_kernel: candidates ranked per program, compared per pass
 
 
 def tile_stats_torch(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
@@ -186,14 +187,17 @@ def combine_torch(m: torch.Tensor, l: torch.Tensor, o: torch.Tensor, chosen: tor
     return out, (weight / den[:, None] if track else None)
 
 
-def choose_torch(mass: torch.Tensor, n_take: torch.Tensor, hi: int) -> torch.Tensor:
+def choose_torch(mass: torch.Tensor, n_take: torch.Tensor, hi: int, ranks: torch.Tensor | None = None) -> torch.Tensor:
     """The rerank's choice: of each selection's candidates (``mass`` ``[rows, S, M]``, larger
     first, ties to the earlier candidate), the first ``min(n_take[row], hi)`` (``n_take``
-    ``[rows]``), as ``[rows, S, M]`` bool. A stable sort, as the reference ranks them."""
+    ``[rows]``), as ``[rows, S, M]`` bool. A stable sort, as the reference ranks them.
+    ``ranks`` (``arange`` of at least ``min(hi, M)``, optional) spares a caller that chooses every
+    step building it each time."""
     rows, sel, n_cand = mass.shape
     hi = min(hi, n_cand)
     order = mass.sort(dim=-1, descending=True, stable=True).indices[..., :hi]            # [rows, S, hi]
-    keep = (torch.arange(hi, device=mass.device) < n_take[:, None])[:, None].expand(rows, sel, hi)
+    ranks = torch.arange(hi, device=mass.device) if ranks is None else ranks[:hi]
+    keep = (ranks < n_take[:, None])[:, None].expand(rows, sel, hi)
     return torch.zeros(mass.shape, dtype=torch.bool, device=mass.device).scatter(2, order, keep)
 
 
@@ -206,8 +210,8 @@ def choose_triton(mass: torch.Tensor, n_take: torch.Tensor, hi: int, out: torch.
         raise ValueError("choose_triton needs a contiguous mass and a contiguous bool output of its shape")
     if n_take.shape != (rows,):
         raise ValueError(f"n_take {tuple(n_take.shape)} does not fit {rows} rows")
-    _kernels().choose_kernel[(rows * sel, -(-n_cand // (CHUNK // 2)))](
-        mass, n_take, out, n_cand, min(hi, n_cand), sel, n_take.stride(0), CH=CHUNK // 2, CI=4 * CHUNK)
+    _kernels().choose_kernel[(rows * sel, -(-n_cand // CHOOSE_CH))](
+        mass, n_take, out, n_cand, min(hi, n_cand), sel, n_take.stride(0), CH=CHOOSE_CH, CI=CHOOSE_CI)
     return out
 
 
@@ -391,7 +395,7 @@ def check_triton(graph, strict: bool = False) -> str:
     src = [torch.randn((rows, hkv, 1, d), generator=gen, device=dev).to(dt) for _ in range(2)]
     k_rot = torch.randn((rows * hkv, d), generator=gen, device=dev).to(dt)
     q_flat = torch.randn((rows, n_q), generator=gen, device=dev)
-    bufs = [torch.zeros((rows, hkv, cap, d), dtype=dt, device=dev), keys[:, :width].view(rows, hkv, width, d).clone(),
+    bufs = [torch.zeros((rows, hkv, cap, d), dtype=dt, device=dev), keys.view(rows, hkv, width, d).clone(),
             values.view(rows, hkv, width, d).clone(), visible.clone(), torch.zeros((rows, cap, n_q), device=dev)]
     slot = torch.arange(rows, device=dev) % cap
     at = (torch.arange(rows * hkv, device=dev).view(rows, hkv) * cap + slot[:, None]).flatten()
