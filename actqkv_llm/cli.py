@@ -36,10 +36,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import ActQKVError, ConfigError, InputError, ModelNotFoundError, ServerError, UnsupportedModelError
+from .errors import ConfigError, ServerError
+from .reporting import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, UsageError, answer_record, error_exit_code,
+                        error_line)
 
-PROG = "actqkv"
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # First bytes inspected to tell a binary file from text.
 SNIFF_BYTES = 8192
 CHAT_EXIT_WORDS = ("exit", "quit")
@@ -83,10 +83,6 @@ def on_off(text: str) -> bool:
     if value is None:
         raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
     return value
-
-
-class UsageError(Exception):
-    """A mistake on the command line that argparse cannot see (exit code 2)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -296,13 +292,6 @@ def print_sources(sources: Iterable[dict[str, Any]]) -> None:
         print(f"  [{i}] tokens {s['start']}-{s['end']} ({100 * s['score']:.0f}%): {_one_line(s['text'], 160)}")
 
 
-def answer_record(answer, doc_info: dict[str, Any]) -> dict[str, Any]:
-    return {"answer": answer.text, "finish_reason": answer.finish_reason,
-            "stop_reason": getattr(answer, "stop_reason", answer.finish_reason),
-            "sources": [dataclasses.asdict(s) for s in answer.sources], "usage": dataclasses.asdict(answer.usage),
-            "document": doc_info}
-
-
 def write_piece(args: argparse.Namespace, piece: str) -> None:
     """One piece of a streamed answer to stdout (nothing with --json: the record comes at the end)."""
     if not args.json:
@@ -345,7 +334,7 @@ def answer_one(args: argparse.Namespace, eng, doc, question: str, sampling: dict
 
 def max_bytes(text: str) -> int:
     """--max-bytes: '20G', '500M', '1048576' (the cache's own size syntax)."""
-    from .persist.paths import parse_size
+    from .files.paths import parse_size
 
     try:
         return parse_size(text)
@@ -383,7 +372,7 @@ def check_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cache_root(args: argparse.Namespace) -> Path:
     """The cache root: --cache-dir, else $ACTQKV_CACHE_DIR or the per-user cache (absolute)."""
-    from .persist.paths import default_cache_root
+    from .files.paths import default_cache_root
 
     root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_root()
     return root.absolute()
@@ -803,26 +792,6 @@ def build_parser(bench: bool = True) -> argparse.ArgumentParser:
 
 
 # ============================================================================ entry point
-def error_exit_code(exc: BaseException) -> int:
-    """2 for bad usage or input, 1 otherwise (the resident server's errors carry their own)."""
-    if isinstance(exc, ServerError):
-        return exc.exit_code
-    usage = (UsageError, ConfigError, InputError, UnsupportedModelError, ModelNotFoundError)
-    return EXIT_USAGE if isinstance(exc, usage) else EXIT_FAILURE
-
-
-def error_line(exc: BaseException) -> str:
-    """The one line an error prints after ``actqkv: error:``."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, (ActQKVError, UsageError)):
-        return text
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-        return f"out of memory ({text}): try a smaller --prefill-chunk, --budget or --offload on"
-    if isinstance(exc, OSError):
-        return text
-    return f"{type(exc).__name__}: {text} (run again with --debug for the traceback)"
-
-
 def _quiet_transformers() -> None:
     """Keep transformers' warnings and bars off a quiet run's output (imports it: call late)."""
     from transformers.utils import logging as hf_logging

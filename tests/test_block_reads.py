@@ -199,7 +199,7 @@ def test_read_fd_reads_exactly_n_bytes_through_short_reads(tmp_path, monkeypatch
     """read_fd returns exactly the bytes asked for when the OS hands them back a few at a time,
     and names the file when it ends early."""
     from actqkv_llm.errors import CacheError
-    from actqkv_llm.persist import paths
+    from actqkv_llm.files import paths
 
     path = tmp_path / "f"
     data = os.urandom(1000)

@@ -19,7 +19,7 @@ import torch
 
 from actqkv_llm import CacheError, Engine
 from actqkv_llm.persist import DocumentCache
-from actqkv_llm.persist import paths as paths_mod
+from actqkv_llm.files import paths as paths_mod
 from actqkv_llm.persist.format import BLOCKS, MANIFEST, STATE
 from tiny_models import byte_tokenizer, tiny_model
 

@@ -25,7 +25,7 @@ from safetensors.torch import save as st_save
 
 from actqkv_llm import CacheError, CacheMismatchError, Engine, cli
 from actqkv_llm.persist import DocumentCache, load_document
-from actqkv_llm.persist import paths as paths_mod
+from actqkv_llm.files import paths as paths_mod
 from actqkv_llm.persist import writer as writer_mod
 from actqkv_llm.persist.format import BLOCKS, FORMAT_VERSION, MANIFEST, STATE
 from actqkv_llm.persist.reader import DiskBlocks

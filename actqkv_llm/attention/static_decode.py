@@ -61,7 +61,6 @@ import torch
 from ..devices import half_products_into_float32
 from ..errors import ConfigError
 from ..memory.blocks import gather_parts
-from ..models.adapter import call_layer
 from .rope import rotate, sinks_at_true_positions
 from .tile_stats import (candidate_mass_triton, check_triton, choose_torch, choose_triton, combine_triton,
                          kept_values_triton, place_token_torch, place_token_triton, tile_stats_triton, triton_available)
@@ -416,7 +415,7 @@ class DecodeGraph:
 
     def _forward(self, n_r: int) -> torch.Tensor:
         a = self.adapter
-        run = a.compiled_layer() if self.compile_layers else call_layer
+        run = a.layer_caller(self.compile_layers)
         kwargs = {"actqkv": StaticStep(self, n_r)}
         hidden = a.embed(self.ids[:max(n_r, self.pad_rows)])
         for layer in a.layers:

@@ -35,7 +35,7 @@ import torch
 
 from .hf import cache_argument, plain_attention
 from ..persist.bench import MB, bytes_read_from_disk, read_every_block, drop_page_cache, measure_disk_speed
-from ..persist.paths import dir_size
+from ..files.paths import dir_size
 from .quality import (format_length, free_memory, invoked_command, library_versions, load_engine,
                       method_engines, parse_dtype)
 

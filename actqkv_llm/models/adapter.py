@@ -89,6 +89,12 @@ class ModelAdapter:
         arguments."""
         return call_layer(self.layers[i], hidden, self.identity_rope(hidden), attention_kwargs)
 
+    def layer_caller(self, compiled: bool = False):
+        """How to call one decoder layer as :func:`call_layer` does: the compiled one
+        (:meth:`compiled_layer`) or the plain function. Attention code calls layers through this,
+        so it never imports the model layer."""
+        return self.compiled_layer() if compiled else call_layer
+
     def compiled_layer(self):
         """:func:`call_layer` through ``torch.compile`` (made once per adapter, compiled at its first
         call): one compilation serves every layer of the model, whose parameters it takes as inputs;

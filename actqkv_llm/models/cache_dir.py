@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..persist.digest import sha256_file, sha256_text
-from ..persist.paths import default_cache_root, private_dir
+from ..files.digest import sha256_file, sha256_text
+from ..files.paths import default_cache_root, private_dir
 
 MEMO_MIN_BYTES = 1 << 20  # smaller files are hashed directly, without a memo entry
 
@@ -20,7 +20,7 @@ MEMO_MIN_BYTES = 1 << 20  # smaller files are hashed directly, without a memo en
 def model_cache_root(cache_dir: str | Path | None = None) -> Path:
     """This library's per-user cache directory, created owner-only (0o700) if it does not exist.
 
-    ``cache_dir`` if given, else :func:`~actqkv_llm.persist.paths.default_cache_root`
+    ``cache_dir`` if given, else :func:`~actqkv_llm.files.paths.default_cache_root`
     (``$ACTQKV_CACHE_DIR``, else ``$XDG_CACHE_HOME/actqkv``, else ``~/.cache/actqkv``: the documents'
     rule too). An existing directory's permissions are left as they are.
     """

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import ConfigError, ModelNotFoundError, UnsupportedModelError
-from ..persist.digest import sha256_file, sha256_text
+from ..files.digest import sha256_file, sha256_text
 from .cache_dir import file_sha256 as _file_sha256
 from .cache_dir import model_cache_root, remember_sha256
 from .cache_dir import private_dir as _private_dir

@@ -6,8 +6,8 @@
 Layout, guarantees and threat model: docs/cache-format.md. Only JSON and safetensors are ever read
 (no pickle).
 
-This package's ``__init__`` is light (no torch): ``actqkv_llm.persist.paths`` is imported by the
-command line to validate options; the rest is imported on first use.
+This package's ``__init__`` is light (no torch): the rest is imported on first use. Where caches
+live and how their files are read and removed: :mod:`actqkv_llm.files`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 _LAZY = {"DocumentCache": ".index", "FORMAT_VERSION": ".format", "Manifest": ".format",
-         "document_key": ".format", "default_cache_root": ".paths", "IndexReport": ".index",
+         "document_key": ".format", "default_cache_root": "..files.paths", "IndexReport": ".index",
          "GcReport": ".index"}
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from ..errors import CacheError, CacheMismatchError
-from .digest import sha256_file, sha256_stream, sha256_text  # noqa: F401 - re-exported
-from .paths import open_regular, read_regular
+from ..files.digest import sha256_stream, sha256_text
+from ..files.paths import open_regular, read_regular
 
 FORMAT_NAME = "actqkv-document"   # also the ownership marker: a directory whose manifest says so is ours
 # Version 3 stores summary keys only for the scorers that read them (dot, cosine); a version 2

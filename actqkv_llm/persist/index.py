@@ -30,7 +30,7 @@ from diskcache.core import MODE_PICKLE
 
 from ..errors import CacheAccessError, CacheError, CacheMismatchError
 from .format import KEY_RE, MANIFEST, engine_key, sha256_ids
-from .paths import (DOCUMENTS, INDEX, TMP_PREFIX, TRASH_PREFIX, default_cache_root, discard_dir, env_max_bytes,
+from ..files.paths import (DOCUMENTS, INDEX, TMP_PREFIX, TRASH_PREFIX, default_cache_root, discard_dir, env_max_bytes,
                     inside, is_real_dir, newest_mtime, private_dir, remove_tree, sibling, tree_size)
 from .reader import load_directory
 from .writer import check_entry, doc_key, save_to

@@ -29,7 +29,7 @@ from ..errors import CacheError
 from ..memory import DeviceBlockCache, GrowableBlocks
 from .format import (BLOCK_CHECKSUMS, BLOCKS, DIGEST_BYTES, MANIFEST, ST_DTYPES, STATE, TORCH_DTYPES, Manifest, check_compatible,
                      sha256_cache_file, sha256_ids, sha256_text)
-from .paths import MAX_HEADER_BYTES, check_size, is_real_dir, open_regular, read_fd, read_regular
+from ..files.paths import MAX_HEADER_BYTES, check_size, is_real_dir, open_regular, read_fd, read_regular
 from .state import ID_DTYPES, block_names, layer_name, unpack_state
 
 VERIFY_MODES = ("blocks", "full")

@@ -26,7 +26,7 @@ from ..errors import CacheAccessError, CacheError
 from .format import (BLOCKS, DEFAULT_KV_DTYPE, DIGEST_BYTES, FORMAT_NAME, FORMAT_VERSION, KV_DTYPES, MANIFEST,
                      MAX_MANIFEST_BYTES, ST_DTYPES, STATE, TORCH_DTYPES, FileEntry, Manifest, dtype_name,
                      engine_key, sha256_cache_file, sha256_ids, sha256_text)
-from .paths import (TMP_PREFIX, TRASH_PREFIX, check_size, fsync_dir, is_real_dir, private_dir, read_regular, remove_tree,
+from ..files.paths import (TMP_PREFIX, TRASH_PREFIX, check_size, fsync_dir, is_real_dir, private_dir, read_regular, remove_tree,
                     sibling)
 from .state import block_chunks, block_names, layer_name, pack_state
 

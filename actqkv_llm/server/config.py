@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import ConfigError, is_int, is_number
-from ..persist.paths import private_dir
+from ..files.paths import private_dir
 from .protocol import PROTOCOL
 
 ENV_SWITCH = "ACTQKV_SERVER"

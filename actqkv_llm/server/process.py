@@ -249,7 +249,7 @@ class ResidentServer:
                 self._last_question = time.monotonic()
 
     def _work(self, req: AskRequest, emit, cancelled: threading.Event) -> None:
-        from ..cli import error_exit_code, error_line
+        from ..reporting import error_exit_code, error_line
 
         self._current.emit = emit
         t0 = time.perf_counter()

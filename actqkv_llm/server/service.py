@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from ..cli import PROG, answer_record
+from ..reporting import PROG, answer_record
 from ..engine import Engine
 from ..models.choice import check_engine_options, resolve_cli_model
 from .protocol import AskRequest
