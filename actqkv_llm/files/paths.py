@@ -1,6 +1,7 @@
-"""Where caches live, and the small filesystem primitives the writer, the reader and the index
-share: owner-only directories, bounded reads of regular files only, fsync of files and
-directories, sizes, containment checks, removal by rename-then-delete.
+"""Where caches live, and the small filesystem primitives the document cache (persist's writer,
+reader and index), the model cache and the resident server share: owner-only directories, bounded
+reads of regular files only, fsync of files and directories, sizes, containment checks, removal by
+rename-then-delete.
 
 Light on purpose (no torch): the command line imports it to validate options."""
 
