@@ -169,6 +169,27 @@ def test_rerank_weighs_a_head_by_what_its_window_leaves_for_memory():
     assert pick(lambda: torch.tensor([[[10.0], [0.0]]])) == [[1]]     # [Hkv, G*T, 1]
 
 
+@pytest.mark.parametrize("chunk", [1 << 22, 100])
+def test_candidate_mass_is_each_blocks_share_of_full_attention(monkeypatch, chunk):
+    """The rerank's mass, computed in place and in chunks of rows (100 logits: one row at a time
+    here), is each block's share of a softmax over [its context | every candidate key], summed over
+    the rows and the block's keys."""
+    from actqkv_llm.retrieval import methods
+
+    monkeypatch.setattr(methods, "RERANK_CHUNK_ELEMENTS", chunk)
+    g = torch.Generator().manual_seed(0)
+    hkv, rows, m, b, d = 2, 5, 6, 4, 8
+    q, k = torch.randn(hkv, rows, d, generator=g), torch.randn(hkv, m * b, d, generator=g) * 2
+    ctx = torch.randn(hkv, rows, 1, generator=g)
+    logits = torch.cat([ctx, q @ k.transpose(1, 2) * 0.5], -1).double()
+    want = logits.softmax(-1)[..., 1:].sum(1).view(hkv, m, b).sum(-1)
+    got = methods.candidate_mass(q, k, 0.5, ctx, b)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-7)
+    alone = (q @ k.transpose(1, 2) * 0.5).double().softmax(-1).sum(1).view(hkv, m, b).sum(-1)
+    torch.testing.assert_close(methods.candidate_mass(q, k, 0.5, None, b).double(), alone, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(alone.sum(-1), torch.full((hkv,), float(rows), dtype=torch.float64))  # each row's whole mass
+
+
 @pytest.mark.parametrize("n,want", [(1, 3 * 4), (4, 3 * 4), (20, 20)])
 def test_the_rerank_names_rerank_times_the_average_blocks_as_candidates(n, want):
     """One candidate count for every layer and step (what the static decode step's buffers hold):

@@ -589,18 +589,13 @@ class BlockRetrieval(RetrievalMethod):
         and window in the softmax (``mq.context_lse``), so a head that looks mostly at its window counts
         for little. Returns the picks ``[rows, n]`` ascending and their keys ``[Hkv, n*B, d]`` (so
         attention gathers only the values)."""
-        m = cand.shape[-1]
         h, t, d = q.shape
         hkv, b = mem.kv_heads, mem.block_size
         qr = mq.at_memory(q).float().reshape(hkv, (h // hkv) * t, d)
-        logits = torch.matmul(qr, k.float().transpose(1, 2)) * mq.scaling  # [Hkv, g*t, m*B]
-        lse = torch.logsumexp(logits, -1, keepdim=True)
-        if mq.context_lse is not None:
-            # normalised as attention will be (sinks and window in the softmax too): a query row
-            # that looks mostly at its window weighs the blocks less, as in full attention
-            lse = torch.logaddexp(lse, mq.context_lse())
-        p = torch.exp(logits - lse)
-        mass = p.reshape(hkv, -1, m, b).sum((1, 3))                      # [Hkv, m]
+        # normalised as attention will be (sinks and window in the softmax too): a query row that
+        # looks mostly at its window weighs the blocks less, as in full attention
+        ctx = mq.context_lse() if mq.context_lse is not None else None
+        mass = candidate_mass(qr, k, mq.scaling, ctx, b)                             # [Hkv, m]
         if cand.shape[0] == 1:
             mass = mass.sum(0, keepdim=True)
         if self.keep_edges:  # the edge blocks stay picked whatever their mass
@@ -611,6 +606,43 @@ class BlockRetrieval(RetrievalMethod):
         top = mass.sort(dim=-1, descending=True, stable=True).indices[:, :n].sort(-1).values  # ascending picks
         picked = cand.expand(mass.shape[0], -1).gather(1, top)
         return picked, _keys_at(k, top, hkv, b)
+
+
+# Query rows a rerank takes at once: a chunk's logits ``[Hkv, rows, m*B]`` stay within this many
+# elements (16 MiB in float32), so a question's rows never hold all their logits at once
+RERANK_CHUNK_ELEMENTS = 1 << 22
+
+
+def candidate_mass(q: torch.Tensor, keys: torch.Tensor, scaling: float, context_lse: torch.Tensor | None,
+                   b: int) -> torch.Tensor:
+    """The attention mass ``[Hkv, m]`` each of ``m`` candidate blocks (keys ``[Hkv, m*B, d]``, blocks
+    of ``b`` keys) receives from query rows ``q`` ``[Hkv, R, d]`` (float32; logits scaled by
+    ``scaling``), summed over the rows: each row's softmax over the candidates' logits, its
+    normaliser widened by ``context_lse`` ``[Hkv, R, 1]`` (what the sinks and the window add; None:
+    nothing).
+
+    In place, in chunks of rows of at most :data:`RERANK_CHUNK_ELEMENTS` logits: no probability
+    matrix beside the logits, and a question's many rows never hold all their logits at once. A
+    chunk's arithmetic, and the order of its sum over rows and keys, are those of the static decode
+    step's PyTorch rerank (``attention/static_decode.py``): blocks whose masses differ by a rounding
+    (blocks of near-identical keys) rank the same on both paths. (One exponential per logit, each
+    row weighed by ``exp(max - lse)`` in a matrix product, was faster in isolation but ranked such
+    near ties differently.) Inside a real decode step neither form is measurably faster than the
+    plain one: the step's cost is reading the candidates' keys. What chunking changes is a long
+    question's peak memory (3.7 GiB -> 0.14 GiB for 2,000 tokens at Qwen2.5-0.5B's shape;
+    docs/results/cpu-rerank-session17/)."""
+    hkv, r_all, _ = q.shape
+    kt = keys.float().transpose(1, 2)
+    rows = max(1, RERANK_CHUNK_ELEMENTS // (hkv * kt.shape[-1]))
+    mass = None
+    for a in range(0, r_all, rows):
+        logits = torch.matmul(q[:, a:a + rows], kt).mul_(scaling)        # [Hkv, r, m*B]
+        lse = torch.logsumexp(logits, -1, keepdim=True)
+        if context_lse is not None:
+            lse = torch.logaddexp(lse, context_lse[:, a:a + rows])
+        part = logits.sub_(lse).exp_().view(hkv, logits.shape[1], -1, b).sum((1, 3))
+        mass = part if mass is None else mass.add_(part)
+    return mass
 
 
 def _placed_keys(mem: "LayerMemory", place: "Callable | None", cand: torch.Tensor,
@@ -657,11 +689,13 @@ def _put_keys(out: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, hkv: int
 
 def _keys_at(keys: torch.Tensor, top: torch.Tensor, hkv: int, b: int) -> torch.Tensor:
     """Of candidate keys ``[Hkv, M*B, d]`` (blocks of ``b`` in candidate order), the blocks at
-    positions ``top`` ``[rows, m]`` (one row shared by every KV head, or one per head): ``[Hkv, m*B, d]``."""
+    positions ``top`` ``[rows, m]`` (one row shared by every KV head, or one per head): ``[Hkv, m*B, d]``.
+    One ``index_select`` over the (head, block) pairs: a third of advanced indexing's time on the CPU."""
     d = keys.shape[-1]
-    kb = keys.view(hkv, -1, b, d)
-    kb = kb[:, top[0]] if top.shape[0] == 1 else kb[torch.arange(hkv, device=keys.device)[:, None], top]
-    return kb.reshape(hkv, top.shape[-1] * b, d)
+    m_all = keys.shape[1] // b
+    heads = torch.arange(hkv, device=keys.device)[:, None] * m_all
+    flat = (heads + top).flatten()                       # one row expands to every KV head
+    return keys.reshape(hkv * m_all, b, d).index_select(0, flat).view(hkv, top.shape[-1] * b, d)
 
 
 class ActQKV(BlockRetrieval):
