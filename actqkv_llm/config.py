@@ -32,11 +32,13 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # the measured default (docs/method.md, "Ablation"): every query token and every KV head scores
     # blocks by their key bounds; tokens weighted by activation bias; entropy-shared budget; the
     # scorer names 16x the average blocks per layer as candidates; the question's exact attention
-    # reranks the best 8x of them, and each answer token reranks all 16x again (scoring every block
-    # anew when a block leaves the window or after 32 tokens)
+    # reranks all of them, and each answer token reranks them again (scoring every block anew when a
+    # block leaves the window or after 32 tokens). The question reranked only the best 8x from
+    # 2026-12-03 to 12-05: one sample in eight at 30K then lost a quarter of a layer's mass
+    # (docs/benchmarks.md, "The question reranks every candidate again")
     "actqkv": dict(probe="activation-tokens", scorer="bound", token_reduce="softmax", per_head=True,
                    positions="auto", budget_rule="entropy", keep_edges=True, rerank=16,
-                   question_rerank=8, reselect_every=1, rescore_every=32),
+                   question_rerank=16, reselect_every=1, rescore_every=32),
     # ActQKV as published: activation-weighted mean probe, representative-key cosine with the question term
     "actqkv-paper": dict(probe="activation", scorer="cosine", token_reduce="softmax", per_head=False,
                          positions="fixed", budget_rule="entropy", keep_edges=False, rerank=1, question_rerank=1,
@@ -121,10 +123,11 @@ class RetrievalConfig:
             ``actqkv``: 736 candidates of 32 tokens at the default budget; 1 for the published methods).
         question_rerank: the question's own rerank reads only the best ``question_rerank`` times
             ``avg_blocks`` of those candidates by the scorer's evidence (the one pass over every
-            question token and candidate key is most of a question's cost on a CPU); all ``rerank``
-            x ``avg_blocks`` are still gathered and held for the answer tokens, whose rerank reads
+            question token and candidate key is most of a question's cost on a CPU: 8 gives back
+            ~0.5 s of a 16K document's first token on 2 cores, at some recall); all ``rerank`` x
+            ``avg_blocks`` are still gathered and held for the answer tokens, whose rerank reads
             them with one query row each. At most ``rerank``. None: all the candidates when
-            ``rerank`` is given, else the method's preset (8 for ``actqkv``).
+            ``rerank`` is given, else the method's preset (16 for ``actqkv``: all of them).
         reselect_every: while an answer is decoded, a layer's selection (the question's, then its
             own) serves this many decode steps before the layer scores and picks again; it picks
             again as soon as a block leaves the window in any case (every ``block_size`` steps). 1:

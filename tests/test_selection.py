@@ -285,7 +285,7 @@ def test_the_question_reads_only_its_share_of_the_candidates_keys(make_engine, p
 def test_the_question_reranks_a_share_of_the_candidates_the_answer_tokens_rerank_all(make_engine, monkeypatch):
     """question_rerank=3 of rerank=4: the question's rerank reads 3 x the average blocks, the answer
     tokens' rerank all 4 x (held from the question's scoring); with rerank given alone the question
-    reads all of them; with neither, the actqkv preset's 8 of 16."""
+    reads all of them; with neither, the actqkv preset's 16 of 16 (all of them)."""
     from actqkv_llm.retrieval.methods import BlockRetrieval
 
     seen = []
@@ -307,13 +307,13 @@ def test_the_question_reranks_a_share_of_the_candidates_the_answer_tokens_rerank
         answered = {n for phase, n in seen if phase == "decode"}
         assert asked == {(qr or 4) * avg} and answered == {4 * avg}
     assert outs[4] == outs[None]          # an explicit rerank alone: the question reads all of them
-    # the preset (neither given): the question reranks 8x the average blocks, the answer tokens 16x
+    # the preset (neither given): the question and the answer tokens rerank all 16x the average blocks
     eng = make_engine("llama", method="actqkv", **SMALL)
     doc = eng.prefill_ids(torch.randint(0, 250, (800,), generator=torch.Generator().manual_seed(9)))
     assert doc.n_blocks > 16 * eng.config.avg_blocks
     seen.clear()
     eng.generate_ids(doc, question, max_new_tokens=4)
-    assert {n for phase, n in seen if phase == "question"} == {8 * eng.config.avg_blocks}
+    assert {n for phase, n in seen if phase == "question"} == {16 * eng.config.avg_blocks}
     assert {n for phase, n in seen if phase == "decode"} == {16 * eng.config.avg_blocks}
 
 
