@@ -171,7 +171,7 @@ def test_rerank_weighs_a_head_by_what_its_window_leaves_for_memory():
 
 @pytest.mark.parametrize("chunk", [1 << 22, 100])
 def test_candidate_mass_is_each_blocks_share_of_full_attention(monkeypatch, chunk):
-    """The rerank's mass, computed in place and in chunks of rows (100 logits: one row at a time
+    """The rerank's mass, computed in place and in chunks of rows (100 logits: two rows at a time
     here), is each block's share of a softmax over [its context | every candidate key], summed over
     the rows and the block's keys."""
     from actqkv_llm.retrieval import methods
