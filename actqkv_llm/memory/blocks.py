@@ -105,7 +105,8 @@ class GrowableBlocks:
                values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         idx = idx.to(self.device)
         if idx.dim() == 2:  # each KV head its own blocks: [Hkv, n] -> [Hkv, n*B, d] in one index_select
-            hkv, n = idx.shape   # over (block, head) pairs: a third of advanced indexing's time on the CPU
+            hkv, n = idx.shape   # over (block, head) pairs: a third or less of advanced indexing's time on the CPU
+            # (docs/results/cpu-rerank-session17/index_select.txt)
             pairs = (idx * hkv + torch.arange(hkv, device=self.device)[:, None]).flatten()
 
             def take(store: torch.Tensor) -> torch.Tensor:

@@ -690,7 +690,8 @@ def _put_keys(out: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, hkv: int
 def _keys_at(keys: torch.Tensor, top: torch.Tensor, hkv: int, b: int) -> torch.Tensor:
     """Of candidate keys ``[Hkv, M*B, d]`` (blocks of ``b`` in candidate order), the blocks at
     positions ``top`` ``[rows, m]`` (one row shared by every KV head, or one per head): ``[Hkv, m*B, d]``.
-    One ``index_select`` over the (head, block) pairs: a third of advanced indexing's time on the CPU."""
+    One ``index_select`` over the (head, block) pairs: a third or less of advanced indexing's time on the CPU
+    (docs/results/cpu-rerank-session17/index_select.txt)."""
     d = keys.shape[-1]
     m_all = keys.shape[1] // b
     heads = torch.arange(hkv, device=keys.device)[:, None] * m_all
