@@ -57,6 +57,7 @@ RETRIEVAL_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--question-weight", "question_weight", float, "lambda: weight of the question in block scores"),
     ("--prefill-chunk", "prefill_chunk", int, "tokens per forward pass during prefill"),
     ("--device-cache-blocks", "device_cache_blocks", int, "device-side block cache size (with --offload)"),
+    ("--host-kv-dtype", "host_kv_dtype", str, "model | int8: how offloaded blocks are held in host memory"),
     ("--probe", "probe", str, "mean | activation | tokens | activation-tokens (default: the method's)"),
     ("--scorer", "scorer", str, "dot | cosine | bound | l1 (default: the method's)"),
     ("--token-reduce", "token_reduce", str, "softmax | max: how per-token block scores combine"),

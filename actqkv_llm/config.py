@@ -27,6 +27,8 @@ SCORERS = ("dot", "cosine", "bound", "l1")
 TOKEN_REDUCES = ("softmax", "max")
 POSITIONS = ("auto", "exact", "fixed")
 BUDGET_RULES = ("fixed", "entropy")
+# How offloaded blocks are held in host memory: the model's dtype, or int8 with per-group scales.
+HOST_KV_DTYPES = ("model", "int8")
 SELECTION_OPTIONS = ("probe", "scorer", "token_reduce", "per_head", "positions", "budget_rule", "keep_edges")
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # the measured default (docs/method.md, "Ablation"): every query token and every KV head scores
@@ -96,6 +98,12 @@ class RetrievalConfig:
         offload: keep full blocks in host memory and stream the ones retrieval picks through a
             bounded device-side cache (``"auto"``: only when the model runs on an accelerator).
         device_cache_blocks: capacity of that device-side cache, in blocks per layer.
+        host_kv_dtype: how offloaded blocks are held in host memory: ``model`` (the model's dtype) or
+            ``int8`` (keys scaled per block, KV head and channel, values per token, as KIVI groups
+            them; about half the host memory of bf16, read back dequantized). It changes the
+            document's KV (later blocks attend to dequantized ones), so caches record it. Needs
+            ``offload`` (True, or ``"auto"`` on an accelerator; on a CPU ``"auto"`` keeps blocks
+            unquantized in memory).
         probe: how an execution block's queries ask for blocks: ``mean`` (one mean query),
             ``activation`` (one query, tokens weighted by ActQKV's activation bias), ``tokens``
             (every query token scores blocks) or ``activation-tokens`` (every token, its vote
@@ -200,6 +208,7 @@ class RetrievalConfig:
     prefill_chunk: int = 4096
     offload: bool | Literal["auto"] = False
     device_cache_blocks: int = 512
+    host_kv_dtype: Literal["model", "int8"] = "model"
     probe: str | None = None
     scorer: str | None = None
     token_reduce: str | None = None
@@ -323,6 +332,8 @@ class RetrievalConfig:
         """The options that change a document's stored KV (recorded in cache manifests): the layout,
         and the selection options that differ from the method's preset (the prefill attends with them)."""
         out = {name: getattr(self, name) for name in KV_SHAPING_OPTIONS}
+        if self.host_kv_dtype != "model":   # recorded only when it departs (older caches keep their keys)
+            out["host_kv_dtype"] = self.host_kv_dtype
         for name in SELECTION_OPTIONS:
             if getattr(self, name) is not None and self.uses_memory \
                     and getattr(self, name) != METHOD_PRESETS[self.method][name]:
@@ -415,6 +426,11 @@ class RetrievalConfig:
             raise ConfigError(f"decode_kernel must be 'auto', 'triton' or 'torch', got {self.decode_kernel!r}")
         if self.offload not in (True, False, "auto"):
             raise ConfigError(f"offload must be True, False or 'auto', got {self.offload!r}")
+        if self.host_kv_dtype not in HOST_KV_DTYPES:
+            raise ConfigError(f"host_kv_dtype must be one of {', '.join(HOST_KV_DTYPES)}; got {self.host_kv_dtype!r}")
+        if self.host_kv_dtype != "model" and self.offload is False:
+            raise ConfigError(f"host_kv_dtype={self.host_kv_dtype!r} is how offloaded blocks are held: "
+                              "it needs offload=True (or 'auto')")
         if self.uses_memory:
             need = self.n_sink + self.n_local + self.block_size
             if self.budget < need:

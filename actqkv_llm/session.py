@@ -11,7 +11,7 @@ import torch
 
 from .attention.step import DOCUMENT, RowSteps, StepContext
 from .config import RetrievalConfig
-from .memory import GrowableBlocks, HostBlocks, LayerMemory
+from .memory import HostBlocks, LayerMemory
 from .memory.layer_memory import EvictionPolicy
 from .models.adapter import ModelAdapter
 from .retrieval.methods import LayerRetrievalState, RetrievalMethod
@@ -51,8 +51,8 @@ class Session:
         for _ in range(adapter.n_layers):
             blocks = None
             if offload:
-                host = GrowableBlocks(adapter.n_kv_heads, config.block_size, adapter.head_dim, dt, "cpu")
-                blocks = HostBlocks(host, dev, config.device_cache_blocks)
+                blocks = HostBlocks.new(config.host_kv_dtype, adapter.n_kv_heads, config.block_size,
+                                        adapter.head_dim, dt, dev, config.device_cache_blocks)
             memory.append(LayerMemory(adapter.n_kv_heads, adapter.head_dim, dt, dev, config.block_size, blocks=blocks))
         feats = adapter.n_heads * adapter.head_dim
         retrieval = [method.new_layer_state(feats, dev) for _ in range(adapter.n_layers)]

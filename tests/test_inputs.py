@@ -39,6 +39,8 @@ def test_unsupported_architecture_names_the_supported_ones(tokenizer):
     (dict(n_local="big"), "n_local"),
     (dict(max_blocks=1, min_blocks=5), "max_blocks"),
     (dict(offload="sometimes"), "offload"),
+    (dict(offload=True, host_kv_dtype="fp4"), "host_kv_dtype must be one of model, int8"),
+    (dict(host_kv_dtype="int8"), "it needs offload"),
     (dict(question_rerank=0), "question_rerank must be a positive integer"),
     (dict(rerank=4, question_rerank=8), r"at most rerank \(4\)"),
     (dict(question_rerank=17), r"at most rerank \(16\)"),            # the actqkv preset's 16

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from .blocks import GrowableBlocks
+from .quantized import Int8Blocks
 
 # Reads one KV head of each of some blocks from the slow tier: ``(blocks [u], heads [u], keys, values)``
 # -> host ``[u, B, d]`` keys and values, each None where not asked for (block ids may repeat, e.g.
@@ -135,12 +136,23 @@ class DeviceBlockCache:
         return k, v
 
 
-class HostBlocks:
-    """Blocks kept in (pinned) host memory, served to the device through a :class:`DeviceBlockCache`."""
+# How offloaded blocks are held in host memory (``RetrievalConfig.host_kv_dtype``): the store type.
+HOST_STORES = {"model": GrowableBlocks, "int8": Int8Blocks}
 
-    def __init__(self, store: GrowableBlocks, device: torch.device, capacity: int):
+
+class HostBlocks:
+    """Blocks kept in host memory (as the model's dtype, or as int8: :class:`Int8Blocks`), served to
+    the device through a :class:`DeviceBlockCache` (each read staged in pinned memory)."""
+
+    def __init__(self, store: GrowableBlocks | Int8Blocks, device: torch.device, capacity: int):
         self.store = store
         self.cache = DeviceBlockCache(self._read, store.n_blocks, store.shape, store.dtype, device, capacity)
+
+    @classmethod
+    def new(cls, kind: str, kv_heads: int, block_size: int, head_dim: int, dtype: torch.dtype,
+            device: torch.device, capacity: int) -> "HostBlocks":
+        """An empty layer's blocks in host memory, held as ``kind`` (a key of ``HOST_STORES``)."""
+        return cls(HOST_STORES[kind](kv_heads, block_size, head_dim, dtype, "cpu"), device, capacity)
 
     @property
     def n_blocks(self) -> int:
@@ -159,11 +171,8 @@ class HostBlocks:
     def _read(self, blocks: torch.Tensor, heads: torch.Tensor, keys: bool = True,
               values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         pin = torch.cuda.is_available() and self.cache.device.type == "cuda"
-        out = []
-        for asked, src in ((keys, self.store.keys), (values, self.store.values)):
-            x = src[blocks, heads] if asked else None
-            out.append(x.pin_memory() if x is not None and pin else x)
-        return out[0], out[1]
+        k, v = self.store.read_units(blocks, heads, keys, values)
+        return tuple(x.pin_memory() if x is not None and pin else x for x in (k, v))
 
     def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
                values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -101,6 +101,11 @@ class GrowableBlocks:
     def device_parts(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         return [(self.keys, self.values)] if self.device == torch.device(device) else None
 
+    def read_units(self, blocks: torch.Tensor, heads: torch.Tensor, keys: bool = True,
+                   values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One KV head of each of some blocks: ``[u, B, d]`` keys and values (None where not asked)."""
+        return (self.keys[blocks, heads] if keys else None), (self.values[blocks, heads] if values else None)
+
     def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
                values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         idx = idx.to(self.device)
