@@ -26,6 +26,15 @@ def device_tensor(values: Sequence[int] | Sequence[float], device: torch.device,
     return host.pin_memory().to(device, non_blocking=True)
 
 
+def staged(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``; to CUDA staged in pinned memory and copied without synchronising
+    (PyTorch's pinned allocator keeps the staging buffer until the copy is done)."""
+    device = torch.device(device)
+    if device.type != "cuda" or host.device.type != "cpu":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 @functools.cache
 def half_products_into_float32(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether this torch multiplies half-precision matrices into float32 on ``device``

@@ -136,3 +136,27 @@ def test_padded_dense_rows_give_answers_decoded_together_the_one_by_one_tokens(t
     one_by_one = [fast.generate_ids(doc, q, max_new_tokens=40) for q in questions]
     assert fast.generate_ids_many(doc, questions, max_new_tokens=40) == one_by_one
     assert fast.decode_graph.segment_steps >= 3 and any(key[0] == 3 for key in fast.decode_graph.graphs)
+
+
+def test_int8_offloaded_blocks_are_dequantized_on_the_gpu(tokenizer):
+    """``host_kv_dtype="int8"``: blocks kept as int8 in host memory come back to the device as int8 and
+    scales and are dequantized there, to the values dequantizing on the host gives; a prefill and its
+    answer stay within rounding of the unquantized offload's."""
+    from actqkv_llm import Engine
+    from actqkv_llm.memory import Int8Blocks
+
+    ids = torch.randint(0, 256, (1700,), generator=torch.Generator().manual_seed(3))
+    docs = []
+    for kind in ("model", "int8"):
+        eng = Engine(tiny_model("llama").to("cuda"), tokenizer, progress=False, cache=False, offload=True,
+                     host_kv_dtype=kind, device_cache_blocks=8)
+        docs.append(eng.prefill_ids(ids))
+    store = docs[1].state.memory[0].blocks.store
+    assert isinstance(store, Int8Blocks) and store.device.type == "cpu"
+    blocks, heads = torch.tensor([0, 3, 5]), torch.tensor([1, 0, 1])
+    on_gpu, on_host = store.read_units(blocks, heads, device=torch.device("cuda")), store.read_units(blocks, heads)
+    for a, b in zip(on_gpu, on_host):
+        assert a.device.type == "cuda"
+        torch.testing.assert_close(a.cpu(), b, atol=0, rtol=1e-6)
+    ref, got = docs[0].last_logits, docs[1].last_logits
+    assert not torch.equal(ref, got) and float((got - ref).norm() / ref.norm()) < 5e-2

@@ -46,6 +46,8 @@ def test_int8_blocks_read_what_a_store_of_the_dequantized_blocks_reads():
     for a, b in zip(store.read_units(blocks, heads), plain.read_units(blocks, heads)):
         assert torch.equal(a, b)
     assert store.read_units(blocks, heads, keys=False)[0] is None
+    for a, b in zip(store.read_units(blocks, heads, device=torch.device("cpu")), plain.read_units(blocks, heads)):
+        assert torch.equal(a, b)     # to another device (the GPU test: int8 travels, dequantized there)
     for which in (0, 1):
         assert torch.equal(store.read_part(2, 6, which), (plain.keys, plain.values)[which][2:6])
     for idx in (torch.tensor([0, 4, 5]), torch.tensor([[0, 4, 5], [1, 2, 6]])):

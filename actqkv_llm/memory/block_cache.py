@@ -13,8 +13,8 @@ from .blocks import GrowableBlocks
 from .quantized import Int8Blocks
 
 # Reads one KV head of each of some blocks from the slow tier: ``(blocks [u], heads [u], keys, values)``
-# -> host ``[u, B, d]`` keys and values, each None where not asked for (block ids may repeat, e.g.
-# several heads of one block).
+# -> ``[u, B, d]`` keys and values on the host or already on the cache's device, each None where not
+# asked for (block ids may repeat, e.g. several heads of one block).
 UnitReader = Callable[[torch.Tensor, torch.Tensor, bool, bool],
                       tuple[torch.Tensor | None, torch.Tensor | None]]
 
@@ -142,7 +142,8 @@ HOST_STORES = {"model": GrowableBlocks, "int8": Int8Blocks}
 
 class HostBlocks:
     """Blocks kept in host memory (as the model's dtype, or as int8: :class:`Int8Blocks`), served to
-    the device through a :class:`DeviceBlockCache` (each read staged in pinned memory)."""
+    the device through a :class:`DeviceBlockCache` (each read staged in pinned memory; int8 blocks
+travel as int8 and are dequantized on the device)."""
 
     def __init__(self, store: GrowableBlocks | Int8Blocks, device: torch.device, capacity: int):
         self.store = store
@@ -170,9 +171,7 @@ class HostBlocks:
 
     def _read(self, blocks: torch.Tensor, heads: torch.Tensor, keys: bool = True,
               values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        pin = torch.cuda.is_available() and self.cache.device.type == "cuda"
-        k, v = self.store.read_units(blocks, heads, keys, values)
-        return tuple(x.pin_memory() if x is not None and pin else x for x in (k, v))
+        return self.store.read_units(blocks, heads, keys, values, device=self.cache.device)
 
     def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
                values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:

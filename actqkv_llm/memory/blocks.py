@@ -12,6 +12,8 @@ from typing import Protocol
 
 import torch
 
+from ..devices import staged
+
 
 class KVBlocks(Protocol):
     """Anything that can hand out full KV blocks of one layer."""
@@ -101,10 +103,14 @@ class GrowableBlocks:
     def device_parts(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         return [(self.keys, self.values)] if self.device == torch.device(device) else None
 
-    def read_units(self, blocks: torch.Tensor, heads: torch.Tensor, keys: bool = True,
-                   values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """One KV head of each of some blocks: ``[u, B, d]`` keys and values (None where not asked)."""
-        return (self.keys[blocks, heads] if keys else None), (self.values[blocks, heads] if values else None)
+    def read_units(self, blocks: torch.Tensor, heads: torch.Tensor, keys: bool = True, values: bool = True,
+                   device: torch.device | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One KV head of each of some blocks: ``[u, B, d]`` keys and values (None where not asked),
+        on ``device`` (default: the store's)."""
+        def take(store: torch.Tensor) -> torch.Tensor:
+            got = store[blocks, heads]
+            return got if device is None else staged(got, device)
+        return (take(self.keys) if keys else None), (take(self.values) if values else None)
 
     def gather(self, idx: torch.Tensor, device: torch.device, keys: bool = True,
                values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -5,14 +5,15 @@ Llama-3.1-8B shape (128 GiB in bf16) fits a host of 128 GiB.
 Symmetric, absolute maximum to 127, in groups that follow the tensors' structure (KIVI, arXiv
 2402.02750): a key's channels differ in scale (a few outlier channels), so keys take one scale per
 block, KV head and channel; values do not, so they take one per block, KV head and token. Blocks are
-quantized where they are made (the compute device) before they travel, and dequantized to the
-model's dtype when read.
+quantized where they are made (the compute device) before they travel, and travel back as int8
+with their scales, dequantized to the model's dtype where they are read.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..devices import staged
 from .blocks import flatten_blocks
 
 INT8_MAX = 127
@@ -88,15 +89,21 @@ class Int8Blocks:
             s_store[at] = scale.to(self.device)
         self.n_blocks += n
 
-    def _read(self, which: int, index) -> torch.Tensor:
+    def _read(self, which: int, index, device: torch.device | None = None) -> torch.Tensor:
+        """Keys (0) or values (1) at ``index``, dequantized on ``device`` (default: the store's): the
+        int8 values and their scales travel, half the bytes of bf16."""
         q, scale = self._parts[which]
-        return dequantize(q[index], scale[index], self.dtype)
+        q, scale = q[index], scale[index]
+        if device is not None:
+            q, scale = staged(q, device), staged(scale, device)
+        return dequantize(q, scale, self.dtype)
 
-    def read_units(self, blocks: torch.Tensor, heads: torch.Tensor, keys: bool = True,
-                   values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """One KV head of each of some blocks: ``[u, B, d]`` keys and values (None where not asked)."""
+    def read_units(self, blocks: torch.Tensor, heads: torch.Tensor, keys: bool = True, values: bool = True,
+                   device: torch.device | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One KV head of each of some blocks: ``[u, B, d]`` keys and values (None where not asked),
+        on ``device`` (default: the store's)."""
         index = (blocks, heads)
-        return (self._read(0, index) if keys else None), (self._read(1, index) if values else None)
+        return (self._read(0, index, device) if keys else None), (self._read(1, index, device) if values else None)
 
     def read_part(self, a: int, b: int, which: int) -> torch.Tensor:
         """Keys (``which=0``) or values (``1``) of blocks ``a..b-1`` as ``[m, Hkv, B, d]`` on the host."""
@@ -116,8 +123,8 @@ class Int8Blocks:
                 out.append(None)
             elif idx.dim() == 2:
                 n = idx.shape[1]
-                got = self._read(which, (idx, torch.arange(hkv, device=self.device)[:, None]))   # [Hkv, n, B, d]
-                out.append(got.view(hkv, n * got.shape[2], got.shape[3]).to(device, non_blocking=True))
+                got = self._read(which, (idx, torch.arange(hkv, device=self.device)[:, None]), device)
+                out.append(got.view(hkv, n * got.shape[2], got.shape[3]))          # [Hkv, n, B, d] -> [Hkv, n*B, d]
             else:
-                out.append(flatten_blocks(self._read(which, idx)).to(device, non_blocking=True))
+                out.append(flatten_blocks(self._read(which, idx, device)))
         return out[0], out[1]
