@@ -393,6 +393,8 @@ def test_random_architectures_have_their_published_shapes():
     assert 8.0e9 < n < 8.1e9                                    # Llama-3.1-8B: 8.03B parameters
     assert next(model.parameters()).dtype == torch.bfloat16
     assert S.kv_bytes_per_token(model.config, torch.bfloat16) == 128 * 1024
+    # held as int8 in host memory (blocks of 32): 32 layers x 8 KV heads x (2 x 128 + 128 x 4 / 32 + 4)
+    assert S.kv_bytes_per_token(model.config, torch.bfloat16, int8_blocks=32) == 70_656
     small = S.build_random_model("llama-3.2-1b", "meta")
     assert 1.2e9 < sum(p.numel() for p in small.parameters()) < 1.3e9   # tied embeddings: 1.24B
 
@@ -479,6 +481,28 @@ def test_speed_skips_lengths_whose_kv_cannot_fit(tmp_path, tiny_llama, monkeypat
     status = {(r["system"], r["length"]): r["status"] for r in result["rows"]}
     assert status == {("actqkv", 64): "ok", (S.HF, 64): "ok",
                       ("actqkv", 512): "skipped", (S.HF, 512): "OOM"}
+
+
+def test_speed_counts_an_int8_host_store_at_its_own_size(tmp_path, tiny_llama, monkeypatch):
+    """Offloaded as int8 (``host_kv_dtype="int8"``), a length runs when its int8 blocks fit in host
+    memory, though the model's dtype would not."""
+    per_token = S.kv_bytes_per_token(tiny_llama.config, torch.float32)
+    int8 = S.kv_bytes_per_token(tiny_llama.config, torch.float32, int8_blocks=8)
+    monkeypatch.setattr(S, "_host_available", lambda: 200 * per_token)
+    assert 518 * int8 < 200 * per_token < 518 * per_token      # 512 + 4 question + 2 decode tokens
+
+    class Int8Offload(HFStandIn):
+        def __init__(self, model, method="actqkv"):
+            super().__init__(model, method)
+            self.config = SimpleNamespace(to_dict=lambda: {"method": method}, offload=True,
+                                          host_kv_dtype="int8", block_size=8)
+
+        def with_method(self, method, **options):
+            return Int8Offload(self.model, method)
+
+    result = S.run_speed(tmp_path, engine=Int8Offload(tiny_llama), lengths=[512], baseline=False,
+                         question_tokens=4, decode_tokens=2, warmup_tokens=16, progress=False, reload=False)
+    assert [(r["system"], r["status"]) for r in result["rows"]] == [("actqkv", "ok")]
 
 
 def test_decode_time_is_taken_inside_each_answer_not_against_a_colder_first_token():

@@ -36,6 +36,7 @@ import torch
 from .hf import cache_argument, plain_attention
 from ..persist.bench import MB, bytes_read_from_disk, read_every_block, drop_page_cache, measure_disk_speed
 from ..files.paths import dir_size
+from ..memory.quantized import int8_bytes_per_token
 from .quality import (format_length, free_memory, invoked_command, library_versions, load_engine,
                       method_engines, parse_dtype)
 
@@ -93,10 +94,13 @@ def build_random_model(arch: str, device: str | torch.device = "cuda", dtype: An
     return model.eval().requires_grad_(False)
 
 
-def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
-    """Keys + values of one token across all layers."""
+def kv_bytes_per_token(config: Any, dtype: torch.dtype, int8_blocks: int | None = None) -> int:
+    """Keys + values of one token across all layers; with ``int8_blocks`` (a block size), as an
+    int8 host store holds them (``host_kv_dtype="int8"``)."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    if int8_blocks is not None:
+        return int(config.num_hidden_layers * int8_bytes_per_token(kv_heads, head_dim, int8_blocks))
     return 2 * config.num_hidden_layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
@@ -498,8 +502,12 @@ def _run_one(system: str, engines: dict[str, Any], net: Any, ids: torch.Tensor,
         if not ok:
             return {"status": "OOM", "note": f"not run: {why}"}
     else:
-        offload = getattr(engines[system].config, "offload", False)
+        cfg = engines[system].config
+        offload = getattr(cfg, "offload", False)
         on_host = device_free is None or offload is True or offload == "auto"
+        offloaded = offload is True or (offload == "auto" and device_free is not None)
+        if offloaded and getattr(cfg, "host_kv_dtype", "model") == "int8":
+            per_token = kv_bytes_per_token(net.config, torch.int8, int8_blocks=cfg.block_size)
         ok, why = _fits(n, per_token, host if on_host else device_free)
         if not ok:
             return {"status": "skipped", "note": why}

@@ -31,6 +31,13 @@ def quantize(x: torch.Tensor, span: int) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+def int8_bytes_per_token(kv_heads: int, head_dim: int, block_size: int) -> float:
+    """Host bytes one token's keys and values of one layer take in an :class:`Int8Blocks` store: a
+    byte per element, plus the keys' per-channel scales shared by a block's tokens and the values'
+    per-token scale (float32)."""
+    return kv_heads * (2 * head_dim + 4 * head_dim / block_size + 4)
+
+
 def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (q.float() * scale).to(dtype)
 
