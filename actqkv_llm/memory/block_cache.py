@@ -143,7 +143,7 @@ HOST_STORES = {"model": GrowableBlocks, "int8": Int8Blocks}
 class HostBlocks:
     """Blocks kept in host memory (as the model's dtype, or as int8: :class:`Int8Blocks`), served to
     the device through a :class:`DeviceBlockCache` (each read staged in pinned memory; int8 blocks
-travel as int8 and are dequantized on the device)."""
+    travel as int8 and are dequantized on the device)."""
 
     def __init__(self, store: GrowableBlocks | Int8Blocks, device: torch.device, capacity: int):
         self.store = store
