@@ -29,6 +29,11 @@ POSITIONS = ("auto", "exact", "fixed")
 BUDGET_RULES = ("fixed", "entropy")
 # How offloaded blocks are held in host memory: the model's dtype, or int8 with per-group scales.
 HOST_KV_DTYPES = ("model", "int8")
+
+
+def resolve_offload(setting: bool | str, on_accelerator: bool) -> bool:
+    """Whether blocks go to host memory: ``offload`` True, or ``"auto"`` on an accelerator."""
+    return setting is True or (setting == "auto" and on_accelerator)
 SELECTION_OPTIONS = ("probe", "scorer", "token_reduce", "per_head", "positions", "budget_rule", "keep_edges")
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # the measured default (docs/method.md, "Ablation"): every query token and every KV head scores

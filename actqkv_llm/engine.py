@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .attention.step import DECODE, QUESTION, context_attention
 from .chat import document_prefix, question_suffix
-from .config import RetrievalConfig
+from .config import RetrievalConfig, resolve_offload
 from .document import CHAT, RAW, Document
 from .errors import CacheError, InputError
 from .answer import Answer, AnswerStream, Decoding, TokenLog, Usage
@@ -246,7 +246,7 @@ class Engine:
                 "default) or force it with --force-past-window (Python: allow_past_window=True)")
 
     def _prefill_ids(self, ids: torch.Tensor, text: str, layout: str, progress: bool | Callable[[int], Any] | None) -> Document:
-        offload = self.config.offload is True or (self.config.offload == "auto" and self.device.type == "cuda")
+        offload = resolve_offload(self.config.offload, self.device.type == "cuda")
         state = Session.new(self.adapter, self.config, self.method, offload=offload)
         state.meter = self.meter
         bar = self._progress_bar(ids.numel(), progress, "prefill")

@@ -35,6 +35,7 @@ import torch
 
 from .hf import cache_argument, plain_attention
 from ..persist.bench import MB, bytes_read_from_disk, read_every_block, drop_page_cache, measure_disk_speed
+from ..config import resolve_offload
 from ..files.paths import dir_size
 from ..memory.quantized import int8_bytes_per_token
 from .quality import (format_length, free_memory, invoked_command, library_versions, load_engine,
@@ -503,12 +504,10 @@ def _run_one(system: str, engines: dict[str, Any], net: Any, ids: torch.Tensor,
             return {"status": "OOM", "note": f"not run: {why}"}
     else:
         cfg = engines[system].config
-        offload = getattr(cfg, "offload", False)
-        on_host = device_free is None or offload is True or offload == "auto"
-        offloaded = offload is True or (offload == "auto" and device_free is not None)
+        offloaded = resolve_offload(getattr(cfg, "offload", False), device_free is not None)
         if offloaded and getattr(cfg, "host_kv_dtype", "model") == "int8":
             per_token = kv_bytes_per_token(net.config, torch.int8, int8_blocks=cfg.block_size)
-        ok, why = _fits(n, per_token, host if on_host else device_free)
+        ok, why = _fits(n, per_token, host if device_free is None or offloaded else device_free)
         if not ok:
             return {"status": "skipped", "note": why}
     peak.reset()
