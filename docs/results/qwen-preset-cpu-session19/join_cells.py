@@ -6,6 +6,7 @@ from pathlib import Path
 
 from actqkv_llm.bench.plots import plot_recall
 from actqkv_llm.bench.recall import markdown, summarize
+from per_sample import load_cell
 
 CELLS = {  # cell -> (run's recall.jsonl, the current preset's variant name in that run)
     "ask-16K": [("../int8-host-qwen-cpu-session18/recall.jsonl", "actqkv"), ("ask-16K/recall.jsonl", "actqkv")],
@@ -16,13 +17,7 @@ CELLS = {  # cell -> (run's recall.jsonl, the current preset's variant name in t
 LAYOUT = {"ask-16K": ("ask", 16384), "comp-16K": ("completion", 16384), "ask-30K": ("ask", 30720)}
 
 for cell, runs in CELLS.items():
-    rows = []
-    for path, variant in runs:
-        for line in open(path):
-            r = json.loads(line)
-            if r["variant"] == variant:
-                rows.append({**r, "variant": "actqkv (current preset)"})
-    rows.sort(key=lambda r: r["sample"])
+    rows = [r for _, (_, r) in sorted(load_cell(runs).items())]
     assert [r["sample"] for r in rows] == list(range(16)), cell
     summary = summarize(rows)
     layout, length = LAYOUT[cell]
