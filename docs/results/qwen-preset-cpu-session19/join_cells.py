@@ -13,8 +13,10 @@ CELLS = {  # cell -> (run's recall.jsonl, the current preset's variant name in t
     "comp-16K": [("comp-16K/recall.jsonl", "actqkv")],
     "ask-30K": [("../recall-qwen-cpu-session17/recall.jsonl", "actqkv+question_rerank=16"),
                 ("ask-30K/recall.jsonl", "actqkv"), ("ask-30K-15/recall.jsonl", "actqkv")],
+    "comp-30K": [("comp-30K/recall.jsonl", "actqkv"), ("comp-30K-5/recall.jsonl", "actqkv")],
 }
-LAYOUT = {"ask-16K": ("ask", 16384), "comp-16K": ("completion", 16384), "ask-30K": ("ask", 30720)}
+LAYOUT = {"ask-16K": ("ask", 16384), "comp-16K": ("completion", 16384), "ask-30K": ("ask", 30720),
+          "comp-30K": ("completion", 30720)}
 
 for cell, runs in CELLS.items():
     rows = [r for _, (_, r) in sorted(load_cell(runs).items())]
