@@ -204,7 +204,7 @@ def combine_kernel(M, L, O, CHOSEN, OUT, WOUT, t0, t1, hkv, heads_per_sel, n_sel
 
 
 @triton.jit
-def choose_kernel(MASS, N_TAKE, CHOSEN, n_cand, hi, sel, sn, CH: tl.constexpr, CI: tl.constexpr):
+def choose_kernel(MASS, N_TAKE, CHOSEN, n_cand: tl.constexpr, hi, sel, sn, CH: tl.constexpr, CI: tl.constexpr):
     """The rerank's choice without a sort: candidate ``j`` of a selection is chosen when fewer than
     ``min(n_take, hi)`` candidates rank before it, ranking by mass, larger first, ties to the
     earlier candidate (a stable descending sort's order; +inf edges first, -inf unfilled last).
@@ -226,7 +226,7 @@ def choose_kernel(MASS, N_TAKE, CHOSEN, n_cand, hi, sel, sn, CH: tl.constexpr, C
 
 @triton.jit
 def place_kernel(K, KROT, V, QF, WINK, KEYS, VALS, VIS, QUERIES, AT_CAP, AT_W, AT_VIS, AT_Q,
-                 sk0, sk1, sv0, sv1, hkv, feats, D: tl.constexpr, D_PAD: tl.constexpr, F_CH: tl.constexpr,
+                 sk0, sk1, sv0, sv1, hkv, feats: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, F_CH: tl.constexpr,
                  HAS_Q: tl.constexpr):
     """The new token's writes into one layer's buffers, one program per row and KV head: its key
     unrotated (the window's keys, ``AT_CAP``), rotated at its slot and its value (``AT_W``); the
