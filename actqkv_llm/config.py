@@ -193,9 +193,11 @@ class RetrievalConfig:
             that their matrix products have one shape whether one answer decodes or several
             (``answer_many``): the products' kernels are picked by shape and round differently for
             one row than for eight, which is what makes a batch's greedy tokens differ from one-by-one
-            answers (the step's attention adds in a fixed order already). 1 (the default): no
-            padding. 8 gives ``answer_many`` of up to 8 questions the one-by-one bits (on the
-            2-core CPU, tests); what it costs a one-row step on a GPU is not measured yet.
+            answers (the step's attention adds in a fixed order already). 8 (the default): up to 8
+            answers decoded together get the bits each gets alone (the 2-core CPU in float32, tests;
+            the H200, twentieth session: 8 questions at 32K on the Llama-3.1-8B shape, every token
+            the one-by-one token, where 1 gave 82-99% in earlier sessions), for ~0.2 ms more per
+            one-row graph step there (9.48 -> 9.67 ms, two runs of one lease). 1: no padding.
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """
@@ -232,7 +234,7 @@ class RetrievalConfig:
     decode_graph: bool | Literal["auto"] = "auto"
     decode_kernel: Literal["auto", "triton", "torch"] = "auto"
     decode_compile: bool | Literal["auto"] = "auto"
-    decode_pad_rows: int = 1
+    decode_pad_rows: int = 8
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
