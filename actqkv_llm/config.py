@@ -196,7 +196,7 @@ class RetrievalConfig:
             answers (the step's attention adds in a fixed order already). 8 (the default): up to 8
             answers decoded together get the bits each gets alone (the 2-core CPU in float32, tests;
             the H200, twentieth session: 8 questions at 32K on the Llama-3.1-8B shape, every token
-            the one-by-one token, where 1 gave 82-99% in earlier sessions), for ~0.2 ms more per
+            the one-by-one token, where 1 gave 67-100% in earlier runs), for ~0.2 ms more per
             one-row graph step there (9.48 -> 9.67 ms, two runs of one lease). 1: no padding.
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
