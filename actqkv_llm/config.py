@@ -160,6 +160,16 @@ class RetrievalConfig:
             the method allows it (``bound`` scorer with a per-token probe); False always runs the
             reference loop, one execution block at a time; "auto" batches on an accelerator and
             loops on the CPU, where the loop measured faster (docs/benchmarks.md).
+        prefill_kernel: what computes a batched chunk's block evidence (``bound`` scorer with
+            ``token_reduce="softmax"``, the default's): ``"torch"``: PyTorch ops, which write every
+            row's logits over every memory block (``[query heads x tokens, blocks]`` per execution
+            block) and read them back several times, a cost that grows with the document;
+            ``"triton"``: two Triton passes over the same products that keep those logits in
+            registers (retrieval/bound_mass.py; float32 accumulation, so the evidence differs from
+            the PyTorch path's bf16 products by their rounding); ``"auto"``: Triton where it runs (a
+            CUDA device, Triton installed) and agrees with PyTorch on random bounds of the model's
+            shape, checked once per device, else PyTorch. An explicit ``"triton"`` that cannot run
+            is an error.
         decode_graph: run the decode steps that rerank held candidates in every layer (most steps of
             the default method) with static shapes (attention/static_decode.py): on a CUDA device
             captured once as a CUDA graph and replayed, one launch per token instead of dozens per
@@ -231,6 +241,7 @@ class RetrievalConfig:
     min_refill: int | None = None
     max_refill: int | None = None
     batch_prefill: bool | Literal["auto"] = "auto"
+    prefill_kernel: Literal["auto", "triton", "torch"] = "auto"
     decode_graph: bool | Literal["auto"] = "auto"
     decode_kernel: Literal["auto", "triton", "torch"] = "auto"
     decode_compile: bool | Literal["auto"] = "auto"
@@ -429,8 +440,9 @@ class RetrievalConfig:
                 raise ConfigError(f"{name} must be True, False or 'auto', got {v!r}")
         if not is_int(self.decode_pad_rows) or not 1 <= self.decode_pad_rows <= 64:
             raise ConfigError(f"decode_pad_rows must be an integer from 1 to 64, got {self.decode_pad_rows!r}")
-        if self.decode_kernel not in ("auto", "triton", "torch"):
-            raise ConfigError(f"decode_kernel must be 'auto', 'triton' or 'torch', got {self.decode_kernel!r}")
+        for name in ("prefill_kernel", "decode_kernel"):
+            if getattr(self, name) not in ("auto", "triton", "torch"):
+                raise ConfigError(f"{name} must be 'auto', 'triton' or 'torch', got {getattr(self, name)!r}")
         if self.offload not in (True, False, "auto"):
             raise ConfigError(f"offload must be True, False or 'auto', got {self.offload!r}")
         if self.host_kv_dtype not in HOST_KV_DTYPES:

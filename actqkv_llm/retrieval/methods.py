@@ -17,6 +17,7 @@ import torch
 
 from ..config import RetrievalConfig
 from ..devices import device_tensor
+from .bound_mass import CHUNK_SCORE_ELEMENTS, BoundMassKernel
 from .budget import DynamicCutoff, EntropyRefill, FixedTopK, normalized_entropy
 from .probe import ActivationStats, _group, activation_bias, token_weights, weighted_mean
 from .score import bound_logits_parts, cosine_scores, dot_scores, key_logits, reduce_tokens
@@ -271,8 +272,6 @@ class TokenProbe(Probe):
 
 
 # ---------------------------------------------------------------------- scorers
-# Largest per-token score tensor a batched prefill chunk materialises at once (elements).
-CHUNK_SCORE_ELEMENTS = 1 << 27
 
 class Scorer:
     """Evidence ``[rows, n_blocks]`` for every block; ``mass`` scorers give attention-mass estimates
@@ -313,9 +312,11 @@ class BoundScorer(Scorer):
     """Quest: each query token's upper bound of its best logit in the block, from per-channel key
     minima and maxima, at the rotation attention will use; tokens combined by ``reduce``."""
 
-    def __init__(self, reduce: str):
+    def __init__(self, reduce: str, kernel: str = "auto"):
         self.reduce = reduce
         self.mass = reduce == "softmax"
+        # what computes a batched prefill chunk's softmax evidence (``prefill_kernel``)
+        self.mass_kernel = BoundMassKernel(kernel)
 
     def __call__(self, tokens, weights, mem, state, mq):
         u = bound_logits_parts(mq.at_memory(tokens), mem.bound_parts(mq.mode, mq.rotate_blocks), mem.dtype)
@@ -326,6 +327,8 @@ class BoundScorer(Scorer):
         """Every execution block's evidence at once: q_mem ``[H, E, S, d]`` (at the memory's rotation),
         weights ``[E, S]``, ``n_avail [E]`` blocks each may see -> ``[E, Hkv, N]`` (0 / -inf beyond)."""
         parts = mem.bound_parts(mq.mode, mq.rotate_blocks)
+        if self.reduce == "softmax":
+            return self.mass_kernel(q_mem, weights, parts, n_avail, mem.kv_heads, mq.scaling, mem.dtype)
         h, n_e, size, d = q_mem.shape
         hkv, n = mem.kv_heads, sum(lo.shape[0] for lo, _ in parts)
         hidden = torch.arange(n, device=q_mem.device)[None] >= n_avail[:, None]      # [E, N]
@@ -337,12 +340,8 @@ class BoundScorer(Scorer):
             u = bound_logits_parts(q_mem[:, e].reshape(h, ne * size, d), parts, mem.dtype)
             u = u.view(hkv, h // hkv, ne, size, n).permute(2, 0, 1, 3, 4)           # [E', Hkv, G, S, N]
             u.masked_fill_(hidden[e, None, None, None], float("-inf"))   # in place: u is this loop's own
-            if self.reduce == "max":
-                u.masked_fill_(weights[e, None, None, :, None] == 0, float("-inf"))
-                out.append(u.amax((2, 3)))
-            else:
-                p = torch.softmax(u.mul_(mq.scaling), -1)
-                out.append(torch.einsum("ekgsn,es->ekn", p, weights[e].float()))
+            u.masked_fill_(weights[e, None, None, :, None] == 0, float("-inf"))
+            out.append(u.amax((2, 3)))
         return torch.cat(out)
 
 
@@ -422,7 +421,7 @@ class BlockRetrieval(RetrievalMethod):
         self.scorer: Scorer = {
             "dot": lambda: RepresentativeDot(),
             "cosine": lambda: RepresentativeCosine(config.question_weight),
-            "bound": lambda: BoundScorer(sel("token_reduce")),
+            "bound": lambda: BoundScorer(sel("token_reduce"), config.prefill_kernel),
             "l1": lambda: FirstLevelScorer(),
         }[scorer]()
         self.per_head = bool(sel("per_head"))
