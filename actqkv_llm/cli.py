@@ -112,8 +112,9 @@ def retrieval_options(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("offload", "batch_prefill", "decode_graph", "decode_compile"):
         if getattr(args, name, None) is not None:
             options[name] = {"on": True, "off": False, "auto": "auto"}[getattr(args, name)]
-    if getattr(args, "decode_kernel", None) is not None:
-        options["decode_kernel"] = args.decode_kernel
+    for name in ("prefill_kernel", "decode_kernel"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
     return options
 
 
@@ -659,6 +660,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--batch-prefill", choices=("auto", "on", "off"),
                    help="off: prefill one execution block at a time (the reference loop); "
                         "auto: batched on a GPU, the loop on the CPU")
+    r.add_argument("--prefill-kernel", choices=("auto", "triton", "torch"),
+                   help="what scores a batched prefill chunk's blocks (auto: two Triton passes on a GPU "
+                        "where they agree with PyTorch; torch: PyTorch ops)")
     r.add_argument("--decode-graph", choices=("auto", "on", "off"),
                    help="decode steps with static shapes, replayed as one CUDA graph (auto: on a GPU; "
                         "on: also on the CPU, eagerly; off: the reference step)")
