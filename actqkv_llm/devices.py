@@ -47,3 +47,17 @@ def half_products_into_float32(device: torch.device, dtype: torch.dtype) -> bool
         return torch.bmm(x, x, out_dtype=torch.float32).dtype == torch.float32
     except (TypeError, RuntimeError, NotImplementedError):
         return False
+
+
+def triton_available(device: torch.device) -> bool:
+    """Whether Triton kernels can run for tensors on ``device`` (a CUDA device and Triton installed;
+    ``TRITON_INTERPRET=1`` runs them on the CPU, for tests)."""
+    import os
+
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True

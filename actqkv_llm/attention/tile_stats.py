@@ -40,6 +40,8 @@ from typing import Callable
 
 import torch
 
+from ..devices import triton_available  # noqa: F401  (the kernels' callers import it from here)
+
 # tiles (or candidates) a kernel program takes per loop iteration: the order its sums run in
 CHUNK = 64
 CHOOSE_CH, CHOOSE_CI = CHUNK // 2, 4 * CHUNK   # choose_kernel: candidates ranked per program, compared per pass
@@ -303,20 +305,6 @@ def _kernels():
     from . import tile_kernel
 
     return tile_kernel
-
-
-def triton_available(device: torch.device) -> bool:
-    """Whether the Triton kernel can run for tensors on ``device`` (a CUDA device and Triton installed;
-    ``TRITON_INTERPRET=1`` runs it on the CPU, for tests)."""
-    import os
-
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def check_triton(graph, strict: bool = False) -> str:

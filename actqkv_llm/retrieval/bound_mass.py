@@ -13,6 +13,7 @@ import warnings
 
 import torch
 
+from ..devices import triton_available
 from .score import bound_logits_parts
 
 # logits held at once by the PyTorch path (elements of [rows, blocks]); a chunk is cut into groups of
@@ -22,23 +23,32 @@ CHUNK_SCORE_ELEMENTS = 1 << 27
 ROW_TILE, BLOCK_TILE = 64, 64
 
 
+def masked_bound_logits(q_mem: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
+                        n_avail: torch.Tensor, kv_heads: int, dtype: torch.dtype):
+    """Quest's bound logits of a batched chunk, a group of execution blocks at a time (at most
+    ``CHUNK_SCORE_ELEMENTS`` logits): yields ``(slice of E, logits [E', Hkv, G, S, N])`` with -inf at
+    the blocks each execution block may not see; the tensor is the caller's to change in place.
+    q_mem ``[H, E, S, d]`` at the memory's rotation, bounds in ``parts``, ``n_avail [E]``."""
+    h, n_e, size, d = q_mem.shape
+    n = sum(lo.shape[0] for lo, _ in parts)
+    hidden = torch.arange(n, device=q_mem.device)[None] >= n_avail[:, None]      # [E, N]
+    step = max(1, CHUNK_SCORE_ELEMENTS // max(1, h * size * n))
+    for a in range(0, n_e, step):
+        e = slice(a, min(n_e, a + step))
+        ne = e.stop - e.start
+        u = bound_logits_parts(q_mem[:, e].reshape(h, ne * size, d), parts, dtype)
+        u = u.view(kv_heads, h // kv_heads, ne, size, n).permute(2, 0, 1, 3, 4)   # [E', Hkv, G, S, N]
+        yield e, u.masked_fill_(hidden[e, None, None, None], float("-inf"))
+
+
 def bound_mass_torch(q_mem: torch.Tensor, weights: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
                      n_avail: torch.Tensor, kv_heads: int, scaling: float, dtype: torch.dtype) -> torch.Tensor:
     """q_mem ``[H, E, S, d]`` (at the memory's rotation), weights ``[E, S]``, bounds in ``parts``
     (``[n_i, Hkv, d]`` minima and maxima), ``n_avail [E]`` blocks each execution block may see ->
     evidence ``[E, Hkv, N]`` float32: per row (query head of the group, token) the softmax over the
     visible blocks of ``scaling`` x Quest's bound, weighted and summed. Products in ``dtype``."""
-    h, n_e, size, d = q_mem.shape
-    n = sum(lo.shape[0] for lo, _ in parts)
-    hidden = torch.arange(n, device=q_mem.device)[None] >= n_avail[:, None]      # [E, N]
-    step = max(1, CHUNK_SCORE_ELEMENTS // max(1, h * size * n))
     out = []
-    for a in range(0, n_e, step):
-        e = slice(a, min(n_e, a + step))
-        ne = e.stop - e.start
-        u = bound_logits_parts(q_mem[:, e].reshape(h, ne * size, d), parts, dtype)
-        u = u.view(kv_heads, h // kv_heads, ne, size, n).permute(2, 0, 1, 3, 4)   # [E', Hkv, G, S, N]
-        u.masked_fill_(hidden[e, None, None, None], float("-inf"))   # in place: u is this loop's own
+    for e, u in masked_bound_logits(q_mem, parts, n_avail, kv_heads, dtype):
         p = torch.softmax(u.mul_(scaling), -1)
         out.append(torch.einsum("ekgsn,es->ekn", p, weights[e].float()))
     return torch.cat(out)
@@ -81,20 +91,6 @@ def bound_mass_triton(q_mem: torch.Tensor, weights: torch.Tensor, lo: torch.Tens
     return out
 
 
-def triton_runs_on(device: torch.device) -> bool:
-    """Whether the Triton passes can run for tensors on ``device`` (CUDA with Triton installed, or any
-    device under ``TRITON_INTERPRET=1``)."""
-    import os
-
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class BoundMassKernel:
     """Which computation gives a batched chunk's evidence (``prefill_kernel``): ``"torch"`` always
     the reference; ``"triton"`` the Triton passes (an error where they cannot run); ``"auto"`` the
@@ -115,7 +111,7 @@ class BoundMassKernel:
     def _use_triton(self, q_mem: torch.Tensor, dtype: torch.dtype, kv_heads: int) -> bool:
         if self.choice == "torch":
             return False
-        if not triton_runs_on(q_mem.device):
+        if not triton_available(q_mem.device):
             if self.choice == "triton":
                 raise RuntimeError(f"prefill_kernel='triton' needs Triton and a CUDA device, got {q_mem.device}")
             return False

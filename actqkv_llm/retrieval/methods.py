@@ -17,7 +17,7 @@ import torch
 
 from ..config import RetrievalConfig
 from ..devices import device_tensor
-from .bound_mass import CHUNK_SCORE_ELEMENTS, BoundMassKernel
+from .bound_mass import BoundMassKernel, masked_bound_logits
 from .budget import DynamicCutoff, EntropyRefill, FixedTopK, normalized_entropy
 from .probe import ActivationStats, _group, activation_bias, token_weights, weighted_mean
 from .score import bound_logits_parts, cosine_scores, dot_scores, key_logits, reduce_tokens
@@ -329,17 +329,8 @@ class BoundScorer(Scorer):
         parts = mem.bound_parts(mq.mode, mq.rotate_blocks)
         if self.reduce == "softmax":
             return self.mass_kernel(q_mem, weights, parts, n_avail, mem.kv_heads, mq.scaling, mem.dtype)
-        h, n_e, size, d = q_mem.shape
-        hkv, n = mem.kv_heads, sum(lo.shape[0] for lo, _ in parts)
-        hidden = torch.arange(n, device=q_mem.device)[None] >= n_avail[:, None]      # [E, N]
-        step = max(1, CHUNK_SCORE_ELEMENTS // max(1, h * size * n))
         out = []
-        for a in range(0, n_e, step):
-            e = slice(a, min(n_e, a + step))
-            ne = e.stop - e.start
-            u = bound_logits_parts(q_mem[:, e].reshape(h, ne * size, d), parts, mem.dtype)
-            u = u.view(hkv, h // hkv, ne, size, n).permute(2, 0, 1, 3, 4)           # [E', Hkv, G, S, N]
-            u.masked_fill_(hidden[e, None, None, None], float("-inf"))   # in place: u is this loop's own
+        for e, u in masked_bound_logits(q_mem, parts, n_avail, mem.kv_heads, mem.dtype):
             u.masked_fill_(weights[e, None, None, :, None] == 0, float("-inf"))
             out.append(u.amax((2, 3)))
         return torch.cat(out)
