@@ -20,7 +20,8 @@ SHAPES = [(2, 3, 3, 40, 64, 300), (1, 4, 2, 256, 128, 70), (3, 1, 4, 17, 48, 129
 def _case(shape, dtype, device, seed=0):
     hkv, g, n_e, size, d, n = shape
     gen = torch.Generator(device=device).manual_seed(seed)
-    q = torch.randn((hkv * g, n_e, size, d), generator=gen, device=device)
+    # not contiguous, as a chunk's padded queries can be
+    q = torch.randn((n_e, hkv * g, size, d), generator=gen, device=device).transpose(0, 1)
     keys = torch.randn((n, hkv, 8, d), generator=gen, device=device).to(dtype)
     w = torch.rand((n_e, size), generator=gen, device=device)
     w[:, -3:] = 0                                   # padding tokens carry no weight

@@ -69,8 +69,8 @@ def bound_mass_triton(q_mem: torch.Tensor, weights: torch.Tensor, lo: torch.Tens
     if n == 0 or n_e == 0:
         return out
     # rows r = g * S + s of each (KV head, execution block), split into the bound's two products
-    q = q_mem.to(lo.dtype).view(hkv, g, n_e, size, d).permute(0, 2, 1, 3, 4).reshape(hkv, n_e, rows, d)
-    qp, qn = q.clamp(min=0), q.clamp(max=0)
+    q = q_mem.to(lo.dtype).reshape(hkv, g, n_e, size, d).permute(0, 2, 1, 3, 4).reshape(hkv, n_e, rows, d)
+    qp, qn = q.clamp(min=0).contiguous(), q.clamp(max=0).contiguous()
     w = weights.float().repeat(1, g).contiguous()                                  # [E, rows]
     navail = n_avail.to(device=q_mem.device, dtype=torch.int32).contiguous()
     lse = torch.empty((hkv, n_e, rows), dtype=torch.float32, device=q_mem.device)
