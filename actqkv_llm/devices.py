@@ -49,6 +49,12 @@ def half_products_into_float32(device: torch.device, dtype: torch.dtype) -> bool
         return False
 
 
+def tile_extent(x: int, least: int = 16) -> int:
+    """A Triton kernel block's extent for ``x`` items: the next power of two, at least ``least``
+    (16: ``tl.dot``'s smallest)."""
+    return max(least, 1 << max(0, (x - 1).bit_length()))
+
+
 def triton_available(device: torch.device) -> bool:
     """Whether Triton kernels can run for tensors on ``device`` (a CUDA device and Triton installed;
     ``TRITON_INTERPRET=1`` runs them on the CPU, for tests)."""

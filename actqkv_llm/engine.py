@@ -332,7 +332,7 @@ class Engine:
             return None
         compile_layers = self.config.decode_compile
         if compile_layers == "auto":
-            from .attention.tile_stats import triton_available
+            from .devices import triton_available
 
             compile_layers = "auto" if on_cuda and triton_available(self.device) else False
         key = (graph_key(self.method), on_cuda, self.config.decode_kernel, compile_layers, self.config.decode_pad_rows)

@@ -7,7 +7,8 @@ import torch
 
 from actqkv_llm.attention.tile_stats import (candidate_mass_torch, candidate_mass_triton, choose_torch, choose_triton,
                                              combine_torch, combine_triton, kept_tiles, kept_values_triton, place_token_torch,
-                                             place_token_triton, tile_stats_torch, tile_stats_triton, triton_available)
+                                             place_token_triton, tile_stats_torch, tile_stats_triton)
+from actqkv_llm.devices import triton_available
 
 
 def _case(dtype=torch.float32, device="cpu", hkv=2, g=3, d=16, tile=8, n_tiles=7, first_window=5):
@@ -214,7 +215,7 @@ def test_the_interpreted_triton_kernel_gives_the_torch_statistics():
     import sys
 
     code = ("import sys, torch; sys.path.insert(0, 'tests'); import test_tile_stats as t; "
-            "from actqkv_llm.attention.tile_stats import triton_available; "
+            "from actqkv_llm.devices import triton_available; "
             "assert triton_available(torch.device('cpu')); t._compare_kernel(torch.float32, torch.device('cpu')); print('ok')")
     env = dict(os.environ, TRITON_INTERPRET="1")
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

@@ -58,12 +58,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..devices import half_products_into_float32
+from ..devices import half_products_into_float32, triton_available
 from ..errors import ConfigError
 from ..memory.blocks import gather_parts
 from .rope import rotate, sinks_at_true_positions
 from .tile_stats import (candidate_mass_triton, check_triton, choose_torch, choose_triton, combine_triton,
-                         kept_values_triton, place_token_torch, place_token_triton, tile_stats_triton, triton_available)
+                         kept_values_triton, place_token_torch, place_token_triton, tile_stats_triton)
 from .step import DECODE, StepContext
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ from typing import Callable
 
 import torch
 
-from ..devices import triton_available  # noqa: F401  (the kernels' callers import it from here)
+from ..devices import tile_extent
 
 # tiles (or candidates) a kernel program takes per loop iteration: the order its sums run in
 CHUNK = 64
@@ -109,7 +109,7 @@ def tile_stats_triton(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
         qs, keys, values, rows, m, l, o, scaling, first_window_tile, n // rows.shape[0], rows.stride(0),
         qs.stride(0), qs.stride(1), qs.stride(2), keys.stride(0), keys.stride(1),
         values.stride(0), values.stride(1), m.stride(0), m.stride(1), m.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        G=g, G_PAD=_pad(g), D=d, D_PAD=_pad(d), TILE=tile, T_PAD=_pad(tile),
+        G=g, G_PAD=tile_extent(g), D=d, D_PAD=tile_extent(d), TILE=tile, T_PAD=tile_extent(tile),
         IEEE=keys.dtype == torch.float32, WITH_O=with_values,
     )
     return m, l, o, None
@@ -134,7 +134,7 @@ def kept_values_triton(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
         qs, keys, values, rows, chosen, o, scaling, first_window_tile, n // n_rows, rows.stride(0), t0, t1,
         n // n_rows // sel, sel, qs.stride(0), qs.stride(1), qs.stride(2), keys.stride(0), keys.stride(1),
         values.stride(0), values.stride(1), o.stride(0), o.stride(1), o.stride(2),
-        G=g, G_PAD=_pad(g), D=d, D_PAD=_pad(d), TILE=tile, T_PAD=_pad(tile),
+        G=g, G_PAD=tile_extent(g), D=d, D_PAD=tile_extent(d), TILE=tile, T_PAD=tile_extent(tile),
         IEEE=keys.dtype == torch.float32,
     )
     return o
@@ -226,11 +226,11 @@ def candidate_mass_triton(m: torch.Tensor, l: torch.Tensor, ok: torch.Tensor, ed
     rows, sel, n_cand = ok.shape
     _check_stats(m, l)
     k = _kernels()
-    k.tile_lse_kernel[(n,)](m, l, total, m.stride(0), m.stride(1), m.stride(2), n_tiles=n_t, G=g, G_PAD=_pad(g),
+    k.tile_lse_kernel[(n,)](m, l, total, m.stride(0), m.stride(1), m.stride(2), n_tiles=n_t, G=g, G_PAD=tile_extent(g),
                             CH=CHUNK)
     k.candidate_mass_kernel[(rows * sel, -(-n_cand // CHUNK))](
         m, l, total, ok, edge, out, t0, n_cand, m.stride(0), m.stride(1), m.stride(2),
-        heads_per_sel=n // rows // sel, G=g, G_PAD=_pad(g), CH=CHUNK)
+        heads_per_sel=n // rows // sel, G=g, G_PAD=tile_extent(g), CH=CHUNK)
     return out
 
 
@@ -248,7 +248,7 @@ def combine_triton(m: torch.Tensor, l: torch.Tensor, o: torch.Tensor, chosen: to
     _kernels().combine_kernel[(n, g)](
         m, l, o, chosen, out, weights, t0, t1, n // rows, n // rows // sel, sel,
         m.stride(0), m.stride(1), m.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        n_tiles=n_t, G=g, D=d, D_PAD=_pad(d), CH=CHUNK, TRACK=track)
+        n_tiles=n_t, G=g, D=d, D_PAD=tile_extent(d), CH=CHUNK, TRACK=track)
     return out, (weights if track else None)
 
 
@@ -287,17 +287,12 @@ def place_token_triton(k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor, q_
         k, k_rot, v, q_flat if queries is not None else k_rot, win_k, keys, values, visible,
         queries if queries is not None else win_k, at_cap, at_w, at_vis, at_q,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), hkv, feats,
-        D=d, D_PAD=_pad(d), F_CH=256, HAS_Q=queries is not None)
+        D=d, D_PAD=tile_extent(d), F_CH=256, HAS_Q=queries is not None)
 
 
 def _check_stats(m: torch.Tensor, l: torch.Tensor) -> None:
     if m.stride() != l.stride():
         raise ValueError("the tile statistics m and l must be laid out alike")
-
-
-def _pad(x: int) -> int:
-    """A kernel block's extent for ``x`` items: the next power of two, at least 16 (``tl.dot``'s least)."""
-    return max(16, 1 << max(0, (x - 1).bit_length()))
 
 
 def _kernels():

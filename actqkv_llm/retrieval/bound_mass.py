@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from ..devices import triton_available
+from ..devices import tile_extent, triton_available
 from .score import bound_logits_parts
 
 # logits held at once by the PyTorch path (elements of [rows, blocks]); a chunk is cut into groups of
@@ -75,19 +75,18 @@ def bound_mass_triton(q_mem: torch.Tensor, weights: torch.Tensor, lo: torch.Tens
     navail = n_avail.to(device=q_mem.device, dtype=torch.int32).contiguous()
     lse = torch.empty((hkv, n_e, rows), dtype=torch.float32, device=q_mem.device)
     lo, hi = lo.contiguous(), hi.contiguous()
-    d_pad = max(16, 1 << max(0, (d - 1).bit_length()))
     ieee = lo.dtype == torch.float32
     n_tiles = -(-n // BLOCK_TILE)
     kern.row_lse_kernel[(hkv * n_e, -(-rows // ROW_TILE))](
         qp, qn, lo, hi, navail, lse, float(scaling), n_e,
         qp.stride(0), qp.stride(1), qp.stride(2), lo.stride(0), lo.stride(1), lse.stride(0), lse.stride(1),
-        R=rows, D=d, D_PAD=d_pad, BR=ROW_TILE, BN=BLOCK_TILE,
-        n_tiles_pow2=1 << max(0, (n_tiles - 1).bit_length()), IEEE=ieee)
+        R=rows, D=d, D_PAD=tile_extent(d), BR=ROW_TILE, BN=BLOCK_TILE,
+        n_tiles_pow2=tile_extent(n_tiles, 1), IEEE=ieee)
     kern.block_mass_kernel[(hkv * n_e, n_tiles)](
         qp, qn, lo, hi, navail, lse, w, out, float(scaling), n_e, n,
         qp.stride(0), qp.stride(1), qp.stride(2), lo.stride(0), lo.stride(1), lse.stride(0), lse.stride(1),
         w.stride(0), out.stride(0), out.stride(1),
-        R=rows, D=d, D_PAD=d_pad, BR=ROW_TILE, BN=BLOCK_TILE, IEEE=ieee)
+        R=rows, D=d, D_PAD=tile_extent(d), BR=ROW_TILE, BN=BLOCK_TILE, IEEE=ieee)
     return out
 
 
@@ -139,9 +138,9 @@ class BoundMassKernel:
             warnings.warn(f"prefill_kernel='auto': the Triton passes failed ({type(err).__name__}: {err}); "
                           "scoring prefill chunks with PyTorch ops", RuntimeWarning, stacklevel=5)
             return False
-        want = bound_mass_torch(q, w, [(lo, hi)], avail, kv_heads, d ** -0.5, dtype)
+        want = bound_mass_torch(q, w, [(lo, hi)], avail, kv_heads, d ** -0.5, dtype).nan_to_num(0.0)
         tol = 1e-4 if dtype == torch.float32 else 3e-2
-        close = torch.allclose(got, want.nan_to_num(0.0), rtol=tol, atol=tol * float(w.sum(1).max()))
+        close = torch.allclose(got, want, rtol=tol, atol=tol * float(w.sum(1).max()))
         if not close:
             warnings.warn("prefill_kernel='auto': the Triton passes disagree with PyTorch on this device "
                           f"(largest difference {float((got - want).abs().max()):.3g}); scoring prefill "

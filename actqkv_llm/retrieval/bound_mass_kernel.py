@@ -23,20 +23,25 @@ import triton.language as tl
 
 
 @triton.jit
-def _logits(qp_rows, qn_rows, LO, HI, in_rows, n0, n_vis, scaling, s_bn, s_bh, k,
-            D: tl.constexpr, D_PAD: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr):
-    """One tile of scaled bound logits ``[BR, BN]`` for the rows at ``qp_rows`` / ``qn_rows``
-    (pointers ``[BR, 1]``) against blocks ``n0 ..`` of KV head ``k`` (-inf past the visible ones)."""
+def _rows(QP, QN, at, in_rows, D: tl.constexpr, D_PAD: tl.constexpr):
+    """The positive and negative parts of ``BR`` query rows (``at``: their offsets ``[BR, 1]``)."""
     cols = tl.arange(0, D_PAD)
-    in_d = cols < D
+    mask = in_rows[:, None] & (cols < D)[None, :]
+    return (tl.load(QP + at + cols[None, :], mask=mask, other=0.0),
+            tl.load(QN + at + cols[None, :], mask=mask, other=0.0))
+
+
+@triton.jit
+def _logits(qp, qn, LO, HI, n0, n_vis, scaling, s_bn, s_bh, k,
+            D: tl.constexpr, D_PAD: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr):
+    """One tile of scaled bound logits ``[BR, BN]`` for the loaded rows ``qp`` / ``qn`` against
+    blocks ``n0 ..`` of KV head ``k`` (-inf past the visible ones)."""
+    cols = tl.arange(0, D_PAD)
     blocks = n0 + tl.arange(0, BN)
     vis = blocks < n_vis
-    bmask = vis[:, None] & in_d[None, :]
+    bmask = vis[:, None] & (cols < D)[None, :]
     hi = tl.load(HI + blocks[:, None] * s_bn + k * s_bh + cols[None, :], mask=bmask, other=0.0)
     lo = tl.load(LO + blocks[:, None] * s_bn + k * s_bh + cols[None, :], mask=bmask, other=0.0)
-    qmask = in_rows[:, None] & in_d[None, :]
-    qp = tl.load(qp_rows + cols[None, :], mask=qmask, other=0.0)
-    qn = tl.load(qn_rows + cols[None, :], mask=qmask, other=0.0)
     if IEEE:  # float32 bounds: float32 products, not TF32 (the reference's float32 math)
         u = tl.dot(qp, tl.trans(hi), input_precision="ieee") + tl.dot(qn, tl.trans(lo), input_precision="ieee")
     else:
@@ -56,14 +61,13 @@ def row_lse_kernel(QP, QN, LO, HI, NAVAIL, LSE, scaling, n_e,
     rows = tl.program_id(1) * BR + tl.arange(0, BR)
     in_rows = rows < R
     n_vis = tl.load(NAVAIL + e)
-    at = k * s_qk + e * s_qe + rows[:, None] * s_qr
+    qp, qn = _rows(QP, QN, k * s_qk + e * s_qe + rows[:, None] * s_qr, in_rows, D, D_PAD)
     m = tl.full([BR], float("-inf"), tl.float32)
     total = tl.zeros([BR], tl.float32)
     for t in range(0, n_tiles_pow2):
         n0 = t * BN
         if n0 < n_vis:
-            u = _logits(QP + at, QN + at, LO, HI, in_rows, n0, n_vis, scaling, s_bn, s_bh, k,
-                        D, D_PAD, BN, IEEE)
+            u = _logits(qp, qn, LO, HI, n0, n_vis, scaling, s_bn, s_bh, k, D, D_PAD, BN, IEEE)
             new_m = tl.maximum(m, tl.max(u, 1))
             total = total * tl.exp(m - new_m) + tl.sum(tl.exp(u - new_m[:, None]), 1)
             m = new_m
@@ -88,9 +92,8 @@ def block_mass_kernel(QP, QN, LO, HI, NAVAIL, LSE, W, OUT, scaling, n_e, n_block
         for r0 in range(0, R, BR):
             rows = r0 + tl.arange(0, BR)
             in_rows = rows < R
-            at = k * s_qk + e * s_qe + rows[:, None] * s_qr
-            u = _logits(QP + at, QN + at, LO, HI, in_rows, n0, n_vis, scaling, s_bn, s_bh, k,
-                        D, D_PAD, BN, IEEE)
+            qp, qn = _rows(QP, QN, k * s_qk + e * s_qe + rows[:, None] * s_qr, in_rows, D, D_PAD)
+            u = _logits(qp, qn, LO, HI, n0, n_vis, scaling, s_bn, s_bh, k, D, D_PAD, BN, IEEE)
             lse = tl.load(LSE + k * s_lk + e * s_le + rows, mask=in_rows, other=float("-inf"))
             w = tl.load(W + e * s_we + rows, mask=in_rows, other=0.0)
             ok = in_rows & (lse > float("-inf"))
