@@ -15,7 +15,9 @@ of a prefill chunk's time.
 Loop bounds are compile-time constants (Triton 3.6's interpreter cannot loop over a runtime int):
 the row tiles are fixed per engine, the block tiles are rounded up to a power of two
 (``n_tiles_pow2``), so a growing memory compiles a handful of variants, and tiles past a row's
-visible blocks are skipped. Imported only where it runs (it imports Triton).
+visible blocks are skipped. The arguments that change with the memory's size or the chunk's count
+of execution blocks are not specialised (``do_not_specialize``): Triton would otherwise compile
+again whenever their divisibility by 16 changes. Imported only where it runs (it imports Triton).
 """
 
 import triton
@@ -49,7 +51,7 @@ def _logits(qp, qn, LO, HI, n0, n_vis, scaling, s_bn, s_bh, k,
     return tl.where(vis[None, :], u * scaling, float("-inf"))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["scaling", "n_e"])
 def row_lse_kernel(QP, QN, LO, HI, NAVAIL, LSE, scaling, n_e,
                    s_qk, s_qe, s_qr, s_bn, s_bh, s_lk, s_le,
                    R: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, BR: tl.constexpr,
@@ -75,7 +77,7 @@ def row_lse_kernel(QP, QN, LO, HI, NAVAIL, LSE, scaling, n_e,
     tl.store(LSE + k * s_lk + e * s_le + rows, lse, mask=in_rows)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["scaling", "n_e", "n_blocks", "s_oe", "s_ok"])
 def block_mass_kernel(QP, QN, LO, HI, NAVAIL, LSE, W, OUT, scaling, n_e, n_blocks,
                       s_qk, s_qe, s_qr, s_bn, s_bh, s_lk, s_le, s_we, s_oe, s_ok,
                       R: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, BR: tl.constexpr,
