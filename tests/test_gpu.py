@@ -12,24 +12,38 @@ pytestmark = [pytest.mark.gpu,
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_batched_prefill_on_the_gpu_matches_the_reference_loop(tokenizer, arch, dtype):
+@pytest.mark.parametrize("scoring", ["torch", "triton"])
+def test_batched_prefill_on_the_gpu_matches_the_reference_loop(tokenizer, arch, dtype, scoring):
+    """The batched prefill (its chunk's block evidence from PyTorch ops or the Triton passes)
+    against the loop over execution blocks."""
     from actqkv_llm import Engine
+    from actqkv_llm.devices import triton_available
 
+    if scoring == "triton" and not triton_available(torch.device("cuda")):
+        pytest.skip("needs Triton")
     ids = torch.randint(0, 256, (1700,), generator=torch.Generator().manual_seed(1))
     question = torch.randint(0, 256, (5,), generator=torch.Generator().manual_seed(2))
-    runs = []
-    for batch in (False, True):
-        model = tiny_model(arch).to("cuda", dtype)
-        eng = Engine(model, tokenizer, progress=False, cache=False, batch_prefill=batch)
+
+    def prefill(batch: bool, dt: torch.dtype):
+        model = tiny_model(arch).to("cuda", dt)
+        eng = Engine(model, tokenizer, progress=False, cache=False, batch_prefill=batch,
+                     prefill_kernel=scoring if batch else "torch")
         doc = eng.prefill_ids(ids)
-        runs.append((doc.last_logits, eng.generate_ids(doc, question, max_new_tokens=8)))
-    (ref_logits, ref_tokens), (got_logits, got_tokens) = runs
+        return doc.last_logits.float(), eng.generate_ids(doc, question, max_new_tokens=8)
+
+    (ref_logits, ref_tokens), (got_logits, got_tokens) = prefill(False, dtype), prefill(True, dtype)
     if dtype == torch.float32:
         torch.testing.assert_close(got_logits, ref_logits, atol=1e-4, rtol=1e-4)
         assert got_tokens == ref_tokens
-    else:  # bf16 products in the batch, float32 in the loop: the same function within bf16 rounding
-        # (a random model's logits are nearly flat, so its greedy tokens are no test of bf16 paths)
-        assert float((got_logits - ref_logits).norm() / ref_logits.norm()) < 2e-2
+    else:
+        # In bf16 the loop is no exact yardstick: the loop, the batch's PyTorch scoring (bf16
+        # logits) and the Triton passes (float32 logits) round block scores differently, and a
+        # random tiny model's near-tied blocks then flip either way. Both are measured against the float32 loop: the
+        # batch may be no further from it than the bf16 loop is, up to a margin. (A random model's
+        # logits are nearly flat, so its greedy tokens are no test of bf16 paths.)
+        exact, _ = prefill(False, torch.float32)
+        rel = lambda a: float((a - exact).norm() / exact.norm())
+        assert rel(got_logits) <= 1.5 * rel(ref_logits) + 2e-2, (rel(got_logits), rel(ref_logits))
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
