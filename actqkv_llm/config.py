@@ -168,9 +168,9 @@ class RetrievalConfig:
             registers (retrieval/bound_mass.py; float32 accumulation, so the evidence differs from
             the PyTorch path's bf16 products by their rounding); ``"auto"``: Triton where it runs (a
             CUDA device, Triton installed) and agrees with PyTorch on random bounds of the model's
-            shape, checked once per device, else PyTorch. An explicit ``"triton"`` that cannot run
-            is an error. The default is ``"torch"`` until the passes are timed on a GPU (written in
-            the twenty-first session, checked only in Triton's interpreter on the CPU).
+            shape, checked once per device, else PyTorch (so PyTorch on the CPU). An explicit
+            ``"triton"`` that cannot run is an error. On an H100 the passes took the 8B shape's
+            128K prefill from 15.1 to 9.3 s and a 1M prefill to 282 s (docs/benchmarks.md).
         decode_graph: run the decode steps that rerank held candidates in every layer (most steps of
             the default method) with static shapes (attention/static_decode.py): on a CUDA device
             captured once as a CUDA graph and replayed, one launch per token instead of dozens per
@@ -242,7 +242,7 @@ class RetrievalConfig:
     min_refill: int | None = None
     max_refill: int | None = None
     batch_prefill: bool | Literal["auto"] = "auto"
-    prefill_kernel: Literal["auto", "triton", "torch"] = "torch"
+    prefill_kernel: Literal["auto", "triton", "torch"] = "auto"
     decode_graph: bool | Literal["auto"] = "auto"
     decode_kernel: Literal["auto", "triton", "torch"] = "auto"
     decode_compile: bool | Literal["auto"] = "auto"

@@ -93,8 +93,8 @@ def test_the_choice_of_computation():
 
 
 def test_prefill_kernel_option_is_validated():
-    assert RetrievalConfig().prefill_kernel == "torch"    # until the passes are timed on a GPU
-    assert RetrievalConfig(prefill_kernel="auto").prefill_kernel == "auto"
+    assert RetrievalConfig().prefill_kernel == "auto"
+    assert RetrievalConfig(prefill_kernel="torch").prefill_kernel == "torch"
     with pytest.raises(ConfigError, match="prefill_kernel"):
         RetrievalConfig(prefill_kernel="cuda")
 

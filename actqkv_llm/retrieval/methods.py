@@ -312,7 +312,7 @@ class BoundScorer(Scorer):
     """Quest: each query token's upper bound of its best logit in the block, from per-channel key
     minima and maxima, at the rotation attention will use; tokens combined by ``reduce``."""
 
-    def __init__(self, reduce: str, kernel: str = "torch"):
+    def __init__(self, reduce: str, kernel: str = "auto"):
         self.reduce = reduce
         self.mass = reduce == "softmax"
         # what computes a batched prefill chunk's softmax evidence (``prefill_kernel``)
