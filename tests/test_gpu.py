@@ -47,6 +47,39 @@ def test_batched_prefill_on_the_gpu_matches_the_reference_loop(tokenizer, arch, 
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_the_fast_path_answers_the_quality_samples_as_the_reference_path(tokenizer, arch):
+    """The quality benchmark's own samples (bench/tasks.py: a passkey, a needle in prose, a needle
+    among distractors, each at two depths) prefilled and answered through `bench quality`'s call
+    (raw completion, greedy) by the GPU's fast path, the defaults on CUDA (batched prefill scored by
+    the Triton passes where Triton runs, decode steps replayed as CUDA graphs), and by the reference
+    path (the loop over execution blocks, PyTorch scoring, the reference decode step), in float32:
+    the same answer on every sample."""
+    from actqkv_llm import Engine
+    from actqkv_llm.attention.chunk import batches_on
+    from actqkv_llm.bench import tasks as T
+    from actqkv_llm.bench.quality import _answer
+    from actqkv_llm.devices import triton_available
+
+    small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
+    model = tiny_model(arch).to("cuda")
+    ref = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, batch_prefill=False,
+                 prefill_kernel="torch", decode_graph=False, **small)
+    fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, **small)
+    assert batches_on(fast.config.batch_prefill, torch.device("cuda"))
+    assert fast.decode_graph is not None and fast.decode_graph.use_graph
+    for task in ("passkey", "niah_single", "niah_multikey"):
+        for depth in (0.25, 0.75):
+            sample = T.make_sample(task, 1500, depth, T.byte_counter, seed=3)
+            want, got = (_answer(e, "actqkv", sample, 12) for e in (ref, fast))
+            assert want["error"] is None and got["error"] is None
+            assert got["output"] == want["output"], (task, depth)
+    assert fast.decode_graph.replays > 0
+    verdicts = fast.method.scorer.mass_kernel._verdicts
+    if triton_available(torch.device("cuda")):  # the passes scored the chunks, having agreed on this GPU
+        assert verdicts and all(verdicts.values())
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kernel", ["auto", "torch"])
 @pytest.mark.parametrize("compile_layers", ["auto", False])
