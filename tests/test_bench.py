@@ -462,9 +462,14 @@ def test_speed_run_writes_results_and_ratios(tmp_path, tiny_llama, monkeypatch):
     r = rows[("actqkv", 128)]
     assert r["x_hf_prefill_s"] == pytest.approx(rows[(S.HF, 128)]["prefill_s"] / r["prefill_s"])
     assert "RSS" in result["memory_metric"]                  # CPU: labelled as process RSS
+    # the warm-up's own time (a process's first use), per system, kept apart from the rows
+    assert result["warmup"]["tokens"] == 16
+    assert set(result["warmup"]["seconds"]) == {"actqkv", "infllm", S.HF}
+    assert all(s > 0 for s in result["warmup"]["seconds"].values())
     saved = json.loads((tmp_path / "speed.json").read_text())
     assert saved["command"] == "actqkv bench speed --test" and len(saved["rows"]) == 9
     md = (tmp_path / "speed.md").read_text()
+    assert "- warm-up, not in the rows (16 tokens" in md and "actqkv " in md.split("warm-up", 1)[1]
     assert "| 256 | hf-sdpa | OOM:" in md
     assert "xHF: HF SDPA's time over ours" in md             # which way the ratio goes, for a reader
     assert all(line.count("|") == 12 for line in md.splitlines() if line.startswith("| "))

@@ -154,7 +154,9 @@ def add_bench_arguments(subparsers: Any) -> argparse.ArgumentParser:
                    help="document tokens (default: 8K,32K,128K,1M; what cannot fit is skipped)")
     s.add_argument("--question-tokens", type=int, default=32)
     s.add_argument("--decode-tokens", type=int, default=64)
-    s.add_argument("--warmup-tokens", type=int, default=2048)
+    s.add_argument("--warmup-tokens", type=int, default=2048,
+                   help="document tokens of the untimed warm-up (its wall time per system is "
+                        "reported apart: a process's first use)")
     s.add_argument("--repeats", type=int, default=2,
                    help="times the question and decode are timed; the fastest is kept")
     s.add_argument("--many", type=int, default=0, metavar="N",

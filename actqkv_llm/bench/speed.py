@@ -425,10 +425,12 @@ def run_speed(out_dir: str | Path = "bench-results/speed", *,
                                    for _ in range(many - 1)] if many else []
     lengths = [int(n) for n in lengths]
     warm = random_ids(min(warmup_tokens, min(lengths)))
-    for m, eng in engines.items():
-        measure_engine(eng, warm, question, 2, timer, repeats=1)
+    # The warm-up is untimed in the rows, but its wall time is what a process's first use costs
+    # (kernel compilation and loading, graph capture, allocator growth): reported beside them.
+    warmup_s = {m: timer(lambda: measure_engine(eng, warm, question, 2, timer, repeats=1))[1]
+                for m, eng in engines.items()}
     if baseline:
-        measure_hf(net, warm, question, 2, timer, baseline_chunk, repeats=1)
+        warmup_s[HF] = timer(lambda: measure_hf(net, warm, question, 2, timer, baseline_chunk, repeats=1))[1]
     free_memory()
 
     systems = [*methods, *([HF] if baseline else [])]
@@ -475,6 +477,7 @@ def run_speed(out_dir: str | Path = "bench-results/speed", *,
         "methods": {m: e.config.to_dict() for m, e in engines.items()},
         "question_tokens": question_tokens, "decode_tokens": decode_tokens,
         "baseline_chunk": baseline_chunk, "repeats": repeats, "many": many, "memory_metric": peak.label,
+        "warmup": {"tokens": len(warm), "seconds": warmup_s},
         "disk": disk,
         "command": command,
         "versions": library_versions(),
@@ -549,6 +552,7 @@ def speed_markdown(result: dict[str, Any]) -> str:
              f"({result['device_name']})",
              f"- question {result['question_tokens']} tokens, decode {result['decode_tokens']} tokens",
              f"- memory: {result['memory_metric']}",
+             *_warmup_line(result.get("warmup")),
              *_disk_line(result.get("disk")),
              f"- command: `{result['command']}`", "",
              "| length | system | prefill s | prefill tok/s | TTFT s | TTFT from disk s | "
@@ -623,6 +627,15 @@ def speed_markdown(result: dict[str, Any]) -> str:
         lines += ["", "Reload from disk failed:"]
         lines += [f"- {r['system']} @ {format_length(r['length'])}: {r['reload_error']}" for r in errors]
     return "\n".join(lines) + "\n"
+
+
+def _warmup_line(warmup: dict[str, Any] | None) -> list[str]:
+    """The untimed warm-up's wall time per system: the first use's costs, kept out of the rows."""
+    if not warmup:
+        return []
+    each = ", ".join(f"{system} {s:.2f} s" for system, s in warmup["seconds"].items())
+    return [f"- warm-up, not in the rows ({warmup['tokens']} tokens, a question and 2 tokens; a "
+            f"process's first use: kernel compilation and loading, graph capture): {each}"]
 
 
 def _disk_line(disk: dict[str, Any] | None) -> list[str]:
