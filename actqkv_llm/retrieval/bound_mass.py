@@ -98,7 +98,7 @@ class BoundMassKernel:
 
     def __init__(self, choice: str = "auto"):
         self.choice = choice
-        self._verdicts: dict[tuple, bool] = {}   # (device, dtype, d, group) -> Triton agreed
+        self._verdicts: dict[tuple, bool] = {}   # (device, dtype, d, group, exec block) -> use Triton
 
     def __call__(self, q_mem: torch.Tensor, weights: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
                  n_avail: torch.Tensor, kv_heads: int, scaling: float, dtype: torch.dtype) -> torch.Tensor:
@@ -110,17 +110,19 @@ class BoundMassKernel:
     def _use_triton(self, q_mem: torch.Tensor, dtype: torch.dtype, kv_heads: int) -> bool:
         if self.choice == "torch":
             return False
-        if not triton_available(q_mem.device):
-            if self.choice == "triton":
-                raise RuntimeError(f"prefill_kernel='triton' needs Triton and a CUDA device, got {q_mem.device}")
-            return False
-        if self.choice == "triton":
-            return True
         h, _, size, d = q_mem.shape
         key = (str(q_mem.device), dtype, d, h // kv_heads, size)
-        if key not in self._verdicts:
-            self._verdicts[key] = self._agrees(q_mem.device, dtype, d, kv_heads, h // kv_heads, size)
+        if key not in self._verdicts:   # decided once per shape, not on every layer and chunk
+            self._verdicts[key] = self._decide(q_mem.device, dtype, d, kv_heads, h // kv_heads, size)
         return self._verdicts[key]
+
+    def _decide(self, device: torch.device, dtype: torch.dtype, d: int, kv_heads: int, group: int,
+                size: int) -> bool:
+        if not triton_available(device):
+            if self.choice == "triton":
+                raise RuntimeError(f"prefill_kernel='triton' needs Triton and a CUDA device, got {device}")
+            return False
+        return self.choice == "triton" or self._agrees(device, dtype, d, kv_heads, group, size)
 
     @staticmethod
     def _agrees(device: torch.device, dtype: torch.dtype, d: int, kv_heads: int, group: int, size: int) -> bool:
@@ -138,7 +140,7 @@ class BoundMassKernel:
             got = bound_mass_triton(q, w, lo, hi, avail, d ** -0.5)
         except Exception as err:  # a Triton that cannot compile here: the reference serves
             warnings.warn(f"prefill_kernel='auto': the Triton passes failed ({type(err).__name__}: {err}); "
-                          "scoring prefill chunks with PyTorch ops", RuntimeWarning, stacklevel=5)
+                          "scoring prefill chunks with PyTorch ops", RuntimeWarning, stacklevel=6)
             return False
         want = bound_mass_torch(q, w, [(lo, hi)], avail, kv_heads, d ** -0.5, dtype).nan_to_num(0.0)
         tol = 1e-4 if dtype == torch.float32 else 3e-2
@@ -146,5 +148,5 @@ class BoundMassKernel:
         if not close:
             warnings.warn("prefill_kernel='auto': the Triton passes disagree with PyTorch on this device "
                           f"(largest difference {float((got - want).abs().max()):.3g}); scoring prefill "
-                          "chunks with PyTorch ops", RuntimeWarning, stacklevel=5)
+                          "chunks with PyTorch ops", RuntimeWarning, stacklevel=6)
         return close
