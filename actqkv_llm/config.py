@@ -65,6 +65,11 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
                  reselect_every=1, rescore_every=1),
 }
 
+# prefill_chunk="auto": tokens per prefill forward pass on the CPU and on an accelerator (an H100's
+# 8B-shape prefill: 128K 9.41 s with 4096, 8.26 s with 16384; docs/benchmarks.md).
+PREFILL_CHUNK_CPU = 4096
+PREFILL_CHUNK_ACCELERATOR = 16384
+
 # The window ActQKV's defaults were tuned for (Llama-3-8B-Instruct).
 REFERENCE_WINDOW = 8192
 # ActQKV clamps each layer's share to [32, 92] blocks around an average of 46.
@@ -98,8 +103,12 @@ class RetrievalConfig:
             (sinks + local window + retrieved blocks). Layers share ``budget x layers``.
         min_blocks / max_blocks: per-layer clamp of the dynamic cut-off (derived when None).
         question_weight: lambda, the weight of the question term in ActQKV's block score.
-        prefill_chunk: tokens sent through the model per forward pass during prefill (larger
-            is faster on a GPU; attention inside is still done per execution block).
+        prefill_chunk: tokens sent through the model per forward pass during prefill (attention
+            inside is still done per execution block; the result is the same up to float rounding).
+            Larger is faster on a GPU and holds more activations at once. "auto": 16384 on an
+            accelerator, 4096 on the CPU (models with a native window under 8K: 4096 scaled down,
+            on any device). On an H100 the 8B shape's 128K prefill took 9.41 s with 4096 and 8.26 s
+            with 16384, 32K 2.00 and 1.89 s (docs/benchmarks.md, twenty-third session).
         offload: keep full blocks in host memory and stream the ones retrieval picks through a
             bounded device-side cache (``"auto"``: only when the model runs on an accelerator).
         device_cache_blocks: capacity of that device-side cache, in blocks per layer.
@@ -223,7 +232,7 @@ class RetrievalConfig:
     min_blocks: int | None = None
     max_blocks: int | None = None
     question_weight: float = 4.0
-    prefill_chunk: int = 4096
+    prefill_chunk: int | Literal["auto"] = "auto"
     offload: bool | Literal["auto"] = False
     device_cache_blocks: int = 512
     host_kv_dtype: Literal["model", "int8"] = "model"
@@ -263,6 +272,12 @@ class RetrievalConfig:
         if v is not None or not self.uses_memory:
             return v
         return METHOD_PRESETS[self.method][name]
+
+    def prefill_chunk_on(self, device: Any) -> int:
+        """Tokens per prefill forward pass on ``device`` (``prefill_chunk``, "auto" resolved)."""
+        if self.prefill_chunk != "auto":
+            return self.prefill_chunk
+        return PREFILL_CHUNK_CPU if str(device).startswith("cpu") else PREFILL_CHUNK_ACCELERATOR
 
     @property
     def acre_range(self) -> tuple[int, int]:
@@ -375,17 +390,18 @@ class RetrievalConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
-        ints = ("block_size", "n_sink", "n_local", "exec_block", "repr_topk", "budget",
-                "prefill_chunk", "device_cache_blocks")
+        ints = ("block_size", "n_sink", "n_local", "exec_block", "repr_topk", "budget", "device_cache_blocks")
         for name in ints:
             v = getattr(self, name)
             if not is_int(v):
                 raise ConfigError(f"{name} must be an integer, got {v!r}")
         positive = {"block_size": 1, "n_local": 1, "exec_block": 1, "repr_topk": 1, "budget": 1,
-                    "prefill_chunk": 1, "device_cache_blocks": 1, "n_sink": 0}
+                    "device_cache_blocks": 1, "n_sink": 0}
         for name, lo in positive.items():
             if getattr(self, name) < lo:
                 raise ConfigError(f"{name} must be >= {lo}, got {getattr(self, name)}")
+        if self.prefill_chunk != "auto" and not (is_int(self.prefill_chunk) and self.prefill_chunk >= 1):
+            raise ConfigError(f"prefill_chunk must be an integer >= 1 or 'auto', got {self.prefill_chunk!r}")
         if self.repr_topk > self.block_size:
             raise ConfigError(f"repr_topk ({self.repr_topk}) cannot exceed block_size ({self.block_size})")
         if self.exec_block + self.block_size > self.n_local:

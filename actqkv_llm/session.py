@@ -75,7 +75,7 @@ class Session:
             raise ValueError("no tokens to run")
         self.settle()
         ids = ids.to(self.adapter.device)
-        chunk = chunk or self.config.prefill_chunk
+        chunk = chunk or self.config.prefill_chunk_on(self.adapter.device)
         if phase == DOCUMENT and self.method.uses_memory and self.policy.keep_blocks:
             # no more blocks than the document's tokens fill: the store allocated once
             most = -(-(self.n_tokens + ids.numel()) // self.config.block_size)

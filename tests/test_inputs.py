@@ -1,6 +1,7 @@
 """Bad input: a clear error and nothing half-done."""
 
 import pytest
+import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from actqkv_llm import ConfigError, Engine, InputError, RetrievalConfig, UnsupportedModelError
@@ -39,6 +40,9 @@ def test_unsupported_architecture_names_the_supported_ones(tokenizer):
     (dict(n_local="big"), "n_local"),
     (dict(max_blocks=1, min_blocks=5), "max_blocks"),
     (dict(offload="sometimes"), "offload"),
+    (dict(prefill_chunk=0), "prefill_chunk must be an integer >= 1 or 'auto'"),
+    (dict(prefill_chunk="big"), "prefill_chunk must be an integer >= 1 or 'auto'"),
+    (dict(prefill_chunk=4096.0), "prefill_chunk must be an integer >= 1 or 'auto'"),
     (dict(offload=True, host_kv_dtype="fp4"), "host_kv_dtype must be one of model, int8"),
     (dict(host_kv_dtype="int8"), "it needs offload"),
     (dict(question_rerank=0), "question_rerank must be a positive integer"),
@@ -53,6 +57,23 @@ def test_options_out_of_range(make_engine, options, match):
 def test_unknown_option_is_refused():
     with pytest.raises(ConfigError, match="unknown retrieval option"):
         RetrievalConfig.for_model(8192, blok_size=4)
+
+
+def test_prefill_chunk_auto_resolves_per_device(make_engine):
+    """"auto": 16384 tokens per forward pass on an accelerator, 4096 on the CPU; an explicit size holds
+    everywhere; a native window under 8K scales the CPU's 4096 down on every device."""
+    cfg = RetrievalConfig()
+    assert cfg.prefill_chunk == "auto"
+    assert cfg.prefill_chunk_on(torch.device("cpu")) == 4096
+    assert cfg.prefill_chunk_on(torch.device("cuda")) == cfg.prefill_chunk_on("mps") == 16384
+    assert RetrievalConfig(prefill_chunk=96).prefill_chunk_on(torch.device("cuda")) == 96
+    assert RetrievalConfig.for_model(2048).prefill_chunk_on(torch.device("cuda")) == 1024
+    # the session runs the resolved size: a 1,200-token prefill on the CPU in 384-token pieces
+    eng = make_engine(prefill_chunk=384)
+    sizes = []
+    eng.adapter.embed = (lambda embed: lambda ids: sizes.append(ids.shape[1]) or embed(ids))(eng.adapter.embed)
+    eng.prefill_ids(torch.randint(0, 256, (1200,)))
+    assert sizes == [384, 384, 384, 48]
 
 
 def test_window_beyond_native_is_refused():

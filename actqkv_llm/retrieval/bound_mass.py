@@ -80,8 +80,7 @@ def bound_mass_triton(q_mem: torch.Tensor, weights: torch.Tensor, lo: torch.Tens
     kern.row_lse_kernel[(hkv * n_e, -(-rows // ROW_TILE))](
         qp, qn, lo, hi, navail, lse, float(scaling), n_e,
         qp.stride(0), qp.stride(1), qp.stride(2), lo.stride(0), lo.stride(1), lse.stride(0), lse.stride(1),
-        R=rows, D=d, D_PAD=tile_extent(d), BR=ROW_TILE, BN=BLOCK_TILE,
-        n_tiles_pow2=tile_extent(n_tiles, 1), IEEE=ieee)
+        R=rows, D=d, D_PAD=tile_extent(d), BR=ROW_TILE, BN=BLOCK_TILE, IEEE=ieee)
     kern.block_mass_kernel[(hkv * n_e, n_tiles)](
         qp, qn, lo, hi, navail, lse, w, out, float(scaling), n_e, n,
         qp.stride(0), qp.stride(1), qp.stride(2), lo.stride(0), lo.stride(1), lse.stride(0), lse.stride(1),

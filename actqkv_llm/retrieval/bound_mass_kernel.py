@@ -12,12 +12,15 @@ blocks for its log-sum-exp; :func:`block_mass_kernel` recomputes each tile of lo
 writes and reads ``[rows, blocks]`` in float32 about five times, which at a million tokens is most
 of a prefill chunk's time.
 
-Loop bounds are compile-time constants (Triton 3.6's interpreter cannot loop over a runtime int):
-the row tiles are fixed per engine, the block tiles are rounded up to a power of two
-(``n_tiles_pow2``), so a growing memory compiles a handful of variants, and tiles past a row's
-visible blocks are skipped. The arguments that change with the memory's size or the chunk's count
-of execution blocks are not specialised (``do_not_specialize``): Triton would otherwise compile
-again whenever their divisibility by 16 changes. Imported only where it runs (it imports Triton).
+One compiled variant serves every memory size: the row pass walks a row's visible blocks in a
+``while`` loop bounded by the count it loads (Triton 3.6's interpreter cannot ``range`` over a runtime
+int; a ``while`` runs there and compiled alike). Until the twenty-third session the bound was a
+power of two passed as a compile-time constant, and a memory growing past 64, 128, 256 ... blocks
+compiled a new variant at first use: 1.2 s of a bench run's first 32K prefill on an H100 (three
+calls of 328-561 ms, docs/results/h100-session23/). The arguments that change with the memory's
+size or the chunk's count of execution blocks are not specialised (``do_not_specialize``): Triton
+would otherwise compile again whenever their divisibility by 16 changes. Imported only where it
+runs (it imports Triton).
 """
 
 import triton
@@ -55,7 +58,7 @@ def _logits(qp, qn, LO, HI, n0, n_vis, scaling, s_bn, s_bh, k,
 def row_lse_kernel(QP, QN, LO, HI, NAVAIL, LSE, scaling, n_e,
                    s_qk, s_qe, s_qr, s_bn, s_bh, s_lk, s_le,
                    R: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, BR: tl.constexpr,
-                   BN: tl.constexpr, n_tiles_pow2: tl.constexpr, IEEE: tl.constexpr):
+                   BN: tl.constexpr, IEEE: tl.constexpr):
     """One program per (KV head x execution block, tile of ``BR`` rows): each row's log-sum-exp of
     its scaled bound logits over the visible blocks (-inf where none is visible)."""
     ke = tl.program_id(0)
@@ -66,13 +69,13 @@ def row_lse_kernel(QP, QN, LO, HI, NAVAIL, LSE, scaling, n_e,
     qp, qn = _rows(QP, QN, k * s_qk + e * s_qe + rows[:, None] * s_qr, in_rows, D, D_PAD)
     m = tl.full([BR], float("-inf"), tl.float32)
     total = tl.zeros([BR], tl.float32)
-    for t in range(0, n_tiles_pow2):
-        n0 = t * BN
-        if n0 < n_vis:
-            u = _logits(qp, qn, LO, HI, n0, n_vis, scaling, s_bn, s_bh, k, D, D_PAD, BN, IEEE)
-            new_m = tl.maximum(m, tl.max(u, 1))
-            total = total * tl.exp(m - new_m) + tl.sum(tl.exp(u - new_m[:, None]), 1)
-            m = new_m
+    n0 = 0
+    while n0 < n_vis:
+        u = _logits(qp, qn, LO, HI, n0, n_vis, scaling, s_bn, s_bh, k, D, D_PAD, BN, IEEE)
+        new_m = tl.maximum(m, tl.max(u, 1))
+        total = total * tl.exp(m - new_m) + tl.sum(tl.exp(u - new_m[:, None]), 1)
+        m = new_m
+        n0 += BN
     lse = tl.where(total > 0, m + tl.log(total), float("-inf"))
     tl.store(LSE + k * s_lk + e * s_le + rows, lse, mask=in_rows)
 
