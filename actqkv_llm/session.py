@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .attention.block_gather import BlockGather
 from .attention.step import DOCUMENT, RowSteps, StepContext
 from .config import RetrievalConfig
 from .memory import HostBlocks, LayerMemory
@@ -35,6 +36,8 @@ class Session:
         self.meter = None            # a RecallMeter (bench recall): what selection recalls against full attention
         # decode steps run elsewhere (attention/static_decode.py) whose state is not handed back yet
         self.pending = None
+        # what fills a batched prefill chunk's block buffers (attention/chunk.py; ``prefill_kernel``)
+        self.block_gather = BlockGather(config.prefill_kernel)
 
     def settle(self) -> None:
         """Take back the state of decode steps that ran outside :meth:`forward` (the static decode

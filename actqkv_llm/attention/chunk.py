@@ -131,51 +131,49 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
     rstate.observe_entropies(ents)
     counts = [ctx.budget.blocks_for(plan.first_slot + e, layer, plan.n_blocks[e], None) for e in range(n_e)]
     kmax = max(counts)
-    k_mem = v_mem = None
+
+    # ---- one key and one value buffer per execution block: [sinks | picked blocks (| its window)]
+    width = plan.width
+    w_max = max(width)
+    fused = not softcap and mq.mode == "exact"      # the window joins the buffer: one fused attention
+    n_s = mem.n_sink
+    m = n_s + kmax * b
+    k_buf = torch.empty((n_e, hkv, m + (w_max if fused else 0), d), dtype=mem.dtype, device=dev)
+    v_buf = torch.empty_like(k_buf)
+    k_buf[:, :, :n_s] = sinks_at_true_positions(s.adapter, kind.rope_type, mem) if mq.mode == "exact" else mem.sink_k
+    v_buf[:, :, :n_s] = mem.sink_v
+    mem_ok = torch.ones((n_e, m), dtype=torch.bool, device=dev)
+    first = mem.local_start
+    if mq.mode == "exact":   # true positions up to the chunk's last key: the blocks' and the window's
+        cos, sin = s.adapter.rope_table(kind.rope_type, first + x_k.shape[1])
     if kmax:
         ranked = pin_edges(evidence, n_avail) if method.keep_edges else evidence
         ids, ok = _pick(ranked, n_avail, counts, kmax)                 # [E, Hkv, kmax], [E, kmax]
         flat = ids.expand(-1, hkv, -1).permute(1, 0, 2).reshape(hkv, n_e * kmax)
-        kb, vb = mem.blocks.gather(flat, dev)                          # [Hkv, E*kmax*B, d]
-        if mq.rotate_blocks is not None:
-            kb = mq.rotate_blocks(kb, flat).to(mem.dtype)
-        k_mem = kb.view(hkv, n_e, kmax * b, d).transpose(0, 1)
-        v_mem = vb.view(hkv, n_e, kmax * b, d).transpose(0, 1)
-        mem_ok = ok.repeat_interleave(b, 1)                            # [E, kmax*B]
-    sink_k = mem.sink_k
-    if mq.mode == "exact":
-        sink_k = sinks_at_true_positions(s.adapter, kind.rope_type, mem)
-    # memory as parts [sinks | picked blocks], joined once by whichever attention runs
-    k_parts, v_parts = [sink_k[None].expand(n_e, -1, -1, -1)], [mem.sink_v[None].expand(n_e, -1, -1, -1)]
-    ok_parts = [torch.ones((n_e, mem.n_sink), dtype=torch.bool, device=dev)]
-    if k_mem is not None:
-        k_parts.append(k_mem)
-        v_parts.append(v_mem)
-        ok_parts.append(mem_ok)
-    mem_ok = torch.cat(ok_parts, 1)
+        table = (cos, sin) if mq.rotate_blocks is not None else None
+        s.block_gather(mem.blocks, flat, mq.rotate_blocks, table, cfg.n_sink,
+                       k_buf[:, :, n_s:m], v_buf[:, :, n_s:m])
+        mem_ok[:, n_s:] = ok.repeat_interleave(b, 1)                   # [E, kmax*B]
 
     # ---- the local windows, and one softmax over [memory | window] per execution block
-    width = plan.width
-    w_max = max(width)
     cols = torch.arange(w_max, device=dev)
     idx = (device_tensor(plan.win_start, dev)[:, None] + cols).clamp_(max=x_k.shape[1] - 1)  # [E, W]
     last = device_tensor(plan.sizes, dev)[:, None] - 1
     qpos = device_tensor(plan.n_loc, dev)[:, None] + torch.minimum(torch.arange(size, device=dev)[None], last)
     loc_hidden = cols[None, None] > qpos[:, :, None]                    # [E, S, W]: query j sees window key i
-    v_loc = x_v[:, idx].transpose(0, 1)
-    if softcap or mq.mode != "exact":
+    if not fused:
         # window keys at relative positions 0 .. width-1, queries at n_loc + j (as the reference)
+        v_loc = x_v[:, idx].transpose(0, 1)
         cos, sin = s.adapter.rope_table(kind.rope_type, max(w_max, cfg.n_local + 1))
         k_loc = rotate(x_k[:, idx], cos[:w_max], sin[:w_max]).to(mem.dtype).transpose(0, 1)   # [E, Hkv, W, d]
         q_loc = rotate(_pad_blocks(q, n_e, size, pad), cos[qpos], sin[qpos]).to(q.dtype)
-        k_mem, v_mem = torch.cat(k_parts, 2), torch.cat(v_parts, 2)
-        out = _attend(q_mem, q_loc, k_mem, v_mem, mem_ok, k_loc, v_loc, loc_hidden, scaling, softcap)
-    else:  # memory at exact positions: one fused attention call
-        first = mem.local_start
-        cos, sin = s.adapter.rope_table(kind.rope_type, first + x_k.shape[1])
-        k_abs = rotate(x_k, cos[first:first + x_k.shape[1]], sin[first:first + x_k.shape[1]]).to(mem.dtype)
-        out = _attend_fused(q_mem, k_parts + [k_abs[:, idx].transpose(0, 1)], v_parts + [v_loc],
-                            mem_ok, loc_hidden, scaling)
+        out = _attend(q_mem, q_loc, k_buf, v_buf, mem_ok, k_loc, v_loc, loc_hidden, scaling, softcap)
+    else:  # memory at exact positions: the window rotated at its absolute positions, one fused call
+        span = slice(first, first + x_k.shape[1])
+        k_abs = rotate(x_k, cos[span], sin[span]).to(mem.dtype)
+        k_buf[:, :, m:] = k_abs[:, idx].transpose(0, 1)
+        v_buf[:, :, m:] = x_v[:, idx].transpose(0, 1)
+        out = _attend_fused(q_mem, k_buf, v_buf, mem_ok, loc_hidden, scaling)
 
     # ---- bookkeeping: the blocks that left were stored above; the rest is the new window
     mem.settle_chunk(x_k, x_v, plan.evicted)
@@ -204,22 +202,20 @@ def _pick(evidence: torch.Tensor, n_avail: torch.Tensor, counts: list[int], kmax
     return torch.where(ok[:, None], top, 0), ok
 
 
-def _attend_fused(q: torch.Tensor, k_parts: list[torch.Tensor], v_parts: list[torch.Tensor],
-                  mem_ok: torch.Tensor, loc_hidden: torch.Tensor, scaling: float) -> torch.Tensor:
+def _attend_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mem_ok: torch.Tensor,
+                  loc_hidden: torch.Tensor, scaling: float) -> torch.Tensor:
     """:func:`_attend` without the mass, for memory at exact positions: the window's keys rotated at
     their absolute positions like the memory's (dot products depend only on the distance), so one
     query serves both parts and PyTorch's fused attention (``scaled_dot_product_attention``, one
     softmax over ``[memory | window]`` with a mask) does it.
 
-    q ``[H, E, S, d]`` at absolute positions; k/v parts ``[E, Hkv, *, d]`` (memory parts, then the
-    window), joined once; ``mem_ok [E, M]``, ``loc_hidden [E, S, W]``. A KV head's query heads are
-    folded into the query axis (``[E, Hkv, G*S, d]``) rather than its keys and values copied G
-    times. Returns out ``[H, E, S, d]``."""
+    q ``[H, E, S, d]`` at absolute positions; k/v ``[E, Hkv, M+W, d]`` (memory, then the window);
+    ``mem_ok [E, M]``, ``loc_hidden [E, S, W]``. A KV head's query heads are folded into the query
+    axis (``[E, Hkv, G*S, d]``) rather than its keys and values copied G times. Returns out
+    ``[H, E, S, d]``."""
     h, n_e, size, d = q.shape
-    hkv = k_parts[0].shape[1]
+    hkv = k.shape[1]
     g = h // hkv
-    k = torch.cat([p.to(k_parts[0].dtype) for p in k_parts], 2)                 # [E, Hkv, M+W, d]
-    v = torch.cat([p.to(k.dtype) for p in v_parts], 2)
     seen = torch.cat([mem_ok[:, None].expand(-1, size, -1), ~loc_hidden], 2)      # [E, S, M+W]
     seen = seen[:, None, None].expand(-1, 1, g, -1, -1).reshape(n_e, 1, g * size, -1)
     qg = q.reshape(hkv, g, n_e, size, d).permute(2, 0, 1, 3, 4).reshape(n_e, hkv, g * size, d)

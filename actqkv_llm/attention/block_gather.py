@@ -1,0 +1,110 @@
+"""A batched prefill chunk's picked blocks, written into the buffers its attention reads.
+
+``gather_reference`` is the plain path (any device, any block store): gather from the store, rotate
+the keys at their true positions where memory sits there (``rotate_blocks``), copy into the buffer.
+``gather_triton`` does the same in one Triton kernel (a CUDA device, blocks held on it in one
+store; the CPU under ``TRITON_INTERPRET=1`` for tests). ``BlockGather`` picks one per session by
+the ``prefill_kernel`` option: ``"auto"`` runs both on the first chunk of each shape and keeps the
+kernel only if it gives the reference's keys and values.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+
+from ..devices import tile_extent, triton_available
+
+RotateBlocks = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def gather_reference(blocks, flat: torch.Tensor, rotate_blocks: RotateBlocks | None,
+                     k_out: torch.Tensor, v_out: torch.Tensor) -> None:
+    """Blocks ``flat`` ``[Hkv, E*kmax]`` (execution block ``e``'s picks at ``e*kmax ..``) of a block
+    store into ``k_out`` / ``v_out`` ``[E, Hkv, kmax*B, d]`` (views of the attention's buffers), keys
+    through ``rotate_blocks`` (None: as stored)."""
+    n_e, hkv, rows, d = k_out.shape
+    kb, vb = blocks.gather(flat, k_out.device)                        # [Hkv, E*kmax*B, d]
+    if rotate_blocks is not None:
+        kb = rotate_blocks(kb, flat)
+    k_out.copy_(kb.view(hkv, n_e, rows, d).transpose(0, 1))
+    v_out.copy_(vb.view(hkv, n_e, rows, d).transpose(0, 1))
+
+
+def gather_triton(store_k: torch.Tensor, store_v: torch.Tensor, flat: torch.Tensor,
+                  table: tuple[torch.Tensor, torch.Tensor] | None, n_sink: int,
+                  k_out: torch.Tensor, v_out: torch.Tensor) -> None:
+    """:func:`gather_reference` from a store's tensors ``[N, Hkv, B, d]`` in one kernel; ``table``:
+    float32 cos and signed sin ``[P, d]`` covering the blocks' positions (``n_sink + block * B + t``),
+    or None to copy the keys as stored."""
+    from . import gather_kernel as kern
+
+    n_e, hkv, rows, d = k_out.shape
+    b = store_k.shape[2]
+    kmax = rows // b
+    if n_e == 0 or kmax == 0:
+        return
+    assert store_k.stride(3) == 1 and k_out.stride(3) == 1 and k_out.stride() == v_out.stride()
+    assert store_k.stride() == store_v.stride()
+    ids = flat.to(device=k_out.device).contiguous()
+    cos, sin = table if table is not None else (store_k, store_k)       # unread without rotation
+    kern.gather_blocks_kernel[(hkv, n_e * kmax)](
+        store_k, store_v, ids, cos, sin, k_out, v_out, n_sink, kmax,
+        store_k.stride(0), store_k.stride(1), store_k.stride(2), ids.stride(0),
+        k_out.stride(0), k_out.stride(1), k_out.stride(2), cos.stride(0),
+        B=b, B_PAD=tile_extent(b), D=d, D_PAD=tile_extent(d), ROTATE=table is not None)
+
+
+class BlockGather:
+    """Which path fills a batched chunk's block buffers (``prefill_kernel``): ``"torch"`` the reference;
+    ``"triton"`` the kernel wherever the blocks sit on the device in one store (an error where Triton
+    cannot run); ``"auto"`` the kernel where it runs and, on the first chunk of each shape, gives the
+    reference's result (the check computes both; a mismatch warns and keeps the reference)."""
+
+    def __init__(self, choice: str = "auto"):
+        self.choice = choice
+        self._verdicts: dict[tuple, bool] = {}    # (device, dtype, d, B, rotated) -> use the kernel
+
+    def __call__(self, blocks, flat: torch.Tensor, rotate_blocks: RotateBlocks | None,
+                 table: tuple[torch.Tensor, torch.Tensor] | None, n_sink: int,
+                 k_out: torch.Tensor, v_out: torch.Tensor) -> None:
+        parts = None if self.choice == "torch" else blocks.device_parts(k_out.device)
+        if parts is None or len(parts) != 1:
+            return gather_reference(blocks, flat, rotate_blocks, k_out, v_out)
+        store_k, store_v = parts[0]
+        key = (str(k_out.device), k_out.dtype, k_out.shape[-1], store_k.shape[2], rotate_blocks is not None)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._verdicts[key] = self._decide(blocks, flat, rotate_blocks, table, n_sink,
+                                                         store_k, store_v, k_out, v_out)
+            return   # the check left the reference's result in the buffers
+        if verdict:
+            gather_triton(store_k, store_v, flat, table, n_sink, k_out, v_out)
+        else:
+            gather_reference(blocks, flat, rotate_blocks, k_out, v_out)
+
+    def _decide(self, blocks, flat, rotate_blocks, table, n_sink, store_k, store_v, k_out, v_out) -> bool:
+        gather_reference(blocks, flat, rotate_blocks, k_out, v_out)
+        if not triton_available(k_out.device):
+            if self.choice == "triton":
+                raise RuntimeError(f"prefill_kernel='triton' needs Triton and a CUDA device, got {k_out.device}")
+            return False
+        if self.choice == "triton":
+            return True
+        k_got, v_got = torch.empty_like(k_out), torch.empty_like(v_out)
+        try:
+            gather_triton(store_k, store_v, flat, table, n_sink, k_got, v_got)
+        except Exception as err:  # a Triton that cannot compile here: the reference serves
+            warnings.warn(f"prefill_kernel='auto': the Triton block gather failed ({type(err).__name__}: {err}); "
+                          "gathering blocks with PyTorch ops", RuntimeWarning, stacklevel=4)
+            return False
+        # one rounding of the same float32 rotation apart at most (a fused multiply-add or not)
+        tol = 1e-5 if k_out.dtype == torch.float32 else 1e-2
+        same = torch.equal(v_got, v_out) and torch.allclose(k_got.float(), k_out.float(), rtol=tol, atol=tol)
+        if not same:
+            warnings.warn("prefill_kernel='auto': the Triton block gather disagrees with PyTorch on this device "
+                          f"(largest key difference {float((k_got.float() - k_out.float()).abs().max()):.3g}); "
+                          "gathering blocks with PyTorch ops", RuntimeWarning, stacklevel=4)
+        return same

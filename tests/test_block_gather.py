@@ -1,0 +1,106 @@
+"""A batched prefill chunk's picked blocks into the attention's buffers (attention/block_gather.py):
+the Triton kernel against the PyTorch reference, compiled on a GPU and interpreted on the CPU
+(``TRITON_INTERPRET=1``), and the ``prefill_kernel`` option's choice of path."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from actqkv_llm.attention.block_gather import BlockGather, gather_reference
+from actqkv_llm.attention.rope import blocks_at_true_positions, signed_sin
+from actqkv_llm.memory.blocks import GrowableBlocks, StackedBlocks
+
+# (KV heads, block size, head size, stored blocks, execution blocks, picks per execution block, sinks):
+# a block size and a head size that are not powers of two, one KV head, many picks
+SHAPES = [(2, 8, 64, 40, 3, 5, 4), (1, 6, 48, 17, 2, 4, 0), (3, 32, 128, 300, 4, 23, 64)]
+
+
+def _case(shape, dtype, device, seed=0):
+    hkv, b, d, n, n_e, kmax, n_sink = shape
+    gen = torch.Generator(device=device).manual_seed(seed)
+    store = GrowableBlocks.from_tensors(torch.randn((n, hkv, b, d), generator=gen, device=device).to(dtype),
+                                        torch.randn((n, hkv, b, d), generator=gen, device=device).to(dtype))
+    flat = torch.randint(0, n, (hkv, n_e * kmax), generator=gen, device=device)
+    pos = torch.arange(n_sink + n * b, device=device, dtype=torch.float32)[:, None]
+    freq = 1.0 / (10000 ** (torch.arange(d // 2, device=device, dtype=torch.float32) / (d // 2)))
+    ang = torch.cat([pos * freq, pos * freq], -1)
+    cos, sin = ang.cos(), signed_sin(ang.sin())
+    return store, flat, (cos, sin), n_sink, (n_e, hkv, kmax * b, d)
+
+
+def _buffers(shape, dtype, device):
+    """Views into wider buffers, as the attention's ``[sinks | blocks | window]`` are."""
+    n_e, hkv, rows, d = shape
+    k = torch.full((n_e, hkv, rows + 7, d), float("nan"), dtype=dtype, device=device)
+    v = torch.full_like(k, float("nan"))
+    return k[:, :, 3:3 + rows], v[:, :, 3:3 + rows]
+
+
+def _compare(dtype, device):
+    """The kernel writes the reference's values exactly and its keys within one rounding of the same
+    float32 rotation, rotated or copied as stored, and nothing outside its view."""
+    from actqkv_llm.attention.block_gather import gather_triton
+
+    for shape in SHAPES:
+        store, flat, table, n_sink, out_shape = _case(shape, dtype, device)
+        for rotated in (True, False):
+            rot = (lambda k, ids: blocks_at_true_positions(k, ids, *table, n_sink)) if rotated else None
+            want_k, want_v = _buffers(out_shape, dtype, device)
+            gather_reference(store, flat, rot, want_k, want_v)
+            got_k, got_v = _buffers(out_shape, dtype, device)
+            gather_triton(store.keys, store.values, flat, table if rotated else None, n_sink, got_k, got_v)
+            assert torch.equal(got_v, want_v)
+            tol = 1e-5 if dtype == torch.float32 else 1e-2
+            torch.testing.assert_close(got_k, want_k, rtol=tol, atol=tol)
+            if not rotated:
+                assert torch.equal(got_k, want_k)
+            base = got_k._base if got_k._base is not None else got_k
+            assert base[:, :, :3].isnan().all() and base[:, :, 3 + out_shape[2]:].isnan().all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU runs the interpreter test)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_compiled_gather_gives_the_reference_buffers(dtype):
+    _compare(dtype, torch.device("cuda"))
+
+
+def test_the_interpreted_gather_gives_the_reference_buffers():
+    """The kernel's own logic on the CPU: Triton's interpreter (set before Triton is imported, so in
+    a fresh process), float32."""
+    pytest.importorskip("triton")
+    code = ("import sys, torch; sys.path.insert(0, 'tests'); import test_block_gather as t; "
+            "t._compare(torch.float32, torch.device('cpu')); print('ok')")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+
+
+def test_the_choice_of_path(monkeypatch):
+    """``torch`` and ``auto`` without a GPU take the reference and give its buffers; an explicit
+    ``triton`` that cannot run is an error; blocks stored in parts (a question's own blocks stacked
+    on the document's) take the reference whatever the choice."""
+    import actqkv_llm.attention.block_gather as bg
+
+    called = []
+    monkeypatch.setattr(bg, "gather_triton", lambda *a, **k: called.append(1))
+    cpu = torch.device("cpu")
+    store, flat, table, n_sink, out_shape = _case(SHAPES[0], torch.float32, cpu)
+    rot = lambda k, ids: blocks_at_true_positions(k, ids, *table, n_sink)  # noqa: E731
+    want = _buffers(out_shape, torch.float32, cpu)
+    gather_reference(store, flat, rot, *want)
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        for choice in ("torch", "auto"):
+            gather = BlockGather(choice)
+            for _ in range(2):      # the check's call, then the decided path
+                got = _buffers(out_shape, torch.float32, cpu)
+                gather(store, flat, rot, table, n_sink, *got)
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        with pytest.raises(RuntimeError, match="prefill_kernel='triton'"):
+            BlockGather("triton")(store, flat, rot, table, n_sink, *_buffers(out_shape, torch.float32, cpu))
+    stacked = StackedBlocks(store, GrowableBlocks(store.shape[0], store.shape[1], store.shape[2], torch.float32, cpu))
+    got = _buffers(out_shape, torch.float32, cpu)
+    BlockGather("triton")(stacked, flat, rot, table, n_sink, *got)
+    assert torch.equal(got[0], want[0]) and not called
