@@ -740,3 +740,19 @@ def test_bench_recall_from_a_later_sample_runs_the_same_samples(tmp_path, make_e
     assert info["first_sample"] == 1 and info["fingerprint"] == eng.fingerprint   # what to compare across parts
     with pytest.raises(ConfigError, match="first_sample"):
         run_recall(tmp_path / "bad", samples=1, first_sample=-1, **run)
+
+
+def test_pin_edges_ranks_the_first_and_last_available_blocks_first():
+    """One count for every row (an int: an index, no host-to-device copy) or one per row (a tensor)
+    pin the same blocks: the first and the last available; no blocks at all pins block 0 only."""
+    from actqkv_llm.retrieval.methods import pin_edges
+
+    ev = torch.rand((3, 2, 10))
+    for n in (0, 1, 4, 10):
+        by_int, by_tensor = pin_edges(ev, n), pin_edges(ev, torch.full((3,), n))
+        assert torch.equal(by_int, by_tensor)
+        pinned = by_int.isinf().nonzero()[:, -1].unique().tolist()
+        assert pinned == sorted({0, max(n, 1) - 1})
+        assert torch.equal(by_int.masked_fill(by_int.isinf(), 0), ev.masked_fill(by_int.isinf(), 0))
+    rows = pin_edges(ev, torch.tensor([10, 3, 1]))
+    assert rows[0, :, 9].isinf().all() and rows[1, :, 2].isinf().all() and not rows[1, :, 9].isinf().any()

@@ -353,7 +353,10 @@ def pin_edges(evidence: torch.Tensor, n_avail: torch.Tensor | int) -> torch.Tens
     per leading row or for all) ranked first: the blocks that continue the sinks and the window."""
     out = evidence.clone()
     out[..., 0] = float("inf")
-    last = torch.as_tensor(n_avail, device=evidence.device) - 1
+    if isinstance(n_avail, int):   # one count for all rows: an index, not a tensor made from a host
+        out[..., max(n_avail, 1) - 1] = float("inf")   # int (on CUDA that copy waited for the GPU)
+        return out
+    last = n_avail.to(evidence.device) - 1
     last = last.reshape(last.shape + (1,) * (evidence.dim() - last.dim())).expand(*evidence.shape[:-1], 1)
     return out.scatter(-1, last.clamp_min(0), float("inf"))
 
