@@ -179,7 +179,11 @@ class RetrievalConfig:
             CUDA device, Triton installed) and agrees with PyTorch on random bounds of the model's
             shape, checked once per device, else PyTorch (so PyTorch on the CPU). An explicit
             ``"triton"`` that cannot run is an error. On an H100 the passes took the 8B shape's
-            128K prefill from 15.1 to 9.3 s and a 1M prefill to 282 s (docs/benchmarks.md).
+            128K prefill from 15.1 to 9.3 s and a 1M prefill to 282 s (docs/benchmarks.md). The
+            same option picks how the chunk's picked blocks reach its attention's buffers
+            (attention/block_gather.py): one Triton kernel that reads each block once and writes
+            its keys rotated at their true positions, or PyTorch's gather, rotation and copy;
+            "auto" checks the kernel against PyTorch on a session's first chunk of each shape.
         decode_graph: run the decode steps that rerank held candidates in every layer (most steps of
             the default method) with static shapes (attention/static_decode.py): on a CUDA device
             captured once as a CUDA graph and replayed, one launch per token instead of dozens per
