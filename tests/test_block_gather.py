@@ -3,11 +3,10 @@ the Triton kernel against the PyTorch reference, compiled on a GPU and interpret
 (``TRITON_INTERPRET=1``), and the ``prefill_kernel`` option's choice of path."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from interpreted import run_interpreted
 
 from actqkv_llm.attention.block_gather import BlockGather, gather_reference
 from actqkv_llm.attention.rope import blocks_at_true_positions, signed_sin
@@ -71,11 +70,7 @@ def test_the_interpreted_gather_gives_the_reference_buffers():
     """The kernel's own logic on the CPU: Triton's interpreter (set before Triton is imported, so in
     a fresh process), float32."""
     pytest.importorskip("triton")
-    code = ("import sys, torch; sys.path.insert(0, 'tests'); import test_block_gather as t; "
-            "t._compare(torch.float32, torch.device('cpu')); print('ok')")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+    run_interpreted("import torch, test_block_gather as t; t._compare(torch.float32, torch.device('cpu')); print('ok')")
 
 
 def test_the_choice_of_path(monkeypatch):

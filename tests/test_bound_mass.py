@@ -3,11 +3,10 @@ PyTorch reference, compiled on a GPU and interpreted on the CPU (``TRITON_INTERP
 ``prefill_kernel`` option's choice."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from interpreted import run_interpreted
 
 from actqkv_llm.config import ConfigError, RetrievalConfig
 from actqkv_llm.retrieval.bound_mass import BoundMassKernel, bound_mass_torch
@@ -92,11 +91,7 @@ def test_the_interpreted_passes_give_the_reference_evidence():
     """The kernels' own logic on the CPU: Triton's interpreter (set before Triton is imported, so in
     a fresh process), float32."""
     pytest.importorskip("triton")
-    code = ("import sys, torch; sys.path.insert(0, 'tests'); import test_bound_mass as t; "
-            "t._compare(torch.float32, torch.device('cpu')); print('ok')")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+    run_interpreted("import torch, test_bound_mass as t; t._compare(torch.float32, torch.device('cpu')); print('ok')")
 
 
 def test_the_choice_of_computation():
@@ -129,8 +124,7 @@ def test_an_interpreted_batched_prefill_matches_the_reference_computation():
     the same prefill done with PyTorch ops (float32)."""
     pytest.importorskip("triton")
     code = r"""
-import sys, torch
-sys.path.insert(0, 'tests')
+import torch
 from tiny_models import tiny_model
 from actqkv_llm import Engine
 import actqkv_llm.attention.block_gather as bg
@@ -151,6 +145,4 @@ torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-4, rtol=1e-4)
 assert runs[1][1] == runs[0][1], runs
 print('ok')
 """
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+    run_interpreted(code, timeout=600)

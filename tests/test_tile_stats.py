@@ -210,13 +210,8 @@ def test_the_interpreted_triton_kernel_gives_the_torch_statistics():
     """The kernel's own logic on the CPU: Triton's interpreter (set before Triton is imported, so
     in a fresh process), float32."""
     pytest.importorskip("triton")
-    import os
-    import subprocess
-    import sys
+    from interpreted import run_interpreted
 
-    code = ("import sys, torch; sys.path.insert(0, 'tests'); import test_tile_stats as t; "
-            "from actqkv_llm.devices import triton_available; "
-            "assert triton_available(torch.device('cpu')); t._compare_kernel(torch.float32, torch.device('cpu')); print('ok')")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+    run_interpreted("import torch, test_tile_stats as t; from actqkv_llm.devices import triton_available; "
+                    "assert triton_available(torch.device('cpu')); "
+                    "t._compare_kernel(torch.float32, torch.device('cpu')); print('ok')")
