@@ -99,3 +99,39 @@ def test_the_choice_of_path(monkeypatch):
     got = _buffers(out_shape, torch.float32, cpu)
     BlockGather("triton")(stacked, flat, rot, table, n_sink, *got)
     assert torch.equal(got[0], want[0]) and not called
+
+
+@pytest.mark.parametrize("agrees", [True, False])
+def test_auto_keeps_the_kernel_only_where_it_gives_the_reference(monkeypatch, agrees):
+    """``auto`` runs both paths on a shape's first chunk: a kernel that gives the reference's buffers
+    serves the later chunks; one that does not is dropped with a warning, and the reference serves
+    (its result, not the kernel's, is in the buffers every time)."""
+    import warnings
+
+    import actqkv_llm.attention.block_gather as bg
+
+    cpu = torch.device("cpu")
+    store, flat, table, n_sink, out_shape = _case(SHAPES[0], torch.float32, cpu)
+    rot = lambda k, ids: blocks_at_true_positions(k, ids, *table, n_sink)  # noqa: E731
+    want = _buffers(out_shape, torch.float32, cpu)
+    gather_reference(store, flat, rot, *want)
+    calls = []
+
+    def kernel(store_k, store_v, ids, tab, sinks, k_out, v_out):
+        calls.append(1)
+        if agrees:
+            gather_reference(store, ids, rot, k_out, v_out)
+        else:
+            k_out.zero_(), v_out.zero_()
+
+    monkeypatch.setattr(bg, "triton_available", lambda device: True)
+    monkeypatch.setattr(bg, "gather_triton", kernel)
+    gather = BlockGather("auto")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            got = _buffers(out_shape, torch.float32, cpu)
+            gather(store, flat, rot, table, n_sink, *got)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert len(calls) == (3 if agrees else 1)         # the check's call, then every chunk or none
+    assert any("disagrees" in str(w.message) for w in caught) != agrees
