@@ -56,9 +56,11 @@ def test_batched_chunks_equal_the_reference_loop(make_engine, batched_calls, arc
 
 
 def test_the_loop_runs_only_until_the_rest_of_a_chunk_can_batch(make_engine, batched_calls):
-    """A document's first chunk loops until the sinks are filled, a chunk crossing the native window
-    until the crossing execution block has run (memory moves from exact positions to the fixed
-    angle there); the rest of each chunk batches, its execution blocks numbered on from the loop's."""
+    """A chunk crossing the native window loops until the crossing execution block has run (memory
+    moves from exact positions to the fixed angle there); the rest of each chunk batches, its
+    execution blocks numbered on from the loop's. A document's first chunk batches whole: its first
+    execution blocks see no sinks and no blocks, the one that overflows the window makes the sinks,
+    and each later one sees them."""
     eng = make_engine(prefill_chunk=384, batch_prefill=True)
     cfg = eng.config
     assert (cfg.exec_block, cfg.n_sink, cfg.n_local, eng.adapter.native_window) == (32, 8, 64, 1024)
@@ -66,10 +68,32 @@ def test_the_loop_runs_only_until_the_rest_of_a_chunk_can_batch(make_engine, bat
     layers = len(eng.adapter.memory_layers)
     assert len(batched_calls) == 4 * layers
     seen = sorted({(p.first_slot, sum(p.sizes)) for p in batched_calls})
-    # 0..384: the sinks fill once a token leaves the 64-token window (3 blocks of 32), then 288
-    # batched; 384..768 all batched; 768..1152: 8 blocks up to 1024 looped, 128 batched at the
-    # fixed angle; 1152..1200 batched
-    assert seen == [(0, 48), (0, 384), (3, 288), (8, 128)]
+    # 0..384 all batched; 384..768 all batched; 768..1152: 8 blocks up to 1024 looped, 128 batched at
+    # the fixed angle; 1152..1200 batched
+    assert seen == [(0, 48), (0, 384), (8, 128)]
+    first = batched_calls[0]
+    # the window (64) overflows at the third execution block by 32 tokens: 8 leave as sinks, the other
+    # 24 rounded up to 2 whole blocks of 16, as make_room has them leave
+    assert cfg.block_size == 16
+    assert first.to_sink == 8 and first.n_sinks[:3] == (0, 0, 8) and set(first.n_sinks[2:]) == {8}
+    assert first.n_blocks[:3] == (0, 0, 2) and first.win_start[:3] == (0, 0, 40)
+
+
+@pytest.mark.parametrize("n", [40, 97, 400])
+def test_a_short_document_batched_from_its_first_token_equals_the_loop(make_engine, batched_calls, n):
+    """Shorter than the window, overflowing it once, filling memory: the first chunk batched whole
+    (no sinks nor blocks at first) gives the loop's logits, tokens, sinks and blocks."""
+    ids = torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(n))
+    runs = []
+    for batch in (False, True):
+        eng = make_engine(n_sink=4, n_local=48, exec_block=16, block_size=8, budget=4 + 48 + 8 * 3,
+                          batch_prefill=batch)
+        doc = eng.prefill_ids(ids)
+        runs.append((doc.last_logits, eng.generate_ids(doc, [5, 6, 7], max_new_tokens=5),
+                     [(m.n_sink, m.n_blocks) for m in doc.state.memory]))
+    assert batched_calls and all(p.first_slot == 0 for p in batched_calls)
+    torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-4, rtol=1e-4)
+    assert runs[1][1:] == runs[0][1:]
 
 
 def test_methods_reading_summaries_never_batch(make_engine, batched_calls):

@@ -49,7 +49,9 @@ class ChunkPlan:
     win_start: tuple[int, ...]  # a_e: first key of execution block e's window, an index into X
     n_loc: tuple[int, ...]  # window keys before e's own queries
     n_blocks: tuple[int, ...]   # memory blocks e may pick from
-    evicted: int            # tokens of X that leave as blocks during the chunk
+    n_sinks: tuple[int, ...]    # sinks e sees (fewer than the policy's until a document's window first overflows)
+    to_sink: int            # tokens of X (its first) that leave as sinks during the chunk
+    evicted: int            # tokens of X that leave as sinks or blocks during the chunk
 
     @property
     def width(self) -> tuple[int, ...]:
@@ -65,8 +67,12 @@ def batches_on(setting: bool | str, device: torch.device) -> bool:
 
 def chunk_plan(ctx: "StepContext", layer: int, t_all: int, first_slot: int = 0) -> ChunkPlan | None:
     """The batch's plan for this layer, or None where the reference loop must run. ``first_slot``:
-    execution blocks of this pass already run by the loop (a document's first chunk runs its first
-    execution block there, which fills the sinks, and the rest as a batch).
+    execution blocks of this pass already run by the loop (a chunk that crosses the native window
+    runs the crossing execution block there, and the rest as a batch).
+
+    Tokens leave the window as :meth:`LayerMemory.make_room` has them leave: the document's first
+    ones as sinks until the policy's count is reached, the rest as whole blocks; an execution block
+    sees the sinks and blocks formed up to its own turn.
 
     A question's session (its own blocks stacked on the document's) runs the loop: a stacked
     store gathers ids that ascend, and a chunk's flattened picks ascend only per execution block.
@@ -78,27 +84,31 @@ def chunk_plan(ctx: "StepContext", layer: int, t_all: int, first_slot: int = 0) 
     if (t_all <= step or not method.batchable
             or not batches_on(cfg.batch_prefill, s.adapter.device) or not kind.memory or kind.window is not None
             or s.policy.keep_summaries or s.meter is not None or s.track_sources
-            or mem.n_sink < s.policy.n_sink or isinstance(mem.blocks, StackedBlocks)):
+            or isinstance(mem.blocks, StackedBlocks)):
         return None
     first_q = mem.local_start + mem.n_local
     if method.positions == "auto" and first_q + min(step, t_all) <= s.adapter.native_window < first_q + t_all:
         return None  # the chunk crosses the native window: exact positions first, the fixed angle after
     b, cap = cfg.block_size, s.policy.capacity
     sizes = tuple(min(step, t_all - a) for a in range(0, t_all, step))
-    n_loc, a, nb = mem.n_local, 0, mem.n_blocks
-    starts, locs, blocks = [], [], []
+    n_loc, a, nb, sinks = mem.n_local, 0, mem.n_blocks, mem.n_sink
+    starts, locs, blocks, seen_sinks = [], [], [], []
     for t in sizes:
         need = n_loc + t - cap
         if need > 0:
-            drop = -(-need // b) * b
-            if drop > n_loc:
+            to_sink = min(need, max(0, s.policy.n_sink - sinks))
+            drop = to_sink + -(-(need - to_sink) // b) * b
+            # sinks are X's first tokens: every token that left before them in this chunk was one too
+            if drop > n_loc or (to_sink and a != sinks - mem.n_sink):
                 return None
-            n_loc, a, nb = n_loc - drop, a + drop, nb + drop // b
+            n_loc, a, nb, sinks = n_loc - drop, a + drop, nb + (drop - to_sink) // b, sinks + to_sink
         starts.append(a)
         locs.append(n_loc)
         blocks.append(nb)
+        seen_sinks.append(sinks)
         n_loc += t
-    return ChunkPlan(step, first_slot, sizes, tuple(starts), tuple(locs), tuple(blocks), a)
+    return ChunkPlan(step, first_slot, sizes, tuple(starts), tuple(locs), tuple(blocks), tuple(seen_sinks),
+                     sinks - mem.n_sink, a)
 
 
 def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tensor, k: torch.Tensor,
@@ -111,26 +121,33 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
     hkv, b, n_e, size = mem.kv_heads, cfg.block_size, len(plan.sizes), plan.size
     dev = q.device
 
-    # ---- the sequence X; the blocks that leave the window during the chunk are stored first
+    # ---- the sequence X; the sinks and blocks that leave the window during the chunk are stored first
     x_k = torch.cat([mem.local_k, k.to(mem.dtype)], 1)
     x_v = torch.cat([mem.local_v, v.to(mem.dtype)], 1)
     n_old = mem.n_local
-    if plan.evicted:
-        mem.store_blocks(x_k[:, :plan.evicted], x_v[:, :plan.evicted])
+    if plan.to_sink:
+        mem.add_sinks(x_k[:, :plan.to_sink], x_v[:, :plan.to_sink])
+    if plan.evicted > plan.to_sink:
+        mem.store_blocks(x_k[:, plan.to_sink:plan.evicted], x_v[:, plan.to_sink:plan.evicted])
     mq = ctx.memory_query(kind, mem, n_old, t_all, scaling)
 
     # ---- probe: every query token votes, weighted per execution block
     pad = n_e * size - t_all
     weights = method.probe.chunk_weights(q, rstate, plan.sizes)        # [E, S], zero on padding
 
-    # ---- scores -> budget -> blocks
+    # ---- scores -> budget -> blocks (for the execution blocks that have blocks to pick from, as the
+    # loop selects only then: the first ones of a document have none)
     q_mem = _pad_blocks(mq.at_memory(q), n_e, size, pad)               # [H, E, S, d]
     n_avail = device_tensor(plan.n_blocks, dev)
-    evidence = method.chunk_evidence(q_mem, weights, mem, mq, n_avail)  # [E, rows, N]
-    ents = normalized_entropy(evidence, mass=method.scorer.mass, n_valid=n_avail[:, None]).mean(-1)  # [E]
-    rstate.observe_entropies(ents)
-    counts = [ctx.budget.blocks_for(plan.first_slot + e, layer, plan.n_blocks[e], None) for e in range(n_e)]
-    kmax = max(counts)
+    counts, kmax = [0] * n_e, 0
+    choosing = sum(1 for n in plan.n_blocks if n)                      # a suffix: n_blocks only grows
+    if choosing:
+        evidence = method.chunk_evidence(q_mem, weights, mem, mq, n_avail)  # [E, rows, N]
+        ents = normalized_entropy(evidence, mass=method.scorer.mass, n_valid=n_avail[:, None]).mean(-1)  # [E]
+        rstate.observe_entropies(ents[n_e - choosing:])
+        counts = [ctx.budget.blocks_for(plan.first_slot + e, layer, plan.n_blocks[e], None) if plan.n_blocks[e]
+                  else 0 for e in range(n_e)]
+        kmax = max(counts)
 
     # ---- one key and one value buffer per execution block: [sinks | picked blocks (| its window)]
     width = plan.width
@@ -143,6 +160,8 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
     k_buf[:, :, :n_s] = sinks_at_true_positions(s.adapter, kind.rope_type, mem) if mq.mode == "exact" else mem.sink_k
     v_buf[:, :, :n_s] = mem.sink_v
     mem_ok = torch.ones((n_e, m), dtype=torch.bool, device=dev)
+    if min(plan.n_sinks) < n_s:   # execution blocks before the sinks were full see the ones formed by then
+        mem_ok[:, :n_s] = torch.arange(n_s, device=dev)[None] < device_tensor(plan.n_sinks, dev)[:, None]
     first = mem.local_start
     if mq.mode == "exact":   # true positions up to the chunk's last key: the blocks' and the window's
         cos, sin = s.adapter.rope_table(kind.rope_type, first + x_k.shape[1])
@@ -178,7 +197,7 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
     # ---- bookkeeping: the blocks that left were stored above; the rest is the new window
     mem.settle_chunk(x_k, x_v, plan.evicted)
     for e in range(n_e):
-        s.note_kv(plan.first_slot + e, layer, mem.n_sink + counts[e] * b + width[e])
+        s.note_kv(plan.first_slot + e, layer, plan.n_sinks[e] + counts[e] * b + width[e])
     return out.reshape(h, n_e * size, d)[:, :t_all].to(q.dtype)
 
 

@@ -126,10 +126,16 @@ class LayerMemory:
         self.blocks.append(k.reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1).contiguous(),
                            v.reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1).contiguous())
 
+    def add_sinks(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Batched prefill: window tokens ``[Hkv, n, d]`` (the document's first ones) that leave as
+        sinks during this chunk, stored ahead like :meth:`store_blocks`' blocks."""
+        self.sink_k = torch.cat([self.sink_k, k], 1)
+        self.sink_v = torch.cat([self.sink_v, v], 1)
+
     def settle_chunk(self, k: torch.Tensor, v: torch.Tensor, evicted: int) -> None:
         """Batched prefill (for methods without summary keys): of ``[window | chunk]`` keys and values
-        ``[Hkv, L, d]``, the first ``evicted`` tokens left as blocks (stored by :meth:`store_blocks`);
-        the rest is the new window."""
+        ``[Hkv, L, d]``, the first ``evicted`` tokens left as sinks and blocks (stored by
+        :meth:`add_sinks` and :meth:`store_blocks`); the rest is the new window."""
         self.local_k, self.local_v = k[:, evicted:], v[:, evicted:]
         self.local_score = self.local_score.new_zeros((self.kv_heads, k.shape[1] - evicted))
         self.local_start += evicted
