@@ -55,6 +55,20 @@ def tile_extent(x: int, least: int = 16) -> int:
     return max(least, 1 << max(0, (x - 1).bit_length()))
 
 
+def triton_verdict(choice: str, device: torch.device, option: str) -> bool | None:
+    """What a kernel option (``"auto"``, ``"triton"``, ``"torch"``) decides on ``device`` before any
+    check: False where the PyTorch path runs (``"torch"``, or ``"auto"`` where Triton cannot run),
+    True for an explicit ``"triton"``, None where ``"auto"`` must check the kernel against PyTorch
+    first. An explicit ``"triton"`` that cannot run raises (``option`` names it)."""
+    if choice == "torch":
+        return False
+    if not triton_available(device):
+        if choice == "triton":
+            raise RuntimeError(f"{option}='triton' needs Triton and a CUDA device, got {device}")
+        return False
+    return True if choice == "triton" else None
+
+
 def triton_available(device: torch.device) -> bool:
     """Whether Triton kernels can run for tensors on ``device`` (a CUDA device and Triton installed;
     ``TRITON_INTERPRET=1`` runs them on the CPU, for tests)."""

@@ -9,7 +9,7 @@ import torch
 from interpreted import run_interpreted
 
 from actqkv_llm.attention.block_gather import BlockGather, gather_reference
-from actqkv_llm.attention.rope import blocks_at_true_positions, signed_sin
+from actqkv_llm.attention.rope import signed_sin
 from actqkv_llm.memory.blocks import GrowableBlocks, StackedBlocks
 
 # (KV heads, block size, head size, stored blocks, execution blocks, picks per execution block, sinks):
@@ -46,9 +46,9 @@ def _compare(dtype, device):
     for shape in SHAPES:
         store, flat, table, n_sink, out_shape = _case(shape, dtype, device)
         for rotated in (True, False):
-            rot = (lambda k, ids: blocks_at_true_positions(k, ids, *table, n_sink)) if rotated else None
+            tab = table if rotated else None
             want_k, want_v = _buffers(out_shape, dtype, device)
-            gather_reference(store, flat, rot, want_k, want_v)
+            gather_reference(store, flat, tab, n_sink, want_k, want_v)
             got_k, got_v = _buffers(out_shape, dtype, device)
             gather_triton(store.keys, store.values, flat, table if rotated else None, n_sink, got_k, got_v)
             assert torch.equal(got_v, want_v)
@@ -83,21 +83,20 @@ def test_the_choice_of_path(monkeypatch):
     monkeypatch.setattr(bg, "gather_triton", lambda *a, **k: called.append(1))
     cpu = torch.device("cpu")
     store, flat, table, n_sink, out_shape = _case(SHAPES[0], torch.float32, cpu)
-    rot = lambda k, ids: blocks_at_true_positions(k, ids, *table, n_sink)  # noqa: E731
     want = _buffers(out_shape, torch.float32, cpu)
-    gather_reference(store, flat, rot, *want)
+    gather_reference(store, flat, table, n_sink, *want)
     if os.environ.get("TRITON_INTERPRET") != "1":
         for choice in ("torch", "auto"):
             gather = BlockGather(choice)
             for _ in range(2):      # the check's call, then the decided path
                 got = _buffers(out_shape, torch.float32, cpu)
-                gather(store, flat, rot, table, n_sink, *got)
+                gather(store, flat, table, n_sink, *got)
                 assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
         with pytest.raises(RuntimeError, match="prefill_kernel='triton'"):
-            BlockGather("triton")(store, flat, rot, table, n_sink, *_buffers(out_shape, torch.float32, cpu))
+            BlockGather("triton")(store, flat, table, n_sink, *_buffers(out_shape, torch.float32, cpu))
     stacked = StackedBlocks(store, GrowableBlocks(store.shape[0], store.shape[1], store.shape[2], torch.float32, cpu))
     got = _buffers(out_shape, torch.float32, cpu)
-    BlockGather("triton")(stacked, flat, rot, table, n_sink, *got)
+    BlockGather("triton")(stacked, flat, table, n_sink, *got)
     assert torch.equal(got[0], want[0]) and not called
 
 
@@ -112,26 +111,25 @@ def test_auto_keeps_the_kernel_only_where_it_gives_the_reference(monkeypatch, ag
 
     cpu = torch.device("cpu")
     store, flat, table, n_sink, out_shape = _case(SHAPES[0], torch.float32, cpu)
-    rot = lambda k, ids: blocks_at_true_positions(k, ids, *table, n_sink)  # noqa: E731
     want = _buffers(out_shape, torch.float32, cpu)
-    gather_reference(store, flat, rot, *want)
+    gather_reference(store, flat, table, n_sink, *want)
     calls = []
 
     def kernel(store_k, store_v, ids, tab, sinks, k_out, v_out):
         calls.append(1)
         if agrees:
-            gather_reference(store, ids, rot, k_out, v_out)
+            gather_reference(store, ids, tab, sinks, k_out, v_out)
         else:
             k_out.zero_(), v_out.zero_()
 
-    monkeypatch.setattr(bg, "triton_available", lambda device: True)
+    monkeypatch.setattr("actqkv_llm.devices.triton_available", lambda device: True)
     monkeypatch.setattr(bg, "gather_triton", kernel)
     gather = BlockGather("auto")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(3):
             got = _buffers(out_shape, torch.float32, cpu)
-            gather(store, flat, rot, table, n_sink, *got)
+            gather(store, flat, table, n_sink, *got)
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert len(calls) == (3 if agrees else 1)         # the check's call, then every chunk or none
     assert any("disagrees" in str(w.message) for w in caught) != agrees

@@ -1,7 +1,7 @@
 """A batched prefill chunk's picked blocks, written into the buffers its attention reads.
 
 ``gather_reference`` is the plain path (any device, any block store): gather from the store, rotate
-the keys at their true positions where memory sits there (``rotate_blocks``), copy into the buffer.
+the keys at their true positions where memory sits there (its rope table), copy into the buffer.
 ``gather_triton`` does the same in one Triton kernel (a CUDA device, blocks held on it in one
 store; the CPU under ``TRITON_INTERPRET=1`` for tests). ``BlockGather`` picks one per session by
 the ``prefill_kernel`` option: ``"auto"`` runs both on the first chunk of each shape and keeps the
@@ -11,34 +11,31 @@ kernel only if it gives the reference's keys and values.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
-
 import torch
 
-from ..devices import tile_extent, triton_available
+from ..devices import tile_extent, triton_verdict
+from .rope import blocks_at_true_positions
 
-RotateBlocks = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Table = tuple[torch.Tensor, torch.Tensor]
 
 
-def gather_reference(blocks, flat: torch.Tensor, rotate_blocks: RotateBlocks | None,
+def gather_reference(blocks, flat: torch.Tensor, table: Table | None, n_sink: int,
                      k_out: torch.Tensor, v_out: torch.Tensor) -> None:
     """Blocks ``flat`` ``[Hkv, E*kmax]`` (execution block ``e``'s picks at ``e*kmax ..``) of a block
     store into ``k_out`` / ``v_out`` ``[E, Hkv, kmax*B, d]`` (views of the attention's buffers), keys
-    through ``rotate_blocks`` (None: as stored)."""
+    rotated at their true positions by ``table`` (float32 cos and signed sin ``[P, d]``; block ``i``
+    starts at ``n_sink + i * B``), or as stored where ``table`` is None."""
     n_e, hkv, rows, d = k_out.shape
     kb, vb = blocks.gather(flat, k_out.device)                        # [Hkv, E*kmax*B, d]
-    if rotate_blocks is not None:
-        kb = rotate_blocks(kb, flat)
+    if table is not None:
+        kb = blocks_at_true_positions(kb, flat, *table, n_sink)
     k_out.copy_(kb.view(hkv, n_e, rows, d).transpose(0, 1))
     v_out.copy_(vb.view(hkv, n_e, rows, d).transpose(0, 1))
 
 
-def gather_triton(store_k: torch.Tensor, store_v: torch.Tensor, flat: torch.Tensor,
-                  table: tuple[torch.Tensor, torch.Tensor] | None, n_sink: int,
+def gather_triton(store_k: torch.Tensor, store_v: torch.Tensor, flat: torch.Tensor, table: Table | None, n_sink: int,
                   k_out: torch.Tensor, v_out: torch.Tensor) -> None:
-    """:func:`gather_reference` from a store's tensors ``[N, Hkv, B, d]`` in one kernel; ``table``:
-    float32 cos and signed sin ``[P, d]`` covering the blocks' positions (``n_sink + block * B + t``),
-    or None to copy the keys as stored."""
+    """:func:`gather_reference` from a store's tensors ``[N, Hkv, B, d]`` in one kernel."""
     from . import gather_kernel as kern
 
     n_e, hkv, rows, d = k_out.shape
@@ -67,32 +64,28 @@ class BlockGather:
         self.choice = choice
         self._verdicts: dict[tuple, bool] = {}    # (device, dtype, d, B, rotated) -> use the kernel
 
-    def __call__(self, blocks, flat: torch.Tensor, rotate_blocks: RotateBlocks | None,
-                 table: tuple[torch.Tensor, torch.Tensor] | None, n_sink: int,
+    def __call__(self, blocks, flat: torch.Tensor, table: Table | None, n_sink: int,
                  k_out: torch.Tensor, v_out: torch.Tensor) -> None:
         parts = None if self.choice == "torch" else blocks.device_parts(k_out.device)
         if parts is None or len(parts) != 1:
-            return gather_reference(blocks, flat, rotate_blocks, k_out, v_out)
+            return gather_reference(blocks, flat, table, n_sink, k_out, v_out)
         store_k, store_v = parts[0]
-        key = (str(k_out.device), k_out.dtype, k_out.shape[-1], store_k.shape[2], rotate_blocks is not None)
+        key = (str(k_out.device), k_out.dtype, k_out.shape[-1], store_k.shape[2], table is not None)
         verdict = self._verdicts.get(key)
         if verdict is None:
-            verdict = self._verdicts[key] = self._decide(blocks, flat, rotate_blocks, table, n_sink,
-                                                         store_k, store_v, k_out, v_out)
+            verdict = self._verdicts[key] = self._decide(blocks, flat, table, n_sink, store_k, store_v,
+                                                         k_out, v_out)
             return   # the check left the reference's result in the buffers
         if verdict:
             gather_triton(store_k, store_v, flat, table, n_sink, k_out, v_out)
         else:
-            gather_reference(blocks, flat, rotate_blocks, k_out, v_out)
+            gather_reference(blocks, flat, table, n_sink, k_out, v_out)
 
-    def _decide(self, blocks, flat, rotate_blocks, table, n_sink, store_k, store_v, k_out, v_out) -> bool:
-        gather_reference(blocks, flat, rotate_blocks, k_out, v_out)
-        if not triton_available(k_out.device):
-            if self.choice == "triton":
-                raise RuntimeError(f"prefill_kernel='triton' needs Triton and a CUDA device, got {k_out.device}")
-            return False
-        if self.choice == "triton":
-            return True
+    def _decide(self, blocks, flat, table, n_sink, store_k, store_v, k_out, v_out) -> bool:
+        gather_reference(blocks, flat, table, n_sink, k_out, v_out)
+        verdict = triton_verdict(self.choice, k_out.device, "prefill_kernel")
+        if verdict is not None:
+            return verdict
         k_got, v_got = torch.empty_like(k_out), torch.empty_like(v_out)
         try:
             gather_triton(store_k, store_v, flat, table, n_sink, k_got, v_got)

@@ -169,9 +169,8 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
         ranked = pin_edges(evidence, n_avail) if method.keep_edges else evidence
         ids, ok = _pick(ranked, n_avail, counts, kmax)                 # [E, Hkv, kmax], [E, kmax]
         flat = ids.expand(-1, hkv, -1).permute(1, 0, 2).reshape(hkv, n_e * kmax)
-        table = (cos, sin) if mq.rotate_blocks is not None else None
-        s.block_gather(mem.blocks, flat, mq.rotate_blocks, table, cfg.n_sink,
-                       k_buf[:, :, n_s:m], v_buf[:, :, n_s:m])
+        table = (cos, sin) if mq.mode == "exact" else None             # the blocks at their true positions
+        s.block_gather(mem.blocks, flat, table, cfg.n_sink, k_buf[:, :, n_s:m], v_buf[:, :, n_s:m])
         mem_ok[:, n_s:] = ok.repeat_interleave(b, 1)                   # [E, kmax*B]
 
     # ---- the local windows, and one softmax over [memory | window] per execution block

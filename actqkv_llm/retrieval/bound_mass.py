@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from ..devices import tile_extent, triton_available
+from ..devices import tile_extent, triton_verdict
 from .score import bound_logits_parts
 
 # logits held at once by the PyTorch path (elements of [rows, blocks]); a chunk is cut into groups of
@@ -117,11 +117,8 @@ class BoundMassKernel:
 
     def _decide(self, device: torch.device, dtype: torch.dtype, d: int, kv_heads: int, group: int,
                 size: int) -> bool:
-        if not triton_available(device):
-            if self.choice == "triton":
-                raise RuntimeError(f"prefill_kernel='triton' needs Triton and a CUDA device, got {device}")
-            return False
-        return self.choice == "triton" or self._agrees(device, dtype, d, kv_heads, group, size)
+        verdict = triton_verdict(self.choice, device, "prefill_kernel")
+        return self._agrees(device, dtype, d, kv_heads, group, size) if verdict is None else verdict
 
     @staticmethod
     def _agrees(device: torch.device, dtype: torch.dtype, d: int, kv_heads: int, group: int, size: int) -> bool:
