@@ -183,7 +183,10 @@ class RetrievalConfig:
             same option picks how the chunk's picked blocks reach its attention's buffers
             (attention/block_gather.py): one Triton kernel that reads each block once and writes
             its keys rotated at their true positions, or PyTorch's gather, rotation and copy;
-            "auto" checks the kernel against PyTorch on a session's first chunk of each shape.
+            "auto" checks the kernel against PyTorch on a session's first chunk of each shape. And it
+            picks what computes the chunk's activation bias (``activation-tokens`` probes, the
+            default's; retrieval/probe_kernel.py): two Triton kernels reading the queries as they
+            are, or PyTorch's float32 copies of them; "auto" checks them on the first chunk.
         decode_graph: run the decode steps that rerank held candidates in every layer (most steps of
             the default method) with static shapes (attention/static_decode.py): on a CUDA device
             captured once as a CUDA graph and replayed, one launch per token instead of dozens per

@@ -11,7 +11,8 @@ host allocator keeps the staging buffer alive until the copy has run).
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+import warnings
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -67,6 +68,25 @@ def triton_verdict(choice: str, device: torch.device, option: str) -> bool | Non
             raise RuntimeError(f"{option}='triton' needs Triton and a CUDA device, got {device}")
         return False
     return True if choice == "triton" else None
+
+
+def kernel_agrees(option: str, what: str, fallback: str, run: Callable[[], Any],
+                  compare: Callable[[Any], tuple[bool, str]]) -> bool:
+    """``"auto"``'s check of a Triton kernel against its PyTorch reference: ``run()`` the kernel (a
+    failure to compile or launch warns and returns False), then ``compare(result)`` -> ``(agrees,
+    what differs)``; a disagreement warns naming the difference. ``option`` names the setting,
+    ``what`` the kernel, ``fallback`` what PyTorch does instead (the warnings' words)."""
+    try:
+        got = run()
+    except Exception as err:  # a Triton that cannot compile here: the reference serves
+        warnings.warn(f"{option}='auto': the Triton {what} failed ({type(err).__name__}: {err}); "
+                      f"{fallback} with PyTorch ops", RuntimeWarning, stacklevel=3)
+        return False
+    agrees, detail = compare(got)
+    if not agrees:
+        warnings.warn(f"{option}='auto': the Triton {what} disagrees with PyTorch on this device "
+                      f"({detail}); {fallback} with PyTorch ops", RuntimeWarning, stacklevel=3)
+    return agrees
 
 
 def triton_available(device: torch.device) -> bool:

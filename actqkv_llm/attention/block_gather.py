@@ -10,10 +10,9 @@ kernel only if it gives the reference's keys and values.
 
 from __future__ import annotations
 
-import warnings
 import torch
 
-from ..devices import tile_extent, triton_verdict
+from ..devices import kernel_agrees, tile_extent, triton_verdict
 from .rope import blocks_at_true_positions
 
 Table = tuple[torch.Tensor, torch.Tensor]
@@ -87,17 +86,12 @@ class BlockGather:
         if verdict is not None:
             return verdict
         k_got, v_got = torch.empty_like(k_out), torch.empty_like(v_out)
-        try:
-            gather_triton(store_k, store_v, flat, table, n_sink, k_got, v_got)
-        except Exception as err:  # a Triton that cannot compile here: the reference serves
-            warnings.warn(f"prefill_kernel='auto': the Triton block gather failed ({type(err).__name__}: {err}); "
-                          "gathering blocks with PyTorch ops", RuntimeWarning, stacklevel=4)
-            return False
         # one rounding of the same float32 rotation apart at most (a fused multiply-add or not)
         tol = 1e-5 if k_out.dtype == torch.float32 else 1e-2
-        same = torch.equal(v_got, v_out) and torch.allclose(k_got.float(), k_out.float(), rtol=tol, atol=tol)
-        if not same:
-            warnings.warn("prefill_kernel='auto': the Triton block gather disagrees with PyTorch on this device "
-                          f"(largest key difference {float((k_got.float() - k_out.float()).abs().max()):.3g}); "
-                          "gathering blocks with PyTorch ops", RuntimeWarning, stacklevel=4)
-        return same
+
+        def compare(_) -> tuple[bool, str]:
+            same = torch.equal(v_got, v_out) and torch.allclose(k_got.float(), k_out.float(), rtol=tol, atol=tol)
+            return same, f"largest key difference {float((k_got.float() - k_out.float()).abs().max()):.3g}"
+
+        return kernel_agrees("prefill_kernel", "block gather", "gathering blocks",
+                             lambda: gather_triton(store_k, store_v, flat, table, n_sink, k_got, v_got), compare)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 from ..devices import device_tensor
 from ..memory.blocks import StackedBlocks
@@ -191,7 +192,11 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
         k_abs = rotate(x_k, cos[span], sin[span]).to(mem.dtype)
         k_buf[:, :, m:] = k_abs[:, idx].transpose(0, 1)
         v_buf[:, :, m:] = x_v[:, idx].transpose(0, 1)
-        out = _attend_fused(q_mem, k_buf, v_buf, mem_ok, loc_hidden, scaling)
+        # every execution block sees all its sinks, as many blocks and a window of the same length:
+        # the mask is a causal one aligned to the keys' end, which the fused kernels take as it is
+        aligned = (min(plan.n_sinks) == n_s and min(counts) == kmax and min(plan.n_loc) == max(plan.n_loc)
+                   and plan.n_loc[0] + size == w_max)
+        out = _attend_fused(q_mem, k_buf, v_buf, mem_ok, loc_hidden, scaling, aligned)
 
     # ---- bookkeeping: the blocks that left were stored above; the rest is the new window
     mem.settle_chunk(x_k, x_v, plan.evicted)
@@ -221,24 +226,44 @@ def _pick(evidence: torch.Tensor, n_avail: torch.Tensor, counts: list[int], kmax
 
 
 def _attend_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mem_ok: torch.Tensor,
-                  loc_hidden: torch.Tensor, scaling: float) -> torch.Tensor:
+                  loc_hidden: torch.Tensor, scaling: float, aligned: bool = False) -> torch.Tensor:
     """:func:`_attend` without the mass, for memory at exact positions: the window's keys rotated at
     their absolute positions like the memory's (dot products depend only on the distance), so one
     query serves both parts and PyTorch's fused attention (``scaled_dot_product_attention``, one
-    softmax over ``[memory | window]`` with a mask) does it.
+    softmax over ``[memory | window]``) does it.
 
     q ``[H, E, S, d]`` at absolute positions; k/v ``[E, Hkv, M+W, d]`` (memory, then the window);
-    ``mem_ok [E, M]``, ``loc_hidden [E, S, W]``. A KV head's query heads are folded into the query
-    axis (``[E, Hkv, G*S, d]``) rather than its keys and values copied G times. Returns out
-    ``[H, E, S, d]``."""
+    ``mem_ok [E, M]``, ``loc_hidden [E, S, W]``. Returns out ``[H, E, S, d]``.
+
+    ``aligned``: every memory slot is valid and query ``j`` sees the window's first ``W - S + j + 1``
+    keys (each execution block's window as long, its own keys last): a causal mask aligned to the
+    keys' end, given as such (``causal_lower_right``) with the query heads grouped over their KV
+    head (``enable_gqa``), so no mask is built and flash attention runs (on a GPU only where it
+    can; on the CPU the math kernel takes the small ``[S, M+W]`` mask). Otherwise the mask is built: a KV head's query heads folded into the query axis (``[E, Hkv, G*S, d]``) rather than its
+    keys and values copied G times."""
     h, n_e, size, d = q.shape
     hkv = k.shape[1]
     g = h // hkv
+    if aligned:
+        qh = q.transpose(0, 1).to(k.dtype)                                      # [E, H, S, d]
+        if qh.device.type == "cpu" or _flash_takes(qh, k, v, g > 1):
+            causal = causal_lower_right(size, k.shape[2])
+            return F.scaled_dot_product_attention(qh, k, v, attn_mask=causal, scale=scaling,
+                                                  enable_gqa=g > 1).transpose(0, 1)
     seen = torch.cat([mem_ok[:, None].expand(-1, size, -1), ~loc_hidden], 2)      # [E, S, M+W]
     seen = seen[:, None, None].expand(-1, 1, g, -1, -1).reshape(n_e, 1, g * size, -1)
     qg = q.reshape(hkv, g, n_e, size, d).permute(2, 0, 1, 3, 4).reshape(n_e, hkv, g * size, d)
     out = F.scaled_dot_product_attention(qg.to(k.dtype), k, v, attn_mask=seen, scale=scaling)
     return out.view(n_e, hkv, g, size, d).permute(1, 2, 0, 3, 4).reshape(h, n_e, size, d)
+
+
+def _flash_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool) -> bool:
+    """Whether PyTorch's flash attention runs these inputs (a CUDA device, half precision, the head
+    size ...): where it does not, a causal mask aligned to the keys' end would be materialised for
+    the math kernel, and the built mask with the memory-efficient kernel serves better."""
+    from torch.backends.cuda import SDPAParams, can_use_flash_attention
+
+    return can_use_flash_attention(SDPAParams(q, k, v, None, 0.0, False, gqa))
 
 
 def _attend(q_mem: torch.Tensor, q_loc: torch.Tensor, k_mem: torch.Tensor, v_mem: torch.Tensor,

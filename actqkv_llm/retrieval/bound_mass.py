@@ -9,11 +9,9 @@ under ``TRITON_INTERPRET=1`` for tests). ``BoundMassKernel`` picks one per devic
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-from ..devices import tile_extent, triton_verdict
+from ..devices import kernel_agrees, tile_extent, triton_verdict
 from .score import bound_logits_parts
 
 # logits held at once by the PyTorch path (elements of [rows, blocks]); a chunk is cut into groups of
@@ -132,17 +130,12 @@ class BoundMassKernel:
         lo, hi = keys.amin(2), keys.amax(2)
         w = torch.rand((n_e, size), generator=gen, device=device)
         avail = torch.tensor([n, n - 100, 7], device=device)
-        try:
-            got = bound_mass_triton(q, w, lo, hi, avail, d ** -0.5)
-        except Exception as err:  # a Triton that cannot compile here: the reference serves
-            warnings.warn(f"prefill_kernel='auto': the Triton passes failed ({type(err).__name__}: {err}); "
-                          "scoring prefill chunks with PyTorch ops", RuntimeWarning, stacklevel=6)
-            return False
         want = bound_mass_torch(q, w, [(lo, hi)], avail, kv_heads, d ** -0.5, dtype).nan_to_num(0.0)
         tol = 1e-4 if dtype == torch.float32 else 3e-2
-        close = torch.allclose(got, want, rtol=tol, atol=tol * float(w.sum(1).max()))
-        if not close:
-            warnings.warn("prefill_kernel='auto': the Triton passes disagree with PyTorch on this device "
-                          f"(largest difference {float((got - want).abs().max()):.3g}); scoring prefill "
-                          "chunks with PyTorch ops", RuntimeWarning, stacklevel=6)
-        return close
+
+        def compare(got: torch.Tensor) -> tuple[bool, str]:
+            return (torch.allclose(got, want, rtol=tol, atol=tol * float(w.sum(1).max())),
+                    f"largest difference {float((got - want).abs().max()):.3g}")
+
+        return kernel_agrees("prefill_kernel", "passes", "scoring prefill chunks",
+                             lambda: bound_mass_triton(q, w, lo, hi, avail, d ** -0.5), compare)

@@ -19,7 +19,7 @@ from ..config import RetrievalConfig
 from ..devices import device_tensor
 from .bound_mass import BoundMassKernel, masked_bound_logits
 from .budget import DynamicCutoff, EntropyRefill, FixedTopK, normalized_entropy
-from .probe import ActivationStats, _group, activation_bias, token_weights, weighted_mean
+from .probe import ActivationStats, ProbeKernel, _group, token_weights, weighted_mean
 from .score import bound_logits_parts, cosine_scores, dot_scores, key_logits, reduce_tokens
 
 if TYPE_CHECKING:
@@ -244,8 +244,10 @@ class ActivationProbe(Probe):
 class TokenProbe(Probe):
     """Every query token asks on its own; its vote weighted uniformly or by activation bias."""
 
-    def __init__(self, activation: bool):
+    def __init__(self, activation: bool, kernel: str = "auto"):
         self.activation = activation
+        # what computes a batched prefill chunk's activation bias (``prefill_kernel``)
+        self.bias = ProbeKernel(kernel)
 
     def __call__(self, q, state):
         return q, token_weights(q, state.stats if self.activation else None)
@@ -256,18 +258,11 @@ class TokenProbe(Probe):
     def chunk_weights(self, q: torch.Tensor, state: LayerRetrievalState, sizes: tuple[int, ...]) -> torch.Tensor:
         """Every execution block's token weights at once: ``[E, S]`` (zero on the last block's
         padding), each row as :meth:`__call__` gives it after the statistics saw that block."""
-        h, t, d = q.shape
-        n_e, size = len(sizes), sizes[0]
-        n_tok = device_tensor(sizes, q.device, torch.float32)[:, None]
-        valid = torch.arange(size, device=q.device)[None] < n_tok
+        size = sizes[0]
         if not self.activation or state.stats is None:
-            return valid / n_tok
-        feats = q.permute(1, 0, 2).reshape(t, h * d).float()
-        means, var = state.stats.update_blocks(feats, sizes)
-        pad = n_e * size - t
-        if pad:
-            feats = torch.cat([feats, feats.new_zeros((pad, feats.shape[1]))])
-        b = activation_bias(feats.view(n_e, size, -1), means, var) * valid
+            n_tok = device_tensor(sizes, q.device, torch.float32)[:, None]
+            return (torch.arange(size, device=q.device)[None] < n_tok) / n_tok
+        b = self.bias(q, state.stats, sizes)
         return b / b.sum(1, keepdim=True).clamp_min(1e-12)
 
 
@@ -395,9 +390,11 @@ class Streaming(RetrievalMethod):
     name = "streaming"
 
 
-PROBES: dict[str, Callable[[], Probe]] = {
-    "mean": MeanProbe, "activation": ActivationProbe,
-    "tokens": lambda: TokenProbe(False), "activation-tokens": lambda: TokenProbe(True),
+# each takes the ``prefill_kernel`` option (what computes a batched chunk's activation bias)
+PROBES: dict[str, Callable[..., Probe]] = {
+    "mean": lambda kernel="auto": MeanProbe(), "activation": lambda kernel="auto": ActivationProbe(),
+    "tokens": lambda kernel="auto": TokenProbe(False, kernel),
+    "activation-tokens": lambda kernel="auto": TokenProbe(True, kernel),
 }
 
 
@@ -410,7 +407,7 @@ class BlockRetrieval(RetrievalMethod):
         super().__init__(config)
         sel = config.selection
         self.name = config.method
-        self.probe = PROBES[sel("probe")]()
+        self.probe = PROBES[sel("probe")](config.prefill_kernel)
         scorer = sel("scorer")
         self.scorer: Scorer = {
             "dot": lambda: RepresentativeDot(),

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from ..devices import device_tensor
+from ..devices import device_tensor, kernel_agrees, tile_extent, triton_verdict
 
 # ActQKV regularises the variance by 1/100 of its mean so quiet features cannot blow up.
 VARIANCE_FLOOR_RATIO = 0.01
+# tokens per program of the bias kernels
+BIAS_TOKENS = 32
 
 
 class ActivationStats:
@@ -60,10 +62,16 @@ class ActivationStats:
         if pad:
             x = torch.cat([x, x.new_zeros((pad, x.shape[1]))])
         x = x.view(n_e, size, -1)  # padding rows are zeros: they add nothing to the sums
-        counts = device_tensor(sizes, q.device, torch.float32).cumsum(0)[:, None] + self.count
+        return self.advance(x.sum(1), (x * x).sum(1), shift, sizes)
+
+    def advance(self, s1: torch.Tensor, s2: torch.Tensor, shift: torch.Tensor,
+                sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`update_blocks` from each block's sums of ``x - shift`` and ``(x - shift)^2``
+        (``[E, F]``): the mean and variance after each block, and the statistics moved past them."""
+        counts = device_tensor(sizes, s1.device, torch.float32).cumsum(0)[:, None] + self.count
         off = self.mean - shift
-        s1 = (x.sum(1).cumsum(0) + self.count * off)
-        s2 = ((x * x).sum(1).cumsum(0) + self.m2 + self.count * off * off)
+        s1 = (s1.cumsum(0) + self.count * off)
+        s2 = (s2.cumsum(0) + self.m2 + self.count * off * off)
         means = shift + s1 / counts
         m2 = (s2 - s1 * s1 / counts).clamp_min(0)
         self.count += sum(sizes)
@@ -89,6 +97,82 @@ def activation_bias(q: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> t
     floor = var.mean(-1, keepdim=True) * VARIANCE_FLOOR_RATIO + 1e-12
     dev = (q.float() - mean[..., None, :]) ** 2 / (var + floor)[..., None, :]
     return dev.mean(-1)
+
+
+def chunk_bias_torch(q: torch.Tensor, stats: ActivationStats, sizes: tuple[int, ...]) -> torch.Tensor:
+    """Every execution block's activation bias at once (the statistics moved past each block in
+    turn, as the loop has them): q ``[H, T, d]`` -> ``[E, S]``, zero on the last block's padding."""
+    h, t, d = q.shape
+    n_e, size = len(sizes), sizes[0]
+    feats = q.permute(1, 0, 2).reshape(t, h * d).float()
+    means, var = stats.update_blocks(feats, sizes)
+    pad = n_e * size - t
+    if pad:
+        feats = torch.cat([feats, feats.new_zeros((pad, feats.shape[1]))])
+    valid = torch.arange(size, device=q.device)[None] < device_tensor(sizes, q.device)[:, None]
+    return activation_bias(feats.view(n_e, size, -1), means, var) * valid
+
+
+def chunk_bias_triton(q: torch.Tensor, stats: ActivationStats, sizes: tuple[int, ...]) -> torch.Tensor:
+    """:func:`chunk_bias_torch` in two Triton kernels (:mod:`.probe_kernel`) that read ``q`` as it is,
+    and PyTorch for the running sums across blocks (``[E, H*d]``)."""
+    from . import probe_kernel as kern
+
+    h, t, d = q.shape
+    n_e, size = len(sizes), sizes[0]
+    if q.stride(2) != 1:
+        q = q.contiguous()
+    f32 = dict(dtype=torch.float32, device=q.device)
+    shift = (stats.mean if stats.count else q[:, :size].float().mean(1).reshape(h * d)).contiguous()
+    s1, s2 = torch.empty((n_e, h * d), **f32), torch.empty((n_e, h * d), **f32)
+    tiles = dict(D=d, D_PAD=tile_extent(d), BT=BIAS_TOKENS)
+    kern.block_moments_kernel[(n_e, h)](q, shift, s1, s2, t, size, q.stride(0), q.stride(1), s1.stride(0), **tiles)
+    means, var = stats.advance(s1, s2, shift, sizes)
+    inv = (var + var.mean(-1, keepdim=True) * VARIANCE_FLOOR_RATIO + 1e-12).reciprocal_()
+    means = means.contiguous()
+    out = torch.empty((n_e, size), **f32)
+    kern.token_bias_kernel[(n_e, -(-size // BIAS_TOKENS))](
+        q, means, inv, out, t, size, h, q.stride(0), q.stride(1), means.stride(0), out.stride(0), **tiles)
+    return out
+
+
+class ProbeKernel:
+    """Which computation gives a batched chunk's activation bias (``prefill_kernel``): ``"torch"``
+    :func:`chunk_bias_torch`; ``"triton"`` :func:`chunk_bias_triton` (an error where it cannot run);
+    ``"auto"`` the kernels where they run and, on the first chunk of each device, dtype and shape,
+    give the reference's bias and statistics (the check runs both; the reference's result serves
+    that chunk; a disagreement warns and keeps the reference)."""
+
+    def __init__(self, choice: str = "auto"):
+        self.choice = choice
+        self._verdicts: dict[tuple, bool] = {}   # (device, dtype, heads, d) -> use the kernels
+
+    def __call__(self, q: torch.Tensor, stats: ActivationStats, sizes: tuple[int, ...]) -> torch.Tensor:
+        if self.choice == "torch":
+            return chunk_bias_torch(q, stats, sizes)
+        key = (str(q.device), q.dtype, q.shape[0], q.shape[2])
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            before = stats.clone()
+            want = chunk_bias_torch(q, stats, sizes)
+            verdict = triton_verdict(self.choice, q.device, "prefill_kernel")
+            if verdict is None:
+                verdict = kernel_agrees("prefill_kernel", "activation bias", "weighting probe tokens",
+                                        lambda: (chunk_bias_triton(q, before, sizes), before),
+                                        lambda got: _same_bias(got, want, stats))
+            self._verdicts[key] = verdict
+            return want
+        return chunk_bias_triton(q, stats, sizes) if verdict else chunk_bias_torch(q, stats, sizes)
+
+
+def _same_bias(got: tuple[torch.Tensor, ActivationStats], want: torch.Tensor,
+               stats: ActivationStats) -> tuple[bool, str]:
+    """The kernels' bias and statistics against the reference's (float32 sums in another order)."""
+    bias, moved = got
+    close = (torch.allclose(bias, want, rtol=1e-3, atol=1e-5) and moved.count == stats.count
+             and torch.allclose(moved.mean, stats.mean, rtol=1e-4, atol=1e-5)
+             and torch.allclose(moved.m2, stats.m2, rtol=1e-3, atol=1e-5 * max(1, stats.count)))
+    return close, f"largest bias difference {float((bias - want).abs().max()):.3g}"
 
 
 def _group(probe: torch.Tensor, kv_heads: int) -> torch.Tensor:
