@@ -151,17 +151,17 @@ class ProbeKernel:
         if self.choice == "torch":
             return chunk_bias_torch(q, stats, sizes)
         key = (str(q.device), q.dtype, q.shape[0], q.shape[2])
-        verdict = self._verdicts.get(key)
-        if verdict is None:
-            before = stats.clone()
-            want = chunk_bias_torch(q, stats, sizes)
+        if key not in self._verdicts:
             verdict = triton_verdict(self.choice, q.device, "prefill_kernel")
-            if verdict is None:
-                verdict = kernel_agrees("prefill_kernel", "activation bias", "weighting probe tokens",
-                                        lambda: (chunk_bias_triton(q, before, sizes), before),
-                                        lambda got: _same_bias(got, want, stats))
+            if verdict is None:   # "auto" where the kernels can run: both paths on this chunk
+                before = stats.clone()
+                want = chunk_bias_torch(q, stats, sizes)
+                self._verdicts[key] = kernel_agrees(
+                    "prefill_kernel", "activation bias", "weighting probe tokens",
+                    lambda: (chunk_bias_triton(q, before, sizes), before), lambda got: _same_bias(got, want, stats))
+                return want
             self._verdicts[key] = verdict
-            return want
+        verdict = self._verdicts[key]
         return chunk_bias_triton(q, stats, sizes) if verdict else chunk_bias_torch(q, stats, sizes)
 
 
