@@ -17,8 +17,14 @@ from .score import bound_logits_parts
 # logits held at once by the PyTorch path (elements of [rows, blocks]); a chunk is cut into groups of
 # execution blocks below it
 CHUNK_SCORE_ELEMENTS = 1 << 27
-# the Triton passes' tiles: rows of queries and memory blocks per program
-ROW_TILE, BLOCK_TILE = 64, 64
+# the Triton passes' tiles (rows of queries, memory blocks) and warps per program, each pass its own:
+# on an H100 (8B shape, 64 execution blocks x 4K blocks) 128 x 64 with 8 warps for the row pass and
+# 64 x 128 with 4 for the block pass took both passes from 10.9 to 6.6 ms (docs/benchmarks.md,
+# twenty-fourth session); 128 x 128 for the block pass exceeds its shared memory. Float32 bounds
+# (products in float32, twice the bytes per tile) keep the 64 x 64 tiles both passes had before.
+LSE_TILES = dict(BR=128, BN=64, num_warps=8)
+MASS_TILES = dict(BR=64, BN=128, num_warps=4)
+FLOAT32_TILES = dict(BR=64, BN=64, num_warps=4)
 
 
 def masked_bound_logits(q_mem: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
@@ -74,16 +80,17 @@ def bound_mass_triton(q_mem: torch.Tensor, weights: torch.Tensor, lo: torch.Tens
     lse = torch.empty((hkv, n_e, rows), dtype=torch.float32, device=q_mem.device)
     lo, hi = lo.contiguous(), hi.contiguous()
     ieee = lo.dtype == torch.float32
-    n_tiles = -(-n // BLOCK_TILE)
-    kern.row_lse_kernel[(hkv * n_e, -(-rows // ROW_TILE))](
+    lse_tiles, mass_tiles = (FLOAT32_TILES, FLOAT32_TILES) if ieee else (LSE_TILES, MASS_TILES)
+    n_tiles = -(-n // mass_tiles["BN"])
+    kern.row_lse_kernel[(hkv * n_e, -(-rows // lse_tiles["BR"]))](
         qp, qn, lo, hi, navail, lse, float(scaling), n_e,
         qp.stride(0), qp.stride(1), qp.stride(2), lo.stride(0), lo.stride(1), lse.stride(0), lse.stride(1),
-        R=rows, D=d, D_PAD=tile_extent(d), BR=ROW_TILE, BN=BLOCK_TILE, IEEE=ieee)
+        R=rows, D=d, D_PAD=tile_extent(d), IEEE=ieee, **lse_tiles)
     kern.block_mass_kernel[(hkv * n_e, n_tiles)](
         qp, qn, lo, hi, navail, lse, w, out, float(scaling), n_e, n,
         qp.stride(0), qp.stride(1), qp.stride(2), lo.stride(0), lo.stride(1), lse.stride(0), lse.stride(1),
         w.stride(0), out.stride(0), out.stride(1),
-        R=rows, D=d, D_PAD=tile_extent(d), BR=ROW_TILE, BN=BLOCK_TILE, IEEE=ieee)
+        R=rows, D=d, D_PAD=tile_extent(d), IEEE=ieee, **mass_tiles)
     return out
 
 
