@@ -23,14 +23,14 @@ def batched_calls(monkeypatch):
 
 @pytest.fixture
 def aligned_calls(monkeypatch):
-    """Whether each fused attention call of a batched chunk took the causal mask aligned to the keys'
-    end (no mask built) or built its mask."""
+    """Per fused attention call of a batched chunk: ``(execution blocks, the first from which on the
+    causal mask aligned to the keys' end serves, no mask built)``."""
     calls = []
     real = chunk._attend_fused
 
-    def spy(*args):
-        calls.append(args[-1])
-        return real(*args)
+    def spy(q, *args):
+        calls.append((q.shape[1], args[-1][0]))
+        return real(q, *args)
 
     monkeypatch.setattr(chunk, "_attend_fused", spy)
     return calls
@@ -61,10 +61,14 @@ def test_batched_chunks_equal_the_reference_loop(make_engine, batched_calls, ali
     (ref, ref_logits, ref_tokens), (got, got_logits, got_tokens) = runs
     assert batched_calls and any(p.n_blocks[0] < p.n_blocks[-1] for p in batched_calls)
     assert {len(p.sizes) for p in batched_calls} >= {16, 6}   # full chunks and the padded last one
-    # the default inside the window (exact positions, one fused call): chunks whose execution blocks
-    # all see full sinks, as many blocks and equal windows take the aligned causal mask, the others
-    # (the document's first) build theirs (quest keeps memory at the fixed angle: no fused call)
-    assert (True in aligned_calls and False in aligned_calls) if method == "actqkv" else not aligned_calls
+    # the default inside the window (exact positions, one fused call): execution blocks that see full
+    # sinks, as many blocks and equal windows take the aligned causal mask: whole chunks, and the end
+    # of a document's first chunk after the execution blocks that build theirs (quest keeps memory
+    # at the fixed angle: no fused call)
+    if method == "actqkv":
+        assert any(a == 0 for _, a in aligned_calls) and any(0 < a < n for n, a in aligned_calls), aligned_calls
+    else:
+        assert not aligned_calls
     assert got_tokens == ref_tokens
     torch.testing.assert_close(got_logits, ref_logits, atol=1e-4, rtol=1e-4)
     for a, b in zip(_state(got), _state(ref)):
@@ -152,3 +156,22 @@ def test_block_statistics_equal_token_by_block_updates():
         torch.testing.assert_close(variances[i], seq.var, atol=1e-4, rtol=1e-4)
     assert batch.count == seq.count == 70
     torch.testing.assert_close(batch.m2, seq.m2, atol=1e-3, rtol=1e-5)
+
+
+def test_the_aligned_mask_starts_where_every_later_execution_block_sees_the_same_layout():
+    """``aligned_from``: the suffix of execution blocks with full sinks, the largest pick and the last
+    one's window length; none where the buffers' window is shorter than those keys need (a chunk
+    ending in a short execution block whose old keys are more than the others')."""
+    def plan(sizes, n_loc, n_sinks):
+        n = len(sizes)
+        return chunk.ChunkPlan(256, 0, sizes, (0,) * n, n_loc, (9,) * n, n_sinks, 0, 0)
+
+    width = lambda p: max(a + b for a, b in zip(p.n_loc, p.sizes))
+    p = plan((256, 256, 256, 44), (100, 200, 320, 320), (40, 64, 64, 64))
+    assert chunk.aligned_from(p, [3, 5, 5, 5], 5, 64, width(p)) == 2      # the second's window is shorter
+    assert chunk.aligned_from(p, [3, 5, 4, 5], 5, 64, width(p)) == 3      # the third picks fewer
+    p = plan((256, 256), (320, 320), (64, 64))
+    assert chunk.aligned_from(p, [5, 5], 5, 64, width(p)) == 0
+    assert chunk.aligned_from(p, [5, 5], 5, 65, width(p)) == 2             # sinks not all formed
+    p = plan((256, 44), (300, 320), (64, 64))
+    assert chunk.aligned_from(p, [5, 5], 5, 64, width(p)) == 2             # 320 + 256 keys > the buffers' 556

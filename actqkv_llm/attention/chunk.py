@@ -192,10 +192,7 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
         k_abs = rotate(x_k, cos[span], sin[span]).to(mem.dtype)
         k_buf[:, :, m:] = k_abs[:, idx].transpose(0, 1)
         v_buf[:, :, m:] = x_v[:, idx].transpose(0, 1)
-        # every execution block sees all its sinks, as many blocks and a window of the same length:
-        # the mask is a causal one aligned to the keys' end, which the fused kernels take as it is
-        aligned = (min(plan.n_sinks) == n_s and min(counts) == kmax and min(plan.n_loc) == max(plan.n_loc)
-                   and plan.n_loc[0] + size == w_max)
+        aligned = (aligned_from(plan, counts, kmax, n_s, w_max), m + plan.n_loc[-1] + size)   # (from, keys)
         out = _attend_fused(q_mem, k_buf, v_buf, mem_ok, loc_hidden, scaling, aligned)
 
     # ---- bookkeeping: the blocks that left were stored above; the rest is the new window
@@ -225,8 +222,25 @@ def _pick(evidence: torch.Tensor, n_avail: torch.Tensor, counts: list[int], kmax
     return torch.where(ok[:, None], top, 0), ok
 
 
+def aligned_from(plan: ChunkPlan, counts: list[int], kmax: int, n_sink: int, w_max: int) -> int:
+    """The first execution block from which on every one sees all ``n_sink`` sinks, ``kmax`` blocks
+    and a window as long as the last one's: for those, a causal mask aligned to the end of their
+    first ``sinks + blocks + window + S`` keys is the whole mask. A document's first execution blocks
+    (sinks forming, the window filling, fewer blocks to pick from) come before it; ``len(sizes)``
+    where the last one does not qualify, or where the buffers' window (``w_max`` keys) is shorter
+    than the last one's old keys and a full execution block (a chunk ending in a short one)."""
+    n_e, n_loc = len(plan.sizes), plan.n_loc[-1]
+    if n_loc + plan.size > w_max:
+        return n_e
+    a = n_e
+    while a and plan.n_sinks[a - 1] == n_sink and counts[a - 1] == kmax and plan.n_loc[a - 1] == n_loc:
+        a -= 1
+    return a
+
+
 def _attend_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mem_ok: torch.Tensor,
-                  loc_hidden: torch.Tensor, scaling: float, aligned: bool = False) -> torch.Tensor:
+                  loc_hidden: torch.Tensor, scaling: float,
+                  aligned: tuple[int, int] | None = None) -> torch.Tensor:
     """:func:`_attend` without the mass, for memory at exact positions: the window's keys rotated at
     their absolute positions like the memory's (dot products depend only on the distance), so one
     query serves both parts and PyTorch's fused attention (``scaled_dot_product_attention``, one
@@ -235,21 +249,41 @@ def _attend_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mem_ok: tor
     q ``[H, E, S, d]`` at absolute positions; k/v ``[E, Hkv, M+W, d]`` (memory, then the window);
     ``mem_ok [E, M]``, ``loc_hidden [E, S, W]``. Returns out ``[H, E, S, d]``.
 
-    ``aligned``: every memory slot is valid and query ``j`` sees the window's first ``W - S + j + 1``
-    keys (each execution block's window as long, its own keys last): a causal mask aligned to the
-    keys' end, given as such (``causal_lower_right``) with the query heads grouped over their KV
-    head (``enable_gqa``), so no mask is built and flash attention runs (on a GPU only where it
-    can; on the CPU the math kernel takes the small ``[S, M+W]`` mask). Otherwise the mask is built: a KV head's query heads folded into the query axis (``[E, Hkv, G*S, d]``) rather than its
-    keys and values copied G times."""
+    ``aligned = (a, K)``: execution blocks from ``a`` on (:func:`aligned_from`) see every memory slot
+    and a window of equal length whose last keys are their own: their mask is a causal one aligned to
+    the end of their first ``K`` keys, given as such (:func:`_attend_aligned`, no mask built) where
+    PyTorch's flash kernel takes the inputs (and on the CPU); the execution blocks before them, or
+    all where flash does not run, get a built mask (:func:`_attend_masked`)."""
+    n_e = q.shape[1]
+    a, keys = (n_e, 0) if aligned is None else aligned
+    if a < n_e:
+        qh = q[:, a:].transpose(0, 1).to(k.dtype)                                # [E', H, S, d]
+        if not (qh.device.type == "cpu" or _flash_takes(qh, k[a:, :, :keys], v[a:, :, :keys], k.shape[1] < q.shape[0])):
+            a = n_e
+    parts = []
+    if a:
+        parts.append(_attend_masked(q[:, :a], k[:a], v[:a], mem_ok[:a], loc_hidden[:a], scaling))
+    if a < n_e:
+        parts.append(_attend_aligned(qh, k[a:, :, :keys], v[a:, :, :keys], scaling))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
+def _attend_aligned(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float) -> torch.Tensor:
+    """q ``[E, H, S, d]``; k/v ``[E, Hkv, K, d]`` whose last ``S`` keys are the queries' own: query
+    ``j`` sees the first ``K - S + j + 1`` keys (``causal_lower_right``), a KV head's query heads
+    grouped over it (``enable_gqa``). Returns ``[H, E, S, d]``."""
+    causal = causal_lower_right(q.shape[2], k.shape[2])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=scaling, enable_gqa=k.shape[1] < q.shape[1])
+    return out.transpose(0, 1)
+
+
+def _attend_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mem_ok: torch.Tensor,
+                   loc_hidden: torch.Tensor, scaling: float) -> torch.Tensor:
+    """The fused call with its mask built: a KV head's query heads folded into the query axis
+    (``[E, Hkv, G*S, d]``) rather than its keys and values copied G times."""
     h, n_e, size, d = q.shape
     hkv = k.shape[1]
     g = h // hkv
-    if aligned:
-        qh = q.transpose(0, 1).to(k.dtype)                                      # [E, H, S, d]
-        if qh.device.type == "cpu" or _flash_takes(qh, k, v, g > 1):
-            causal = causal_lower_right(size, k.shape[2])
-            return F.scaled_dot_product_attention(qh, k, v, attn_mask=causal, scale=scaling,
-                                                  enable_gqa=g > 1).transpose(0, 1)
     seen = torch.cat([mem_ok[:, None].expand(-1, size, -1), ~loc_hidden], 2)      # [E, S, M+W]
     seen = seen[:, None, None].expand(-1, 1, g, -1, -1).reshape(n_e, 1, g * size, -1)
     qg = q.reshape(hkv, g, n_e, size, d).permute(2, 0, 1, 3, 4).reshape(n_e, hkv, g * size, d)
