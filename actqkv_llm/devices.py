@@ -70,6 +70,25 @@ def triton_verdict(choice: str, device: torch.device, option: str) -> bool | Non
     return True if choice == "triton" else None
 
 
+class KernelChoice:
+    """What a kernel option (``prefill_kernel``: ``"auto"``, ``"triton"``, ``"torch"``) decided, once
+    per key (device, dtype, shape ...), for a chooser of a Triton kernel or its PyTorch reference."""
+
+    option = "prefill_kernel"
+
+    def __init__(self, choice: str = "auto"):
+        self.choice = choice
+        self._verdicts: dict[tuple, bool] = {}   # key -> use the kernel
+
+    def _use_kernel(self, key: tuple, device: torch.device, check: Callable[[], bool]) -> bool:
+        """The verdict for ``key``: on its first ask :func:`triton_verdict`'s, or where ``"auto"`` must
+        check, ``check()``'s (run that once; :func:`kernel_agrees` is its usual body)."""
+        if key not in self._verdicts:
+            verdict = triton_verdict(self.choice, device, self.option)
+            self._verdicts[key] = check() if verdict is None else verdict
+        return self._verdicts[key]
+
+
 def kernel_agrees(option: str, what: str, fallback: str, run: Callable[[], Any],
                   compare: Callable[[Any], tuple[bool, str]]) -> bool:
     """``"auto"``'s check of a Triton kernel against its PyTorch reference: ``run()`` the kernel (a

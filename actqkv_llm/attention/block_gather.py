@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..devices import kernel_agrees, tile_extent, triton_verdict
+from ..devices import KernelChoice, kernel_agrees, tile_extent
 from .rope import blocks_at_true_positions
 
 Table = tuple[torch.Tensor, torch.Tensor]
@@ -53,15 +53,11 @@ def gather_triton(store_k: torch.Tensor, store_v: torch.Tensor, flat: torch.Tens
         B=b, B_PAD=tile_extent(b), D=d, D_PAD=tile_extent(d), ROTATE=table is not None)
 
 
-class BlockGather:
+class BlockGather(KernelChoice):
     """Which path fills a batched chunk's block buffers (``prefill_kernel``): ``"torch"`` the reference;
     ``"triton"`` the kernel wherever the blocks sit on the device in one store (an error where Triton
     cannot run); ``"auto"`` the kernel where it runs and, on the first chunk of each shape, gives the
     reference's result (the check computes both; a mismatch warns and keeps the reference)."""
-
-    def __init__(self, choice: str = "auto"):
-        self.choice = choice
-        self._verdicts: dict[tuple, bool] = {}    # (device, dtype, d, B, rotated) -> use the kernel
 
     def __call__(self, blocks, flat: torch.Tensor, table: Table | None, n_sink: int,
                  k_out: torch.Tensor, v_out: torch.Tensor) -> None:
@@ -69,22 +65,23 @@ class BlockGather:
         if parts is None or len(parts) != 1:
             return gather_reference(blocks, flat, table, n_sink, k_out, v_out)
         store_k, store_v = parts[0]
+        # (device, dtype, d, B, rotated); a shape's first chunk is the reference's (the check reads it)
         key = (str(k_out.device), k_out.dtype, k_out.shape[-1], store_k.shape[2], table is not None)
-        verdict = self._verdicts.get(key)
-        if verdict is None:
-            verdict = self._verdicts[key] = self._decide(blocks, flat, table, n_sink, store_k, store_v,
-                                                         k_out, v_out)
-            return   # the check left the reference's result in the buffers
-        if verdict:
+        first = key not in self._verdicts
+        if first:
+            gather_reference(blocks, flat, table, n_sink, k_out, v_out)
+        use = self._use_kernel(key, k_out.device,
+                               lambda: self._agrees(store_k, store_v, flat, table, n_sink, k_out, v_out))
+        if first:
+            return
+        if use:
             gather_triton(store_k, store_v, flat, table, n_sink, k_out, v_out)
         else:
             gather_reference(blocks, flat, table, n_sink, k_out, v_out)
 
-    def _decide(self, blocks, flat, table, n_sink, store_k, store_v, k_out, v_out) -> bool:
-        gather_reference(blocks, flat, table, n_sink, k_out, v_out)
-        verdict = triton_verdict(self.choice, k_out.device, "prefill_kernel")
-        if verdict is not None:
-            return verdict
+    @staticmethod
+    def _agrees(store_k, store_v, flat, table, n_sink, k_out, v_out) -> bool:
+        """The kernel against the reference's result already in ``k_out`` / ``v_out``."""
         k_got, v_got = torch.empty_like(k_out), torch.empty_like(v_out)
         # one rounding of the same float32 rotation apart at most (a fused multiply-add or not)
         tol = 1e-5 if k_out.dtype == torch.float32 else 1e-2

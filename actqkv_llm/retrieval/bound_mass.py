@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..devices import kernel_agrees, tile_extent, triton_verdict
+from ..devices import KernelChoice, kernel_agrees, tile_extent
 from .score import bound_logits_parts
 
 # logits held at once by the PyTorch path (elements of [rows, blocks]); a chunk is cut into groups of
@@ -94,15 +94,11 @@ def bound_mass_triton(q_mem: torch.Tensor, weights: torch.Tensor, lo: torch.Tens
     return out
 
 
-class BoundMassKernel:
+class BoundMassKernel(KernelChoice):
     """Which computation gives a batched chunk's evidence (``prefill_kernel``): ``"torch"`` always
     the reference; ``"triton"`` the Triton passes (an error where they cannot run); ``"auto"`` the
     Triton passes where they run and, checked once per device, dtype and head size on random
     bounds, agree with the reference, else the reference (with a warning naming why)."""
-
-    def __init__(self, choice: str = "auto"):
-        self.choice = choice
-        self._verdicts: dict[tuple, bool] = {}   # (device, dtype, d, group, exec block) -> use Triton
 
     def __call__(self, q_mem: torch.Tensor, weights: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
                  n_avail: torch.Tensor, kv_heads: int, scaling: float, dtype: torch.dtype) -> torch.Tensor:
@@ -115,15 +111,10 @@ class BoundMassKernel:
         if self.choice == "torch":
             return False
         h, _, size, d = q_mem.shape
-        key = (str(q_mem.device), dtype, d, h // kv_heads, size)
-        if key not in self._verdicts:   # decided once per shape, not on every layer and chunk
-            self._verdicts[key] = self._decide(q_mem.device, dtype, d, kv_heads, h // kv_heads, size)
-        return self._verdicts[key]
-
-    def _decide(self, device: torch.device, dtype: torch.dtype, d: int, kv_heads: int, group: int,
-                size: int) -> bool:
-        verdict = triton_verdict(self.choice, device, "prefill_kernel")
-        return self._agrees(device, dtype, d, kv_heads, group, size) if verdict is None else verdict
+        g = h // kv_heads
+        # decided once per shape, not on every layer and chunk
+        return self._use_kernel((str(q_mem.device), dtype, d, g, size), q_mem.device,
+                                lambda: self._agrees(q_mem.device, dtype, d, kv_heads, g, size))
 
     @staticmethod
     def _agrees(device: torch.device, dtype: torch.dtype, d: int, kv_heads: int, group: int, size: int) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..devices import device_tensor, kernel_agrees, tile_extent, triton_verdict
+from ..devices import KernelChoice, device_tensor, kernel_agrees, tile_extent
 
 # ActQKV regularises the variance by 1/100 of its mean so quiet features cannot blow up.
 VARIANCE_FLOOR_RATIO = 0.01
@@ -136,33 +136,29 @@ def chunk_bias_triton(q: torch.Tensor, stats: ActivationStats, sizes: tuple[int,
     return out
 
 
-class ProbeKernel:
+class ProbeKernel(KernelChoice):
     """Which computation gives a batched chunk's activation bias (``prefill_kernel``): ``"torch"``
     :func:`chunk_bias_torch`; ``"triton"`` :func:`chunk_bias_triton` (an error where it cannot run);
     ``"auto"`` the kernels where they run and, on the first chunk of each device, dtype and shape,
     give the reference's bias and statistics (the check runs both; the reference's result serves
     that chunk; a disagreement warns and keeps the reference)."""
 
-    def __init__(self, choice: str = "auto"):
-        self.choice = choice
-        self._verdicts: dict[tuple, bool] = {}   # (device, dtype, heads, d) -> use the kernels
-
     def __call__(self, q: torch.Tensor, stats: ActivationStats, sizes: tuple[int, ...]) -> torch.Tensor:
         if self.choice == "torch":
             return chunk_bias_torch(q, stats, sizes)
-        key = (str(q.device), q.dtype, q.shape[0], q.shape[2])
-        if key not in self._verdicts:
-            verdict = triton_verdict(self.choice, q.device, "prefill_kernel")
-            if verdict is None:   # "auto" where the kernels can run: both paths on this chunk
-                before = stats.clone()
-                want = chunk_bias_torch(q, stats, sizes)
-                self._verdicts[key] = kernel_agrees(
-                    "prefill_kernel", "activation bias", "weighting probe tokens",
-                    lambda: (chunk_bias_triton(q, before, sizes), before), lambda got: _same_bias(got, want, stats))
-                return want
-            self._verdicts[key] = verdict
-        verdict = self._verdicts[key]
-        return chunk_bias_triton(q, stats, sizes) if verdict else chunk_bias_torch(q, stats, sizes)
+        checked = []   # the reference's bias, where "auto"'s check ran on this chunk
+
+        def check() -> bool:
+            before = stats.clone()
+            checked.append(chunk_bias_torch(q, stats, sizes))
+            return kernel_agrees("prefill_kernel", "activation bias", "weighting probe tokens",
+                                 lambda: (chunk_bias_triton(q, before, sizes), before),
+                                 lambda got: _same_bias(got, checked[0], stats))
+
+        use = self._use_kernel((str(q.device), q.dtype, q.shape[0], q.shape[2]), q.device, check)
+        if checked:
+            return checked[0]
+        return chunk_bias_triton(q, stats, sizes) if use else chunk_bias_torch(q, stats, sizes)
 
 
 def _same_bias(got: tuple[torch.Tensor, ActivationStats], want: torch.Tensor,
