@@ -113,7 +113,7 @@ def place_token(q, k, cursor, exact, fixed_pos, cos, sin, head_base_w, head_base
     q ``[B, H, 1, d]``, k ``[B, Hkv, 1, d]``. Returns the query rotated at the memory's position (the
     fixed distance, or the token's own where memory sits at true positions) and at its window slot
     ``L`` (the row's cursor), ``[2, B * Hkv, G, d]``; the key rotated at ``L`` in ``dtype``
-    ``[B * Hkv, d]``; the query in float32 ``[B, H * d]`` (for the activation statistics); the flat
+    ``[B * Hkv, d]``; the query as it came ``[B, H * d]`` (for the activation statistics); the flat
     indices of the key in the window's keys, of key and value in the buffer (slot ``w0 + L``), of the
     slot in ``visible`` and of the query in the queries kept. Pure: ``decode_compile`` fuses it
     into a few kernels; the writes stay in :meth:`DecodeGraph.attend` (compiled, writes into views
@@ -125,7 +125,7 @@ def place_token(q, k, cursor, exact, fixed_pos, cos, sin, head_base_w, head_base
     qm = rotate(q, cos.index_select(0, qpos)[:, None, None], sin.index_select(0, qpos)[:, None, None])
     qs = torch.stack([qm, rotate(q, cs, ss)]).reshape(2, n_r * hkv, q.shape[1] // hkv, d)
     k_rot = rotate(k, cs, ss).reshape(-1, d).to(dtype)
-    q_flat = q.transpose(1, 2).reshape(n_r, -1).float()
+    q_flat = q.transpose(1, 2).reshape(n_r, -1)
     at_cap = (head_base_cap + slot[:, None]).flatten()
     at_w = (head_base_w + (slot + w0)[:, None]).flatten()
     return qs, k_rot, q_flat, at_cap, at_w, row_base_w + slot + w0, row_base_cap + slot
@@ -257,7 +257,9 @@ class DecodeGraph:
         self.mass = torch.zeros((L, R, self.sel_rows, self.m_cap), dtype=torch.float32, device=dev)
         self.picks = torch.zeros_like(self.mass)
         feats = a.n_heads * d
-        self.queries = torch.zeros((L, R, cap, feats), dtype=torch.float32, device=dev) \
+        # each row's window queries for the activation statistics, in the model's dtype: the queries
+        # come from the projections in it (the statistics read them as float32, as the reference does)
+        self.queries = torch.zeros((L, R, cap, feats), dtype=dt, device=dev) \
             if self.method.tracks_activations else None
         self.cursor = torch.zeros((R, 2), dtype=torch.long, device=dev)   # per row: window slot, absolute position
         self.exact = torch.zeros(R, dtype=torch.bool, device=dev)        # per row: memory at true positions

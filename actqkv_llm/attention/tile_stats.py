@@ -267,7 +267,7 @@ def place_token_torch(k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor, q_f
     values.view(-1, d).index_copy_(0, at_w, v.reshape(-1, d).to(values.dtype))
     visible.view(-1).index_fill_(0, at_vis, True)
     if queries is not None:
-        queries.view(-1, queries.shape[-1]).index_copy_(0, at_q, q_flat)
+        queries.view(-1, queries.shape[-1]).index_copy_(0, at_q, q_flat.to(queries.dtype))
 
 
 def place_token_triton(k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor, q_flat: torch.Tensor | None,
@@ -377,9 +377,9 @@ def check_triton(graph, strict: bool = False) -> str:
     cap, n_q = 4, hkv * g * d
     src = [torch.randn((rows, hkv, 1, d), generator=gen, device=dev).to(dt) for _ in range(2)]
     k_rot = torch.randn((rows * hkv, d), generator=gen, device=dev).to(dt)
-    q_flat = torch.randn((rows, n_q), generator=gen, device=dev)
+    q_flat = torch.randn((rows, n_q), generator=gen, device=dev).to(dt)
     bufs = [torch.zeros((rows, hkv, cap, d), dtype=dt, device=dev), keys.view(rows, hkv, width, d).clone(),
-            values.view(rows, hkv, width, d).clone(), visible.clone(), torch.zeros((rows, cap, n_q), device=dev)]
+            values.view(rows, hkv, width, d).clone(), visible.clone(), torch.zeros((rows, cap, n_q), dtype=dt, device=dev)]
     slot = torch.arange(rows, device=dev) % cap
     at = (torch.arange(rows * hkv, device=dev).view(rows, hkv) * cap + slot[:, None]).flatten()
     at_w = (torch.arange(rows * hkv, device=dev).view(rows, hkv) * width + graph.w0 + slot[:, None]).flatten()
