@@ -56,6 +56,7 @@ def test_static_steps_give_the_reference_tokens_and_logits(tokenizer, arch):
     # new scoring that follows run in it too
     assert graph.replays == 40
     assert graph.rescores >= len(s_fast.memory) * (40 // SMALL["block_size"] - 1)
+    assert graph.row_evictions >= 40 // SMALL["block_size"] - 1   # the row moved its window down
     assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     # handed back: the windows, the step count and the activation statistics go on as the reference's
@@ -110,6 +111,38 @@ def test_a_new_scoring_runs_inside_the_static_step(tokenizer, options):
     mass_a, mass_b = s_ref.attention_mass, s_fast.attention_mass
     assert mass_b.keys() == mass_a.keys()
     assert all(mass_b[k] == pytest.approx(v, rel=1e-4, abs=1e-6) for k, v in mass_a.items())
+
+
+def test_a_window_moved_down_in_the_row_until_spent_then_reloaded(tokenizer):
+    """A block leaving the window moves the row's window down in place while the row holds the
+    tokens that leave (loaded from the session's window); once the loaded window is spent the row
+    hands the state back and reloads. Over 80 steps (10 blocks leaving) both happen, and the
+    tokens, logits, windows, new blocks and statistics are the reference's."""
+    ref, fast = _engines(tokenizer)
+    doc = ref.prefill(TEXT)
+    want, s_ref = _steps(ref, doc, 80)
+    got, s_fast = _steps(fast, doc, 80)
+    graph = fast.decode_graph
+    assert graph.replays == 80
+    s_fast.settle()
+    left = s_fast.memory[0].n_blocks - doc.state.memory[0].n_blocks
+    assert left == s_ref.memory[0].n_blocks - doc.state.memory[0].n_blocks >= 9
+    assert 1 <= graph.row_evictions < left   # moved down in the row, and reloaded at least once
+    assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    for a, b, before in zip(s_ref.memory, s_fast.memory, doc.state.memory):
+        assert (a.n_local, a.local_start, a.n_blocks) == (b.n_local, b.local_start, b.n_blocks)
+        torch.testing.assert_close(b.local_k, a.local_k, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(b.local_v, a.local_v, atol=1e-5, rtol=1e-4)
+        new = torch.arange(before.n_blocks, b.n_blocks)
+        for x, y in zip(b.blocks.gather(new, "cpu"), a.blocks.gather(new, "cpu")):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+    for a, b in zip(s_ref.retrieval, s_fast.retrieval):
+        assert a.stats.count == b.stats.count
+        torch.testing.assert_close(b.stats.mean, a.stats.mean, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(b.stats.var, a.stats.var, atol=1e-6, rtol=1e-5)
+    assert s_fast.kv_log == s_ref.kv_log
+    assert s_fast.retrieved == s_ref.retrieved
 
 
 def test_candidates_too_few_for_the_share_are_scored_again(tokenizer):

@@ -239,6 +239,7 @@ class DecodeGraph:
         self.rescores = 0             # layers of those steps that scored every block again (_rescore)
         self.rescore_steps = 0        # row steps with such a layer (their scoring run eagerly)
         self.segment_steps = 0        # steps replayed in segments around an eager scoring (_replay_segments)
+        self.row_evictions = 0        # blocks leaving a window that the row kept, moved down (_evict)
         self._rescoring: dict = {}    # this step's rows that score again: row -> (session, {layer: observe}, takes)
         self._lock = threading.RLock()
 
@@ -621,7 +622,7 @@ class DecodeGraph:
             mode, takes, rescore, evict = p
             held_before = self.rows[i]
             if evict:
-                self._evict(s, i)
+                self._evict(s, i, evict)
             loaded = self.rows[i]
             if (loaded is None or loaded.session() is not s or loaded.mode != mode
                     or any(h is not st.candidates for h, st in zip(loaded.held, s.retrieval))):
@@ -671,14 +672,49 @@ class DecodeGraph:
                 out[i] = logits[i].clone()
         return out
 
-    def _evict(self, s: "Session", row: int) -> None:
-        """A step whose token does not fit in the window: the rows hand ``s`` its window back, and
-        its oldest tokens leave as blocks in every layer by the reference's own rule
-        (``LayerMemory.make_room``); the caller loads the row again from the shorter window."""
+    def _evict(self, s: "Session", row: int, count: int) -> None:
+        """A step whose token does not fit in the window: its oldest ``count`` tokens leave as blocks
+        in every layer. Where row ``row`` holds ``s`` and loaded those tokens from ``s``'s window
+        (the usual case: a row is loaded at an eviction with the window one block short of full), they
+        leave from the session's window (``LayerMemory.leave_as_blocks``) and the row moves its
+        window down for every layer at once (:meth:`_shift_window`), keeping the tokens of the
+        steps since; the layers then score again (:meth:`_rescore`). Otherwise the row hands ``s``
+        its state back, the reference's rule evicts (``LayerMemory.make_room``) and the caller
+        loads the row again from the shorter window."""
+        loaded = self.rows[row]
+        if loaded is not None and loaded.session() is s and loaded.n_local >= count:
+            for mem in s.memory:
+                mem.leave_as_blocks(count, s.policy)
+            self._shift_window(row, count)
+            loaded.n_local -= count
+            self.row_evictions += 1
+            return
         self._release_row(row)
         s.settle()
         for mem in s.memory:
             mem.make_room(1, s.policy)
+
+    def _shift_window(self, r: int, count: int) -> None:
+        """Row ``r``'s window after its first ``count`` tokens left, in every layer at once: the
+        unrotated keys, values and kept queries moved down by ``count`` slots, the keys rotated
+        again at their new slots (as :meth:`_load` places them), the freed slots invisible, the
+        cursor moved back."""
+        n, w0 = int(self._n_local_of_row(r)), self.w0
+        keep = n - count
+        self.win_k[:, r, :, :keep] = self.win_k[:, r, :, count:n].clone()
+        self.values[:, r, :, w0:w0 + keep] = self.values[:, r, :, w0 + count:w0 + n].clone()
+        if self.queries is not None:
+            self.queries[:, r, :keep] = self.queries[:, r, count:n].clone()
+        for rope_type, layers in self.rope_layers:
+            cos, sin = self.tables[rope_type]
+            self.keys[layers, r, :, w0:w0 + keep] = rotate(self.win_k[layers, r, :, :keep], cos[:keep], sin[:keep]).to(self.dtype)
+        self.visible[:, r, w0 + keep:w0 + n] = False
+        self.cursor[r, 0] -= count
+
+    def _n_local_of_row(self, r: int) -> int:
+        """Row ``r``'s window length: the window it was loaded with and the steps since."""
+        loaded = self.rows[r]
+        return loaded.n_local + loaded.steps
 
     def _load(self, s: "Session", mode: str, row: int, rescore: frozenset[int] = frozenset(),
               sinks: bool = True) -> None:

@@ -100,7 +100,18 @@ class LayerMemory:
             self.sink_v = torch.cat([self.sink_v, self.local_v[:, :to_sink]], 1)
         if policy.keep_blocks and rest:
             self._evict_blocks(to_sink, rest, policy)
-        drop = to_sink + rest
+        self._drop_front(to_sink + rest)
+
+    def leave_as_blocks(self, count: int, policy: EvictionPolicy) -> None:
+        """The window's first ``count`` tokens (whole blocks; the sinks already full) leave as blocks,
+        what :meth:`make_room` does once its sinks are full; for a caller that decides the count
+        itself (the static decode step, whose window's newest tokens are held elsewhere)."""
+        if not policy.keep_blocks or count % policy.block_size or count > self.n_local or self.n_sink < policy.n_sink:
+            raise ValueError(f"{count} window tokens cannot leave as whole blocks here")
+        self._evict_blocks(0, count, policy)
+        self._drop_front(count)
+
+    def _drop_front(self, drop: int) -> None:
         self.local_k, self.local_v = self.local_k[:, drop:], self.local_v[:, drop:]
         self.local_score = self.local_score[:, drop:]
         self.local_start += drop
