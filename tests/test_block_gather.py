@@ -60,17 +60,44 @@ def _compare(dtype, device):
             assert base[:, :, :3].isnan().all() and base[:, :, 3 + out_shape[2]:].isnan().all()
 
 
+def _compare_two_stores(dtype, device):
+    """Blocks of a document's store and a session's own (ids counting on from the first's), picked
+    per KV head or one row for all heads (a decode step's new scoring, static_decode.py): the
+    reference's buffers through the same kernel, values exactly, keys within one rounding."""
+    from actqkv_llm.attention.block_gather import gather_parts_triton
+
+    for shape in SHAPES:
+        store, flat, table, n_sink, out_shape = _case(shape, dtype, device)
+        n1 = store.n_blocks * 2 // 3
+        first = GrowableBlocks.from_tensors(store.keys[:n1].clone(), store.values[:n1].clone())
+        own = GrowableBlocks.from_tensors(store.keys[n1:].clone(), store.values[n1:].clone())
+        stacked = StackedBlocks(first, own)
+        parts = [(first.keys, first.values), (own.keys, own.values)]
+        for ids in (flat, flat[:1]):          # per head; one row shared by the heads
+            for rotated in (True, False):
+                tab = table if rotated else None
+                want_k, want_v = _buffers(out_shape, dtype, device)
+                gather_reference(stacked, ids.expand(out_shape[1], -1), tab, n_sink, want_k, want_v)
+                got_k, got_v = _buffers(out_shape, dtype, device)
+                gather_parts_triton(parts, ids, tab, n_sink, got_k, got_v)
+                assert torch.equal(got_v, want_v)
+                tol = 1e-5 if dtype == torch.float32 else 1e-2
+                torch.testing.assert_close(got_k, want_k, rtol=tol, atol=tol)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU runs the interpreter test)")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_compiled_gather_gives_the_reference_buffers(dtype):
     _compare(dtype, torch.device("cuda"))
+    _compare_two_stores(dtype, torch.device("cuda"))
 
 
 def test_the_interpreted_gather_gives_the_reference_buffers():
     """The kernel's own logic on the CPU: Triton's interpreter (set before Triton is imported, so in
     a fresh process), float32."""
     pytest.importorskip("triton")
-    run_interpreted("import torch, test_block_gather as t; t._compare(torch.float32, torch.device('cpu')); print('ok')")
+    run_interpreted("import torch, test_block_gather as t; t._compare(torch.float32, torch.device('cpu')); "
+                    "t._compare_two_stores(torch.float32, torch.device('cpu')); print('ok')")
 
 
 def test_the_choice_of_path(monkeypatch):

@@ -503,8 +503,9 @@ doc = ref.prefill(t.TEXT)
 want, _ = t._steps(ref, doc, 24)
 got, _ = t._steps(fast, doc, 24)
 g = fast.decode_graph
-assert g.kernel == "triton", g.kernel
+assert g.kernel == "triton" and g.gather_kernel, (g.kernel, g.gather_kernel)
 assert g.replays >= 24 - 24 // t.SMALL["block_size"] - 2, g.replays
+assert g.rescores > 0 and g.row_evictions > 0   # new scorings read their candidates with the gather kernel
 assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
 torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
 qs = ([5, 6, 7], [9, 8])   # rows of one step: each reads its own visibility row in the kernel

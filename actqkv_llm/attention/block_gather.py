@@ -35,22 +35,35 @@ def gather_reference(blocks, flat: torch.Tensor, table: Table | None, n_sink: in
 def gather_triton(store_k: torch.Tensor, store_v: torch.Tensor, flat: torch.Tensor, table: Table | None, n_sink: int,
                   k_out: torch.Tensor, v_out: torch.Tensor) -> None:
     """:func:`gather_reference` from a store's tensors ``[N, Hkv, B, d]`` in one kernel."""
+    gather_parts_triton([(store_k, store_v)], flat, table, n_sink, k_out, v_out)
+
+
+def gather_parts_triton(parts: list[tuple[torch.Tensor, torch.Tensor]], flat: torch.Tensor, table: Table | None,
+                        n_sink: int, k_out: torch.Tensor, v_out: torch.Tensor) -> None:
+    """Blocks ``flat`` ``[Hkv or 1, E*kmax]`` of one or two stores ``[N_i, Hkv, B, d]`` (ids count the
+    first store's blocks, then the second's: :meth:`KVBlocks.device_parts`) into ``k_out`` /
+    ``v_out`` ``[E, Hkv, kmax*B, d]``, in one kernel, keys rotated as :func:`gather_reference` does."""
     from . import gather_kernel as kern
 
+    if not 1 <= len(parts) <= 2:
+        raise ValueError(f"one or two block stores, got {len(parts)}")
     n_e, hkv, rows, d = k_out.shape
+    (store_k, store_v), (k2, v2) = parts[0], parts[-1]
     b = store_k.shape[2]
     kmax = rows // b
     if n_e == 0 or kmax == 0:
         return
-    assert store_k.stride(3) == 1 and k_out.stride(3) == 1 and k_out.stride() == v_out.stride()
-    assert store_k.stride() == store_v.stride()
+    assert store_k.stride(3) == 1 and k2.stride(3) == 1 and k_out.stride(3) == 1 and k_out.stride() == v_out.stride()
+    assert store_k.stride() == store_v.stride() and k2.stride() == v2.stride()
     ids = flat.to(device=k_out.device).contiguous()
     cos, sin = table if table is not None else (store_k, store_k)       # unread without rotation
+    two = len(parts) == 2
     kern.gather_blocks_kernel[(hkv, n_e * kmax)](
-        store_k, store_v, ids, cos, sin, k_out, v_out, n_sink, kmax,
-        store_k.stride(0), store_k.stride(1), store_k.stride(2), ids.stride(0),
+        store_k, store_v, k2, v2, ids, cos, sin, k_out, v_out, n_sink, kmax, store_k.shape[0] if two else 1 << 62,
+        store_k.stride(0), store_k.stride(1), store_k.stride(2), k2.stride(0), k2.stride(1), k2.stride(2),
+        ids.stride(0) if ids.shape[0] > 1 else 0,
         k_out.stride(0), k_out.stride(1), k_out.stride(2), cos.stride(0),
-        B=b, B_PAD=tile_extent(b), D=d, D_PAD=tile_extent(d), ROTATE=table is not None)
+        B=b, B_PAD=tile_extent(b), D=d, D_PAD=tile_extent(d), ROTATE=table is not None, TWO=two)
 
 
 class BlockGather(KernelChoice):

@@ -58,9 +58,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..devices import half_products_into_float32, triton_available
+from ..devices import half_products_into_float32, kernel_agrees, triton_available
 from ..errors import ConfigError
 from ..memory.blocks import gather_parts
+from .block_gather import gather_parts_triton
 from .rope import rotate, sinks_at_true_positions
 from .tile_stats import (candidate_mass_triton, check_triton, choose_torch, choose_triton, combine_triton,
                          kept_values_triton, place_token_torch, place_token_triton, tile_stats_triton)
@@ -148,6 +149,40 @@ def candidate_reads(idx: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Ten
     return k, v
 
 
+def candidate_reads_agree(graph: "DecodeGraph") -> bool:
+    """Whether :func:`~.block_gather.gather_parts_triton` gives :func:`candidate_reads`' keys (within
+    one rounding of the same float32 rotation) and values (exactly) on ``graph``'s device, dtype and
+    shapes, from two stores (a document's blocks and a session's own), rotated and as stored; run
+    once per decode graph (a failure or a difference warns, and the reads stay PyTorch's)."""
+    dev, dt, hkv, d, b, ns = graph.device, graph.dtype, graph.hkv, graph.d, graph.bsz, graph.n_sink
+    gen = torch.Generator(device=dev).manual_seed(0)
+    rope_type, table = next(iter(graph.tables.items()))
+    n = min(8, (table[0].shape[0] - ns) // b)
+    if n < 2:
+        return False
+    parts = [tuple(torch.randn((m, hkv, b, d), generator=gen, device=dev).to(dt) for _ in range(2))
+             for m in (n - n // 2, n // 2)]
+    cand = torch.randint(0, n, (graph.sel_rows, 3), generator=gen, device=dev).sort(-1).values
+    tol = 1e-5 if dt == torch.float32 else 1e-2
+    want = [candidate_reads(cand, parts, tab, dt) for tab in (graph.block_tables[rope_type], None)]
+
+    def run():
+        out = []
+        for tab in (table, None):
+            k, v = (torch.empty((1, hkv, 3 * b, d), dtype=dt, device=dev) for _ in range(2))
+            gather_parts_triton(parts, cand, tab, ns, k, v)
+            out.append((k[0], v[0]))
+        return out
+
+    def compare(got):
+        same = all(torch.equal(gv, wv) and torch.allclose(gk.float(), wk.float(), rtol=tol, atol=tol)
+                   for (gk, gv), (wk, wv) in zip(got, want))
+        return same, "largest key difference " + ", ".join(
+            f"{float((gk.float() - wk.float()).abs().max()):.3g}" for (gk, _), (wk, _) in zip(got, want))
+
+    return kernel_agrees("decode_kernel", "candidate gather", "reading a new scoring's candidates", run, compare)
+
+
 class StaticStep:
     """The attention of one static decode step of rows ``0 .. n_rows-1``, handed to every layer like
     a ``StepContext`` (``batched``: it takes the model's ``[B, H, 1, d]`` tensors whole; ``B`` may
@@ -229,6 +264,8 @@ class DecodeGraph:
             raise ConfigError("decode_kernel='triton' needs a CUDA device and Triton installed; use 'auto' or 'torch'")
         if kernel != "torch" and triton_available(dev):
             self.kernel = check_triton(self, strict=kernel == "triton")
+        # a new scoring's candidate reads as one kernel into the row's slots (gather_parts_triton)
+        self.gather_kernel = self.kernel == "triton" and candidate_reads_agree(self)
         self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         # the same step cut at every layer's scoring point, for steps where a layer scores every block
         # again (_segments); None for a key whose cut capture failed (such steps then run eagerly)
@@ -761,8 +798,11 @@ class DecodeGraph:
             ids = held.cand[0] if held.cand.shape[0] == 1 else held.cand
             _, cand_v = mem.blocks.gather(ids, self.device, keys=False)
         keys, values, visible, ok, edge = self._slots[layer][r]
-        keys[:, :n] = held.keys
-        values[:, :n] = cand_v
+        k = held.keys
+        if k.data_ptr() != keys.data_ptr():   # else read into the slots already (_rescore)
+            keys[:, :n] = k
+        if cand_v.data_ptr() != values.data_ptr():
+            values[:, :n] = cand_v
         held.drop_keys()   # the row holds them now
         slots_filled, cands_filled = self._filled_masks(m)
         visible.copy_(slots_filled)
@@ -794,8 +834,16 @@ class DecodeGraph:
             parts = mem.blocks.device_parts(self.device)
             if parts is None:   # blocks in host memory or on disk: the memory's own reads
                 return None
-            tables = self.block_tables[kind.rope_type] if mq.mode == "exact" else None
-            return candidate_reads(cand, parts, tables, mem.dtype)
+            exact = mq.mode == "exact"
+            if self.gather_kernel and len(parts) <= 2:
+                # one kernel reads the candidates straight into the row's slots (keys rotated there)
+                keys, values = self._slots[layer][r][:2]
+                n = cand.shape[-1] * self.bsz
+                k_out, v_out = keys[None, :, :n], values[None, :, :n]
+                gather_parts_triton(parts, cand, self.tables[kind.rope_type] if exact else None, self.n_sink,
+                                    k_out, v_out)
+                return k_out[0], v_out[0]
+            return candidate_reads(cand, parts, self.block_tables[kind.rope_type] if exact else None, mem.dtype)
 
         for r, (s, observe, takes) in self._rescoring.items():
             if layer not in observe:
