@@ -73,6 +73,7 @@ def _compare_two_stores(dtype, device):
         own = GrowableBlocks.from_tensors(store.keys[n1:].clone(), store.values[n1:].clone())
         stacked = StackedBlocks(first, own)
         parts = [(first.keys, first.values), (own.keys, own.values)]
+        flat = flat.sort(-1).values           # a row's candidates ascend (the stores' reads rely on it)
         for ids in (flat, flat[:1]):          # per head; one row shared by the heads
             for rotated in (True, False):
                 tab = table if rotated else None

@@ -73,6 +73,9 @@ def test_batched_chunks_equal_the_reference_loop(make_engine, batched_calls, ali
     torch.testing.assert_close(got_logits, ref_logits, atol=1e-4, rtol=1e-4)
     for a, b in zip(_state(got), _state(ref)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for m in got.state.memory:   # the window holds its own storage, not the chunk's it came from
+        for x in (m.local_k, m.local_v):
+            assert x.untyped_storage().nbytes() == x.numel() * x.element_size()
     for r_got, r_ref in zip(got.state.retrieval, ref.state.retrieval):   # what the budget reads
         assert r_got.entropy_count == r_ref.entropy_count
         assert r_got.entropy_mean == pytest.approx(r_ref.entropy_mean, abs=1e-4)

@@ -146,8 +146,10 @@ class LayerMemory:
     def settle_chunk(self, k: torch.Tensor, v: torch.Tensor, evicted: int) -> None:
         """Batched prefill (for methods without summary keys): of ``[window | chunk]`` keys and values
         ``[Hkv, L, d]``, the first ``evicted`` tokens left as sinks and blocks (stored by
-        :meth:`add_sinks` and :meth:`store_blocks`); the rest is the new window."""
-        self.local_k, self.local_v = k[:, evicted:], v[:, evicted:]
+        :meth:`add_sinks` and :meth:`store_blocks`); the rest is the new window, copied out: a view
+        would keep the whole ``[window | chunk]`` alive with it (2 GiB over the 8B shape's 32 layers
+        after a 16K-token chunk, held while answering; docs/benchmarks.md, twenty-fifth session)."""
+        self.local_k, self.local_v = k[:, evicted:].clone(), v[:, evicted:].clone()
         self.local_score = self.local_score.new_zeros((self.kv_heads, k.shape[1] - evicted))
         self.local_start += evicted
 
