@@ -81,22 +81,28 @@ def test_batched_chunks_equal_the_reference_loop(make_engine, batched_calls, ali
         assert r_got.entropy_mean == pytest.approx(r_ref.entropy_mean, abs=1e-4)
 
 
-def test_the_loop_runs_only_until_the_rest_of_a_chunk_can_batch(make_engine, batched_calls):
-    """A chunk crossing the native window loops until the crossing execution block has run (memory
-    moves from exact positions to the fixed angle there); the rest of each chunk batches, its
-    execution blocks numbered on from the loop's. A document's first chunk batches whole: its first
-    execution blocks see no sinks and no blocks, the one that overflows the window makes the sinks,
-    and each later one sees them."""
+def test_a_chunk_crossing_the_native_window_batches_in_two(make_engine, batched_calls):
+    """A chunk crossing the native window batches twice: its execution blocks that end inside the
+    window (memory at exact positions), then the rest (the fixed angle), numbered on from the
+    first batch's; it gives the loop's logits and state (it used to loop up to the crossing: 32 of a
+    16K piece's 64 execution blocks on an 8K-window model). A document's first
+    chunk batches whole: its first execution blocks see no sinks and no blocks, the one that
+    overflows the window makes the sinks, and each later one sees them."""
     eng = make_engine(prefill_chunk=384, batch_prefill=True)
     cfg = eng.config
     assert (cfg.exec_block, cfg.n_sink, cfg.n_local, eng.adapter.native_window) == (32, 8, 64, 1024)
-    eng.prefill_ids(torch.randint(0, 256, (1200,), generator=torch.Generator().manual_seed(1)))
+    ids = torch.randint(0, 256, (1200,), generator=torch.Generator().manual_seed(1))
+    doc = eng.prefill_ids(ids)
     layers = len(eng.adapter.memory_layers)
-    assert len(batched_calls) == 4 * layers
+    assert len(batched_calls) == 5 * layers
     seen = sorted({(p.first_slot, sum(p.sizes)) for p in batched_calls})
-    # 0..384 all batched; 384..768 all batched; 768..1152: 8 blocks up to 1024 looped, 128 batched at
-    # the fixed angle; 1152..1200 batched
-    assert seen == [(0, 48), (0, 384), (8, 128)]
+    # 0..384 all batched; 384..768 all batched; 768..1152: 8 blocks up to 1024 batched at exact
+    # positions, the 128 after them at the fixed angle; 1152..1200 batched
+    assert seen == [(0, 48), (0, 256), (0, 384), (8, 128)]
+    loop = make_engine(prefill_chunk=384, batch_prefill=False).prefill_ids(ids)
+    torch.testing.assert_close(doc.last_logits, loop.last_logits, atol=1e-4, rtol=1e-4)
+    for a, b in zip(_state(doc), _state(loop)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     first = batched_calls[0]
     # the window (64) overflows at the third execution block by 32 tokens: 8 leave as sinks, the other
     # 24 rounded up to 2 whole blocks of 16, as make_room has them leave
