@@ -406,7 +406,7 @@ class HFStandIn:
 
     def __init__(self, model, method="actqkv"):
         self.model, self.method = model, method
-        self.config = SimpleNamespace(to_dict=lambda: {"method": method})
+        self.config = SimpleNamespace(to_dict=lambda: {"method": method}, block_size=8)
 
     def with_method(self, method, **options):
         return HFStandIn(self.model, method)
@@ -466,10 +466,14 @@ def test_speed_run_writes_results_and_ratios(tmp_path, tiny_llama, monkeypatch):
     assert result["warmup"]["tokens"] == 16
     assert set(result["warmup"]["seconds"]) == {"actqkv", "infllm", S.HF}
     assert all(s > 0 for s in result["warmup"]["seconds"].values())
+    # ours decode past a block leaving the window in the warm-up (its eager step runs there once)
+    decoded = result["warmup"]["decode_tokens"]
+    assert decoded[S.HF] == 2 and decoded["actqkv"] == decoded["infllm"] == 8 + 2   # the stand-in's block_size
     saved = json.loads((tmp_path / "speed.json").read_text())
     assert saved["command"] == "actqkv bench speed --test" and len(saved["rows"]) == 9
     md = (tmp_path / "speed.md").read_text()
     assert "- warm-up, not in the rows (16 tokens" in md and "actqkv " in md.split("warm-up", 1)[1]
+    assert "(10 tokens decoded)" in md and "(2 tokens decoded)" in md
     assert "| 256 | hf-sdpa | OOM:" in md
     assert "xHF: HF SDPA's time over ours" in md             # which way the ratio goes, for a reader
     assert all(line.count("|") == 12 for line in md.splitlines() if line.startswith("| "))

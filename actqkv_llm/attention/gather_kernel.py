@@ -15,7 +15,9 @@ import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["n_sink", "kmax", "n_first"])
+# ids' row stride unspecialised too: a decode graph's check (3 candidates) and its steps (hundreds)
+# then use one compiled variant, none compiled first inside a step
+@triton.jit(do_not_specialize=["n_sink", "kmax", "n_first", "s_ih"])
 def gather_blocks_kernel(K, V, K2, V2, IDS, COS, SIN, KO, VO, n_sink, kmax, n_first,
                          s_kn, s_kh, s_kt, s2_kn, s2_kh, s2_kt, s_ih, s_oe, s_oh, s_ot, s_c,
                          B: tl.constexpr, B_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
