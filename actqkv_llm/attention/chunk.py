@@ -87,9 +87,12 @@ def chunk_plan(ctx: "StepContext", layer: int, t_all: int, first_slot: int = 0) 
             or s.policy.keep_summaries or s.meter is not None or s.track_sources
             or isinstance(mem.blocks, StackedBlocks)):
         return None
-    first_q = mem.local_start + mem.n_local
-    if method.positions == "auto" and first_q + min(step, t_all) <= s.adapter.native_window < first_q + t_all:
-        return None  # the chunk crosses the native window: exact positions first, the fixed angle after
+    if method.positions == "auto":
+        # a chunk crossing the native window: this batch is its execution blocks that end inside it
+        # (exact positions, StepContext.memory_query's rule); the caller batches the rest after
+        inside = (s.adapter.native_window - (mem.local_start + mem.n_local)) // step * step
+        if 0 < inside < t_all:
+            t_all = inside
     b, cap = cfg.block_size, s.policy.capacity
     sizes = tuple(min(step, t_all - a) for a in range(0, t_all, step))
     n_loc, a, nb, sinks = mem.n_local, 0, mem.n_blocks, mem.n_sink

@@ -61,7 +61,7 @@ import torch
 from ..devices import half_products_into_float32, kernel_agrees, triton_available
 from ..errors import ConfigError
 from ..memory.blocks import gather_parts
-from .block_gather import gather_parts_triton
+from .block_gather import gather_parts_triton, gathers_agree
 from .rope import rotate, sinks_at_true_positions
 from .tile_stats import (candidate_mass_triton, check_triton, choose_torch, choose_triton, combine_triton,
                          kept_values_triton, place_token_torch, place_token_triton, tile_stats_triton)
@@ -163,7 +163,6 @@ def candidate_reads_agree(graph: "DecodeGraph") -> bool:
     parts = [tuple(torch.randn((m, hkv, b, d), generator=gen, device=dev).to(dt) for _ in range(2))
              for m in (n - n // 2, n // 2)]
     cand = torch.randint(0, n, (graph.sel_rows, 3), generator=gen, device=dev).sort(-1).values
-    tol = 1e-5 if dt == torch.float32 else 1e-2
     want = [candidate_reads(cand, parts, tab, dt) for tab in (graph.block_tables[rope_type], None)]
 
     def run():
@@ -174,13 +173,8 @@ def candidate_reads_agree(graph: "DecodeGraph") -> bool:
             out.append((k[0], v[0]))
         return out
 
-    def compare(got):
-        same = all(torch.equal(gv, wv) and torch.allclose(gk.float(), wk.float(), rtol=tol, atol=tol)
-                   for (gk, gv), (wk, wv) in zip(got, want))
-        return same, "largest key difference " + ", ".join(
-            f"{float((gk.float() - wk.float()).abs().max()):.3g}" for (gk, _), (wk, _) in zip(got, want))
-
-    return kernel_agrees("decode_kernel", "candidate gather", "reading a new scoring's candidates", run, compare)
+    return kernel_agrees("decode_kernel", "candidate gather", "reading a new scoring's candidates", run,
+                         lambda got: gathers_agree(zip(got, want)))
 
 
 class StaticStep:
@@ -720,9 +714,10 @@ class DecodeGraph:
         loads the row again from the shorter window."""
         loaded = self.rows[row]
         if loaded is not None and loaded.session() is s and loaded.n_local >= count:
+            n = self._n_local(s)
             for mem in s.memory:
                 mem.leave_as_blocks(count, s.policy)
-            self._shift_window(row, count)
+            self._shift_window(row, n, count)
             loaded.n_local -= count
             self.row_evictions += 1
             return
@@ -731,27 +726,26 @@ class DecodeGraph:
         for mem in s.memory:
             mem.make_room(1, s.policy)
 
-    def _shift_window(self, r: int, count: int) -> None:
-        """Row ``r``'s window after its first ``count`` tokens left, in every layer at once: the
-        unrotated keys, values and kept queries moved down by ``count`` slots, the keys rotated
-        again at their new slots (as :meth:`_load` places them), the freed slots invisible, the
-        cursor moved back."""
-        n, w0 = int(self._n_local_of_row(r)), self.w0
-        keep = n - count
+    def _shift_window(self, r: int, n: int, count: int) -> None:
+        """Row ``r``'s window of ``n`` tokens after its first ``count`` left, in every layer at once:
+        the unrotated keys, values and kept queries moved down by ``count`` slots, the keys placed
+        again at their new slots, the freed slots invisible, the cursor moved back."""
+        w0, keep = self.w0, n - count
         self.win_k[:, r, :, :keep] = self.win_k[:, r, :, count:n].clone()
         self.values[:, r, :, w0:w0 + keep] = self.values[:, r, :, w0 + count:w0 + n].clone()
         if self.queries is not None:
             self.queries[:, r, :keep] = self.queries[:, r, count:n].clone()
-        for rope_type, layers in self.rope_layers:
-            cos, sin = self.tables[rope_type]
-            self.keys[layers, r, :, w0:w0 + keep] = rotate(self.win_k[layers, r, :, :keep], cos[:keep], sin[:keep]).to(self.dtype)
+        self._place_window_keys(r, keep)
         self.visible[:, r, w0 + keep:w0 + n] = False
         self.cursor[r, 0] -= count
 
-    def _n_local_of_row(self, r: int) -> int:
-        """Row ``r``'s window length: the window it was loaded with and the steps since."""
-        loaded = self.rows[r]
-        return loaded.n_local + loaded.steps
+    def _place_window_keys(self, r: int, n: int) -> None:
+        """Row ``r``'s first ``n`` window keys, every layer, rotated at their slots from the unrotated
+        ones in ``win_k`` (as attention reads them)."""
+        w0 = self.w0
+        for rope_type, layers in self.rope_layers:
+            cos, sin = self.tables[rope_type]
+            self.keys[layers, r, :, w0:w0 + n] = rotate(self.win_k[layers, r, :, :n], cos[:n], sin[:n]).to(self.dtype)
 
     def _load(self, s: "Session", mode: str, row: int, rescore: frozenset[int] = frozenset(),
               sinks: bool = True) -> None:
@@ -770,11 +764,8 @@ class DecodeGraph:
         else:
             self.visible[:, r, c0:].zero_()
         # the windows of every layer at once: unrotated, rotated at their slots, values
-        win_k = torch.stack([mem.local_k for mem in s.memory])            # [L, Hkv, n_loc, d]
-        self.win_k[:, r, :, :n_loc] = win_k
-        for rope_type, layers in self.rope_layers:
-            cos, sin = self.tables[rope_type]
-            self.keys[layers, r, :, w0:w0 + n_loc] = rotate(win_k[layers], cos[:n_loc], sin[:n_loc]).to(self.dtype)
+        self.win_k[:, r, :, :n_loc] = torch.stack([mem.local_k for mem in s.memory])   # [L, Hkv, n_loc, d]
+        self._place_window_keys(r, n_loc)
         self.values[:, r, :, w0:w0 + n_loc] = torch.stack([mem.local_v for mem in s.memory])
         self.visible[:, r, w0:w0 + n_loc] = True
         for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):

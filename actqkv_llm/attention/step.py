@@ -77,9 +77,9 @@ class StepContext:
             # the rest of the chunk as one batch as soon as it may (a document's first chunk: once
             # its first execution block has filled the sinks), in two where it crosses the native
             # window: the execution blocks at exact positions, then the ones at the fixed angle
-            span = self._one_mode_span(layer, t_all - a, step)
-            plan = chunk_plan(self, layer, span, slot)
+            plan = chunk_plan(self, layer, t_all - a, slot)
             if plan is not None:
+                span = sum(plan.sizes)
                 outs.append(attend_chunk(self, layer, plan, q[:, a:a + span], k[:, a:a + span], v[:, a:a + span],
                                          scaling, softcap))
                 a, slot = a + span, slot + len(plan.sizes)
@@ -88,18 +88,6 @@ class StepContext:
                                          v[:, a:a + step], scaling, softcap))
             a, slot = a + step, slot + 1
         return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
-
-    def _one_mode_span(self, layer: int, t: int, step: int) -> int:
-        """Of the next ``t`` tokens of this layer, how many from the start have their execution
-        blocks' memory at one kind of positions (:meth:`memory_query`: exact while an execution block
-        ends inside the native window, the fixed angle after): all of them, or the execution blocks
-        that end inside the window where the rest do not."""
-        s = self.session
-        if not s.method.uses_memory or s.method.positions != "auto":
-            return t
-        mem = s.memory[layer]
-        inside = (s.adapter.native_window - (mem.local_start + mem.n_local)) // step * step
-        return inside if 0 < inside < t else t
 
     def memory_query(self, kind, mem, n_loc: int, t: int, scaling: float) -> MemoryQuery:
         """Where memory sits for this execution block: one fixed angle (InfLLM) or true positions."""
