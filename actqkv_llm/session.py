@@ -36,6 +36,9 @@ class Session:
         self.meter = None            # a RecallMeter (bench recall): what selection recalls against full attention
         # decode steps run elsewhere (attention/static_decode.py) whose state is not handed back yet
         self.pending = None
+        # whether a question's rerank candidates keep the keys it read for the decode steps after it
+        # (False where the static decode step reads them into its own buffers: read again there)
+        self.keep_candidate_keys = True
         # what fills a batched prefill chunk's block buffers (attention/chunk.py; ``prefill_kernel``)
         self.block_gather = BlockGather(config.prefill_kernel)
 

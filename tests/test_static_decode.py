@@ -184,6 +184,30 @@ def test_candidates_keys_are_held_once_and_read_again_for_the_reference(tokenize
     torch.testing.assert_close(last, want[3], atol=1e-4, rtol=1e-4)
 
 
+def test_a_question_holds_no_candidate_keys_where_the_row_reads_them(tokenizer):
+    """With the static step a question's held candidates keep their ids only (the keys it read go
+    after its own rerank); the first decode step reads them into the row's slots: the keys the
+    reference engine's question held, and the reference's logits."""
+    ref, fast = _engines(tokenizer)
+    doc = ref.prefill(TEXT)
+    held_ref, held_fast = {}, {}
+
+    def keep(into):
+        return lambda s: into.update({i: (st.candidates.known, st.candidates.cand.clone())
+                                      for i, st in enumerate(s.retrieval) if st.candidates is not None})
+
+    want, _ = _steps(ref, doc, 2, after_question=keep(held_ref))
+    got, sess = _steps(fast, doc, 1, after_question=keep(held_fast))
+    assert held_ref and held_fast.keys() == held_ref.keys()
+    assert all(k is None for k, _ in held_fast.values()) and all(k is not None for k, _ in held_ref.values())
+    graph, b = fast.decode_graph, fast.config.block_size
+    for layer, (k, cand) in held_ref.items():
+        assert torch.equal(held_fast[layer][1], cand)
+        m = cand.shape[-1]
+        assert torch.equal(graph.keys[layer, 0, :, graph.c0:graph.c0 + m * b], k)
+    torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)
+
+
 def test_rows_score_again_each_for_itself(tokenizer):
     """answer_many's rows score every block again inside the static step, each row for its own
     session: the tokens of each answer alone on the reference."""

@@ -251,15 +251,17 @@ class DecodeGraph:
                              for rt, t in self.tables.items()}
         self.rope = adapter.identity_rope(torch.empty((1, 1, 1), dtype=dt, device=dev))  # one token's, made once
         self.half_out = dev.type == "cuda" and dt in (torch.bfloat16, torch.float16) and half_products_into_float32(dev, dt)
-        self.n_rows = 0
-        self._allocate(1)
         self.kernel = "torch"
         if kernel == "triton" and not triton_available(dev):
             raise ConfigError("decode_kernel='triton' needs a CUDA device and Triton installed; use 'auto' or 'torch'")
+        # the kernels' checks run before the rows' buffers are made: their random tensors (~0.5 GiB on
+        # the Llama-3.1-8B shape) and the buffers are never held at once
         if kernel != "torch" and triton_available(dev):
             self.kernel = check_triton(self, strict=kernel == "triton")
         # a new scoring's candidate reads as one kernel into the row's slots (gather_parts_triton)
         self.gather_kernel = self.kernel == "triton" and candidate_reads_agree(self)
+        self.n_rows = 0
+        self._allocate(1)
         self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         # the same step cut at every layer's scoring point, for steps where a layer scores every block
         # again (_segments); None for a key whose cut capture failed (such steps then run eagerly)
@@ -785,11 +787,15 @@ class DecodeGraph:
         (``cand_v``, else read from the memory), which slots and candidates are filled, which are
         edge blocks."""
         m, n = held.cand.shape[-1], held.cand.shape[-1] * self.bsz
+        k = None
+        if cand_v is None and held.known is None:   # a question that kept no keys: both in one read
+            k, cand_v = self._read_candidates(layer, r, mem, held.mode == "exact", held.cand) or (None, None)
         if cand_v is None:
             ids = held.cand[0] if held.cand.shape[0] == 1 else held.cand
             _, cand_v = mem.blocks.gather(ids, self.device, keys=False)
         keys, values, visible, ok, edge = self._slots[layer][r]
-        k = held.keys
+        if k is None:
+            k = held.keys
         if k.data_ptr() != keys.data_ptr():   # else read into the slots already (_rescore)
             keys[:, :n] = k
         if cand_v.data_ptr() != values.data_ptr():
@@ -820,25 +826,12 @@ class DecodeGraph:
         weight is 1 whatever they hold. Runs eagerly (the graph holds no scoring): at a step where
         the candidates are spent, or after a block left the window (:meth:`_evict`)."""
         kind = self.adapter.kinds[layer]
-
-        def read(mem, mq, cand):
-            parts = mem.blocks.device_parts(self.device)
-            if parts is None:   # blocks in host memory or on disk: the memory's own reads
-                return None
-            exact = mq.mode == "exact"
-            if self.gather_kernel and len(parts) <= 2:
-                # one kernel reads the candidates straight into the row's slots (keys rotated there)
-                keys, values = self._slots[layer][r][:2]
-                n = cand.shape[-1] * self.bsz
-                k_out, v_out = keys[None, :, :n], values[None, :, :n]
-                gather_parts_triton(parts, cand, self.tables[kind.rope_type] if exact else None, self.n_sink,
-                                    k_out, v_out)
-                return k_out[0], v_out[0]
-            return candidate_reads(cand, parts, self.block_tables[kind.rope_type] if exact else None, mem.dtype)
-
         for r, (s, observe, takes) in self._rescoring.items():
             if layer not in observe:
                 continue
+
+            def read(mem, mq, cand, r=r):
+                return self._read_candidates(layer, r, mem, mq.mode == "exact", cand)
             loaded = self.rows[r]
             mem, st = s.memory[layer], s.retrieval[layer]
             if s.track_sources and loaded.steps:   # a row loaded this step has nothing to hand over yet
@@ -848,6 +841,25 @@ class DecodeGraph:
             loaded.held[layer] = held
             self._load_candidates(layer, r, mem, held, s.method.keep_edges, cand_v)
             self.rescores += 1
+
+    def _read_candidates(self, layer: int, r: int, mem, exact: bool,
+                         cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Keys (placed as attention reads them: at their true positions where ``exact``) and values of
+        ``layer``'s candidate blocks ``cand`` ``[rows, m]`` in one read where the blocks are on the
+        device: one kernel straight into row ``r``'s slots (``gather_kernel``; the slots' views come
+        back), else :func:`candidate_reads`. None where they are in host memory or on disk (the
+        memory's own reads then)."""
+        parts = mem.blocks.device_parts(self.device)
+        if parts is None:
+            return None
+        rope_type = self.adapter.kinds[layer].rope_type
+        if self.gather_kernel and len(parts) <= 2:
+            keys, values = self._slots[layer][r][:2]
+            n = cand.shape[-1] * self.bsz
+            k_out, v_out = keys[None, :, :n], values[None, :, :n]
+            gather_parts_triton(parts, cand, self.tables[rope_type] if exact else None, self.n_sink, k_out, v_out)
+            return k_out[0], v_out[0]
+        return candidate_reads(cand, parts, self.block_tables[rope_type] if exact else None, mem.dtype)
 
     def _tally(self, s: "Session", r: int, layer: int, held) -> None:
         """Add what row ``r``'s steps gave ``held``'s candidates at ``layer`` (picks, mass) to ``s``'s

@@ -100,7 +100,8 @@ class StepContext:
         if mode == "fixed":
             cos, sin = adapter.rope_table(kind.rope_type, cfg.n_local + 1)
             fixed = slice(cfg.n_local, cfg.n_local + 1)  # memory sits just beyond the farthest local distance
-            return MemoryQuery(mode, lambda x: rotate(x, cos[fixed], sin[fixed]), None, scaling, self.phase)
+            return MemoryQuery(mode, lambda x: rotate(x, cos[fixed], sin[fixed]), None, scaling, self.phase,
+                               keep_candidate_keys=s.keep_candidate_keys)
         # memory lies before the window, so the queries' positions bound every position needed
         cos, sin = adapter.rope_table(kind.rope_type, first_q + t)
         at = slice(first_q, first_q + t)
@@ -113,7 +114,8 @@ class StepContext:
             """Gathered keys ``[Hkv, n*B, d]`` of blocks ``ids`` (``[n]`` or ``[Hkv, n]``) at their true positions."""
             return blocks_at_true_positions(k, ids, cos, sin, cfg.n_sink)
 
-        return MemoryQuery(mode, rotate_q, rotate_blocks, scaling, self.phase)
+        return MemoryQuery(mode, rotate_q, rotate_blocks, scaling, self.phase,
+                           keep_candidate_keys=s.keep_candidate_keys)
 
     def _exec_block(self, slot: int, layer: int, q, k, v, scaling, softcap) -> torch.Tensor:
         s = self.session

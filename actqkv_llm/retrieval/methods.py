@@ -97,7 +97,9 @@ class MemoryQuery:
     ``[Hkv, n]``) to their true positions (None at the fixed angle); ``scaling`` is the model's
     logit scale; ``phase`` is the pass's (document, question or decode); ``context_lse()``, where
     attention has set it, gives ``[Hkv, G*T, 1]``: the log of what the always-visible keys (sinks and
-    window) add to each query row's softmax normaliser.
+    window) add to each query row's softmax normaliser; ``keep_candidate_keys`` False: rerank
+    candidates held for the decode steps keep no keys (the static decode step reads them into its
+    own buffers; :attr:`HeldCandidates.keys` reads them again if the reference step asks).
     """
 
     mode: str
@@ -105,6 +107,7 @@ class MemoryQuery:
     rotate_blocks: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
     scaling: float
     phase: str = "document"
+    keep_candidate_keys: bool = True
     context_lse: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
     _last: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
@@ -164,7 +167,7 @@ class HeldCandidates:
     reloaded cold, each read is a disk read)."""
 
     cand: torch.Tensor      # [rows, m] ascending block ids
-    known: torch.Tensor | None  # [Hkv, m*B, d] their keys as attention reads them (None: fetch them)
+    known: torch.Tensor | None  # [Hkv, m*B, d] their keys as attention reads them (None: read on first use)
     evidence: torch.Tensor  # the scoring's evidence (a Selection reports it)
     entropy: torch.Tensor   # its normalized entropy (the budget's input)
     n: int                  # picks it was named for
@@ -182,9 +185,10 @@ class HeldCandidates:
 
     @property
     def keys(self) -> torch.Tensor:
-        """Every candidate's keys ``[Hkv, m*B, d]`` (read on first use where the question left some)."""
+        """Every candidate's keys ``[Hkv, m*B, d]`` (read on first use where the question left some, or
+        kept none: ``MemoryQuery.keep_candidate_keys``)."""
         if self.known is None:
-            self.known, self.fetch = self.fetch(), None
+            self.known, self.fetch = (self.fetch or self.reread)(), None
         return self.known
 
     def drop_keys(self) -> None:
@@ -493,6 +497,8 @@ class BlockRetrieval(RetrievalMethod):
                     k = self._candidate_keys(mem, mq, cand, q.device)
                     known, fetch = k, None
                 if hold:
+                    if not mq.keep_candidate_keys:   # the decode row reads them again into its buffers
+                        known = fetch = None
                     state.candidates = self._held(mem, mq, cand, known, evidence, h, n, q.device, fetch)
                 picked, keys = self._rerank_among(q, mem, mq, asked, k, n)
             else:
