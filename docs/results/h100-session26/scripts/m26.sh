@@ -1,0 +1,5 @@
+# session 26, call M (after the 16 parts q.aa-q.ap are carried with up.sh): Qwen2.5-Coder-0.5B 32K/128K and SmolLM2-135M 8K/32K beside HF SDPA (bf16), this tree
+export PYTHONUNBUFFERED=1 ACTQKV_CACHE_DIR=/root/cache
+{ bash .gpu/setup.sh; echo "tree $(cat .gpu/TREE)"; mkdir -p /root/m /root/s; cat /root/parts/q.a? > /root/all.bin; head -c 491400064 /root/all.bin > /root/m/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf; tail -c +491400065 /root/all.bin > /root/s/SmolLM2-135M-Instruct.Q4_1.gguf; sha256sum /root/m/*.gguf /root/s/*.gguf; } > $OUT/env.txt 2>&1
+PYTHONPATH=$PWD timeout 150 python -m actqkv_llm bench speed --model /root/s --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf --device cuda --dtype bf16 --no-progress --lengths 8K,32K --no-reload --out $OUT/smol 2>&1 | grep -v -e Warn -e Converting | tee $OUT/smol.log
+PYTHONPATH=$PWD timeout 200 python -m actqkv_llm bench speed --model /root/m --gguf-file qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --device cuda --dtype bf16 --no-progress --lengths 32K,128K --no-reload --out $OUT/qwen 2>&1 | grep -v -e Warn -e Converting | tee $OUT/qwen.log
