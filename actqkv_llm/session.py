@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .attention.block_gather import BlockGather
+from .attention.rotation import Rotation
 from .attention.step import DOCUMENT, RowSteps, StepContext
 from .config import RetrievalConfig
 from .memory import HostBlocks, LayerMemory
@@ -41,6 +42,8 @@ class Session:
         self.keep_candidate_keys = True
         # what fills a batched prefill chunk's block buffers (attention/chunk.py; ``prefill_kernel``)
         self.block_gather = BlockGather(config.prefill_kernel)
+        # what rotates a step's queries and a chunk's window keys at their positions (``prefill_kernel``)
+        self.rotation = Rotation(config.prefill_kernel)
 
     def settle(self) -> None:
         """Take back the state of decode steps that ran outside :meth:`forward` (the static decode

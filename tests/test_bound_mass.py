@@ -121,8 +121,8 @@ def test_prefill_kernel_option_is_validated():
 def test_an_interpreted_batched_prefill_matches_the_reference_computation():
     """End to end on the CPU: a batched prefill whose chunks score with the interpreted Triton passes,
     weight their probe tokens with the interpreted bias kernels and gather their blocks with the
-    interpreted gather kernel gives the logits and greedy tokens of the same prefill done with
-    PyTorch ops (float32)."""
+    interpreted gather kernel, and rotate its queries and window keys with the interpreted rotation
+    kernel, gives the logits and greedy tokens of the same prefill done with PyTorch ops (float32)."""
     pytest.importorskip("triton")
     code = r"""
 import torch
@@ -130,10 +130,12 @@ from tiny_models import tiny_model
 from actqkv_llm import Engine
 import actqkv_llm.attention.block_gather as bg
 import actqkv_llm.retrieval.probe as pr
-gathers, biases = [], []
-inner, inner_bias = bg.gather_triton, pr.chunk_bias_triton
+import actqkv_llm.attention.rotation as ro
+gathers, biases, rotations = [], [], []
+inner, inner_bias, inner_rot = bg.gather_triton, pr.chunk_bias_triton, ro.rotate_triton
 bg.gather_triton = lambda *a, **k: gathers.append(1) or inner(*a, **k)
 pr.chunk_bias_triton = lambda *a, **k: biases.append(1) or inner_bias(*a, **k)
+ro.rotate_triton = lambda *a, **k: rotations.append(1) or inner_rot(*a, **k)
 ids = torch.randint(0, 256, (900,), generator=torch.Generator().manual_seed(1))
 small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
 runs = []
@@ -145,6 +147,7 @@ for kernel in ("torch", "triton"):
     runs.append((doc.last_logits, eng.generate_ids(doc, [5, 6, 7], max_new_tokens=6)))
     assert bool(gathers) == (kernel == "triton"), (kernel, len(gathers))   # the blocks' kernel ran too
     assert bool(biases) == (kernel == "triton"), (kernel, len(biases))     # and the bias kernels
+    assert bool(rotations) == (kernel == "triton"), (kernel, len(rotations))   # and the rotation
 torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-4, rtol=1e-4)
 assert runs[1][1] == runs[0][1], runs
 print('ok')

@@ -28,7 +28,7 @@ from ..devices import device_tensor
 from ..memory.blocks import StackedBlocks
 from ..retrieval.budget import normalized_entropy
 from ..retrieval.methods import pin_edges
-from .rope import rotate, sinks_at_true_positions
+from .rope import sinks_at_true_positions
 
 if TYPE_CHECKING:
     from .step import StepContext
@@ -187,12 +187,12 @@ def attend_chunk(ctx: "StepContext", layer: int, plan: ChunkPlan, q: torch.Tenso
         # window keys at relative positions 0 .. width-1, queries at n_loc + j (as the reference)
         v_loc = x_v[:, idx].transpose(0, 1)
         cos, sin = s.adapter.rope_table(kind.rope_type, max(w_max, cfg.n_local + 1))
-        k_loc = rotate(x_k[:, idx], cos[:w_max], sin[:w_max]).to(mem.dtype).transpose(0, 1)   # [E, Hkv, W, d]
-        q_loc = rotate(_pad_blocks(q, n_e, size, pad), cos[qpos], sin[qpos]).to(q.dtype)
+        k_loc = s.rotation(x_k[:, idx], cos[:w_max], sin[:w_max], mem.dtype).transpose(0, 1)   # [E, Hkv, W, d]
+        q_loc = s.rotation(_pad_blocks(q, n_e, size, pad), cos[qpos], sin[qpos], q.dtype)
         out = _attend(q_mem, q_loc, k_buf, v_buf, mem_ok, k_loc, v_loc, loc_hidden, scaling, softcap)
     else:  # memory at exact positions: the window rotated at its absolute positions, one fused call
         span = slice(first, first + x_k.shape[1])
-        k_abs = rotate(x_k, cos[span], sin[span]).to(mem.dtype)
+        k_abs = s.rotation(x_k, cos[span], sin[span], mem.dtype)
         k_buf[:, :, m:] = k_abs[:, idx].transpose(0, 1)
         v_buf[:, :, m:] = x_v[:, idx].transpose(0, 1)
         aligned = (aligned_from(plan, counts, kmax, n_s, w_max), m + plan.n_loc[-1] + size)   # (from, keys)

@@ -100,7 +100,7 @@ class StepContext:
         if mode == "fixed":
             cos, sin = adapter.rope_table(kind.rope_type, cfg.n_local + 1)
             fixed = slice(cfg.n_local, cfg.n_local + 1)  # memory sits just beyond the farthest local distance
-            return MemoryQuery(mode, lambda x: rotate(x, cos[fixed], sin[fixed]), None, scaling, self.phase,
+            return MemoryQuery(mode, lambda x: s.rotation(x, cos[fixed], sin[fixed]), None, scaling, self.phase,
                                keep_candidate_keys=s.keep_candidate_keys)
         # memory lies before the window, so the queries' positions bound every position needed
         cos, sin = adapter.rope_table(kind.rope_type, first_q + t)
@@ -108,7 +108,7 @@ class StepContext:
         last = slice(first_q + t - 1, first_q + t)
 
         def rotate_q(x):
-            return rotate(x, cos[at], sin[at]) if x.shape[1] == t else rotate(x, cos[last], sin[last])
+            return s.rotation(x, cos[at], sin[at]) if x.shape[1] == t else s.rotation(x, cos[last], sin[last])
 
         def rotate_blocks(k, ids):
             """Gathered keys ``[Hkv, n*B, d]`` of blocks ``ids`` (``[n]`` or ``[Hkv, n]``) at their true positions."""
