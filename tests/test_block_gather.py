@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 from interpreted import run_interpreted
+from tiny_models import rope_tables
 
 from actqkv_llm.attention.block_gather import BlockGather, gather_reference
-from actqkv_llm.attention.rope import signed_sin
 from actqkv_llm.memory.blocks import GrowableBlocks, StackedBlocks
 
 # (KV heads, block size, head size, stored blocks, execution blocks, picks per execution block, sinks):
@@ -23,11 +23,7 @@ def _case(shape, dtype, device, seed=0):
     store = GrowableBlocks.from_tensors(torch.randn((n, hkv, b, d), generator=gen, device=device).to(dtype),
                                         torch.randn((n, hkv, b, d), generator=gen, device=device).to(dtype))
     flat = torch.randint(0, n, (hkv, n_e * kmax), generator=gen, device=device)
-    pos = torch.arange(n_sink + n * b, device=device, dtype=torch.float32)[:, None]
-    freq = 1.0 / (10000 ** (torch.arange(d // 2, device=device, dtype=torch.float32) / (d // 2)))
-    ang = torch.cat([pos * freq, pos * freq], -1)
-    cos, sin = ang.cos(), signed_sin(ang.sin())
-    return store, flat, (cos, sin), n_sink, (n_e, hkv, kmax * b, d)
+    return store, flat, rope_tables(n_sink + n * b, d, device), n_sink, (n_e, hkv, kmax * b, d)
 
 
 def _buffers(shape, dtype, device):

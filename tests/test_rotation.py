@@ -8,16 +8,9 @@ import warnings
 import pytest
 import torch
 from interpreted import run_interpreted
+from tiny_models import rope_tables
 
-from actqkv_llm.attention.rope import signed_sin
 from actqkv_llm.attention.rotation import Rotation, rotate_reference
-
-
-def _tables(n: int, d: int, device, offset: int = 0):
-    pos = torch.arange(offset, offset + n, device=device, dtype=torch.float32)[:, None]
-    freq = 1.0 / (10000 ** (torch.arange(d // 2, device=device, dtype=torch.float32) / (d // 2)))
-    ang = torch.cat([pos * freq, pos * freq], -1)
-    return ang.cos(), signed_sin(ang.sin())
 
 
 def _cases(dtype, device):
@@ -31,9 +24,9 @@ def _cases(dtype, device):
     def rnd(*shape):
         return torch.randn(shape, generator=gen, device=device).to(dtype)
 
-    cos, sin = _tables(400, 64, device)
-    cos128, sin128 = _tables(300, 128, device, offset=17)
-    cos48, sin48 = _tables(5, 48, device)
+    cos, sin = rope_tables(400, 64, device)
+    cos128, sin128 = rope_tables(300, 128, device, offset=17)
+    cos48, sin48 = rope_tables(5, 48, device)
     qpos = torch.randint(0, 400, (3, 20), generator=gen, device=device)
     return [
         (rnd(4, 130, 64), cos[100:230], sin[100:230]),

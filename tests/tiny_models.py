@@ -50,3 +50,14 @@ def tiny_model(arch: str = "llama", seed: int = 0) -> torch.nn.Module:
     tok = byte_tokenizer()
     model.generation_config.eos_token_id = tok.eos_token_id
     return model.requires_grad_(False)
+
+
+def rope_tables(n: int, d: int, device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary cos and signed sin ``[n, d]`` (float32) of positions ``offset .. offset + n - 1``, laid
+    out as Hugging Face's tables are (the frequencies repeated over both halves of the head)."""
+    from actqkv_llm.attention.rope import signed_sin
+
+    pos = torch.arange(offset, offset + n, device=device, dtype=torch.float32)[:, None]
+    freq = 1.0 / (10000 ** (torch.arange(d // 2, device=device, dtype=torch.float32) / (d // 2)))
+    ang = torch.cat([pos * freq, pos * freq], -1)
+    return ang.cos(), signed_sin(ang.sin())
