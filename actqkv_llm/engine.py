@@ -267,9 +267,10 @@ class Engine:
         self._check_doc(doc)
         sess = doc.session(self) if doc is not None else Session.new(self.adapter, self.config, self.method)
         sess.meter = self.meter
-        # where the static decode step reads a question's rerank candidates into its own buffers, the
-        # question holds only their ids: their keys are not held twice (~1.4 GiB at 128K on 8B)
-        sess.keep_candidate_keys = not self._uses_decode_graph()
+        # where the static decode step reads a question's rerank candidates into its own buffers (it
+        # does not run under a meter), the question holds only their ids: their keys are not held
+        # twice (~1.4 GiB on the 8B shape)
+        sess.keep_candidate_keys = sess.meter is not None or not self._uses_decode_graph()
         return sess
 
     def _check_doc(self, doc: Document | None) -> None:

@@ -79,6 +79,9 @@ def test_the_choice_of_path(monkeypatch):
                 assert torch.equal(rotation(x, cos, sin), want)
         with pytest.raises(RuntimeError, match="prefill_kernel='triton'"):
             Rotation("triton")(x, cos, sin)
+    # one position's query against a longer table: the reference broadcasts it, the kernel does not take it
+    q = x[:, :1]
+    assert torch.equal(Rotation("triton")(q, cos, sin), rotate_reference(q, cos, sin, torch.float32))
     assert not called
 
 

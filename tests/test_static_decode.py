@@ -206,6 +206,11 @@ def test_a_question_holds_no_candidate_keys_where_the_row_reads_them(tokenizer):
         m = cand.shape[-1]
         assert torch.equal(graph.keys[layer, 0, :, graph.c0:graph.c0 + m * b], k)
     torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)
+    # under a recall meter every step is the reference's: the question keeps the keys it read
+    fast.meter = object.__new__(type("Meter", (), {"observe": lambda *a, **k: None}))
+    held_meter = {}
+    _steps(fast, doc, 1, after_question=keep(held_meter))
+    assert held_meter and all(k is not None for k, _ in held_meter.values())
 
 
 def test_rows_score_again_each_for_itself(tokenizer):

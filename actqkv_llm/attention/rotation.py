@@ -49,6 +49,15 @@ def rotate_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: 
     return out
 
 
+def kernel_takes(x: torch.Tensor, cos: torch.Tensor) -> bool:
+    """Whether :func:`rotate_triton` takes ``x`` with tables ``cos``: the tables' positions are ``x``'s
+    trailing ones, or 1 where one angle serves them all (the reference broadcasts either way)."""
+    if x.dim() < cos.dim() or x.shape[-1] != cos.shape[-1]:
+        return False
+    pos = x.shape[x.dim() - cos.dim():-1]
+    return all(c in (1, p) for c, p in zip(cos.shape[:-1], pos))
+
+
 def rotations_agree(got: torch.Tensor, want: torch.Tensor) -> tuple[bool, str]:
     """A kernel's rotation against the reference's: within one rounding of the same float32 math
     (a fused multiply-add or not), in the output's dtype; and the largest difference."""
@@ -68,7 +77,7 @@ class Rotation(KernelChoice):
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``x`` ``[..., P..., d]`` rotated by ``cos`` / ``sin`` ``[P..., d]`` (float32, the sine signed),
         in ``dtype``."""
-        if self.choice == "torch" or x.dim() < cos.dim():
+        if self.choice == "torch" or not kernel_takes(x, cos):
             return rotate_reference(x, cos, sin, dtype)
         key = (str(x.device), x.dtype, dtype, x.shape[-1])
         first = key not in self._verdicts
