@@ -147,8 +147,9 @@ class RetrievalConfig:
             ``avg_blocks`` of those candidates by the scorer's evidence (the one pass over every
             question token and candidate key is most of a question's cost on a CPU: 8 gives back
             ~0.5 s of a 16K document's first token on 2 cores, at some recall); all ``rerank`` x
-            ``avg_blocks`` are still gathered and held for the answer tokens, whose rerank reads
-            them with one query row each. At most ``rerank``. None: all the candidates when
+            ``avg_blocks`` are still named for the answer tokens, whose rerank reads them with one
+            query row each (their keys held by the session, or, where the static decode step runs,
+            read by it into its own buffers at the answer's first step). At most ``rerank``. None: all the candidates when
             ``rerank`` is given, else the method's preset (16 for ``actqkv``: all of them).
         reselect_every: while an answer is decoded, a layer's selection (the question's, then its
             own) serves this many decode steps before the layer scores and picks again; it picks
