@@ -543,8 +543,9 @@ def test_decode_time_is_taken_inside_each_answer_not_against_a_colder_first_toke
 
 def test_peak_memory_is_cut_at_the_end_of_the_prefill(monkeypatch):
     """On CUDA a row has the prefill's peak and, apart, the peak while answering (the memory a
-    reloaded document costs to answer); the whole run's peak stays the highest of them, and the
-    table puts the answering peak beside the weights. On the CPU (peak RSS cannot be reset) neither."""
+    reloaded document costs to answer), and that peak's two parts: the first-token runs (the question
+    read) and the answers' decode; the whole run's peak stays the highest of them, and the table puts
+    the answering peak and its parts beside the weights. On the CPU (peak RSS cannot be reset) none."""
     allocated = {"peak": 0}
 
     def use(n):
@@ -559,7 +560,7 @@ def test_peak_memory_is_cut_at_the_end_of_the_prefill(monkeypatch):
             return SimpleNamespace(n_tokens=len(ids))
 
         def generate_ids(self, doc, ids, max_new_tokens, on_token=None):
-            use(20 * S.GIB)
+            use((20 if max_new_tokens == 1 else 22) * S.GIB)   # the first-token runs, then the answers
             for i in range(max_new_tokens):
                 if on_token is not None:
                     on_token(i)
@@ -569,18 +570,19 @@ def test_peak_memory_is_cut_at_the_end_of_the_prefill(monkeypatch):
     peak.reset()
     row = S.measure_engine(Engine(), torch.zeros(8, dtype=torch.long), torch.zeros(2, dtype=torch.long),
                            decode_tokens=2, timer=S.Timer(torch.device("cpu")), repeats=1, peak=peak)
-    assert row["peak_prefill_gib"] == 30 and row["peak_answer_gib"] == 20
+    assert row["peak_prefill_gib"] == 30 and row["peak_answer_gib"] == 22
+    assert row["peak_question_gib"] == 20 and row["peak_decode_gib"] == 22
     assert peak.read_gib() == 30
     row.update(status="ok", length=1024, system="actqkv", prefill_s=1.0, prefill_tok_s=1024.0, ttft_s=0.1,
                decode_ms_per_token=5.0)
     md = S.speed_markdown({"model": "m", "dtype": "bf16", "device": "cuda:0", "device_name": "GPU",
                            "question_tokens": 2, "decode_tokens": 2, "memory_metric": peak.label,
                            "command": "actqkv bench speed", "weights_gib": 16.0, "rows": [row]})
-    assert "| 1K | actqkv | 16.00 | 30.00 | 20.00 | 4.00 |" in md
+    assert "| 1K | actqkv | 16.00 | 30.00 | 22.00 | 6.00 | 4.00 / 6.00 |" in md
     cpu = S.PeakMemory(torch.device("cpu"))
     row = S.measure_engine(Engine(), torch.zeros(8, dtype=torch.long), torch.zeros(2, dtype=torch.long),
                            decode_tokens=2, timer=S.Timer(torch.device("cpu")), repeats=1, peak=cpu)
-    assert "peak_answer_gib" not in row and "peak_prefill_gib" not in row
+    assert not {"peak_answer_gib", "peak_prefill_gib", "peak_question_gib", "peak_decode_gib"} & row.keys()
 
 
 def test_speed_reload_reports_cache_throughput_next_to_the_disk(tmp_path, make_engine):

@@ -172,17 +172,27 @@ class PeakMemory:
 
 
 class _Answering:
-    """Cuts a run's peak memory at the end of the prefill; :meth:`done` at the end of the answers."""
+    """Cuts a run's peak memory at the end of the prefill, at the end of the first-token runs
+    (:meth:`first_tokens_done`: the question read, no decode step) and at the end of the answers
+    (:meth:`done`), so the answering peak can be placed in the question or in the decode."""
 
     def __init__(self, peak: PeakMemory | None):
         self.peak = peak
         self.prefill = peak.phase() if peak is not None else None
+        self.question = None
+
+    def first_tokens_done(self) -> None:
+        if self.peak is not None:
+            self.question = self.peak.phase()
 
     def done(self) -> dict[str, float]:
-        answer = self.peak.phase() if self.peak is not None else None
-        if self.prefill is None or answer is None:
+        rest = self.peak.phase() if self.peak is not None else None
+        if self.prefill is None or rest is None:
             return {}
-        return {"peak_prefill_gib": self.prefill, "peak_answer_gib": answer}
+        out = {"peak_prefill_gib": self.prefill, "peak_answer_gib": max(rest, self.question or 0.0)}
+        if self.question is not None:
+            out.update(peak_question_gib=self.question, peak_decode_gib=rest)
+        return out
 
 
 def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_tokens: int,
@@ -204,6 +214,7 @@ def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_t
     answering = _Answering(peak)
     ttft_s = min(timer(lambda: eng.generate_ids(doc, question, max_new_tokens=1))[1]
                  for _ in range(repeats))
+    answering.first_tokens_done()
     decode_s, out = float("inf"), []
     graph = getattr(eng, "decode_graph", None)  # the static decode step, where the engine uses one
     graph_steps = eager_steps = segment_steps = None
@@ -618,14 +629,21 @@ def speed_markdown(result: dict[str, Any]) -> str:
     if phased:
         w = result.get("weights_gib")
         lines += ["", "Peak device memory by phase (the prefill; answering one question at a time about "
-                  "the document in memory, question and decode):", "",
-                  "| length | system | weights GiB | prefill peak GiB | answering peak GiB | answering peak - weights GiB |",
-                  "|---|---|---:|---:|---:|---:|"]
+                  "the document in memory, question and decode; the answering peak's two parts: the "
+                  "first-token runs, which read the question, and the answers' decode):", "",
+                  "| length | system | weights GiB | prefill peak GiB | answering peak GiB | answering peak - weights GiB "
+                  "| first tokens / answers - weights GiB |",
+                  "|---|---|---:|---:|---:|---:|---|"]
+
+        def less_weights(x):
+            return num(x - w if w is not None and x is not None else None, ".2f")
+
         for r in phased:
+            parts = "-" if r.get("peak_question_gib") is None else \
+                f"{less_weights(r['peak_question_gib'])} / {less_weights(r['peak_decode_gib'])}"
             lines.append("| " + " | ".join([
                 format_length(r["length"]), r["system"], num(w, ".2f"), num(r["peak_prefill_gib"], ".2f"),
-                num(r["peak_answer_gib"], ".2f"),
-                num(r["peak_answer_gib"] - w if w is not None else None, ".2f")]) + " |")
+                num(r["peak_answer_gib"], ".2f"), less_weights(r["peak_answer_gib"]), parts]) + " |")
     errors = [r for r in result["rows"] if r.get("reload_error")]
     if errors:
         lines += ["", "Reload from disk failed:"]
