@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..devices import KernelChoice, kernel_agrees, tile_extent
-from .rope import blocks_at_true_positions
+from .rope import blocks_at_true_positions, same_rotation
 
 Table = tuple[torch.Tensor, torch.Tensor]
 
@@ -72,8 +72,7 @@ def gathers_agree(pairs) -> tuple[bool, str]:
     multiply-add or not); and the largest key differences, for a warning."""
     same, diffs = True, []
     for (k_got, v_got), (k_want, v_want) in pairs:
-        tol = 1e-5 if k_want.dtype == torch.float32 else 1e-2
-        same = same and torch.equal(v_got, v_want) and torch.allclose(k_got.float(), k_want.float(), rtol=tol, atol=tol)
+        same = same and torch.equal(v_got, v_want) and same_rotation(k_got, k_want)
         diffs.append(f"{float((k_got.float() - k_want.float()).abs().max()):.3g}")
     return same, "largest key difference " + ", ".join(diffs)
 

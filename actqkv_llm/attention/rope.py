@@ -24,6 +24,14 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torc
     return torch.addcmul(xf * cos, xf.roll(x.shape[-1] // 2, -1), sin_signed)
 
 
+def same_rotation(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Whether ``got`` holds ``want``'s rotated keys or queries within one rounding of the same float32
+    math (a fused multiply-add or not), in ``want``'s dtype: how a kernel's rotation is held to
+    :func:`rotate`'s."""
+    tol = 1e-5 if want.dtype == torch.float32 else 1e-2
+    return got.dtype == want.dtype and torch.allclose(got.float(), want.float(), rtol=tol, atol=tol)
+
+
 def block_positions(ids: torch.Tensor, n_sink: int, block_size: int) -> torch.Tensor:
     """True positions ``[rows, n*B]`` of the tokens of blocks ``ids`` (``[n]`` or ``[rows, n]``): block
     ``i`` holds the tokens from ``n_sink + i * block_size`` on."""

@@ -13,7 +13,7 @@ import math
 import torch
 
 from ..devices import KernelChoice, kernel_agrees, tile_extent
-from .rope import rotate
+from .rope import rotate, same_rotation
 
 # positions per program: a [64, 128] tile of a head's rows
 BLOCK_P = 64
@@ -59,12 +59,10 @@ def kernel_takes(x: torch.Tensor, cos: torch.Tensor) -> bool:
 
 
 def rotations_agree(got: torch.Tensor, want: torch.Tensor) -> tuple[bool, str]:
-    """A kernel's rotation against the reference's: within one rounding of the same float32 math
-    (a fused multiply-add or not), in the output's dtype; and the largest difference."""
-    tol = 1e-5 if want.dtype == torch.float32 else 1e-2
+    """A kernel's rotation against the reference's (:func:`.rope.same_rotation`), and the largest
+    difference for a warning."""
     diff = float((got.float() - want.float()).abs().max()) if want.numel() else 0.0
-    return got.dtype == want.dtype and torch.allclose(got.float(), want.float(), rtol=tol, atol=tol), \
-        f"largest difference {diff:.3g}"
+    return same_rotation(got, want), f"largest difference {diff:.3g}"
 
 
 class Rotation(KernelChoice):

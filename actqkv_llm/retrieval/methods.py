@@ -486,19 +486,19 @@ class BlockRetrieval(RetrievalMethod):
             if self.rerank > 1 and mq.phase != "document" and n < mem.n_blocks:
                 cand = self._candidate_ids(mem, ranked, n)
                 hold = self.rescore_every > 1
+                # held candidates keep the keys read here, unless the decode row reads them into its buffers
+                keep = hold and mq.keep_candidate_keys
                 if question and n < self.n_question_candidates < cand.shape[-1]:
                     # the question reads the best share's keys now; the rest when an answer token asks
                     best = _best_positions(cand, ranked, self.n_question_candidates)
                     asked = cand.gather(1, best)
                     k = self._candidate_keys(mem, mq, asked, q.device)
-                    known, fetch = None, self._fetch_rest(mem, mq, cand, best, k, q.device) if hold else None
+                    known, fetch = None, self._fetch_rest(mem, mq, cand, best, k, q.device) if keep else None
                 else:
                     asked = cand
                     k = self._candidate_keys(mem, mq, cand, q.device)
-                    known, fetch = k, None
+                    known, fetch = k if keep else None, None
                 if hold:
-                    if not mq.keep_candidate_keys:   # the decode row reads them again into its buffers
-                        known = fetch = None
                     state.candidates = self._held(mem, mq, cand, known, evidence, h, n, q.device, fetch)
                 picked, keys = self._rerank_among(q, mem, mq, asked, k, n)
             else:
