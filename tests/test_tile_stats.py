@@ -5,9 +5,10 @@ GPU, interpreted on the CPU with ``TRITON_INTERPRET=1``)."""
 import pytest
 import torch
 
-from actqkv_llm.attention.tile_stats import (candidate_mass_torch, candidate_mass_triton, choose_torch, choose_triton,
+from actqkv_llm.attention.tile_stats import (ChosenList, candidate_mass_torch, candidate_mass_triton, choose_torch, choose_triton,
                                              combine_torch, combine_triton, kept_tiles, kept_values_triton, place_token_torch,
-                                             place_token_triton, tile_stats_torch, tile_stats_triton)
+                                             lists_the_choice, place_token_triton, tile_stats_torch,
+                                             tile_stats_triton)
 from actqkv_llm.devices import triton_available
 
 
@@ -115,15 +116,27 @@ def _compare_kernel(dtype: torch.dtype, device: torch.device) -> None:
         ok, edge, chosen = _selection(2, sel, t1 - t0, device)
         mass = candidate_mass_triton(m, l, ok, edge, t0, t1, torch.empty(m[:, 0].shape, device=device), torch.empty(ok.shape, device=device))
         torch.testing.assert_close(mass, candidate_mass_torch(m, l, ok, edge, t0, t1), atol=1e-5, rtol=1e-5)
-        res = combine_triton(m, l, o, chosen, t0, t1, True, torch.empty(o[:, 0].shape, device=device), torch.empty(m.shape, device=device))
+        res = combine_triton(m, l, o, chosen, ChosenList.of(chosen), t0, t1, True, torch.empty(o[:, 0].shape, device=device), torch.empty(m.shape, device=device))
         for a, b in zip(res, combine_torch(m, l, o, chosen, t0, t1, True)):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        # no candidate kept, every one, and the chosen ones listed in reverse: the same softmax
+        for pick, reverse in ((torch.zeros_like(chosen), False), (torch.ones_like(chosen), False), (chosen, True)):
+            listed = ChosenList.of(pick)
+            if reverse:
+                for r in range(pick.shape[0]):
+                    for s_ in range(sel):
+                        k = int(listed.count[r, s_])
+                        listed.order[r, s_, :k] = listed.order[r, s_, :k].flip(0)
+            got_pick = combine_triton(m, l, o, pick, listed, t0, t1, True, torch.empty(o[:, 0].shape, device=device),
+                                      torch.empty(m.shape, device=device))
+            for a, b in zip(got_pick, combine_torch(m, l, o, pick, t0, t1, True)):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         # a row's results do not depend on the rows beside it (bit for bit): answers decoded
         # together are the answers decoded alone
         one = candidate_mass_triton(m[:2], l[:2], ok[:1], edge[:1], t0, t1, torch.empty(m[:2, 0].shape, device=device),
                                     torch.empty(ok[:1].shape, device=device))
         assert torch.equal(one, mass[:1])
-        alone = combine_triton(m[:2], l[:2], o[:2], chosen[:1], t0, t1, True, torch.empty(o[:2, 0].shape, device=device), torch.empty(m[:2].shape, device=device))
+        alone = combine_triton(m[:2], l[:2], o[:2], chosen[:1], ChosenList.of(chosen[:1]), t0, t1, True, torch.empty(o[:2, 0].shape, device=device), torch.empty(m[:2].shape, device=device))
         assert torch.equal(alone[0], res[0][:2]) and torch.equal(alone[1], res[1][:2])
         _compare_two_passes(qs, keys, values, visible, fw, tile, got, chosen, t0, t1)
     _compare_choice(device)
@@ -176,8 +189,17 @@ def _compare_choice(device):
         table = torch.randint(0, hi + 4, (rows, 5), generator=torch.Generator().manual_seed(1)).to(device)
         n_take = table[:, 2]
         want = choose_torch(mass, n_take, hi)
-        got = choose_triton(mass, n_take, hi, torch.ones(mass.shape, dtype=torch.bool, device=device))
+        kept = ChosenList(rows, sel, n_cand, device)
+        kept.order.fill_(-7)
+        got = choose_triton(mass, n_take, hi, torch.ones(mass.shape, dtype=torch.bool, device=device), kept)
         assert torch.equal(got, want), (rows, sel, n_cand, hi)
+        # the same choice as a list, each chosen candidate once, in the order of its rank
+        assert lists_the_choice(kept, want), (rows, sel, n_cand, hi)
+        for r in range(rows):
+            for s in range(sel):
+                listed = kept.order[r, s, :int(kept.count[r, s])].long()
+                by_rank = mass[r, s].cpu().sort(descending=True, stable=True).indices[:len(listed)]
+                assert listed.tolist() == by_rank.tolist()
         assert (want.sum(-1) == n_take.clamp(max=min(hi, n_cand))[:, None]).all()
 
 
@@ -193,8 +215,8 @@ def _compare_two_passes(qs, keys, values, visible, fw, tile, one_pass, chosen, t
     kept = kept_tiles(chosen, m.shape[0], m.shape[1], t0, t1)
     assert torch.equal(o[kept], one_pass[2][kept]) and o[~kept].isnan().all() and (~kept).any()
     dev = m.device
-    a = combine_triton(m, l, o, chosen, t0, t1, True, torch.empty(o[:, 0].shape, device=dev), torch.empty(m.shape, device=dev))
-    b = combine_triton(*one_pass[:3], chosen, t0, t1, True, torch.empty(o[:, 0].shape, device=dev), torch.empty(m.shape, device=dev))
+    a = combine_triton(m, l, o, chosen, ChosenList.of(chosen), t0, t1, True, torch.empty(o[:, 0].shape, device=dev), torch.empty(m.shape, device=dev))
+    b = combine_triton(*one_pass[:3], chosen, ChosenList.of(chosen), t0, t1, True, torch.empty(o[:, 0].shape, device=dev), torch.empty(m.shape, device=dev))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 

@@ -63,7 +63,7 @@ from ..errors import ConfigError
 from ..memory.blocks import gather_parts
 from .block_gather import gather_parts_triton, gathers_agree
 from .rope import rotate, sinks_at_true_positions
-from .tile_stats import (candidate_mass_triton, check_triton, choose_torch, choose_triton, combine_triton,
+from .tile_stats import (ChosenList, candidate_mass_triton, check_triton, choose_torch, choose_triton, combine_triton,
                          kept_values_triton, place_token_torch, place_token_triton, tile_stats_triton)
 from .step import DECODE, StepContext
 
@@ -313,6 +313,7 @@ class DecodeGraph:
         self.lse_total = torch.empty((R * hkv, g), dtype=torch.float32, device=dev)
         self.mass_out = torch.empty((R, self.sel_rows, self.m_cap), dtype=torch.float32, device=dev)
         self.chosen_out = torch.empty((R, self.sel_rows, self.m_cap), dtype=torch.bool, device=dev)
+        self.chosen_list = ChosenList(R, self.sel_rows, self.m_cap, dev)     # the same choice as a list (the combine's)
         self.ranks = torch.arange(self.hi, device=dev)                  # choose_torch's positions, made once
         self.out_rows = torch.empty((R * hkv, g, d), dtype=torch.float32, device=dev)
         self.tile_share = torch.empty((R * hkv, self.n_tiles, g), dtype=torch.float32, device=dev)
@@ -322,7 +323,8 @@ class DecodeGraph:
                          self.cand_ok[i, r], self.cand_edge[i, r]) for r in range(R)] for i in range(L)]
         self._filled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         per_row = [self.keys, self.values, self.visible, self.win_k, self.cand_ok, self.cand_edge, self.mass,
-                   self.picks, self.queries, self.lse_total, self.mass_out, self.chosen_out, self.out_rows, self.tile_share, *self.stats_out]
+                   self.picks, self.queries, self.lse_total, self.mass_out, self.chosen_out,
+                   self.chosen_list.order, self.chosen_list.count, self.out_rows, self.tile_share, *self.stats_out]
         self._row_bytes = sum(t.numel() * t.element_size() for t in per_row if t is not None) // R
 
     def row_bytes(self) -> int:
@@ -419,14 +421,15 @@ class DecodeGraph:
         # ties to the earlier block, as the reference ranks them
         sel = self.sel_rows
         if tiles:   # ranks counted in one kernel: no sort, the same choice
-            chosen = choose_triton(mass, self.n_take[:n_r, layer], hi, self.chosen_out[:n_r])   # [B, sel, M]
+            kept = self.chosen_list.rows(n_r)
+            chosen = choose_triton(mass, self.n_take[:n_r, layer], hi, self.chosen_out[:n_r], kept)   # [B, sel, M]
         else:
             chosen = choose_torch(mass, self.n_take[:n_r, layer], hi, self.ranks)
 
         # one softmax over [sinks | kept blocks | window]
         if tiles:  # from the tiles' statistics (the flash-decoding combine), values of the kept tiles only
             kept_values_triton(qs, flat_k, flat_v, visible, chosen, self.first_window_tile, b, scaling, t0, t1, o)
-            out, w = combine_triton(m, l, o, chosen, t0, t1, self.track, self.out_rows[:n_h], self.tile_share[:n_h])
+            out, w = combine_triton(m, l, o, chosen, kept, t0, t1, self.track, self.out_rows[:n_h], self.tile_share[:n_h])
             got = w[:, t0:t1].sum(-1).view(n_r, hkv, m_cap) if self.track else None                 # [B, Hkv, M]
         else:
             dropped = ~chosen.expand(n_r, hkv, m_cap).repeat_interleave(b, -1)     # [B, Hkv, M*B]

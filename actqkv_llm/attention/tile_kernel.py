@@ -157,59 +157,75 @@ def candidate_mass_kernel(M, L, TOT, OK, EDGE, MASS, t0, n_cand, sm0, sm1, sm2, 
 
 
 @triton.jit
-def _kept_tiles(M, L, chosen, h, g, start, t0, t1, sm0, sm1, sm2, n_tiles: tl.constexpr, CH: tl.constexpr):
-    """Tiles ``start .. start+CH-1`` of one head and query head: their numbers, whether the step
-    keeps them (sinks and window always, a candidate when chosen), and their ``m`` and ``l``
-    (``-inf`` and 0 where not kept)."""
-    ts = start + tl.arange(0, CH)
-    cand = (ts >= t0) & (ts < t1)
-    keep = (ts < n_tiles) & ((ts < t0) | (ts >= t1) | (tl.load(chosen + ts - t0, mask=cand, other=0) != 0))
-    mm = tl.load(M + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=float("-inf"))
-    ll = tl.load(L + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=0.0)
-    return ts, keep, mm, ll
+def _kept_list(ORDER, i, count, t0, t1, n_tiles: tl.constexpr):
+    """Entries ``i`` of a selection's kept tiles listed without the dropped candidates: the sinks'
+    tiles (``0 .. t0-1``), the chosen candidates in the order the choice ranked them (``count`` of
+    ``ORDER``), the window's tiles (``t1 ..``). Returns the tiles' numbers and which entries exist."""
+    n_list = t0 + count + (n_tiles - t1)
+    ok = i < n_list
+    at = tl.minimum(tl.maximum(i - t0, 0), tl.maximum(count - 1, 0))
+    cand = t0 + tl.load(ORDER + at, mask=ok & (i >= t0) & (i < t0 + count), other=0)
+    ts = tl.where(i < t0, i, tl.where(i < t0 + count, cand, t1 + i - t0 - count))
+    return ts, ok
 
 
 @triton.jit
-def combine_kernel(M, L, O, CHOSEN, OUT, WOUT, t0, t1, hkv, heads_per_sel, n_sel,
+def combine_kernel(M, L, O, CHOSEN, ORDER, COUNT, OUT, WOUT, t0, t1, hkv, heads_per_sel, n_sel,
                    sm0, sm1, sm2, so0, so1, so2, n_tiles: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
                    D_PAD: tl.constexpr, CH: tl.constexpr, TRACK: tl.constexpr):
     """Per KV head (of every row) and query head: the softmax over the kept tiles (sinks, window,
     the chosen candidates) from the tiles' statistics, ``out = sum_kept exp(m - max) o / sum_kept
-    exp(m - max) l``; with ``TRACK`` each tile's share of it (the answer's sources). Tiles taken
-    ``CH`` at a time in a fixed order (the same sums for any number of rows)."""
+    exp(m - max) l``, reading only the kept tiles through their list (:func:`_kept_list`: ~100 of
+    ~750 on the 8B shape, so two loop iterations of ``CH`` instead of one per ``CH`` tiles); with
+    ``TRACK`` each tile's share of it (the answer's sources: every tile written, 0 where dropped).
+    Entries taken ``CH`` at a time in a fixed order (the same sums for any number of rows)."""
     h = tl.program_id(0)
     g = tl.program_id(1)
     row = h // hkv
     s = (h % hkv) // heads_per_sel
-    chosen = CHOSEN + (row * n_sel + s) * (t1 - t0)
+    sel = row * n_sel + s
+    order = ORDER + sel * (t1 - t0)
+    count = tl.load(COUNT + sel)
+    n_list = t0 + count + (n_tiles - t1)
     ds = tl.arange(0, D_PAD)
     okd = ds < D
     mx = float("-inf")
-    for start in range(0, n_tiles, CH):
-        ts, keep, mm, ll = _kept_tiles(M, L, chosen, h, g, start, t0, t1, sm0, sm1, sm2, n_tiles, CH)
+    for start in range(0, n_list, CH):
+        ts, ok = _kept_list(order, start + tl.arange(0, CH), count, t0, t1, n_tiles)
+        mm = tl.load(M + h * sm0 + ts * sm1 + g * sm2, mask=ok, other=float("-inf"))
         mx = tl.maximum(mx, tl.max(mm, 0))
     den = 0.0
     acc = tl.zeros([D_PAD], tl.float32)
-    for start in range(0, n_tiles, CH):
-        ts, keep, mm, ll = _kept_tiles(M, L, chosen, h, g, start, t0, t1, sm0, sm1, sm2, n_tiles, CH)
+    for start in range(0, n_list, CH):
+        ts, ok = _kept_list(order, start + tl.arange(0, CH), count, t0, t1, n_tiles)
+        mm = tl.load(M + h * sm0 + ts * sm1 + g * sm2, mask=ok, other=float("-inf"))
+        ll = tl.load(L + h * sm0 + ts * sm1 + g * sm2, mask=ok, other=0.0)
         coef = tl.exp(mm - mx)
         den += tl.sum(coef * ll, 0)
-        oo = tl.load(O + h * so0 + ts[:, None] * so1 + g * so2 + ds[None, :], mask=keep[:, None] & okd[None, :], other=0.0)
+        oo = tl.load(O + h * so0 + ts[:, None] * so1 + g * so2 + ds[None, :], mask=ok[:, None] & okd[None, :], other=0.0)
         acc += tl.sum(coef[:, None] * oo, 0)
     tl.store(OUT + (h * G + g) * D + ds, acc / den, mask=okd)
     if TRACK:
+        chosen = CHOSEN + sel * (t1 - t0)
         for start in range(0, n_tiles, CH):
-            ts, keep, mm, ll = _kept_tiles(M, L, chosen, h, g, start, t0, t1, sm0, sm1, sm2, n_tiles, CH)
+            ts = start + tl.arange(0, CH)
+            cand = (ts >= t0) & (ts < t1)
+            keep = (ts < n_tiles) & ((ts < t0) | (ts >= t1) | (tl.load(chosen + ts - t0, mask=cand, other=0) != 0))
+            mm = tl.load(M + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=float("-inf"))
+            ll = tl.load(L + h * sm0 + ts * sm1 + g * sm2, mask=keep, other=0.0)
             tl.store(WOUT + (h * n_tiles + ts) * G + g, tl.exp(mm - mx) * ll / den, mask=ts < n_tiles)
 
 
 @triton.jit
-def choose_kernel(MASS, N_TAKE, CHOSEN, n_cand: tl.constexpr, hi, sel, sn, CH: tl.constexpr, CI: tl.constexpr):
+def choose_kernel(MASS, N_TAKE, CHOSEN, ORDER, COUNT, n_cand: tl.constexpr, hi, sel, sn, CH: tl.constexpr,
+                  CI: tl.constexpr):
     """The rerank's choice without a sort: candidate ``j`` of a selection is chosen when fewer than
     ``min(n_take, hi)`` candidates rank before it, ranking by mass, larger first, ties to the
     earlier candidate (a stable descending sort's order; +inf edges first, -inf unfilled last).
     One program per selection and ``CH`` candidates, comparing them with all of the selection's
-    ``CI`` at a time: the result is exact (counts; no arithmetic on the masses)."""
+    ``CI`` at a time: the result is exact (counts; no arithmetic on the masses). Also the chosen
+    ones as a list (``ORDER[rank] = j``, ranks being distinct) and its length ``COUNT``, which
+    the combine reads instead of every candidate's flag."""
     p = tl.program_id(0)
     js = tl.program_id(1) * CH + tl.arange(0, CH)
     mj = tl.load(MASS + p * n_cand + js, mask=js < n_cand, other=0.0)
@@ -221,7 +237,11 @@ def choose_kernel(MASS, N_TAKE, CHOSEN, n_cand: tl.constexpr, hi, sel, sn, CH: t
         before = (mi[None, :] > mj[:, None]) | ((mi[None, :] == mj[:, None]) & (ms[None, :] < js[:, None]))
         rank += tl.sum((before & inm[None, :]).to(tl.int32), 1)
     take = tl.minimum(tl.load(N_TAKE + (p // sel) * sn), hi)
-    tl.store(CHOSEN + p * n_cand + js, rank < take, mask=js < n_cand)
+    inj = js < n_cand
+    tl.store(CHOSEN + p * n_cand + js, rank < take, mask=inj)
+    tl.store(ORDER + p * n_cand + tl.minimum(rank, n_cand - 1), js, mask=inj & (rank < take))
+    if tl.program_id(1) == 0:
+        tl.store(COUNT + p, take)
 
 
 @triton.jit

@@ -45,6 +45,38 @@ from ..devices import tile_extent
 # tiles (or candidates) a kernel program takes per loop iteration: the order its sums run in
 CHUNK = 64
 CHOOSE_CH, CHOOSE_CI = CHUNK // 2, 4 * CHUNK   # choose_kernel: candidates ranked per program, compared per pass
+# tile_lse_kernel's tiles per loop iteration: every tile of the 8B shape's buffer (~750) at once (a
+# program per KV head; with 64 a time, twelve dependent iterations)
+LSE_CHUNK = 1024
+
+
+class ChosenList:
+    """A rerank's choice as a list (:func:`choose_triton` writes it beside the flags): per selection
+    ``[rows, S]``, the chosen candidates' numbers (``order [rows, S, M]`` int32, the first ``count``
+    entries valid), so the combine reads the kept tiles without scanning every candidate's flag."""
+
+    def __init__(self, rows: int, sel: int, n_cand: int, device: torch.device | str):
+        self.order = torch.zeros((rows, sel, n_cand), dtype=torch.int32, device=device)
+        self.count = torch.zeros((rows, sel), dtype=torch.int32, device=device)
+
+    def rows(self, n: int) -> "ChosenList":
+        """The first ``n`` rows (views)."""
+        view = ChosenList.__new__(ChosenList)
+        view.order, view.count = self.order[:n], self.count[:n]
+        return view
+
+    def check(self, rows: int, sel: int, n_cand: int) -> None:
+        if self.order.shape != (rows, sel, n_cand) or not self.order.is_contiguous() or not self.count.is_contiguous():
+            raise ValueError(f"a chosen list of shape {tuple(self.order.shape)} does not fit {rows} x {sel} x {n_cand}")
+
+    @classmethod
+    def of(cls, chosen: torch.Tensor) -> "ChosenList":
+        """The list of a choice given as flags ``[rows, S, M]`` (ascending candidate order)."""
+        rows, sel, n_cand = chosen.shape
+        kept = cls(rows, sel, n_cand, chosen.device)
+        kept.order.copy_(torch.argsort((~chosen).to(torch.int8), dim=-1, stable=True))
+        kept.count.copy_(chosen.sum(-1))
+        return kept
 
 
 def tile_stats_torch(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
@@ -203,17 +235,21 @@ def choose_torch(mass: torch.Tensor, n_take: torch.Tensor, hi: int, ranks: torch
     return torch.zeros(mass.shape, dtype=torch.bool, device=mass.device).scatter(2, order, keep)
 
 
-def choose_triton(mass: torch.Tensor, n_take: torch.Tensor, hi: int, out: torch.Tensor) -> torch.Tensor:
+def choose_triton(mass: torch.Tensor, n_take: torch.Tensor, hi: int, out: torch.Tensor,
+                  kept: "ChosenList") -> torch.Tensor:
     """:func:`choose_torch` as one Triton kernel (ranks counted, no sort), written into ``out``
-    ``[rows, S, M]`` bool (preallocated). The same choice bit for bit: it compares masses and
-    never computes with them. ``n_take`` ``[rows]`` (any stride)."""
+    ``[rows, S, M]`` bool (preallocated), and the chosen candidates as a list into ``kept`` (in
+    the order of their ranks: what :func:`combine_triton` reads). The same choice bit for bit: it
+    compares masses and never computes with them. ``n_take`` ``[rows]`` (any stride)."""
     rows, sel, n_cand = mass.shape
     if not mass.is_contiguous() or not out.is_contiguous() or out.shape != mass.shape or out.dtype != torch.bool:
         raise ValueError("choose_triton needs a contiguous mass and a contiguous bool output of its shape")
     if n_take.shape != (rows,):
         raise ValueError(f"n_take {tuple(n_take.shape)} does not fit {rows} rows")
+    kept.check(rows, sel, n_cand)
     _kernels().choose_kernel[(rows * sel, -(-n_cand // CHOOSE_CH))](
-        mass, n_take, out, n_cand, min(hi, n_cand), sel, n_take.stride(0), CH=CHOOSE_CH, CI=CHOOSE_CI)
+        mass, n_take, out, kept.order, kept.count, n_cand, min(hi, n_cand), sel, n_take.stride(0),
+        CH=CHOOSE_CH, CI=CHOOSE_CI)
     return out
 
 
@@ -227,26 +263,29 @@ def candidate_mass_triton(m: torch.Tensor, l: torch.Tensor, ok: torch.Tensor, ed
     _check_stats(m, l)
     k = _kernels()
     k.tile_lse_kernel[(n,)](m, l, total, m.stride(0), m.stride(1), m.stride(2), n_tiles=n_t, G=g, G_PAD=tile_extent(g),
-                            CH=CHUNK)
+                            CH=min(LSE_CHUNK, tile_extent(n_t)))
     k.candidate_mass_kernel[(rows * sel, -(-n_cand // CHUNK))](
         m, l, total, ok, edge, out, t0, n_cand, m.stride(0), m.stride(1), m.stride(2),
         heads_per_sel=n // rows // sel, G=g, G_PAD=tile_extent(g), CH=CHUNK)
     return out
 
 
-def combine_triton(m: torch.Tensor, l: torch.Tensor, o: torch.Tensor, chosen: torch.Tensor, t0: int, t1: int,
-                   track: bool, out: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def combine_triton(m: torch.Tensor, l: torch.Tensor, o: torch.Tensor, chosen: torch.Tensor, kept: "ChosenList",
+                   t0: int, t1: int, track: bool, out: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`combine_torch` as one Triton kernel (one program per KV head and query head), writing
     into ``out [N, G, d]`` and, with ``track``, ``weights [N, T, G]`` (preallocated); sums in a fixed
-    order, so a row's output does not depend on how many rows run together."""
+    order, so a row's output does not depend on how many rows run together. ``kept``: ``chosen``
+    as a list (:func:`choose_triton` writes both; :meth:`ChosenList.of` makes it from ``chosen``),
+    through which the kernel reads only the kept tiles' statistics."""
     n, n_t, g = m.shape
     d = o.shape[-1]
-    rows, sel, _ = chosen.shape
+    rows, sel, n_cand = chosen.shape
     _check_stats(m, l)
     if o.stride(-1) != 1 or not out.is_contiguous() or not weights.is_contiguous() or not chosen.is_contiguous():
         raise ValueError("combine_triton needs contiguous outputs and unit strides along d")
+    kept.check(rows, sel, n_cand)
     _kernels().combine_kernel[(n, g)](
-        m, l, o, chosen, out, weights, t0, t1, n // rows, n // rows // sel, sel,
+        m, l, o, chosen, kept.order, kept.count, out, weights, t0, t1, n // rows, n // rows // sel, sel,
         m.stride(0), m.stride(1), m.stride(2), o.stride(0), o.stride(1), o.stride(2),
         n_tiles=n_t, G=g, D=d, D_PAD=tile_extent(d), CH=CHUNK, TRACK=track)
     return out, (weights if track else None)
@@ -288,6 +327,17 @@ def place_token_triton(k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor, q_
         queries if queries is not None else win_k, at_cap, at_w, at_vis, at_q,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), hkv, feats,
         D=d, D_PAD=tile_extent(d), F_CH=256, HAS_Q=queries is not None)
+
+
+def lists_the_choice(kept: ChosenList, chosen: torch.Tensor) -> bool:
+    """Whether ``kept`` lists exactly the candidates ``chosen`` flags, each once."""
+    if not torch.equal(kept.count.long(), chosen.sum(-1)):
+        return False
+    n = chosen.shape[-1]
+    listed = torch.arange(n, device=chosen.device) < kept.count[..., None]
+    marks = torch.zeros(chosen.shape, dtype=torch.long, device=chosen.device)
+    marks.scatter_add_(-1, kept.order.long().masked_fill(~listed, 0), listed.long())
+    return torch.equal(marks, chosen.long())
 
 
 def _check_stats(m: torch.Tensor, l: torch.Tensor) -> None:
@@ -348,7 +398,7 @@ def check_triton(graph, strict: bool = False) -> str:
     try:
         mass = candidate_mass_triton(m, l, ok, edge, t0, t1, torch.empty(m[:, 0].shape, device=dev),
                                      torch.empty(ok.shape, device=dev))
-        out, share = combine_triton(m, l, o, chosen, t0, t1, True, torch.empty(o[:, 0].shape, device=dev),
+        out, share = combine_triton(m, l, o, chosen, ChosenList.of(chosen), t0, t1, True, torch.empty(o[:, 0].shape, device=dev),
                                     torch.empty(m.shape, device=dev))
     except Exception as exc:  # noqa: BLE001
         return refuse(f"the Triton decode kernels failed ({type(exc).__name__}: {exc})")
@@ -368,10 +418,11 @@ def check_triton(graph, strict: bool = False) -> str:
     tied = (want_mass * 8).floor().masked_fill(edge, float("inf")).masked_fill(~ok, float("-inf")).contiguous()
     n_take = torch.randint(0, graph.hi + 2, (rows,), generator=gen, device=dev)
     try:
-        picked = choose_triton(tied, n_take, graph.hi, torch.empty(tied.shape, dtype=torch.bool, device=dev))
+        listed = ChosenList(*tied.shape, dev)
+        picked = choose_triton(tied, n_take, graph.hi, torch.empty(tied.shape, dtype=torch.bool, device=dev), listed)
     except Exception as exc:  # noqa: BLE001
         return refuse(f"the Triton decode kernels failed ({type(exc).__name__}: {exc})")
-    if not torch.equal(picked, choose_torch(tied, n_take, graph.hi)):
+    if not torch.equal(picked, choose_torch(tied, n_take, graph.hi)) or not lists_the_choice(listed, picked):
         return refuse("the Triton rerank choice differs from the stable sort's")
     # the new token's writes as one kernel: the five indexed writes, exactly
     cap, n_q = 4, hkv * g * d
