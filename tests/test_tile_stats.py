@@ -211,7 +211,7 @@ def _compare_two_passes(qs, keys, values, visible, fw, tile, one_pass, chosen, t
     o.fill_(float("nan"))
     tile_stats_triton(qs, keys, values, visible, fw, tile, 0.2, (m, l, o), with_values=False)
     assert torch.equal(m, one_pass[0]) and torch.equal(l, one_pass[1]) and o.isnan().all()
-    kept_values_triton(qs, keys, values, visible, chosen, fw, tile, 0.2, t0, t1, o)
+    kept_values_triton(qs, keys, values, visible, ChosenList.of(chosen), t1 - t0, fw, tile, 0.2, t0, t1, o)
     kept = kept_tiles(chosen, m.shape[0], m.shape[1], t0, t1)
     assert torch.equal(o[kept], one_pass[2][kept]) and o[~kept].isnan().all() and (~kept).any()
     dev = m.device

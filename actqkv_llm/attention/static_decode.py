@@ -428,7 +428,7 @@ class DecodeGraph:
 
         # one softmax over [sinks | kept blocks | window]
         if tiles:  # from the tiles' statistics (the flash-decoding combine), values of the kept tiles only
-            kept_values_triton(qs, flat_k, flat_v, visible, chosen, self.first_window_tile, b, scaling, t0, t1, o)
+            kept_values_triton(qs, flat_k, flat_v, visible, kept, hi, self.first_window_tile, b, scaling, t0, t1, o)
             out, w = combine_triton(m, l, o, chosen, kept, t0, t1, self.track, self.out_rows[:n_h], self.tile_share[:n_h])
             got = w[:, t0:t1].sum(-1).view(n_r, hkv, m_cap) if self.track else None                 # [B, Hkv, M]
         else:

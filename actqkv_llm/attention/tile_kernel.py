@@ -76,33 +76,46 @@ def tile_stats_kernel(Q, K, V, VIS, M, L, O, scaling, first_window_tile, heads_p
 
 
 @triton.jit
-def kept_values_kernel(Q, K, V, VIS, CHOSEN, O, scaling, first_window_tile, heads_per_row, svis, t0, t1,
+def _kept_list(ORDER, i, count, t0, t1, n_tiles: tl.constexpr):
+    """Entries ``i`` of a selection's kept tiles listed without the dropped candidates: the sinks'
+    tiles (``0 .. t0-1``), the chosen candidates in the order the choice ranked them (``count`` of
+    ``ORDER``), the window's tiles (``t1 ..``). Returns the tiles' numbers and which entries exist."""
+    n_list = t0 + count + (n_tiles - t1)
+    ok = i < n_list
+    at = tl.minimum(tl.maximum(i - t0, 0), tl.maximum(count - 1, 0))
+    cand = t0 + tl.load(ORDER + at, mask=ok & (i >= t0) & (i < t0 + count), other=0)
+    ts = tl.where(i < t0, i, tl.where(i < t0 + count, cand, t1 + i - t0 - count))
+    return ts, ok
+
+
+@triton.jit
+def kept_values_kernel(Q, K, V, VIS, ORDER, COUNT, O, scaling, first_window_tile, heads_per_row, svis, t0, t1,
                        heads_per_sel, n_sel, sq0, sq1, sq2, sk0, sk1, sv0, sv1, so0, so1, so2,
-                       G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-                       TILE: tl.constexpr, T_PAD: tl.constexpr, IEEE: tl.constexpr):
+                       n_tiles: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
+                       D_PAD: tl.constexpr, TILE: tl.constexpr, T_PAD: tl.constexpr, IEEE: tl.constexpr):
     """``o`` of the tiles the step keeps (sinks, window, the chosen candidates: what the combine
     reads), the others' left as they are and their keys and values not read: the values' pass
-    after the rerank. ``p`` as :func:`tile_stats_kernel` computed it (same code, same loads), so
+    after the rerank. One program per KV head and entry of the kept tiles' list
+    (:func:`_kept_list`; entries past its length do nothing), so the dropped candidates' tiles
+    take no program. ``p`` as :func:`tile_stats_kernel` computed it (same code, same loads), so
     ``o`` matches the ``m`` and ``l`` of that pass bit for bit."""
     h = tl.program_id(0)
-    t = tl.program_id(1)
+    i = tl.program_id(1)
     rows = tl.arange(0, G_PAD)
     cols = tl.arange(0, D_PAD)
     slots = tl.arange(0, T_PAD)
     row = h // heads_per_row
-    s = (h % heads_per_row) // heads_per_sel
-    cand = (t >= t0) & (t < t1)
-    at = tl.minimum(tl.maximum(t - t0, 0), t1 - t0 - 1)          # a candidate's flag (read, unused, for the others)
-    flag = tl.load(CHOSEN + (row * n_sel + s) * (t1 - t0) + at).to(tl.int32)
-    keep = tl.where(cand, flag, 1) != 0
-    in_tile = (slots < TILE) & (tl.zeros([T_PAD], tl.int32) + keep.to(tl.int32) != 0)
+    sel = row * n_sel + (h % heads_per_row) // heads_per_sel
+    count = tl.load(COUNT + sel)
+    t, ok = _kept_list(ORDER + sel * (t1 - t0), i, count, t0, t1, n_tiles)
+    t = tl.where(ok, t, 0)
+    in_tile = (slots < TILE) & (tl.zeros([T_PAD], tl.int32) + ok.to(tl.int32) != 0)
     vis = tl.load(VIS + row * svis + t * TILE + slots, mask=in_tile, other=0) != 0
     mx, p = _tile_weights(Q, K, vis, h, t, first_window_tile, scaling, sq0, sq1, sq2, sk0, sk1,
                           G, G_PAD, D, D_PAD, TILE, T_PAD, IEEE)
     acc = _tile_values(V, p, vis, h, t, sv0, sv1, D, D_PAD, TILE, T_PAD, IEEE)
-    ok = (rows < G) & (tl.zeros([G_PAD], tl.int32) + keep.to(tl.int32) != 0)
-    tl.store(O + h * so0 + t * so1 + rows[:, None] * so2 + cols[None, :], acc, mask=ok[:, None] & (cols < D)[None, :])
-
+    okr = (rows < G) & (tl.zeros([G_PAD], tl.int32) + ok.to(tl.int32) != 0)
+    tl.store(O + h * so0 + t * so1 + rows[:, None] * so2 + cols[None, :], acc, mask=okr[:, None] & (cols < D)[None, :])
 
 
 @triton.jit
@@ -154,19 +167,6 @@ def candidate_mass_kernel(M, L, TOT, OK, EDGE, MASS, t0, n_cand, sm0, sm1, sm2, 
     mass = tl.where(edge, float("inf"), acc)
     mass = tl.where(ok, mass, float("-inf"))
     tl.store(MASS + p * n_cand + cs, mass, mask=inc)
-
-
-@triton.jit
-def _kept_list(ORDER, i, count, t0, t1, n_tiles: tl.constexpr):
-    """Entries ``i`` of a selection's kept tiles listed without the dropped candidates: the sinks'
-    tiles (``0 .. t0-1``), the chosen candidates in the order the choice ranked them (``count`` of
-    ``ORDER``), the window's tiles (``t1 ..``). Returns the tiles' numbers and which entries exist."""
-    n_list = t0 + count + (n_tiles - t1)
-    ok = i < n_list
-    at = tl.minimum(tl.maximum(i - t0, 0), tl.maximum(count - 1, 0))
-    cand = t0 + tl.load(ORDER + at, mask=ok & (i >= t0) & (i < t0 + count), other=0)
-    ts = tl.where(i < t0, i, tl.where(i < t0 + count, cand, t1 + i - t0 - count))
-    return ts, ok
 
 
 @triton.jit

@@ -148,25 +148,28 @@ def tile_stats_triton(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
 
 
 def kept_values_triton(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
-                       chosen: torch.Tensor, first_window_tile: int, tile: int, scaling: float, t0: int, t1: int,
-                       o: torch.Tensor) -> torch.Tensor:
+                       kept: "ChosenList", most: int, first_window_tile: int, tile: int, scaling: float, t0: int,
+                       t1: int, o: torch.Tensor) -> torch.Tensor:
     """``o`` (:func:`tile_stats_torch`'s third value) of the tiles a step keeps, written into ``o``
-    ``[N, T, G, d]``: sinks and window (tiles outside ``t0 .. t1-1``) and the candidates ``chosen``
-    ``[rows, S, M]``; the other tiles' keys and values are not read and their ``o`` is left as it is
-    (the combine reads only kept tiles). After :func:`tile_stats_triton` with ``with_values=False``,
-    the two read each kept tile's keys twice and every other tile's values never: on the 8B shape a
-    step reranks ~736 candidate blocks per layer and keeps at most ~92 of them."""
+    ``[N, T, G, d]``: sinks and window (tiles outside ``t0 .. t1-1``) and the candidates ``kept``
+    lists (at most ``most`` per selection); the other tiles' keys and values are not read and
+    their ``o`` is left as it is (the combine reads only kept tiles). After
+    :func:`tile_stats_triton` with ``with_values=False``, the two read each kept tile's keys twice
+    and every other tile's values never: on the 8B shape a step reranks ~736 candidate blocks per
+    layer and keeps at most ~92 of them."""
     n, width, d = keys.shape
     g = qs.shape[2]
     rows = _check_buffers(qs, keys, values, visible, o)
-    n_rows, sel, n_cand = chosen.shape
-    if n_rows != rows.shape[0] or n_cand != t1 - t0 or not chosen.is_contiguous():
-        raise ValueError(f"chosen {tuple(chosen.shape)} does not fit {rows.shape[0]} rows of {t1 - t0} candidates")
-    _kernels().kept_values_kernel[(n, width // tile)](
-        qs, keys, values, rows, chosen, o, scaling, first_window_tile, n // n_rows, rows.stride(0), t0, t1,
-        n // n_rows // sel, sel, qs.stride(0), qs.stride(1), qs.stride(2), keys.stride(0), keys.stride(1),
+    n_rows, sel, n_cand = kept.order.shape
+    if n_rows != rows.shape[0] or n_cand != t1 - t0:
+        raise ValueError(f"a chosen list of {tuple(kept.order.shape)} does not fit {rows.shape[0]} rows of {t1 - t0} candidates")
+    kept.check(n_rows, sel, n_cand)
+    n_tiles = width // tile
+    _kernels().kept_values_kernel[(n, t0 + min(most, n_cand) + n_tiles - t1)](
+        qs, keys, values, rows, kept.order, kept.count, o, scaling, first_window_tile, n // n_rows, rows.stride(0),
+        t0, t1, n // n_rows // sel, sel, qs.stride(0), qs.stride(1), qs.stride(2), keys.stride(0), keys.stride(1),
         values.stride(0), values.stride(1), o.stride(0), o.stride(1), o.stride(2),
-        G=g, G_PAD=tile_extent(g), D=d, D_PAD=tile_extent(d), TILE=tile, T_PAD=tile_extent(tile),
+        n_tiles=n_tiles, G=g, G_PAD=tile_extent(g), D=d, D_PAD=tile_extent(d), TILE=tile, T_PAD=tile_extent(tile),
         IEEE=keys.dtype == torch.float32,
     )
     return o
@@ -406,7 +409,7 @@ def check_triton(graph, strict: bool = False) -> str:
     want_out, want_share = combine_torch(m, l, o, chosen, t0, t1, True)
     # the values' pass after the rerank: the one pass's o for the kept tiles (the combine reads no other)
     try:
-        kept_o = kept_values_triton(qs, keys, values, visible, chosen.contiguous(), graph.first_window_tile, tile,
+        kept_o = kept_values_triton(qs, keys, values, visible, ChosenList.of(chosen), t1 - t0, graph.first_window_tile, tile,
                                     scaling, t0, t1, torch.zeros_like(o))
     except Exception as exc:  # noqa: BLE001
         return refuse(f"the Triton decode kernels failed ({type(exc).__name__}: {exc})")
