@@ -13,7 +13,7 @@ from tiny_models import tiny_model
 
 from actqkv_llm import Engine
 from actqkv_llm.attention.static_decode import DecodeGraph, graph_capable
-from actqkv_llm.attention.step import DECODE, QUESTION
+from actqkv_llm.attention.step import DECODE, QUESTION, StepContext
 from actqkv_llm.errors import ConfigError
 from actqkv_llm.generation import Sampling
 
@@ -634,3 +634,39 @@ def test_a_failed_compile_falls_back_to_the_plain_layers_under_auto(tokenizer, m
         assert graph.compile_layers is False and graph._place is static_decode.place_token
         assert int(graph.cursor[0, 0]) == 1    # the plain step ran once, from slot 0
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("positions", ["exact", "fixed"])
+def test_blocks_leaving_the_window_are_bounded_for_every_layer_at_once(tokenizer, positions):
+    """At a step where a block leaves the window, the static step measures the new blocks' key
+    bounds for all layers at once: the bits each layer's scorer would measure (measure_bounds over
+    the stored keys, at their true positions in ``exact`` mode), and the scorers measure nothing."""
+    from actqkv_llm.memory.digests import measure_bounds
+    from actqkv_llm.retrieval.methods import BoundScorer
+
+    _, fast = _engines(tokenizer, positions=positions)
+    assert isinstance(fast.method.scorer, BoundScorer)
+    doc = fast.prefill(TEXT)
+    measured = []
+
+    def counting(fn):
+        def measure(blocks, a, b, device, rotate):
+            measured.append((a, b))
+            return fn(blocks, a, b, device, rotate)
+        return measure
+
+    def watch(sess):
+        for mem in sess.memory:
+            for key, d in mem.digests.items():
+                d.measure = counting(d.measure)
+    _, sess = _steps(fast, doc, 3 * SMALL["block_size"], after_question=watch)
+    graph = fast.decode_graph
+    assert graph.row_evictions >= 2 and graph.rescores >= 2 * len(sess.memory)
+    assert measured == []                      # every new block's bounds came from the step
+    for layer, mem in enumerate(sess.memory):
+        d = mem.digests["bounds", positions]
+        assert d.n_known == mem.n_blocks - doc.state.memory[layer].n_blocks >= 2
+        mq = StepContext(sess, DECODE).memory_query(sess.adapter.kinds[layer], mem, mem.n_local, 1, 1.0)
+        assert mq.mode == positions
+        want = measure_bounds(mem.blocks, d.n_parent, mem.n_blocks, mem.device, mq.rotate_blocks)
+        assert all(torch.equal(a, b) for a, b in zip(d.known, want))

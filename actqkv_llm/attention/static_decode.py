@@ -62,7 +62,8 @@ from ..devices import half_products_into_float32, kernel_agrees, triton_availabl
 from ..errors import ConfigError
 from ..memory.blocks import gather_parts
 from .block_gather import gather_parts_triton, gathers_agree
-from .rope import rotate, sinks_at_true_positions
+from ..memory.digests import key_bounds, outward_bf16
+from .rope import block_positions, rotate, sinks_at_true_positions
 from .tile_stats import (ChosenList, candidate_mass_triton, check_triton, choose_torch, choose_triton, combine_triton,
                          kept_values_triton, place_token_torch, place_token_triton, tile_stats_triton)
 from .step import DECODE, StepContext
@@ -658,7 +659,7 @@ class DecodeGraph:
             mode, takes, rescore, evict = p
             held_before = self.rows[i]
             if evict:
-                self._evict(s, i, evict)
+                self._evict(s, i, evict, mode)
             loaded = self.rows[i]
             if (loaded is None or loaded.session() is not s or loaded.mode != mode
                     or any(h is not st.candidates for h, st in zip(loaded.held, s.retrieval))):
@@ -708,7 +709,7 @@ class DecodeGraph:
                 out[i] = logits[i].clone()
         return out
 
-    def _evict(self, s: "Session", row: int, count: int) -> None:
+    def _evict(self, s: "Session", row: int, count: int, mode: str) -> None:
         """A step whose token does not fit in the window: its oldest ``count`` tokens leave as blocks
         in every layer. Where row ``row`` holds ``s`` and loaded those tokens from ``s``'s window
         (the usual case: a row is loaded at an eviction with the window one block short of full), they
@@ -720,16 +721,50 @@ class DecodeGraph:
         loaded = self.rows[row]
         if loaded is not None and loaded.session() is s and loaded.n_local >= count:
             n = self._n_local(s)
+            leaving = [mem.local_k[:, :count] for mem in s.memory]
+            n_before = s.memory[0].n_blocks
             for mem in s.memory:
                 mem.leave_as_blocks(count, s.policy)
             self._shift_window(row, n, count)
             loaded.n_local -= count
             self.row_evictions += 1
+            self._bound_left_blocks(s, mode, leaving, n_before)
             return
         self._release_row(row)
         s.settle()
         for mem in s.memory:
             mem.make_room(1, s.policy)
+
+    def _bound_left_blocks(self, s: "Session", mode: str, leaving: list[torch.Tensor], n_before: int) -> None:
+        """The key bounds of the blocks that just left every layer's window (``leaving``: each layer's
+        keys ``[Hkv, n*B, d]``, blocks ``n_before ..``), measured for all layers at once as each
+        layer's scorer would measure them one layer at a time (:func:`measure_bounds`: the stored keys,
+        at their true positions in ``exact`` mode, rounded outward to bf16; the same operations, so
+        the same bits), and handed to the layers' digests (``BlockDigests.extend``). Skipped where
+        the blocks are not on the device as plain keys (offloaded or quantized stores: the stored
+        keys are what counts) or a layer's digests are behind; the scorer measures them then."""
+        parts = [mem.blocks.device_parts(self.device) for mem in s.memory]
+        if any(p is None for p in parts) or len({p[-1][0].dtype for p in parts}) != 1 \
+                or any(mem.n_blocks != s.memory[0].n_blocks for mem in s.memory):
+            return
+        digests = [mem.digests["bounds", mode] for mem in s.memory]
+        if any(d.n_parent + d.n_known != n_before for d in digests):
+            return
+        b = self.bsz
+        k = torch.stack(leaving).to(parts[0][-1][0].dtype)                 # [L, Hkv, n*B, d], as stored
+        n_new = k.shape[2] // b
+        if mode == "exact":
+            pos = block_positions(torch.arange(n_before, n_before + n_new, device=self.device), self.n_sink, b)
+            placed = torch.empty(k.shape, dtype=torch.float32, device=self.device)
+            for rope_type, layers in self.rope_layers:
+                cos, sin = self.tables[rope_type]
+                placed[layers] = rotate(k[layers], cos[pos], sin[pos])
+        else:
+            placed = k.float()
+        lo, hi = key_bounds(placed.view(*k.shape[:2], n_new, b, k.shape[-1]))      # [L, Hkv, n, d]
+        lo, hi = outward_bf16(lo.transpose(1, 2).contiguous(), hi.transpose(1, 2).contiguous())
+        for i, d in enumerate(digests):
+            d.extend(n_before, lo[i], hi[i])
 
     def _shift_window(self, r: int, n: int, count: int) -> None:
         """Row ``r``'s window of ``n`` tokens after its first ``count`` left, in every layer at once:

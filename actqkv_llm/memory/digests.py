@@ -67,10 +67,16 @@ def _measure(blocks: KVBlocks, a: int, b: int, device: torch.device, rotate: Blo
     return tuple(torch.cat([p[i].transpose(0, 1) for p in parts]) for i in range(2))
 
 
+def key_bounds(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel minima and maxima over each block's tokens: float32 keys ``[..., n, B, d]`` ->
+    two ``[..., n, d]`` (before :func:`outward_bf16`)."""
+    return k.amin(-2), k.amax(-2)
+
+
 def measure_bounds(blocks: KVBlocks, a: int, b: int, device: torch.device,
                    rotate: BlockRotation | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Quest's key bounds ``(lo, hi)``, each bf16 ``[b - a, Hkv, d]`` (rounded outward)."""
-    return outward_bf16(*_measure(blocks, a, b, device, rotate, lambda k, v: (k.amin(2), k.amax(2)), values=False))
+    return outward_bf16(*_measure(blocks, a, b, device, rotate, lambda k, v: key_bounds(k), values=False))
 
 
 def measure_means(blocks: KVBlocks, a: int, b: int, device: torch.device,
@@ -104,6 +110,17 @@ class BlockDigests:
     def preload(self, *digests: torch.Tensor) -> None:
         """Digests of the first blocks, measured before (a reloaded document's)."""
         self._own, self._joined = tuple(digests), None
+
+    def extend(self, n_before: int, *new: torch.Tensor) -> bool:
+        """Add the digests ``new`` (each ``[n, Hkv, d]``) of the blocks from ``n_before`` on, measured
+        by the caller as :attr:`measure` would (the static decode step measures a block leaving
+        every layer's window at once), where this object knows every block before them; else
+        nothing (they are measured when asked for). Returns whether they were added."""
+        with self._lock:
+            if n_before < self.n_parent or self.n_parent + self.n_known != n_before:
+                return False
+            self._own = tuple(new) if self._own is None else tuple(torch.cat([a, b]) for a, b in zip(self._own, new))
+            return True
 
     def get(self, blocks: KVBlocks, n_blocks: int, device: torch.device,
             rotate: BlockRotation | None = None) -> tuple[torch.Tensor, ...]:
