@@ -123,10 +123,10 @@ class LayerMemory:
         # [Hkv, n*B, d] -> [n, Hkv, B, d]
         k = self.local_k[:, sl].reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1)
         v = self.local_v[:, sl].reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1)
-        score = self.local_score[:, sl].reshape(self.kv_heads, n, b).transpose(0, 1)
         if policy.keep_summaries:
+            score = self.local_score[:, sl].reshape(self.kv_heads, n, b).transpose(0, 1)
             self.summaries.append(representative_keys(k, score, policy.repr_topk))
-        self.blocks.append(k.contiguous(), v.contiguous())
+        self.blocks.append(k, v)   # views: each store copies them into its own layout
 
     def store_blocks(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Batched prefill (attention/chunk.py): the full KV ``[Hkv, n*B, d]`` of blocks that will leave

@@ -49,20 +49,26 @@ def bound_logits(q: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
     model's: a bound only ranks blocks, and bf16 products run on the GPU's matrix units).
     Returns float32 ``[H, T, n]``.
     """
+    return bound_logits_parts(q, [(lo, hi)], dtype)
+
+
+def _signed_parts(q: torch.Tensor, hkv: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q`` ``[H, T, d]`` grouped by KV head ``[Hkv, G*T, d]`` in ``dtype``, split into its positive
+    and negative parts (what :func:`bound_logits` multiplies with the maxima and the minima)."""
     h, t, d = q.shape
-    hkv = lo.shape[1]
     qg = q.to(dtype).reshape(hkv, (h // hkv) * t, d)
-    pos, neg = qg.clamp(min=0), qg.clamp(max=0)
-    u = torch.matmul(pos, hi.to(dtype).permute(1, 2, 0)) + torch.matmul(neg, lo.to(dtype).permute(1, 2, 0))
-    return u.float().reshape(h, t, -1)
+    return qg.clamp(min=0), qg.clamp(max=0)
 
 
 def bound_logits_parts(q: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """:func:`bound_logits` over bounds given in consecutive parts (``LayerMemory.bound_parts``):
-    ``[H, T, n]`` for all their blocks, in order."""
-    u = [bound_logits(q, lo, hi, dtype) for lo, hi in parts]
-    return u[0] if len(u) == 1 else torch.cat(u, -1)
+    ``[H, T, n]`` for all their blocks, in order. The query's signed parts are made once for all."""
+    h, t, _ = q.shape
+    pos, neg = _signed_parts(q, parts[0][0].shape[1], dtype)
+    u = [torch.matmul(pos, hi.to(dtype).permute(1, 2, 0)) + torch.matmul(neg, lo.to(dtype).permute(1, 2, 0))
+         for lo, hi in parts]
+    return (u[0] if len(u) == 1 else torch.cat(u, -1)).float().reshape(h, t, -1)
 
 
 def key_logits(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
