@@ -1,0 +1,34 @@
+"""bound_logits_parts before (c1f4363) and now on a prefill chunk's queries (512 tokens, SmolLM2's
+shapes), 40 rounds alternating which goes first, 10 calls a round: the minimum and the median per
+call (the minimum is the least disturbed by the machine's neighbours)."""
+import statistics, time, torch
+from actqkv_llm.retrieval.score import bound_logits_parts as new_parts
+
+
+def old_bound_logits(q, lo, hi, dtype=torch.float32):          # c1f4363
+    h, t, d = q.shape
+    hkv = lo.shape[1]
+    qg = q.to(dtype).reshape(hkv, (h // hkv) * t, d)
+    pos, neg = qg.clamp(min=0), qg.clamp(max=0)
+    u = torch.matmul(pos, hi.to(dtype).permute(1, 2, 0)) + torch.matmul(neg, lo.to(dtype).permute(1, 2, 0))
+    return u.float().reshape(h, t, -1)
+
+
+def old_parts(q, parts, dtype=torch.float32):                   # c1f4363
+    u = [old_bound_logits(q, lo, hi, dtype) for lo, hi in parts]
+    return u[0] if len(u) == 1 else torch.cat(u, -1)
+
+
+torch.manual_seed(0)
+two = [(torch.randn(250, 3, 64), torch.randn(250, 3, 64)), (torch.randn(6, 3, 64), torch.randn(6, 3, 64))]
+q = torch.randn(9, 512, 64)
+for label, p in (("two parts", two), ("one part", two[:1])):
+    got = {"old": [], "new": []}
+    for r in range(40):
+        order = (("old", old_parts), ("new", new_parts)) if r % 2 else (("new", new_parts), ("old", old_parts))
+        for name, fn in order:
+            t0 = time.perf_counter()
+            for _ in range(10):
+                fn(q, p)
+            got[name].append((time.perf_counter() - t0) / 10 * 1e6)
+    print(label, {k: f"min {min(v):.0f} us, median {statistics.median(v):.0f} us" for k, v in got.items()})
