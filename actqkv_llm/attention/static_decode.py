@@ -63,7 +63,7 @@ from ..errors import ConfigError
 from ..memory.blocks import gather_parts
 from .block_gather import gather_parts_triton, gathers_agree
 from ..memory.digests import key_bounds, outward_bf16
-from .rope import block_positions, rotate, sinks_at_true_positions
+from .rope import blocks_at_true_positions, rotate, sinks_at_true_positions
 from .tile_stats import (ChosenList, candidate_mass_triton, check_triton, choose_torch, choose_triton, combine_triton,
                          kept_values_triton, place_token_torch, place_token_triton, tile_stats_triton)
 from .step import DECODE, StepContext
@@ -753,12 +753,13 @@ class DecodeGraph:
         b = self.bsz
         k = torch.stack(leaving).to(parts[0][-1][0].dtype)                 # [L, Hkv, n*B, d], as stored
         n_new = k.shape[2] // b
-        if mode == "exact":
-            pos = block_positions(torch.arange(n_before, n_before + n_new, device=self.device), self.n_sink, b)
+        if mode == "exact":   # the scorer's rotation (blocks_at_true_positions), every layer's heads as rows
+            ids = torch.arange(n_before, n_before + n_new, device=self.device)
             placed = torch.empty(k.shape, dtype=torch.float32, device=self.device)
             for rope_type, layers in self.rope_layers:
                 cos, sin = self.tables[rope_type]
-                placed[layers] = rotate(k[layers], cos[pos], sin[pos])
+                part = k[layers]
+                placed[layers] = blocks_at_true_positions(part.flatten(0, 1), ids, cos, sin, self.n_sink).view(part.shape)
         else:
             placed = k.float()
         lo, hi = key_bounds(placed.view(*k.shape[:2], n_new, b, k.shape[-1]))      # [L, Hkv, n, d]

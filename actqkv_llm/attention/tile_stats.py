@@ -160,9 +160,7 @@ def kept_values_triton(qs: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     n, width, d = keys.shape
     g = qs.shape[2]
     rows = _check_buffers(qs, keys, values, visible, o)
-    n_rows, sel, n_cand = kept.order.shape
-    if n_rows != rows.shape[0] or n_cand != t1 - t0:
-        raise ValueError(f"a chosen list of {tuple(kept.order.shape)} does not fit {rows.shape[0]} rows of {t1 - t0} candidates")
+    n_rows, sel, n_cand = rows.shape[0], kept.order.shape[1], t1 - t0
     kept.check(n_rows, sel, n_cand)
     n_tiles = width // tile
     _kernels().kept_values_kernel[(n, t0 + min(most, n_cand) + n_tiles - t1)](

@@ -117,7 +117,7 @@ class BlockDigests:
         every layer's window at once), where this object knows every block before them; else
         nothing (they are measured when asked for). Returns whether they were added."""
         with self._lock:
-            if n_before < self.n_parent or self.n_parent + self.n_known != n_before:
+            if self.n_parent + self.n_known != n_before:
                 return False
             self._own = tuple(new) if self._own is None else tuple(torch.cat([a, b]) for a, b in zip(self._own, new))
             return True

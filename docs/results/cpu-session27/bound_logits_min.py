@@ -2,21 +2,8 @@
 shapes), 40 rounds alternating which goes first, 10 calls a round: the minimum and the median per
 call (the minimum is the least disturbed by the machine's neighbours)."""
 import statistics, time, torch
+from changed_functions import old_parts
 from actqkv_llm.retrieval.score import bound_logits_parts as new_parts
-
-
-def old_bound_logits(q, lo, hi, dtype=torch.float32):          # c1f4363
-    h, t, d = q.shape
-    hkv = lo.shape[1]
-    qg = q.to(dtype).reshape(hkv, (h // hkv) * t, d)
-    pos, neg = qg.clamp(min=0), qg.clamp(max=0)
-    u = torch.matmul(pos, hi.to(dtype).permute(1, 2, 0)) + torch.matmul(neg, lo.to(dtype).permute(1, 2, 0))
-    return u.float().reshape(h, t, -1)
-
-
-def old_parts(q, parts, dtype=torch.float32):                   # c1f4363
-    u = [old_bound_logits(q, lo, hi, dtype) for lo, hi in parts]
-    return u[0] if len(u) == 1 else torch.cat(u, -1)
 
 
 torch.manual_seed(0)

@@ -29,30 +29,35 @@ def timed(fn, reps):
     return (time.perf_counter() - t0) / reps * 1e6
 
 
-torch.manual_seed(0)
-parts = [(torch.randn(250, 3, 64), torch.randn(250, 3, 64)), (torch.randn(6, 3, 64), torch.randn(6, 3, 64))]
-for t, reps in ((1, 3000), (512, 100)):
-    q = torch.randn(9, t, 64)
-    assert torch.equal(old_parts(q, parts), new_parts(q, parts))
+def main():
+    torch.manual_seed(0)
+    parts = [(torch.randn(250, 3, 64), torch.randn(250, 3, 64)), (torch.randn(6, 3, 64), torch.randn(6, 3, 64))]
+    for t, reps in ((1, 3000), (512, 100)):
+        q = torch.randn(9, t, 64)
+        assert torch.equal(old_parts(q, parts), new_parts(q, parts))
+        res = {"old": [], "new": []}
+        for _ in range(5):
+            res["old"].append(timed(lambda: old_parts(q, parts), reps))
+            res["new"].append(timed(lambda: new_parts(q, parts), reps))
+        print(f"bound logits, {t} query tokens: old {sorted(res['old'])} us, new {sorted(res['new'])} us")
+
+    local = torch.randn(3, 512, 64)
     res = {"old": [], "new": []}
     for _ in range(5):
-        res["old"].append(timed(lambda: old_parts(q, parts), reps))
-        res["new"].append(timed(lambda: new_parts(q, parts), reps))
-    print(f"bound logits, {t} query tokens: old {sorted(res['old'])} us, new {sorted(res['new'])} us")
+        for name in ("old", "new"):
+            store = GrowableBlocks(3, 32, 64, torch.float32, "cpu")
+            store.reserve(2000)
 
-local = torch.randn(3, 512, 64)
-res = {"old": [], "new": []}
-for _ in range(5):
-    for name in ("old", "new"):
-        store = GrowableBlocks(3, 32, 64, torch.float32, "cpu")
-        store.reserve(2000)
+            def leave():
+                k = local[:, :32].reshape(3, 1, 32, 64).transpose(0, 1)
+                v = local[:, :32].reshape(3, 1, 32, 64).transpose(0, 1)
+                if name == "old":
+                    store.append(k.contiguous(), v.contiguous())
+                else:
+                    store.append(k, v)
+            res[name].append(timed(leave, 1000))
+    print(f"a block into the store: old {sorted(res['old'])} us, new {sorted(res['new'])} us")
 
-        def leave():
-            k = local[:, :32].reshape(3, 1, 32, 64).transpose(0, 1)
-            v = local[:, :32].reshape(3, 1, 32, 64).transpose(0, 1)
-            if name == "old":
-                store.append(k.contiguous(), v.contiguous())
-            else:
-                store.append(k, v)
-        res[name].append(timed(leave, 1000))
-print(f"a block into the store: old {sorted(res['old'])} us, new {sorted(res['new'])} us")
+
+if __name__ == "__main__":
+    main()
