@@ -37,6 +37,27 @@ def test_softmax_reduction_is_a_mass_estimate_per_kv_head():
     torch.testing.assert_close(ev.sum(-1), torch.full((2,), 2.0))   # 2 query heads per KV head
     mx = reduce_tokens(logits, w, kv_heads=2, how="max", scaling=1.0)
     torch.testing.assert_close(mx, logits.view(2, 2, 5, 7).amax((1, 2)))
+    # no weights (a decode step's one token): weight 1, the query heads of a group summed
+    one = logits[:, :1]
+    torch.testing.assert_close(reduce_tokens(one, None, kv_heads=2, how="softmax", scaling=0.5),
+                               reduce_tokens(one, torch.ones(1), kv_heads=2, how="softmax", scaling=0.5))
+    torch.testing.assert_close(reduce_tokens(one, None, kv_heads=2, how="softmax", scaling=1.0),
+                               torch.softmax(one, -1).view(2, 2, 7).sum(1))
+
+
+def test_pinned_edges_are_the_first_block_and_the_last_available_one():
+    from actqkv_llm.retrieval.methods import pin_edges
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 3, 9):
+        ev = torch.randn(2, n, generator=g)
+        for n_avail in sorted({1, max(1, n - 1), n}):
+            want = ev.clone()
+            want[:, 0] = float("inf")
+            want[:, n_avail - 1] = float("inf")
+            assert torch.equal(pin_edges(ev, n_avail), want), (n, n_avail)
+            assert torch.equal(pin_edges(ev, torch.full((2,), n_avail)), want), (n, n_avail)
+        assert not torch.isinf(ev).any()   # the evidence itself untouched
 
 
 def _store(n=12, seed=0):

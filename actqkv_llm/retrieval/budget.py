@@ -32,14 +32,14 @@ def normalized_entropy(scores: torch.Tensor, mass: bool = False,
         return scores.new_zeros(scores.shape[:-1], dtype=torch.float32)
     if mass:
         p = scores.float().clamp_min(0)
-        p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
-        logp = p.clamp_min(1e-30).log()
+        p.div_(p.sum(-1, keepdim=True).clamp_min(1e-30))
+        logp = p.clamp_min(1e-30).log_()
     else:
         logp = torch.log_softmax(scores.float(), -1)
         p = logp.exp()
-    terms = p * logp
+    terms = logp.mul_(p)   # p log p (logp is not read again)
     if n_valid is None:
-        return -terms.sum(-1) / math.log(n)
+        return terms.sum(-1) / -math.log(n)   # -(x) / c and x / -c are the same float
     ent = -torch.where(p > 0, terms, torch.zeros_like(terms)).sum(-1)   # 0 * -inf past the valid ones
     return torch.where(n_valid > 1, ent / n_valid.float().clamp_min(2).log(), torch.zeros_like(ent))
 

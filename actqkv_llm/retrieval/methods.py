@@ -224,11 +224,12 @@ class Probe:
     def __call__(self, q: torch.Tensor, state: LayerRetrievalState) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def one_token(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def one_token(self, q: torch.Tensor) -> tuple[torch.Tensor, None]:
         """What :meth:`__call__` gives for one query token ``[H, 1, d]`` (a decode step): the token
-        itself, weight 1 (a single token's share of any weighting; its bias divided by itself), without
-        reading the statistics: ~20 fewer device calls per layer and step that scores."""
-        return q.float(), torch.ones(1, dtype=torch.float32, device=q.device)
+        itself and its weight, 1 (a single token's share of any weighting; its bias divided by itself),
+        given as None (the scorers read it so without a tensor), without reading the statistics: ~20
+        fewer device calls per layer and step that scores."""
+        return q.float(), None
 
 
 class MeanProbe(Probe):
@@ -257,7 +258,7 @@ class TokenProbe(Probe):
         return q, token_weights(q, state.stats if self.activation else None)
 
     def one_token(self, q):
-        return q, torch.ones(1, dtype=torch.float32, device=q.device)
+        return q, None
 
     def chunk_weights(self, q: torch.Tensor, state: LayerRetrievalState, sizes: tuple[int, ...]) -> torch.Tensor:
         """Every execution block's token weights at once: ``[E, S]`` (zero on the last block's
@@ -351,10 +352,11 @@ def pin_edges(evidence: torch.Tensor, n_avail: torch.Tensor | int) -> torch.Tens
     """``evidence [..., N]`` with the first block and the last available one (``n_avail`` blocks,
     per leading row or for all) ranked first: the blocks that continue the sinks and the window."""
     out = evidence.clone()
-    out[..., 0] = float("inf")
-    if isinstance(n_avail, int):   # one count for all rows: an index, not a tensor made from a host
-        out[..., max(n_avail, 1) - 1] = float("inf")   # int (on CUDA that copy waited for the GPU)
+    if isinstance(n_avail, int):   # one count for all rows: a slice, not a tensor made from a host
+        # int (on CUDA that copy waited for the GPU): entries 0 and n_avail - 1, in one fill
+        out[..., 0:max(n_avail, 1):max(n_avail - 1, 1)] = float("inf")
         return out
+    out[..., 0] = float("inf")
     last = n_avail.to(evidence.device) - 1
     last = last.reshape(last.shape + (1,) * (evidence.dim() - last.dim())).expand(*evidence.shape[:-1], 1)
     return out.scatter(-1, last.clamp_min(0), float("inf"))

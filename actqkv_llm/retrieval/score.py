@@ -56,7 +56,7 @@ def _signed_parts(q: torch.Tensor, hkv: int, dtype: torch.dtype) -> tuple[torch.
     """``q`` ``[H, T, d]`` grouped by KV head ``[Hkv, G*T, d]`` in ``dtype``, split into its positive
     and negative parts (what :func:`bound_logits` multiplies with the maxima and the minima)."""
     h, t, d = q.shape
-    qg = q.to(dtype).reshape(hkv, (h // hkv) * t, d)
+    qg = _as(q, dtype).reshape(hkv, (h // hkv) * t, d)
     return qg.clamp(min=0), qg.clamp(max=0)
 
 
@@ -66,9 +66,17 @@ def bound_logits_parts(q: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Te
     ``[H, T, n]`` for all their blocks, in order. The query's signed parts are made once for all."""
     h, t, _ = q.shape
     pos, neg = _signed_parts(q, parts[0][0].shape[1], dtype)
-    u = [torch.matmul(pos, hi.to(dtype).permute(1, 2, 0)) + torch.matmul(neg, lo.to(dtype).permute(1, 2, 0))
+    # q- . lo, then q+ . hi added to it inside the second product's call (baddbmm): one rounding of
+    # the sum in the products' dtype, and three calls per part where two products and a sum took ~15
+    # (a decode step that scores again runs them eagerly in every layer)
+    u = [torch.baddbmm(torch.bmm(neg, _as(lo, dtype).permute(1, 2, 0)), pos, _as(hi, dtype).permute(1, 2, 0))
          for lo, hi in parts]
     return (u[0] if len(u) == 1 else torch.cat(u, -1)).float().reshape(h, t, -1)
+
+
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype`` (itself, without a call, where it is already)."""
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def key_logits(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -82,17 +90,20 @@ def key_logits(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return u.reshape(h, t, -1)
 
 
-def reduce_tokens(logits: torch.Tensor, weights: torch.Tensor, kv_heads: int, how: str,
+def reduce_tokens(logits: torch.Tensor, weights: torch.Tensor | None, kv_heads: int, how: str,
                   scaling: float) -> torch.Tensor:
     """Per-token block logits ``[H, T, n]`` -> evidence per KV head ``[Hkv, n]``.
 
     ``softmax``: every query token's softmax over blocks (at the model's scaling), weighted by
-    ``weights`` ``[T]`` and summed over the tokens and the query heads of a group: an estimate of the
-    attention mass each block would receive. ``max``: the largest logit any of them gives the block.
+    ``weights`` ``[T]`` (None: every token weight 1, as a decode step's one token) and summed over
+    the tokens and the query heads of a group: an estimate of the attention mass each block would
+    receive. ``max``: the largest logit any of them gives the block.
     """
     h, t, n = logits.shape
     g = logits.view(kv_heads, h // kv_heads, t, n)
     if how == "max":
         return g.amax((1, 2))
     p = torch.softmax(g * scaling, -1)
+    if weights is None:
+        return p.sum((1, 2))
     return torch.einsum("gstn,t->gn", p, weights.float())
