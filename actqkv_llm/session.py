@@ -14,7 +14,7 @@ from .attention.rotation import Rotation
 from .attention.step import DOCUMENT, RowSteps, StepContext
 from .config import RetrievalConfig
 from .memory import HostBlocks, LayerMemory
-from .memory.layer_memory import EvictionPolicy
+from .memory.layer_memory import EvictionPolicy, fork_layers
 from .models.adapter import ModelAdapter
 from .retrieval.methods import LayerRetrievalState, RetrievalMethod
 
@@ -72,7 +72,7 @@ class Session:
         ``config`` and ``method``: the asking engine's, when they differ from this session's only in
         options its stored KV does not depend on (the caller checks ``kv_options``)."""
         self.settle()
-        return Session(self.adapter, config or self.config, method or self.method, [m.fork() for m in self.memory],
+        return Session(self.adapter, config or self.config, method or self.method, fork_layers(self.memory),
                        [r.fork() for r in self.retrieval], self.n_tokens)
 
     # ------------------------------------------------------------------ running tokens

@@ -373,3 +373,54 @@ def test_a_prefill_allocates_its_block_store_once(make_engine, offload, monkeypa
     grown.clear()
     eng.generate_ids(doc, torch.randint(0, 256, (700,)), max_new_tokens=1)   # a long question adds blocks
     assert grown and all(cap < most for cap in grown)
+
+
+def test_layers_forked_together_store_their_blocks_at_once_as_each_alone():
+    """A question's own blocks of every layer live in one joint store: blocks appended by one layer
+    at a time (growing it) and blocks leaving every layer at once (``leave_together``) give each
+    layer the blocks, windows and positions that each layer's own eviction gives."""
+    from actqkv_llm.memory.blocks import LayeredBlocks
+    from actqkv_llm.memory.layer_memory import EvictionPolicy, LayerMemory, fork_layers, leave_together
+
+    g = torch.Generator().manual_seed(0)
+    policy = EvictionPolicy(capacity=40, n_sink=4, block_size=8, keep_blocks=True, keep_summaries=False)
+
+    def layers():
+        out = []
+        for _ in range(3):
+            m = LayerMemory(2, 16, torch.float32, torch.device("cpu"), 8)
+            m.append_local(torch.randn(2, 44, 16, generator=g), torch.randn(2, 44, 16, generator=g))
+            m.make_room(8, policy)   # 4 sinks, one block stored, 32 tokens in the window
+            out.append(m)
+        return out
+
+    doc = layers()
+    alone, together = [m.fork() for m in doc], fork_layers(doc)
+    joint = together[0].blocks.own._joint
+    assert isinstance(joint, LayeredBlocks) and [m.blocks.own for m in together] == joint.layers
+    for a, b in zip(alone, together):   # one layer at a time, past the joint's capacity of 4
+        for _ in range(5):
+            k, v = torch.randn(2, 8, 16, generator=g), torch.randn(2, 8, 16, generator=g)
+            a.append_local(k, v)
+            b.append_local(k, v)
+            a.make_room(8, policy)
+            b.make_room(8, policy)
+    assert joint._k.shape[1] >= 5 and all(m.blocks.own.n_blocks == 5 for m in together)
+    k_all = torch.stack([m.local_k[:, :16] for m in together])
+    v_all = torch.stack([m.local_v[:, :16] for m in together])
+    for m in alone:
+        m.leave_as_blocks(16, policy)
+    assert leave_together(together, 16, policy, k_all, v_all)
+    for a, b in zip(alone, together):
+        assert (a.n_blocks, a.n_local, a.local_start) == (b.n_blocks, b.n_local, b.local_start) == (8, 16, 12 + 7 * 8)
+        ids = torch.arange(a.n_blocks)
+        for x, y in zip(a.blocks.gather(ids, "cpu"), b.blocks.gather(ids, "cpu")):
+            assert torch.equal(x, y)
+        assert torch.equal(a.local_k, b.local_k) and torch.equal(a.local_v, b.local_v)
+    # not together: layers forked one by one, layers holding different counts, summary keys kept
+    assert not leave_together(alone, 8, policy, k_all[:, :, :8], v_all[:, :, :8])
+    together[1].make_room(40, policy)
+    n_before = [m.n_blocks for m in together]
+    assert not leave_together(together, 8, policy, k_all[:, :, :8], v_all[:, :, :8])
+    assert [m.n_blocks for m in together] == n_before
+    assert not leave_together(fork_layers(doc), 8, EvictionPolicy(40, 4, 8, True), k_all[:, :, :8], v_all[:, :, :8])

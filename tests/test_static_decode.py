@@ -659,10 +659,17 @@ def test_blocks_leaving_the_window_are_bounded_for_every_layer_at_once(tokenizer
         for mem in sess.memory:
             for key, d in mem.digests.items():
                 d.measure = counting(d.measure)
-    _, sess = _steps(fast, doc, 3 * SMALL["block_size"], after_question=watch)
+    stored_alone = []
+
+    def watch_stores(sess):
+        watch(sess)
+        for mem in sess.memory:    # a layer storing its leaving blocks on its own (not the joint copy)
+            mem.leave_as_blocks = lambda count, policy, mem=mem: stored_alone.append(count)
+    _, sess = _steps(fast, doc, 3 * SMALL["block_size"], after_question=watch_stores)
     graph = fast.decode_graph
     assert graph.row_evictions >= 2 and graph.rescores >= 2 * len(sess.memory)
     assert measured == []                      # every new block's bounds came from the step
+    assert stored_alone == []                  # and the blocks went into every layer's store at once
     for layer, mem in enumerate(sess.memory):
         d = mem.digests["bounds", positions]
         assert d.n_known == mem.n_blocks - doc.state.memory[layer].n_blocks >= 2

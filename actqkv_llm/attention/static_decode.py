@@ -63,6 +63,7 @@ from ..errors import ConfigError
 from ..memory.blocks import gather_parts
 from .block_gather import gather_parts_triton, gathers_agree
 from ..memory.digests import key_bounds, outward_bf16
+from ..memory.layer_memory import leave_together
 from .rope import blocks_at_true_positions, rotate, sinks_at_true_positions
 from .tile_stats import (ChosenList, candidate_mass_triton, check_triton, choose_torch, choose_triton, combine_triton,
                          kept_values_triton, place_token_torch, place_token_triton, tile_stats_triton)
@@ -444,8 +445,8 @@ class DecodeGraph:
             self.mass[layer, :n_r] += got
             self.picks[layer, :n_r] += chosen
         out = out.reshape(n_r, hkv * g, 1, d).to(q.dtype)
-        if n_dense > n_r:
-            out = torch.cat([out, out.new_zeros((n_dense - n_r,) + out.shape[1:])])
+        if n_dense > n_r:   # zero rows below, in one kernel (a fill and a join took two per layer)
+            out = torch.nn.functional.pad(out, (0, 0, 0, 0, 0, 0, 0, n_dense - n_r))
         return out
 
     @property
@@ -721,23 +722,26 @@ class DecodeGraph:
         loaded = self.rows[row]
         if loaded is not None and loaded.session() is s and loaded.n_local >= count:
             n = self._n_local(s)
-            leaving = [mem.local_k[:, :count] for mem in s.memory]
+            # every layer's leaving tokens, as the session's windows hold them (the row's first ones;
+            # views: read before the row's window moves down)
+            leaving = self.win_k[:, row, :, :count]
             n_before = s.memory[0].n_blocks
-            for mem in s.memory:
-                mem.leave_as_blocks(count, s.policy)
+            if not leave_together(s.memory, count, s.policy, leaving, self.values[:, row, :, self.w0:self.w0 + count]):
+                for mem in s.memory:
+                    mem.leave_as_blocks(count, s.policy)
+            self._bound_left_blocks(s, mode, leaving, n_before)
             self._shift_window(row, n, count)
             loaded.n_local -= count
             self.row_evictions += 1
-            self._bound_left_blocks(s, mode, leaving, n_before)
             return
         self._release_row(row)
         s.settle()
         for mem in s.memory:
             mem.make_room(1, s.policy)
 
-    def _bound_left_blocks(self, s: "Session", mode: str, leaving: list[torch.Tensor], n_before: int) -> None:
-        """The key bounds of the blocks that just left every layer's window (``leaving``: each layer's
-        keys ``[Hkv, n*B, d]``, blocks ``n_before ..``), measured for all layers at once as each
+    def _bound_left_blocks(self, s: "Session", mode: str, leaving: torch.Tensor, n_before: int) -> None:
+        """The key bounds of the blocks that just left every layer's window (``leaving``: every layer's
+        keys ``[L, Hkv, n*B, d]``, blocks ``n_before ..``), measured for all layers at once as each
         layer's scorer would measure them one layer at a time (:func:`measure_bounds`: the stored keys,
         at their true positions in ``exact`` mode, rounded outward to bf16; the same operations, so
         the same bits), and handed to the layers' digests (``BlockDigests.extend``). Skipped where
@@ -751,7 +755,7 @@ class DecodeGraph:
         if any(d.n_parent + d.n_known != n_before for d in digests):
             return
         b = self.bsz
-        k = torch.stack(leaving).to(parts[0][-1][0].dtype)                 # [L, Hkv, n*B, d], as stored
+        k = leaving.to(parts[0][-1][0].dtype)                              # [L, Hkv, n*B, d], as stored
         n_new = k.shape[2] // b
         if mode == "exact":   # the scorer's rotation (blocks_at_true_positions), every layer's heads as rows
             ids = torch.arange(n_before, n_before + n_new, device=self.device)

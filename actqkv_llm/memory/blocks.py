@@ -53,12 +53,15 @@ class GrowableBlocks:
     """Blocks held in one growing tensor pair on a storage device (compute device or host)."""
 
     def __init__(self, kv_heads: int, block_size: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device | str, capacity: int = 8):
+                 device: torch.device | str, capacity: int = 8, joint: "LayeredBlocks | None" = None):
         self.shape = (kv_heads, block_size, head_dim)
         self.dtype, self.device = dtype, torch.device(device)
-        self._k = torch.empty((capacity, *self.shape), dtype=dtype, device=self.device)
-        self._v = torch.empty_like(self._k)
         self.n_blocks = 0
+        # a layer of a LayeredBlocks: its tensors are views of the joint ones, which grow together
+        self._joint = joint
+        if joint is None:
+            self._k = torch.empty((capacity, *self.shape), dtype=dtype, device=self.device)
+            self._v = torch.empty_like(self._k)
 
     @classmethod
     def from_tensors(cls, k: torch.Tensor, v: torch.Tensor) -> "GrowableBlocks":
@@ -85,6 +88,9 @@ class GrowableBlocks:
             self._grow(n)
 
     def _grow(self, cap: int) -> None:
+        if self._joint is not None:
+            self._joint.grow(cap)
+            return
         for name in ("_k", "_v"):
             old = getattr(self, name)
             new = torch.empty((cap, *self.shape), dtype=self.dtype, device=self.device)
@@ -127,6 +133,55 @@ class GrowableBlocks:
             def take(store: torch.Tensor) -> torch.Tensor:
                 return flatten_blocks(store.index_select(0, idx)).to(device, non_blocking=True)
         return (take(self._k) if keys else None), (take(self._v) if values else None)
+
+
+class LayeredBlocks:
+    """The growable stores of several layers in one pair of tensors ``[L, capacity, Hkv, B, d]``:
+    each layer's store (:attr:`layers`, a :class:`GrowableBlocks`) is a view of them and appends on
+    its own, and blocks leaving every layer's window at the same step (the static decode step's
+    eviction) are stored by one copy each for keys and values (:meth:`append_all`) instead of one
+    per layer. A question's own blocks: few, and on the compute device."""
+
+    def __init__(self, n_layers: int, kv_heads: int, block_size: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str, capacity: int = 4):
+        self.shape = (kv_heads, block_size, head_dim)
+        self.dtype, self.device = dtype, torch.device(device)
+        self._k = torch.empty((n_layers, capacity, *self.shape), dtype=dtype, device=self.device)
+        self._v = torch.empty_like(self._k)
+        self.layers = [GrowableBlocks(kv_heads, block_size, head_dim, dtype, device, joint=self)
+                       for _ in range(n_layers)]
+        self._point()
+
+    def _point(self) -> None:
+        for i, store in enumerate(self.layers):
+            store._k, store._v = self._k[i], self._v[i]
+
+    def grow(self, cap: int) -> None:
+        """Room for ``cap`` blocks in every layer (what each layer holds copied over)."""
+        if cap <= self._k.shape[1]:
+            return
+        n = max(store.n_blocks for store in self.layers)
+        for name in ("_k", "_v"):
+            old = getattr(self, name)
+            new = torch.empty((old.shape[0], cap, *self.shape), dtype=self.dtype, device=self.device)
+            new[:, :n] = old[:, :n]
+            setattr(self, name, new)
+        self._point()
+
+    def append_all(self, k: torch.Tensor, v: torch.Tensor) -> bool:
+        """Append blocks ``[L, n, Hkv, B, d]`` to every layer at once (layer ``i`` gets ``k[i]``), where
+        every layer holds as many blocks; returns whether it did (else nothing is written)."""
+        n0 = self.layers[0].n_blocks
+        if any(store.n_blocks != n0 for store in self.layers) or k.shape[0] != len(self.layers):
+            return False
+        n = k.shape[1]
+        if n0 + n > self._k.shape[1]:
+            self.grow(max(2 * self._k.shape[1], n0 + n))
+        self._k[:, n0:n0 + n] = k
+        self._v[:, n0:n0 + n] = v
+        for store in self.layers:
+            store.n_blocks += n
+        return True
 
 
 class StackedBlocks:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .blocks import GrowableBlocks, KVBlocks, StackedBlocks
+from .blocks import GrowableBlocks, KVBlocks, LayeredBlocks, StackedBlocks
 from .digests import BlockDigests, BlockRotation, measure_bounds, measure_means
 from .summaries import SummaryKeys, representative_keys
 
@@ -174,9 +174,11 @@ class LayerMemory:
             self.local_start += drop
 
     # -------------------------------------------------------------------- forking
-    def fork(self) -> "LayerMemory":
-        """A copy for one question: blocks and summaries shared read-only, window and sinks its own."""
-        own = GrowableBlocks(self.kv_heads, self.block_size, self.head_dim, self.dtype, self.device, capacity=4)
+    def fork(self, own: GrowableBlocks | None = None) -> "LayerMemory":
+        """A copy for one question: blocks and summaries shared read-only, window and sinks its own
+        (``own``: the store of the blocks the question adds; a new one if not given)."""
+        if own is None:
+            own = GrowableBlocks(self.kv_heads, self.block_size, self.head_dim, self.dtype, self.device, capacity=4)
         child = LayerMemory(self.kv_heads, self.head_dim, self.dtype, self.device, self.block_size,
                             blocks=StackedBlocks(self.blocks, own), summaries=self.summaries.fork())
         # tensors here are never written in place (only replaced), so sharing them is safe
@@ -186,3 +188,38 @@ class LayerMemory:
         child.local_start = self.local_start
         child.digests = {key: d.fork(self.n_blocks) for key, d in self.digests.items()}
         return child
+
+
+def fork_layers(memories: list[LayerMemory]) -> list[LayerMemory]:
+    """Every layer's :meth:`LayerMemory.fork`, the blocks the question adds kept in one
+    :class:`LayeredBlocks` where the layers' blocks have one shape (else a store per layer), so that
+    blocks leaving every layer at once are stored at once (:func:`leave_together`)."""
+    shapes = {(m.kv_heads, m.block_size, m.head_dim, m.dtype, m.device) for m in memories}
+    if len(shapes) != 1:
+        return [m.fork() for m in memories]
+    m = memories[0]
+    own = LayeredBlocks(len(memories), m.kv_heads, m.block_size, m.head_dim, m.dtype, m.device)
+    return [mem.fork(store) for mem, store in zip(memories, own.layers)]
+
+
+def leave_together(memories: list[LayerMemory], count: int, policy: EvictionPolicy,
+                   k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Every layer's first ``count`` window tokens leave as blocks at once, their keys and values given
+    as ``[L, Hkv, count, d]`` (equal to each layer's ``local_k[:, :count]``, ``local_v``; the static
+    decode step holds every layer's window in one buffer): what :meth:`LayerMemory.leave_as_blocks`
+    does in each layer, with one copy into the layers' joint store (:func:`fork_layers`). Returns
+    False, changing nothing, where the layers' own blocks are not one joint store in this order, a
+    layer keeps summary keys (measured per layer) or the tokens cannot leave as whole blocks."""
+    stores = [getattr(m.blocks, "own", None) for m in memories]
+    joint = getattr(stores[0], "_joint", None)
+    if (joint is None or joint.layers != stores or policy.keep_summaries or not policy.keep_blocks
+            or count % policy.block_size
+            or any(count > m.n_local or m.n_sink < policy.n_sink for m in memories)):
+        return False
+    n_layers, hkv, _, d = k.shape
+    shaped = (n_layers, hkv, count // policy.block_size, policy.block_size, d)
+    if not joint.append_all(k.view(shaped).transpose(1, 2), v.view(shaped).transpose(1, 2)):
+        return False
+    for m in memories:
+        m._drop_front(count)
+    return True
