@@ -158,6 +158,45 @@ def test_entropy_means_match_the_running_mean_read_in_one_go():
     assert a.entropy_mean == pytest.approx(0.5) and fresh.entropy_mean == 1.0
 
 
+def test_an_entropy_observed_again_is_added_on_the_host():
+    """Held candidates' entropy is observed at every decode step: once read, observing the same
+    tensor again adds its value on the host (no device call, nothing left to read); a new tensor
+    waits for the next read; the running mean is the sum of every observation in order."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from actqkv_llm.retrieval.methods import LayerRetrievalState, entropy_means
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    st = LayerRetrievalState()
+    held, other = torch.tensor(0.25), torch.tensor(0.75)
+    st.observe_entropy(held)
+    st.observe_entropy(held)            # before any read: counted twice, read once
+    assert len(st.unread) == 1 and st.unread[0][1] == 2
+    assert entropy_means([st]) == [pytest.approx(0.25)]
+    with Calls() as calls:
+        for _ in range(5):
+            st.observe_entropy(held)
+        means = entropy_means([st])
+    assert calls.n == 0 and st.unread == [] and st.entropy_count == 7
+    assert means == [pytest.approx(0.25)]
+    st.observe_entropy(other)
+    assert len(st.unread) == 1 and st.entropy_total == pytest.approx(7 * 0.25)
+    want = 0.0
+    for v in [0.25] * 7 + [0.75]:
+        want += v
+    assert st.entropy_mean == want / 8
+    fork = st.fork()
+    assert (fork.entropy_total, fork.entropy_count) == (st.entropy_total, 8) and fork.unread == []
+
+
 def test_stacked_blocks_gather_mixes_document_and_question_blocks():
     from actqkv_llm.memory.blocks import GrowableBlocks, StackedBlocks
 

@@ -59,6 +59,7 @@ class GrowableBlocks:
         self.n_blocks = 0
         # a layer of a LayeredBlocks: its tensors are views of the joint ones, which grow together
         self._joint = joint
+        self._parts: tuple | None = None   # device_parts' views, with the count and tensor they were made of
         if joint is None:
             self._k = torch.empty((capacity, *self.shape), dtype=dtype, device=self.device)
             self._v = torch.empty_like(self._k)
@@ -107,7 +108,14 @@ class GrowableBlocks:
         self.n_blocks += n
 
     def device_parts(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        return [(self.keys, self.values)] if self.device == torch.device(device) else None
+        if self.device != torch.device(device):
+            return None
+        # the same views until a block is added or the store grows (a decode step that scores again
+        # asks for them in every layer: two slicing calls each time otherwise)
+        made = self._parts
+        if made is None or made[0] != self.n_blocks or made[1] is not self._k:
+            made = self._parts = (self.n_blocks, self._k, [(self.keys, self.values)])
+        return made[2]
 
     def read_units(self, blocks: torch.Tensor, heads: torch.Tensor, keys: bool = True, values: bool = True,
                    device: torch.device | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:

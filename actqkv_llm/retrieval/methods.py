@@ -31,27 +31,41 @@ class LayerRetrievalState:
     """Per-layer retrieval state of one document (forked per question, never shared across documents)."""
 
     stats: ActivationStats | None = None
-    entropy_total: torch.Tensor | float = 0.0  # sum of observed normalized entropies (stays on the device)
+    # sum of the observed normalized entropies read so far (a host float; see observe_entropy)
+    entropy_total: float = 0.0
     entropy_count: int = 0
     question: torch.Tensor | None = None  # [Hkv, d] summary of the question's queries
     question_weight: float = 0.0          # how many question tokens it averages
     held: "HeldSelection | None" = None   # the last question or decode selection, for the next decode steps
     candidates: "HeldCandidates | None" = None  # the last scoring's rerank candidates, for the next decode steps
+    # entropies observed on the device and not read yet: [tensor, times observed]
+    unread: list = field(default_factory=list, repr=False)
+    # the last tensor read and its value: observed again (held candidates, every decode step), it
+    # adds its value on the host, with no device call and no read
+    known: tuple | None = field(default=None, repr=False)
 
     def observe_entropy(self, h: torch.Tensor | float) -> None:
-        """Add one step's normalized entropy; no host sync (read back once per pass, see :func:`entropy_means`)."""
-        self.entropy_total = self.entropy_total + h
+        """Add one step's normalized entropy; no host sync and no device call (a device value is read
+        with the others once per pass, see :func:`entropy_means`)."""
         self.entropy_count += 1
+        if not isinstance(h, torch.Tensor):
+            self.entropy_total += float(h)
+        elif self.known is not None and self.known[0] is h:
+            self.entropy_total += self.known[1]
+        elif self.unread and self.unread[-1][0] is h:
+            self.unread[-1][1] += 1
+        else:
+            self.unread.append([h, 1])
 
     def observe_entropies(self, h: torch.Tensor) -> None:
         """Add several steps' normalized entropies ``[E]`` at once (a batched prefill chunk)."""
-        self.entropy_total = self.entropy_total + h.sum()
+        self.unread.append([h.sum(), 1])
         self.entropy_count += h.numel()
 
     @property
     def entropy_mean(self) -> float:
         """Running mean of the normalized entropy (1.0, "spread out", before any observation)."""
-        return float(self.entropy_total) / self.entropy_count if self.entropy_count else 1.0
+        return entropy_means([self])[0]
 
     def add_question(self, probe: torch.Tensor, n_tokens: int) -> None:
         total = self.question_weight + n_tokens
@@ -73,18 +87,27 @@ class LayerRetrievalState:
 
     def fork(self) -> "LayerRetrievalState":
         # a held selection belongs to one question's pass: a fork starts without one
+        entropy_means([self])   # the observations read into the total the fork starts from
         return LayerRetrievalState(None if self.stats is None else self.stats.clone(), self.entropy_total,
                                    self.entropy_count, self.question, self.question_weight)
 
 
 def entropy_means(states: list[LayerRetrievalState]) -> list[float]:
-    """Every layer's running mean entropy, read from the device in one transfer (one sync per pass)."""
-    totals: list = [st.entropy_total for st in states]
-    on_device = [i for i, t in enumerate(totals) if isinstance(t, torch.Tensor)]
-    if on_device:
-        for i, v in zip(on_device, torch.stack([totals[i].float() for i in on_device]).tolist()):
-            totals[i] = v
-    return [t / st.entropy_count if st.entropy_count else 1.0 for t, st in zip(totals, states)]
+    """Every layer's running mean entropy, its observations not read yet read from the device in one
+    transfer (at most one sync per pass; none where nothing new was scored) and added to its total
+    on the host, in the order observed."""
+    unread = [u for st in states for u in st.unread]
+    if unread:
+        values = torch.stack([t.float().reshape(()) for t, _ in unread]).tolist()
+        i = 0
+        for st in states:
+            for (t, times), v in zip(st.unread, values[i:i + len(st.unread)]):
+                for _ in range(times):
+                    st.entropy_total += v
+                st.known = (t, v)
+            i += len(st.unread)
+            st.unread = []
+    return [st.entropy_total / st.entropy_count if st.entropy_count else 1.0 for st in states]
 
 
 @dataclass
