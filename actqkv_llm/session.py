@@ -16,7 +16,7 @@ from .config import RetrievalConfig
 from .memory import HostBlocks, LayerMemory
 from .memory.layer_memory import EvictionPolicy, fork_layers
 from .models.adapter import ModelAdapter
-from .retrieval.methods import LayerRetrievalState, RetrievalMethod
+from .retrieval.methods import LayerRetrievalState, RetrievalMethod, entropy_means
 
 
 class Session:
@@ -72,6 +72,7 @@ class Session:
         ``config`` and ``method``: the asking engine's, when they differ from this session's only in
         options its stored KV does not depend on (the caller checks ``kv_options``)."""
         self.settle()
+        entropy_means(self.retrieval)   # every layer's unread entropies in one read (each fork would read its own)
         return Session(self.adapter, config or self.config, method or self.method, fork_layers(self.memory),
                        [r.fork() for r in self.retrieval], self.n_tokens)
 
