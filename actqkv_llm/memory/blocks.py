@@ -49,6 +49,19 @@ def flatten_blocks(k: torch.Tensor) -> torch.Tensor:
     return k.permute(1, 0, 2, 3).reshape(h, n * b, d)
 
 
+def as_blocks(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Whole blocks of consecutive tokens, the inverse of :func:`flatten_blocks` (a view):
+    ``[..., Hkv, n * B, d]`` -> ``[..., n, Hkv, B, d]``."""
+    return x.unflatten(-2, (x.shape[-2] // block_size, block_size)).transpose(-4, -3)
+
+
+def _grown(old: torch.Tensor, cap: int, n: int) -> torch.Tensor:
+    """A store ``[..., capacity, Hkv, B, d]`` with room for ``cap`` blocks, its first ``n`` copied over."""
+    new = old.new_empty(old.shape[:-4] + (cap,) + old.shape[-3:])
+    new[..., :n, :, :, :] = old[..., :n, :, :, :]
+    return new
+
+
 class GrowableBlocks:
     """Blocks held in one growing tensor pair on a storage device (compute device or host)."""
 
@@ -92,11 +105,7 @@ class GrowableBlocks:
         if self._joint is not None:
             self._joint.grow(cap)
             return
-        for name in ("_k", "_v"):
-            old = getattr(self, name)
-            new = torch.empty((cap, *self.shape), dtype=self.dtype, device=self.device)
-            new[: self.n_blocks] = old[: self.n_blocks]
-            setattr(self, name, new)
+        self._k, self._v = _grown(self._k, cap, self.n_blocks), _grown(self._v, cap, self.n_blocks)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Append blocks given as ``[n, Hkv, B, d]``."""
@@ -169,11 +178,7 @@ class LayeredBlocks:
         if cap <= self._k.shape[1]:
             return
         n = max(store.n_blocks for store in self.layers)
-        for name in ("_k", "_v"):
-            old = getattr(self, name)
-            new = torch.empty((old.shape[0], cap, *self.shape), dtype=self.dtype, device=self.device)
-            new[:, :n] = old[:, :n]
-            setattr(self, name, new)
+        self._k, self._v = _grown(self._k, cap, n), _grown(self._v, cap, n)
         self._point()
 
     def append_all(self, k: torch.Tensor, v: torch.Tensor) -> bool:

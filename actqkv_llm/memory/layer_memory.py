@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .blocks import GrowableBlocks, KVBlocks, LayeredBlocks, StackedBlocks
+from .blocks import GrowableBlocks, KVBlocks, LayeredBlocks, StackedBlocks, as_blocks
 from .digests import BlockDigests, BlockRotation, measure_bounds, measure_means
 from .summaries import SummaryKeys, representative_keys
 
@@ -106,10 +106,15 @@ class LayerMemory:
         """The window's first ``count`` tokens (whole blocks; the sinks already full) leave as blocks,
         what :meth:`make_room` does once its sinks are full; for a caller that decides the count
         itself (the static decode step, whose window's newest tokens are held elsewhere)."""
-        if not policy.keep_blocks or count % policy.block_size or count > self.n_local or self.n_sink < policy.n_sink:
+        if not self._leaves_whole_blocks(count, policy):
             raise ValueError(f"{count} window tokens cannot leave as whole blocks here")
         self._evict_blocks(0, count, policy)
         self._drop_front(count)
+
+    def _leaves_whole_blocks(self, count: int, policy: EvictionPolicy) -> bool:
+        """Whether the window's first ``count`` tokens may leave as whole blocks (the sinks full)."""
+        return (policy.keep_blocks and not count % policy.block_size and count <= self.n_local
+                and self.n_sink >= policy.n_sink)
 
     def _drop_front(self, drop: int) -> None:
         self.local_k, self.local_v = self.local_k[:, drop:], self.local_v[:, drop:]
@@ -120,9 +125,7 @@ class LayerMemory:
         b = policy.block_size
         n = count // b
         sl = slice(start, start + count)
-        # [Hkv, n*B, d] -> [n, Hkv, B, d]
-        k = self.local_k[:, sl].reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1)
-        v = self.local_v[:, sl].reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1)
+        k, v = as_blocks(self.local_k[:, sl], b), as_blocks(self.local_v[:, sl], b)   # [n, Hkv, B, d]
         if policy.keep_summaries:
             score = self.local_score[:, sl].reshape(self.kv_heads, n, b).transpose(0, 1)
             self.summaries.append(representative_keys(k, score, policy.repr_topk))
@@ -133,9 +136,7 @@ class LayerMemory:
         the window during this chunk, stored ahead so its execution blocks can pick them; their
         summaries follow in :meth:`settle_chunk`."""
         b = self.block_size
-        n = k.shape[1] // b
-        self.blocks.append(k.reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1).contiguous(),
-                           v.reshape(self.kv_heads, n, b, self.head_dim).transpose(0, 1).contiguous())
+        self.blocks.append(as_blocks(k, b).contiguous(), as_blocks(v, b).contiguous())
 
     def add_sinks(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Batched prefill: window tokens ``[Hkv, n, d]`` (the document's first ones) that leave as
@@ -212,13 +213,10 @@ def leave_together(memories: list[LayerMemory], count: int, policy: EvictionPoli
     layer keeps summary keys (measured per layer) or the tokens cannot leave as whole blocks."""
     stores = [getattr(m.blocks, "own", None) for m in memories]
     joint = getattr(stores[0], "_joint", None)
-    if (joint is None or joint.layers != stores or policy.keep_summaries or not policy.keep_blocks
-            or count % policy.block_size
-            or any(count > m.n_local or m.n_sink < policy.n_sink for m in memories)):
+    if (joint is None or joint.layers != stores or policy.keep_summaries
+            or not all(m._leaves_whole_blocks(count, policy) for m in memories)):
         return False
-    n_layers, hkv, _, d = k.shape
-    shaped = (n_layers, hkv, count // policy.block_size, policy.block_size, d)
-    if not joint.append_all(k.view(shaped).transpose(1, 2), v.view(shaped).transpose(1, 2)):
+    if not joint.append_all(as_blocks(k, policy.block_size), as_blocks(v, policy.block_size)):
         return False
     for m in memories:
         m._drop_front(count)
