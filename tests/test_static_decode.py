@@ -677,3 +677,27 @@ def test_blocks_leaving_the_window_are_bounded_for_every_layer_at_once(tokenizer
         assert mq.mode == positions
         want = measure_bounds(mem.blocks, d.n_parent, mem.n_blocks, mem.device, mq.rotate_blocks)
         assert all(torch.equal(a, b) for a, b in zip(d.known, want))
+
+
+@pytest.mark.parametrize("keep_edges", [True, False])
+def test_edge_flags_of_a_row_are_its_first_and_last_candidates(tokenizer, keep_edges):
+    """The row's edge flags (made once per candidate count from the pinned edges' positions) are the
+    candidates that are the memory's first and last block, at every step and layer, in steps that
+    score again and after blocks leave the window; none without ``keep_edges``."""
+    _, fast = _engines(tokenizer, rescore_every=3, keep_edges=keep_edges)
+    doc = fast.prefill(TEXT)
+    sess = fast._session_for(doc)
+    logits = sess.forward(torch.tensor((5, 6, 7, 8, 9, 10)), phase=QUESTION)
+    graph, checked = fast.decode_graph, 0
+    for _ in range(20):
+        logits = fast._decode_step(sess, int(logits.argmax()))
+        r = graph._row_of(sess)
+        loaded = graph.rows[r]
+        for layer, (held, mem) in enumerate(zip(loaded.held, sess.memory)):
+            m = held.cand.shape[-1]
+            edge = graph.cand_edge[layer, r]
+            want = (held.cand == 0) | (held.cand == mem.n_blocks - 1) if keep_edges else torch.zeros_like(held.cand, dtype=torch.bool)
+            assert torch.equal(edge[:, :m], want.expand_as(edge[:, :m]))
+            assert not edge[:, m:].any()
+            checked += int(want.any())
+    assert graph.rescores > 0 and (checked > 0) == keep_edges

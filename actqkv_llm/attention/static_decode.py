@@ -323,7 +323,7 @@ class DecodeGraph:
         c0, w0 = self.c0, self.w0
         self._slots = [[(self.keys[i, r, :, c0:w0], self.values[i, r, :, c0:w0], self.visible[i, r, c0:w0],
                          self.cand_ok[i, r], self.cand_edge[i, r]) for r in range(R)] for i in range(L)]
-        self._filled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._filled: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         per_row = [self.keys, self.values, self.visible, self.win_k, self.cand_ok, self.cand_edge, self.mass,
                    self.picks, self.queries, self.lse_total, self.mass_out, self.chosen_out,
                    self.chosen_list.order, self.chosen_list.count, self.out_rows, self.tile_share, *self.stats_out]
@@ -844,19 +844,21 @@ class DecodeGraph:
         if cand_v.data_ptr() != values.data_ptr():
             values[:, :n] = cand_v
         held.drop_keys()   # the row holds them now
-        slots_filled, cands_filled = self._filled_masks(m)
+        slots_filled, cands_filled, ends = self._filled_masks(m)
         visible.copy_(slots_filled)
         ok.copy_(cands_filled)
-        edge.zero_()
-        if keep_edges:
-            edge[:, :m] = (held.cand == 0) | (held.cand == mem.n_blocks - 1)
+        # with keep_edges the candidates hold the first and the last block, ascending (pin_edges, then
+        # _candidate_ids' sort): the edge blocks are the first and the m-th candidate of every row
+        edge.copy_(ends) if keep_edges else edge.zero_()
 
-    def _filled_masks(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _filled_masks(self, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Which candidate slots (``[m_cap * block_size]``) and candidates (``[m_cap]``) ``m`` candidates
-        fill: the first ones (made once per ``m``, copied in one call each)."""
+        fill: the first ones; and which of them are the edge blocks where the edges are pinned
+        (``[m_cap]``: the first and the m-th). Made once per ``m``, copied in one call each."""
         if m not in self._filled:
+            at = torch.arange(self.m_cap, device=self.device)
             self._filled[m] = (torch.arange(self.m_cap * self.bsz, device=self.device) < m * self.bsz,
-                               torch.arange(self.m_cap, device=self.device) < m)
+                               at < m, (at == 0) | (at == m - 1))
         return self._filled[m]
 
     def _rescore(self, layer: int, q: torch.Tensor, scaling: float) -> None:

@@ -154,8 +154,8 @@ class BlockDigests:
         if own_needed > self.n_known:
             new = self.measure(blocks, self.n_parent + self.n_known, n_blocks, device, rotate)
             self._own = new if self._own is None else tuple(torch.cat([a, b]) for a, b in zip(self._own, new))
-        if own_needed > 0:
-            parts.append(tuple(t[:own_needed] for t in self._own))
+        if own_needed > 0:   # all of them as they are, or the first ones (no slice of the whole)
+            parts.append(self._own if own_needed == self._own[0].shape[0] else tuple(t[:own_needed] for t in self._own))
         return parts
 
     def fork(self, n_blocks: int) -> "BlockDigests":

@@ -31,7 +31,7 @@ def normalized_entropy(scores: torch.Tensor, mass: bool = False,
     if n <= 1:
         return scores.new_zeros(scores.shape[:-1], dtype=torch.float32)
     if mass:
-        p = scores.float().clamp_min(0)
+        p = scores.clamp_min(0) if scores.dtype == torch.float32 else scores.float().clamp_min(0)
         p.div_(p.sum(-1, keepdim=True).clamp_min(1e-30))
         logp = p.clamp_min(1e-30).log_()
     else:
