@@ -109,29 +109,35 @@ class _Loaded:
     steps: int = 0
 
 
-def place_token(q, k, cursor, exact, fixed_pos, cos, sin, head_base_w, head_base_cap, row_base_w,
-                row_base_cap, w0: int, dtype: torch.dtype):
-    """Where each row's new token goes in one layer's buffers, and its query rotated both ways.
-
-    q ``[B, H, 1, d]``, k ``[B, Hkv, 1, d]``. Returns the query rotated at the memory's position (the
-    fixed distance, or the token's own where memory sits at true positions) and at its window slot
-    ``L`` (the row's cursor), ``[2, B * Hkv, G, d]``; the key rotated at ``L`` in ``dtype``
-    ``[B * Hkv, d]``; the query as it came ``[B, H * d]`` (for the activation statistics); the flat
-    indices of the key in the window's keys, of key and value in the buffer (slot ``w0 + L``), of the
-    slot in ``visible`` and of the query in the queries kept. Pure: ``decode_compile`` fuses it
-    into a few kernels; the writes stay in :meth:`DecodeGraph.attend` (compiled, writes into views
-    of the buffers were measured to copy whole buffers: NOTES.md, eleventh H200 session)."""
-    n_r, hkv, _, d = k.shape
+def slot_indices(cursor, exact, fixed_pos, head_base_w, head_base_cap, row_base_w, row_base_cap, w0: int):
+    """Where each row's new token goes, the same in every layer of a step (made once per step, not
+    per layer): its window slot ``L`` (the row's cursor) and the memory's query position (the fixed
+    distance, or the token's own where memory sits at true positions) ``[B]``; the flat indices of
+    the key in the window's keys and of key and value in the buffer (slot ``w0 + L``), per row and
+    KV head, of the slot in ``visible`` and of the query in the queries kept, per row."""
     slot = cursor[:, 0]                                                            # [B]
     qpos = torch.where(exact, cursor[:, 1], fixed_pos)                             # [B]
+    at_cap = (head_base_cap + slot[:, None]).flatten()
+    at_w = (head_base_w + (slot + w0)[:, None]).flatten()
+    return slot, qpos, at_cap, at_w, row_base_w + slot + w0, row_base_cap + slot
+
+
+def place_token(q, k, slot, qpos, cos, sin, dtype: torch.dtype):
+    """Each row's new token in one layer: its query rotated both ways and its key at its slot.
+
+    q ``[B, H, 1, d]``, k ``[B, Hkv, 1, d]``, ``slot`` and ``qpos`` ``[B]`` (:func:`slot_indices`).
+    Returns the query rotated at the memory's position and at its window slot ``L``, ``[2, B * Hkv,
+    G, d]``; the key rotated at ``L`` in ``dtype`` ``[B * Hkv, d]``; the query as it came ``[B, H *
+    d]`` (for the activation statistics). Pure: ``decode_compile`` fuses it into a few kernels;
+    the writes stay in :meth:`DecodeGraph.attend` (compiled, writes into views of the buffers were
+    measured to copy whole buffers: NOTES.md, eleventh H200 session)."""
+    n_r, hkv, _, d = k.shape
     cs, ss = cos.index_select(0, slot)[:, None, None], sin.index_select(0, slot)[:, None, None]  # [B, 1, 1, d]
     qm = rotate(q, cos.index_select(0, qpos)[:, None, None], sin.index_select(0, qpos)[:, None, None])
     qs = torch.stack([qm, rotate(q, cs, ss)]).reshape(2, n_r * hkv, q.shape[1] // hkv, d)
     k_rot = rotate(k, cs, ss).reshape(-1, d).to(dtype)
     q_flat = q.transpose(1, 2).reshape(n_r, -1)
-    at_cap = (head_base_cap + slot[:, None]).flatten()
-    at_w = (head_base_w + (slot + w0)[:, None]).flatten()
-    return qs, k_rot, q_flat, at_cap, at_w, row_base_w + slot + w0, row_base_cap + slot
+    return qs, k_rot, q_flat
 
 
 def candidate_reads(idx: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
@@ -269,6 +275,7 @@ class DecodeGraph:
         # again (_segments); None for a key whose cut capture failed (such steps then run eagerly)
         self.segments: dict[tuple[int, bool], _Segments | None] = {}
         self._cut = None              # while capturing segments: called at each layer's scoring point
+        self._at = None               # the step's slot indices (slot_indices), made by _forward
         self.track = False            # the step being run or captured adds up the rows' source tallies
         self.replays = 0              # row steps run through this object (read by tests and benchmarks)
         self.rescores = 0             # layers of those steps that scored every block again (_rescore)
@@ -317,7 +324,10 @@ class DecodeGraph:
         self.chosen_out = torch.empty((R, self.sel_rows, self.m_cap), dtype=torch.bool, device=dev)
         self.chosen_list = ChosenList(R, self.sel_rows, self.m_cap, dev)     # the same choice as a list (the combine's)
         self.ranks = torch.arange(self.hi, device=dev)                  # choose_torch's positions, made once
-        self.out_rows = torch.empty((R * hkv, g, d), dtype=torch.float32, device=dev)
+        # the combine's output in the model's dtype, with the dense layers' padding rows below the
+        # rows (zeros, or what a step of more rows left there: no row reads another's, and attention
+        # reads none of them), so that attention hands it on as it is: no cast, no pad per layer
+        self.out_rows = torch.zeros((max(R, self.pad_rows) * hkv, g, d), dtype=dt, device=dev)
         self.tile_share = torch.empty((R * hkv, self.n_tiles, g), dtype=torch.float32, device=dev)
         # each layer's and row's candidate slots, as views made once (_load_candidates)
         c0, w0 = self.c0, self.w0
@@ -381,9 +391,8 @@ class DecodeGraph:
         c0, w0, m_cap = self.c0, self.w0, self.m_cap
         keys, values, visible = self.keys[layer, :n_r], self.values[layer, :n_r], self.visible[layer, :n_r]
         cos, sin = self.tables[self.adapter.kinds[layer].rope_type]
-        qs, k_rot, q_flat, at_cap, at_w, at_vis, at_q = self._place(
-            q, k, self.cursor[:n_r], self.exact[:n_r], self.fixed_pos, cos, sin, self.head_base_w[:n_r],
-            self.head_base_cap[:n_r], self.row_base_w[:n_r], self.row_base_cap[:n_r], w0, self.dtype)
+        slot, qpos, at_cap, at_w, at_vis, at_q = self._at     # this step's (_forward)
+        qs, k_rot, q_flat = self._place(q, k, slot, qpos, cos, sin, self.dtype)
         # the token's key (unrotated, and rotated at its slot), value and visibility; its query for the
         # activation statistics, which see it when the session settles (one kernel with Triton)
         tiles = self.kernel == "triton" and not softcap
@@ -431,8 +440,9 @@ class DecodeGraph:
         # one softmax over [sinks | kept blocks | window]
         if tiles:  # from the tiles' statistics (the flash-decoding combine), values of the kept tiles only
             kept_values_triton(qs, flat_k, flat_v, visible, kept, hi, self.first_window_tile, b, scaling, t0, t1, o)
-            out, w = combine_triton(m, l, o, chosen, kept, t0, t1, self.track, self.out_rows[:n_h], self.tile_share[:n_h])
+            _, w = combine_triton(m, l, o, chosen, kept, t0, t1, self.track, self.out_rows[:n_h], self.tile_share[:n_h])
             got = w[:, t0:t1].sum(-1).view(n_r, hkv, m_cap) if self.track else None                 # [B, Hkv, M]
+            out = self.out_rows[:n_dense * hkv]     # the padding rows' outputs included
         else:
             dropped = ~chosen.expand(n_r, hkv, m_cap).repeat_interleave(b, -1)     # [B, Hkv, M*B]
             att[..., c0:w0].masked_fill_(dropped[:, :, None], NEG_INF)
@@ -444,6 +454,8 @@ class DecodeGraph:
                 got = got.sum(1, keepdim=True)
             self.mass[layer, :n_r] += got
             self.picks[layer, :n_r] += chosen
+        if tiles:
+            return out.view(n_dense, hkv * g, 1, d)
         out = out.reshape(n_r, hkv * g, 1, d).to(q.dtype)
         if n_dense > n_r:   # zero rows below, in one kernel (a fill and a join took two per layer)
             out = torch.nn.functional.pad(out, (0, 0, 0, 0, 0, 0, 0, n_dense - n_r))
@@ -458,6 +470,10 @@ class DecodeGraph:
         a = self.adapter
         run = a.layer_caller(self.compile_layers)
         kwargs = {"actqkv": StaticStep(self, n_r)}
+        # where the rows' tokens go: the same in every layer, so found once per step (four small
+        # kernels per layer in the twenty-seventh session's graph profile)
+        self._at = slot_indices(self.cursor[:n_r], self.exact[:n_r], self.fixed_pos, self.head_base_w[:n_r],
+                                self.head_base_cap[:n_r], self.row_base_w[:n_r], self.row_base_cap[:n_r], self.w0)
         hidden = a.embed(self.ids[:max(n_r, self.pad_rows)])
         for layer in a.layers:
             hidden = run(layer, hidden, self.rope, kwargs)
