@@ -82,7 +82,7 @@ KV_SHAPING_OPTIONS = ("method", "block_size", "n_sink", "n_local", "exec_block",
 # Options that act only after the document (on the question and the answer): two configs that differ
 # in nothing else prefill a document identically (RetrievalConfig.prefill_options).
 ANSWER_ONLY_OPTIONS = ("rerank", "question_rerank", "reselect_every", "rescore_every", "decode_graph",
-                       "decode_kernel", "decode_compile", "decode_pad_rows")
+                       "decode_kernel", "decode_compile", "decode_pad_rows", "decode_joined_projections")
 
 
 @dataclass(frozen=True)
@@ -230,6 +230,13 @@ class RetrievalConfig:
             the H200, twentieth session: 8 questions at 32K on the Llama-3.1-8B shape, every token
             the one-by-one token, where 1 gave 67-100% in earlier runs), for ~0.2 ms more per
             one-row graph step there (9.48 -> 9.67 ms, two runs of one lease). 1: no padding.
+        decode_joined_projections: the static decode step (``decode_graph``) runs Llama-like layers
+            (Llama, Mistral, Qwen2, Qwen3) with the query, key and value projections as one matrix
+            product and the MLP's gate and up projections as one: 4 products per layer instead of 7
+            (models/joined.py). The weights are joined once; the model's own parameters become views
+            of the joined tensors (same values, nothing held twice). Each layer is checked against
+            the model's own code on a random input when joined and left to it if they differ.
+            False (the default) until it is timed on a GPU (docs/benchmarks.md, twenty-ninth session).
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """
@@ -268,6 +275,7 @@ class RetrievalConfig:
     decode_kernel: Literal["auto", "triton", "torch"] = "auto"
     decode_compile: bool | Literal["auto"] = "auto"
     decode_pad_rows: int = 8
+    decode_joined_projections: bool = False
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -467,6 +475,8 @@ class RetrievalConfig:
             v = getattr(self, name)
             if not (isinstance(v, bool) or v == "auto"):
                 raise ConfigError(f"{name} must be True, False or 'auto', got {v!r}")
+        if not isinstance(self.decode_joined_projections, bool):
+            raise ConfigError(f"decode_joined_projections must be True or False, got {self.decode_joined_projections!r}")
         if not is_int(self.decode_pad_rows) or not 1 <= self.decode_pad_rows <= 64:
             raise ConfigError(f"decode_pad_rows must be an integer from 1 to 64, got {self.decode_pad_rows!r}")
         for name in ("prefill_kernel", "decode_kernel"):

@@ -81,21 +81,23 @@ def test_the_fast_path_answers_the_quality_samples_as_the_reference_path(tokeniz
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("kernel", ["auto", "torch"])
-@pytest.mark.parametrize("compile_layers", ["auto", False])
-def test_decode_graph_matches_the_reference_step(tokenizer, arch, dtype, kernel, compile_layers):
+@pytest.mark.parametrize("kernel, compile_layers, joined", [("auto", "auto", False), ("auto", False, False),
+                                                             ("torch", "auto", False), ("torch", False, False),
+                                                             ("auto", "auto", True), ("auto", False, True)])
+def test_decode_graph_matches_the_reference_step(tokenizer, arch, dtype, kernel, compile_layers, joined):
     """Decode steps replayed as a CUDA graph give the reference step's tokens (float32) or logits
     within bf16 rounding, with the answer's sources on the same blocks: with the Triton kernel
     ("auto" on a GPU with Triton) and with PyTorch ops, with the layers' code compiled ("auto" on
-    a GPU with Triton) and as it is."""
+    a GPU with Triton) and as it is, with the projections joined (decode_joined_projections) or not."""
     from actqkv_llm import Engine
 
     small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
     model = tiny_model(arch).to("cuda", dtype)
     ref = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_graph=False, **small)
     fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_kernel=kernel,
-                  decode_compile=compile_layers, **small)
+                  decode_compile=compile_layers, decode_joined_projections=joined, **small)
     assert fast.decode_graph is not None and fast.decode_graph.use_graph  # "auto" on CUDA
+    assert fast.decode_graph.joined_layers == (len(fast.adapter.layers) if joined else 0)
     assert fast.decode_graph.kernel == ("triton" if kernel == "auto" else "torch")
     doc = ref.prefill(" ".join(f"word{i} is {i * 7 % 13}." for i in range(120)))
     question = [5, 6, 7, 8]

@@ -701,3 +701,72 @@ def test_edge_flags_of_a_row_are_its_first_and_last_candidates(tokenizer, keep_e
             assert not edge[:, m:].any()
             checked += int(want.any())
     assert graph.rescores > 0 and (checked > 0) == keep_edges
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+def test_joined_projections_give_the_reference_tokens_and_logits(tokenizer, arch):
+    """decode_joined_projections: every Llama-like layer runs 4 products instead of 7 in the static
+    step (query/key/value and gate/up joined); the model's parameters are views of the joined
+    weights (same values, no second copy); tokens and logits as the reference's; the model's own
+    forward unchanged."""
+    ref, fast = _engines(tokenizer, arch, decode_joined_projections=True)
+    model = fast.adapter.model
+    x = torch.randint(0, 200, (1, 12))
+    before = model(x).logits
+    doc = ref.prefill(TEXT)
+    want, _ = _steps(ref, doc, 12)
+    got, _ = _steps(fast, doc, 12)
+    graph = fast.decode_graph
+    assert graph.joined_layers == len(fast.adapter.layers) and graph.replays > 0
+    assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    layer = fast.adapter.layers[0]
+    j = layer._actqkv_joined
+    attn, mlp = layer.self_attn, layer.mlp
+    assert attn.q_proj.weight.data_ptr() == j.qkv.data_ptr()
+    assert attn.v_proj.weight.data_ptr() == j.qkv[j.split[0] + j.split[1]:].data_ptr()
+    assert mlp.up_proj.weight.data_ptr() == j.gate_up[mlp.gate_proj.weight.shape[0]:].data_ptr()
+    torch.testing.assert_close(model(x).logits, before, atol=0, rtol=0)
+    # another adapter on the same model finds the layers joined: the same tensors, nothing joined twice
+    from actqkv_llm.models.adapter import ModelAdapter
+
+    assert ModelAdapter(model).join_projections() == len(fast.adapter.layers)
+    assert layer._actqkv_joined is j and attn.q_proj.weight.data_ptr() == j.qkv.data_ptr()
+
+
+def test_a_layer_whose_joined_result_differs_runs_the_models_code(tokenizer, monkeypatch):
+    """A layer the joined call does not reproduce is left to the model's own code, with a warning
+    (here: the joined call made wrong on purpose)."""
+    from actqkv_llm.models import joined as joined_mod
+
+    real = joined_mod.joined_layer_call
+
+    def wrong(layer, j, hidden, attention, kwargs):
+        return real(layer, j, hidden, attention, kwargs) + 1.0
+    monkeypatch.setattr(joined_mod, "joined_layer_call", wrong)
+    with pytest.warns(RuntimeWarning, match="differs from the model's layer"):
+        _, fast = _engines(tokenizer, decode_joined_projections=True)
+        fast.decode_graph
+    assert fast.decode_graph.joined_layers == 0
+
+
+def test_decode_joined_projections_option_is_validated():
+    from actqkv_llm.config import RetrievalConfig
+
+    with pytest.raises(ConfigError, match="decode_joined_projections"):
+        RetrievalConfig(decode_joined_projections="yes")
+
+
+def test_joined_projections_compiled_give_the_reference_tokens_and_logits(tokenizer):
+    """decode_joined_projections with decode_compile: the joined layer code compiled around our
+    attention, every step through the static step."""
+    pytest.importorskip("torch._inductor")
+    torch._dynamo.reset()
+    ref, fast = _engines(tokenizer, "qwen3", decode_compile=True, decode_joined_projections=True)
+    doc = ref.prefill(TEXT)
+    want, _ = _steps(ref, doc, 16)
+    got, _ = _steps(fast, doc, 16)
+    assert fast.adapter._compiled_joined is not None and fast.decode_graph.joined_layers == 3
+    assert fast.decode_graph.replays == 16
+    assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

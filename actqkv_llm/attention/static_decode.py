@@ -212,7 +212,7 @@ class DecodeGraph:
     lock. ``use_graph`` False runs the same static step eagerly (the CPU, and tests)."""
 
     def __init__(self, adapter, config, method, use_graph: bool, kernel: str = "auto",
-                 compile_layers: bool | str = False, pad_rows: int = 1):
+                 compile_layers: bool | str = False, pad_rows: int = 1, joined: bool = False):
         self.adapter, self.config, self.method = adapter, config, method
         self.use_graph = use_graph
         # the dense layers run on at least this many rows (decode_pad_rows): the same products,
@@ -222,6 +222,8 @@ class DecodeGraph:
         # True, or "auto" (a failure to compile falls back to the plain code with a warning, :meth:`_warm_up`)
         self.compile_layers = compile_layers
         self._compiled_place = torch.compile(place_token) if compile_layers else None
+        # Llama-like layers with their projections joined (decode_joined_projections): how many
+        self.joined_layers = adapter.join_projections() if joined else 0
         dev, dt = adapter.device, adapter.dtype
         self.device, self.dtype = dev, dt
         hkv, d = adapter.n_kv_heads, adapter.head_dim
@@ -468,7 +470,7 @@ class DecodeGraph:
 
     def _forward(self, n_r: int) -> torch.Tensor:
         a = self.adapter
-        run = a.layer_caller(self.compile_layers)
+        run = a.layer_caller(self.compile_layers, joined=self.joined_layers > 0)
         kwargs = {"actqkv": StaticStep(self, n_r)}
         # where the rows' tokens go: the same in every layer, so found once per step (four small
         # kernels per layer in the twenty-seventh session's graph profile)

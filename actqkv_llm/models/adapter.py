@@ -63,6 +63,8 @@ class ModelAdapter:
         self._tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._lock = threading.Lock()
         self._compiled = None     # compiled_layer(), made on first use
+        self._compiled_joined = None
+        self._joined: dict = {}   # id(layer) -> JoinedProjections, for the layers join_projections() joined
 
     @property
     def device(self) -> torch.device:
@@ -89,11 +91,79 @@ class ModelAdapter:
         arguments."""
         return call_layer(self.layers[i], hidden, self.identity_rope(hidden), attention_kwargs)
 
-    def layer_caller(self, compiled: bool = False):
+    def layer_caller(self, compiled: bool = False, joined: bool = False):
         """How to call one decoder layer as :func:`call_layer` does: the compiled one
-        (:meth:`compiled_layer`) or the plain function. Attention code calls layers through this,
-        so it never imports the model layer."""
-        return self.compiled_layer() if compiled else call_layer
+        (:meth:`compiled_layer`) or the plain function; ``joined``: with the layer's projections
+        joined where :meth:`join_projections` joined them (:func:`~actqkv_llm.models.joined.joined_layer_call`).
+        Attention code calls layers through this, so it never imports the model layer."""
+        if not joined:
+            return self.compiled_layer() if compiled else call_layer
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        from .joined import joined_layer_call
+
+        attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        run_joined = self.compiled_joined() if compiled else joined_layer_call
+        run_plain = self.compiled_layer() if compiled else call_layer
+
+        def call(layer, hidden, rope, attention_kwargs):
+            j = self._joined.get(id(layer))
+            if j is None:
+                return run_plain(layer, hidden, rope, attention_kwargs)
+            return run_joined(layer, j, hidden, attention, attention_kwargs)
+        return call
+
+    def join_projections(self) -> int:
+        """Join the query/key/value and the gate/up projections of every Llama-like layer
+        (:mod:`~actqkv_llm.models.joined`; the model's parameters become views of the joined
+        weights), once per model; checked against the model's own layer on a random input (a layer
+        whose result differs beyond its dtype's rounding is left to the model's code, with a
+        warning). Returns how many layers run joined."""
+        from .joined import JOINABLE, join_projections, joinable, joined_layer_call
+
+        with self._lock:
+            if self.model_type not in JOINABLE:
+                return 0
+            attention = None
+            for i, layer in enumerate(self.layers):
+                j = getattr(layer, "_actqkv_joined", None)
+                if j is not None and layer.self_attn.q_proj.weight.data_ptr() == j.qkv.data_ptr() \
+                        and layer.mlp.gate_proj.weight.data_ptr() == j.gate_up.data_ptr():
+                    self._joined[id(layer)] = j      # joined already (another engine on this model)
+                    continue
+                if not joinable(layer):
+                    continue
+                if attention is None:
+                    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+                    attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+                x = torch.randn((1, 1, self.config.hidden_size), generator=torch.Generator().manual_seed(i)).to(
+                    device=self.device, dtype=self.dtype)
+                with torch.inference_mode():
+                    want = call_layer(layer, x, self.identity_rope(x), {})
+                j = join_projections(layer)
+                with torch.inference_mode():
+                    got = joined_layer_call(layer, j, x, attention, {})
+                tol = 1e-4 if self.dtype in (torch.float32, torch.float64) else 3e-2
+                if not torch.allclose(got.float(), want.float(), rtol=tol, atol=tol * float(want.float().abs().max())):
+                    import warnings
+                    warnings.warn(f"decode_joined_projections: layer {i} with joined projections differs from the "
+                                  f"model's layer (largest difference {float((got - want).abs().max()):.3g}); it runs "
+                                  "the model's code", RuntimeWarning, stacklevel=2)
+                    continue
+                layer._actqkv_joined = j
+                self._joined[id(layer)] = j
+            return len(self._joined)
+
+    def compiled_joined(self):
+        """:func:`~actqkv_llm.models.joined.joined_layer_call` through ``torch.compile`` (as
+        :meth:`compiled_layer`)."""
+        from .joined import joined_layer_call
+
+        with self._lock:
+            if self._compiled_joined is None:
+                self._compiled_joined = torch.compile(joined_layer_call)
+        return self._compiled_joined
 
     def compiled_layer(self):
         """:func:`call_layer` through ``torch.compile`` (made once per adapter, compiled at its first
