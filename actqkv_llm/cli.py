@@ -109,7 +109,7 @@ def retrieval_options(args: argparse.Namespace) -> dict[str, Any]:
             options[name] = value
     if args.budget is not None:
         options["budget"] = args.budget
-    for name in ("offload", "batch_prefill", "decode_graph", "decode_compile"):
+    for name in ("offload", "batch_prefill", "decode_graph", "decode_compile", "decode_joined_projections"):
         if getattr(args, name, None) is not None:
             options[name] = {"on": True, "off": False, "auto": "auto"}[getattr(args, name)]
     for name in ("prefill_kernel", "decode_kernel"):
@@ -672,6 +672,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--decode-compile", choices=("auto", "on", "off"),
                    help="the model's layer code in the static decode step through torch.compile "
                         "(auto: on a GPU with Triton; on: also on the CPU; off: as it is)")
+    r.add_argument("--decode-joined-projections", choices=("on", "off"),
+                   help="the static decode step runs Llama-like layers with query/key/value and gate/up "
+                        "projections joined (4 products per layer instead of 7; default off)")
     r.add_argument("--offload", choices=("auto", "on", "off"),
                    help="keep full blocks in host memory (auto: on when the model runs on a GPU)")
     r.add_argument("--force-past-window", action="store_true",

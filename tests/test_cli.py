@@ -137,7 +137,7 @@ def test_options_reach_the_engine(engines, doc, capsys):
 def test_every_retrieval_option_has_a_flag():
     flags = {name for _flag, name, _t, _h in cli.RETRIEVAL_FLAGS} | {"method", "budget", "offload", "batch_prefill",
                                                                    "decode_graph", "prefill_kernel", "decode_kernel",
-                                                                   "decode_compile"}
+                                                                   "decode_compile", "decode_joined_projections"}
     fields = {f.name for f in dataclasses.fields(RetrievalConfig) if not f.name.startswith("_")}
     assert fields == flags
 
