@@ -770,3 +770,18 @@ def test_joined_projections_compiled_give_the_reference_tokens_and_logits(tokeni
     assert fast.decode_graph.replays == 16
     assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_joined_parameters_stay_plain_tensors_when_joined_in_inference_mode(tokenizer):
+    """Joining happens at the static step's first use, under inference mode: the model's parameters
+    must not become inference tensors (they would fail outside it), and keep requires_grad."""
+    from actqkv_llm.models.adapter import ModelAdapter
+
+    model = tiny_model("llama").requires_grad_(True)
+    with torch.inference_mode():
+        assert ModelAdapter(model).join_projections() == len(model.model.layers)
+    w = model.model.layers[0].self_attn.k_proj.weight
+    assert not w.is_inference() and w.requires_grad
+    loss = model(torch.randint(0, 200, (1, 5))).logits.sum()
+    loss.backward()   # autograd through the joined views works
+    assert model.model.layers[0].self_attn.q_proj.weight.grad is not None

@@ -58,18 +58,26 @@ def joinable(layer: torch.nn.Module) -> bool:
 
 
 def _as_views(joined: torch.Tensor, modules: list[torch.nn.Linear], attr: str) -> None:
-    """Each module's ``attr`` parameter replaced by its rows of ``joined`` (the same values)."""
+    """Each module's ``attr`` parameter replaced by its rows of ``joined`` (the same values; the
+    parameter's ``requires_grad`` kept)."""
     a = 0
     for m in modules:
-        n = getattr(m, attr).shape[0]
-        setattr(m, attr, torch.nn.Parameter(joined[a:a + n], requires_grad=False))
+        old = getattr(m, attr)
+        n = old.shape[0]
+        setattr(m, attr, torch.nn.Parameter(joined[a:a + n], requires_grad=old.requires_grad))
         a += n
 
 
-@torch.no_grad()
 def join_projections(layer: torch.nn.Module) -> JoinedProjections:
     """Join ``layer``'s query/key/value and gate/up weights (one layer at a time: at most one layer's
-    projections exist twice while joining) and leave its parameters as views of them."""
+    projections exist twice while joining) and leave its parameters as views of them. The joined
+    tensors are plain ones even when joined under ``torch.inference_mode`` (the model's parameters
+    must stay usable outside it)."""
+    with torch.inference_mode(False), torch.no_grad():
+        return _join(layer)
+
+
+def _join(layer: torch.nn.Module) -> JoinedProjections:
     attn, mlp = layer.self_attn, layer.mlp
     qkv_mods = [attn.q_proj, attn.k_proj, attn.v_proj]
     qkv = torch.cat([m.weight for m in qkv_mods])
