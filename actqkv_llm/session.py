@@ -7,6 +7,8 @@ step touched (the budget check).
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from .attention.block_gather import BlockGather
@@ -37,6 +39,7 @@ class Session:
         self.meter = None            # a RecallMeter (bench recall): what selection recalls against full attention
         # decode steps run elsewhere (attention/static_decode.py) whose state is not handed back yet
         self.pending = None
+        self._fork_lock = threading.Lock()
         # whether a question's rerank candidates keep the keys it read for the decode steps after it
         # (False where the static decode step reads them into its own buffers: read again there)
         self.keep_candidate_keys = True
@@ -71,10 +74,13 @@ class Session:
         """An independent session starting from this one's state; this one is never modified by it.
         ``config`` and ``method``: the asking engine's, when they differ from this session's only in
         options its stored KV does not depend on (the caller checks ``kv_options``)."""
-        self.settle()
-        entropy_means(self.retrieval)   # every layer's unread entropies in one read (each fork would read its own)
-        return Session(self.adapter, config or self.config, method or self.method, fork_layers(self.memory),
-                       [r.fork() for r in self.retrieval], self.n_tokens)
+        # one fork at a time: a document answers questions from several threads (LangChain's batch,
+        # a server), and the first forks of a fresh document read its unread entropies into their totals
+        with self._fork_lock:
+            self.settle()
+            entropy_means(self.retrieval)   # every layer's unread entropies in one read (each fork would read its own)
+            return Session(self.adapter, config or self.config, method or self.method, fork_layers(self.memory),
+                           [r.fork() for r in self.retrieval], self.n_tokens)
 
     # ------------------------------------------------------------------ running tokens
     @torch.inference_mode()

@@ -463,3 +463,44 @@ def test_layers_forked_together_store_their_blocks_at_once_as_each_alone():
     assert not leave_together(together, 8, policy, k_all[:, :, :8], v_all[:, :, :8])
     assert [m.n_blocks for m in together] == n_before
     assert not leave_together(fork_layers(doc), 8, EvictionPolicy(40, 4, 8, True), k_all[:, :, :8], v_all[:, :, :8])
+
+
+def test_forks_of_one_document_from_several_threads_read_its_entropies_one_at_a_time(make_engine, monkeypatch):
+    """Questions on one document from several threads (LangChain's batch, a server): the first forks
+    of a fresh document read its unread entropies into its totals, one fork at a time, so every fork
+    starts from the totals one fork alone gives (two at once added them twice: a flaky batch test)."""
+    import threading
+    import time
+
+    from actqkv_llm import session as session_mod
+    from actqkv_llm.retrieval.methods import entropy_means
+
+    eng = make_engine("llama", method="actqkv", block_size=8, n_sink=4, n_local=32, exec_block=16, budget=60)
+    ids = torch.randint(0, 250, (300,), generator=torch.Generator().manual_seed(3))
+    want = [(st.entropy_total, st.entropy_count) for st in eng.prefill_ids(ids).session(eng).retrieval]
+    doc = eng.prefill_ids(ids)
+    assert any(st.unread for st in doc._state.retrieval)   # a fresh document: its entropies not read yet
+    inside, most = [0], [0]
+
+    def slow(states):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.05)   # wide enough for the other threads to enter too, without the lock
+        try:
+            return entropy_means(states)
+        finally:
+            inside[0] -= 1
+    monkeypatch.setattr(session_mod, "entropy_means", slow)
+    start, forks = threading.Barrier(4), []
+
+    def fork():
+        start.wait()
+        forks.append(doc.session(eng))
+    threads = [threading.Thread(target=fork) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1 and len(forks) == 4
+    for s in forks:
+        assert [(st.entropy_total, st.entropy_count) for st in s.retrieval] == want
