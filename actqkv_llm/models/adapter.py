@@ -98,11 +98,9 @@ class ModelAdapter:
         Attention code calls layers through this, so it never imports the model layer."""
         if not joined:
             return self.compiled_layer() if compiled else call_layer
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
         from .joined import joined_layer_call
 
-        attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        attention = self._attention_function()
         run_joined = self.compiled_joined() if compiled else joined_layer_call
         run_plain = self.compiled_layer() if compiled else call_layer
 
@@ -122,9 +120,9 @@ class ModelAdapter:
         from .joined import JOINABLE, join_projections, joinable, joined_layer_call
 
         with self._lock:
-            if self.model_type not in JOINABLE:
+            attention = self._attention_function()
+            if self.model_type not in JOINABLE or attention is None:   # None: transformers' eager code
                 return 0
-            attention = None
             for i, layer in enumerate(self.layers):
                 j = getattr(layer, "_actqkv_joined", None)
                 if j is not None and layer.self_attn.q_proj.weight.data_ptr() == j.qkv.data_ptr() \
@@ -133,10 +131,6 @@ class ModelAdapter:
                     continue
                 if not joinable(layer):
                     continue
-                if attention is None:
-                    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-                    attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
                 x = torch.randn((1, 1, self.config.hidden_size), generator=torch.Generator().manual_seed(i)).to(
                     device=self.device, dtype=self.dtype)
                 with torch.inference_mode():
@@ -154,6 +148,12 @@ class ModelAdapter:
                 layer._actqkv_joined = j
                 self._joined[id(layer)] = j
             return len(self._joined)
+
+    def _attention_function(self):
+        """The attention function the model's layers call (the one registered for its implementation)."""
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        return ALL_ATTENTION_FUNCTIONS.get(self.config._attn_implementation)
 
     def compiled_joined(self):
         """:func:`~actqkv_llm.models.joined.joined_layer_call` through ``torch.compile`` (as
