@@ -71,7 +71,8 @@ class Session:
         return cls(adapter, config, method, memory, retrieval)
 
     def fork(self, config: RetrievalConfig | None = None, method: RetrievalMethod | None = None) -> "Session":
-        """An independent session starting from this one's state; this one is never modified by it.
+        """An independent session starting from this one's state; this one is never modified by it
+        (beyond reading its unread entropies into their totals, the same state read on the host).
         ``config`` and ``method``: the asking engine's, when they differ from this session's only in
         options its stored KV does not depend on (the caller checks ``kv_options``)."""
         # one fork at a time: a document answers questions from several threads (LangChain's batch,

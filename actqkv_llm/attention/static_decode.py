@@ -109,23 +109,10 @@ class _Loaded:
     steps: int = 0
 
 
-def slot_indices(cursor, exact, fixed_pos, head_base_w, head_base_cap, row_base_w, row_base_cap, w0: int):
-    """Where each row's new token goes, the same in every layer of a step (made once per step, not
-    per layer): its window slot ``L`` (the row's cursor) and the memory's query position (the fixed
-    distance, or the token's own where memory sits at true positions) ``[B]``; the flat indices of
-    the key in the window's keys and of key and value in the buffer (slot ``w0 + L``), per row and
-    KV head, of the slot in ``visible`` and of the query in the queries kept, per row."""
-    slot = cursor[:, 0]                                                            # [B]
-    qpos = torch.where(exact, cursor[:, 1], fixed_pos)                             # [B]
-    at_cap = (head_base_cap + slot[:, None]).flatten()
-    at_w = (head_base_w + (slot + w0)[:, None]).flatten()
-    return slot, qpos, at_cap, at_w, row_base_w + slot + w0, row_base_cap + slot
-
-
 def place_token(q, k, slot, qpos, cos, sin, dtype: torch.dtype):
     """Each row's new token in one layer: its query rotated both ways and its key at its slot.
 
-    q ``[B, H, 1, d]``, k ``[B, Hkv, 1, d]``, ``slot`` and ``qpos`` ``[B]`` (:func:`slot_indices`).
+    q ``[B, H, 1, d]``, k ``[B, Hkv, 1, d]``, ``slot`` and ``qpos`` ``[B]`` (:meth:`DecodeGraph._slot_indices`).
     Returns the query rotated at the memory's position and at its window slot ``L``, ``[2, B * Hkv,
     G, d]``; the key rotated at ``L`` in ``dtype`` ``[B * Hkv, d]``; the query as it came ``[B, H *
     d]`` (for the activation statistics). Pure: ``decode_compile`` fuses it into a few kernels;
@@ -277,7 +264,7 @@ class DecodeGraph:
         # again (_segments); None for a key whose cut capture failed (such steps then run eagerly)
         self.segments: dict[tuple[int, bool], _Segments | None] = {}
         self._cut = None              # while capturing segments: called at each layer's scoring point
-        self._at = None               # the step's slot indices (slot_indices), made by _forward
+        self._at = None               # the step's slot indices (_slot_indices), made by _forward
         self.track = False            # the step being run or captured adds up the rows' source tallies
         self.replays = 0              # row steps run through this object (read by tests and benchmarks)
         self.rescores = 0             # layers of those steps that scored every block again (_rescore)
@@ -444,23 +431,20 @@ class DecodeGraph:
             kept_values_triton(qs, flat_k, flat_v, visible, kept, hi, self.first_window_tile, b, scaling, t0, t1, o)
             _, w = combine_triton(m, l, o, chosen, kept, t0, t1, self.track, self.out_rows[:n_h], self.tile_share[:n_h])
             got = w[:, t0:t1].sum(-1).view(n_r, hkv, m_cap) if self.track else None                 # [B, Hkv, M]
-            out = self.out_rows[:n_dense * hkv]     # the padding rows' outputs included
+            out = self.out_rows[:n_dense * hkv].view(n_dense, hkv * g, 1, d)   # the padding rows included
         else:
             dropped = ~chosen.expand(n_r, hkv, m_cap).repeat_interleave(b, -1)     # [B, Hkv, M*B]
             att[..., c0:w0].masked_fill_(dropped[:, :, None], NEG_INF)
             p = torch.softmax(att, -1)
-            out = self._bmm(p.view(n_r * hkv, g, W), flat_v)                       # [B*Hkv, G, d]
             got = p[..., c0:w0].sum(2).reshape(n_r, hkv, m_cap, b).sum(-1) if self.track else None
+            out = self._bmm(p.view(n_r * hkv, g, W), flat_v).reshape(n_r, hkv * g, 1, d).to(q.dtype)
+            if n_dense > n_r:   # zero rows below, in one kernel (a fill and a join took two per layer)
+                out = torch.nn.functional.pad(out, (0, 0, 0, 0, 0, 0, 0, n_dense - n_r))
         if got is not None:  # what the answer's sources report: picks and mass per candidate
             if sel == 1:
                 got = got.sum(1, keepdim=True)
             self.mass[layer, :n_r] += got
             self.picks[layer, :n_r] += chosen
-        if tiles:
-            return out.view(n_dense, hkv * g, 1, d)
-        out = out.reshape(n_r, hkv * g, 1, d).to(q.dtype)
-        if n_dense > n_r:   # zero rows below, in one kernel (a fill and a join took two per layer)
-            out = torch.nn.functional.pad(out, (0, 0, 0, 0, 0, 0, 0, n_dense - n_r))
         return out
 
     @property
@@ -474,13 +458,24 @@ class DecodeGraph:
         kwargs = {"actqkv": StaticStep(self, n_r)}
         # where the rows' tokens go: the same in every layer, so found once per step (four small
         # kernels per layer in the twenty-seventh session's graph profile)
-        self._at = slot_indices(self.cursor[:n_r], self.exact[:n_r], self.fixed_pos, self.head_base_w[:n_r],
-                                self.head_base_cap[:n_r], self.row_base_w[:n_r], self.row_base_cap[:n_r], self.w0)
+        self._at = self._slot_indices(n_r)
         hidden = a.embed(self.ids[:max(n_r, self.pad_rows)])
         for layer in a.layers:
             hidden = run(layer, hidden, self.rope, kwargs)
         self.cursor[:n_r] += 1
         return a.last_logits(hidden)[:n_r]
+
+    def _slot_indices(self, n_r: int) -> tuple[torch.Tensor, ...]:
+        """Where rows ``0 .. n_r-1``'s new tokens go, the same in every layer of a step: the window slot
+        ``L`` (the row's cursor) and the memory's query position (the fixed distance, or the token's
+        own where memory sits at true positions) ``[B]``; the flat indices of the key in the window's
+        keys and of key and value in the buffer (slot ``w0 + L``), per row and KV head, of the slot in
+        ``visible`` and of the query in the queries kept, per row."""
+        slot = self.cursor[:n_r, 0]                                                   # [B]
+        qpos = torch.where(self.exact[:n_r], self.cursor[:n_r, 1], self.fixed_pos)    # [B]
+        at_cap = (self.head_base_cap[:n_r] + slot[:, None]).flatten()
+        at_w = (self.head_base_w[:n_r] + (slot + self.w0)[:, None]).flatten()
+        return slot, qpos, at_cap, at_w, self.row_base_w[:n_r] + slot + self.w0, self.row_base_cap[:n_r] + slot
 
     def _graph(self, n_r: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """The CUDA graph of one step of rows ``0 .. n_r-1`` (captured on first use; capturing writes
@@ -867,7 +862,10 @@ class DecodeGraph:
         ok.copy_(cands_filled)
         # with keep_edges the candidates hold the first and the last block, ascending (pin_edges, then
         # _candidate_ids' sort): the edge blocks are the first and the m-th candidate of every row
-        edge.copy_(ends) if keep_edges else edge.zero_()
+        if keep_edges:
+            edge.copy_(ends)
+        else:
+            edge.zero_()
 
     def _filled_masks(self, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Which candidate slots (``[m_cap * block_size]``) and candidates (``[m_cap]``) ``m`` candidates

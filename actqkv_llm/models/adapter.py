@@ -18,6 +18,8 @@ from ..attention.rope import signed_sin
 from ..errors import UnsupportedModelError
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
+# where a decoder layer keeps its joined projections (models/joined.py), for every adapter on the model
+JOINED_ATTR = "_actqkv_joined"
 GLOBAL, SLIDING = "full_attention", "sliding_attention"
 
 
@@ -64,7 +66,6 @@ class ModelAdapter:
         self._lock = threading.Lock()
         self._compiled = None     # compiled_layer(), made on first use
         self._compiled_joined = None
-        self._joined: dict = {}   # id(layer) -> JoinedProjections, for the layers join_projections() joined
 
     @property
     def device(self) -> torch.device:
@@ -105,7 +106,7 @@ class ModelAdapter:
         run_plain = self.compiled_layer() if compiled else call_layer
 
         def call(layer, hidden, rope, attention_kwargs):
-            j = self._joined.get(id(layer))
+            j = getattr(layer, JOINED_ATTR, None)
             if j is None:
                 return run_plain(layer, hidden, rope, attention_kwargs)
             return run_joined(layer, j, hidden, attention, attention_kwargs)
@@ -114,40 +115,46 @@ class ModelAdapter:
     def join_projections(self) -> int:
         """Join the query/key/value and the gate/up projections of every Llama-like layer
         (:mod:`~actqkv_llm.models.joined`; the model's parameters become views of the joined
-        weights), once per model; checked against the model's own layer on a random input (a layer
-        whose result differs beyond its dtype's rounding is left to the model's code, with a
-        warning). Returns how many layers run joined."""
-        from .joined import JOINABLE, join_projections, joinable, joined_layer_call
+        weights), once per model: a layer keeps its joined weights as ``JOINED_ATTR``, which every
+        adapter on the model reads. Each layer is checked against the model's own layer on a random
+        input (one whose result differs beyond its dtype's rounding is left to the model's code, with
+        a warning). Returns how many layers run joined."""
+        from .joined import JOINABLE, joinable
 
         with self._lock:
             attention = self._attention_function()
             if self.model_type not in JOINABLE or attention is None:   # None: transformers' eager code
                 return 0
+            n = 0
             for i, layer in enumerate(self.layers):
-                j = getattr(layer, "_actqkv_joined", None)
-                if j is not None and layer.self_attn.q_proj.weight.data_ptr() == j.qkv.data_ptr() \
-                        and layer.mlp.gate_proj.weight.data_ptr() == j.gate_up.data_ptr():
-                    self._joined[id(layer)] = j      # joined already (another engine on this model)
-                    continue
-                if not joinable(layer):
-                    continue
-                x = torch.randn((1, 1, self.config.hidden_size), generator=torch.Generator().manual_seed(i)).to(
-                    device=self.device, dtype=self.dtype)
-                with torch.inference_mode():
-                    want = call_layer(layer, x, self.identity_rope(x), {})
-                j = join_projections(layer)
-                with torch.inference_mode():
-                    got = joined_layer_call(layer, j, x, attention, {})
-                tol = 1e-4 if self.dtype in (torch.float32, torch.float64) else 3e-2
-                if not torch.allclose(got.float(), want.float(), rtol=tol, atol=tol * float(want.float().abs().max())):
-                    import warnings
-                    warnings.warn(f"decode_joined_projections: layer {i} with joined projections differs from the "
-                                  f"model's layer (largest difference {float((got - want).abs().max()):.3g}); it runs "
-                                  "the model's code", RuntimeWarning, stacklevel=2)
-                    continue
-                layer._actqkv_joined = j
-                self._joined[id(layer)] = j
-            return len(self._joined)
+                j = getattr(layer, JOINED_ATTR, None)
+                if j is None or layer.self_attn.q_proj.weight.data_ptr() != j.qkv.data_ptr() \
+                        or layer.mlp.gate_proj.weight.data_ptr() != j.gate_up.data_ptr():
+                    j = self._join_checked(i, layer, attention) if joinable(layer) else None
+                    setattr(layer, JOINED_ATTR, j)
+                n += j is not None
+            return n
+
+    def _join_checked(self, i: int, layer: torch.nn.Module, attention):
+        """Layer ``i``'s projections joined (:func:`~actqkv_llm.models.joined.join_projections`) if the
+        joined call gives the model's own result on a random input, else None (with a warning)."""
+        from .joined import join_projections, joined_layer_call
+
+        x = torch.randn((1, 1, self.config.hidden_size), generator=torch.Generator().manual_seed(i)).to(
+            device=self.device, dtype=self.dtype)
+        with torch.inference_mode():
+            want = call_layer(layer, x, self.identity_rope(x), {})
+        j = join_projections(layer)
+        with torch.inference_mode():
+            got = joined_layer_call(layer, j, x, attention, {})
+        tol = 1e-4 if self.dtype in (torch.float32, torch.float64) else 3e-2
+        if torch.allclose(got.float(), want.float(), rtol=tol, atol=tol * float(want.float().abs().max())):
+            return j
+        import warnings
+        warnings.warn(f"decode_joined_projections: layer {i} with joined projections differs from the model's layer "
+                      f"(largest difference {float((got - want).abs().max()):.3g}); it runs the model's code",
+                      RuntimeWarning, stacklevel=3)
+        return None
 
     def _attention_function(self):
         """The attention function the model's layers call (the one registered for its implementation)."""

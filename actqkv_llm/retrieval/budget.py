@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from .score import in_dtype
+
 
 def normalized_entropy(scores: torch.Tensor, mass: bool = False,
                        n_valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -31,7 +33,7 @@ def normalized_entropy(scores: torch.Tensor, mass: bool = False,
     if n <= 1:
         return scores.new_zeros(scores.shape[:-1], dtype=torch.float32)
     if mass:
-        p = scores.clamp_min(0) if scores.dtype == torch.float32 else scores.float().clamp_min(0)
+        p = in_dtype(scores, torch.float32).clamp_min(0)
         p.div_(p.sum(-1, keepdim=True).clamp_min(1e-30))
         logp = p.clamp_min(1e-30).log_()
     else:

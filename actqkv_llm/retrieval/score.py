@@ -56,7 +56,7 @@ def _signed_parts(q: torch.Tensor, hkv: int, dtype: torch.dtype) -> tuple[torch.
     """``q`` ``[H, T, d]`` grouped by KV head ``[Hkv, G*T, d]`` in ``dtype``, split into its positive
     and negative parts (what :func:`bound_logits` multiplies with the maxima and the minima)."""
     h, t, d = q.shape
-    qg = _as(q, dtype).reshape(hkv, (h // hkv) * t, d)
+    qg = in_dtype(q, dtype).reshape(hkv, (h // hkv) * t, d)
     return qg.clamp(min=0), qg.clamp(max=0)
 
 
@@ -69,12 +69,12 @@ def bound_logits_parts(q: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Te
     # q- . lo, then q+ . hi added to it inside the second product's call (baddbmm): one rounding of
     # the sum in the products' dtype, and three calls per part where two products and a sum took ~15
     # (a decode step that scores again runs them eagerly in every layer)
-    u = [torch.baddbmm(torch.bmm(neg, _as(lo, dtype).permute(1, 2, 0)), pos, _as(hi, dtype).permute(1, 2, 0))
+    u = [torch.baddbmm(torch.bmm(neg, in_dtype(lo, dtype).permute(1, 2, 0)), pos, in_dtype(hi, dtype).permute(1, 2, 0))
          for lo, hi in parts]
     return (u[0] if len(u) == 1 else torch.cat(u, -1)).float().reshape(h, t, -1)
 
 
-def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def in_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``x`` in ``dtype`` (itself, without a call, where it is already)."""
     return x if x.dtype == dtype else x.to(dtype)
 
