@@ -4,7 +4,7 @@ GPU machine: ``python -m pytest -m gpu tests/test_gpu.py``)."""
 import pytest
 import torch
 
-from tiny_models import tiny_model
+from tiny_models import separated, tiny_model
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -136,14 +136,24 @@ def test_decode_graph_matches_the_reference_step(tokenizer, arch, dtype, kernel,
 def test_rows_decoded_together_in_one_graph_match_the_reference(tokenizer, dtype, kernel):
     """Three sessions stepped as rows of one CUDA graph (answer_many's path) follow the reference
     step of each alone: logits step by step (float32 within rounding, bf16 within bf16 rounding),
-    and in float32 answer_many's tokens are each question's own."""
+    and in float32 answer_many's tokens are each question's own. In float32 the model's attention is
+    sharpened and the document is random ids (``separated``): on the repeating text, rerank masses
+    tied to the last bit, and the Triton path (its own summation order) left the reference's logits
+    at step 4 of row 1 (thirtieth session, H100), where that text's two closest masses were one ulp
+    apart (measured on the CPU): rounding deciding the choice, which no tolerance covers."""
     from actqkv_llm import Engine
 
     small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
-    model = tiny_model("llama").to("cuda", dtype)
+    model = tiny_model("llama")
+    if dtype == torch.float32:
+        model = separated(model)
+    model = model.to("cuda", dtype)
     ref = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_graph=False, **small)
     fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_kernel=kernel, **small)
-    doc = ref.prefill(" ".join(f"word{i} is {i * 7 % 13}." for i in range(120)))
+    if dtype == torch.float32:
+        doc = ref.prefill_ids(torch.randint(0, 256, (1400,), generator=torch.Generator().manual_seed(1)))
+    else:
+        doc = ref.prefill(" ".join(f"word{i} is {i * 7 % 13}." for i in range(120)))
     questions = ([5, 6, 7, 8], [9, 8], [11, 12, 13])
     ref_s = [ref._session_for(doc) for _ in questions]
     fast_s = [fast._session_for(doc) for _ in questions]

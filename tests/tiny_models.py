@@ -52,6 +52,18 @@ def tiny_model(arch: str = "llama", seed: int = 0) -> torch.nn.Module:
     return model.requires_grad_(False)
 
 
+def separated(model: torch.nn.Module, factor: float = 16.0) -> torch.nn.Module:
+    """``model`` with every layer's query projection scaled by ``factor``, so its attention is far from
+    uniform. A random model's attention is nearly uniform: on a document that repeats itself its
+    blocks' rerank masses tie to the last bit (51 of 720 choices exactly, others one ulp apart, on
+    the GPU tests' text), so a float32 fast path that sums them in another order may choose another
+    block on rounding alone. With ``factor`` 16 and random token ids the closest choice of those
+    tests was 6.7e-5 apart (relative, measured on the CPU), ~1,000 ulps."""
+    for layer in model.model.layers:
+        layer.self_attn.q_proj.weight.mul_(factor)
+    return model
+
+
 def rope_tables(n: int, d: int, device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary cos and signed sin ``[n, d]`` (float32) of positions ``offset .. offset + n - 1``, laid
     out as Hugging Face's tables are (the frequencies repeated over both halves of the head)."""
