@@ -1,6 +1,8 @@
 """Fast paths on a GPU checked against the reference path (skipped without CUDA; run on the
 GPU machine: ``python -m pytest -m gpu tests/test_gpu.py``)."""
 
+import string
+
 import pytest
 import torch
 
@@ -8,6 +10,31 @@ from tiny_models import separated, tiny_model
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+TEXT = " ".join(f"word{i} is {i * 7 % 13}." for i in range(120))
+
+
+def _decode_model(arch: str, dtype: torch.dtype) -> torch.nn.Module:
+    """The decode tests' model: in float32, where they ask for the reference's logits within
+    rounding, with sharpened attention (``separated``): a random model's nearly uniform attention
+    gives rerank masses that tie to the last bit on the repeating text (17 of 240 choices exactly,
+    others one ulp apart, one question on Llama, measured on the CPU), where the fast path's own
+    summation order may choose another block on rounding alone (the thirtieth session's H100 run
+    failed the three-row test so, at step 4 of row 1, a one-ulp margin)."""
+    model = tiny_model(arch)
+    return (separated(model) if dtype == torch.float32 else model).to("cuda", dtype)
+
+
+def _decode_document(engine, dtype: torch.dtype):
+    """The decode tests' document: 1,400 random letters, digits and stops in float32 (with
+    ``_decode_model``: the closest choice of these tests 6.7e-5 apart, relative, ~1,000 ulps;
+    measured on the CPU), the repeating text in bf16 (compared within bf16 rounding)."""
+    if dtype == torch.float32:
+        alphabet = string.ascii_letters + string.digits + " .,"
+        picks = torch.randint(0, len(alphabet), (1400,), generator=torch.Generator().manual_seed(1))
+        return engine.prefill("".join(alphabet[i] for i in picks.tolist()))
+    return engine.prefill(TEXT)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
@@ -92,14 +119,14 @@ def test_decode_graph_matches_the_reference_step(tokenizer, arch, dtype, kernel,
     from actqkv_llm import Engine
 
     small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
-    model = tiny_model(arch).to("cuda", dtype)
+    model = _decode_model(arch, dtype)
     ref = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_graph=False, **small)
     fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_kernel=kernel,
                   decode_compile=compile_layers, decode_joined_projections=joined, **small)
     assert fast.decode_graph is not None and fast.decode_graph.use_graph  # "auto" on CUDA
     assert fast.decode_graph.joined_layers == (len(fast.adapter.layers) if joined else 0)
     assert fast.decode_graph.kernel == ("triton" if kernel == "auto" else "torch")
-    doc = ref.prefill(" ".join(f"word{i} is {i * 7 % 13}." for i in range(120)))
+    doc = _decode_document(ref, dtype)
     question = [5, 6, 7, 8]
     sess = [e._session_for(doc) for e in (ref, fast)]
     logits = [s.forward(torch.tensor(question), phase="question") for s in sess]
@@ -136,24 +163,15 @@ def test_decode_graph_matches_the_reference_step(tokenizer, arch, dtype, kernel,
 def test_rows_decoded_together_in_one_graph_match_the_reference(tokenizer, dtype, kernel):
     """Three sessions stepped as rows of one CUDA graph (answer_many's path) follow the reference
     step of each alone: logits step by step (float32 within rounding, bf16 within bf16 rounding),
-    and in float32 answer_many's tokens are each question's own. In float32 the model's attention is
-    sharpened and the document is random ids (``separated``): on the repeating text, rerank masses
-    tied to the last bit, and the Triton path (its own summation order) left the reference's logits
-    at step 4 of row 1 (thirtieth session, H100), where that text's two closest masses were one ulp
-    apart (measured on the CPU): rounding deciding the choice, which no tolerance covers."""
+    and in float32 answer_many's tokens are each question's own (float32: sharpened attention, random
+    text: ``_decode_model``)."""
     from actqkv_llm import Engine
 
     small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
-    model = tiny_model("llama")
-    if dtype == torch.float32:
-        model = separated(model)
-    model = model.to("cuda", dtype)
+    model = _decode_model("llama", dtype)
     ref = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_graph=False, **small)
     fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_kernel=kernel, **small)
-    if dtype == torch.float32:
-        doc = ref.prefill_ids(torch.randint(0, 256, (1400,), generator=torch.Generator().manual_seed(1)))
-    else:
-        doc = ref.prefill(" ".join(f"word{i} is {i * 7 % 13}." for i in range(120)))
+    doc = _decode_document(ref, dtype)
     questions = ([5, 6, 7, 8], [9, 8], [11, 12, 13])
     ref_s = [ref._session_for(doc) for _ in questions]
     fast_s = [fast._session_for(doc) for _ in questions]
@@ -190,7 +208,7 @@ def test_padded_dense_rows_give_answers_decoded_together_the_one_by_one_tokens(t
     small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
     model = tiny_model("llama").to("cuda", dtype)
     fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_pad_rows=8, **small)
-    doc = fast.prefill(" ".join(f"word{i} is {i * 7 % 13}." for i in range(120)))
+    doc = fast.prefill(TEXT)
     questions = [[5, 6, 7, 8], [9, 8], [11, 12, 13]]
     one_by_one = [fast.generate_ids(doc, q, max_new_tokens=40) for q in questions]
     assert fast.generate_ids_many(doc, questions, max_new_tokens=40) == one_by_one
