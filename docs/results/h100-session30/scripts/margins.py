@@ -5,14 +5,17 @@ from actqkv_llm import Engine
 from actqkv_llm.attention import static_decode as sd
 tok = byte_tokenizer()
 small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
-model = tiny_model("llama").to(torch.float32)
+model = tiny_model(os.environ.get("ARCH", "llama")).to(torch.float32)
 F = float(os.environ.get("F", 1))
 for layer in model.model.layers:
     layer.self_attn.q_proj.weight.mul_(F)
 ref = Engine(model, tok, progress=False, cache=False, allow_past_window=True, decode_graph=False, **small)
 fast = Engine(model, tok, progress=False, cache=False, allow_past_window=True, decode_graph=True, decode_kernel="torch", **small)
-doc = ref.prefill_ids(torch.randint(0, 256, (1400,), generator=torch.Generator().manual_seed(1))) if os.environ.get("RAND") else ref.prefill(" ".join(f"word{i} is {i * 7 % 13}." for i in range(120)))
-questions = ([5, 6, 7, 8], [9, 8], [11, 12, 13])
+import string
+ALPH = string.ascii_letters + string.digits + " .,"
+RTEXT = "".join(ALPH[i] for i in torch.randint(0, len(ALPH), (1400,), generator=torch.Generator().manual_seed(1)).tolist())
+doc = ref.prefill(RTEXT) if os.environ.get("RAND") else ref.prefill(" ".join(f"word{i} is {i * 7 % 13}." for i in range(120)))
+questions = ([5, 6, 7, 8], [9, 8], [11, 12, 13])[:int(os.environ.get("NR", 3))]
 margins = []
 orig = sd.choose_torch
 def wrapped(mass, n_take, hi, ranks=None):
