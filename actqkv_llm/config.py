@@ -236,7 +236,8 @@ class RetrievalConfig:
             (models/joined.py). The weights are joined once; the model's own parameters become views
             of the joined tensors (same values, nothing held twice). Each layer is checked against
             the model's own code on a random input when joined and left to it if they differ.
-            False (the default) until it is timed on a GPU (docs/benchmarks.md, twenty-ninth session).
+            False (the default): on an H100 it gave no decode gain beyond one run's spread
+            (docs/benchmarks.md, thirtieth session).
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """
