@@ -17,19 +17,16 @@ TEXT = " ".join(f"word{i} is {i * 7 % 13}." for i in range(120))
 
 def _decode_model(arch: str, dtype: torch.dtype) -> torch.nn.Module:
     """The decode tests' model: in float32, where they ask for the reference's logits within
-    rounding, with sharpened attention (``separated``): a random model's nearly uniform attention
-    gives rerank masses that tie to the last bit on the repeating text (17 of 240 choices exactly,
-    others one ulp apart, one question on Llama, measured on the CPU), where the fast path's own
-    summation order may choose another block on rounding alone (the thirtieth session's H100 run
-    failed the three-row test so, at step 4 of row 1, a one-ulp margin)."""
+    rounding, with sharpened attention (``separated`` says why: on a nearly uniform attention the
+    fast path's own summation order may choose another block on rounding alone; the thirtieth
+    session's H100 run failed the three-row test so, at a one-ulp margin)."""
     model = tiny_model(arch)
     return (separated(model) if dtype == torch.float32 else model).to("cuda", dtype)
 
 
 def _decode_document(engine, dtype: torch.dtype):
     """The decode tests' document: 1,400 random letters, digits and stops in float32 (with
-    ``_decode_model``: the closest choice of these tests 6.7e-5 apart, relative, ~1,000 ulps;
-    measured on the CPU), the repeating text in bf16 (compared within bf16 rounding)."""
+    ``_decode_model``), the repeating text in bf16 (compared within bf16 rounding)."""
     if dtype == torch.float32:
         alphabet = string.ascii_letters + string.digits + " .,"
         picks = torch.randint(0, len(alphabet), (1400,), generator=torch.Generator().manual_seed(1))

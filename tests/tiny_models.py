@@ -57,8 +57,9 @@ def separated(model: torch.nn.Module, factor: float = 16.0) -> torch.nn.Module:
     uniform. A random model's attention is nearly uniform: on a document that repeats itself its
     blocks' rerank masses tie to the last bit (51 of 720 choices exactly, others one ulp apart, on
     the GPU tests' text), so a float32 fast path that sums them in another order may choose another
-    block on rounding alone. With ``factor`` 16 and random text the closest choice of those
-    tests was 6.7e-5 apart (relative, measured on the CPU), ~1,000 ulps."""
+    block on rounding alone. With ``factor`` 16 and a random text the closest choice of those
+    tests was 6.7e-5 apart (relative, ~1,000 ulps; measured on the CPU:
+    docs/results/h100-session30/margins-random-F16.txt)."""
     for layer in model.model.layers:
         layer.self_attn.q_proj.weight.mul_(factor)
     return model
