@@ -109,7 +109,8 @@ def retrieval_options(args: argparse.Namespace) -> dict[str, Any]:
             options[name] = value
     if args.budget is not None:
         options["budget"] = args.budget
-    for name in ("offload", "batch_prefill", "decode_graph", "decode_compile", "decode_joined_projections"):
+    for name in ("offload", "batch_prefill", "decode_graph", "decode_compile", "decode_joined_projections",
+                 "decode_static_scoring"):
         if getattr(args, name, None) is not None:
             options[name] = {"on": True, "off": False, "auto": "auto"}[getattr(args, name)]
     for name in ("prefill_kernel", "decode_kernel"):
@@ -675,6 +676,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--decode-joined-projections", choices=("on", "off"),
                    help="the static decode step runs Llama-like layers with query/key/value and gate/up "
                         "projections joined (4 products per layer instead of 7; default off)")
+    r.add_argument("--decode-static-scoring", choices=("auto", "on", "off"),
+                   help="decode steps that score every block again do it with static shapes, captured as "
+                        "CUDA graphs (auto: on a GPU; on: also on the CPU, eagerly; off: eager scoring)")
     r.add_argument("--offload", choices=("auto", "on", "off"),
                    help="keep full blocks in host memory (auto: on when the model runs on a GPU)")
     r.add_argument("--force-past-window", action="store_true",

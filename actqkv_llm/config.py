@@ -82,7 +82,8 @@ KV_SHAPING_OPTIONS = ("method", "block_size", "n_sink", "n_local", "exec_block",
 # Options that act only after the document (on the question and the answer): two configs that differ
 # in nothing else prefill a document identically (RetrievalConfig.prefill_options).
 ANSWER_ONLY_OPTIONS = ("rerank", "question_rerank", "reselect_every", "rescore_every", "decode_graph",
-                       "decode_kernel", "decode_compile", "decode_pad_rows", "decode_joined_projections")
+                       "decode_kernel", "decode_compile", "decode_pad_rows", "decode_joined_projections",
+                       "decode_static_scoring")
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,19 @@ class RetrievalConfig:
             the model's own code on a random input when joined and left to it if they differ.
             False (the default): on an H100 it gave no decode gain beyond one run's spread
             (docs/benchmarks.md, thirtieth session).
+        decode_static_scoring: in the static decode step (``decode_graph``), the steps where every
+            layer scores every block again (a block left the window, or the held candidates are
+            spent) score with static shapes (attention/static_scoring.py): the document's blocks and
+            key bounds read where they lie, each row's own blocks from a padded copy of 64 blocks, the
+            blocks past each row's count masked; on a GPU each layer's scoring is then one CUDA graph
+            replayed between the step's segments (captured after a document's first such step, which
+            scores eagerly), instead of ~120 PyTorch calls per layer from Python. The reference's
+            candidates up to float rounding (sums over a zero-padded row). ``"auto"``: on CUDA
+            devices; True: also on the CPU, eagerly (tests); False: the reference's scoring between
+            the segments. Needs the default's scorer (key bounds, softmax over blocks), the
+            document's blocks on the device (not offloaded) and a session that added at most 64
+            blocks; other steps score as before. Each row holds ~268 MiB more on the Llama-3.1-8B
+            shape (its own blocks' copy).
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """
@@ -277,6 +291,7 @@ class RetrievalConfig:
     decode_compile: bool | Literal["auto"] = "auto"
     decode_pad_rows: int = 8
     decode_joined_projections: bool = False
+    decode_static_scoring: bool | Literal["auto"] = "auto"
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -472,7 +487,7 @@ class RetrievalConfig:
                     f"acre: the budget ({self.budget}) leaves room for {hi} refilled block(s) after sinks "
                     f"({self.n_sink}), window ({self.n_local}) and L1 entries ({self.l1_budget}); it needs "
                     f"at least max(min_refill, 1) = {max(lo, 1)}: raise the budget or lower l1_budget")
-        for name in ("batch_prefill", "decode_graph", "decode_compile"):
+        for name in ("batch_prefill", "decode_graph", "decode_compile", "decode_static_scoring"):
             v = getattr(self, name)
             if not (isinstance(v, bool) or v == "auto"):
                 raise ConfigError(f"{name} must be True, False or 'auto', got {v!r}")

@@ -347,11 +347,15 @@ class Engine:
 
             compile_layers = "auto" if on_cuda and triton_available(self.device) else False
         joined = self.config.decode_joined_projections
-        key = (graph_key(self.method), on_cuda, self.config.decode_kernel, compile_layers, self.config.decode_pad_rows, joined)
+        static_scoring = self.config.decode_static_scoring
+        static_scoring = on_cuda if static_scoring == "auto" else static_scoring
+        key = (graph_key(self.method), on_cuda, self.config.decode_kernel, compile_layers, self.config.decode_pad_rows,
+               joined, static_scoring)
         if key not in self._decode_graphs:  # shared with the engines made with with_method
             self._decode_graphs[key] = DecodeGraph(self.adapter, self.config, self.method, use_graph=on_cuda,
                                                    kernel=self.config.decode_kernel, compile_layers=compile_layers,
-                                                   pad_rows=self.config.decode_pad_rows, joined=joined)
+                                                   pad_rows=self.config.decode_pad_rows, joined=joined,
+                                                   static_scoring=static_scoring)
         return self._decode_graphs[key]
 
     def _decode_step(self, sess: Session, token: int) -> torch.Tensor:

@@ -136,8 +136,13 @@ def test_decode_graph_matches_the_reference_step(tokenizer, arch, dtype, kernel,
     want, got = torch.stack(steps[0]), torch.stack(steps[1])
     assert fast.decode_graph.replays >= 30 and fast.decode_graph.graphs
     # steps that scored every block again (blocks leaving the window) ran between captured segments
-    assert fast.decode_graph.rescore_steps >= 3 and fast.decode_graph.segment_steps == fast.decode_graph.rescore_steps
-    assert None not in fast.decode_graph.segments.values()
+    g = fast.decode_graph
+    assert g.rescore_steps >= 3 and g.segment_steps == g.rescore_steps
+    assert None not in g.segments.values()
+    # every layer scored with static shapes ("auto" on CUDA): the document's first such step
+    # eagerly, then each layer's captured scoring replayed at its cut
+    assert g.static_scored == g.rescore_steps and g.scoring_replays >= (g.static_scored - 1) * len(g.adapter.layers)
+    assert g.scorings and all(None not in sc.graphs.values() for sc in g.scorings.values())
     # compiled where asked, not fallen back to the plain layers
     assert fast.decode_graph.compile_layers == compile_layers
     assert (fast.adapter._compiled is not None) == bool(compile_layers)

@@ -785,3 +785,81 @@ def test_joined_parameters_stay_plain_tensors_when_joined_in_inference_mode(toke
     loss = model(torch.randint(0, 200, (1, 5))).logits.sum()
     loss.backward()   # autograd through the joined views works
     assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("arch,options", [("llama", {}), ("qwen2", {}),
+                                          ("llama", dict(rescore_every=3, per_head=False, keep_edges=False))])
+def test_scoring_with_static_shapes_gives_the_reference_candidates(tokenizer, arch, options):
+    """decode_static_scoring: the steps where every layer scores again read the document's bounds and
+    a padded copy of the session's own blocks, with static shapes: the reference's tokens, logits,
+    candidates, entropies, KV per step and sources."""
+    ref, fast = _engines(tokenizer, arch, decode_static_scoring=True, **options)
+    doc = ref.prefill(TEXT)
+    want, s_ref = _steps(ref, doc, 40)
+    got, s_fast = _steps(fast, doc, 40)
+    graph = fast.decode_graph
+    assert graph.replays == 40
+    # every step that scored again did it with static shapes, every layer
+    assert graph.rescore_steps >= 40 // SMALL["block_size"] and graph.static_scored == graph.rescore_steps
+    assert graph.rescores == graph.static_scored * len(s_fast.memory)
+    assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    s_fast.settle()
+    for a, b in zip(s_ref.retrieval, s_fast.retrieval):
+        assert a.entropy_count == b.entropy_count
+        assert float(b.entropy_total) == pytest.approx(float(a.entropy_total), rel=1e-6)
+        assert b.candidates.uses_left == a.candidates.uses_left and b.candidates.n_blocks == a.candidates.n_blocks
+        assert torch.equal(b.candidates.cand, a.candidates.cand)
+        torch.testing.assert_close(b.candidates.evidence, a.candidates.evidence, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(b.candidates.keys, a.candidates.keys)   # read again from memory
+    assert s_fast.kv_log == s_ref.kv_log
+    assert s_fast.retrieved == s_ref.retrieved
+    mass_a, mass_b = s_ref.attention_mass, s_fast.attention_mass
+    assert mass_b.keys() == mass_a.keys()
+    assert all(mass_b[k] == pytest.approx(v, rel=1e-4, abs=1e-6) for k, v in mass_a.items())
+
+
+def test_a_session_with_too_many_own_blocks_scores_as_before(tokenizer, monkeypatch):
+    """A session whose own blocks outgrow the row's padded copy scores again eagerly (the reference's
+    scoring at each layer), with the same results; below the limit it scores with static shapes."""
+    import actqkv_llm.attention.static_scoring as static_scoring
+
+    ref, fast = _engines(tokenizer, decode_static_scoring=True)
+    doc = ref.prefill(TEXT)
+    want, _ = _steps(ref, doc, 40)
+    monkeypatch.setattr(static_scoring, "OWN_BLOCKS", 3)   # the rows' copies are made with this size
+    got, s_fast = _steps(fast, doc, 40)
+    graph = fast.decode_graph
+    assert graph.own.k.shape[2] == 3
+    assert 0 < graph.static_scored < graph.rescore_steps     # until the session added its fourth block
+    assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_rows_score_with_static_shapes_together(tokenizer):
+    """answer_many's rows whose windows fill at the same steps score again together with static
+    shapes, each over its own blocks: the tokens of each answer alone on the reference."""
+    ref, fast = _engines(tokenizer, decode_static_scoring=True)
+    doc = ref.prefill(TEXT)
+    questions = ([5, 6, 7], [9, 8, 30], [11, 12, 13])
+    want = [ref.generate_ids(doc, q, max_new_tokens=30) for q in questions]
+    graph = fast.decode_graph
+    got = fast.generate_ids_many(doc, [list(q) for q in questions], max_new_tokens=30)
+    assert got == want
+    assert graph.n_rows == 3 and graph.static_scored >= 3 * 2
+
+
+def test_best_ids_take_the_earlier_of_equal_blocks_whatever_the_padding():
+    from actqkv_llm.retrieval.methods import best_ids
+
+    ev = torch.tensor([[0.5, 0.2, 0.5, 0.9, 0.2, 0.5], [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]])
+    assert best_ids(ev, 3).tolist() == [[0, 2, 3], [0, 1, 2]]
+    padded = torch.cat([ev, torch.full((2, 50), float("-inf"))], 1)
+    assert torch.equal(best_ids(padded, 3), best_ids(ev, 3))
+
+
+def test_decode_static_scoring_option_is_validated(tokenizer):
+    with pytest.raises(ConfigError, match="decode_static_scoring"):
+        Engine(tiny_model("llama"), tokenizer, progress=False, cache=False, decode_static_scoring="yes", **SMALL)
+    _, fast = _engines(tokenizer, decode_static_scoring=False)
+    assert fast.decode_graph.own is None and not fast.decode_graph.static_scoring

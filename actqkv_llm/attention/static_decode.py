@@ -60,11 +60,11 @@ import torch
 
 from ..devices import half_products_into_float32, kernel_agrees, triton_available
 from ..errors import ConfigError
-from ..memory.blocks import gather_parts
-from .block_gather import gather_parts_triton, gathers_agree
+from .block_gather import candidate_reads, gather_parts_triton, gathers_agree
 from ..memory.digests import key_bounds, outward_bf16
 from ..memory.layer_memory import leave_together
 from .rope import blocks_at_true_positions, rotate, sinks_at_true_positions
+from .static_scoring import DocumentScoring, RowOwnBlocks, own_count, score_layer, scores_statically
 from .tile_stats import (ChosenList, candidate_mass_triton, check_triton, choose_torch, choose_triton, combine_triton,
                          kept_values_triton, place_token_torch, place_token_triton, tile_stats_triton)
 from .step import DECODE, StepContext
@@ -127,23 +127,6 @@ def place_token(q, k, slot, qpos, cos, sin, dtype: torch.dtype):
     return qs, k_rot, q_flat
 
 
-def candidate_reads(idx: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
-                    block_tables: tuple[torch.Tensor, torch.Tensor] | None,
-                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys (placed as attention reads them: at their true positions where ``block_tables`` are given,
-    else as stored) and values ``[Hkv, m*B, d]`` of candidate blocks ``idx`` ``[rows, m]`` from
-    device-resident block stores (:func:`~actqkv_llm.memory.blocks.gather_parts`): what a new
-    scoring's ``_placed_keys`` and the row's value read give, in one read of each store (~40 fewer
-    device calls per layer than the two reads through ``KVBlocks.gather``). ``block_tables``: the
-    rotary cos and signed sin of every block's tokens ``[n, B, d]`` (``DecodeGraph.block_tables``),
-    the same entries :func:`~actqkv_llm.attention.rope.blocks_at_true_positions` indexes."""
-    k, v = gather_parts(idx, parts)
-    if block_tables is not None:
-        cos, sin = (t[idx].view(idx.shape[0], -1, t.shape[-1]) for t in block_tables)
-        k = rotate(k, cos, sin).to(dtype)
-    return k, v
-
-
 def candidate_reads_agree(graph: "DecodeGraph") -> bool:
     """Whether :func:`~.block_gather.gather_parts_triton` gives :func:`candidate_reads`' keys (within
     one rounding of the same float32 rotation) and values (exactly) on ``graph``'s device, dtype and
@@ -199,7 +182,8 @@ class DecodeGraph:
     lock. ``use_graph`` False runs the same static step eagerly (the CPU, and tests)."""
 
     def __init__(self, adapter, config, method, use_graph: bool, kernel: str = "auto",
-                 compile_layers: bool | str = False, pad_rows: int = 1, joined: bool = False):
+                 compile_layers: bool | str = False, pad_rows: int = 1, joined: bool = False,
+                 static_scoring: bool = False):
         self.adapter, self.config, self.method = adapter, config, method
         self.use_graph = use_graph
         # the dense layers run on at least this many rows (decode_pad_rows): the same products,
@@ -221,6 +205,9 @@ class DecodeGraph:
         self.hi = max(config.block_range[1], config.avg_blocks)   # most blocks a layer may take
         self.m_cap = max(method.n_candidates, self.hi)             # most candidates a layer holds
         self.sel_rows = hkv if method.per_head else 1              # selections per layer and row
+        # steps where every layer scores again do it with static shapes (static_scoring.py) where the
+        # method's scoring has that form and every scoring names m_cap candidates
+        self.static_scoring = static_scoring and scores_statically(method) and method.n_candidates == self.m_cap
         # every key and value one step may read, per layer and row: [sinks | candidates | window],
         # each region whole tiles of block_size slots (tile_stats.py); unused slots stay invisible
         b = self.bsz
@@ -271,7 +258,11 @@ class DecodeGraph:
         self.rescore_steps = 0        # row steps with such a layer (their scoring run eagerly)
         self.segment_steps = 0        # steps replayed in segments around an eager scoring (_replay_segments)
         self.row_evictions = 0        # blocks leaving a window that the row kept, moved down (_evict)
+        self.static_scored = 0        # row steps whose layers scored again with static shapes (static_scoring.py)
+        self.scoring_replays = 0      # layers' scorings replayed as captured graphs
         self._rescoring: dict = {}    # this step's rows that score again: row -> (session, {layer: observe}, takes)
+        self._scoring: DocumentScoring | None = None   # this step's static scoring, where it has one
+        self.scorings: dict[tuple, DocumentScoring] = {}   # per document and positions mode (the last two)
         self._lock = threading.RLock()
 
     def _allocate(self, n_rows: int) -> None:
@@ -296,8 +287,12 @@ class DecodeGraph:
         self.cursor = torch.zeros((R, 2), dtype=torch.long, device=dev)   # per row: window slot, absolute position
         self.exact = torch.zeros(R, dtype=torch.bool, device=dev)        # per row: memory at true positions
         self.n_take = torch.zeros((R, L), dtype=torch.long, device=dev)  # blocks each layer keeps this step
+        self.n_all = torch.zeros(R, dtype=torch.long, device=dev)       # per row: its memory's blocks this step
         self.ids = torch.zeros((max(R, self.pad_rows), 1), dtype=torch.long, device=dev)  # padding rows: token 0
-        self._host = torch.zeros((R, 1 + L), dtype=torch.long, pin_memory=dev.type == "cuda")
+        # per row: token, each layer's blocks to keep, the memory's blocks
+        self._host = torch.zeros((R, 2 + L), dtype=torch.long, pin_memory=dev.type == "cuda")
+        # each row's copy of its session's own blocks, read by the static scoring
+        self.own = RowOwnBlocks(L, R, hkv, self.bsz, d, dt, dev) if self.static_scoring else None
         # flat offsets of each row's KV heads (writing one slot per row and head) and of each row
         heads = torch.arange(R * hkv, device=dev).view(R, hkv)
         self.head_base_w, self.head_base_cap = heads * W, heads * cap
@@ -326,7 +321,8 @@ class DecodeGraph:
         per_row = [self.keys, self.values, self.visible, self.win_k, self.cand_ok, self.cand_edge, self.mass,
                    self.picks, self.queries, self.lse_total, self.mass_out, self.chosen_out,
                    self.chosen_list.order, self.chosen_list.count, self.out_rows, self.tile_share, *self.stats_out]
-        self._row_bytes = sum(t.numel() * t.element_size() for t in per_row if t is not None) // R
+        self._row_bytes = (sum(t.numel() * t.element_size() for t in per_row if t is not None)
+                           + (self.own.nbytes() if self.own is not None else 0)) // R
 
     def row_bytes(self) -> int:
         """Device bytes one row's buffers take."""
@@ -352,7 +348,8 @@ class DecodeGraph:
         self.release()
         self.graphs.clear()
         self.segments.clear()
-        for name in ("keys", "values", "win_k", "queries", "stats_out"):
+        self.scorings.clear()
+        for name in ("keys", "values", "win_k", "queries", "stats_out", "own"):
             setattr(self, name, None)   # the old buffers go before the new ones are made
         self._allocate(n_rows)
 
@@ -389,7 +386,9 @@ class DecodeGraph:
         (place_token_triton if tiles else place_token_torch)(
             k, k_rot, v, q_flat, self.win_k[layer, :n_r], keys, values, visible, queries, at_cap, at_w, at_vis, at_q)
         if self._cut is not None:     # capturing segments: the scoring runs here between two of them
-            self._cut(layer, q, scaling)
+            self._cut(layer, q, scaling, qs)
+        elif self._scoring is not None:   # every row scores again, with static shapes (eagerly: the CPU)
+            score_layer(self, self._scoring, layer, qs[0], scaling, n_r)
         elif self._rescoring:
             self._rescore(layer, q, scaling)
         flat_k, flat_v = keys.view(n_r * hkv, W, d), values.view(n_r * hkv, W, d)
@@ -511,9 +510,9 @@ class DecodeGraph:
             graphs.append(torch.cuda.CUDAGraph())
             graphs[-1].capture_begin(pool)
 
-        def cut(layer: int, q: torch.Tensor, scaling: float) -> None:
+        def cut(layer: int, q: torch.Tensor, scaling: float, qs: torch.Tensor) -> None:
             graphs[-1].capture_end()
-            cuts.append((layer, q, scaling))
+            cuts.append((layer, q, scaling, qs))
             begin()
 
         torch.cuda.synchronize(self.device)
@@ -543,15 +542,52 @@ class DecodeGraph:
             return None
         return _Segments(graphs, cuts, out)
 
-    def _replay_segments(self, seg: "_Segments") -> torch.Tensor:
-        """One step of the rows from its segments, each layer's new scoring (:meth:`_rescore`) run
-        eagerly at its cut; returns the step's logits."""
+    def _replay_segments(self, seg: "_Segments", key: tuple[int, bool]) -> torch.Tensor:
+        """One step of the rows from its segments, each layer's new scoring run at its cut: the static
+        scoring's captured graph (:meth:`_capture_scoring`; eagerly the first time for a document),
+        else the reference's (:meth:`_rescore`) eagerly; returns the step's logits."""
+        sc = self._scoring
+        graphs = sc.graphs.get(key) if sc is not None else None
         for i, graph in enumerate(seg.graphs):
             graph.replay()
             if i < len(seg.cuts):
-                self._rescore(*seg.cuts[i])
+                layer, q, scaling, qs = seg.cuts[i]
+                if graphs is not None:
+                    graphs[layer].replay()
+                    self.scoring_replays += 1
+                elif sc is not None:
+                    score_layer(self, sc, layer, qs[0], scaling, key[0])
+                else:
+                    self._rescore(layer, q, scaling)
         self.segment_steps += 1
+        if sc is not None and key not in sc.graphs:   # every kernel has run once: capture the scorings now
+            self._capture_scoring(sc, seg, key)
         return seg.logits
+
+    def _capture_scoring(self, sc: DocumentScoring, seg: "_Segments", key: tuple[int, bool]) -> None:
+        """Each layer's static scoring of rows ``0 .. key[0]-1`` captured as a graph that reads the query
+        the segments leave at that layer's cut (capturing runs nothing: the rows keep their state).
+        Where capturing fails, the scorings stay eager, with a warning."""
+        pool = torch.cuda.graph_pool_handle()
+        graphs = []
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        try:
+            with torch.cuda.stream(side):
+                for layer, _, scaling, qs in seg.cuts:
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool, stream=side):
+                        score_layer(self, sc, layer, qs[0], scaling, key[0])
+                    graphs.append(graph)
+        except Exception as exc:  # noqa: BLE001 - the scorings then run eagerly at the cuts
+            import warnings
+            warnings.warn(f"decode steps that score again score eagerly: capturing the static scoring failed "
+                          f"({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=3)
+            sc.graphs[key] = None
+            return
+        finally:
+            torch.cuda.current_stream(self.device).wait_stream(side)
+        sc.graphs[key] = graphs
 
     def _warm_up(self, n_r: int) -> None:
         """One untimed step of rows ``0 .. n_r-1`` (the rows hold no session). Where compiling the
@@ -699,21 +735,30 @@ class DecodeGraph:
                 self._rescoring[i] = (s, observe, takes)
                 self.rescore_steps += 1
             host[i, 0] = token
-            host[i, 1:] = torch.tensor(takes)
+            host[i, 1:-1] = torch.tensor(takes)
+            host[i, -1] = s.memory[0].n_blocks
         for i in idle:
             self.cursor[i].zero_()
+        if self._rescoring and self.static_scoring:
+            self._scoring = self._static_setup(plans)
         ins = host.to(self.device, non_blocking=True)
         self.ids[:n_r, 0].copy_(ins[:, 0])
-        self.n_take[:n_r].copy_(ins[:, 1:])
+        self.n_take[:n_r].copy_(ins[:, 1:-1])
+        self.n_all[:n_r].copy_(ins[:, -1])
         if self.use_graph and not self._rescoring:
             graph, logits = self.graphs[(n_r, self.track)]
             graph.replay()
-        else:   # a layer scores every block again (_rescore): between segments, or eagerly (the CPU)
+        else:   # a layer scores every block again: between segments, or eagerly (the CPU)
             seg = self.segments.get((n_r, self.track)) if self.use_graph else None
+            rows, sc = self._rescoring, self._scoring
+            if sc is not None:
+                torch.ge(sc.positions, self.n_all[:n_r, None], out=sc.hidden[:n_r])
             try:
-                logits = self._replay_segments(seg) if seg is not None else self._forward(n_r)
+                logits = self._replay_segments(seg, (n_r, self.track)) if seg is not None else self._forward(n_r)
             finally:
-                self._rescoring = {}
+                self._rescoring, self._scoring = {}, None
+            if sc is not None:
+                self._hold_scored(sc, rows)
         out: list[torch.Tensor | None] = [None] * n_r
         for i, (f, p) in enumerate(zip(feed, plans)):
             if p is not None:
@@ -738,11 +783,17 @@ class DecodeGraph:
             # every layer's leaving tokens, as the session's windows hold them (the row's first ones;
             # views: read before the row's window moves down)
             leaving = self.win_k[:, row, :, :count]
-            n_before = s.memory[0].n_blocks
-            if not leave_together(s.memory, count, s.policy, leaving, self.values[:, row, :, self.w0:self.w0 + count]):
+            n_before, own_before = s.memory[0].n_blocks, own_count(s)
+            leaving_v = self.values[:, row, :, self.w0:self.w0 + count]
+            if not leave_together(s.memory, count, s.policy, leaving, leaving_v):
                 for mem in s.memory:
                     mem.leave_as_blocks(count, s.policy)
-            self._bound_left_blocks(s, mode, leaving, n_before)
+            bounds = self._bound_left_blocks(s, mode, leaving, n_before)
+            if self.own is not None:   # the row's copy of the session's own blocks keeps up
+                if bounds is None:
+                    self.own.holds[row] = None
+                else:
+                    self.own.append(s, row, own_before, leaving, leaving_v, *bounds)
             self._shift_window(row, n, count)
             loaded.n_local -= count
             self.row_evictions += 1
@@ -752,21 +803,23 @@ class DecodeGraph:
         for mem in s.memory:
             mem.make_room(1, s.policy)
 
-    def _bound_left_blocks(self, s: "Session", mode: str, leaving: torch.Tensor, n_before: int) -> None:
+    def _bound_left_blocks(self, s: "Session", mode: str, leaving: torch.Tensor,
+                           n_before: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The key bounds of the blocks that just left every layer's window (``leaving``: every layer's
         keys ``[L, Hkv, n*B, d]``, blocks ``n_before ..``), measured for all layers at once as each
         layer's scorer would measure them one layer at a time (:func:`measure_bounds`: the stored keys,
         at their true positions in ``exact`` mode, rounded outward to bf16; the same operations, so
         the same bits), and handed to the layers' digests (``BlockDigests.extend``). Skipped where
         the blocks are not on the device as plain keys (offloaded or quantized stores: the stored
-        keys are what counts) or a layer's digests are behind; the scorer measures them then."""
+        keys are what counts) or a layer's digests are behind; the scorer measures them then.
+        Returns the bounds ``[L, n, Hkv, d]`` where every layer took them, else None."""
         parts = [mem.blocks.device_parts(self.device) for mem in s.memory]
         if any(p is None for p in parts) or len({p[-1][0].dtype for p in parts}) != 1 \
                 or any(mem.n_blocks != s.memory[0].n_blocks for mem in s.memory):
-            return
+            return None
         digests = [mem.digests["bounds", mode] for mem in s.memory]
         if any(d.n_parent + d.n_known != n_before for d in digests):
-            return
+            return None
         b = self.bsz
         k = leaving.to(parts[0][-1][0].dtype)                              # [L, Hkv, n*B, d], as stored
         n_new = k.shape[2] // b
@@ -781,8 +834,8 @@ class DecodeGraph:
             placed = k.float()
         lo, hi = key_bounds(placed.view(*k.shape[:2], n_new, b, k.shape[-1]))      # [L, Hkv, n, d]
         lo, hi = outward_bf16(lo.transpose(1, 2).contiguous(), hi.transpose(1, 2).contiguous())
-        for i, d in enumerate(digests):
-            d.extend(n_before, lo[i], hi[i])
+        took = [d.extend(n_before, lo[i], hi[i]) for i, d in enumerate(digests)]
+        return (lo, hi) if all(took) else None
 
     def _shift_window(self, r: int, n: int, count: int) -> None:
         """Row ``r``'s window of ``n`` tokens after its first ``count`` left, in every layer at once:
@@ -902,6 +955,60 @@ class DecodeGraph:
             loaded.held[layer] = held
             self._load_candidates(layer, r, mem, held, s.method.keep_edges, cand_v)
             self.rescores += 1
+
+    def _static_setup(self, plans) -> DocumentScoring | None:
+        """The static scoring for this step's rows that score again (:attr:`_rescoring`), where it
+        applies: every row decoding this step scores again in every layer, at one positions mode, over
+        one document whose blocks and bounds sit on the device, with every scoring naming ``m_cap``
+        candidates, and each row holds its session's own blocks (:class:`RowOwnBlocks`, brought up to
+        date here). Also hands each row's source tally over, as :meth:`_rescore` does at each cut.
+        None: the reference's scoring runs at the cuts, as before."""
+        rows, n_layers = self._rescoring, self.adapter.n_layers
+        if set(rows) != {i for i, p in enumerate(plans) if p is not None} \
+                or any(len(observe) != n_layers for _, observe, _ in rows.values()):
+            return None
+        modes = {self.rows[r].mode for r in rows}
+        sessions = [rows[r][0] for r in rows]
+        if len(modes) != 1 or any(s.memory[0].n_blocks < self.m_cap for s in sessions):
+            return None
+        mode = modes.pop()
+        found = [DocumentScoring.key_for(s, mode, self.device) for s in sessions]
+        if any(f is None or f[0] != found[0][0] for f in found):
+            return None
+        for r, (s, _, _) in rows.items():
+            ctx, n_loc = StepContext(s, DECODE), self._n_local(s)
+
+            def rotate_for(layer: int, s=s, ctx=ctx, n_loc=n_loc):
+                return ctx.memory_query(self.adapter.kinds[layer], s.memory[layer], n_loc, 1, 1.0).rotate_blocks
+            if not self.own.sync(s, r, mode, rotate_for):
+                return None
+        key, blocks, bounds = found[0]
+        sc = self.scorings.get(key)
+        if sc is None:
+            while len(self.scorings) >= 2:   # the oldest document's buffers and graphs go
+                self.scorings.pop(next(iter(self.scorings)))
+            sc = self.scorings[key] = DocumentScoring.make(key, blocks, bounds, self)
+        for r, (s, observe, _) in rows.items():
+            loaded = self.rows[r]
+            if s.track_sources and loaded.steps:   # a row loaded this step has nothing to hand over yet
+                for layer in observe:
+                    self._tally(s, r, layer, loaded.held[layer])
+        return sc
+
+    def _hold_scored(self, sc: DocumentScoring, rows: dict) -> None:
+        """After a step that scored again with static shapes: each row's layers hold the candidates
+        it named (``BlockRetrieval.hold_scored``), as :meth:`_rescore` leaves them."""
+        for r, (s, observe, takes) in rows.items():
+            loaded = self.rows[r]
+            ctx, n_loc, n = StepContext(s, DECODE), self._n_local(s), s.memory[0].n_blocks
+            # one copy per row of what the next step's scoring overwrites; each layer holds a view
+            cand, evidence, entropy = sc.cand[:, r].clone(), sc.evidence[:, r, :, :n].clone(), sc.entropy[:, r].clone()
+            for layer, (mem, st) in enumerate(zip(s.memory, s.retrieval)):
+                mq = ctx.memory_query(self.adapter.kinds[layer], mem, n_loc, 1, 1.0)
+                loaded.held[layer] = s.method.hold_scored(mem, st, mq, cand[layer], evidence[layer],
+                                                          entropy[layer], takes[layer], observe[layer])
+                self.rescores += 1
+            self.static_scored += 1
 
     def _read_candidates(self, layer: int, r: int, mem, exact: bool,
                          cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

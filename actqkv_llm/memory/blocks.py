@@ -247,7 +247,7 @@ def gather_parts(idx: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor
     """Blocks ``idx`` ``[rows, m]`` of stores given in parts (:meth:`KVBlocks.device_parts`: ids count
     the parts' blocks in order, ascending along a row; one row for every KV head, or one per head)
     as keys and values ``[Hkv, m*B, d]``: the values :meth:`KVBlocks.gather` gives, in one read of
-    each store (a decode step's new scoring, ``static_decode.candidate_reads``). A later part can
+    each store (a decode step's new scoring, ``block_gather.candidate_reads``). A later part can
     hold only a row's last picks, so only those are read from it."""
     hkv, m = parts[0][0].shape[1], idx.shape[-1]
     ids = idx.expand(hkv, m)

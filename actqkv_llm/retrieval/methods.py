@@ -371,6 +371,14 @@ class FirstLevelScorer(Scorer):
 
 
 # ---------------------------------------------------------------------- methods
+def best_ids(evidence: torch.Tensor, m: int) -> torch.Tensor:
+    """The ``m`` blocks with the most ``evidence [..., N]``, ascending; of equal ones the earlier, so
+    that the choice does not depend on the row's length (``topk`` breaks ties by its own scan, which
+    differs between a row and the same row padded with ``-inf``: the static decode step's scoring,
+    attention/static_scoring.py). A stable sort instead of a top-k."""
+    return evidence.sort(dim=-1, descending=True, stable=True).indices[..., :m].sort(-1).values
+
+
 def pin_edges(evidence: torch.Tensor, n_avail: torch.Tensor | int) -> torch.Tensor:
     """``evidence [..., N]`` with the first block and the last available one (``n_avail`` blocks,
     per leading row or for all) ranked first: the blocks that continue the sinks and the window."""
@@ -564,6 +572,16 @@ class BlockRetrieval(RetrievalMethod):
         state.candidates = self._held(mem, mq, cand, keys, evidence, h, n, q.device)
         return state.candidates, values
 
+    def hold_scored(self, mem: "LayerMemory", state: LayerRetrievalState, mq: MemoryQuery, cand: torch.Tensor,
+                    evidence: torch.Tensor, h: torch.Tensor, n: int, observe: bool) -> HeldCandidates:
+        """What :meth:`rescore` holds, for the candidates ``cand`` that a static decode step's own
+        scoring named (attention/static_scoring.py: the same scoring on padded buffers), with its
+        ``evidence`` and entropy ``h``; their keys and values are in the step's row already."""
+        if observe:
+            state.observe_entropy(h)
+        state.candidates = self._held(mem, mq, cand, None, evidence, h, n, cand.device)
+        return state.candidates
+
     def _held(self, mem: "LayerMemory", mq: MemoryQuery, cand: torch.Tensor, known: torch.Tensor | None,
               evidence: torch.Tensor, h: torch.Tensor, n: int, device: torch.device,
               fetch: Callable[[], torch.Tensor] | None = None) -> HeldCandidates:
@@ -576,8 +594,7 @@ class BlockRetrieval(RetrievalMethod):
         """The second stage's candidates: the ``n_candidates`` best blocks by ``evidence`` (at least
         the ``n`` to pick), ascending ``[rows, m]``; :meth:`_rerank_among` keeps ``n`` of them by the
         queries' exact attention over their keys (:meth:`_candidate_keys`)."""
-        m = min(mem.n_blocks, max(n, self.n_candidates))
-        return evidence.topk(m, -1).indices.sort(-1).values
+        return best_ids(evidence, min(mem.n_blocks, max(n, self.n_candidates)))
 
     @staticmethod
     def _candidate_keys(mem: "LayerMemory", mq: MemoryQuery, cand: torch.Tensor,
