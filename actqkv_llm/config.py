@@ -197,8 +197,9 @@ class RetrievalConfig:
             the default method) with static shapes (attention/static_decode.py): on a CUDA device
             captured once as a CUDA graph and replayed, one launch per token instead of dozens per
             layer; in steps where a block leaves the window or candidates are scored again, the
-            scoring runs eagerly between segments of the same step captured as graphs (CUDA) or the
-            whole static step runs eagerly (CPU). The same selection and attention as the reference
+            scoring runs between segments of the same step captured as graphs (CUDA: captured
+            itself where ``decode_static_scoring`` applies, else eagerly) or the whole static step
+            runs eagerly (CPU). The same selection and attention as the reference
             step up to float rounding.
             ``"auto"``: on CUDA devices; True: also on the CPU, where it runs eagerly (tests); False:
             always the reference step. Its buffers hold ``max(rerank x avg_blocks, max_blocks)``

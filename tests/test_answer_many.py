@@ -4,14 +4,13 @@ the same answers as one by one, each row with its own retrieval, within the per-
 import pytest
 import torch
 
-from tiny_models import tiny_model
+from tiny_models import SMALL, tiny_model
 
 from actqkv_llm import Engine
 from actqkv_llm.attention.step import DECODE, QUESTION, StepContext, context_attention
 from actqkv_llm.errors import InputError
 from actqkv_llm.session import forward_rows
 
-SMALL = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
 QUESTIONS = ["What is word3?", "What is word 200 and why?", "Hi",
              "Tell me about word77 please, in as much detail as you can."]
 

@@ -125,9 +125,11 @@ def test_options_reach_the_engine(engines, doc, capsys):
     code, _, _ = run(capsys, "-q", "ask", str(doc), "q", "--max-new-tokens", "2", "--method", "infllm",
                      "--block-size", "8", "--n-local", "48", "--exec-block", "16", "--budget", "120",
                      "--question-weight", "2.5", "--offload", "off", "--batch-prefill", "on",
-                     "--prefill-kernel", "torch", "--decode-kernel", "torch", "--decode-compile", "off")
+                     "--prefill-kernel", "torch", "--decode-kernel", "torch", "--decode-compile", "off",
+                     "--decode-static-scoring", "off")
     assert code == 0
     cfg = engines[-1].config
+    assert cfg.decode_static_scoring is False
     assert (cfg.method, cfg.block_size, cfg.n_local, cfg.exec_block, cfg.budget, cfg.question_weight,
             cfg.offload, cfg.batch_prefill, cfg.prefill_kernel, cfg.decode_kernel, cfg.decode_compile) == \
         ("infllm", 8, 48, 16, 120, 2.5, False, True, "torch", "torch", False)
@@ -137,7 +139,8 @@ def test_options_reach_the_engine(engines, doc, capsys):
 def test_every_retrieval_option_has_a_flag():
     flags = {name for _flag, name, _t, _h in cli.RETRIEVAL_FLAGS} | {"method", "budget", "offload", "batch_prefill",
                                                                    "decode_graph", "prefill_kernel", "decode_kernel",
-                                                                   "decode_compile", "decode_joined_projections"}
+                                                                   "decode_compile", "decode_joined_projections",
+                                                                   "decode_static_scoring"}
     fields = {f.name for f in dataclasses.fields(RetrievalConfig) if not f.name.startswith("_")}
     assert fields == flags
 

@@ -6,7 +6,7 @@ import string
 import pytest
 import torch
 
-from tiny_models import separated, tiny_model
+from tiny_models import SMALL, separated, tiny_model
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -84,11 +84,10 @@ def test_the_fast_path_answers_the_quality_samples_as_the_reference_path(tokeniz
     from actqkv_llm.bench.quality import _answer
     from actqkv_llm.devices import triton_available
 
-    small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
     model = tiny_model(arch).to("cuda")
     ref = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, batch_prefill=False,
-                 prefill_kernel="torch", decode_graph=False, **small)
-    fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, **small)
+                 prefill_kernel="torch", decode_graph=False, **SMALL)
+    fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, **SMALL)
     assert batches_on(fast.config.batch_prefill, torch.device("cuda"))
     assert fast.decode_graph is not None and fast.decode_graph.use_graph
     for task in ("passkey", "niah_single", "niah_multikey"):
@@ -115,11 +114,10 @@ def test_decode_graph_matches_the_reference_step(tokenizer, arch, dtype, kernel,
     a GPU with Triton) and as it is, with the projections joined (decode_joined_projections) or not."""
     from actqkv_llm import Engine
 
-    small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
     model = _decode_model(arch, dtype)
-    ref = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_graph=False, **small)
+    ref = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_graph=False, **SMALL)
     fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_kernel=kernel,
-                  decode_compile=compile_layers, decode_joined_projections=joined, **small)
+                  decode_compile=compile_layers, decode_joined_projections=joined, **SMALL)
     assert fast.decode_graph is not None and fast.decode_graph.use_graph  # "auto" on CUDA
     assert fast.decode_graph.joined_layers == (len(fast.adapter.layers) if joined else 0)
     assert fast.decode_graph.kernel == ("triton" if kernel == "auto" else "torch")
@@ -169,10 +167,9 @@ def test_rows_decoded_together_in_one_graph_match_the_reference(tokenizer, dtype
     text: ``_decode_model``)."""
     from actqkv_llm import Engine
 
-    small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
     model = _decode_model("llama", dtype)
-    ref = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_graph=False, **small)
-    fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_kernel=kernel, **small)
+    ref = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_graph=False, **SMALL)
+    fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_kernel=kernel, **SMALL)
     doc = _decode_document(ref, dtype)
     questions = ([5, 6, 7, 8], [9, 8], [11, 12, 13])
     ref_s = [ref._session_for(doc) for _ in questions]
@@ -207,9 +204,8 @@ def test_padded_dense_rows_give_answers_decoded_together_the_one_by_one_tokens(t
     (the CPU test shows the same for the eager step)."""
     from actqkv_llm import Engine
 
-    small = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
     model = tiny_model("llama").to("cuda", dtype)
-    fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_pad_rows=8, **small)
+    fast = Engine(model, tokenizer, progress=False, cache=False, allow_past_window=True, decode_pad_rows=8, **SMALL)
     doc = fast.prefill(TEXT)
     questions = [[5, 6, 7, 8], [9, 8], [11, 12, 13]]
     one_by_one = [fast.generate_ids(doc, q, max_new_tokens=40) for q in questions]

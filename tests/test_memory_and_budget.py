@@ -7,8 +7,7 @@ import torch
 from actqkv_llm import RetrievalConfig
 from actqkv_llm.retrieval.budget import DynamicCutoff, normalized_entropy
 from actqkv_llm.retrieval.probe import ActivationStats, activation_probe, mean_probe
-
-SMALL = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
+from tiny_models import SMALL
 
 
 def _prefill_logged(eng, n, seed=0):

@@ -7,8 +7,7 @@ import torch
 from actqkv_llm.errors import CacheMismatchError
 from actqkv_llm.memory import GrowableBlocks, Int8Blocks
 from actqkv_llm.memory.quantized import KEY_SPAN, VALUE_SPAN, dequantize, quantize
-
-SMALL = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
+from tiny_models import SMALL
 
 
 def _blocks(n, seed=0, hkv=2, b=8, d=16):

@@ -12,8 +12,7 @@ from actqkv_llm.errors import ConfigError
 from actqkv_llm.memory import GrowableBlocks, HostBlocks, StackedBlocks
 from actqkv_llm.retrieval.budget import EntropyRefill
 from actqkv_llm.retrieval.score import bound_logits, reduce_tokens
-
-SMALL = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
+from tiny_models import SMALL
 
 
 def test_bound_is_an_upper_bound_of_every_key_and_tight_for_one_key_blocks():

@@ -9,7 +9,7 @@ import weakref
 import pytest
 import torch
 
-from tiny_models import tiny_model
+from tiny_models import SMALL, tiny_model
 
 from actqkv_llm import Engine
 from actqkv_llm.attention.static_decode import DecodeGraph, graph_capable
@@ -17,7 +17,6 @@ from actqkv_llm.attention.step import DECODE, QUESTION, StepContext
 from actqkv_llm.errors import ConfigError
 from actqkv_llm.generation import Sampling
 
-SMALL = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
 TEXT = " ".join(f"word{i} is {i * 7 % 13}." for i in range(120))
 
 

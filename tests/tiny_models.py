@@ -13,6 +13,9 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 VOCAB = 256 + len(SPECIALS)
+# a memory small enough for these models and texts: blocks of 8 tokens, a window of 64, 4 blocks per
+# step on average (the tests' shared configuration)
+SMALL = dict(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=4 + 64 + 8 * 4, prefill_chunk=96)
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:

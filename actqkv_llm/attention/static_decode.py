@@ -39,9 +39,11 @@ window is full), a layer scores every block again first: the reference's evictio
 (``LayerMemory.make_room``, on the state handed back) before the step, and in each layer the
 reference's scoring (``BlockRetrieval.rescore``, with the candidates' keys and values read in one
 go, :func:`candidate_reads`) before the rerank. On a GPU such a step replays the same step captured
-in segments cut at each layer's scoring point, the scoring run eagerly between them; on the CPU the
-whole step runs eagerly. Its scoring and eviction are bound by the host's PyTorch calls (~7K on a
-32-layer model; NOTES.md); for several rows it replaces the reference pass's attention row by row.
+in segments cut at each layer's scoring point, the scoring run between them: where every row scores
+again in every layer, with static shapes (``decode_static_scoring``, static_scoring.py: each layer's
+scoring one captured graph), else the reference's eagerly; on the CPU the whole step runs eagerly.
+The eviction stays eager (host calls; NOTES.md); for several rows it replaces the reference pass's
+attention row by row.
 Anything else (memory moving to
 other positions, a meter watching, a budget that reads the step's own entropy) runs the reference
 step. The result is the reference's selection and attention up to float rounding (sums in another

@@ -96,7 +96,7 @@ class RowOwnBlocks:
             return False
         for layer, mem in enumerate(s.memory):
             parts = mem.blocks.device_parts(self.k.device)
-            if parts is None or len(parts) != (2 if n else 1):
+            if parts is None or not (len(parts) == 2 or (len(parts) == 1 and not n)):
                 return False
             if not n:
                 continue

@@ -591,8 +591,9 @@ def speed_markdown(result: dict[str, Any]) -> str:
     graphed = [r for r in result["rows"] if r.get("decode_graph_steps") is not None]
     if graphed:
         lines += ["", "Decode steps through the static step (a CUDA graph on a GPU; where a block left the "
-                  "window or blocks were scored again, the scoring runs eagerly, between segments of the "
-                  "graph on a GPU; the others ran the reference step): " + ", ".join(
+                  "window or blocks were scored again, the scoring runs between segments of the graph on a "
+                  "GPU, itself captured where decode_static_scoring applies; the others ran the reference "
+                  "step): " + ", ".join(
                       f"{format_length(r['length'])} {r['decode_graph_steps']} of {r['decode_tokens']}"
                       + (f" ({r['decode_eager_steps']} scored again" if r.get("decode_eager_steps") is not None else "")
                       + (f", {r['decode_segment_steps']} of them between segments" if r.get("decode_segment_steps") is not None else "")
