@@ -250,8 +250,8 @@ class RetrievalConfig:
             candidates up to float rounding (sums over a zero-padded row). ``"auto"``: on CUDA
             devices; True: also on the CPU, eagerly (tests); False: the reference's scoring between
             the segments. Needs the default's scorer (key bounds, softmax over blocks), the
-            document's blocks on the device (not offloaded) and a session that added at most 64
-            blocks; other steps score as before. Each row holds ~268 MiB more on the Llama-3.1-8B
+            document's blocks on the device (with ``offload`` on it is off) and a session that added
+            at most 64 blocks; other steps score as before. Each row holds ~268 MiB more on the Llama-3.1-8B
             shape (its own blocks' copy).
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.

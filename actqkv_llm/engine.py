@@ -348,7 +348,10 @@ class Engine:
             compile_layers = "auto" if on_cuda and triton_available(self.device) else False
         joined = self.config.decode_joined_projections
         static_scoring = self.config.decode_static_scoring
-        static_scoring = on_cuda if static_scoring == "auto" else static_scoring
+        # it reads the document's blocks where they lie on the device: not where they are offloaded
+        # (then no row holds a copy of its session's own blocks either)
+        static_scoring = (on_cuda if static_scoring == "auto" else static_scoring) \
+            and not resolve_offload(self.config.offload, on_cuda)
         key = (graph_key(self.method), on_cuda, self.config.decode_kernel, compile_layers, self.config.decode_pad_rows,
                joined, static_scoring)
         if key not in self._decode_graphs:  # shared with the engines made with with_method

@@ -862,3 +862,15 @@ def test_decode_static_scoring_option_is_validated(tokenizer):
         Engine(tiny_model("llama"), tokenizer, progress=False, cache=False, decode_static_scoring="yes", **SMALL)
     _, fast = _engines(tokenizer, decode_static_scoring=False)
     assert fast.decode_graph.own is None and not fast.decode_graph.static_scoring
+
+
+def test_offloaded_blocks_take_no_copy_for_the_static_scoring(tokenizer):
+    """With the blocks in host memory the static scoring cannot read them where they lie: the rows
+    hold no copy of their sessions' own blocks, and steps score as before, with the reference's tokens."""
+    ref, fast = _engines(tokenizer, decode_static_scoring=True, offload=True)
+    doc = ref.prefill(TEXT)
+    want, _ = _steps(ref, doc, 20)
+    got, _ = _steps(fast, doc, 20)
+    graph = fast.decode_graph
+    assert graph.own is None and not graph.static_scoring and graph.static_scored == 0 and graph.rescore_steps > 0
+    assert got.argmax(-1).tolist() == want.argmax(-1).tolist()

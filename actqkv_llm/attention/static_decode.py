@@ -94,7 +94,8 @@ def graph_capable(method, adapter=None) -> bool:
 @dataclass
 class _Segments:
     """A decode step captured in pieces cut at every layer's scoring point: ``graphs[i]`` runs up to
-    ``cuts[i]`` (layer, that layer's query buffer, its scaling), the last one to ``logits``."""
+    ``cuts[i]`` (layer, that layer's query buffer, its scaling, the query rotated both ways), the last
+    one to ``logits``."""
     graphs: list
     cuts: list
     logits: torch.Tensor
@@ -257,8 +258,8 @@ class DecodeGraph:
         self.track = False            # the step being run or captured adds up the rows' source tallies
         self.replays = 0              # row steps run through this object (read by tests and benchmarks)
         self.rescores = 0             # layers of those steps that scored every block again (_rescore)
-        self.rescore_steps = 0        # row steps with such a layer (their scoring run eagerly)
-        self.segment_steps = 0        # steps replayed in segments around an eager scoring (_replay_segments)
+        self.rescore_steps = 0        # row steps with such a layer
+        self.segment_steps = 0        # steps replayed in segments around the layers' scorings (_replay_segments)
         self.row_evictions = 0        # blocks leaving a window that the row kept, moved down (_evict)
         self.static_scored = 0        # row steps whose layers scored again with static shapes (static_scoring.py)
         self.scoring_replays = 0      # layers' scorings replayed as captured graphs
