@@ -786,7 +786,7 @@ def test_joined_parameters_stay_plain_tensors_when_joined_in_inference_mode(toke
     assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
 
 
-@pytest.mark.parametrize("arch,options", [("llama", {}), ("qwen2", {}),
+@pytest.mark.parametrize("arch,options", [("llama", {}), ("qwen2", {}), ("llama", dict(positions="fixed")),
                                           ("llama", dict(rescore_every=3, per_head=False, keep_edges=False))])
 def test_scoring_with_static_shapes_gives_the_reference_candidates(tokenizer, arch, options):
     """decode_static_scoring: the steps where every layer scores again read the document's bounds and
@@ -874,3 +874,22 @@ def test_offloaded_blocks_take_no_copy_for_the_static_scoring(tokenizer):
     graph = fast.decode_graph
     assert graph.own is None and not graph.static_scoring and graph.static_scored == 0 and graph.rescore_steps > 0
     assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+
+
+def test_static_scorings_are_kept_for_the_last_two_documents(tokenizer):
+    """Each document (and positions mode) has its own static scoring; a third document's replaces the
+    oldest, and every document's answer is still the reference's."""
+    ref, fast = _engines(tokenizer, decode_static_scoring=True)
+    graph = fast.decode_graph
+    seen = []
+    for i in range(3):
+        text = " ".join(f"item{j + 40 * i} holds {(j * 5 + i) % 11}." for j in range(110))
+        doc = ref.prefill(text)
+        want, _ = _steps(ref, doc, 20)
+        got, _ = _steps(fast, doc, 20)
+        assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        seen.append(set(graph.scorings))
+    assert graph.static_scored >= 3 * 2
+    assert len(seen[0]) == 1 and len(seen[1]) == 2 and len(seen[2]) == 2
+    assert seen[0] <= seen[1] and not seen[0] & seen[2]     # the first document's went
