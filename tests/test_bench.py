@@ -647,8 +647,18 @@ def test_speed_reports_the_decode_steps_that_ran_the_static_step(tmp_path, make_
             # each step timed apart: the ones that scored again found by the static step's count
             assert row["decode_rescore_steps_timed"] == row["decode_eager_steps"]
             assert row["decode_rescore_step_median_ms"] > 0 and row["decode_other_step_median_ms"] > 0
-            assert (f"600 20 of 20 ({row['decode_eager_steps']} scored again, 0 of them between segments); "
+            assert row["decode_static_scored_steps"] == 0   # decode_static_scoring: "auto", off on the CPU
+            assert (f"600 20 of 20 ({row['decode_eager_steps']} scored again, 0 of them between segments, "
+                    "0 with static shapes); "
                     f"median other steps {row['decode_other_step_median_ms']:.1f} ms, steps that scored again "
                     f"{row['decode_rescore_step_median_ms']:.1f} ms") in md
         else:
             assert "decode_graph_steps" not in row and "static step" not in md
+    # with the static scoring (True: on the CPU too, eagerly) every step that scored again used it
+    eng = make_engine(decode_graph=True, decode_static_scoring=True, **small)
+    result = S.run_speed(tmp_path / "static", engine=eng, methods=["actqkv"], lengths=[600], question_tokens=8,
+                         decode_tokens=20, warmup_tokens=16, baseline=False, reload=False, progress=False,
+                         command="actqkv bench speed")
+    (row,) = result["rows"]
+    assert row["decode_static_scored_steps"] == row["decode_eager_steps"] >= 2
+    assert f"{row['decode_eager_steps']} with static shapes" in (tmp_path / "static" / "speed.md").read_text()

@@ -217,7 +217,7 @@ def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_t
     answering.first_tokens_done()
     decode_s, out = float("inf"), []
     graph = getattr(eng, "decode_graph", None)  # the static decode step, where the engine uses one
-    graph_steps = eager_steps = segment_steps = None
+    graph_steps = eager_steps = segment_steps = static_steps = None
     steps: list[tuple[float, bool]] = []
     for _ in range(repeats):
         # each token's time and whether its step scored blocks again (the static step's count)
@@ -225,6 +225,7 @@ def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_t
         replays = graph.replays if graph is not None else 0
         rescored = graph.rescore_steps if graph is not None else 0
         segmented = graph.segment_steps if graph is not None else 0
+        static = graph.static_scored if graph is not None else 0
         out, _ = timer(lambda: eng.generate_ids(
             doc, question, max_new_tokens=1 + decode_tokens,
             on_token=lambda i: ticks.append((time.perf_counter(), graph.rescore_steps if graph is not None else 0))))
@@ -236,6 +237,7 @@ def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_t
             graph_steps = graph.replays - replays
             eager_steps = graph.rescore_steps - rescored
             segment_steps = graph.segment_steps - segmented
+            static_steps = graph.static_scored - static
     n_decoded = max(1, len(out) - 1)
     row = {"prefill_s": prefill_s, "prefill_tok_s": len(ids) / prefill_s, "ttft_s": ttft_s,
            "decode_ms_per_token": 1000 * decode_s / n_decoded, "decode_tokens": n_decoded}
@@ -248,8 +250,9 @@ def measure_engine(eng: Any, ids: torch.Tensor, question: torch.Tensor, decode_t
         row["decode_other_step_median_ms"] = statistics.median(others) if others else None
     if graph_steps is not None:  # how many decode steps ran the static step (the rest: the reference)
         row["decode_graph_steps"] = graph_steps
-        row["decode_eager_steps"] = eager_steps  # of those, how many scored blocks again (their scoring eagerly)
+        row["decode_eager_steps"] = eager_steps  # of those, how many scored blocks again
         row["decode_segment_steps"] = segment_steps  # of those, how many replayed the rest from graph segments
+        row["decode_static_scored_steps"] = static_steps  # of those, how many scored with static shapes
     row.update(answering.done())
     if len(many) > 1:
         row.update(measure_many(eng, doc, many, decode_tokens, timer))
@@ -597,6 +600,7 @@ def speed_markdown(result: dict[str, Any]) -> str:
                       f"{format_length(r['length'])} {r['decode_graph_steps']} of {r['decode_tokens']}"
                       + (f" ({r['decode_eager_steps']} scored again" if r.get("decode_eager_steps") is not None else "")
                       + (f", {r['decode_segment_steps']} of them between segments" if r.get("decode_segment_steps") is not None else "")
+                      + (f", {r['decode_static_scored_steps']} with static shapes" if r.get("decode_static_scored_steps") is not None else "")
                       + (")" if r.get("decode_eager_steps") is not None else "")
                       + _step_times(r)
                       for r in graphed)]
