@@ -747,14 +747,14 @@ class DecodeGraph:
         ins = host.to(self.device, non_blocking=True)
         self.ids[:n_r, 0].copy_(ins[:, 0])
         self.n_take[:n_r].copy_(ins[:, 1:-1])
-        self.n_all[:n_r].copy_(ins[:, -1])
         if self.use_graph and not self._rescoring:
             graph, logits = self.graphs[(n_r, self.track)]
             graph.replay()
         else:   # a layer scores every block again: between segments, or eagerly (the CPU)
             seg = self.segments.get((n_r, self.track)) if self.use_graph else None
             rows, sc = self._rescoring, self._scoring
-            if sc is not None:
+            if sc is not None:   # the rows' block counts: only a static scoring reads them
+                self.n_all[:n_r].copy_(ins[:, -1])
                 torch.ge(sc.positions, self.n_all[:n_r, None], out=sc.hidden[:n_r])
             try:
                 logits = self._replay_segments(seg, (n_r, self.track)) if seg is not None else self._forward(n_r)
@@ -786,7 +786,7 @@ class DecodeGraph:
             # every layer's leaving tokens, as the session's windows hold them (the row's first ones;
             # views: read before the row's window moves down)
             leaving = self.win_k[:, row, :, :count]
-            n_before, own_before = s.memory[0].n_blocks, own_count(s)
+            n_before, own_before = s.memory[0].n_blocks, own_count(s) if self.own is not None else None
             leaving_v = self.values[:, row, :, self.w0:self.w0 + count]
             if not leave_together(s.memory, count, s.policy, leaving, leaving_v):
                 for mem in s.memory:

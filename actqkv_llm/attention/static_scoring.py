@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..memory.blocks import as_blocks
 from ..retrieval.budget import normalized_entropy
 from ..retrieval.methods import BoundScorer, best_ids, pin_edges
 from ..retrieval.score import bound_logits_parts, reduce_tokens
@@ -96,7 +97,7 @@ class RowOwnBlocks:
             return False
         for layer, mem in enumerate(s.memory):
             parts = mem.blocks.device_parts(self.k.device)
-            if parts is None or not (len(parts) == 2 or (len(parts) == 1 and not n)):
+            if parts is None or (n and len(parts) != 2):   # none of its own yet: the store may be absent
                 return False
             if not n:
                 continue
@@ -123,9 +124,8 @@ class RowOwnBlocks:
         if held is None or held[0]() is not s or held[1] != before or before + n > OWN_BLOCKS:
             self.holds[r] = None
             return
-        shape = k.shape[:2] + (n, self.block_size, k.shape[-1])
-        self.k[:, r, before:before + n] = k.reshape(shape).transpose(1, 2)
-        self.v[:, r, before:before + n] = v.reshape(shape).transpose(1, 2)
+        self.k[:, r, before:before + n] = as_blocks(k, self.block_size)
+        self.v[:, r, before:before + n] = as_blocks(v, self.block_size)
         self.lo[:, r, before:before + n] = lo
         self.hi[:, r, before:before + n] = hi
         self.holds[r] = (held[0], before + n)
@@ -150,7 +150,6 @@ class DocumentScoring:
     hidden: torch.Tensor          # [R, N]: blocks past each row's count
     positions: torch.Tensor       # [N]
     graphs: dict = field(default_factory=dict)
-    warm: set = field(default_factory=set)     # (rows, track) run eagerly once: their capture may follow
 
     @classmethod
     def key_for(cls, s: "Session", mode: str, device: torch.device):
