@@ -848,6 +848,32 @@ def test_rows_score_with_static_shapes_together(tokenizer):
     assert graph.n_rows == 3 and graph.static_scored >= 3 * 2
 
 
+def test_rows_score_with_static_shapes_at_different_steps(tokenizer, monkeypatch):
+    """answer_many's rows whose windows fill at different steps (questions of different lengths):
+    the rows that score again at a step do it with static shapes while the others keep their
+    candidates, each answer the reference's tokens alone."""
+    import actqkv_llm.attention.static_decode as static_decode
+
+    scored_rows = []
+    real = static_decode.score_layer
+
+    def spy(g, sc, layer, qm, scaling, rows):
+        scored_rows.append(rows)
+        return real(g, sc, layer, qm, scaling, rows)
+    monkeypatch.setattr(static_decode, "score_layer", spy)
+    ref, fast = _engines(tokenizer, decode_static_scoring=True)
+    doc = ref.prefill(TEXT)
+    questions = ([5, 6, 7], [9, 8, 30, 31, 32], [11, 12, 13, 14, 15, 16, 17])
+    want = [ref.generate_ids(doc, q, max_new_tokens=30) for q in questions]
+    graph = fast.decode_graph
+    got = fast.generate_ids_many(doc, [list(q) for q in questions], max_new_tokens=30)
+    assert got == want
+    assert graph.n_rows == 3
+    # every row step that scored again did so with static shapes, and some steps scored one row only
+    assert graph.rescore_steps >= 3 * 2 and graph.static_scored == graph.rescore_steps
+    assert {len(rows) for rows in scored_rows} == {1}
+
+
 def test_best_ids_take_the_earlier_of_equal_blocks_whatever_the_padding():
     from actqkv_llm.retrieval.methods import best_ids
 

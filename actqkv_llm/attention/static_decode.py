@@ -39,9 +39,10 @@ window is full), a layer scores every block again first: the reference's evictio
 (``LayerMemory.make_room``, on the state handed back) before the step, and in each layer the
 reference's scoring (``BlockRetrieval.rescore``, with the candidates' keys and values read in one
 go, :func:`candidate_reads`) before the rerank. On a GPU such a step replays the same step captured
-in segments cut at each layer's scoring point, the scoring run between them: where every row scores
-again in every layer, with static shapes (``decode_static_scoring``, static_scoring.py: each layer's
-scoring one captured graph), else the reference's eagerly; on the CPU the whole step runs eagerly.
+in segments cut at each layer's scoring point, the scoring run between them: where each row that
+scores again does so in every layer, with static shapes (``decode_static_scoring``, static_scoring.py:
+each layer's scoring of those rows one captured graph), else the reference's eagerly; on the CPU the
+whole step runs eagerly.
 The eviction stays eager (host calls; NOTES.md); for several rows it replaces the reference pass's
 attention row by row.
 Anything else (memory moving to
@@ -390,8 +391,8 @@ class DecodeGraph:
             k, k_rot, v, q_flat, self.win_k[layer, :n_r], keys, values, visible, queries, at_cap, at_w, at_vis, at_q)
         if self._cut is not None:     # capturing segments: the scoring runs here between two of them
             self._cut(layer, q, scaling, qs)
-        elif self._scoring is not None:   # every row scores again, with static shapes (eagerly: the CPU)
-            score_layer(self, self._scoring, layer, qs[0], scaling, n_r)
+        elif self._scoring is not None:   # the rows that score again, with static shapes (eagerly: the CPU)
+            score_layer(self, self._scoring, layer, qs[0], scaling, tuple(self._rescoring))
         elif self._rescoring:
             self._rescore(layer, q, scaling)
         flat_k, flat_v = keys.view(n_r * hkv, W, d), values.view(n_r * hkv, W, d)
@@ -545,10 +546,11 @@ class DecodeGraph:
             return None
         return _Segments(graphs, cuts, out)
 
-    def _replay_segments(self, seg: "_Segments", key: tuple[int, bool]) -> torch.Tensor:
+    def _replay_segments(self, seg: "_Segments", key: tuple[int, bool, tuple[int, ...]]) -> torch.Tensor:
         """One step of the rows from its segments, each layer's new scoring run at its cut: the static
-        scoring's captured graph (:meth:`_capture_scoring`; eagerly the first time for a document),
-        else the reference's (:meth:`_rescore`) eagerly; returns the step's logits."""
+        scoring's captured graph for the rows that score (``key``: the step's rows, whether it tracks
+        sources, the rows that score; :meth:`_capture_scoring`; eagerly the first time for a document
+        and those rows), else the reference's (:meth:`_rescore`) eagerly; returns the step's logits."""
         sc = self._scoring
         graphs = sc.graphs.get(key) if sc is not None else None
         for i, graph in enumerate(seg.graphs):
@@ -559,7 +561,7 @@ class DecodeGraph:
                     graphs[layer].replay()
                     self.scoring_replays += 1
                 elif sc is not None:
-                    score_layer(self, sc, layer, qs[0], scaling, key[0])
+                    score_layer(self, sc, layer, qs[0], scaling, key[2])
                 else:
                     self._rescore(layer, q, scaling)
         self.segment_steps += 1
@@ -567,8 +569,8 @@ class DecodeGraph:
             self._capture_scoring(sc, seg, key)
         return seg.logits
 
-    def _capture_scoring(self, sc: DocumentScoring, seg: "_Segments", key: tuple[int, bool]) -> None:
-        """Each layer's static scoring of rows ``0 .. key[0]-1`` captured as a graph that reads the query
+    def _capture_scoring(self, sc: DocumentScoring, seg: "_Segments", key: tuple[int, bool, tuple[int, ...]]) -> None:
+        """Each layer's static scoring of rows ``key[2]`` captured as a graph that reads the query
         the segments leave at that layer's cut (capturing runs nothing: the rows keep their state).
         Where capturing fails, the scorings stay eager, with a warning."""
         pool = torch.cuda.graph_pool_handle()
@@ -580,7 +582,7 @@ class DecodeGraph:
                 for layer, _, scaling, qs in seg.cuts:
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, pool=pool, stream=side):
-                        score_layer(self, sc, layer, qs[0], scaling, key[0])
+                        score_layer(self, sc, layer, qs[0], scaling, key[2])
                     graphs.append(graph)
         except Exception as exc:  # noqa: BLE001 - the scorings then run eagerly at the cuts
             import warnings
@@ -743,7 +745,7 @@ class DecodeGraph:
         for i in idle:
             self.cursor[i].zero_()
         if self._rescoring and self.static_scoring:
-            self._scoring = self._static_setup(plans)
+            self._scoring = self._static_setup()
         ins = host.to(self.device, non_blocking=True)
         self.ids[:n_r, 0].copy_(ins[:, 0])
         self.n_take[:n_r].copy_(ins[:, 1:-1])
@@ -757,7 +759,8 @@ class DecodeGraph:
                 self.n_all[:n_r].copy_(ins[:, -1])
                 torch.ge(sc.positions, self.n_all[:n_r, None], out=sc.hidden[:n_r])
             try:
-                logits = self._replay_segments(seg, (n_r, self.track)) if seg is not None else self._forward(n_r)
+                key = (n_r, self.track, tuple(rows))
+                logits = self._replay_segments(seg, key) if seg is not None else self._forward(n_r)
             finally:
                 self._rescoring, self._scoring = {}, None
             if sc is not None:
@@ -959,16 +962,16 @@ class DecodeGraph:
             self._load_candidates(layer, r, mem, held, s.method.keep_edges, cand_v)
             self.rescores += 1
 
-    def _static_setup(self, plans) -> DocumentScoring | None:
+    def _static_setup(self) -> DocumentScoring | None:
         """The static scoring for this step's rows that score again (:attr:`_rescoring`), where it
-        applies: every row decoding this step scores again in every layer, at one positions mode, over
-        one document whose blocks and bounds sit on the device, with every scoring naming ``m_cap``
-        candidates, and each row holds its session's own blocks (:class:`RowOwnBlocks`, brought up to
-        date here). Also hands each row's source tally over, as :meth:`_rescore` does at each cut.
-        None: the reference's scoring runs at the cuts, as before."""
+        applies: each of them scores again in every layer (the other rows of the step keep their
+        candidates: an ``answer_many`` whose rows' windows fill at different steps), at one positions
+        mode, over one document whose blocks and bounds sit on the device, with every scoring naming
+        ``m_cap`` candidates, and each holds its session's own blocks (:class:`RowOwnBlocks`, brought
+        up to date here). Also hands each scoring row's source tally over, as :meth:`_rescore` does at
+        each cut. None: the reference's scoring runs at the cuts, as before."""
         rows, n_layers = self._rescoring, self.adapter.n_layers
-        if set(rows) != {i for i, p in enumerate(plans) if p is not None} \
-                or any(len(observe) != n_layers for _, observe, _ in rows.values()):
+        if any(len(observe) != n_layers for _, observe, _ in rows.values()):
             return None
         modes = {self.rows[r].mode for r in rows}
         sessions = [rows[r][0] for r in rows]

@@ -137,7 +137,8 @@ class DocumentScoring:
     mode: per layer the document's store ``(k, v)`` ``[n_doc, Hkv, B, d]`` and key bounds ``(lo, hi)``
     ``[n_doc, Hkv, d]``; per layer and row the candidates ``[sel, m]``, the evidence over every block
     ``[sel, n_doc + OWN_BLOCKS]`` and its normalized entropy, which the host reads after the step;
-    the captured scoring of each layer per ``(rows, track)`` once a step has run it eagerly."""
+    the captured scoring of each layer per ``(rows, track, rows that score)`` once a step has run it
+    eagerly."""
 
     key: tuple
     exact: bool
@@ -190,8 +191,8 @@ class DocumentScoring:
 
 
 def score_layer(g: "DecodeGraph", sc: DocumentScoring, layer: int, qm: torch.Tensor, scaling: float,
-                n_r: int) -> None:
-    """Layer ``layer``'s new scoring for rows ``0 .. n_r-1`` with static shapes: each row's query at the
+                rows: tuple[int, ...]) -> None:
+    """Layer ``layer``'s new scoring for rows ``rows`` with static shapes: each row's query at the
     memory's rotation (``qm`` ``[n_r * Hkv, G, d]``) against the document's bounds and the row's own,
     the ``m_cap`` best blocks (edges pinned where kept), their keys and values read into the row's
     candidate slots, and the candidates, evidence and entropy left in ``sc`` for the host."""
@@ -202,7 +203,7 @@ def score_layer(g: "DecodeGraph", sc: DocumentScoring, layer: int, qm: torch.Ten
     m = g.m_cap
     doc_bounds, doc_blocks = sc.bounds[layer], sc.blocks[layer]
     slots_filled, cands_filled, ends = g._filled_masks(m)
-    for r in range(n_r):
+    for r in rows:
         q = qm[r * hkv:(r + 1) * hkv].reshape(hkv * g_heads, 1, d)                     # [H, 1, d]
         u = bound_logits_parts(q, [doc_bounds, (own.lo[layer, r], own.hi[layer, r])], doc_blocks[0].dtype)
         u.masked_fill_(sc.hidden[r], NEG_INF)
