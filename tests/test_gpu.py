@@ -189,9 +189,6 @@ def test_rows_decoded_together_in_one_graph_match_the_reference(tokenizer, dtype
     want, got = torch.stack(want), torch.stack(got)
     assert graph.replays >= 3 * 30 and any(key[0] == 3 for key in graph.graphs)
     assert graph.segment_steps >= 3 and graph.segments.get((3, False)) is not None
-    # the rows scored with static shapes, and no set of several scoring rows was captured
-    assert graph.static_scored > 0
-    assert all(len(key[2]) <= graph.capture_scoring_rows == 1 for sc in graph.scorings.values() for key in sc.graphs)
     if dtype == torch.float32:
         torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
         assert fast.generate_ids_many(doc, list(questions), max_new_tokens=24) == \

@@ -212,12 +212,6 @@ class DecodeGraph:
         # steps where every layer scores again do it with static shapes (static_scoring.py) where the
         # method's scoring has that form and every scoring names m_cap candidates
         self.static_scoring = static_scoring and scores_statically(method) and method.n_candidates == self.m_cap
-        # the static scorings are captured (per document and set of scoring rows) where at most this
-        # many rows score: a lone answer's scoring recurs every block_size steps and captures in
-        # ~70 ms; the sets of answer_many's rows vary from batch to batch, and a first step that
-        # captured eight rows' scorings stalled its batch for seconds (H100, thirty-second session,
-        # docs/benchmarks.md): those run the static scoring eagerly at the cuts
-        self.capture_scoring_rows = 1
         # every key and value one step may read, per layer and row: [sinks | candidates | window],
         # each region whole tiles of block_size slots (tile_stats.py); unused slots stay invisible
         b = self.bsz
@@ -556,8 +550,7 @@ class DecodeGraph:
         """One step of the rows from its segments, each layer's new scoring run at its cut: the static
         scoring's captured graph for the rows that score (``key``: the step's rows, whether it tracks
         sources, the rows that score; :meth:`_capture_scoring`; eagerly the first time for a document
-        and those rows, and always where more rows than :attr:`capture_scoring_rows` score), else the
-        reference's (:meth:`_rescore`) eagerly; returns the step's logits."""
+        and those rows), else the reference's (:meth:`_rescore`) eagerly; returns the step's logits."""
         sc = self._scoring
         graphs = sc.graphs.get(key) if sc is not None else None
         for i, graph in enumerate(seg.graphs):
@@ -572,8 +565,8 @@ class DecodeGraph:
                 else:
                     self._rescore(layer, q, scaling)
         self.segment_steps += 1
-        if sc is not None and key not in sc.graphs and len(key[2]) <= self.capture_scoring_rows:
-            self._capture_scoring(sc, seg, key)   # every kernel has run once: capture the scorings now
+        if sc is not None and key not in sc.graphs:   # every kernel has run once: capture the scorings now
+            self._capture_scoring(sc, seg, key)
         return seg.logits
 
     def _capture_scoring(self, sc: DocumentScoring, seg: "_Segments", key: tuple[int, bool, tuple[int, ...]]) -> None:
