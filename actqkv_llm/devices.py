@@ -120,3 +120,13 @@ def triton_available(device: torch.device) -> bool:
     except ImportError:
         return False
     return True
+
+
+def free_device_bytes(device: torch.device) -> int:
+    """Bytes of ``device`` memory a new allocation can use now: what the driver has free plus what
+    PyTorch's caching allocator holds reserved but unallocated (freed tensors' blocks it keeps for
+    reuse). The driver's figure alone misses the latter: after a 32K prefill on the 8B shape it let
+    ``answer_many`` take 7 rows for 8 questions in a process's first batch and 8 in the next (a
+    recapture and a 64-step tail for the eighth; H100, thirty-second session, docs/benchmarks.md)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)

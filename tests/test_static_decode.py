@@ -291,15 +291,22 @@ def test_more_answers_than_rows_wait_for_a_row(tokenizer, monkeypatch):
 
 
 def test_rows_for_counts_free_device_memory(tokenizer, monkeypatch):
-    """As many rows as fit in half the free memory (plus the rows held), at least one."""
+    """As many rows as fit in half the free memory (plus the rows held), at least one; free memory
+    counts the blocks PyTorch's allocator holds unused beside the driver's free memory."""
     _, fast = _engines(tokenizer)
     graph = fast.decode_graph
     per_row = graph.row_bytes()
     assert per_row > graph.keys[0, 0].numel() * graph.keys.element_size() * 2
     assert graph.rows_for(5) == 5            # the CPU: every answer its row
     monkeypatch.setattr(graph, "device", torch.device("cuda"))
+    cached = {"reserved": 0, "allocated": 0}
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: cached["reserved"])
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: cached["allocated"])
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(per_row * 4.5), 1 << 40))
     assert graph.rows_for(8) == 2            # (4.5 + 1 held) x 0.5 rows
+    cached.update(reserved=9 * per_row, allocated=4 * per_row)   # 5 rows' worth cached, unused
+    assert graph.rows_for(8) == 5            # (4.5 + 5 + 1) x 0.5 rows
+    cached.update(reserved=0, allocated=0)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, 1 << 40))
     assert graph.rows_for(8) == 1
 

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..devices import half_products_into_float32, kernel_agrees, triton_available
+from ..devices import free_device_bytes, half_products_into_float32, kernel_agrees, triton_available
 from ..errors import ConfigError
 from .block_gather import candidate_reads, gather_parts_triton, gathers_agree
 from ..memory.digests import key_bounds, outward_bf16
@@ -334,12 +334,13 @@ class DecodeGraph:
 
     def rows_for(self, n: int) -> int:
         """How many of ``n`` answers decode as rows at once: all of them where their buffers fit in
-        ``ROW_MEMORY_SHARE`` of the device memory free now (counting the rows held already, which
+        ``ROW_MEMORY_SHARE`` of the device memory free now (the driver's free memory and the blocks
+        PyTorch's allocator keeps for reuse, :func:`free_device_bytes`; counting the rows held already, which
         growing replaces), else as many as fit (at least one; the others wait for a row). The CPU
         (eager rows, tests) takes all."""
         if n <= self.n_rows or self.device.type != "cuda":
             return n
-        free, _ = torch.cuda.mem_get_info(self.device)
+        free = free_device_bytes(self.device)
         per_row = self.row_bytes()
         fit = int((free + self.n_rows * per_row) * ROW_MEMORY_SHARE) // per_row
         return max(1, self.n_rows, min(n, fit))
