@@ -825,6 +825,37 @@ def test_scoring_with_static_shapes_gives_the_reference_candidates(tokenizer, ar
     assert all(mass_b[k] == pytest.approx(v, rel=1e-4, abs=1e-6) for k, v in mass_a.items())
 
 
+@pytest.mark.parametrize("positions", ["exact", "fixed"])
+def test_own_blocks_not_yet_measured_are_measured_for_all_layers_at_once(tokenizer, monkeypatch, positions):
+    """A row taking a session whose own blocks' bounds no layer has measured yet (a question read that
+    left them unmeasured; here wiped after the question) measures every layer's at once and copies
+    the blocks in one go (RowOwnBlocks._sync_joint): the reference's tokens and logits."""
+    from actqkv_llm.attention.static_scoring import RowOwnBlocks
+
+    joint = []
+    real = RowOwnBlocks._sync_joint
+
+    def spy(self, *args):
+        joint.append(real(self, *args))
+        return joint[-1]
+    monkeypatch.setattr(RowOwnBlocks, "_sync_joint", spy)
+
+    def unmeasured(sess):
+        for mem in sess.memory:
+            for key, d in mem.digests.items():
+                if key[0] == "bounds":
+                    d._own, d._joined = None, None
+    ref, fast = _engines(tokenizer, decode_static_scoring=True, positions=positions)
+    text = TEXT if positions == "fixed" else TEXT[:700]
+    doc = ref.prefill(text)
+    want, _ = _steps(ref, doc, 20, after_question=unmeasured)
+    got, s_fast = _steps(fast, doc, 20, after_question=unmeasured)
+    graph = fast.decode_graph
+    assert joint == [True] and graph.static_scored == graph.rescore_steps > 0
+    assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_a_session_with_too_many_own_blocks_scores_as_before(tokenizer, monkeypatch):
     """A session whose own blocks outgrow the row's padded copy scores again eagerly (the reference's
     scoring at each layer), with the same results; below the limit it scores with static shapes."""

@@ -987,7 +987,10 @@ class DecodeGraph:
 
             def rotate_for(layer: int, s=s, ctx=ctx, n_loc=n_loc):
                 return ctx.memory_query(self.adapter.kinds[layer], s.memory[layer], n_loc, 1, 1.0).rotate_blocks
-            if not self.own.sync(s, r, mode, rotate_for):
+
+            def measure_all(keys: torch.Tensor, n_before: int, s=s):
+                return self._bound_left_blocks(s, mode, keys, n_before)
+            if not self.own.sync(s, r, mode, rotate_for, measure_all):
                 return None
         key, blocks, bounds = found[0]
         sc = self.scorings.get(key)
