@@ -795,15 +795,25 @@ def test_joined_parameters_stay_plain_tensors_when_joined_in_inference_mode(toke
 
 @pytest.mark.parametrize("arch,options", [("llama", {}), ("qwen2", {}), ("llama", dict(positions="fixed")),
                                           ("llama", dict(rescore_every=3, per_head=False, keep_edges=False))])
-def test_scoring_with_static_shapes_gives_the_reference_candidates(tokenizer, arch, options):
+def test_scoring_with_static_shapes_gives_the_reference_candidates(tokenizer, arch, options, monkeypatch):
     """decode_static_scoring: the steps where every layer scores again read the document's bounds and
-    a padded copy of the session's own blocks, with static shapes: the reference's tokens, logits,
-    candidates, entropies, KV per step and sources."""
+    a padded copy of the session's own blocks (taken in one copy, the bounds the question measured),
+    with static shapes: the reference's tokens, logits, candidates, entropies, KV per step and sources."""
+    from actqkv_llm.attention.static_scoring import RowOwnBlocks
+
+    joint = []
+    real = RowOwnBlocks._sync_joint
+
+    def spy(self, *args):
+        joint.append(real(self, *args))
+        return joint[-1]
+    monkeypatch.setattr(RowOwnBlocks, "_sync_joint", spy)
     ref, fast = _engines(tokenizer, arch, decode_static_scoring=True, **options)
     doc = ref.prefill(TEXT)
     want, s_ref = _steps(ref, doc, 40)
     got, s_fast = _steps(fast, doc, 40)
     graph = fast.decode_graph
+    assert joint == [True]
     assert graph.replays == 40
     # every step that scored again did it with static shapes, every layer
     assert graph.rescore_steps >= 40 // SMALL["block_size"] and graph.static_scored == graph.rescore_steps

@@ -120,27 +120,33 @@ class RowOwnBlocks:
 
     def _sync_joint(self, s: "Session", r: int, n: int, mode: str, measure_all) -> bool:
         """:meth:`sync` in a few calls where every layer's own blocks are one joint store
-        (``LayeredBlocks``, a question's) and no layer has measured their bounds yet (a question read
-        past the window leaves its last blocks unmeasured): the bounds of all layers measured at once,
-        the blocks and bounds copied once each. One row's first step that scored this way took 15-26
-        ms per row on the 8B shape with a memory query and four copies per layer (H100, thirty-second
-        session). False, changing nothing in the row, where that does not apply."""
+        (``LayeredBlocks``, a question's): the blocks copied once for all layers, and their bounds
+        either stacked from every layer's digests (each knows them all) or, where no layer has
+        measured them, measured for all layers at once; rather than a lookup, perhaps a measurement
+        and four copies per layer. ``sync`` took 15-26 ms per row on the 8B shape in a row's first
+        step that scored this way (H100, thirty-second session; not taken apart further). False,
+        changing nothing in the row, where neither applies (some layers know some bounds)."""
         stores = [getattr(mem.blocks, "own", None) for mem in s.memory]
         joint = getattr(stores[0], "_joint", None)
         if joint is None or joint.layers != stores or any(st.n_blocks != n for st in stores) \
                 or joint._k.device != self.k.device or joint._k.dtype != self.k.dtype:
             return False
         digests = [mem.digests["bounds", mode] for mem in s.memory]
-        if any(d.n_known for d in digests):
-            return False
         k, v = joint._k[:, :n], joint._v[:, :n]                                  # [L, n, Hkv, B, d]
-        bounds = measure_all(k.permute(0, 2, 1, 3, 4).flatten(2, 3), digests[0].n_parent)
-        if bounds is None:
+        if all(d.n_known >= n and d.known[0].dtype == self.lo.dtype for d in digests):
+            lo = torch.stack([d.known[0][:n] for d in digests])
+            hi = torch.stack([d.known[1][:n] for d in digests])
+        elif not any(d.n_known for d in digests):
+            bounds = measure_all(k.permute(0, 2, 1, 3, 4).flatten(2, 3), digests[0].n_parent)
+            if bounds is None:
+                return False
+            lo, hi = bounds
+        else:
             return False
         self.k[:, r, :n] = k
         self.v[:, r, :n] = v
-        self.lo[:, r, :n] = bounds[0]
-        self.hi[:, r, :n] = bounds[1]
+        self.lo[:, r, :n] = lo
+        self.hi[:, r, :n] = hi
         self.holds[r] = (weakref.ref(s), n)
         return True
 
