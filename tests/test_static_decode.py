@@ -793,21 +793,28 @@ def test_joined_parameters_stay_plain_tensors_when_joined_in_inference_mode(toke
     assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
 
 
+def _joint_syncs(monkeypatch) -> list[bool]:
+    """What each ``RowOwnBlocks._sync_joint`` call returns, in order (whether a row took its session's
+    own blocks in one copy for all layers)."""
+    from actqkv_llm.attention.static_scoring import RowOwnBlocks
+
+    out: list[bool] = []
+    real = RowOwnBlocks._sync_joint
+
+    def spy(self, *args):
+        out.append(real(self, *args))
+        return out[-1]
+    monkeypatch.setattr(RowOwnBlocks, "_sync_joint", spy)
+    return out
+
+
 @pytest.mark.parametrize("arch,options", [("llama", {}), ("qwen2", {}), ("llama", dict(positions="fixed")),
                                           ("llama", dict(rescore_every=3, per_head=False, keep_edges=False))])
 def test_scoring_with_static_shapes_gives_the_reference_candidates(tokenizer, arch, options, monkeypatch):
     """decode_static_scoring: the steps where every layer scores again read the document's bounds and
     a padded copy of the session's own blocks (taken in one copy, the bounds the question measured),
     with static shapes: the reference's tokens, logits, candidates, entropies, KV per step and sources."""
-    from actqkv_llm.attention.static_scoring import RowOwnBlocks
-
-    joint = []
-    real = RowOwnBlocks._sync_joint
-
-    def spy(self, *args):
-        joint.append(real(self, *args))
-        return joint[-1]
-    monkeypatch.setattr(RowOwnBlocks, "_sync_joint", spy)
+    joint = _joint_syncs(monkeypatch)
     ref, fast = _engines(tokenizer, arch, decode_static_scoring=True, **options)
     doc = ref.prefill(TEXT)
     want, s_ref = _steps(ref, doc, 40)
@@ -840,15 +847,7 @@ def test_own_blocks_not_yet_measured_are_measured_for_all_layers_at_once(tokeniz
     """A row taking a session whose own blocks' bounds no layer has measured yet (a question read that
     left them unmeasured; here wiped after the question) measures every layer's at once and copies
     the blocks in one go (RowOwnBlocks._sync_joint): the reference's tokens and logits."""
-    from actqkv_llm.attention.static_scoring import RowOwnBlocks
-
-    joint = []
-    real = RowOwnBlocks._sync_joint
-
-    def spy(self, *args):
-        joint.append(real(self, *args))
-        return joint[-1]
-    monkeypatch.setattr(RowOwnBlocks, "_sync_joint", spy)
+    joint = _joint_syncs(monkeypatch)
 
     def unmeasured(sess):
         for mem in sess.memory:

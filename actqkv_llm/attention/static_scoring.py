@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..memory.blocks import as_blocks
+from ..memory.layer_memory import joint_own_store
 from ..retrieval.budget import normalized_entropy
 from ..retrieval.methods import BoundScorer, best_ids, pin_edges
 from ..retrieval.score import bound_logits_parts, reduce_tokens
@@ -126,13 +127,12 @@ class RowOwnBlocks:
         and four copies per layer. ``sync`` took 15-26 ms per row on the 8B shape in a row's first
         step that scored this way (H100, thirty-second session; not taken apart further). False,
         changing nothing in the row, where neither applies (some layers know some bounds)."""
-        stores = [getattr(mem.blocks, "own", None) for mem in s.memory]
-        joint = getattr(stores[0], "_joint", None)
-        if joint is None or joint.layers != stores or any(st.n_blocks != n for st in stores) \
-                or joint._k.device != self.k.device or joint._k.dtype != self.k.dtype:
+        joint = joint_own_store(s.memory)
+        if joint is None or any(st.n_blocks != n for st in joint.layers) \
+                or joint.device != self.k.device or joint.dtype != self.k.dtype:
             return False
         digests = [mem.digests["bounds", mode] for mem in s.memory]
-        k, v = joint._k[:, :n], joint._v[:, :n]                                  # [L, n, Hkv, B, d]
+        k, v = joint.first(n)                                                    # [L, n, Hkv, B, d]
         if all(d.n_known >= n and d.known[0].dtype == self.lo.dtype for d in digests):
             lo = torch.stack([d.known[0][:n] for d in digests])
             hi = torch.stack([d.known[1][:n] for d in digests])

@@ -181,6 +181,10 @@ class LayeredBlocks:
         self._k, self._v = _grown(self._k, cap, n), _grown(self._v, cap, n)
         self._point()
 
+    def first(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every layer's first ``n`` blocks, keys and values ``[L, n, Hkv, B, d]`` (views)."""
+        return self._k[:, :n], self._v[:, :n]
+
     def append_all(self, k: torch.Tensor, v: torch.Tensor) -> bool:
         """Append blocks ``[L, n, Hkv, B, d]`` to every layer at once (layer ``i`` gets ``k[i]``), where
         every layer holds as many blocks; returns whether it did (else nothing is written)."""

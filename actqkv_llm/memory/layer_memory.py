@@ -203,6 +203,14 @@ def fork_layers(memories: list[LayerMemory]) -> list[LayerMemory]:
     return [mem.fork(store) for mem, store in zip(memories, own.layers)]
 
 
+def joint_own_store(memories: list[LayerMemory]) -> LayeredBlocks | None:
+    """The one store holding every layer's own blocks, in this order (:func:`fork_layers`: a
+    question's), or None where the layers' own blocks are not one joint store."""
+    stores = [getattr(m.blocks, "own", None) for m in memories]
+    joint = getattr(stores[0], "_joint", None)
+    return joint if joint is not None and joint.layers == stores else None
+
+
 def leave_together(memories: list[LayerMemory], count: int, policy: EvictionPolicy,
                    k: torch.Tensor, v: torch.Tensor) -> bool:
     """Every layer's first ``count`` window tokens leave as blocks at once, their keys and values given
@@ -211,9 +219,8 @@ def leave_together(memories: list[LayerMemory], count: int, policy: EvictionPoli
     does in each layer, with one copy into the layers' joint store (:func:`fork_layers`). Returns
     False, changing nothing, where the layers' own blocks are not one joint store in this order, a
     layer keeps summary keys (measured per layer) or the tokens cannot leave as whole blocks."""
-    stores = [getattr(m.blocks, "own", None) for m in memories]
-    joint = getattr(stores[0], "_joint", None)
-    if (joint is None or joint.layers != stores or policy.keep_summaries
+    joint = joint_own_store(memories)
+    if (joint is None or policy.keep_summaries
             or not all(m._leaves_whole_blocks(count, policy) for m in memories)):
         return False
     if not joint.append_all(as_blocks(k, policy.block_size), as_blocks(v, policy.block_size)):
