@@ -865,6 +865,37 @@ def test_own_blocks_not_yet_measured_are_measured_for_all_layers_at_once(tokeniz
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+def test_an_answers_first_step_measures_only_the_block_its_eviction_added(tokenizer, monkeypatch):
+    """The usual first step of an answer: the question measured its own block's bounds, then the
+    step's first token evicts by the reference's rule (the row is loaded after it), adding a block no
+    layer has measured. The row takes the known bounds from the digests and measures the new block
+    for all layers at once (RowOwnBlocks._sync_joint; before, every layer measured it on its own):
+    the reference's tokens and logits."""
+    from actqkv_llm.attention.static_scoring import RowOwnBlocks, own_count
+
+    seen = []
+    real = RowOwnBlocks._sync_joint
+
+    def spy(self, s, r, n, mode, measure_all):
+        before = {mem.digests["bounds", mode].n_known for mem in s.memory}
+        seen.append((n, before, real(self, s, r, n, mode, measure_all)))
+        return seen[-1][-1]
+    monkeypatch.setattr(RowOwnBlocks, "_sync_joint", spy)
+    ref, fast = _engines(tokenizer, decode_static_scoring=True)
+    doc = ref.prefill(TEXT)
+    # a question that leaves the window full: one block leaves while it is read, one at the first token
+    length = SMALL["n_local"] + SMALL["block_size"] - doc.session(ref).memory[0].n_local
+    question = tuple(range(5, 5 + length))
+    want, _ = _steps(ref, doc, 20, question=question)
+    got, s_fast = _steps(fast, doc, 20, question=question)
+    assert seen[0] == (2, {1}, True)
+    # the digests keep what was measured: every layer knows all of the session's own blocks
+    mode = fast.decode_graph.rows[0].mode
+    assert {mem.digests["bounds", mode].n_known for mem in s_fast.memory} == {own_count(s_fast)}
+    assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_a_session_with_too_many_own_blocks_scores_as_before(tokenizer, monkeypatch):
     """A session whose own blocks outgrow the row's padded copy scores again eagerly (the reference's
     scoring at each layer), with the same results; below the limit it scores with static shapes."""

@@ -121,32 +121,34 @@ class RowOwnBlocks:
 
     def _sync_joint(self, s: "Session", r: int, n: int, mode: str, measure_all) -> bool:
         """:meth:`sync` in a few calls where every layer's own blocks are one joint store
-        (``LayeredBlocks``, a question's): the blocks copied once for all layers, and their bounds
-        either stacked from every layer's digests (each knows them all) or, where no layer has
-        measured them, measured for all layers at once; rather than a lookup, perhaps a measurement
-        and four copies per layer. ``sync`` took 15-26 ms per row on the 8B shape in a row's first
-        step that scored this way (H100, thirty-second session; not taken apart further). False,
-        changing nothing in the row, where neither applies (some layers know some bounds)."""
+        (``LayeredBlocks``, a question's): the blocks copied once for all layers, the bounds every layer
+        knows stacked from their digests, and the ones none knows yet measured for all layers at once
+        (the usual first step of an answer: the question measured its own blocks, the step's eviction
+        by the reference's rule left one more unmeasured); rather than a lookup, perhaps a measurement
+        and four copies per layer (15-26 ms per row on the 8B shape, H100, thirty-second session).
+        False, changing nothing in the row, where the layers know different numbers of them."""
         joint = joint_own_store(s.memory)
         if joint is None or any(st.n_blocks != n for st in joint.layers) \
                 or joint.device != self.k.device or joint.dtype != self.k.dtype:
             return False
         digests = [mem.digests["bounds", mode] for mem in s.memory]
+        known = {min(d.n_known, n) for d in digests}
+        if len(known) != 1 or any(d.n_known and d.known[0].dtype != self.lo.dtype for d in digests):
+            return False
+        have = known.pop()
         k, v = joint.first(n)                                                    # [L, n, Hkv, B, d]
-        if all(d.n_known >= n and d.known[0].dtype == self.lo.dtype for d in digests):
-            lo = torch.stack([d.known[0][:n] for d in digests])
-            hi = torch.stack([d.known[1][:n] for d in digests])
-        elif not any(d.n_known for d in digests):
-            bounds = measure_all(k.permute(0, 2, 1, 3, 4).flatten(2, 3), digests[0].n_parent)
+        lo = [torch.stack([d.known[0][:have] for d in digests])] if have else []
+        hi = [torch.stack([d.known[1][:have] for d in digests])] if have else []
+        if have < n:   # measured as the layers' scorers would, and handed to their digests
+            bounds = measure_all(k[:, have:].permute(0, 2, 1, 3, 4).flatten(2, 3), digests[0].n_parent + have)
             if bounds is None:
                 return False
-            lo, hi = bounds
-        else:
-            return False
+            lo.append(bounds[0])
+            hi.append(bounds[1])
         self.k[:, r, :n] = k
         self.v[:, r, :n] = v
-        self.lo[:, r, :n] = lo
-        self.hi[:, r, :n] = hi
+        self.lo[:, r, :n] = lo[0] if len(lo) == 1 else torch.cat(lo, 1)
+        self.hi[:, r, :n] = hi[0] if len(hi) == 1 else torch.cat(hi, 1)
         self.holds[r] = (weakref.ref(s), n)
         return True
 
