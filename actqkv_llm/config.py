@@ -83,7 +83,7 @@ KV_SHAPING_OPTIONS = ("method", "block_size", "n_sink", "n_local", "exec_block",
 # in nothing else prefill a document identically (RetrievalConfig.prefill_options).
 ANSWER_ONLY_OPTIONS = ("rerank", "question_rerank", "reselect_every", "rescore_every", "decode_graph",
                        "decode_kernel", "decode_compile", "decode_pad_rows", "decode_joined_projections",
-                       "decode_static_scoring", "question_threads")
+                       "decode_static_scoring")
 
 
 @dataclass(frozen=True)
@@ -253,11 +253,6 @@ class RetrievalConfig:
             document's blocks on the device (with ``offload`` on it is off) and a session that added
             at most 64 blocks; other steps score as before. Each row holds ~268 MiB more on the Llama-3.1-8B
             shape (its own blocks' copy).
-        question_threads: ``answer_many`` (and ``complete_many``, ``chat_many``) reads its questions
-            from this many Python threads at once, each on its own session (the document is only
-            read), so that one question's host work overlaps another's kernels; the same logits as
-            one after another (tests). 1 (the default): one after another. Not with ``offload`` (the
-            sessions share the document's device block cache), nor under ``bench recall``.
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """
@@ -298,7 +293,6 @@ class RetrievalConfig:
     decode_pad_rows: int = 8
     decode_joined_projections: bool = False
     decode_static_scoring: bool | Literal["auto"] = "auto"
-    question_threads: int = 1
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -500,8 +494,6 @@ class RetrievalConfig:
                 raise ConfigError(f"{name} must be True, False or 'auto', got {v!r}")
         if not isinstance(self.decode_joined_projections, bool):
             raise ConfigError(f"decode_joined_projections must be True or False, got {self.decode_joined_projections!r}")
-        if not is_int(self.question_threads) or not 1 <= self.question_threads <= 64:
-            raise ConfigError(f"question_threads must be an integer from 1 to 64, got {self.question_threads!r}")
         if not is_int(self.decode_pad_rows) or not 1 <= self.decode_pad_rows <= 64:
             raise ConfigError(f"decode_pad_rows must be an integer from 1 to 64, got {self.decode_pad_rows!r}")
         for name in ("prefill_kernel", "decode_kernel"):

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -282,52 +281,23 @@ class Engine:
                              f"({doc.engine.config.kv_options()}); prefill it with this engine")
 
     def _start(self, doc: Document | None, suffix: torch.Tensor, sampling: Sampling,
-               logits_processor: Any = None, ids_only: bool = False,
-               read: tuple[Session, torch.Tensor] | None = None) -> tuple[Decoding, torch.Tensor]:
-        """A new answer: its session has read the question ``suffix`` (``read``: already, as
-        :meth:`_read` returns it); returns it with the logits its first token is chosen from.
-        ``ids_only``: token ids in and out, no text, no end-of-turn stop and no sources tracked (the
-        speed benchmarks' ``generate_ids*``)."""
-        sess, logits = read or self._read(doc, suffix, track=not ids_only)
+               logits_processor: Any = None, ids_only: bool = False) -> tuple[Decoding, torch.Tensor]:
+        """A new answer: its session has read the question ``suffix``; returns it with the logits
+        its first token is chosen from. ``ids_only``: token ids in and out, no text, no end-of-turn
+        stop and no sources tracked (the speed benchmarks' ``generate_ids*``)."""
+        sess = self._session_for(doc)
+        sess.track_sources = not ids_only
+        if suffix.numel():
+            with self._lock:
+                logits = sess.forward(suffix, phase=QUESTION)
+        elif doc is not None:
+            logits = doc.last_logits
+        else:
+            raise InputError("nothing to answer: no document and no prompt")
         if ids_only:
             return Decoding(sess, doc, suffix.numel(), sampling, TokenLog(), frozenset()), logits
         return Decoding(sess, doc, suffix.numel(), sampling, TextAssembler(self.tokenizer, sampling.stop),
                         self.eos_ids, logits_processor), logits
-
-    def _read(self, doc: Document | None, suffix: torch.Tensor, track: bool) -> tuple[Session, torch.Tensor]:
-        """A new session on ``doc`` that has read ``suffix`` (tracking sources if ``track``), and the
-        logits after it."""
-        sess = self._session_for(doc)
-        sess.track_sources = track
-        if not suffix.numel() and doc is None:
-            raise InputError("nothing to answer: no document and no prompt")
-        if not suffix.numel():
-            return sess, doc.last_logits
-        with self._lock:
-            return sess, sess.forward(suffix, phase=QUESTION)
-
-    def _read_all(self, doc: Document | None, suffixes: list[torch.Tensor],
-                  track: bool) -> list[tuple[Session, torch.Tensor]]:
-        """:meth:`_read` for each suffix: one after another, or from ``question_threads`` threads at
-        once (each on its own session; the document only read) where the sessions share nothing
-        they write: not with offloaded blocks (one device cache) nor under a meter."""
-        threads = min(self.config.question_threads, len(suffixes))
-        if threads <= 1 or self.meter is not None or resolve_offload(self.config.offload, self.device.type == "cuda"):
-            return [self._read(doc, x, track) for x in suffixes]
-        # the first alone: a process's first read compiles and checks its kernels on one thread
-        first = self._read(doc, suffixes[0], track)
-        rest = []
-        for x in suffixes[1:]:
-            sess = self._session_for(doc)
-            sess.track_sources = track
-            rest.append(sess)
-
-        def read(sess: Session, x: torch.Tensor) -> torch.Tensor:
-            return sess.forward(x, phase=QUESTION) if x.numel() else doc.last_logits
-
-        with self._lock, ThreadPoolExecutor(threads) as pool:   # no decode step or capture meanwhile
-            logits = list(pool.map(read, rest, suffixes[1:]))
-        return [first, *zip(rest, logits)]
 
     def _run(self, doc: Document | None, suffix: torch.Tensor, sampling: Sampling,
              logits_processor: Any = None) -> Iterator[str | Answer]:
@@ -435,8 +405,7 @@ class Engine:
     def _answer_together(self, doc: Document | None, suffixes: list[torch.Tensor], plan: Sampling,
                          ids_only: bool = False) -> list[Decoding]:
         """Start an answer for each suffix, then decode them as one batch; returns the ended runs."""
-        reads = self._read_all(doc, suffixes, track=not ids_only)
-        started = [self._start(doc, suffix, plan, ids_only=ids_only, read=r) for suffix, r in zip(suffixes, reads)]
+        started = [self._start(doc, suffix, plan, ids_only=ids_only) for suffix in suffixes]
         runs = [run for run, _ in started]
         self._decode_together(runs, [logits for _, logits in started])
         return runs

@@ -63,37 +63,6 @@ def test_answer_many_rows_leave_the_batch_as_they_end(make_engine):
     assert lengths[0] <= 2 and max(lengths) == 16  # one row ended early, another ran to the limit
 
 
-@pytest.mark.parametrize("method", ["actqkv", "acre"])
-def test_questions_read_from_threads_give_the_answers_of_one_by_one(tokenizer, method, monkeypatch):
-    """question_threads: answer_many reads its questions from several threads at once (each on its
-    own session, the document only read); the answers, usage and sources of one by one."""
-    import actqkv_llm.engine as engine_mod
-
-    pools = []
-    real = engine_mod.ThreadPoolExecutor
-
-    def pool(n):
-        pools.append(n)
-        return real(n)
-    monkeypatch.setattr(engine_mod, "ThreadPoolExecutor", pool)
-    extra = dict(budget=4 + 64 + 8 * 6, l1_budget=8) if method == "acre" else {}
-    eng = Engine(tiny_model("llama").double(), tokenizer, method=method, progress=False, cache=False,
-                 allow_past_window=True, question_threads=3, **{**SMALL, **extra})
-    _check_many(eng, _document(eng))
-    assert pools == [3]   # the three questions after the first, read together
-
-
-def test_questions_are_read_one_after_another_where_sessions_share_a_cache(make_engine, monkeypatch):
-    """With the blocks offloaded the sessions share the document's device cache: one after another."""
-    import actqkv_llm.engine as engine_mod
-
-    monkeypatch.setattr(engine_mod, "ThreadPoolExecutor", None)   # would fail if called
-    eng = make_engine(question_threads=4, offload=True, **SMALL)
-    doc = _document(eng)
-    assert [a.text for a in eng.answer_many(doc, QUESTIONS, max_new_tokens=4)] == \
-        [eng.ask(doc, q, max_new_tokens=4) for q in QUESTIONS]
-
-
 def test_answer_many_with_seeded_sampling_samples_each_answer_as_alone(make_engine):
     eng = make_engine(**SMALL)
     doc = _document(eng)

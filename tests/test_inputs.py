@@ -48,8 +48,6 @@ def test_unsupported_architecture_names_the_supported_ones(tokenizer):
     (dict(question_rerank=0), "question_rerank must be a positive integer"),
     (dict(rerank=4, question_rerank=8), r"at most rerank \(4\)"),
     (dict(question_rerank=17), r"at most rerank \(16\)"),            # the actqkv preset's 16
-    (dict(question_threads=0), "question_threads must be an integer from 1 to 64"),
-    (dict(question_threads=2.0), "question_threads must be an integer from 1 to 64"),
 ])
 def test_options_out_of_range(make_engine, options, match):
     with pytest.raises(ConfigError, match=match):
