@@ -853,7 +853,8 @@ def test_own_blocks_not_yet_measured_are_measured_for_all_layers_at_once(tokeniz
         for mem in sess.memory:
             for key, d in mem.digests.items():
                 if key[0] == "bounds":
-                    d._own, d._joined = None, None
+                    d.forget()
+                    assert d.n_known == 0
     ref, fast = _engines(tokenizer, decode_static_scoring=True, positions=positions)
     text = TEXT if positions == "fixed" else TEXT[:700]
     doc = ref.prefill(text)

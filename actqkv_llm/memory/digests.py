@@ -107,6 +107,12 @@ class BlockDigests:
         """The digests measured so far for this object's own blocks (a document's, for saving)."""
         return self._own
 
+    def forget(self) -> None:
+        """Drop every digest measured for this object's own blocks (they are measured again when
+        asked for); the parent's stay."""
+        with self._lock:
+            self._own, self._joined = None, None
+
     def preload(self, *digests: torch.Tensor) -> None:
         """Digests of the first blocks, measured before (a reloaded document's)."""
         self._own, self._joined = tuple(digests), None
