@@ -161,7 +161,8 @@ def add_bench_arguments(subparsers: Any) -> argparse.ArgumentParser:
                    help="times the question and decode are timed; the fastest is kept")
     s.add_argument("--many", type=int, default=0, metavar="N",
                    help="also decode N questions on each document as one batch (generate_ids_many, "
-                        "what answer_many runs) beside the same N one by one: throughput and same tokens")
+                        "what answer_many runs) beside the same N one by one: throughput, same tokens, and the "
+                        "part of the batch its question reads take (the reads timed alone)")
     s.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the plain Hugging Face baseline")
     s.add_argument("--baseline-chunk", type=parse_length, default=None,

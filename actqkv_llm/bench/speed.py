@@ -302,8 +302,10 @@ def measure_many(eng: Any, doc: Any, questions: Sequence[torch.Tensor], decode_t
     token of every answer over the whole time (questions read, answers decoded). The batch is timed
     twice and the faster kept: the first batch of a run also pays for capturing (and compiling,
     ``decode_compile``) the static step for its number of rows, which one by one did at one row in
-    the runs before it."""
+    the runs before it. Also times the questions' reads alone (each question read and its first token
+    chosen, one by one, as a batch reads them): what part of a batch the reads are."""
     one, one_s = timer(lambda: [eng.generate_ids(doc, q, max_new_tokens=1 + decode_tokens) for q in questions])
+    _, reads_s = timer(lambda: [eng.generate_ids(doc, q, max_new_tokens=1) for q in questions])
     batch, batch_s = None, float("inf")
     for _ in range(2):
         out, t = timer(lambda: eng.generate_ids_many(doc, list(questions), max_new_tokens=1 + decode_tokens))
@@ -313,7 +315,7 @@ def measure_many(eng: Any, doc: Any, questions: Sequence[torch.Tensor], decode_t
     same = sum(a == b for x, y in zip(one, batch) for a, b in zip(x, y))
     return {"many_n": len(questions), "many_one_by_one_s": one_s, "many_batched_s": batch_s,
             "many_one_by_one_tok_s": n / one_s, "many_batched_tok_s": n / batch_s,
-            "many_speedup": one_s / batch_s, "many_identical": one == batch,
+            "many_speedup": one_s / batch_s, "many_identical": one == batch, "many_reads_s": reads_s,
             "many_same_token_share": same / n}
 
 
@@ -565,6 +567,11 @@ def speed_markdown(result: dict[str, Any]) -> str:
     def num(v: Any, fmt: str) -> str:
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
+    def reads_cell(r: dict) -> str:   # results written before the reads were timed have none
+        if r.get("many_reads_s") is None:
+            return "-"
+        return f"{r['many_reads_s']:.2f} ({100 * r['many_reads_s'] / r['many_batched_s']:.0f}%)"
+
     lines = ["# Speed benchmark", "",
              f"- model: {result['model']} ({result['dtype']}) on {result['device']} "
              f"({result['device_name']})",
@@ -623,13 +630,14 @@ def speed_markdown(result: dict[str, Any]) -> str:
         lines += ["", "Several questions on one document (each answer 1 + decode tokens, greedy; "
                   "throughput over reading the questions and decoding the answers):", "",
                   "| length | system | questions | one by one tok/s | one batch tok/s | speed-up | "
-                  "same tokens |", "|---|---|---:|---:|---:|---:|---:|"]
+                  "same tokens | batch s | its question reads s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in batched:
             lines.append("| " + " | ".join([
                 format_length(r["length"]), r["system"], str(r["many_n"]),
                 num(r["many_one_by_one_tok_s"], ",.1f"), num(r["many_batched_tok_s"], ",.1f"),
                 num(r["many_speedup"], ".2f"),
-                "all" if r["many_identical"] else f"{100 * r['many_same_token_share']:.1f}%"]) + " |")
+                "all" if r["many_identical"] else f"{100 * r['many_same_token_share']:.1f}%",
+                num(r["many_batched_s"], ".2f"), reads_cell(r)]) + " |")
     phased = [r for r in result["rows"] if r.get("peak_answer_gib") is not None]
     if phased:
         w = result.get("weights_gib")
