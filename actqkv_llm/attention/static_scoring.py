@@ -86,11 +86,11 @@ class RowOwnBlocks:
         held = self.holds[r]
         return held is not None and held[0]() is s and held[1] == own_count(s)
 
-    def sync(self, s: "Session", r: int, mode: str, rotate_for, measure_all=None) -> bool:
+    def sync(self, s: "Session", r: int, mode: str, rotate_for, measure_all) -> bool:
         """Row ``r`` holding ``s``'s own blocks and their bounds for ``mode`` (measured first where the
-        session has not measured them: ``rotate_for(layer)`` gives the blocks' rotation;
-        ``measure_all(keys, n_before)``, where given, measures every layer's at once, as
-        ``DecodeGraph._bound_left_blocks``). False where they do not fit or are not on the device as
+        session has not measured them: ``measure_all(keys, n_before)`` measures every layer's at once,
+        as ``DecodeGraph._bound_left_blocks``, where they are one joint store; else
+        ``rotate_for(layer)`` gives each layer's rotation). False where they do not fit or are not on the device as
         one store per part (the row then scores eagerly)."""
         if self.synced(s, r):
             return True
@@ -98,7 +98,7 @@ class RowOwnBlocks:
         self.holds[r] = None
         if n is None or n > OWN_BLOCKS:
             return False
-        if n and measure_all is not None and self._sync_joint(s, r, n, mode, measure_all):
+        if n and self._sync_joint(s, r, n, mode, measure_all):
             return True
         for layer, mem in enumerate(s.memory):
             parts = mem.blocks.device_parts(self.k.device)
@@ -137,20 +137,23 @@ class RowOwnBlocks:
             return False
         have = known.pop()
         k, v = joint.first(n)                                                    # [L, n, Hkv, B, d]
-        lo = [torch.stack([d.known[0][:have] for d in digests])] if have else []
-        hi = [torch.stack([d.known[1][:have] for d in digests])] if have else []
-        if have < n:   # measured as the layers' scorers would, and handed to their digests
-            bounds = measure_all(k[:, have:].permute(0, 2, 1, 3, 4).flatten(2, 3), digests[0].n_parent + have)
-            if bounds is None:
-                return False
-            lo.append(bounds[0])
-            hi.append(bounds[1])
-        self.k[:, r, :n] = k
-        self.v[:, r, :n] = v
-        self.lo[:, r, :n] = lo[0] if len(lo) == 1 else torch.cat(lo, 1)
-        self.hi[:, r, :n] = hi[0] if len(hi) == 1 else torch.cat(hi, 1)
+        # the rest measured as the layers' scorers would and handed to their digests: then all know n
+        if have < n and measure_all(k[:, have:].permute(0, 2, 1, 3, 4).flatten(2, 3),
+                                    digests[0].n_parent + have) is None:
+            return False
+        lo = torch.stack([d.known[0][:n] for d in digests])
+        hi = torch.stack([d.known[1][:n] for d in digests])
+        self._put(r, 0, k, v, lo, hi)
         self.holds[r] = (weakref.ref(s), n)
         return True
+
+    def _put(self, r: int, at: int, k: torch.Tensor, v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Row ``r``'s blocks from ``at`` on: keys and values ``[L, n, Hkv, B, d]``, bounds ``[L, n, Hkv, d]``."""
+        n = k.shape[1]
+        self.k[:, r, at:at + n] = k
+        self.v[:, r, at:at + n] = v
+        self.lo[:, r, at:at + n] = lo
+        self.hi[:, r, at:at + n] = hi
 
     def append(self, s: "Session", r: int, before: int | None, k: torch.Tensor, v: torch.Tensor,
                lo: torch.Tensor, hi: torch.Tensor) -> None:
@@ -162,10 +165,7 @@ class RowOwnBlocks:
         if held is None or held[0]() is not s or held[1] != before or before + n > OWN_BLOCKS:
             self.holds[r] = None
             return
-        self.k[:, r, before:before + n] = as_blocks(k, self.block_size)
-        self.v[:, r, before:before + n] = as_blocks(v, self.block_size)
-        self.lo[:, r, before:before + n] = lo
-        self.hi[:, r, before:before + n] = hi
+        self._put(r, before, as_blocks(k, self.block_size), as_blocks(v, self.block_size), lo, hi)
         self.holds[r] = (held[0], before + n)
 
 
