@@ -24,7 +24,7 @@ from .answer import Answer, AnswerStream, Decoding, TokenLog, Usage
 from .generation import Sampling, TextAssembler
 from .models.adapter import ModelAdapter
 from .retrieval.methods import make_method
-from .session import Session, forward_rows
+from .session import Session, forward_rows, read_questions
 
 ATTN_IMPLEMENTATION = "actqkv"
 # Engine.from_pretrained's own keyword arguments (the rest are retrieval options).
@@ -294,10 +294,30 @@ class Engine:
             logits = doc.last_logits
         else:
             raise InputError("nothing to answer: no document and no prompt")
+        return self._decoding(sess, doc, suffix, sampling, logits_processor, ids_only), logits
+
+    def _decoding(self, sess: Session, doc: Document | None, suffix: torch.Tensor, sampling: Sampling,
+                  logits_processor: Any, ids_only: bool) -> Decoding:
+        """The answer that ``sess``, having read ``suffix``, decodes (see :meth:`_start`)."""
         if ids_only:
-            return Decoding(sess, doc, suffix.numel(), sampling, TokenLog(), frozenset()), logits
+            return Decoding(sess, doc, suffix.numel(), sampling, TokenLog(), frozenset())
         return Decoding(sess, doc, suffix.numel(), sampling, TextAssembler(self.tokenizer, sampling.stop),
-                        self.eos_ids, logits_processor), logits
+                        self.eos_ids, logits_processor)
+
+    def _start_together(self, doc: Document | None, suffixes: list[torch.Tensor], sampling: Sampling,
+                        ids_only: bool = False) -> list[tuple[Decoding, torch.Tensor]]:
+        """:meth:`_start` for each suffix, the questions read as rows of one batch
+        (:func:`~actqkv_llm.session.read_questions`: on one document, one set of calls per layer
+        where the method allows it) where there is a document and every suffix has tokens."""
+        if doc is None or len(suffixes) < 2 or any(not suffix.numel() for suffix in suffixes):
+            return [self._start(doc, suffix, sampling, ids_only=ids_only) for suffix in suffixes]
+        sessions = [self._session_for(doc) for _ in suffixes]
+        for sess in sessions:
+            sess.track_sources = not ids_only
+        with self._lock:
+            logits = read_questions(sessions, list(suffixes))
+        return [(self._decoding(sess, doc, suffix, sampling, None, ids_only), logits[i])
+                for i, (sess, suffix) in enumerate(zip(sessions, suffixes))]
 
     def _run(self, doc: Document | None, suffix: torch.Tensor, sampling: Sampling,
              logits_processor: Any = None) -> Iterator[str | Answer]:
@@ -405,7 +425,7 @@ class Engine:
     def _answer_together(self, doc: Document | None, suffixes: list[torch.Tensor], plan: Sampling,
                          ids_only: bool = False) -> list[Decoding]:
         """Start an answer for each suffix, then decode them as one batch; returns the ended runs."""
-        started = [self._start(doc, suffix, plan, ids_only=ids_only) for suffix in suffixes]
+        started = self._start_together(doc, suffixes, plan, ids_only)
         runs = [run for run, _ in started]
         self._decode_together(runs, [logits for _, logits in started])
         return runs

@@ -13,7 +13,8 @@ import torch
 
 from .attention.block_gather import BlockGather
 from .attention.rotation import Rotation
-from .attention.step import DOCUMENT, RowSteps, StepContext
+from .attention.question_rows import QuestionRows
+from .attention.step import DOCUMENT, QUESTION, RowSteps, StepContext
 from .config import RetrievalConfig
 from .memory import HostBlocks, LayerMemory
 from .memory.layer_memory import EvictionPolicy, fork_layers
@@ -164,6 +165,40 @@ def forward_rows(sessions: list[Session], ids: torch.Tensor, phase: str) -> torc
     for s in sessions:
         s.n_tokens += 1
     return adapter.last_logits(hidden)
+
+
+@torch.inference_mode()
+def read_questions(sessions: list[Session], questions: list[torch.Tensor]) -> torch.Tensor:
+    """Read one question per session (``questions[e]``, token ids ``[T_e]``) as rows of one batch:
+    each layer's dense parts see every row at once, padded to the longest, and its attention with
+    retrieval runs as one batch where the rows' memories are one (sessions forked from one
+    document, attention/question_rows.py), else row by row. Returns float32 logits ``[E, V]`` of
+    each question's last token: what ``sessions[e].forward(questions[e], QUESTION)`` gives, up to
+    float rounding. A question longer than one execution block makes every session read its own."""
+    if len(sessions) != len(questions) or not sessions:
+        raise ValueError(f"{len(sessions)} sessions for {len(questions)} questions")
+    adapter = sessions[0].adapter
+    if any(s.adapter is not adapter for s in sessions):
+        raise ValueError("the sessions of one batch must run on the same model")
+    lengths = [q.numel() for q in questions]
+    if min(lengths) == 0:
+        raise ValueError("no tokens to run")
+    if len(sessions) == 1 or max(lengths) > min(s.config.exec_block for s in sessions):
+        return torch.stack([s.forward(q, phase=QUESTION) for s, q in zip(sessions, questions)])
+    for s in sessions:
+        s.settle()
+        if s.record_kv:
+            s.kv_log.append({})
+    size = max(lengths)
+    ids = torch.stack([torch.cat([q, q[-1:].expand(size - q.numel())]) for q in questions]).to(adapter.device)
+    rows = QuestionRows([StepContext(s, QUESTION) for s in sessions], lengths)
+    hidden = adapter.embed(ids)
+    for i in range(adapter.n_layers):
+        hidden = adapter.run_layer(i, hidden, actqkv=rows)
+    for s, t in zip(sessions, lengths):
+        s.n_tokens += t
+    last = torch.tensor(lengths, device=hidden.device) - 1
+    return adapter.last_logits(hidden[torch.arange(len(sessions), device=hidden.device), last][:, None])
 
 
 class SourceTally:

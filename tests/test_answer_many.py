@@ -140,3 +140,70 @@ def test_complete_many_gives_the_completions_of_one_by_one(tokenizer):
         eng.complete_many(doc, ["ok", None])
     with pytest.raises(InputError, match="empty"):
         eng.complete_many(None, ["ok", " "])
+
+
+# questions in one execution block (96 tokens here), two of the first three and the last two letting
+# the same tokens leave the window: read as two batches of rows, "Hi" alone
+READ_TOGETHER = dict(SMALL, exec_block=96, n_local=128, budget=4 + 128 + 8 * 4)
+GROUPED = ["What is word3?", "What is word 20?", "What is word 55?", "Hi", "What is word 200 and why?",
+           "Tell me about word77 please."]
+
+
+def _spy_batches(monkeypatch) -> list[int]:
+    """The rows of every batch QuestionRows runs, as they run."""
+    from actqkv_llm.attention.question_rows import QuestionRows
+
+    seen, batch = [], QuestionRows._batch
+
+    def spy(self, layer, ctxs, *args, **kwargs):
+        seen.append(len(ctxs))
+        return batch(self, layer, ctxs, *args, **kwargs)
+
+    monkeypatch.setattr(QuestionRows, "_batch", spy)
+    return seen
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_answer_many_reads_its_questions_together_with_the_answers_of_one_by_one(tokenizer, arch, monkeypatch):
+    eng = Engine(tiny_model(arch).double(), tokenizer, progress=False, cache=False, allow_past_window=True,
+                 **READ_TOGETHER)
+    doc = _document(eng)
+    one = [eng.answer(doc, q, max_new_tokens=12) for q in GROUPED]
+    seen = _spy_batches(monkeypatch)
+    many = eng.answer_many(doc, GROUPED, max_new_tokens=12)
+    memory_layers = sum(1 for kind in eng.adapter.kinds if kind.memory and kind.window is None)
+    assert seen and len(seen) % memory_layers == 0 and set(seen) == {3}   # the grouped rows, in every such layer
+    assert [(a.text, a.usage) for a in many] == [(a.text, a.usage) for a in one]
+    for a, b in zip(many, one):   # the same blocks with the same shares
+        assert {s.start: pytest.approx(s.score, abs=1e-9) for s in a.sources} == {s.start: s.score for s in b.sources}
+
+
+def test_questions_read_together_leave_each_session_as_its_own_read(make_engine, monkeypatch):
+    from actqkv_llm.session import read_questions
+
+    eng = make_engine("qwen2", **READ_TOGETHER)
+    eng.model.double()
+    doc = eng.prefill_ids(torch.randint(0, 250, (1500,), generator=torch.Generator().manual_seed(0)))
+    questions = [torch.randint(0, 250, (n,), generator=torch.Generator().manual_seed(n)) for n in (20, 25, 31, 40)]
+    alone, rows = [doc.session() for _ in questions], [doc.session() for _ in questions]
+    for s in alone + rows:
+        s.track_sources = s.record_kv = True
+    expect = torch.stack([s.forward(q, phase=QUESTION) for s, q in zip(alone, questions)])
+    seen = _spy_batches(monkeypatch)
+    got = read_questions(rows, questions)
+    assert seen and set(seen) == {2}      # 20 and 25 tokens let one block leave, 31 and 40 two
+    torch.testing.assert_close(got, expect, rtol=1e-9, atol=1e-9)
+    for a, b in zip(rows, alone):
+        assert a.n_tokens == b.n_tokens and a.kv_log == b.kv_log
+        assert a.attention_mass.keys() == b.attention_mass.keys() and a.retrieved == b.retrieved
+        for x, y in zip(a.memory, b.memory):
+            assert x.n_blocks == y.n_blocks
+            torch.testing.assert_close(x.local_k, y.local_k, rtol=1e-9, atol=1e-9)   # batched matmuls round apart
+        for x, y in zip(a.retrieval, b.retrieval):   # what the answer's decode steps start from
+            assert (x.candidates is None) == (y.candidates is None)
+            if x.candidates is not None:
+                assert torch.equal(x.candidates.cand, y.candidates.cand) and x.candidates.n == y.candidates.n
+            assert x.entropy_mean == pytest.approx(y.entropy_mean, abs=1e-6)   # float32 sums
+            torch.testing.assert_close(x.stats.mean, y.stats.mean) if x.stats is not None else None
+    with pytest.raises(ValueError, match="sessions for"):
+        read_questions(rows[:1], questions)

@@ -608,13 +608,18 @@ def test_speed_reload_reports_cache_throughput_next_to_the_disk(tmp_path, make_e
 
 def test_speed_many_times_a_batch_beside_one_by_one(tmp_path, make_engine, monkeypatch):
     eng = make_engine(block_size=8, n_sink=4, n_local=64, exec_block=16, budget=100, prefill_chunk=96)
-    inside, reads = [], []   # generate_ids' token counts while measure_many runs
-    real, real_many = type(eng).generate_ids, S.measure_many
+    inside, reads = [], []   # generate_ids' (and generate_ids_many's) token counts while measure_many runs
+    real, real_rows, real_many = type(eng).generate_ids, type(eng).generate_ids_many, S.measure_many
 
     def spy(self, doc, ids, max_new_tokens=16, **kw):
         if inside:
             reads.append(max_new_tokens)
         return real(self, doc, ids, max_new_tokens=max_new_tokens, **kw)
+
+    def spy_rows(self, doc, prompts, max_new_tokens=16, **kw):
+        if inside:
+            reads.append(("rows", len(prompts), max_new_tokens))
+        return real_rows(self, doc, prompts, max_new_tokens=max_new_tokens, **kw)
 
     def many(*args, **kw):
         inside.append(True)
@@ -623,6 +628,7 @@ def test_speed_many_times_a_batch_beside_one_by_one(tmp_path, make_engine, monke
         finally:
             inside.clear()
     monkeypatch.setattr(type(eng), "generate_ids", spy)   # on the class: the bench may run a copy made by with_method
+    monkeypatch.setattr(type(eng), "generate_ids_many", spy_rows)
     monkeypatch.setattr(S, "measure_many", many)
     result = S.run_speed(tmp_path, engine=eng, methods=["actqkv"], lengths=[400], question_tokens=8,
                          decode_tokens=6, warmup_tokens=16, baseline=False, reload=False, many=3,
@@ -634,8 +640,10 @@ def test_speed_many_times_a_batch_beside_one_by_one(tmp_path, make_engine, monke
     assert row["many_same_token_share"] > 0.5  # the same greedy answers, up to the batch's rounding
     md = (tmp_path / "speed.md").read_text()
     assert "| 400 | actqkv | 3 |" in md
-    # the questions' reads timed alone: each question read and one token chosen, no decode step
-    assert row["many_reads_s"] > 0 and reads == [7, 7, 7, 1, 1, 1]   # one by one (1 + 6 tokens), then the reads
+    # one by one (1 + 6 tokens); the questions' reads timed alone (each read and one token chosen, no
+    # decode step), one by one and then together as a batch reads them; then the batch, twice
+    assert reads == [7, 7, 7, 1, 1, 1, ("rows", 3, 1), ("rows", 3, 7), ("rows", 3, 7)]
+    assert row["many_reads_s"] > 0 and row["many_reads_one_by_one_s"] > 0
     assert "its question reads s |" in md
     assert f"| {row['many_batched_s']:.2f} | {row['many_reads_s']:.2f} (" in md
     with pytest.raises(ValueError, match="at least 2"):

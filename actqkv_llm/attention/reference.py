@@ -60,7 +60,7 @@ def context_logsumexp(q_local: torch.Tensor, k_local: torch.Tensor, q_mem: torch
 def attend(q_local: torch.Tensor, k_local: torch.Tensor, v_local: torch.Tensor,
            q_mem: torch.Tensor | None, k_mem: torch.Tensor | None, v_mem: torch.Tensor | None,
            scaling: float, window: int | None = None, softcap: float | None = None,
-           want_mass: bool = True, masks: dict | None = None
+           want_mass: bool = True, masks: dict | None = None, counted: torch.Tensor | None = None
            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Attention of T queries over M memory keys and Lk local keys.
 
@@ -71,7 +71,9 @@ def attend(q_local: torch.Tensor, k_local: torch.Tensor, v_local: torch.Tensor,
     between calls of the same shape (every layer of a pass has the same shapes).
 
     Returns ``out [H, T, d]`` (float32) and, if ``want_mass``, the attention mass each key received,
-    summed over queries and the heads of its group: ``[Hkv, Lk]`` and ``[Hkv, M]``.
+    summed over queries and the heads of its group: ``[Hkv, Lk]`` and ``[Hkv, M]``; ``counted``
+    ``[Hkv or 1, T]`` (0 or 1), if given, says which queries that sum counts (questions read as rows
+    of one batch, padded to the longest: attention/question_rows.py).
     """
     h, t, d = q_local.shape
     hkv, lk, _ = k_local.shape
@@ -85,7 +87,8 @@ def attend(q_local: torch.Tensor, k_local: torch.Tensor, v_local: torch.Tensor,
             end = lk - t + b
             o, ml, mm = attend(q_local[:, a:b], k_local[:, :end], v_local[:, :end],
                                None if q_mem is None else q_mem[:, a:b], k_mem, v_mem,
-                               scaling, window, softcap, want_mass, masks)
+                               scaling, window, softcap, want_mass, masks,
+                               None if counted is None else counted[:, a:b])
             outs.append(o)
             if want_mass:
                 mass_l[:, :end] += ml
@@ -118,6 +121,8 @@ def attend(q_local: torch.Tensor, k_local: torch.Tensor, v_local: torch.Tensor,
         return out, None, None
     # mass each key received = sum over rows of e / z: a matrix-vector product, no probability matrix
     w = inv_z.transpose(1, 2)  # [Hkv, 1, R]
+    if counted is not None:
+        w = w * counted.to(w.dtype)[:, None, None, :].expand(-1, 1, g, -1).reshape(-1, 1, g * t)
     mass_loc = torch.matmul(w, e_loc)[:, 0]
     mass_mem = torch.matmul(w, e_mem)[:, 0] if m else None
     return out, mass_loc, mass_mem

@@ -302,10 +302,12 @@ def measure_many(eng: Any, doc: Any, questions: Sequence[torch.Tensor], decode_t
     token of every answer over the whole time (questions read, answers decoded). The batch is timed
     twice and the faster kept: the first batch of a run also pays for capturing (and compiling,
     ``decode_compile``) the static step for its number of rows, which one by one did at one row in
-    the runs before it. Also times the questions' reads alone (each question read and its first token
-    chosen, one by one, as a batch reads them): what part of a batch the reads are."""
+    the runs before it. Also times the questions' reads alone, each question read and its first token
+    chosen: together, as a batch reads them (``many_reads_s``, what part of a batch the reads are),
+    and one by one (``many_reads_one_by_one_s``)."""
     one, one_s = timer(lambda: [eng.generate_ids(doc, q, max_new_tokens=1 + decode_tokens) for q in questions])
-    _, reads_s = timer(lambda: [eng.generate_ids(doc, q, max_new_tokens=1) for q in questions])
+    _, reads_alone_s = timer(lambda: [eng.generate_ids(doc, q, max_new_tokens=1) for q in questions])
+    _, reads_s = timer(lambda: eng.generate_ids_many(doc, list(questions), max_new_tokens=1))
     batch, batch_s = None, float("inf")
     for _ in range(2):
         out, t = timer(lambda: eng.generate_ids_many(doc, list(questions), max_new_tokens=1 + decode_tokens))
@@ -316,6 +318,7 @@ def measure_many(eng: Any, doc: Any, questions: Sequence[torch.Tensor], decode_t
     return {"many_n": len(questions), "many_one_by_one_s": one_s, "many_batched_s": batch_s,
             "many_one_by_one_tok_s": n / one_s, "many_batched_tok_s": n / batch_s,
             "many_speedup": one_s / batch_s, "many_identical": one == batch, "many_reads_s": reads_s,
+            "many_reads_one_by_one_s": reads_alone_s,
             "many_same_token_share": same / n}
 
 

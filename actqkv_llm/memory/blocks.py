@@ -247,6 +247,34 @@ class StackedBlocks:
         return base
 
 
+def gather_rows(blocks: "StackedBlocks", idx: torch.Tensor, device: torch.device, keys: bool = True,
+                values: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Blocks ``idx`` ``[E, Hkv, m]`` of a question's store for ``E`` rows at once (questions on one
+    document read as one batch, attention/question_rows.py; every row's ids ascending): ``[E, Hkv, m*B, d]``,
+    row ``e`` what :meth:`StackedBlocks.gather` gives for ``idx[e]``, in one read of each store. The
+    rows' sessions hold the same blocks; ``blocks`` is any one's."""
+    e, hkv, m = idx.shape
+
+    def read(store: KVBlocks, ids: torch.Tensor) -> list[torch.Tensor | None]:
+        got = store.gather(ids.transpose(0, 1).reshape(hkv, -1), device, keys, values)
+        return [None if x is None else x.view(hkv, e, -1, x.shape[-1]).transpose(0, 1) for x in got]
+
+    nb, n_own = blocks.base.n_blocks, blocks.own.n_blocks
+    if n_own == 0 or nb == 0:
+        return tuple(read(blocks.base if n_own == 0 else blocks.own, idx))
+    # as StackedBlocks.gather: every pick from the base (clamped), the last r of each row from the
+    # question's own store, kept where they are the question's
+    r, b = min(m, n_own), blocks.own.shape[1]
+    base = read(blocks.base, idx.clamp(max=nb - 1))
+    tail = idx[..., -r:]
+    own = read(blocks.own, (tail - nb).clamp(min=0))
+    mine = (tail >= nb).to(device).repeat_interleave(b, dim=-1)[..., None]
+    for x, o in zip(base, own):
+        if x is not None:
+            x[:, :, -r * b:] = torch.where(mine, o, x[:, :, -r * b:])
+    return tuple(base)
+
+
 def gather_parts(idx: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Blocks ``idx`` ``[rows, m]`` of stores given in parts (:meth:`KVBlocks.device_parts`: ids count
     the parts' blocks in order, ascending along a row; one row for every KV head, or one per head)

@@ -652,7 +652,7 @@ RERANK_CHUNK_ELEMENTS = 1 << 22
 
 
 def candidate_mass(q: torch.Tensor, keys: torch.Tensor, scaling: float, context_lse: torch.Tensor | None,
-                   b: int) -> torch.Tensor:
+                   b: int, chunk_elements: int = RERANK_CHUNK_ELEMENTS) -> torch.Tensor:
     """The attention mass ``[Hkv, m]`` each of ``m`` candidate blocks (keys ``[Hkv, m*B, d]``, blocks
     of ``b`` keys) receives from query rows ``q`` ``[Hkv, R, d]`` (float32; logits scaled by
     ``scaling``), summed over the rows: each row's softmax over the candidates' logits, its
@@ -668,10 +668,11 @@ def candidate_mass(q: torch.Tensor, keys: torch.Tensor, scaling: float, context_
     near ties differently.) Inside a real decode step neither form is measurably faster than the
     plain one: the step's cost is reading the candidates' keys. What chunking changes is a long
     question's peak memory (3.7 GiB -> 0.14 GiB for 2,000 tokens at Qwen2.5-0.5B's shape;
-    docs/results/cpu-rerank-session17/)."""
+    docs/results/cpu-rerank-session17/). ``chunk_elements``: that bound (several questions reranked
+    as one batch, their rows folded into the first axis, take it once per question)."""
     hkv, r_all, _ = q.shape
     kt = keys.float().transpose(1, 2)
-    rows = max(1, RERANK_CHUNK_ELEMENTS // (hkv * kt.shape[-1]))
+    rows = max(1, chunk_elements // (hkv * kt.shape[-1]))
     mass = None
     for a in range(0, r_all, rows):
         logits = torch.matmul(q[:, a:a + rows], kt).mul_(scaling)        # [Hkv, r, m*B]
