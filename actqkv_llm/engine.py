@@ -289,7 +289,7 @@ class Engine:
         sess.track_sources = not ids_only
         if suffix.numel():
             with self._lock:
-                logits = sess.forward(suffix, phase=QUESTION)
+                logits = read_questions([sess], [suffix], *self._read_padding())[0]
         elif doc is not None:
             logits = doc.last_logits
         else:
@@ -311,13 +311,36 @@ class Engine:
         where the method allows it) where there is a document and every suffix has tokens."""
         if doc is None or len(suffixes) < 2 or any(not suffix.numel() for suffix in suffixes):
             return [self._start(doc, suffix, sampling, ids_only=ids_only) for suffix in suffixes]
+        pad_rows, pad_tokens = self._read_padding()
         sessions = [self._session_for(doc) for _ in suffixes]
         for sess in sessions:
             sess.track_sources = not ids_only
-        with self._lock:
-            logits = read_questions(sessions, list(suffixes))
+        # where reads are padded, the questions whose lengths round up alike, up to pad_rows at a
+        # time: each then reads as it would alone (read_questions)
+        batches: dict[int, list[int]] = {}
+        for i, suffix in enumerate(suffixes):
+            batches.setdefault(-(-suffix.numel() // pad_tokens) if pad_rows > 1 else 0, []).append(i)
+        logits: list = [None] * len(suffixes)
+        for same in batches.values():
+            step = pad_rows if pad_rows > 1 else len(same)
+            for a in range(0, len(same), step):
+                part = same[a:a + step]
+                with self._lock:
+                    got = read_questions([sessions[i] for i in part], [suffixes[i] for i in part],
+                                         pad_rows, pad_tokens)
+                for j, i in enumerate(part):
+                    logits[i] = got[j]
         return [(self._decoding(sess, doc, suffix, sampling, None, ids_only), logits[i])
                 for i, (sess, suffix) in enumerate(zip(sessions, suffixes))]
+
+    def _read_padding(self) -> tuple[int, int]:
+        """Rows and token multiple a question's read is padded to (``read_questions``): where the
+        answers decode through the static decode step, its ``decode_pad_rows`` and 32 tokens, so that a
+        question gets the same bits read alone or beside others; elsewhere none (the CPU's reference
+        path reads one question as before)."""
+        if self._uses_decode_graph():
+            return self.config.decode_pad_rows, QUESTION_PAD_TOKENS
+        return 1, 1
 
     def _run(self, doc: Document | None, suffix: torch.Tensor, sampling: Sampling,
              logits_processor: Any = None) -> Iterator[str | Answer]:
@@ -390,8 +413,9 @@ class Engine:
 
     def answer_many(self, doc: Document | None, questions: list[str], max_new_tokens: int = 256,
                     **sampling: Any) -> list[Answer]:
-        """Answer several questions about one document together: each reads its question on its own
-        session (with its own retrieval), then their answers are decoded as one batch, one token
+        """Answer several questions about one document together: each question is read on its own
+        session (with its own retrieval), the questions as rows of one batch
+        (:func:`~actqkv_llm.session.read_questions`), then their answers are decoded as one batch, one token
         of each per model pass (the layers' dense parts batched; attention over each answer's own
         blocks, on a GPU as rows of one CUDA graph, see :meth:`_decode_together`). Same answers as
         :meth:`answer` one by one (greedy: the same tokens up to the batched matmuls' rounding;
@@ -566,6 +590,11 @@ class Engine:
         from .persist import load_document
 
         return load_document(self, path_or_key, verify=verify)
+
+
+# the token multiple a question's read is padded to where reads are padded (Engine._read_padding):
+# questions whose lengths round up alike read as one batch (a question of 1-32 tokens as one of 32)
+QUESTION_PAD_TOKENS = 32
 
 
 def _text_list(items: Any, what: str) -> list:

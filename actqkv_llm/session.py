@@ -168,13 +168,20 @@ def forward_rows(sessions: list[Session], ids: torch.Tensor, phase: str) -> torc
 
 
 @torch.inference_mode()
-def read_questions(sessions: list[Session], questions: list[torch.Tensor]) -> torch.Tensor:
+def read_questions(sessions: list[Session], questions: list[torch.Tensor], pad_rows: int = 1,
+                   pad_tokens: int = 1) -> torch.Tensor:
     """Read one question per session (``questions[e]``, token ids ``[T_e]``) as rows of one batch:
     each layer's dense parts see every row at once, padded to the longest, and its attention with
     retrieval runs as one batch where the rows' memories are one (sessions forked from one
     document, attention/question_rows.py), else row by row. Returns float32 logits ``[E, V]`` of
     each question's last token: what ``sessions[e].forward(questions[e], QUESTION)`` gives, up to
-    float rounding. A question longer than one execution block makes every session read its own."""
+    float rounding. A question longer than one execution block makes every session read its own.
+
+    ``pad_rows``, ``pad_tokens``: the batch runs on at least ``pad_rows`` rows and on a multiple of
+    ``pad_tokens`` positions, the padding computed and dropped. Questions whose lengths round up to
+    the same multiple, read alone or up to ``pad_rows`` together, then get the same bits (the
+    engine pads where its answers decode through the static decode step, as that step pads its rows:
+    ``decode_pad_rows``). With neither, one session reads its question itself."""
     if len(sessions) != len(questions) or not sessions:
         raise ValueError(f"{len(sessions)} sessions for {len(questions)} questions")
     adapter = sessions[0].adapter
@@ -183,22 +190,25 @@ def read_questions(sessions: list[Session], questions: list[torch.Tensor]) -> to
     lengths = [q.numel() for q in questions]
     if min(lengths) == 0:
         raise ValueError("no tokens to run")
-    if len(sessions) == 1 or max(lengths) > min(s.config.exec_block for s in sessions):
+    size = -(-max(lengths) // pad_tokens) * pad_tokens
+    if (len(sessions) == 1 and pad_rows <= 1) or size > min(s.config.exec_block for s in sessions):
         return torch.stack([s.forward(q, phase=QUESTION) for s, q in zip(sessions, questions)])
     for s in sessions:
         s.settle()
         if s.record_kv:
             s.kv_log.append({})
-    size = max(lengths)
-    ids = torch.stack([torch.cat([q, q[-1:].expand(size - q.numel())]) for q in questions]).to(adapter.device)
-    rows = QuestionRows([StepContext(s, QUESTION) for s in sessions], lengths)
+    rows = QuestionRows([StepContext(s, QUESTION) for s in sessions], lengths, pad_rows)
+    filled = [torch.cat([q, q[-1:].expand(size - q.numel())]) for q in questions]
+    ids = torch.stack(filled + filled[:1] * (rows.n_rows - len(filled))).to(adapter.device)
     hidden = adapter.embed(ids)
     for i in range(adapter.n_layers):
         hidden = adapter.run_layer(i, hidden, actqkv=rows)
     for s, t in zip(sessions, lengths):
         s.n_tokens += t
-    last = torch.tensor(lengths, device=hidden.device) - 1
-    return adapter.last_logits(hidden[torch.arange(len(sessions), device=hidden.device), last][:, None])
+    # every row's last token, the padding rows' too: the head's product has one shape however many
+    # questions there are
+    last = torch.tensor(lengths + lengths[:1] * (rows.n_rows - len(lengths)), device=hidden.device) - 1
+    return adapter.last_logits(hidden[torch.arange(rows.n_rows, device=hidden.device), last][:, None])[:len(lengths)]
 
 
 class SourceTally:

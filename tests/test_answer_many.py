@@ -174,8 +174,8 @@ def test_answer_many_reads_its_questions_together_with_the_answers_of_one_by_one
     memory_layers = sum(1 for kind in eng.adapter.kinds if kind.memory and kind.window is None)
     assert seen and len(seen) % memory_layers == 0 and set(seen) == {3}   # the grouped rows, in every such layer
     assert [(a.text, a.usage) for a in many] == [(a.text, a.usage) for a in one]
-    for a, b in zip(many, one):   # the same blocks with the same shares
-        assert {s.start: pytest.approx(s.score, abs=1e-9) for s in a.sources} == {s.start: s.score for s in b.sources}
+    for a, b in zip(many, one):   # the same blocks with the same shares (float32 tallies)
+        assert {s.start: pytest.approx(s.score, abs=1e-6) for s in a.sources} == {s.start: s.score for s in b.sources}
 
 
 def test_questions_read_together_leave_each_session_as_its_own_read(make_engine, monkeypatch):
@@ -192,13 +192,13 @@ def test_questions_read_together_leave_each_session_as_its_own_read(make_engine,
     seen = _spy_batches(monkeypatch)
     got = read_questions(rows, questions)
     assert seen and set(seen) == {2}      # 20 and 25 tokens let one block leave, 31 and 40 two
-    torch.testing.assert_close(got, expect, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-6)   # attention adds in float32
     for a, b in zip(rows, alone):
         assert a.n_tokens == b.n_tokens and a.kv_log == b.kv_log
         assert a.attention_mass.keys() == b.attention_mass.keys() and a.retrieved == b.retrieved
         for x, y in zip(a.memory, b.memory):
             assert x.n_blocks == y.n_blocks
-            torch.testing.assert_close(x.local_k, y.local_k, rtol=1e-9, atol=1e-9)   # batched matmuls round apart
+            torch.testing.assert_close(x.local_k, y.local_k, rtol=1e-5, atol=1e-6)
         for x, y in zip(a.retrieval, b.retrieval):   # what the answer's decode steps start from
             assert (x.candidates is None) == (y.candidates is None)
             if x.candidates is not None:
@@ -207,3 +207,39 @@ def test_questions_read_together_leave_each_session_as_its_own_read(make_engine,
             torch.testing.assert_close(x.stats.mean, y.stats.mean) if x.stats is not None else None
     with pytest.raises(ValueError, match="sessions for"):
         read_questions(rows[:1], questions)
+
+
+def test_a_question_read_alone_or_beside_others_gets_the_same_bits(make_engine, monkeypatch):
+    """Padded reads (where answers decode through the static decode step): a question read alone
+    runs on the rows and positions it runs on beside others, so its logits and picks are bit for bit
+    the same, whatever the other questions are."""
+    from actqkv_llm.session import read_questions
+
+    eng = make_engine("llama", **READ_TOGETHER)   # float32
+    doc = eng.prefill_ids(torch.randint(0, 250, (1500,), generator=torch.Generator().manual_seed(1)))
+    questions = [torch.randint(0, 250, (n,), generator=torch.Generator().manual_seed(n)) for n in (20, 25, 27, 30)]
+    seen = _spy_batches(monkeypatch)
+    alone = [doc.session() for _ in questions]
+    one = torch.cat([read_questions([s], [q], 8, 32) for s, q in zip(alone, questions)])
+    assert seen and set(seen) == {1}
+    seen.clear()
+    rows = [doc.session() for _ in questions]
+    together = read_questions(rows, questions, 8, 32)
+    assert seen and max(seen) > 1 and sum(seen) % len(questions) == 0   # grouped by the blocks they let leave
+    assert torch.equal(together, one)
+    for a, b in zip(rows, alone):
+        for x, y in zip(a.retrieval, b.retrieval):
+            if x.candidates is not None:
+                assert torch.equal(x.candidates.cand, y.candidates.cand)
+
+
+def test_answer_many_with_padded_reads_gives_the_tokens_of_one_by_one(make_engine):
+    """The static decode step's engine (padded reads and decode rows) on the CPU, float32: answer_many's
+    tokens are exactly those of each answer alone."""
+    eng = make_engine("qwen2", decode_graph=True, **READ_TOGETHER)
+    assert eng._read_padding() == (8, 32)
+    doc = eng.prefill_ids(torch.randint(0, 250, (1500,), generator=torch.Generator().manual_seed(2)))
+    questions = [torch.randint(0, 250, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+                 for n in (12, 20, 31, 33, 40, 64, 70)]
+    one = [eng.generate_ids(doc, q, max_new_tokens=20) for q in questions]
+    assert eng.generate_ids_many(doc, questions, max_new_tokens=20) == one

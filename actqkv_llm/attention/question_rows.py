@@ -42,20 +42,28 @@ if TYPE_CHECKING:
 
 
 class QuestionRows:
-    """One forward pass over several questions' tokens ``[E, S]`` (each row padded after its
-    ``lengths[e]`` tokens), each on its own session forked from one document."""
+    """One forward pass over several questions' tokens ``[P, S]`` (each row padded after its
+    ``lengths[e]`` tokens), each on its own session forked from one document; rows past the
+    questions' (``n_rows`` in all) are padding, computed and dropped.
 
-    batched = True   # takes the model's [E, H, S, d] tensors whole
+    A batch (:meth:`groups`) always runs on ``n_rows`` rows, its own repeated to fill them, and on
+    all ``S`` token positions: each row's products then have one shape whether the question is
+    read alone or beside others, so it gets the same bits either way (the products' kernels are
+    picked by shape and round differently for other shapes; ``read_questions``)."""
 
-    def __init__(self, contexts: list["StepContext"], lengths: list[int]):
+    batched = True   # takes the model's [P, H, S, d] tensors whole
+
+    def __init__(self, contexts: list["StepContext"], lengths: list[int], n_rows: int | None = None):
         if len(contexts) != len(lengths) or not contexts:
             raise ValueError(f"{len(contexts)} sessions for {len(lengths)} questions")
         self.contexts, self.lengths = contexts, list(lengths)
+        self.n_rows = max(len(contexts), n_rows or 0)
+        self.padded = (n_rows or 0) > 1
 
     # ------------------------------------------------------------------ which rows batch
     def groups(self, layer: int) -> list[list[int]]:
-        """The rows of ``layer`` that run as one batch each (every group at least two rows; the rows in
-        none run the reference step on their own). A batch needs the method to select as the default
+        """The rows of ``layer`` that run as one batch each (unpadded, groups of at least two rows; the
+        rows in none run the reference step on their own). A batch needs the method to select as the default
         does (a per-token probe, key bounds reduced by a softmax per KV head, every candidate reranked
         by the question, no held selection), a memory layer without a sliding window, and rows whose
         memories are one: the same window, sinks and stored blocks (forks of one document, as
@@ -86,7 +94,8 @@ class QuestionRows:
                     and st.entropy_total == state.entropy_total and st.entropy_count == state.entropy_count
                     and not st.unread):
                 by_kind.setdefault((self._leaving(mem, s.policy, t), self._mode(first, mem, t)), []).append(e)
-        return [rows for rows in by_kind.values() if len(rows) > 1]
+        # unpadded, a row alone runs the reference step; padded, it runs as a batch like any other
+        return [rows for rows in by_kind.values() if len(rows) > 1 or self.padded]
 
     @staticmethod
     def _leaving(mem, policy, t: int) -> int:
@@ -110,17 +119,18 @@ class QuestionRows:
     # ------------------------------------------------------------------ one layer
     def attend_layer(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      scaling: float, softcap: float | None) -> torch.Tensor:
-        """q ``[E, H, S, d]``, k/v ``[E, Hkv, S, d]`` unrotated -> ``[E, H, S, d]`` (zeros past a
-        row's length)."""
-        if q.shape[0] != len(self.contexts):
-            raise ValueError(f"{q.shape[0]} rows for {len(self.contexts)} sessions")
+        """q ``[P, H, S, d]``, k/v ``[P, Hkv, S, d]`` unrotated -> ``[P, H, S, d]`` (zeros past a
+        row's length, and in the padding rows)."""
+        if q.shape[0] != self.n_rows:
+            raise ValueError(f"{q.shape[0]} rows for {self.n_rows} ({len(self.contexts)} sessions and padding)")
         out = q.new_zeros(q.shape)
         alone = set(range(len(self.contexts)))
         for rows in self.groups(layer):
-            at, lengths = torch.tensor(rows, device=q.device), [self.lengths[e] for e in rows]
-            t = max(lengths)
-            out[at, :, :t] = self._batch(layer, [self.contexts[e] for e in rows], lengths, q[at, :, :t],
-                                         k[at, :, :t], v[at, :, :t], scaling, softcap)
+            filled = rows + [rows[0]] * (self.n_rows - len(rows))      # the group's rows, repeated to fill
+            at = torch.tensor(filled, device=q.device)
+            got = self._batch(layer, [self.contexts[e] for e in rows], [self.lengths[e] for e in filled],
+                              q[at], k[at], v[at], scaling, softcap)
+            out[at[:len(rows)]] = got[:len(rows)]
             alone -= set(rows)
         for e in sorted(alone):
             t = self.lengths[e]
@@ -130,7 +140,9 @@ class QuestionRows:
 
     def _batch(self, layer: int, ctxs: list["StepContext"], lengths: list[int], q: torch.Tensor,
                k: torch.Tensor, v: torch.Tensor, scaling: float, softcap: float | None) -> torch.Tensor:
-        """One group's rows (:meth:`groups`) as one batch; q ``[E', H, S, d]`` -> ``[E', H, S, d]``."""
+        """One group's rows (:meth:`groups`) as one batch: the sessions ``ctxs`` read the first rows of
+        q ``[P, H, S, d]`` (k, v: ``[P, Hkv, S, d]``), the rest repeat them (``lengths``: every row's)
+        and are dropped. Returns ``[P, H, S, d]``."""
         sessions = [c.session for c in ctxs]
         s = sessions[0]
         cfg, method, kind, adapter = s.config, s.method, s.adapter.kinds[layer], s.adapter
@@ -141,13 +153,14 @@ class QuestionRows:
         budgets = [c.budget for c in ctxs]   # made before this layer's entropies are observed, as the reference's
         for mem, t in zip(mems, lengths):
             mem.make_room(t, s.policy)          # the same tokens leave every row's window
+        real = len(sessions)
         mem = mems[0]
         hkv, b = mem.kv_heads, cfg.block_size
         g = h // hkv
         n_loc, n_blocks = mem.n_local, mem.n_blocks
         lk = n_loc + size
         # every row's memory query (its rotations, and where its held candidates read keys again)
-        mqs = [c.memory_query(kind, m, n_loc, size, scaling) for c, m in zip(ctxs, mems)]
+        mqs = [c.memory_query(kind, m, n_loc, max(lengths), scaling) for c, m in zip(ctxs, mems)]
         mq = mqs[0]
         exact = mq.mode == "exact"
         counted = (torch.arange(size, device=dev)[None] < torch.tensor(lengths, device=dev)[:, None])  # [E, S]
@@ -169,6 +182,7 @@ class QuestionRows:
         for e, (st, t) in enumerate(zip(states, lengths)):
             method.observe(q[e, :, :t], st)
             weights[e, :t] = token_weights(q[e, :, :t], st.stats if method.probe.activation else None)
+        weights[real:] = weights[0]      # the padding rows repeat the first (lengths, tokens, statistics)
 
         picked = keys = None
         n = 0
@@ -178,7 +192,7 @@ class QuestionRows:
                                  mem.dtype)                                                # [E, Hkv, N]
             ents = normalized_entropy(evidence, mass=True).mean(-1)                               # [E]
             counts = []
-            for e in range(n_e):
+            for e in range(real):
                 states[e].observe_entropy(ents[e])
                 counts.append(budgets[e].blocks_for(0, layer, n_blocks, ents[e]))
             if len(set(counts)) != 1:   # one document's forks share their budget: never seen
@@ -190,7 +204,7 @@ class QuestionRows:
                 picked, keys = self._rerank(method, mem, mqs, states, q_mem, q_loc, k_loc, sink_k, counted,
                                             ranked, evidence, ents, n, scaling, softcap)
             else:   # every block: no rerank, none held (the reference's order: all of them ascending)
-                picked = torch.arange(n_blocks, device=dev).expand(n_e, hkv, -1)
+                picked = torch.arange(n_blocks, device=dev).expand(n_e, hkv, -1).contiguous()
             if keys is None:
                 keys, _ = gather_rows(mem.blocks, picked, dev, values=False)
                 if mq.rotate_blocks is not None:
@@ -245,7 +259,7 @@ class QuestionRows:
             k = mq.rotate_blocks(k, cand.reshape(n_e * hkv, m)).to(mem.dtype)
         keep = method.rescore_every > 1 and mq.keep_candidate_keys
         if method.rescore_every > 1:
-            for e in range(n_e):
+            for e in range(len(states)):
                 states[e].candidates = method._held(mem, mqs[e], cand[e], k.view(n_e, hkv, m * b, d)[e] if keep else None,
                                                     evidence[e], ents[e], n, q_mem.device)
         # the normaliser's part from the sinks and the window (ContextLogSumExp), per query row;
