@@ -83,7 +83,7 @@ KV_SHAPING_OPTIONS = ("method", "block_size", "n_sink", "n_local", "exec_block",
 # in nothing else prefill a document identically (RetrievalConfig.prefill_options).
 ANSWER_ONLY_OPTIONS = ("rerank", "question_rerank", "reselect_every", "rescore_every", "decode_graph",
                        "decode_kernel", "decode_compile", "decode_pad_rows", "decode_joined_projections",
-                       "decode_static_scoring")
+                       "decode_static_scoring", "question_batch")
 
 
 @dataclass(frozen=True)
@@ -253,6 +253,16 @@ class RetrievalConfig:
             document's blocks on the device (with ``offload`` on it is off) and a session that added
             at most 64 blocks; other steps score as before. Each row holds ~268 MiB more on the Llama-3.1-8B
             shape (its own blocks' copy).
+        question_batch: ``answer_many`` (and ``complete_many``, ``chat_many``) reads its questions
+            as rows of one batch (attention/question_rows.py): one set of calls per layer for all of
+            them where the method selects as the default does, instead of ~500 per question. Where the
+            answers decode through the static decode step (``decode_graph``), a read is padded to
+            ``decode_pad_rows`` rows and a multiple of 32 tokens (a question read alone too), so that
+            each question gets the bits it gets alone. ``"auto"``: on where the answers decode on the
+            reference path (the CPU), where the batch's tokens were shown to be one-by-one's; off with the
+            static decode step, where they were not yet (H100, thirty-fourth session: 8 questions at
+            32K on the Llama-3.1-8B shape 3.0-3.2x faster than one by one, but 3.3% of the tokens the
+            one-by-one tokens, cause not found; docs/benchmarks.md). True: on; False: one by one.
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """
@@ -293,6 +303,7 @@ class RetrievalConfig:
     decode_pad_rows: int = 8
     decode_joined_projections: bool = False
     decode_static_scoring: bool | Literal["auto"] = "auto"
+    question_batch: bool | Literal["auto"] = "auto"
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -488,7 +499,7 @@ class RetrievalConfig:
                     f"acre: the budget ({self.budget}) leaves room for {hi} refilled block(s) after sinks "
                     f"({self.n_sink}), window ({self.n_local}) and L1 entries ({self.l1_budget}); it needs "
                     f"at least max(min_refill, 1) = {max(lo, 1)}: raise the budget or lower l1_budget")
-        for name in ("batch_prefill", "decode_graph", "decode_compile", "decode_static_scoring"):
+        for name in ("batch_prefill", "decode_graph", "decode_compile", "decode_static_scoring", "question_batch"):
             v = getattr(self, name)
             if not (isinstance(v, bool) or v == "auto"):
                 raise ConfigError(f"{name} must be True, False or 'auto', got {v!r}")

@@ -80,6 +80,12 @@ class KernelChoice:
         self.choice = choice
         self._verdicts: dict[tuple, bool] = {}   # key -> use the kernel
 
+    def adopt(self, other: "KernelChoice") -> None:
+        """Take ``other``'s verdicts as this one's own (sessions whose questions were read as one
+        batch: the rows' rotations ran once, through the first row's chooser; each row's later calls
+        then choose as they would had it read its question alone)."""
+        self._verdicts.update(other._verdicts)
+
     def _use_kernel(self, key: tuple, device: torch.device, check: Callable[[], bool]) -> bool:
         """The verdict for ``key``: on its first ask :func:`triton_verdict`'s, or where ``"auto"`` must
         check, ``check()``'s (run that once; :func:`kernel_agrees` is its usual body)."""

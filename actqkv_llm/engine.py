@@ -309,7 +309,8 @@ class Engine:
         """:meth:`_start` for each suffix, the questions read as rows of one batch
         (:func:`~actqkv_llm.session.read_questions`: on one document, one set of calls per layer
         where the method allows it) where there is a document and every suffix has tokens."""
-        if doc is None or len(suffixes) < 2 or any(not suffix.numel() for suffix in suffixes):
+        if (doc is None or len(suffixes) < 2 or any(not suffix.numel() for suffix in suffixes)
+                or not self._batches_questions()):
             return [self._start(doc, suffix, sampling, ids_only=ids_only) for suffix in suffixes]
         pad_rows, pad_tokens = self._read_padding()
         sessions = [self._session_for(doc) for _ in suffixes]
@@ -333,12 +334,17 @@ class Engine:
         return [(self._decoding(sess, doc, suffix, sampling, None, ids_only), logits[i])
                 for i, (sess, suffix) in enumerate(zip(sessions, suffixes))]
 
+    def _batches_questions(self) -> bool:
+        """Whether ``answer_many`` reads its questions as one batch (``question_batch``)."""
+        setting = self.config.question_batch
+        return (not self._uses_decode_graph()) if setting == "auto" else setting
+
     def _read_padding(self) -> tuple[int, int]:
-        """Rows and token multiple a question's read is padded to (``read_questions``): where the
-        answers decode through the static decode step, its ``decode_pad_rows`` and 32 tokens, so that a
-        question gets the same bits read alone or beside others; elsewhere none (the CPU's reference
-        path reads one question as before)."""
-        if self._uses_decode_graph():
+        """Rows and token multiple a question's read is padded to (``read_questions``): where questions
+        are read as one batch and the answers decode through the static decode step, its
+        ``decode_pad_rows`` and 32 tokens, so that a question gets the same bits read alone or beside
+        others; elsewhere none (one question reads as before)."""
+        if self._batches_questions() and self._uses_decode_graph():
             return self.config.decode_pad_rows, QUESTION_PAD_TOKENS
         return 1, 1
 

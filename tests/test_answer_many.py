@@ -234,12 +234,20 @@ def test_a_question_read_alone_or_beside_others_gets_the_same_bits(make_engine, 
 
 
 def test_answer_many_with_padded_reads_gives_the_tokens_of_one_by_one(make_engine):
-    """The static decode step's engine (padded reads and decode rows) on the CPU, float32: answer_many's
-    tokens are exactly those of each answer alone."""
-    eng = make_engine("qwen2", decode_graph=True, **READ_TOGETHER)
+    """The static decode step's engine with questions read as one batch (padded reads and decode
+    rows) on the CPU, float32: answer_many's tokens are exactly those of each answer alone."""
+    assert make_engine("qwen2", decode_graph=True, **READ_TOGETHER)._read_padding() == (1, 1)   # "auto": off there
+    eng = make_engine("qwen2", decode_graph=True, question_batch=True, **READ_TOGETHER)
     assert eng._read_padding() == (8, 32)
     doc = eng.prefill_ids(torch.randint(0, 250, (1500,), generator=torch.Generator().manual_seed(2)))
     questions = [torch.randint(0, 250, (n,), generator=torch.Generator().manual_seed(n)).tolist()
                  for n in (12, 20, 31, 33, 40, 64, 70)]
     one = [eng.generate_ids(doc, q, max_new_tokens=20) for q in questions]
     assert eng.generate_ids_many(doc, questions, max_new_tokens=20) == one
+
+
+def test_question_batch_is_checked(make_engine):
+    from actqkv_llm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="question_batch must be True, False or 'auto'"):
+        make_engine(question_batch="yes")

@@ -126,10 +126,10 @@ def test_options_reach_the_engine(engines, doc, capsys):
                      "--block-size", "8", "--n-local", "48", "--exec-block", "16", "--budget", "120",
                      "--question-weight", "2.5", "--offload", "off", "--batch-prefill", "on",
                      "--prefill-kernel", "torch", "--decode-kernel", "torch", "--decode-compile", "off",
-                     "--decode-static-scoring", "off")
+                     "--decode-static-scoring", "off", "--question-batch", "on")
     assert code == 0
     cfg = engines[-1].config
-    assert cfg.decode_static_scoring is False
+    assert cfg.decode_static_scoring is False and cfg.question_batch is True
     assert (cfg.method, cfg.block_size, cfg.n_local, cfg.exec_block, cfg.budget, cfg.question_weight,
             cfg.offload, cfg.batch_prefill, cfg.prefill_kernel, cfg.decode_kernel, cfg.decode_compile) == \
         ("infllm", 8, 48, 16, 120, 2.5, False, True, "torch", "torch", False)
@@ -140,7 +140,7 @@ def test_every_retrieval_option_has_a_flag():
     flags = {name for _flag, name, _t, _h in cli.RETRIEVAL_FLAGS} | {"method", "budget", "offload", "batch_prefill",
                                                                    "decode_graph", "prefill_kernel", "decode_kernel",
                                                                    "decode_compile", "decode_joined_projections",
-                                                                   "decode_static_scoring"}
+                                                                   "decode_static_scoring", "question_batch"}
     fields = {f.name for f in dataclasses.fields(RetrievalConfig) if not f.name.startswith("_")}
     assert fields == flags
 

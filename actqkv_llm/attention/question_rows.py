@@ -190,6 +190,8 @@ class QuestionRows:
             # ---- scores -> entropy -> budget: the rows' queries against the blocks' bounds at once
             evidence = _evidence(q_mem, mem.bound_parts(mq.mode, mq.rotate_blocks), weights, hkv, scaling,
                                  mem.dtype)                                                # [E, Hkv, N]
+            for m, row_mq in zip(mems[1:], mqs[1:]):   # every row's bounds measured, as its own read measures them
+                m.bound_parts(row_mq.mode, row_mq.rotate_blocks)
             ents = normalized_entropy(evidence, mass=True).mean(-1)                               # [E]
             counts = []
             for e in range(real):
@@ -201,7 +203,7 @@ class QuestionRows:
         if n:
             ranked = pin_edges(evidence, n_blocks) if method.keep_edges else evidence
             if n < n_blocks:
-                picked, keys = self._rerank(method, mem, mqs, states, q_mem, q_loc, k_loc, sink_k, counted,
+                picked, keys = self._rerank(method, mems, mqs, states, q_mem, q_loc, k_loc, sink_k, counted,
                                             ranked, evidence, ents, n, scaling, softcap)
             else:   # every block: no rerank, none held (the reference's order: all of them ascending)
                 picked = torch.arange(n_blocks, device=dev).expand(n_e, hkv, -1).contiguous()
@@ -230,8 +232,10 @@ class QuestionRows:
             scaling, softcap=softcap, want_mass=want, masks=ctxs[0].masks,
             counted=counted.repeat_interleave(hkv, 0) if want else None)
 
-        # ---- bookkeeping, row by row: the window, the budget's record, the sources
+        # ---- bookkeeping, row by row: the window, the budget's record, the sources, the rotation's choice
         n_sink = mem.n_sink
+        for o in sessions[1:]:
+            o.rotation.adopt(s.rotation)
         for e, (o, m, t) in enumerate(zip(sessions, mems, lengths)):
             m.append_local(k[e, :, :t], v[e, :, :t])
             o.note_kv(0, layer, n_sink + n * b + n_loc + t)
@@ -241,13 +245,14 @@ class QuestionRows:
         return out.view(n_e, h, size, d).to(q.dtype)
 
     @staticmethod
-    def _rerank(method, mem, mqs, states, q_mem, q_loc, k_loc, sink_k, counted, ranked, evidence, ents,
+    def _rerank(method, mems, mqs, states, q_mem, q_loc, k_loc, sink_k, counted, ranked, evidence, ents,
                 n: int, scaling: float, softcap) -> tuple[torch.Tensor, torch.Tensor]:
         """``BlockRetrieval.select``'s second stage for every row: the candidates by evidence, their
         keys read once, the ``n`` that receive the most of each row's exact attention (normalised
         with its sinks and window), each row's candidates held for its answer's decode steps.
         Returns picks ``[E, Hkv, n]`` ascending and their placed keys ``[E, Hkv, n*B, d]``."""
         n_e, h, size, d = q_mem.shape
+        mem = mems[0]
         hkv, b, n_blocks = mem.kv_heads, mem.block_size, mem.n_blocks
         g = h // hkv
         mq = mqs[0]
@@ -260,7 +265,7 @@ class QuestionRows:
         keep = method.rescore_every > 1 and mq.keep_candidate_keys
         if method.rescore_every > 1:
             for e in range(len(states)):
-                states[e].candidates = method._held(mem, mqs[e], cand[e], k.view(n_e, hkv, m * b, d)[e] if keep else None,
+                states[e].candidates = method._held(mems[e], mqs[e], cand[e], k.view(n_e, hkv, m * b, d)[e] if keep else None,
                                                     evidence[e], ents[e], n, q_mem.device)
         # the normaliser's part from the sinks and the window (ContextLogSumExp), per query row;
         # a padded query's is +inf, so that it adds no mass
