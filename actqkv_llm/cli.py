@@ -679,9 +679,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--decode-static-scoring", choices=("auto", "on", "off"),
                    help="decode steps that score every block again do it with static shapes, captured as "
                         "CUDA graphs (auto: on a GPU; on: also on the CPU, eagerly; off: eager scoring)")
-    r.add_argument("--question-batch", choices=("auto", "on", "off"),
-                   help="answer_many reads its questions as rows of one batch (auto: where answers decode "
-                        "on the reference path, the CPU; on: also with the static decode step; off: one by one)")
+    r.add_argument("--question-batch", choices=("on", "off"),
+                   help="answer_many reads its questions as rows of one batch (default off: on a GPU its "
+                        "tokens were not yet shown to be one-by-one's)")
     r.add_argument("--offload", choices=("auto", "on", "off"),
                    help="keep full blocks in host memory (auto: on when the model runs on a GPU)")
     r.add_argument("--force-past-window", action="store_true",

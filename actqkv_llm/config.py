@@ -255,14 +255,15 @@ class RetrievalConfig:
             shape (its own blocks' copy).
         question_batch: ``answer_many`` (and ``complete_many``, ``chat_many``) reads its questions
             as rows of one batch (attention/question_rows.py): one set of calls per layer for all of
-            them where the method selects as the default does, instead of ~500 per question. Where the
-            answers decode through the static decode step (``decode_graph``), a read is padded to
-            ``decode_pad_rows`` rows and a multiple of 32 tokens (a question read alone too), so that
-            each question gets the bits it gets alone. ``"auto"``: on where the answers decode on the
-            reference path (the CPU), where the batch's tokens were shown to be one-by-one's; off with the
-            static decode step, where they were not yet (H100, thirty-fourth session: 8 questions at
-            32K on the Llama-3.1-8B shape 3.0-3.2x faster than one by one, but 3.3% of the tokens the
-            one-by-one tokens, cause not found; docs/benchmarks.md). True: on; False: one by one.
+            them where the method selects as the default does, instead of ~500 per question and layer.
+            Where the answers decode through the static decode step (``decode_graph``), a read is
+            padded to ``decode_pad_rows`` rows and a multiple of 32 tokens (a question read alone too),
+            so that each question gets the bits it gets alone. Off by default: on the H100 (thirty-fourth
+            session, 8 questions at 32K on the Llama-3.1-8B shape, random weights) ``answer_many`` came
+            out 3.0-3.2x faster than one by one, against 1.96x without, but only 3.3% of its tokens were
+            the one-by-one tokens (the first of each answer agreed; cause not found); on the 2-core CPU
+            its tokens are one-by-one's (tests) and its reads were no faster (8.95 s against 8.82 s for
+            8 questions at 8K, SmolLM2-135M shape). docs/benchmarks.md, thirty-fourth session.
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """
@@ -303,7 +304,7 @@ class RetrievalConfig:
     decode_pad_rows: int = 8
     decode_joined_projections: bool = False
     decode_static_scoring: bool | Literal["auto"] = "auto"
-    question_batch: bool | Literal["auto"] = "auto"
+    question_batch: bool = False
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -499,10 +500,12 @@ class RetrievalConfig:
                     f"acre: the budget ({self.budget}) leaves room for {hi} refilled block(s) after sinks "
                     f"({self.n_sink}), window ({self.n_local}) and L1 entries ({self.l1_budget}); it needs "
                     f"at least max(min_refill, 1) = {max(lo, 1)}: raise the budget or lower l1_budget")
-        for name in ("batch_prefill", "decode_graph", "decode_compile", "decode_static_scoring", "question_batch"):
+        for name in ("batch_prefill", "decode_graph", "decode_compile", "decode_static_scoring"):
             v = getattr(self, name)
             if not (isinstance(v, bool) or v == "auto"):
                 raise ConfigError(f"{name} must be True, False or 'auto', got {v!r}")
+        if not isinstance(self.question_batch, bool):
+            raise ConfigError(f"question_batch must be True or False, got {self.question_batch!r}")
         if not isinstance(self.decode_joined_projections, bool):
             raise ConfigError(f"decode_joined_projections must be True or False, got {self.decode_joined_projections!r}")
         if not is_int(self.decode_pad_rows) or not 1 <= self.decode_pad_rows <= 64:

@@ -336,8 +336,7 @@ class Engine:
 
     def _batches_questions(self) -> bool:
         """Whether ``answer_many`` reads its questions as one batch (``question_batch``)."""
-        setting = self.config.question_batch
-        return (not self._uses_decode_graph()) if setting == "auto" else setting
+        return self.config.question_batch
 
     def _read_padding(self) -> tuple[int, int]:
         """Rows and token multiple a question's read is padded to (``read_questions``): where questions
@@ -420,8 +419,8 @@ class Engine:
     def answer_many(self, doc: Document | None, questions: list[str], max_new_tokens: int = 256,
                     **sampling: Any) -> list[Answer]:
         """Answer several questions about one document together: each question is read on its own
-        session (with its own retrieval), the questions as rows of one batch
-        (:func:`~actqkv_llm.session.read_questions`), then their answers are decoded as one batch, one token
+        session (with its own retrieval; with ``question_batch``, the questions as rows of one batch,
+        :func:`~actqkv_llm.session.read_questions`), then their answers are decoded as one batch, one token
         of each per model pass (the layers' dense parts batched; attention over each answer's own
         blocks, on a GPU as rows of one CUDA graph, see :meth:`_decode_together`). Same answers as
         :meth:`answer` one by one (greedy: the same tokens up to the batched matmuls' rounding;

@@ -144,7 +144,7 @@ def test_complete_many_gives_the_completions_of_one_by_one(tokenizer):
 
 # questions in one execution block (96 tokens here), two of the first three and the last two letting
 # the same tokens leave the window: read as two batches of rows, "Hi" alone
-READ_TOGETHER = dict(SMALL, exec_block=96, n_local=128, budget=4 + 128 + 8 * 4)
+READ_TOGETHER = dict(SMALL, exec_block=96, n_local=128, budget=4 + 128 + 8 * 4, question_batch=True)
 GROUPED = ["What is word3?", "What is word 20?", "What is word 55?", "Hi", "What is word 200 and why?",
            "Tell me about word77 please."]
 
@@ -236,8 +236,8 @@ def test_a_question_read_alone_or_beside_others_gets_the_same_bits(make_engine, 
 def test_answer_many_with_padded_reads_gives_the_tokens_of_one_by_one(make_engine):
     """The static decode step's engine with questions read as one batch (padded reads and decode
     rows) on the CPU, float32: answer_many's tokens are exactly those of each answer alone."""
-    assert make_engine("qwen2", decode_graph=True, **READ_TOGETHER)._read_padding() == (1, 1)   # "auto": off there
-    eng = make_engine("qwen2", decode_graph=True, question_batch=True, **READ_TOGETHER)
+    assert make_engine("qwen2", decode_graph=True, **{**READ_TOGETHER, "question_batch": False})._read_padding() == (1, 1)
+    eng = make_engine("qwen2", decode_graph=True, **READ_TOGETHER)
     assert eng._read_padding() == (8, 32)
     doc = eng.prefill_ids(torch.randint(0, 250, (1500,), generator=torch.Generator().manual_seed(2)))
     questions = [torch.randint(0, 250, (n,), generator=torch.Generator().manual_seed(n)).tolist()
@@ -249,5 +249,5 @@ def test_answer_many_with_padded_reads_gives_the_tokens_of_one_by_one(make_engin
 def test_question_batch_is_checked(make_engine):
     from actqkv_llm.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="question_batch must be True, False or 'auto'"):
+    with pytest.raises(ConfigError, match="question_batch must be True or False"):
         make_engine(question_batch="yes")
