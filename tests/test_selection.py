@@ -344,7 +344,7 @@ def test_every_answer_only_option_leaves_the_prefill_as_it_was(make_engine):
 
     changed = dict(rerank=2, question_rerank=1, reselect_every=3, rescore_every=2, decode_graph=True,
                    decode_kernel="torch", decode_compile=False, decode_pad_rows=4,
-                   decode_joined_projections=True, decode_static_scoring=True)
+                   decode_joined_projections=True, decode_static_scoring=True, question_batch=True)
     assert set(changed) == set(ANSWER_ONLY_OPTIONS)
     ids = torch.randint(0, 250, (300,), generator=torch.Generator().manual_seed(4))
     base_eng = make_engine("llama", method="actqkv", **SMALL)
