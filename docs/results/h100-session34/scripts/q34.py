@@ -9,7 +9,7 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 from actqkv_llm.generation import Sampling
 torch.manual_seed(0)
 net = build_random_model(os.environ.get("ARCH", "llama-3.1-8b"), DEV, torch.bfloat16)
-eng = Engine(net, None, progress=False, cache=False, allow_past_window=True, decode_graph=True)
+eng = Engine(net, None, progress=False, cache=False, allow_past_window=True, decode_graph=True, question_batch=True)
 g = torch.Generator().manual_seed(0)
 doc = eng.prefill_ids(torch.randint(0, 1000, (int(os.environ.get('N', '32768')),), generator=g))
 qs = [torch.randint(0, 1000, (32,), generator=g) for _ in range(8)]
