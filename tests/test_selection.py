@@ -240,14 +240,14 @@ def test_the_question_reranks_the_best_of_the_candidates_by_evidence(rows):
     """question_rerank's share of the candidates: the m with the most evidence (per KV head when
     each head picks its own), still ascending, with exactly their keys; the others' positions and
     keys complete the set in candidate order."""
-    from actqkv_llm.retrieval.methods import _best_positions, _keys_at, _other_positions, _put_keys
+    from actqkv_llm.retrieval.methods import _best_positions, keys_at, _other_positions, _put_keys
 
     g = torch.Generator().manual_seed(3)
     evidence = torch.randn(rows, 30, generator=g)
     cand = torch.stack([torch.randperm(30, generator=g)[:10].sort().values for _ in range(rows)])
     keys = torch.randn(2, 10 * 4, 8, generator=g)
     pos = _best_positions(cand, evidence, 6)
-    best, best_keys = cand.gather(1, pos), _keys_at(keys, pos, 2, 4)
+    best, best_keys = cand.gather(1, pos), keys_at(keys, pos, 2, 4)
     assert best.shape == (rows, 6) and best_keys.shape == (2, 6 * 4, 8)
     for r in range(rows):
         ev = evidence[r, cand[r]]
@@ -263,7 +263,7 @@ def test_the_question_reranks_the_best_of_the_candidates_by_evidence(rows):
         assert sorted(rest[r].tolist() + pos[r].tolist()) == list(range(10)) and rest[r].tolist() == sorted(rest[r].tolist())
     whole = torch.full((2, 10, 4, 8), float("nan"))
     _put_keys(whole, pos, best_keys, 2, 4)
-    _put_keys(whole, rest, _keys_at(keys, rest, 2, 4), 2, 4)
+    _put_keys(whole, rest, keys_at(keys, rest, 2, 4), 2, 4)
     torch.testing.assert_close(whole.view(2, 40, 8), keys, rtol=0, atol=0)
 
 

@@ -30,7 +30,7 @@ import torch
 from ..memory.blocks import GrowableBlocks, StackedBlocks, gather_rows
 from ..retrieval.budget import normalized_entropy
 from ..retrieval.methods import (RERANK_CHUNK_ELEMENTS, BlockRetrieval, BoundScorer, TokenProbe, best_ids,
-                                 candidate_mass, pin_edges, _keys_at)
+                                 candidate_mass, keys_at, pin_edges)
 from ..retrieval.probe import token_weights
 from ..retrieval.score import bound_logits_parts
 from .reference import attend, context_logsumexp
@@ -265,7 +265,7 @@ class QuestionRows:
         keep = method.rescore_every > 1 and mq.keep_candidate_keys
         if method.rescore_every > 1:
             for e in range(len(states)):
-                states[e].candidates = method._held(mems[e], mqs[e], cand[e], k.view(n_e, hkv, m * b, d)[e] if keep else None,
+                states[e].candidates = method.held_candidates(mems[e], mqs[e], cand[e], k.view(n_e, hkv, m * b, d)[e] if keep else None,
                                                     evidence[e], ents[e], n, q_mem.device)
         # the normaliser's part from the sinks and the window (ContextLogSumExp), per query row;
         # a padded query's is +inf, so that it adds no mass
@@ -281,7 +281,7 @@ class QuestionRows:
             mass = mass.masked_fill((c == 0) | (c == n_blocks - 1), float("inf"))
         top = mass.sort(dim=-1, descending=True, stable=True).indices[:, :n].sort(-1).values
         picked = cand.reshape(n_e * hkv, m).gather(1, top)
-        keys = _keys_at(k, top, n_e * hkv, b)
+        keys = keys_at(k, top, n_e * hkv, b)
         return picked.view(n_e, hkv, n), keys.view(n_e, hkv, n * b, d)
 
 

@@ -532,7 +532,7 @@ class BlockRetrieval(RetrievalMethod):
                     k = self._candidate_keys(mem, mq, cand, q.device)
                     known, fetch = k if keep else None, None
                 if hold:
-                    state.candidates = self._held(mem, mq, cand, known, evidence, h, n, q.device, fetch)
+                    state.candidates = self.held_candidates(mem, mq, cand, known, evidence, h, n, q.device, fetch)
                 picked, keys = self._rerank_among(q, mem, mq, asked, k, n)
             else:
                 picked = ranked.topk(n, -1).indices.sort(-1).values
@@ -569,7 +569,7 @@ class BlockRetrieval(RetrievalMethod):
             state.observe_entropy(h)
         read = gather(mem, mq, cand) if gather is not None else None
         keys, values = read if read is not None else (self._candidate_keys(mem, mq, cand, q.device), None)
-        state.candidates = self._held(mem, mq, cand, keys, evidence, h, n, q.device)
+        state.candidates = self.held_candidates(mem, mq, cand, keys, evidence, h, n, q.device)
         return state.candidates, values
 
     def hold_scored(self, mem: "LayerMemory", state: LayerRetrievalState, mq: MemoryQuery, cand: torch.Tensor,
@@ -579,10 +579,10 @@ class BlockRetrieval(RetrievalMethod):
         ``evidence`` and entropy ``h``; their keys and values are in the step's row already."""
         if observe:
             state.observe_entropy(h)
-        state.candidates = self._held(mem, mq, cand, None, evidence, h, n, cand.device)
+        state.candidates = self.held_candidates(mem, mq, cand, None, evidence, h, n, cand.device)
         return state.candidates
 
-    def _held(self, mem: "LayerMemory", mq: MemoryQuery, cand: torch.Tensor, known: torch.Tensor | None,
+    def held_candidates(self, mem: "LayerMemory", mq: MemoryQuery, cand: torch.Tensor, known: torch.Tensor | None,
               evidence: torch.Tensor, h: torch.Tensor, n: int, device: torch.device,
               fetch: Callable[[], torch.Tensor] | None = None) -> HeldCandidates:
         """Candidates ``cand`` held for the next ``rescore_every - 1`` decode steps, able to read their
@@ -643,7 +643,7 @@ class BlockRetrieval(RetrievalMethod):
         # to the earlier block, on every path (the static decode step ranks the same way)
         top = mass.sort(dim=-1, descending=True, stable=True).indices[:, :n].sort(-1).values  # ascending picks
         picked = cand.expand(mass.shape[0], -1).gather(1, top)
-        return picked, _keys_at(k, top, hkv, b)
+        return picked, keys_at(k, top, hkv, b)
 
 
 # Query rows a rerank takes at once: a chunk's logits ``[Hkv, rows, m*B]`` stay within this many
@@ -718,7 +718,7 @@ def _other_positions(pos: torch.Tensor, total: int) -> torch.Tensor:
 
 def _put_keys(out: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, hkv: int, b: int) -> None:
     """Write blocks' keys ``[Hkv, m*B, d]`` at candidate positions ``pos`` ``[rows, m]`` of ``out``
-    ``[Hkv, M, B, d]`` (one row for every KV head, or one per head): the inverse of :func:`_keys_at`."""
+    ``[Hkv, M, B, d]`` (one row for every KV head, or one per head): the inverse of :func:`keys_at`."""
     kb = keys.view(hkv, -1, b, keys.shape[-1])
     if pos.shape[0] == 1:
         out[:, pos[0]] = kb
@@ -726,7 +726,7 @@ def _put_keys(out: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, hkv: int
         out[torch.arange(hkv, device=out.device)[:, None], pos] = kb
 
 
-def _keys_at(keys: torch.Tensor, top: torch.Tensor, hkv: int, b: int) -> torch.Tensor:
+def keys_at(keys: torch.Tensor, top: torch.Tensor, hkv: int, b: int) -> torch.Tensor:
     """Of candidate keys ``[Hkv, M*B, d]`` (blocks of ``b`` in candidate order), the blocks at
     positions ``top`` ``[rows, m]`` (one row shared by every KV head, or one per head): ``[Hkv, m*B, d]``.
     One ``index_select`` over the (head, block) pairs: a third or less of advanced indexing's time on the CPU
