@@ -310,7 +310,7 @@ class Engine:
         (:func:`~actqkv_llm.session.read_questions`: on one document, one set of calls per layer
         where the method allows it) where there is a document and every suffix has tokens."""
         if (doc is None or len(suffixes) < 2 or any(not suffix.numel() for suffix in suffixes)
-                or not self._batches_questions()):
+                or not self.config.question_batch):
             return [self._start(doc, suffix, sampling, ids_only=ids_only) for suffix in suffixes]
         pad_rows, pad_tokens = self._read_padding()
         sessions = [self._session_for(doc) for _ in suffixes]
@@ -318,12 +318,13 @@ class Engine:
             sess.track_sources = not ids_only
         # where reads are padded, the questions whose lengths round up alike, up to pad_rows at a
         # time: each then reads as it would alone (read_questions)
+        padded = pad_rows > 1
         batches: dict[int, list[int]] = {}
         for i, suffix in enumerate(suffixes):
-            batches.setdefault(-(-suffix.numel() // pad_tokens) if pad_rows > 1 else 0, []).append(i)
+            batches.setdefault(-(-suffix.numel() // pad_tokens) if padded else 0, []).append(i)
+        step = pad_rows if padded else len(suffixes)
         logits: list = [None] * len(suffixes)
         for same in batches.values():
-            step = pad_rows if pad_rows > 1 else len(same)
             for a in range(0, len(same), step):
                 part = same[a:a + step]
                 with self._lock:
@@ -334,16 +335,12 @@ class Engine:
         return [(self._decoding(sess, doc, suffix, sampling, None, ids_only), logits[i])
                 for i, (sess, suffix) in enumerate(zip(sessions, suffixes))]
 
-    def _batches_questions(self) -> bool:
-        """Whether ``answer_many`` reads its questions as one batch (``question_batch``)."""
-        return self.config.question_batch
-
     def _read_padding(self) -> tuple[int, int]:
         """Rows and token multiple a question's read is padded to (``read_questions``): where questions
         are read as one batch and the answers decode through the static decode step, its
         ``decode_pad_rows`` and 32 tokens, so that a question gets the same bits read alone or beside
         others; elsewhere none (one question reads as before)."""
-        if self._batches_questions() and self._uses_decode_graph():
+        if self.config.question_batch and self._uses_decode_graph():
             return self.config.decode_pad_rows, QUESTION_PAD_TOKENS
         return 1, 1
 

@@ -150,9 +150,7 @@ def forward_rows(sessions: list[Session], ids: torch.Tensor, phase: str) -> torc
     Returns float32 logits ``[B, V]``. The sessions must share one model; each advances one token."""
     if len(sessions) != ids.numel() or not sessions:
         raise ValueError(f"{len(sessions)} sessions for {ids.numel()} tokens")
-    adapter = sessions[0].adapter
-    if any(s.adapter is not adapter for s in sessions):
-        raise ValueError("the sessions of one batch must run on the same model")
+    adapter = _one_model(sessions)
     for s in sessions:
         s.settle()
     rows = RowSteps([StepContext(s, phase) for s in sessions])
@@ -184,9 +182,7 @@ def read_questions(sessions: list[Session], questions: list[torch.Tensor], pad_r
     ``decode_pad_rows``). With neither, one session reads its question itself."""
     if len(sessions) != len(questions) or not sessions:
         raise ValueError(f"{len(sessions)} sessions for {len(questions)} questions")
-    adapter = sessions[0].adapter
-    if any(s.adapter is not adapter for s in sessions):
-        raise ValueError("the sessions of one batch must run on the same model")
+    adapter = _one_model(sessions)
     lengths = [q.numel() for q in questions]
     if min(lengths) == 0:
         raise ValueError("no tokens to run")
@@ -209,6 +205,14 @@ def read_questions(sessions: list[Session], questions: list[torch.Tensor], pad_r
     # questions there are
     last = torch.tensor(lengths + lengths[:1] * (rows.n_rows - len(lengths)), device=hidden.device) - 1
     return adapter.last_logits(hidden[torch.arange(rows.n_rows, device=hidden.device), last][:, None])[:len(lengths)]
+
+
+def _one_model(sessions: list[Session]) -> ModelAdapter:
+    """The model every session of one batch runs on (an error where they differ)."""
+    adapter = sessions[0].adapter
+    if any(s.adapter is not adapter for s in sessions):
+        raise ValueError("the sessions of one batch must run on the same model")
+    return adapter
 
 
 class SourceTally:
