@@ -93,15 +93,14 @@ def chunk_plan(ctx: "StepContext", layer: int, t_all: int, first_slot: int = 0) 
         inside = (s.adapter.native_window - (mem.local_start + mem.n_local)) // step * step
         if 0 < inside < t_all:
             t_all = inside
-    b, cap = cfg.block_size, s.policy.capacity
+    b = cfg.block_size
     sizes = tuple(min(step, t_all - a) for a in range(0, t_all, step))
     n_loc, a, nb, sinks = mem.n_local, 0, mem.n_blocks, mem.n_sink
     starts, locs, blocks, seen_sinks = [], [], [], []
     for t in sizes:
-        need = n_loc + t - cap
-        if need > 0:
-            to_sink = min(need, max(0, s.policy.n_sink - sinks))
-            drop = to_sink + -(-(need - to_sink) // b) * b
+        to_sink, rest = s.policy.leaving(n_loc, sinks, t)
+        if to_sink + rest:
+            drop = to_sink + rest
             # sinks are X's first tokens: every token that left before them in this chunk was one too
             if drop > n_loc or (to_sink and a != sinks - mem.n_sink):
                 return None

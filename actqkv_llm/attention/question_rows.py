@@ -35,7 +35,7 @@ from ..retrieval.probe import token_weights
 from ..retrieval.score import bound_logits_parts
 from .reference import attend, context_logsumexp
 from .rope import rotate, sinks_at_true_positions
-from .step import QUESTION
+from .step import QUESTION, memory_mode
 
 if TYPE_CHECKING:
     from .step import StepContext
@@ -70,8 +70,7 @@ class QuestionRows:
         ``answer_many`` makes them) and running entropies (so the same budget), each question in one
         execution block. Rows are grouped by what their question lets leave the window and where it
         sees memory (the same within a group)."""
-        first = self.contexts[0]
-        s = first.session
+        s = self.contexts[0].session
         method, kind = s.method, s.adapter.kinds[layer]
         if not (isinstance(method, BlockRetrieval) and kind.memory and kind.window is None
                 and isinstance(method.probe, TokenProbe) and isinstance(method.scorer, BoundScorer)
@@ -93,28 +92,11 @@ class QuestionRows:
                     and m.blocks.base is mem.blocks.base and m.blocks.own.n_blocks == mem.blocks.own.n_blocks
                     and st.entropy_total == state.entropy_total and st.entropy_count == state.entropy_count
                     and not st.unread):
-                by_kind.setdefault((self._leaving(mem, s.policy, t), self._mode(first, mem, t)), []).append(e)
+                leaving = sum(s.policy.leaving(mem.n_local, mem.n_sink, t))
+                mode = memory_mode(method, s.adapter, mem.local_start + mem.n_local, t)
+                by_kind.setdefault((leaving, mode), []).append(e)
         # unpadded, a row alone runs the reference step; padded, it runs as a batch like any other
         return [rows for rows in by_kind.values() if len(rows) > 1 or self.padded]
-
-    @staticmethod
-    def _leaving(mem, policy, t: int) -> int:
-        """How many window tokens :meth:`LayerMemory.make_room` lets leave for ``t`` new ones."""
-        need = mem.n_local + t - policy.capacity
-        if need <= 0:
-            return 0
-        to_sink = min(need, max(0, policy.n_sink - mem.n_sink))
-        return to_sink + -(-(need - to_sink) // policy.block_size) * policy.block_size
-
-    @staticmethod
-    def _mode(ctx: "StepContext", mem, t: int) -> str:
-        """Where memory sits for ``t`` queries (``StepContext.memory_query``'s rule)."""
-        s = ctx.session
-        mode = s.method.positions
-        if mode == "auto":
-            first_q = mem.local_start + mem.n_local   # the same before and after make_room
-            mode = "exact" if first_q + t <= s.adapter.native_window else "fixed"
-        return mode
 
     # ------------------------------------------------------------------ one layer
     def attend_layer(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -47,6 +47,16 @@ class ContextLogSumExp:
                                  window=window, softcap=softcap, masks=masks)
 
 
+def memory_mode(method, adapter, first_q: int, t: int) -> str:
+    """Where memory sits for ``t`` queries from absolute position ``first_q`` on: ``"exact"`` (true
+    positions) or ``"fixed"`` (InfLLM's one angle beyond the window); ``"auto"`` takes true positions
+    while the queries stay inside the model's native window."""
+    mode = method.positions if method.uses_memory else "fixed"
+    if mode == "auto":
+        mode = "exact" if first_q + t <= adapter.native_window else "fixed"
+    return mode
+
+
 class StepContext:
     """Per-forward-pass state handed to every layer through the model's attention kwargs."""
 
@@ -93,10 +103,8 @@ class StepContext:
         """Where memory sits for this execution block: one fixed angle (InfLLM) or true positions."""
         s = self.session
         cfg, adapter = s.config, s.adapter
-        mode = s.method.positions if s.method.uses_memory else "fixed"
         first_q = mem.local_start + n_loc
-        if mode == "auto":
-            mode = "exact" if first_q + t <= adapter.native_window else "fixed"
+        mode = memory_mode(s.method, adapter, first_q, t)
         if mode == "fixed":
             cos, sin = adapter.rope_table(kind.rope_type, cfg.n_local + 1)
             fixed = slice(cfg.n_local, cfg.n_local + 1)  # memory sits just beyond the farthest local distance

@@ -28,6 +28,23 @@ class EvictionPolicy:
     repr_topk: int = 4
     keep_summaries: bool = True  # False: no summary keys (the method's scorer never reads them)
 
+    def leaving(self, n_local: int, n_sink: int, incoming: int) -> tuple[int, int]:
+        """What leaves a window of ``n_local`` tokens (``n_sink`` sinks kept so far) so that ``incoming``
+        more fit: ``(to_sink, rest)``, the first ``to_sink`` becoming sinks and the next ``rest`` leaving
+        as whole blocks (``keep_blocks``; else dropped). The one rule :meth:`LayerMemory.make_room`
+        follows and the batched paths that plan evictions ahead (attention/chunk.py,
+        attention/question_rows.py) restate through this method."""
+        if self.capacity is None:
+            return 0, 0
+        need = n_local + incoming - self.capacity
+        if need <= 0:
+            return 0, 0
+        to_sink = min(need, max(0, self.n_sink - n_sink))
+        rest = need - to_sink
+        if self.keep_blocks:
+            rest = -(-rest // self.block_size) * self.block_size
+        return to_sink, rest
+
 
 class LayerMemory:
     def __init__(self, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device,
@@ -85,16 +102,9 @@ class LayerMemory:
     # -------------------------------------------------------------------- updates
     def make_room(self, incoming: int, policy: EvictionPolicy) -> None:
         """Evict the oldest local tokens so that ``incoming`` more fit in the window."""
-        if policy.capacity is None:
+        to_sink, rest = policy.leaving(self.n_local, self.n_sink, incoming)
+        if not to_sink + rest:
             return
-        need = self.n_local + incoming - policy.capacity
-        if need <= 0:
-            return
-        to_sink = min(need, max(0, policy.n_sink - self.n_sink))
-        rest = need - to_sink
-        if policy.keep_blocks:
-            n_blocks = -(-rest // policy.block_size)
-            rest = n_blocks * policy.block_size
         if to_sink:
             self.sink_k = torch.cat([self.sink_k, self.local_k[:, :to_sink]], 1)
             self.sink_v = torch.cat([self.sink_v, self.local_v[:, :to_sink]], 1)
