@@ -36,6 +36,7 @@ import torch
 from .hf import cache_argument, plain_attention
 from ..persist.bench import MB, bytes_read_from_disk, read_every_block, drop_page_cache, measure_disk_speed
 from ..config import resolve_offload
+from ..devices import free_device_bytes
 from ..files.paths import dir_size
 from ..memory.quantized import int8_bytes_per_token
 from .quality import (format_length, free_memory, invoked_command, library_versions, load_engine,
@@ -522,7 +523,8 @@ def _run_one(system: str, engines: dict[str, Any], net: Any, ids: torch.Tensor,
              reload_dir: Path | None, repeats: int, many: Sequence[torch.Tensor] = ()) -> dict[str, Any]:
     """One system at one length: a timing row, or why it did not run."""
     n = len(ids) + len(question) + decode_tokens
-    device_free = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else None
+    # the allocator's cached, unused blocks count as free too (an earlier length's tensors freed)
+    device_free = free_device_bytes(dev) if dev.type == "cuda" else None
     host = _host_available()
     if system == HF:
         ok, why = _fits(n, per_token, device_free if device_free is not None else host)
