@@ -304,7 +304,7 @@ class RetrievalConfig:
     decode_pad_rows: int = 8
     decode_joined_projections: bool = False
     decode_static_scoring: bool | Literal["auto"] = "auto"
-    question_batch: bool = False
+    question_batch: bool = True
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -555,18 +555,20 @@ class Engine:
                      on_token: Callable[[int], None] | None = None) -> list[int]:
         """Greedy token ids after the document and ``ids`` (no tokenizer involved; speed benchmarks).
         ``on_token(i)`` is called as token ``i`` is known (on the host: the device has finished it)."""
-        sess = self._session_for(doc)
         ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+        plan = Sampling.make(max_new_tokens=max_new_tokens, stop_on_repetition=False)
         out: list[int] = []
         with self._lock:
-            logits = sess.forward(ids, phase=QUESTION) if ids.numel() else doc.last_logits
+            # the question read as every answer reads it (Engine._start: padded where reads are, so
+            # that these ids are answer_many's / generate_ids_many's, bit for bit)
+            run, logits = self._start(doc, ids, plan, ids_only=True)
             for i in range(max_new_tokens):
                 tok = int(logits.argmax())
                 out.append(tok)
                 if on_token is not None:
                     on_token(i)
                 if i + 1 < max_new_tokens:
-                    logits = self._decode_step(sess, tok)
+                    logits = self._decode_step(run.session, tok)
         return out
 
     def generate_ids_many(self, doc: Document, prompts: list[torch.Tensor | list[int]],
