@@ -258,12 +258,15 @@ class RetrievalConfig:
             them where the method selects as the default does, instead of ~500 per question and layer.
             Where the answers decode through the static decode step (``decode_graph``), a read is
             padded to ``decode_pad_rows`` rows and a multiple of 32 tokens (a question read alone too),
-            so that each question gets the bits it gets alone. Off by default: on the H100 (thirty-fourth
-            session, 8 questions at 32K on the Llama-3.1-8B shape, random weights) ``answer_many`` came
-            out 3.0-3.2x faster than one by one, against 1.96x without, but only 3.3% of its tokens were
-            the one-by-one tokens (the first of each answer agreed; cause not found); on the 2-core CPU
-            its tokens are one-by-one's (tests) and its reads were no faster (8.95 s against 8.82 s for
-            8 questions at 8K, SmolLM2-135M shape). docs/benchmarks.md, thirty-fourth session.
+            so that each question gets the bits it gets alone. Off by default, because that padding
+            makes a question read alone slower: on an H100 (thirty-fifth session, 8B shape, random
+            weights, 32K, 32-token questions) a padded read took 561 ms against ~162 ms unpadded,
+            while 8 read together took 724 ms; ``answer_many``'s reads, the sessions' state and the
+            first decode steps were bit for bit those of each question read alone (padded). The
+            thirty-fourth session's "3.3% of the tokens the same" compared against ``generate_ids``,
+            which read unpadded until the thirty-fifth. On the 2-core CPU the reads together were no
+            faster (8.95 s against 8.82 s for 8 questions at 8K, SmolLM2-135M shape).
+            docs/benchmarks.md, thirty-fourth and thirty-fifth sessions.
         min_refill / max_refill: ``acre`` only: blocks refilled per layer for a fully focused /
             fully diffuse first-level attention (``k = min + (max - min) * H / H_max``); None: derived.
     """
@@ -304,7 +307,7 @@ class RetrievalConfig:
     decode_pad_rows: int = 8
     decode_joined_projections: bool = False
     decode_static_scoring: bool | Literal["auto"] = "auto"
-    question_batch: bool = True
+    question_batch: bool = False
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -246,6 +246,27 @@ def test_answer_many_with_padded_reads_gives_the_tokens_of_one_by_one(make_engin
     assert eng.generate_ids_many(doc, questions, max_new_tokens=20) == one
 
 
+def test_generate_ids_reads_its_question_as_answers_read_theirs(make_engine, monkeypatch):
+    """generate_ids (the speed benchmark's one-by-one answers) reads its question through the same
+    padded batch as answer and answer_many: on a GPU an unpadded read rounds otherwise, and the
+    benchmark then compared answer_many against other bits (thirty-fourth session's 3.3%)."""
+    import actqkv_llm.engine as engine_module
+
+    eng = make_engine("qwen2", decode_graph=True, **READ_TOGETHER)
+    doc = eng.prefill_ids(torch.randint(0, 250, (600,), generator=torch.Generator().manual_seed(4)))
+    reads, read = [], engine_module.read_questions
+
+    def spy(sessions, questions, pad_rows=1, pad_tokens=1):
+        reads.append((len(sessions), pad_rows, pad_tokens))
+        return read(sessions, questions, pad_rows, pad_tokens)
+
+    monkeypatch.setattr(engine_module, "read_questions", spy)
+    seen = _spy_batches(monkeypatch)
+    ids = eng.generate_ids(doc, [5, 6, 7, 8, 9], max_new_tokens=3)
+    assert reads == [(1, 8, 32)] and seen and set(seen) == {1}
+    assert ids == eng.generate_ids_many(doc, [[5, 6, 7, 8, 9], [9, 8, 7]], max_new_tokens=3)[0]
+
+
 def test_question_batch_is_checked(make_engine):
     from actqkv_llm.errors import ConfigError
 
