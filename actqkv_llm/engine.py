@@ -285,8 +285,14 @@ class Engine:
         """A new answer: its session has read the question ``suffix``; returns it with the logits
         its first token is chosen from. ``ids_only``: token ids in and out, no text, no end-of-turn
         stop and no sources tracked (the speed benchmarks' ``generate_ids*``)."""
+        sess, logits = self._read(doc, suffix, track_sources=not ids_only)
+        return self._decoding(sess, doc, suffix, sampling, logits_processor, ids_only), logits
+
+    def _read(self, doc: Document | None, suffix: torch.Tensor, track_sources: bool) -> tuple[Session, torch.Tensor]:
+        """A fresh session that has read ``suffix`` after ``doc`` (padded where reads are padded,
+        :meth:`_read_padding`), and the logits of its next token: how every answer starts."""
         sess = self._session_for(doc)
-        sess.track_sources = not ids_only
+        sess.track_sources = track_sources
         if suffix.numel():
             with self._lock:
                 logits = read_questions([sess], [suffix], *self._read_padding())[0]
@@ -294,7 +300,7 @@ class Engine:
             logits = doc.last_logits
         else:
             raise InputError("nothing to answer: no document and no prompt")
-        return self._decoding(sess, doc, suffix, sampling, logits_processor, ids_only), logits
+        return sess, logits
 
     def _decoding(self, sess: Session, doc: Document | None, suffix: torch.Tensor, sampling: Sampling,
                   logits_processor: Any, ids_only: bool) -> Decoding:
@@ -556,19 +562,18 @@ class Engine:
         """Greedy token ids after the document and ``ids`` (no tokenizer involved; speed benchmarks).
         ``on_token(i)`` is called as token ``i`` is known (on the host: the device has finished it)."""
         ids = torch.as_tensor(ids, dtype=torch.long).flatten()
-        plan = Sampling.make(max_new_tokens=max_new_tokens, stop_on_repetition=False)
         out: list[int] = []
         with self._lock:
-            # the question read as every answer reads it (Engine._start: padded where reads are, so
-            # that these ids are answer_many's / generate_ids_many's, bit for bit)
-            run, logits = self._start(doc, ids, plan, ids_only=True)
+            # the question read as every answer reads it (padded where reads are, so that these ids
+            # are answer_many's / generate_ids_many's, bit for bit)
+            sess, logits = self._read(doc, ids, track_sources=False)
             for i in range(max_new_tokens):
                 tok = int(logits.argmax())
                 out.append(tok)
                 if on_token is not None:
                     on_token(i)
                 if i + 1 < max_new_tokens:
-                    logits = self._decode_step(run.session, tok)
+                    logits = self._decode_step(sess, tok)
         return out
 
     def generate_ids_many(self, doc: Document, prompts: list[torch.Tensor | list[int]],

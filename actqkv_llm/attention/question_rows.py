@@ -247,8 +247,9 @@ class QuestionRows:
         keep = method.rescore_every > 1 and mq.keep_candidate_keys
         if method.rescore_every > 1:
             for e in range(len(states)):
-                states[e].candidates = method.held_candidates(mems[e], mqs[e], cand[e], k.view(n_e, hkv, m * b, d)[e] if keep else None,
-                                                    evidence[e], ents[e], n, q_mem.device)
+                known = k.view(n_e, hkv, m * b, d)[e] if keep else None
+                states[e].candidates = method.held_candidates(mems[e], mqs[e], cand[e], known, evidence[e], ents[e], n,
+                                                              q_mem.device)
         # the normaliser's part from the sinks and the window (ContextLogSumExp), per query row;
         # a padded query's is +inf, so that it adds no mass
         ctx = context_logsumexp(q_loc.reshape(n_e * h, size, d), k_loc.reshape(n_e * hkv, -1, d),

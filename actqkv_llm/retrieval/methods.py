@@ -583,8 +583,8 @@ class BlockRetrieval(RetrievalMethod):
         return state.candidates
 
     def held_candidates(self, mem: "LayerMemory", mq: MemoryQuery, cand: torch.Tensor, known: torch.Tensor | None,
-              evidence: torch.Tensor, h: torch.Tensor, n: int, device: torch.device,
-              fetch: Callable[[], torch.Tensor] | None = None) -> HeldCandidates:
+                        evidence: torch.Tensor, h: torch.Tensor, n: int, device: torch.device,
+                        fetch: Callable[[], torch.Tensor] | None = None) -> HeldCandidates:
         """Candidates ``cand`` held for the next ``rescore_every - 1`` decode steps, able to read their
         keys again once dropped (:meth:`HeldCandidates.drop_keys`)."""
         return HeldCandidates(cand, known, evidence, h, n, mem.n_blocks, mq.mode, self.rescore_every - 1,
